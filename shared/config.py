@@ -1,0 +1,175 @@
+"""Settings every service reads (CONTRACT §2): one class, the same names everywhere, read once in main()."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SERVICE_NAMES = (
+    "intake_api",
+    "gateway_worker",
+    "webhook_receiver",
+    "ledger",
+    "sandbox_gateway",
+    "storefront",
+)
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a {'/'.join(schemes)} URL with a host, got {value!r}")
+    return value
+
+
+def _secret_list(value: object) -> list[SecretStr]:
+    if isinstance(value, list):
+        items = [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
+    else:
+        items = str(value).split(",")
+    secrets = [SecretStr(s.strip()) for s in items if s.strip()]
+    if not secrets:
+        raise ValueError("must hold at least one secret")
+    return secrets
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (and `.env`); an invalid value stops the service at start."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str = "postgresql://postgres@localhost:5432/paystream"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    intake_api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=lambda: {"sk_test_demo": SecretStr("demo")}
+    )
+    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
+    sandbox_url: str = "http://localhost:8090"
+    sandbox_public_url: str | None = None
+    sandbox_webhook_url: str = "http://localhost:8081/webhooks/sandbox"
+    sandbox_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr("whsec_sandbox_dev")]
+    )
+    sandbox_autopay: Literal["succeed", "fail"] | None = None
+    sandbox_webhook_retry_base_seconds: float = Field(default=1.0, gt=0)
+    sandbox_webhook_max_attempts: int = Field(default=10, ge=8)
+    stripe_api_key: SecretStr | None = None
+    stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    payment_ttl_seconds: int = Field(default=1800, gt=0)
+    expiry_sweep_interval_seconds: float = Field(default=5, gt=0)
+    reconcile_after_seconds: int = Field(default=600, gt=0)
+    reconcile_interval_seconds: int = Field(default=300, gt=0)
+    gateway_max_attempts: int = Field(default=5, ge=1)
+    gateway_retry_base_seconds: float = Field(default=2.0, gt=0)
+    gateway_timeout_seconds: float = Field(default=10.0, gt=0)
+    ledger_retry_attempts: int = Field(default=8, ge=1)
+    ledger_retry_base_seconds: float = Field(default=1.0, gt=0)
+    idempotency_retention_hours: float = Field(default=24, ge=24)
+    intake_url: str | None = None
+    storefront_api_key: SecretStr | None = None
+    storefront_public_url: str | None = None
+    intake_port: int = Field(default=8080, ge=0, le=65535)
+    webhook_port: int = Field(default=8081, ge=0, le=65535)
+    ledger_port: int = Field(default=8082, ge=0, le=65535)
+    gateway_worker_port: int = Field(default=8083, ge=0, le=65535)
+    sandbox_port: int = Field(default=8090, ge=0, le=65535)
+    storefront_port: int = Field(default=8000, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+    otel_exporter_otlp_endpoint: str | None = None
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str) -> str:
+        return _check_url(v, ("postgresql", "postgres"))
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, v: str) -> str:
+        return _check_url(v, ("amqp", "amqps"))
+
+    @field_validator(
+        "sandbox_url", "sandbox_webhook_url", "stripe_api_base", "sandbox_public_url", "intake_url",
+        "storefront_public_url", "otel_exporter_otlp_endpoint",
+    )
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _check_url(v, ("http", "https"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("sandbox_autopay", "stripe_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("intake_api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, v: object) -> object:
+        """`merchant_id:api_key,...` becomes {api_key: merchant_id}, the lookup the API needs."""
+        if isinstance(v, dict):
+            return v
+        keys: dict[str, SecretStr] = {}
+        for pair in str(v).split(","):
+            merchant, sep, key = pair.strip().partition(":")
+            if not sep or not merchant.strip() or not key.strip():
+                raise ValueError("expected comma-separated merchant_id:api_key pairs")
+            if key.strip() in keys:
+                raise ValueError("an API key is listed twice")
+            keys[key.strip()] = SecretStr(merchant.strip())
+        return keys
+
+    @field_validator("sandbox_webhook_secret", mode="before")
+    @classmethod
+    def _secrets(cls, v: object) -> list[SecretStr]:
+        return _secret_list(v)
+
+    @field_validator("stripe_webhook_secret", mode="before")
+    @classmethod
+    def _optional_secrets(cls, v: object) -> list[SecretStr] | None:
+        return None if v in (None, "") else _secret_list(v)
+
+    # Derived values: where other processes are reached, defaulting to this machine's ports.
+    @property
+    def merchants_by_key(self) -> dict[str, str]:
+        return {key: merchant.get_secret_value() for key, merchant in self.intake_api_keys.items()}
+
+    @property
+    def sandbox_checkout_base(self) -> str:
+        return (self.sandbox_public_url or f"http://localhost:{self.sandbox_port}").rstrip("/")
+
+    @property
+    def intake_base_url(self) -> str:
+        return (self.intake_url or f"http://localhost:{self.intake_port}").rstrip("/")
+
+    @property
+    def storefront_base_url(self) -> str:
+        return (self.storefront_public_url or f"http://localhost:{self.storefront_port}").rstrip("/")
+
+    @property
+    def storefront_key(self) -> str:
+        if self.storefront_api_key is not None:
+            return self.storefront_api_key.get_secret_value()
+        return next(iter(self.intake_api_keys))
+
+
+def load_settings() -> Settings:
+    """Read the settings, or stop the process with one line naming the offending variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        message = first["msg"].removeprefix("Value error, ")
+        sys.stderr.write(f"paystream: invalid configuration: {variable}: {message}\n")
+        raise SystemExit(2) from None

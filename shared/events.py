@@ -1,0 +1,183 @@
+"""The messages services exchange: one envelope, every event and command a pydantic model, defined only here.
+
+Events are named in the past tense (something happened), commands as orders (please do this).
+The routing key of each is its `type`; consumers bind by it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Stable ids for messages that must deduplicate across producers (webhooks, reconciliation).
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a8e-3d4b-5e6f-8a9b-0c1d2e3f4a5b")
+
+
+def deterministic_event_id(*parts: str) -> uuid.UUID:
+    """The same parts always give the same id, so the ledger records a repeated fact once."""
+    return uuid.uuid5(_EVENT_ID_NAMESPACE, "|".join(parts))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not PaymentStatus.PENDING
+
+
+Source = Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant"]
+
+
+class Message(BaseModel):
+    """Base of every payload; `TYPE` is the envelope type and routing key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+class PaymentRequested(Message):
+    """A merchant asked for a payment and the intake accepted it (source: intake)."""
+
+    TYPE = "payment.requested"
+    merchant_id: str
+    idempotency_key: str
+    amount: int
+    currency: str
+    reference: str
+    description: str | None = None
+    customer_email: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    return_url: str
+    cancel_url: str | None = None
+    created_at: datetime
+    expires_at: datetime
+
+
+class PaymentIntentCreated(Message):
+    """The provider holds an intent for the payment and a page to pay on (source: gateway)."""
+
+    TYPE = "payment.intent_created"
+    provider: str
+    provider_payment_id: str
+    checkout_url: str
+
+
+class PaymentIntentFailed(Message):
+    """No intent could be made: the payment cannot be paid (source: gateway)."""
+
+    TYPE = "payment.intent_failed"
+    provider: str
+    failure_code: str = "gateway_error"
+    reason: str
+
+
+class PaymentStatusChanged(Message):
+    """The provider says the payment reached `status` (source: webhook, reconciliation, expiry or gateway)."""
+
+    TYPE = "payment.status_changed"
+    status: PaymentStatus
+    provider: str
+    provider_payment_id: str | None = None
+    provider_event_id: str | None = None
+    failure_code: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+
+
+class CancelPayment(Message):
+    """The merchant asked to cancel a PENDING payment (source: merchant)."""
+
+    TYPE = "payment.cancel_requested"
+    reason: str = "requested_by_merchant"
+
+
+class ExpirePayment(Message):
+    """The payment outlived its TTL: close it at the provider (source: expiry)."""
+
+    TYPE = "payment.expiration_due"
+    provider: str | None = None
+    provider_payment_id: str | None = None
+
+
+class ReconcilePayment(Message):
+    """No outcome has arrived for a while: ask the provider for the truth (source: reconciliation)."""
+
+    TYPE = "payment.reconciliation_due"
+    provider: str
+    provider_payment_id: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        PaymentRequested,
+        PaymentIntentCreated,
+        PaymentIntentFailed,
+        PaymentStatusChanged,
+        CancelPayment,
+        ExpirePayment,
+        ReconcilePayment,
+    )
+}
+
+
+class Envelope(BaseModel):
+    """What travels on the broker: identity, provenance and the payload (`data`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    source: Source
+    payment_id: str
+    data: dict[str, Any]
+
+    @classmethod
+    def wrap(
+        cls,
+        message: Message,
+        *,
+        payment_id: str,
+        source: Source,
+        event_id: uuid.UUID | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Envelope:
+        return cls(
+            id=event_id or uuid.uuid4(),
+            type=message.TYPE,
+            version=message.VERSION,
+            occurred_at=occurred_at or utcnow(),
+            source=source,
+            payment_id=payment_id,
+            data=message.model_dump(mode="json"),
+        )
+
+    def message(self) -> Message:
+        """The typed payload; raises ValueError (a poison message) if the type is unknown or data invalid."""
+        cls = MESSAGE_TYPES.get(self.type)
+        if cls is None:
+            raise ValueError(f"unknown message type {self.type!r}")
+        return cls.model_validate(self.data)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Envelope:
+        return cls.model_validate_json(body)

@@ -1,0 +1,80 @@
+"""Every Prometheus metric Paystream exports, defined once (names follow Prometheus conventions).
+
+Each process exports the ones its code touches; Prometheus adds `job`/`instance` per service.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Seconds buckets for a payment's life: a customer takes seconds to minutes on the hosted page.
+_COMPLETION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+_FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+PAYMENTS_CREATED = Counter(
+    "paystream_payments_created", "Payments accepted by the intake API (new Idempotency-Keys)."
+)
+PAYMENTS_COMPLETED = Counter(
+    "paystream_payments_completed", "Payments that reached a terminal status, by status.", ["status"]
+)
+PAYMENT_COMPLETION_SECONDS = Histogram(
+    "paystream_payment_completion_seconds",
+    "Time from a payment's creation to its terminal status.",
+    buckets=_COMPLETION_BUCKETS,
+)
+PAYMENTS_PENDING = Gauge("paystream_payments_pending", "Payments currently PENDING in the ledger.")
+PAYMENTS_PENDING_OLDEST_AGE = Gauge(
+    "paystream_payments_pending_oldest_age_seconds", "Age of the oldest PENDING payment in the ledger."
+)
+LATE_SUCCESSES = Counter(
+    "paystream_late_successes", "Gateway-confirmed successes applied over FAILED, CANCELED or EXPIRED."
+)
+AMOUNT_MISMATCHES = Counter(
+    "paystream_amount_mismatches", "Provider events whose amount or currency differ from the payment's."
+)
+WEBHOOKS_RECEIVED = Counter(
+    "paystream_webhooks_received",
+    "Webhook deliveries by provider and outcome "
+    "(accepted, invalid_signature, invalid_event, ignored, broker_unavailable).",
+    ["provider", "outcome"],
+)
+OUTBOX_PENDING = Gauge("paystream_outbox_pending", "Outbox rows not yet confirmed by the broker.")
+OUTBOX_OLDEST_AGE = Gauge(
+    "paystream_outbox_oldest_pending_age_seconds", "Age of the oldest outbox row not yet published."
+)
+OUTBOX_PUBLISHED = Counter("paystream_outbox_published", "Outbox rows published and confirmed.")
+HTTP_REQUEST_DURATION = Histogram(
+    "paystream_http_request_duration_seconds",
+    "HTTP requests served, by method, route and status code.",
+    ["method", "route", "status"],
+    buckets=_FAST_BUCKETS,
+)
+EVENTS_PROCESSED = Counter(
+    "paystream_events_processed",
+    "Broker messages handled, by consumer, message type and outcome "
+    "(handled, retried, dead_lettered, requeued).",
+    ["consumer", "event_type", "outcome"],
+)
+EVENT_PROCESSING_SECONDS = Histogram(
+    "paystream_event_processing_seconds",
+    "Time to handle one broker message, by consumer and message type.",
+    ["consumer", "event_type"],
+    buckets=_FAST_BUCKETS,
+)
+MESSAGE_RETRIES = Counter(
+    "paystream_message_retries", "Messages sent to a delay queue for a later retry.", ["consumer", "event_type"]
+)
+DLQ_MESSAGES = Gauge("paystream_dlq_messages", "Messages waiting in a dead-letter queue.", ["queue"])
+GATEWAY_REQUEST_DURATION = Histogram(
+    "paystream_gateway_request_duration_seconds",
+    "Calls to a payment provider, by provider, operation and outcome.",
+    ["provider", "operation", "outcome"],
+    buckets=_FAST_BUCKETS,
+)
+GATEWAY_ERRORS = Counter(
+    "paystream_gateway_errors", "Failed provider calls by provider, operation and kind.", ["provider", "operation", "kind"]
+)
+EXPIRATIONS_REQUESTED = Counter("paystream_expirations_requested", "Expiration commands sent by the sweep.")
+RECONCILIATIONS_REQUESTED = Counter(
+    "paystream_reconciliations_requested", "Reconciliation commands sent for payments with no outcome."
+)

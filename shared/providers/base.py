@@ -1,0 +1,158 @@
+"""The one interface every payment provider adapter implements, and the webhook check written once.
+
+An adapter owns both halves of talking to its provider: calling it (create, retrieve, cancel an intent)
+and reading what it sends back (verify and parse a webhook). Amounts stay integer minor units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from shared.events import PaymentStatus
+from shared.providers.errors import SignatureError
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class IntentRequest:
+    """What the provider needs to open a hosted payment page for one payment."""
+
+    payment_id: str
+    amount: int
+    currency: str
+    reference: str
+    return_url: str
+    cancel_url: str | None
+    expires_at: datetime
+    description: str | None = None
+    customer_email: str | None = None
+    # Carried through the provider and back in its webhooks (payment id, W3C trace context).
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderIntent:
+    """The provider's view of an intent, its status already mapped onto ours (PENDING while open)."""
+
+    provider_payment_id: str
+    status: PaymentStatus
+    amount: int
+    currency: str
+    checkout_url: str | None = None
+    failure_code: str | None = None
+    raw_status: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """A verified provider event about one payment, mapped onto our statuses."""
+
+    provider_event_id: str
+    provider_payment_id: str
+    payment_id: str
+    status: PaymentStatus
+    amount: int | None
+    currency: str | None
+    failure_code: str | None
+    occurred_at: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def sign_payload(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 over `<t>.<body>`, hex: the `v1` of both the sandbox's and Stripe's scheme."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={sign_payload(secret, t, body)}"
+
+
+def parse_signature_header(value: str) -> tuple[int, list[str]]:
+    """`t=<unix>,v1=<hex>[,v1=<hex>...]` → (t, [v1...]); anything else is a SignatureError."""
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in value.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep:
+            raise SignatureError("malformed signature header")
+        if key == "t":
+            if not val.isdigit():
+                raise SignatureError("malformed timestamp")
+            timestamp = int(val)
+        elif key == "v1":
+            signatures.append(val.strip())
+    if timestamp is None or not signatures:
+        raise SignatureError("signature header lacks t or v1")
+    return timestamp, signatures
+
+
+class PaymentProvider(ABC):
+    """A payment provider, as the gateway_worker and the webhook_receiver see it."""
+
+    name: str
+    signature_header_name: str
+
+    # --- calling the provider -------------------------------------------------------------
+    @abstractmethod
+    async def create_intent(self, request: IntentRequest) -> ProviderIntent:
+        """Open an intent; idempotent on `request.payment_id` (a retry never makes a second one)."""
+
+    @abstractmethod
+    async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
+        """The provider's current truth about an intent."""
+
+    @abstractmethod
+    async def cancel_intent(
+        self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
+    ) -> ProviderIntent:
+        """Close an open intent; returns what is true afterwards (it may have been paid first)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # --- reading its webhooks ---------------------------------------------------------------
+    @abstractmethod
+    def webhook_secrets(self) -> Sequence[str]:
+        """Every secret a valid signature may be made with (several during a rotation)."""
+
+    @abstractmethod
+    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        """The event in a verified body; None for an event type we do not act on.
+
+        Raises InvalidWebhookError when the body is not a valid event.
+        """
+
+    def extract_signature(self, headers: Mapping[str, str]) -> tuple[int, list[str]]:
+        value = headers.get(self.signature_header_name)
+        if not value:
+            raise SignatureError(f"missing {self.signature_header_name} header")
+        return parse_signature_header(value)
+
+    def signed_message(self, timestamp: int, body: bytes) -> bytes:
+        return f"{timestamp}.".encode() + body
+
+    def verify_webhook_source(
+        self, headers: Mapping[str, str], body: bytes, *, now: float | None = None
+    ) -> None:
+        """Check the signature on the raw bytes, before any parsing; raise SignatureError if it fails."""
+        timestamp, candidates = self.extract_signature(headers)
+        current = time.time() if now is None else now
+        if abs(current - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
+            raise SignatureError("timestamp outside the tolerance window")
+        message = self.signed_message(timestamp, body)
+        for secret in self.webhook_secrets():
+            expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+            # Compare against every candidate: constant time per comparison, no early exit on a match.
+            matched = [hmac.compare_digest(expected, c) for c in candidates]
+            if any(matched):
+                return
+        raise SignatureError("no signature matches")

@@ -1,0 +1,160 @@
+"""The sandbox provider: Paystream's own stand-in gateway (services.sandbox_gateway), both halves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.events import PaymentStatus
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
+from shared.providers.http import call_provider
+
+# The sandbox's intent statuses mapped onto ours; anything else is unknown and refused loudly.
+SANDBOX_STATUS_MAP: dict[str, PaymentStatus] = {
+    "open": PaymentStatus.PENDING,
+    "succeeded": PaymentStatus.SUCCEEDED,
+    "failed": PaymentStatus.FAILED,
+    "canceled": PaymentStatus.CANCELED,
+    "expired": PaymentStatus.EXPIRED,
+}
+
+SANDBOX_EVENT_TYPES: dict[str, PaymentStatus] = {
+    "payment.succeeded": PaymentStatus.SUCCEEDED,
+    "payment.failed": PaymentStatus.FAILED,
+    "payment.canceled": PaymentStatus.CANCELED,
+    "payment.expired": PaymentStatus.EXPIRED,
+}
+
+
+def map_sandbox_status(raw: str) -> PaymentStatus:
+    try:
+        return SANDBOX_STATUS_MAP[raw]
+    except KeyError:
+        raise PermanentGatewayError(f"unknown sandbox intent status {raw!r}") from None
+
+
+class _Object(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: str
+    amount: int
+    currency: str
+    metadata: dict[str, str]
+    failure_code: str | None = None
+
+
+class _Data(BaseModel):
+    object: _Object
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    created: int
+    data: _Data
+
+
+class SandboxProvider(PaymentProvider):
+    name = "sandbox"
+    signature_header_name = "Paystream-Signature"
+
+    def __init__(
+        self, base_url: str, secrets: Sequence[str], *, timeout_seconds: float = 10.0
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._secrets = list(secrets)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @staticmethod
+    def _intent(payload: dict[str, Any]) -> ProviderIntent:
+        raw = str(payload.get("status", ""))
+        return ProviderIntent(
+            provider_payment_id=str(payload["id"]),
+            status=map_sandbox_status(raw),
+            amount=int(payload["amount"]),
+            currency=str(payload["currency"]),
+            checkout_url=payload.get("checkout_url"),
+            failure_code=payload.get("failure_code"),
+            raw_status=raw,
+        )
+
+    async def create_intent(self, request: IntentRequest) -> ProviderIntent:
+        body = {
+            "amount": request.amount,
+            "currency": request.currency,
+            "reference": request.reference,
+            "description": request.description,
+            "customer_email": request.customer_email,
+            "return_url": request.return_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": int(request.expires_at.timestamp()),
+            "metadata": {**request.metadata, "payment_id": request.payment_id},
+        }
+        payload = await call_provider(
+            self._client(), "POST", f"{self._base_url}/v1/intents",
+            json=body, headers={"Idempotency-Key": request.payment_id},
+        )
+        return self._intent(payload)
+
+    async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
+        payload = await call_provider(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
+        return self._intent(payload)
+
+    async def cancel_intent(
+        self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
+    ) -> ProviderIntent:
+        try:
+            payload = await call_provider(
+                self._client(), "POST", f"{self._base_url}/v1/intents/{provider_payment_id}/cancel",
+                json={"reason": reason},
+            )
+        except PermanentGatewayError:
+            # 409: already settled; the truth is whatever the intent now says.
+            return await self.retrieve_intent(provider_payment_id)
+        return self._intent(payload)
+
+    def webhook_secrets(self) -> Sequence[str]:
+        return self._secrets
+
+    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        try:
+            event = _Event.model_validate_json(body)
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise InvalidWebhookError(f"not a sandbox event: {exc.error_count() if isinstance(exc, ValidationError) else exc}") from None
+        status = SANDBOX_EVENT_TYPES.get(event.type)
+        if status is None:
+            raise InvalidWebhookError(f"unknown event type {event.type!r}")
+        obj = event.data.object
+        if SANDBOX_STATUS_MAP.get(obj.status) is not status:
+            raise InvalidWebhookError(f"event type {event.type!r} contradicts object status {obj.status!r}")
+        payment_id = obj.metadata.get("payment_id")
+        if not payment_id:
+            raise InvalidWebhookError("event carries no metadata.payment_id")
+        return WebhookEvent(
+            provider_event_id=event.id,
+            provider_payment_id=obj.id,
+            payment_id=payment_id,
+            status=status,
+            amount=obj.amount,
+            currency=obj.currency,
+            failure_code=obj.failure_code,
+            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            metadata=obj.metadata,
+        )
