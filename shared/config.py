@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     reconcile_after_seconds: int = Field(default=600, gt=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)
     gateway_max_attempts: int = Field(default=5, ge=1)
-    gateway_retry_base_seconds: float = Field(default=2.0, gt=0)
+    gateway_retry_base_seconds: float = Field(default=4.0, gt=0)
     gateway_timeout_seconds: float = Field(default=10.0, gt=0)
     ledger_retry_attempts: int = Field(default=8, ge=1)
     ledger_retry_base_seconds: float = Field(default=1.0, gt=0)

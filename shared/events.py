@@ -55,6 +55,7 @@ class PaymentRequested(Message):
     TYPE = "payment.requested"
     merchant_id: str
     idempotency_key: str
+    request_fingerprint: str
     amount: int
     currency: str
     reference: str
@@ -103,6 +104,8 @@ class CancelPayment(Message):
 
     TYPE = "payment.cancel_requested"
     reason: str = "requested_by_merchant"
+    provider: str | None = None
+    provider_payment_id: str | None = None
 
 
 class ExpirePayment(Message):

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiohttp import web
 
+from shared.broker import Broker
 from shared.config import Settings, load_settings
+from shared.db import create_pool, prepare_database
 from shared.logs import configure_logging, get_logger
 from shared.telemetry import configure_tracing, shutdown_tracing
 
 # Service names as they appear in traces (CONTRACT §8).
+T = TypeVar("T")
+
 TRACE_NAMES = {
     "intake_api": "intake-api",
     "gateway_worker": "gateway-worker",
@@ -45,3 +54,76 @@ def run_service(
     finally:
         shutdown_tracing()
         log.info("service stopped")
+
+
+async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]], *, within: float = 30.0) -> T:
+    """Connect, retrying with backoff while the dependency is starting; give up after `within` seconds."""
+    log = get_logger(__name__)
+    deadline = asyncio.get_running_loop().time() + within
+    delay = 0.25
+    while True:
+        try:
+            return await connect()
+        except Exception as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise RuntimeError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+            log.warning("waiting for dependency", dependency=what, url=redact_url(url), error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@asynccontextmanager
+async def database(settings: Settings, migrations: Iterable[str], **pool_args: Any) -> AsyncIterator[asyncpg.Pool]:
+    """The database ready for this service: created if missing, migrated, pooled; closed on exit."""
+    await retry_until_up("PostgreSQL", settings.database_url,
+                         lambda: prepare_database(settings.database_url, migrations))
+    pool = await create_pool(settings.database_url, **pool_args)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def broker(settings: Settings, name: str) -> AsyncIterator[Broker]:
+    """A connected broker with the whole topology declared; closed on exit."""
+    instance = Broker(settings.amqp_url, settings.broker_namespace, name=name)
+    await retry_until_up("RabbitMQ", settings.amqp_url, instance.connect)
+    try:
+        await instance.declare_topology()
+        yield instance
+    finally:
+        await instance.close()
+
+
+async def pool_ready(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire(timeout=2) as conn:
+        return bool(await conn.fetchval("SELECT true", timeout=2))
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_periodically(name: str, interval: float, work: Callable[[], Awaitable[object]]) -> None:
+    """Run `work` every `interval` seconds until cancelled; a failed round is logged and retried next time."""
+    while True:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            get_logger(__name__).warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(interval)

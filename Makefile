@@ -1,0 +1,42 @@
+# Paystream — every command runs from the repository root of a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test lint format bench install clean
+
+# The venv is (re)built whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
+run: install
+	@$(BIN)/python -m shared.stack prepare --print-urls
+	@exec $(BIN)/honcho start --no-colour -f Procfile
+
+## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the project's throughput and latency beside the raw limits of this machine.
+bench: install
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

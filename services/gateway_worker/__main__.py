@@ -1,0 +1,12 @@
+"""`python -m services.gateway_worker`: opens intents at the provider and asks it for the truth."""
+
+from services.gateway_worker.app import create_app
+from shared.runtime import run_service
+
+
+def main() -> None:
+    run_service("gateway_worker", create_app, lambda settings: settings.gateway_worker_port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Wiring of the gateway_worker: its consumer group, its providers, and a health/metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.gateway_worker.handlers import GatewayHandlers
+from shared import runtime
+from shared.broker import RetryPolicy
+from shared.config import Settings
+from shared.providers import build_provider
+from shared.providers.base import PaymentProvider
+from shared.web import READINESS_CHECKS, create_base_app
+
+GROUP = "gateway_worker"
+
+
+def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
+    """The configured provider, plus the sandbox always (payments made before a switch still close)."""
+    providers = {"sandbox": build_provider(settings, "sandbox")}
+    if settings.payment_provider != "sandbox":
+        providers[settings.payment_provider] = build_provider(settings)
+    return providers
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        providers = build_providers(settings)
+        try:
+            async with runtime.broker(settings, GROUP) as broker:
+                handlers = GatewayHandlers(providers, settings.payment_provider, broker.publish)
+                retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
+                await broker.consume(GROUP, handlers, retry=retry, prefetch=32)
+                dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))
+                app[READINESS_CHECKS].append(broker.is_ready)
+                try:
+                    yield
+                finally:
+                    await runtime.cancel_tasks([dlq_watch])
+        finally:
+            for provider in providers.values():
+                await provider.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

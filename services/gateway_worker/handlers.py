@@ -1,0 +1,195 @@
+"""The gateway_worker's rules: open intents, and ask the provider for the truth on cancel, expiry and
+reconciliation. Handlers take the envelope plus their dependencies; the broker and provider stay at the edge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from opentelemetry import trace
+
+from shared.broker import Delivery, RetryLater
+from shared.events import (
+    CancelPayment,
+    Envelope,
+    ExpirePayment,
+    PaymentIntentCreated,
+    PaymentIntentFailed,
+    PaymentRequested,
+    PaymentStatus,
+    PaymentStatusChanged,
+    ReconcilePayment,
+    Source,
+    deterministic_event_id,
+)
+from shared.logs import get_logger
+from shared.metrics import GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
+from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.telemetry import inject_context
+
+log = get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
+
+Publish = Callable[[Envelope], Awaitable[None]]
+
+
+async def call_provider(provider: PaymentProvider, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    """One provider call, timed and counted, inside a span of its own."""
+    started = time.perf_counter()
+    outcome = "ok"
+    with _tracer.start_as_current_span(
+        f"{provider.name} {operation}", kind=trace.SpanKind.CLIENT, attributes={"paystream.provider": provider.name}
+    ):
+        try:
+            return await call()
+        except TransientGatewayError:
+            outcome = "transient_error"
+            raise
+        except PermanentGatewayError:
+            outcome = "permanent_error"
+            raise
+        finally:
+            GATEWAY_REQUEST_DURATION.labels(provider.name, operation, outcome).observe(time.perf_counter() - started)
+            if outcome != "ok":
+                GATEWAY_ERRORS.labels(provider.name, operation, outcome.removesuffix("_error")).inc()
+
+
+@dataclass
+class GatewayHandlers:
+    """Handlers of the gateway_worker's consumer group, one per message type."""
+
+    providers: dict[str, PaymentProvider]
+    default_provider: str
+    publish: Publish
+
+    async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
+        message = envelope.message()
+        if isinstance(message, PaymentRequested):
+            await self.open_intent(envelope, message, delivery)
+        elif isinstance(message, CancelPayment):
+            await self.close_intent(envelope, message.provider, message.provider_payment_id, "canceled", delivery)
+        elif isinstance(message, ExpirePayment):
+            await self.close_intent(envelope, message.provider, message.provider_payment_id, "expired", delivery)
+        elif isinstance(message, ReconcilePayment):
+            await self.reconcile(envelope, message, delivery)
+
+    def _provider(self, name: str | None) -> PaymentProvider:
+        return self.providers[name or self.default_provider]
+
+    async def open_intent(self, envelope: Envelope, message: PaymentRequested, delivery: Delivery) -> None:
+        provider = self._provider(None)
+        request = IntentRequest(
+            payment_id=envelope.payment_id,
+            amount=message.amount,
+            currency=message.currency,
+            reference=message.reference,
+            return_url=message.return_url,
+            cancel_url=message.cancel_url,
+            expires_at=message.expires_at,
+            description=message.description,
+            customer_email=message.customer_email,
+            # The trace context rides with the intent, so the provider's webhook joins this trace.
+            metadata={k: str(v) for k, v in inject_context({}).items()},
+        )
+        try:
+            intent = await call_provider(provider, "create_intent", lambda: provider.create_intent(request))
+        except TransientGatewayError as exc:
+            if not delivery.is_last_attempt:
+                raise RetryLater(str(exc)) from exc
+            await self._intent_failed(envelope, provider.name, f"retries exhausted: {exc}")
+            return
+        except PermanentGatewayError as exc:
+            await self._intent_failed(envelope, provider.name, str(exc))
+            return
+        if not intent.checkout_url:
+            await self._intent_failed(envelope, provider.name, "provider returned no checkout URL")
+            return
+        created = PaymentIntentCreated(
+            provider=provider.name, provider_payment_id=intent.provider_payment_id, checkout_url=intent.checkout_url
+        )
+        await self.publish(Envelope.wrap(
+            created, payment_id=envelope.payment_id, source="gateway",
+            event_id=deterministic_event_id(envelope.payment_id, "intent_created", intent.provider_payment_id),
+        ))
+        log.info("intent created", provider_payment_id=intent.provider_payment_id)
+
+    async def _intent_failed(self, envelope: Envelope, provider: str, reason: str) -> None:
+        log.warning("intent could not be created", reason=reason)
+        failed = PaymentIntentFailed(provider=provider, reason=reason[:500])
+        await self.publish(Envelope.wrap(
+            failed, payment_id=envelope.payment_id, source="gateway",
+            event_id=deterministic_event_id(envelope.payment_id, "intent_failed"),
+        ))
+
+    async def close_intent(
+        self,
+        envelope: Envelope,
+        provider_name: str | None,
+        provider_payment_id: str | None,
+        reason: str,
+        delivery: Delivery,
+    ) -> None:
+        """Cancel or expire: ask the provider to close the intent, then publish what it says is true."""
+        source: Source = "expiry" if reason == "expired" else "gateway"
+        wanted = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
+        if provider_payment_id is None:
+            # No intent was ever made, so nothing can be paid: the payment closes on our side alone.
+            await self._status(envelope.payment_id, source, wanted, provider_name or self.default_provider, None, None)
+            return
+        provider = self._provider(provider_name)
+        try:
+            intent = await call_provider(
+                provider, "cancel_intent",
+                lambda: provider.cancel_intent(provider_payment_id, reason="expired" if reason == "expired" else "canceled"),
+            )
+        except TransientGatewayError as exc:
+            raise RetryLater(str(exc)) from exc
+        if intent.status is PaymentStatus.PENDING:
+            raise RetryLater("the provider still shows the intent open")
+        await self._publish_truth(envelope.payment_id, source, provider.name, intent)
+
+    async def reconcile(self, envelope: Envelope, message: ReconcilePayment, delivery: Delivery) -> None:
+        provider = self._provider(message.provider)
+        try:
+            intent = await call_provider(
+                provider, "retrieve_intent", lambda: provider.retrieve_intent(message.provider_payment_id)
+            )
+        except TransientGatewayError as exc:
+            raise RetryLater(str(exc)) from exc
+        if intent.status is PaymentStatus.PENDING:
+            log.info("reconciliation: intent still open")
+            return
+        await self._publish_truth(envelope.payment_id, "reconciliation", provider.name, intent)
+
+    async def _publish_truth(self, payment_id: str, source: Source, provider: str, intent: ProviderIntent) -> None:
+        await self._status(
+            payment_id, source, intent.status, provider, intent.provider_payment_id, intent.failure_code,
+            amount=intent.amount, currency=intent.currency,
+        )
+
+    async def _status(
+        self,
+        payment_id: str,
+        source: Source,
+        status: PaymentStatus,
+        provider: str,
+        provider_payment_id: str | None,
+        failure_code: str | None,
+        *,
+        amount: int | None = None,
+        currency: str | None = None,
+    ) -> None:
+        changed = PaymentStatusChanged(
+            status=status, provider=provider, provider_payment_id=provider_payment_id,
+            failure_code=failure_code, amount=amount, currency=currency,
+        )
+        # One id per (payment, source, status): repeating the question never records the answer twice.
+        await self.publish(Envelope.wrap(
+            changed, payment_id=payment_id, source=source,
+            event_id=deterministic_event_id(payment_id, source, status.value),
+        ))
+        log.info("provider truth published", status=status.value, source=source)

@@ -1,0 +1,12 @@
+"""`python -m services.intake_api`: the API shops call to take payments."""
+
+from services.intake_api.app import create_app
+from shared.runtime import run_service
+
+
+def main() -> None:
+    run_service("intake_api", create_app, lambda settings: settings.intake_port)
+
+
+if __name__ == "__main__":
+    main()

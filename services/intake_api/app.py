@@ -1,0 +1,61 @@
+"""Wiring of the intake API: routes, database, outbox relay, intent listener, idempotency purge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.intake_api import routes, store
+from services.intake_api.intents import INTENT_EVENTS, IntentWaiters
+from services.intake_api.openapi import openapi_document
+from services.intake_api.outbox import OutboxRelay
+from shared import runtime
+from shared.broker import RetryPolicy
+from shared.config import Settings
+from shared.db import connect
+from shared.web import READINESS_CHECKS, create_base_app
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app(client_max_size=routes.MAX_BODY_BYTES)
+    app.middlewares.extend([routes.auth_middleware, routes.database_middleware])
+    app[routes.SETTINGS] = settings
+    app[routes.WAITERS] = IntentWaiters()
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/payments", routes.create_payment)
+    app.router.add_get("/v1/payments/{payment_id}", routes.get_payment)
+    app.router.add_get("/v1/payments/{payment_id}/events", routes.get_payment_events)
+    app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # The intake reads the ledger's tables, so it makes sure they exist too.
+        async with runtime.database(settings, ["ledger", "intake_api"], max_size=20) as pool, runtime.broker(
+            settings, "intake_api"
+        ) as broker:
+            app[routes.POOL] = pool
+            relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url))
+            queue = await broker.declare_private_queue(INTENT_EVENTS)
+            await broker.consume("intake_api", app[routes.WAITERS].on_event, queue_name=queue,
+                                 retry=RetryPolicy(1, 1.0), prefetch=64)
+            retention = settings.idempotency_retention_hours
+            tasks = [
+                asyncio.create_task(relay.run()),
+                asyncio.create_task(runtime.run_periodically(
+                    "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)
+                )),
+            ]
+            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
+            try:
+                yield
+            finally:
+                await runtime.cancel_tasks(tasks)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+

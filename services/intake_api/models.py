@@ -1,0 +1,124 @@
+"""The intake API's request and response bodies: they validate requests and generate /openapi.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import pycountry
+from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints, field_validator
+
+from shared.events import PaymentStatus
+
+MAX_AMOUNT = 99_999_999
+
+_ABSOLUTE_HTTP_URL = TypeAdapter(
+    Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True)]
+)
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL, kept exactly as the merchant sent it."""
+    _ABSOLUTE_HTTP_URL.validate_python(value)
+    return value
+
+
+HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_http_url)]
+
+
+def _currency(code: str) -> str:
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return code
+
+
+class PaymentCreate(BaseModel):
+    """POST /v1/payments body."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    amount: int = Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents), 1..99,999,999.")
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alphabetic code, upper case."),
+                        AfterValidator(_currency)]
+    reference: str = Field(min_length=1, max_length=128, description="The merchant's order reference.")
+    return_url: HttpUrl = Field(description="Where the gateway sends the customer back after paying.")
+    cancel_url: HttpUrl | None = Field(default=None, description="Where the customer goes on cancel.")
+    description: str | None = Field(default=None, max_length=1000)
+    customer_email: str | None = Field(default=None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    metadata: dict[Annotated[str, Field(min_length=1, max_length=40)], Annotated[str, Field(max_length=500)]] = (
+        Field(default_factory=dict, description="At most 20 string keys and values (values ≤ 500 chars).")
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 20:
+            raise ValueError("at most 20 keys")
+        return v
+
+    def fingerprint(self) -> str:
+        """A canonical digest of the validated request: key order and whitespace make no difference."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Payment(BaseModel):
+    """The payment resource."""
+
+    id: str = Field(examples=["pay_3f2a9c0d8e7b4a1f9c2d3e4f5a6b7c8d"])
+    status: PaymentStatus
+    amount: int
+    currency: str
+    reference: str
+    description: str | None
+    metadata: dict[str, str]
+    checkout_url: str | None = Field(description="The hosted payment page; null until the gateway has it.")
+    return_url: str
+    cancel_url: str | None
+    customer_email: str | None = None
+    failure_code: str | None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+
+
+class PaymentEvent(BaseModel):
+    event_id: str
+    event_type: str
+    from_status: PaymentStatus | None
+    to_status: PaymentStatus | None
+    source: Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant"]
+    outcome: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class PaymentEventList(BaseModel):
+    data: list[PaymentEvent]
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def field_errors(errors: list[Any]) -> list[dict[str, str]]:
+    """pydantic's errors as the contract's `errors: [{field, message}]`."""
+    result = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        result.append({"field": ".".join(location) or "body", "message": error.get("msg", "invalid")})
+    return result

@@ -1,0 +1,125 @@
+"""The outbox relay: publishes committed outbox rows with publisher confirms, then marks them sent.
+
+Woken by LISTEN/NOTIFY when a transaction writes rows, with a polling fallback; rows are claimed with
+FOR UPDATE SKIP LOCKED, so several intake processes share one outbox. A broker outage only delays rows:
+they stay unsent until a publish is confirmed. A crash between confirm and mark re-publishes (the
+consumers are idempotent by event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from shared.events import Envelope
+from shared.logs import get_logger
+from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_PUBLISHED
+
+log = get_logger(__name__)
+
+CHANNEL = "paystream_outbox"
+
+Publish = Callable[..., Awaitable[None]]
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publish: Publish,
+        *,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._publish = publish
+        self._connect = connect
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+
+    def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of unsent rows; returns how many were published and marked."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                SELECT id, envelope, headers FROM intake.outbox
+                WHERE published_at IS NULL ORDER BY id LIMIT $1
+                FOR UPDATE SKIP LOCKED
+                """,
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            await asyncio.gather(
+                *(self._publish(Envelope.model_validate_json(r["envelope"]), headers=r["headers"]) for r in rows)
+            )
+            await conn.execute(
+                "UPDATE intake.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+        OUTBOX_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def measure(self) -> None:
+        row = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+            FROM intake.outbox WHERE published_at IS NULL
+            """
+        )
+        assert row is not None
+        OUTBOX_PENDING.set(row["pending"])
+        OUTBOX_OLDEST_AGE.set(float(row["oldest"]))
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection, re-opening it whenever it drops (polling covers the gaps)."""
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    await conn.add_listener(CHANNEL, self.wake)
+                    self.wake()  # rows written while we were not listening
+                    while not conn.is_closed():
+                        await asyncio.sleep(1)
+                finally:
+                    if not conn.is_closed():
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox listener down; polling meanwhile", error=type(exc).__name__)
+                await asyncio.sleep(2)
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        backoff = 0.5
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    while await self.publish_batch() == self._batch_size:
+                        pass
+                    await self.measure()
+                    backoff = 0.5
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("outbox relay round failed; rows stay queued", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)

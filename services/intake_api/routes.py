@@ -1,0 +1,182 @@
+"""The intake API's HTTP handlers (CONTRACT §3): authentication, idempotency, validation, reads, cancel."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+
+import asyncpg
+from aiohttp import web
+from pydantic import ValidationError
+
+from services.intake_api import store
+from services.intake_api.intents import IntentWaiters
+from services.intake_api.models import Payment, PaymentCreate, PaymentEventList, field_errors
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.metrics import PAYMENTS_CREATED
+from shared.web import Problem
+
+log = get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+WAITERS = web.AppKey("waiters", IntentWaiters)
+MERCHANT = "merchant_id"
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_WAIT_SECONDS = 3.0
+MAX_WAIT_SECONDS = 10.0
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+# The errors asyncpg raises while PostgreSQL is down or unreachable.
+DATABASE_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def authenticate(keys: dict[str, str], header: str | None) -> str | None:
+    """The merchant owning the Bearer key, compared in constant time against every configured key."""
+    if not header or not header.startswith("Bearer "):
+        return None
+    presented = header.removeprefix("Bearer ").strip().encode()
+    merchant = None
+    for key, owner in keys.items():
+        if hmac.compare_digest(key.encode(), presented):
+            merchant = owner
+    return merchant
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    if request.path in _PUBLIC_PATHS or not request.path.startswith("/v1/"):
+        return await handler(request)
+    merchant = authenticate(request.app[SETTINGS].merchants_by_key, request.headers.get("Authorization"))
+    if merchant is None:
+        raise Problem(401, "unauthorized", "A valid API key is required: Authorization: Bearer <api_key>.",
+                      headers={"WWW-Authenticate": 'Bearer realm="paystream"'})
+    request[MERCHANT] = merchant
+    return await handler(request)
+
+
+@web.middleware
+async def database_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    """PostgreSQL down: 503 with Retry-After; nothing was accepted, so the client may simply retry."""
+    try:
+        return await handler(request)
+    except DATABASE_DOWN as exc:
+        log.warning("database unavailable", error=type(exc).__name__)
+        raise Problem(503, "database-unavailable", "The payment store is unavailable; retry shortly.",
+                      headers={"Retry-After": "2"}) from exc
+
+
+def _payment_response(payment: Payment, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=payment.model_dump_json(), status=status, content_type="application/json", headers=headers
+    )
+
+
+def requested_wait(prefer: str | None) -> float:
+    if not prefer:
+        return DEFAULT_WAIT_SECONDS
+    match = _WAIT.search(prefer)
+    if match is None:
+        return DEFAULT_WAIT_SECONDS
+    return min(MAX_WAIT_SECONDS, max(0.0, float(match.group(1))))
+
+
+async def _read_request(request: web.Request) -> PaymentCreate:
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise Problem(415, "unsupported-media-type", "The body must be JSON (Content-Type: application/json).")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise Problem(413, "payload-too-large", f"The body exceeds {MAX_BODY_BYTES} bytes.")
+    raw = await request.read()
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, "malformed-json", f"The body is not valid JSON: {exc}") from exc
+    try:
+        return PaymentCreate.model_validate(document)
+    except ValidationError as exc:
+        raise Problem(422, "validation-error", "The payment request has invalid fields.",
+                      errors=field_errors(exc.errors(include_url=False))) from exc
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    merchant = request[MERCHANT]
+    key = request.headers.get("Idempotency-Key")
+    if key is None or not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(400, "idempotency-key-missing" if key is None else "idempotency-key-invalid",
+                      "An Idempotency-Key header of 1-255 printable ASCII characters is required.")
+    payment_request = await _read_request(request)
+    fingerprint = payment_request.fingerprint()
+    pool, settings, waiters = request.app[POOL], request.app[SETTINGS], request.app[WAITERS]
+
+    existing = await store.find_by_key(pool, merchant, key)
+    created: Payment | None = None
+    if existing is None:
+        payment_id = store.new_payment_id()
+        wait_seconds = requested_wait(request.headers.get("Prefer"))
+        future = waiters.register(payment_id)
+        try:
+            created, existing = await store.accept_payment(
+                pool, payment_id=payment_id, merchant_id=merchant, key=key, request=payment_request,
+                fingerprint=fingerprint, ttl_seconds=settings.payment_ttl_seconds,
+            )
+        except BaseException:
+            waiters.forget(payment_id)
+            raise
+        if created is not None:
+            PAYMENTS_CREATED.inc()
+            log.info("payment accepted", payment_id=payment_id, amount=created.amount, currency=created.currency)
+            outcome = await waiters.wait(payment_id, future, wait_seconds)
+            if outcome is not None:
+                created = created.model_copy(update={"checkout_url": outcome.checkout_url})
+                if outcome.failure_code:
+                    created = created.model_copy(update={"status": "FAILED", "failure_code": outcome.failure_code})
+            headers = {"Location": f"/v1/payments/{payment_id}", "Preference-Applied": f"wait={wait_seconds:g}"}
+            return _payment_response(created, 201, headers)
+        waiters.forget(payment_id)
+
+    assert existing is not None
+    if not hmac.compare_digest(existing.fingerprint, fingerprint):
+        raise Problem(422, "idempotency-key-reuse",
+                      "This Idempotency-Key was already used with a different request body.")
+    view = await store.get_payment(pool, merchant, existing.payment_id)
+    if view is None:  # accepted under this key but purged everywhere: should not happen
+        raise Problem(409, "idempotency-conflict", "The payment for this key is not readable yet; retry.")
+    return _payment_response(view.payment, 200, {"Idempotent-Replayed": "true",
+                                                  "Location": f"/v1/payments/{existing.payment_id}"})
+
+
+async def _owned(request: web.Request) -> store.PaymentView:
+    view = await store.get_payment(request.app[POOL], request[MERCHANT], request.match_info["payment_id"])
+    if view is None:
+        raise Problem(404, "payment-not-found", "No such payment.")
+    return view
+
+
+async def get_payment(request: web.Request) -> web.Response:
+    return _payment_response((await _owned(request)).payment, 200)
+
+
+async def get_payment_events(request: web.Request) -> web.Response:
+    view = await _owned(request)
+    events = await store.list_events(request.app[POOL], view.payment.id)
+    return web.Response(text=PaymentEventList(data=events).model_dump_json(), content_type="application/json")
+
+
+async def cancel_payment(request: web.Request) -> web.Response:
+    view = await _owned(request)
+    if view.payment.status.is_terminal:
+        raise Problem(409, "payment-terminal", f"The payment is already {view.payment.status.value}.")
+    await store.request_cancel(request.app[POOL], view)
+    log.info("cancel requested", payment_id=view.payment.id)
+    return _payment_response(view.payment, 202)

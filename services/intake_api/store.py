@@ -1,0 +1,186 @@
+"""The intake's database work: accepting a payment atomically with its outbox row, and answering reads.
+
+Reads come from the ledger's tables (the record of truth), falling back to the intake's own record while the
+ledger has not caught up with a payment just accepted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
+from shared.events import CancelPayment, Envelope, Message, PaymentRequested, PaymentStatus, Source
+from shared.telemetry import inject_context
+
+_LEDGER_COLUMNS = """id, status, amount, currency, reference, description, metadata, checkout_url, return_url,
+    cancel_url, customer_email, failure_code, created_at, updated_at, expires_at, provider, provider_payment_id"""
+
+
+def new_payment_id() -> str:
+    return "pay_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A payment already accepted under an Idempotency-Key."""
+
+    payment_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    payment: Payment
+    provider: str | None = None
+    provider_payment_id: str | None = None
+
+
+async def enqueue(conn: asyncpg.Connection, message: Message, *, payment_id: str, source: Source) -> Envelope:
+    """Write an event to the outbox inside the caller's transaction, with the current trace context."""
+    envelope = Envelope.wrap(message, payment_id=payment_id, source=source)
+    await conn.execute(
+        "INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        envelope.id, payment_id, envelope.type, envelope.model_dump_json(), inject_context({}),
+    )
+    return envelope
+
+
+async def find_by_key(pool: asyncpg.Pool, merchant_id: str, key: str) -> Existing | None:
+    """The payment under (merchant, key): in the intake's record, or in the ledger once the record is purged."""
+    row = await pool.fetchrow(
+        """
+        SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2
+        UNION ALL
+        SELECT id, request_fingerprint FROM ledger.payment_requests WHERE merchant_id = $1 AND idempotency_key = $2
+        LIMIT 1
+        """,
+        merchant_id, key,
+    )
+    return None if row is None else Existing(row["id"], row["request_fingerprint"])
+
+
+async def accept_payment(
+    pool: asyncpg.Pool,
+    *,
+    payment_id: str,
+    merchant_id: str,
+    key: str,
+    request: PaymentCreate,
+    fingerprint: str,
+    ttl_seconds: int,
+) -> tuple[Payment | None, Existing | None]:
+    """Store the idempotency record and the PaymentRequested outbox row in one transaction.
+
+    Returns (the new payment, None), or (None, the existing one) when the key was taken meanwhile: a
+    concurrent request with the same key waits on the unique index and then sees the first one's row.
+    """
+    now = datetime.now(UTC)
+    expires_at = now + timedelta(seconds=ttl_seconds)
+    body = request.model_dump(mode="json")
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO intake.payments
+                (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
+            RETURNING true
+            """,
+            payment_id, merchant_id, key, fingerprint, body, now, expires_at,
+        )
+        if not inserted:
+            row = await conn.fetchrow(
+                "SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2",
+                merchant_id, key,
+            )
+            assert row is not None
+            return None, Existing(row["id"], row["request_fingerprint"])
+        requested = PaymentRequested(
+            merchant_id=merchant_id, idempotency_key=key, request_fingerprint=fingerprint,
+            created_at=now, expires_at=expires_at, **body,
+        )
+        await enqueue(conn, requested, payment_id=payment_id, source="intake")
+    payment = Payment(
+        id=payment_id, status=PaymentStatus.PENDING, checkout_url=None, failure_code=None,
+        created_at=now, updated_at=now, expires_at=expires_at, **body,
+    )
+    return payment, None
+
+
+def _from_intake(row: asyncpg.Record) -> Payment:
+    request: dict[str, Any] = row["request"]
+    return Payment(
+        id=row["id"],
+        status=PaymentStatus.FAILED if row["failure_code"] else PaymentStatus.PENDING,
+        checkout_url=row["checkout_url"],
+        failure_code=row["failure_code"],
+        created_at=row["created_at"],
+        updated_at=row["created_at"],
+        expires_at=row["expires_at"],
+        **request,
+    )
+
+
+async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> PaymentView | None:
+    row = await pool.fetchrow(
+        f"SELECT {_LEDGER_COLUMNS} FROM ledger.payment_requests WHERE id = $1 AND merchant_id = $2",
+        payment_id, merchant_id,
+    )
+    if row is not None:
+        fields = dict(row)
+        provider, provider_payment_id = fields.pop("provider"), fields.pop("provider_payment_id")
+        return PaymentView(Payment(**fields), provider, provider_payment_id)
+    row = await pool.fetchrow(
+        "SELECT id, request, checkout_url, failure_code, created_at, expires_at FROM intake.payments"
+        " WHERE id = $1 AND merchant_id = $2",
+        payment_id, merchant_id,
+    )
+    return None if row is None else PaymentView(_from_intake(row))
+
+
+async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]:
+    rows = await pool.fetch(
+        """
+        SELECT event_id::text, event_type, from_status, to_status, source, outcome, occurred_at, recorded_at
+        FROM ledger.payment_logs WHERE payment_request_id = $1 ORDER BY id
+        """,
+        payment_id,
+    )
+    return [PaymentEvent(**dict(r)) for r in rows]
+
+
+async def request_cancel(pool: asyncpg.Pool, view: PaymentView) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        command = CancelPayment(provider=view.provider, provider_payment_id=view.provider_payment_id)
+        await enqueue(conn, command, payment_id=view.payment.id, source="merchant")
+
+
+async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str | None, failure: str | None) -> None:
+    """Keep what the gateway said in the intake's record, for reads before the ledger catches up."""
+    await pool.execute(
+        "UPDATE intake.payments SET checkout_url = coalesce($2, checkout_url), failure_code = coalesce($3, failure_code)"
+        " WHERE id = $1",
+        payment_id, checkout_url, failure,
+    )
+
+
+async def purge_expired_keys(pool: asyncpg.Pool, retention_hours: float) -> int:
+    """Forget idempotency records past retention once the ledger holds their payment (it answers for them)."""
+    result = await pool.execute(
+        """
+        DELETE FROM intake.payments p
+        WHERE p.created_at < now() - make_interval(secs => $1)
+          AND EXISTS (SELECT 1 FROM ledger.payment_requests l WHERE l.id = p.id)
+        """,
+        retention_hours * 3600,
+    )
+    await pool.execute(
+        "DELETE FROM intake.outbox WHERE published_at < now() - make_interval(secs => $1)", retention_hours * 3600
+    )
+    return int(result.split()[-1])

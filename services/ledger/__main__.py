@@ -1,0 +1,12 @@
+"""`python -m services.ledger`: the single writer of ledger.payment_requests and ledger.payment_logs."""
+
+from services.ledger.app import create_app
+from shared.runtime import run_service
+
+
+def main() -> None:
+    run_service("ledger", create_app, lambda settings: settings.ledger_port)
+
+
+if __name__ == "__main__":
+    main()

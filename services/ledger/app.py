@@ -1,0 +1,55 @@
+"""Wiring of the ledger: consume every payment event into the tables, run the expiry and reconciliation sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.ledger.handlers import EventRecorder
+from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
+from shared import runtime
+from shared.broker import RetryPolicy
+from shared.config import Settings
+from shared.web import READINESS_CHECKS, create_base_app
+
+GROUP = "ledger"
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(
+            settings, GROUP
+        ) as broker:
+            retry = RetryPolicy(settings.ledger_retry_attempts, settings.ledger_retry_base_seconds)
+            await broker.consume(GROUP, EventRecorder(pool), retry=retry, prefetch=32)
+            # A payment is re-sent its expiration only if nothing came of the last one for a while.
+            resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
+            interval = settings.expiry_sweep_interval_seconds
+            tasks = [
+                asyncio.create_task(runtime.run_periodically(
+                    "expiry", interval,
+                    lambda: request_expirations(pool, broker, resend_after_seconds=resend_after),
+                )),
+                asyncio.create_task(runtime.run_periodically(
+                    "reconciliation", interval,
+                    lambda: request_reconciliations(
+                        pool, broker,
+                        older_than_seconds=settings.reconcile_after_seconds,
+                        every_seconds=settings.reconcile_interval_seconds,
+                    ),
+                )),
+                asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
+                asyncio.create_task(broker.watch_dlq(GROUP)),
+            ]
+            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
+            try:
+                yield
+            finally:
+                await runtime.cancel_tasks(tasks)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

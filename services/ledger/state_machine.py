@@ -1,0 +1,163 @@
+"""The payment state machine, written once as data; pure (no I/O), so it is tested on its own.
+
+PENDING → SUCCEEDED | FAILED | CANCELED | EXPIRED. Terminal states stay, except that a gateway-confirmed
+success wins over FAILED/CANCELED/EXPIRED (money moved): that is applied and flagged as a late success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from shared.events import (
+    CancelPayment,
+    ExpirePayment,
+    Message,
+    PaymentIntentCreated,
+    PaymentIntentFailed,
+    PaymentStatus,
+    PaymentStatusChanged,
+    ReconcilePayment,
+)
+
+P, S, F, C, E = (
+    PaymentStatus.PENDING,
+    PaymentStatus.SUCCEEDED,
+    PaymentStatus.FAILED,
+    PaymentStatus.CANCELED,
+    PaymentStatus.EXPIRED,
+)
+
+
+class Rule(StrEnum):
+    APPLY = "apply"
+    LATE_SUCCESS = "late_success"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    ALREADY_TERMINAL = "already_terminal"
+
+
+# (current status, status an event reports) → what to do. Every pair is listed: nothing is implicit.
+TRANSITIONS: dict[tuple[PaymentStatus, PaymentStatus], Rule] = {
+    (P, S): Rule.APPLY, (P, F): Rule.APPLY, (P, C): Rule.APPLY, (P, E): Rule.APPLY,
+    (S, S): Rule.DUPLICATE, (S, F): Rule.STALE, (S, C): Rule.STALE, (S, E): Rule.STALE,
+    (F, S): Rule.LATE_SUCCESS, (F, F): Rule.DUPLICATE, (F, C): Rule.ALREADY_TERMINAL, (F, E): Rule.ALREADY_TERMINAL,
+    (C, S): Rule.LATE_SUCCESS, (C, F): Rule.ALREADY_TERMINAL, (C, C): Rule.DUPLICATE, (C, E): Rule.ALREADY_TERMINAL,
+    (E, S): Rule.LATE_SUCCESS, (E, F): Rule.ALREADY_TERMINAL, (E, C): Rule.ALREADY_TERMINAL, (E, E): Rule.DUPLICATE,
+}
+
+# The failure code a status carries when the event names none.
+DEFAULT_FAILURE_CODE = {F: "gateway_error", E: "expired"}
+
+
+@dataclass(frozen=True)
+class PaymentState:
+    """What the state machine reads and changes of one `ledger.payment_requests` row."""
+
+    status: PaymentStatus
+    amount: int
+    currency: str
+    provider: str | None = None
+    provider_payment_id: str | None = None
+    checkout_url: str | None = None
+    failure_code: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The effect of one event: the new state, and what the log row says about it."""
+
+    before: PaymentState
+    after: PaymentState
+    outcome: str
+    late_success: bool = False
+    amount_mismatch: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome == "applied"
+
+    @property
+    def completed(self) -> bool:
+        """This event moved the payment into a terminal status (first time or late success)."""
+        return self.applied and self.after.status.is_terminal and self.after.status != self.before.status
+
+
+def _ignored(state: PaymentState, reason: str, **flags: bool) -> Decision:
+    return Decision(before=state, after=state, outcome=f"ignored: {reason}", **flags)
+
+
+def _status_change(
+    state: PaymentState,
+    status: PaymentStatus,
+    *,
+    failure_code: str | None,
+    provider: str | None,
+    provider_payment_id: str | None,
+) -> Decision:
+    rule = TRANSITIONS.get((state.status, status))
+    if rule is None:  # PENDING as a reported status: nothing to change
+        return _ignored(state, f"no transition {state.status} -> {status}")
+    if rule is Rule.DUPLICATE:
+        return _ignored(state, f"duplicate: already {state.status}")
+    if rule is Rule.STALE:
+        return _ignored(state, f"stale: already {state.status}")
+    if rule is Rule.ALREADY_TERMINAL:
+        return _ignored(state, f"already terminal: {state.status}")
+    after = replace(
+        state,
+        status=status,
+        failure_code=None if status is S else (failure_code or DEFAULT_FAILURE_CODE.get(status)),
+        provider=state.provider or provider,
+        provider_payment_id=state.provider_payment_id or provider_payment_id,
+    )
+    return Decision(before=state, after=after, outcome="applied", late_success=rule is Rule.LATE_SUCCESS)
+
+
+def decide(state: PaymentState, message: Message) -> Decision:
+    """What `message` does to a payment in `state` (PaymentRequested is the row's creation, not here)."""
+    if isinstance(message, PaymentIntentCreated):
+        if state.provider_payment_id not in (None, message.provider_payment_id):
+            return _ignored(state, "another intent is already recorded")
+        after = replace(
+            state,
+            provider=message.provider,
+            provider_payment_id=message.provider_payment_id,
+            checkout_url=message.checkout_url,
+        )
+        return Decision(before=state, after=after, outcome="applied")
+    if isinstance(message, PaymentIntentFailed):
+        return _status_change(
+            state, F, failure_code=message.failure_code, provider=message.provider, provider_payment_id=None
+        )
+    if isinstance(message, PaymentStatusChanged):
+        if (message.amount is not None and message.amount != state.amount) or (
+            message.currency is not None and message.currency.upper() != state.currency
+        ):
+            return _ignored(
+                state,
+                f"amount mismatch: provider says {message.amount} {message.currency},"
+                f" payment is {state.amount} {state.currency}",
+                amount_mismatch=True,
+            )
+        if (
+            message.provider_payment_id is not None
+            and state.provider_payment_id is not None
+            and message.provider_payment_id != state.provider_payment_id
+        ):
+            return _ignored(state, "event is about another intent")
+        return _status_change(
+            state,
+            message.status,
+            failure_code=message.failure_code,
+            provider=message.provider,
+            provider_payment_id=message.provider_payment_id,
+        )
+    if isinstance(message, CancelPayment | ExpirePayment | ReconcilePayment):
+        # Commands are recorded for the audit trail; their outcome arrives later as a status change.
+        if state.status.is_terminal:
+            return _ignored(state, f"already terminal: {state.status}")
+        return Decision(before=state, after=state, outcome="applied")
+    return _ignored(state, f"not a ledger event: {message.TYPE}")

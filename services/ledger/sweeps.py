@@ -1,0 +1,93 @@
+"""The ledger's periodic work: expiring payments past their TTL, reconciling ones whose outcome never came."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.broker import Broker
+from shared.events import Envelope, ExpirePayment, ReconcilePayment
+from shared.logs import get_logger
+from shared.metrics import (
+    EXPIRATIONS_REQUESTED,
+    PAYMENTS_PENDING,
+    PAYMENTS_PENDING_OLDEST_AGE,
+    RECONCILIATIONS_REQUESTED,
+)
+
+log = get_logger(__name__)
+
+SWEEP_BATCH = 100
+
+
+async def request_expirations(pool: asyncpg.Pool, broker: Broker, *, resend_after_seconds: float) -> int:
+    """Send ExpirePayment once for each PENDING payment past `expires_at` (again if nothing came of it).
+
+    Rows are claimed with SKIP LOCKED and marked in the same transaction that publishes, so several
+    ledger processes never send one payment's command twice in one round.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """
+            WITH due AS (
+                SELECT id FROM ledger.payment_requests
+                WHERE status = 'PENDING' AND expires_at <= now()
+                  AND (expiration_requested_at IS NULL
+                       OR expiration_requested_at < now() - make_interval(secs => $1))
+                ORDER BY expires_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE ledger.payment_requests p SET expiration_requested_at = now()
+            FROM due WHERE p.id = due.id
+            RETURNING p.id, p.provider, p.provider_payment_id
+            """,
+            resend_after_seconds, SWEEP_BATCH,
+        )
+        for row in rows:
+            command = ExpirePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])
+            await broker.publish(Envelope.wrap(command, payment_id=row["id"], source="expiry"))
+    EXPIRATIONS_REQUESTED.inc(len(rows))
+    return len(rows)
+
+
+async def request_reconciliations(
+    pool: asyncpg.Pool, broker: Broker, *, older_than_seconds: float, every_seconds: float
+) -> int:
+    """Ask the gateway_worker to look up PENDING payments that have an intent but no outcome for a while."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """
+            WITH due AS (
+                SELECT id FROM ledger.payment_requests
+                WHERE status = 'PENDING' AND provider_payment_id IS NOT NULL
+                  AND created_at < now() - make_interval(secs => $1)
+                  AND expires_at > now()
+                  AND (reconciliation_requested_at IS NULL
+                       OR reconciliation_requested_at < now() - make_interval(secs => $2))
+                ORDER BY created_at
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE ledger.payment_requests p SET reconciliation_requested_at = now()
+            FROM due WHERE p.id = due.id
+            RETURNING p.id, p.provider, p.provider_payment_id
+            """,
+            older_than_seconds, every_seconds, SWEEP_BATCH,
+        )
+        for row in rows:
+            command = ReconcilePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])
+            await broker.publish(Envelope.wrap(command, payment_id=row["id"], source="reconciliation"))
+    RECONCILIATIONS_REQUESTED.inc(len(rows))
+    return len(rows)
+
+
+async def measure_pending(pool: asyncpg.Pool) -> None:
+    row = await pool.fetchrow(
+        """
+        SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+        FROM ledger.payment_requests WHERE status = 'PENDING'
+        """
+    )
+    assert row is not None
+    PAYMENTS_PENDING.set(row["pending"])
+    PAYMENTS_PENDING_OLDEST_AGE.set(float(row["oldest"]))

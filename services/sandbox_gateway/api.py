@@ -1,0 +1,226 @@
+"""The sandbox's JSON API: intents (/v1/intents...) and fault injection (/_sandbox/faults)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+
+from services.sandbox_gateway.cards import check_card_simulation
+from services.sandbox_gateway.faults import Faults, FaultsUpdate, create_intent_fault
+from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
+from services.sandbox_gateway.intents import (
+    IdempotencyKeyReusedError,
+    Intent,
+    IntentClosedError,
+    IntentDraft,
+    IntentNotFoundError,
+)
+from shared.web import Problem
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _absolute_http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+class NewIntent(BaseModel):
+    """The body of POST /v1/intents (what shared.providers.sandbox sends)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = Field(strict=True, gt=0, le=99_999_999)
+    currency: StrictStr = Field(pattern=r"^[A-Z]{3}$")
+    reference: StrictStr = Field(min_length=1, max_length=128)
+    return_url: StrictStr = Field(max_length=2048)
+    cancel_url: StrictStr | None = Field(default=None, max_length=2048)
+    description: StrictStr | None = Field(default=None, max_length=1000)
+    customer_email: StrictStr | None = Field(default=None, max_length=254)
+    expires_at: int | None = Field(default=None, strict=True, gt=0)
+    metadata: dict[
+        Annotated[StrictStr, Field(min_length=1, max_length=100)],
+        Annotated[StrictStr, Field(max_length=1000)],
+    ] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("return_url", "cancel_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return _absolute_http_url(value)
+
+    def draft(self) -> IntentDraft:
+        return IntentDraft(**self.model_dump())
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal["canceled", "expired"] = "canceled"
+
+
+class SimulateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    card_number: StrictStr = Field(max_length=64)
+    exp_month: int | None = None
+    exp_year: int | None = Field(default=None, ge=0, le=9999)
+    cvc: StrictStr | None = Field(default=None, max_length=8)
+
+
+async def _json_body(request: web.Request, *, required: bool) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise Problem(400, "malformed-json", "The request body must be a JSON object.")
+        return {}
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Problem(415, "unsupported-media-type", "Send the body as application/json.")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Problem(400, "malformed-json", "The request body is not valid JSON.") from None
+
+
+def _validated(model: type[ModelT], data: Any) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # Only where and what: an input (which may be a card number) is never echoed back.
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise Problem(422, "validation-error", "The request body is invalid.", errors=errors) from None
+
+
+def _gateway(request: web.Request) -> SandboxGateway:
+    return request.app[GATEWAY]
+
+
+def _find(gateway: SandboxGateway, intent_id: str) -> Intent:
+    try:
+        return gateway.intent(intent_id)
+    except IntentNotFoundError:
+        raise Problem(404, "intent-not-found", f"No intent has the id {intent_id!r}.") from None
+
+
+def _closed_problem(exc: IntentClosedError) -> Problem:
+    return Problem(409, "intent-closed", f"The intent is already {exc.intent.status}.", intent=exc.intent.to_json())
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
+        raise Problem(400, "invalid-idempotency-key", "Idempotency-Key must be 1-255 printable ASCII characters.")
+    return key
+
+
+async def create_intent(request: web.Request) -> web.Response:
+    """Open an intent; the same Idempotency-Key answers the same intent (200) instead of a new one (201)."""
+    gateway = _gateway(request)
+    key = _idempotency_key(request)
+    body = _validated(NewIntent, await _json_body(request, required=True))
+    fault = create_intent_fault(gateway.faults, gateway.rng)
+    if fault == "before_storing":
+        raise Problem(500, "sandbox-fault", "Injected fault: failed before storing the intent.")
+    try:
+        answer, created = gateway.open_intent(body.draft(), key)
+    except IdempotencyKeyReusedError:
+        raise Problem(
+            422,
+            "idempotency-key-reuse",
+            "This Idempotency-Key already opened an intent for another amount, currency or reference.",
+        ) from None
+    if fault == "after_storing":
+        raise Problem(500, "sandbox-fault", "Injected fault: failed after storing the intent.")
+    if created:
+        return web.json_response(answer, status=201, headers={"Location": f"/v1/intents/{answer['id']}"})
+    return web.json_response(answer, status=200, headers={"Idempotent-Replayed": "true"})
+
+
+async def get_intent(request: web.Request) -> web.Response:
+    intent = _find(_gateway(request), request.match_info["intent_id"])
+    return web.json_response(intent.to_json())
+
+
+async def cancel_intent(request: web.Request) -> web.Response:
+    """Cancel (or expire) an open intent; again is a no-op; 409 once it succeeded or failed."""
+    gateway = _gateway(request)
+    intent_id = request.match_info["intent_id"]
+    _find(gateway, intent_id)
+    reason = _validated(CancelRequest, await _json_body(request, required=False)).reason
+    try:
+        intent = gateway.close(intent_id, reason)
+    except IntentClosedError as exc:
+        raise _closed_problem(exc) from None
+    return web.json_response(intent.to_json())
+
+
+async def simulate_payment(request: web.Request) -> web.Response:
+    """Pay an intent headlessly, exactly as the hosted page's form would."""
+    gateway = _gateway(request)
+    intent_id = request.match_info["intent_id"]
+    intent = _find(gateway, intent_id)
+    body = _validated(SimulateRequest, await _json_body(request, required=True))
+    if intent.status.is_closed:
+        raise _closed_problem(IntentClosedError(intent))
+    today = datetime.fromtimestamp(gateway.store.now(), UTC).date()
+    card = check_card_simulation(body.card_number, body.exp_month, body.exp_year, body.cvc, today)
+    if not card.ok:
+        errors = [{"field": name, "message": message} for name, message in card.errors.items()]
+        raise Problem(422, "card-invalid", "The card details are invalid.", errors=errors)
+    try:
+        intent = gateway.pay(intent_id, card)
+    except IntentClosedError as exc:
+        raise _closed_problem(exc) from None
+    return web.json_response(intent.to_json())
+
+
+async def list_webhook_attempts(request: web.Request) -> web.Response:
+    """Every delivery attempt of the intent's webhooks, in the order they finished."""
+    gateway = _gateway(request)
+    intent = _find(gateway, request.match_info["intent_id"])
+    return web.json_response({"data": [a.to_json() for a in gateway.webhooks.attempts(intent.id)]})
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(_gateway(request).faults.model_dump())
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    """Merge the given faults into the ones in force."""
+    gateway = _gateway(request)
+    update = _validated(FaultsUpdate, await _json_body(request, required=True))
+    gateway.faults = update.merged_into(gateway.faults)
+    return web.json_response(gateway.faults.model_dump())
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    gateway = _gateway(request)
+    gateway.faults = Faults()
+    return web.json_response(gateway.faults.model_dump())
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/v1/intents", create_intent)
+    router.add_get("/v1/intents/{intent_id}", get_intent)
+    router.add_post("/v1/intents/{intent_id}/cancel", cancel_intent)
+    router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)
+    router.add_get("/v1/intents/{intent_id}/webhooks", list_webhook_attempts)
+    router.add_get("/_sandbox/faults", get_faults)
+    router.add_post("/_sandbox/faults", set_faults)
+    router.add_delete("/_sandbox/faults", clear_faults)

@@ -1,0 +1,73 @@
+"""The sandbox gateway's aiohttp application: wiring only; behaviour lives in gateway, api and checkout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from opentelemetry import trace
+
+from services.sandbox_gateway import api, checkout
+from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
+from services.sandbox_gateway.intents import IntentStore
+from services.sandbox_gateway.webhooks import WebhookSender
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.web import create_base_app
+
+log = get_logger(__name__)
+
+# Intents are also expired lazily whenever touched; the sweep makes sure the webhook goes out regardless.
+EXPIRY_SWEEP_SECONDS = 1.0
+
+
+def create_app(
+    settings: Settings, *, rng: random.Random | None = None, tracer: trace.Tracer | None = None
+) -> web.Application:
+    """The sandbox gateway; `rng` and `tracer` let tests make faults reproducible and observe spans."""
+    app = create_base_app(client_max_size=api.MAX_BODY_BYTES)
+    chance = rng or random.Random()
+    webhooks = WebhookSender(
+        settings.sandbox_webhook_url,
+        settings.sandbox_webhook_secret[0].get_secret_value(),
+        retry_base_seconds=settings.sandbox_webhook_retry_base_seconds,
+        max_attempts=settings.sandbox_webhook_max_attempts,
+        rng=chance,
+        tracer=tracer,
+    )
+    gateway = SandboxGateway(
+        IntentStore(settings.sandbox_checkout_base), webhooks, rng=chance, autopay=settings.sandbox_autopay
+    )
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(_webhook_delivery)
+    app.cleanup_ctx.append(_expiry_sweep)
+    api.add_routes(app.router)
+    checkout.add_routes(app.router)
+    return app
+
+
+async def _webhook_delivery(app: web.Application) -> AsyncIterator[None]:
+    webhooks = app[GATEWAY].webhooks
+    await webhooks.start()
+    yield
+    await webhooks.close()
+
+
+async def _expiry_sweep(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_sweep_forever(app[GATEWAY]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(gateway: SandboxGateway) -> None:
+    while True:
+        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+        try:
+            gateway.expire_due()
+        except Exception:
+            log.exception("expiry sweep failed")

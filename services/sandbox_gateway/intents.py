@@ -1,0 +1,213 @@
+"""Payment intents and their life: open, then succeeded, failed, canceled or expired, once.
+
+The store is in memory on purpose: the sandbox is a stand-in provider for development, tests and
+benchmarks, and forgets everything when it stops. It is plain synchronous code on one event loop, so each
+operation is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+CloseReason = Literal["canceled", "expired"]
+
+
+class IntentStatus(StrEnum):
+    OPEN = "open"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def is_closed(self) -> bool:
+        return self is not IntentStatus.OPEN
+
+    @property
+    def is_settled(self) -> bool:
+        """Paid for, or refused: the outcomes a cancel can no longer undo."""
+        return self in (IntentStatus.SUCCEEDED, IntentStatus.FAILED)
+
+
+class IntentNotFoundError(Exception):
+    """No intent has this id."""
+
+
+class IdempotencyKeyReusedError(Exception):
+    """An Idempotency-Key already opened an intent for another amount, currency or reference."""
+
+
+class IntentClosedError(Exception):
+    """The intent can no longer change in the way asked."""
+
+    def __init__(self, intent: Intent) -> None:
+        super().__init__(f"intent {intent.id} is {intent.status}")
+        self.intent = intent
+
+
+def new_intent_id() -> str:
+    return "pi_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class IntentDraft:
+    """What a caller asks for when opening an intent."""
+
+    amount: int
+    currency: str
+    reference: str
+    return_url: str
+    cancel_url: str | None = None
+    description: str | None = None
+    customer_email: str | None = None
+    expires_at: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Intent:
+    id: str
+    amount: int
+    currency: str
+    reference: str
+    return_url: str
+    cancel_url: str | None
+    description: str | None
+    customer_email: str | None
+    metadata: dict[str, str]
+    checkout_url: str
+    created: int
+    expires_at: int
+    status: IntentStatus = IntentStatus.OPEN
+    failure_code: str | None = None
+    # The only card data ever kept.
+    last4: str | None = None
+
+    @property
+    def payment_id(self) -> str | None:
+        return self.metadata.get("payment_id")
+
+    def to_json(self) -> dict[str, Any]:
+        """The intent as the API answers it and as webhooks carry it."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": str(self.status),
+            "amount": self.amount,
+            "currency": self.currency,
+            "reference": self.reference,
+            "description": self.description,
+            "checkout_url": self.checkout_url,
+            "return_url": self.return_url,
+            "cancel_url": self.cancel_url,
+            "failure_code": self.failure_code,
+            "metadata": dict(self.metadata),
+            "created": self.created,
+            "expires_at": self.expires_at,
+        }
+        if self.last4 is not None:
+            body["last4"] = self.last4
+        return body
+
+
+class IntentStore:
+    """Every intent, by id and by the Idempotency-Key that opened it."""
+
+    DEFAULT_LIFETIME_SECONDS = 3600
+
+    def __init__(self, checkout_base: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._checkout_base = checkout_base.rstrip("/")
+        self._clock = clock
+        self._by_id: dict[str, Intent] = {}
+        self._by_key: dict[str, str] = {}
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def open(self, draft: IntentDraft, idempotency_key: str | None = None) -> tuple[Intent, bool]:
+        """The intent for this key (opened now if the key is new); True when it was opened now.
+
+        A known key answers its intent whatever else changed (trace metadata differs between retries), but a
+        different amount, currency or reference is a caller's bug: IdempotencyKeyReusedError.
+        """
+        if idempotency_key is not None and idempotency_key in self._by_key:
+            existing = self._by_id[self._by_key[idempotency_key]]
+            if (existing.amount, existing.currency, existing.reference) != (
+                draft.amount,
+                draft.currency,
+                draft.reference,
+            ):
+                raise IdempotencyKeyReusedError(idempotency_key)
+            return existing, False
+        intent_id = new_intent_id()
+        created = self.now()
+        intent = Intent(
+            id=intent_id,
+            amount=draft.amount,
+            currency=draft.currency,
+            reference=draft.reference,
+            return_url=draft.return_url,
+            cancel_url=draft.cancel_url,
+            description=draft.description,
+            customer_email=draft.customer_email,
+            metadata=dict(draft.metadata),
+            checkout_url=f"{self._checkout_base}/pay/{intent_id}",
+            created=created,
+            expires_at=draft.expires_at if draft.expires_at is not None else created + self.DEFAULT_LIFETIME_SECONDS,
+        )
+        self._by_id[intent_id] = intent
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = intent_id
+        return intent, True
+
+    def get(self, intent_id: str) -> Intent:
+        try:
+            return self._by_id[intent_id]
+        except KeyError:
+            raise IntentNotFoundError(intent_id) from None
+
+    def expire_if_due(self, intent_id: str) -> bool:
+        """Expire an open intent past its expires_at; True when it changed now."""
+        intent = self.get(intent_id)
+        if intent.status is IntentStatus.OPEN and self.now() >= intent.expires_at:
+            intent.status = IntentStatus.EXPIRED
+            intent.failure_code = "expired"
+            return True
+        return False
+
+    def expire_due(self) -> list[Intent]:
+        """Expire every open intent past its expires_at; the ones that changed now."""
+        now = self.now()
+        due = [i for i in self._by_id.values() if i.status is IntentStatus.OPEN and now >= i.expires_at]
+        for intent in due:
+            intent.status = IntentStatus.EXPIRED
+            intent.failure_code = "expired"
+        return due
+
+    def settle(self, intent_id: str, *, last4: str, failure_code: str | None) -> Intent:
+        """Record a card payment: succeeded without a failure code, failed with one."""
+        intent = self.get(intent_id)
+        if intent.status.is_closed:
+            raise IntentClosedError(intent)
+        intent.status = IntentStatus.FAILED if failure_code else IntentStatus.SUCCEEDED
+        intent.failure_code = failure_code
+        intent.last4 = last4
+        return intent
+
+    def close(self, intent_id: str, reason: CloseReason) -> tuple[Intent, bool]:
+        """Cancel or expire an open intent; True when it changed now.
+
+        An intent already canceled or expired stays as it is; a paid or refused one cannot be closed.
+        """
+        intent = self.get(intent_id)
+        if intent.status.is_settled:
+            raise IntentClosedError(intent)
+        if intent.status.is_closed:
+            return intent, False
+        intent.status = IntentStatus(reason)
+        intent.failure_code = "expired" if reason == "expired" else None
+        return intent, True

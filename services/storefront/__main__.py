@@ -1,0 +1,14 @@
+"""`python -m services.storefront`: the demo shop alone, on STOREFRONT_PORT."""
+
+from __future__ import annotations
+
+from services.storefront.app import create_app
+from shared.runtime import run_service
+
+
+def main() -> None:
+    run_service("storefront", create_app, lambda settings: settings.storefront_port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""What the shop sells: a fixed catalogue whose prices, in integer minor units, only the server knows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    name: str
+    description: str
+    amount: int
+    currency: str
+
+
+CATALOGUE: tuple[Product, ...] = (
+    Product("book", "Designing Payment Systems", "A paperback on idempotency, ledgers and webhooks.", 1999, "USD"),
+    Product("mug", "Paystream Mug", "Ceramic, 350 ml, says 'exactly once' on the side.", 1250, "USD"),
+    Product("poster", "State Machine Poster", "PENDING to SUCCEEDED, in A2.", 2500, "USD"),
+)
+
+_BY_ID = {product.id: product for product in CATALOGUE}
+
+
+def find_product(product_id: str) -> Product | None:
+    """The product with this id, or None: the id comes from a form, so anything may arrive."""
+    return _BY_ID.get(product_id)

@@ -1,0 +1,44 @@
+"""Order ids and the in-memory order book (order id -> payment id) of this demo shop."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+
+_ORDER_ID = re.compile(r"^ord_[0-9a-f]{24}$")
+_PAYMENT_ID = re.compile(r"^pay_[A-Za-z0-9]{1,64}$")
+
+
+def new_order_id() -> str:
+    """A fresh order id, made when the product page is rendered; it becomes the payment's Idempotency-Key."""
+    return "ord_" + secrets.token_hex(12)
+
+
+def is_order_id(value: str) -> bool:
+    return bool(_ORDER_ID.match(value))
+
+
+def is_payment_id(value: str) -> bool:
+    return bool(_PAYMENT_ID.match(value))
+
+
+class OrderBook:
+    """Which payment pays which order, kept in memory and bounded: a restart forgets it, and the order page copes
+    by taking the payment id from the gateway's return link (then checking it against the intake API)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._payments: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, order_id: str, payment_id: str) -> None:
+        self._payments[order_id] = payment_id
+        self._payments.move_to_end(order_id)
+        while len(self._payments) > self._capacity:
+            self._payments.popitem(last=False)
+
+    def payment_id(self, order_id: str) -> str | None:
+        return self._payments.get(order_id)
+
+    def __len__(self) -> int:
+        return len(self._payments)

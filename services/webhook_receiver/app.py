@@ -1,0 +1,62 @@
+"""Wiring of the webhook_receiver: stateless, it never touches the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejected, receive_webhook
+from shared import runtime
+from shared.broker import Broker
+from shared.config import Settings
+from shared.providers import build_provider
+from shared.providers.base import PaymentProvider
+from shared.web import READINESS_CHECKS, Problem, create_base_app
+
+MAX_WEBHOOK_BYTES = 256 * 1024
+PROVIDERS = web.AppKey("providers", dict[str, PaymentProvider])
+BROKER = web.AppKey("broker", Broker)
+
+
+def _providers(settings: Settings) -> dict[str, PaymentProvider]:
+    providers = {"sandbox": build_provider(settings, "sandbox")}
+    if settings.stripe_webhook_secret:
+        # Only the webhook half is used here; an API key is not needed to verify Stripe's signatures.
+        from shared.providers.stripe import StripeProvider
+
+        providers["stripe"] = StripeProvider.for_webhooks(settings)
+    return providers
+
+
+async def webhook(request: web.Request) -> web.Response:
+    name = request.match_info["provider"]
+    provider = request.app[PROVIDERS].get(name)
+    if provider is None:
+        raise Problem(404, "not-found", f"No webhook endpoint for provider {name!r}.")
+    body = await request.read()
+    try:
+        result = await receive_webhook(provider, dict(request.headers), body, request.app[BROKER].publish)
+    except WebhookRejected as exc:
+        raise Problem(400, "invalid-webhook", str(exc)) from exc
+    except BrokerUnavailable as exc:
+        raise Problem(503, "broker-unavailable", "The event could not be recorded; retry later.",
+                      headers={"Retry-After": "5"}) from exc
+    return web.json_response({"received": True, "outcome": result.outcome, "event_id": result.event_id})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app(client_max_size=MAX_WEBHOOK_BYTES)
+    app[PROVIDERS] = _providers(settings)
+    app.router.add_post("/webhooks/{provider}", webhook)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with runtime.broker(settings, "webhook_receiver") as broker:
+            app[BROKER] = broker
+            app[READINESS_CHECKS].append(broker.is_ready)
+            yield
+        for provider in app[PROVIDERS].values():
+            await provider.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

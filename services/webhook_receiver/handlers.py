@@ -1,0 +1,89 @@
+"""Receiving a provider's webhook: verify the raw bytes, map the event, publish it confirmed, then answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from shared.events import Envelope, PaymentStatusChanged, deterministic_event_id
+from shared.logs import get_logger
+from shared.metrics import WEBHOOKS_RECEIVED
+from shared.providers.base import PaymentProvider
+from shared.providers.errors import InvalidWebhookError, SignatureError
+from shared.telemetry import extract_context
+
+log = get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+class WebhookRejected(Exception):
+    """The webhook is refused (400); nothing was published."""
+
+
+class BrokerUnavailable(Exception):
+    """The event could not be confirmed by the broker (503, so the provider retries)."""
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    outcome: str  # accepted | ignored
+    event_id: str | None = None
+    payment_id: str | None = None
+
+
+async def receive_webhook(
+    provider: PaymentProvider,
+    headers: dict[str, str],
+    body: bytes,
+    publish: Callable[[Envelope], Awaitable[None]],
+) -> WebhookResult:
+    """The whole rule of CONTRACT §4; raises WebhookRejected or BrokerUnavailable."""
+    try:
+        provider.verify_webhook_source(headers, body)
+    except SignatureError as exc:
+        WEBHOOKS_RECEIVED.labels(provider.name, "invalid_signature").inc()
+        raise WebhookRejected(f"signature check failed: {exc}") from exc
+    try:
+        event = provider.parse_webhook(body)
+    except InvalidWebhookError as exc:
+        WEBHOOKS_RECEIVED.labels(provider.name, "invalid_event").inc()
+        raise WebhookRejected(f"not a valid event: {exc}") from exc
+    if event is None:
+        WEBHOOKS_RECEIVED.labels(provider.name, "ignored").inc()
+        return WebhookResult(outcome="ignored")
+
+    changed = PaymentStatusChanged(
+        status=event.status,
+        provider=provider.name,
+        provider_payment_id=event.provider_payment_id,
+        provider_event_id=event.provider_event_id,
+        failure_code=event.failure_code,
+        amount=event.amount,
+        currency=event.currency,
+    )
+    envelope = Envelope.wrap(
+        changed,
+        payment_id=event.payment_id,
+        source="webhook",
+        # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
+        event_id=deterministic_event_id(provider.name, event.provider_event_id),
+        occurred_at=event.occurred_at,
+    )
+    # The payment's trace context travelled through the provider in the intent's metadata.
+    with _tracer.start_as_current_span(
+        f"webhook {provider.name} {event.status.value}",
+        context=extract_context(event.metadata) if "traceparent" in event.metadata else None,
+        attributes={"payment.id": event.payment_id, "paystream.provider_event_id": event.provider_event_id},
+    ):
+        try:
+            await publish(envelope)
+        except Exception as exc:
+            WEBHOOKS_RECEIVED.labels(provider.name, "broker_unavailable").inc()
+            log.warning("webhook not confirmed by the broker", error=f"{type(exc).__name__}: {exc}")
+            raise BrokerUnavailable(str(exc)) from exc
+    WEBHOOKS_RECEIVED.labels(provider.name, "accepted").inc()
+    log.info("webhook accepted", payment_id=event.payment_id, status=event.status.value,
+             provider_event_id=event.provider_event_id)
+    return WebhookResult(outcome="accepted", event_id=str(envelope.id), payment_id=event.payment_id)

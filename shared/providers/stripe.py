@@ -1,0 +1,328 @@
+"""The Stripe provider: Checkout Sessions over Stripe's REST API (aiohttp, no SDK), both halves.
+
+Calling: form-encoded requests in Stripe's bracket notation, Bearer auth, JSON answers.
+Reading webhooks: `Stripe-Signature` (`t=`, one or more `v1=`), checked by the base class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.events import PaymentStatus
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
+from shared.providers.http import call_provider
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+# Stands for "whatever the session's payment_status is" in the tables below.
+ANY = "*"
+
+# (session status, session payment_status) → our status. Anything not listed is unknown and refused
+# loudly (PermanentGatewayError), never guessed.
+STRIPE_SESSION_STATUS_MAP: dict[tuple[str, str], PaymentStatus] = {
+    ("open", ANY): PaymentStatus.PENDING,
+    ("complete", "paid"): PaymentStatus.SUCCEEDED,
+    ("complete", "no_payment_required"): PaymentStatus.SUCCEEDED,
+    # Complete but unpaid: an asynchronous method (e.g. a bank debit) is still settling.
+    ("complete", "unpaid"): PaymentStatus.PENDING,
+    ("expired", ANY): PaymentStatus.EXPIRED,
+}
+
+# (event type, session payment_status) → (our status, failure code), or None: acknowledged, not acted on.
+# Event types not listed at all are acknowledged and ignored; a listed type with an unlisted
+# payment_status is not an event we understand (InvalidWebhookError).
+STRIPE_EVENT_MAP: dict[tuple[str, str], tuple[PaymentStatus, str | None] | None] = {
+    ("checkout.session.completed", "paid"): (PaymentStatus.SUCCEEDED, None),
+    ("checkout.session.completed", "no_payment_required"): (PaymentStatus.SUCCEEDED, None),
+    # An asynchronous method: the outcome arrives later as async_payment_succeeded/failed.
+    ("checkout.session.completed", "unpaid"): None,
+    ("checkout.session.async_payment_succeeded", ANY): (PaymentStatus.SUCCEEDED, None),
+    ("checkout.session.async_payment_failed", ANY): (PaymentStatus.FAILED, "payment_failed"),
+    ("checkout.session.expired", ANY): (PaymentStatus.EXPIRED, "expired"),
+}
+STRIPE_EVENT_TYPES = frozenset(event_type for event_type, _ in STRIPE_EVENT_MAP)
+
+# Stripe accepts a session `expires_at` between 30 minutes and 24 hours after its own "now".
+SESSION_MIN_LIFETIME_SECONDS = 30 * 60
+SESSION_MAX_LIFETIME_SECONDS = 24 * 60 * 60
+# Room for network latency and clock skew between us and Stripe, at both ends of the window.
+CLOCK_MARGIN_SECONDS = 60
+# When the requested expiry lies outside the window it moves by whole steps of this size, so that
+# retries of the same create (same Idempotency-Key) send the same value: Stripe refuses a reused key
+# whose parameters differ.
+EXPIRY_STEP_SECONDS = 30 * 60
+
+
+def map_session_status(status: str | None, payment_status: str | None) -> PaymentStatus:
+    """A Checkout Session's (status, payment_status) as our status; unknown → PermanentGatewayError."""
+    key_status = status or ""
+    mapped = STRIPE_SESSION_STATUS_MAP.get((key_status, payment_status or ""))
+    if mapped is None:
+        mapped = STRIPE_SESSION_STATUS_MAP.get((key_status, ANY))
+    if mapped is None:
+        raise PermanentGatewayError(
+            f"unknown stripe checkout session status {status!r} / payment_status {payment_status!r}"
+        )
+    return mapped
+
+
+def session_expires_at(requested: datetime, now: datetime) -> int:
+    """The `expires_at` (unix seconds) to send Stripe: the requested expiry, moved into Stripe's window.
+
+    The window is [now + 30 min, now + 24 h], narrowed by CLOCK_MARGIN_SECONDS at each end. A value
+    outside it moves by whole EXPIRY_STEP_SECONDS from the requested time (not to `now + 30 min`), so
+    the result stays the same across the retries of one create, as Stripe's idempotency requires.
+    """
+    wanted = int(requested.timestamp())
+    current = now.timestamp()
+    earliest = current + SESSION_MIN_LIFETIME_SECONDS + CLOCK_MARGIN_SECONDS
+    latest = current + SESSION_MAX_LIFETIME_SECONDS - CLOCK_MARGIN_SECONDS
+    if wanted < earliest:
+        return wanted + math.ceil((earliest - wanted) / EXPIRY_STEP_SECONDS) * EXPIRY_STEP_SECONDS
+    if wanted > latest:
+        return wanted - math.ceil((wanted - latest) / EXPIRY_STEP_SECONDS) * EXPIRY_STEP_SECONDS
+    return wanted
+
+
+def with_payment_id(url: str, payment_id: str) -> str:
+    """`url` with `payment_id=<id>` in its query; the rest of the query and the fragment kept as they are."""
+    parts = urlsplit(url)
+    kept = [item for item in parts.query.split("&") if item and item.split("=", 1)[0] != "payment_id"]
+    kept.append(f"payment_id={quote(payment_id, safe='')}")
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+def encode_form(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Nested params as Stripe's form fields: `a[b][0][c]=v`; None is left out, booleans are true/false."""
+    fields: list[tuple[str, str]] = []
+
+    def add(key: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, Mapping):
+            for sub_key, sub_value in value.items():
+                add(f"{key}[{sub_key}]", sub_value)
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                add(f"{key}[{index}]", item)
+        elif isinstance(value, bool):
+            fields.append((key, "true" if value else "false"))
+        else:
+            fields.append((key, str(value)))
+
+    for name, value in params.items():
+        add(name, value)
+    return fields
+
+
+class _Session(BaseModel):
+    """The fields of a Checkout Session we read; Stripe sends many more."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["checkout.session"] = "checkout.session"
+    status: str | None = None
+    payment_status: str | None = None
+    amount_total: int | None = None
+    currency: str | None = None
+    url: str | None = None
+    client_reference_id: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class _EventData(BaseModel):
+    object: dict[str, Any]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    created: int
+    data: _EventData
+
+
+class StripeProvider(PaymentProvider):
+    name = "stripe"
+    signature_header_name = "Stripe-Signature"
+
+    def __init__(
+        self,
+        api_key: str,
+        secrets: Sequence[str],
+        *,
+        api_base: str = "https://api.stripe.com",
+        timeout_seconds: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._api_key = api_key
+        self._secrets = list(secrets)
+        self._base_url = api_base.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StripeProvider:
+        """Configured from STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE."""
+        if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value():
+            raise ValueError("STRIPE_API_KEY must be set when the stripe provider is used")
+        return cls(
+            settings.stripe_api_key.get_secret_value(),
+            # No secret at all is allowed: then every webhook fails verification.
+            [s.get_secret_value() for s in settings.stripe_webhook_secret or []],
+            api_base=settings.stripe_api_base,
+            timeout_seconds=settings.gateway_timeout_seconds,
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers={"Authorization": f"Bearer {self._api_key}"}
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _session_url(self, session_id: str, action: str = "") -> str:
+        return f"{self._base_url}/v1/checkout/sessions/{quote(session_id, safe='')}{action}"
+
+    @staticmethod
+    def _parse_session(payload: dict[str, Any]) -> _Session:
+        try:
+            return _Session.model_validate(payload)
+        except ValidationError as exc:
+            raise PermanentGatewayError(
+                f"stripe answered with something that is not a checkout session ({exc.error_count()} errors)"
+            ) from None
+
+    @classmethod
+    def _intent(cls, payload: dict[str, Any]) -> ProviderIntent:
+        session = cls._parse_session(payload)
+        status = map_session_status(session.status, session.payment_status)
+        if session.amount_total is None or session.currency is None:
+            raise PermanentGatewayError(f"stripe checkout session {session.id} has no amount_total/currency")
+        return ProviderIntent(
+            provider_payment_id=session.id,
+            status=status,
+            amount=session.amount_total,
+            currency=session.currency.upper(),
+            checkout_url=session.url,
+            failure_code="expired" if status is PaymentStatus.EXPIRED else None,
+            raw_status=f"{session.status}/{session.payment_status}",
+        )
+
+    def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
+        """The create-session parameters for a request, before form encoding (depends on it and now only)."""
+        return {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": request.amount,
+                        "product_data": {"name": request.description or request.reference},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": with_payment_id(request.return_url, request.payment_id),
+            "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
+            "client_reference_id": request.payment_id,
+            "metadata": {**request.metadata, "payment_id": request.payment_id},
+            "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
+            "customer_email": request.customer_email,
+            "expires_at": session_expires_at(request.expires_at, self._clock()),
+        }
+
+    async def create_intent(self, request: IntentRequest) -> ProviderIntent:
+        payload = await call_provider(
+            self._client(),
+            "POST",
+            f"{self._base_url}/v1/checkout/sessions",
+            data=encode_form(self.checkout_session_params(request)),
+            headers={"Idempotency-Key": request.payment_id},
+        )
+        return self._intent(payload)
+
+    async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
+        payload = await call_provider(self._client(), "GET", self._session_url(provider_payment_id))
+        return self._intent(payload)
+
+    async def cancel_intent(
+        self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
+    ) -> ProviderIntent:
+        try:
+            payload = await call_provider(self._client(), "POST", self._session_url(provider_payment_id, "/expire"))
+        except PermanentGatewayError:
+            # Only an open session can be expired: the truth is whatever the session now says (maybe paid).
+            payload = await call_provider(self._client(), "GET", self._session_url(provider_payment_id))
+        intent = self._intent(payload)
+        if intent.status is PaymentStatus.EXPIRED and reason == "canceled":
+            # Stripe only knows "expired"; closed at the merchant's request it is, for us, CANCELED.
+            # This holds on the fallback path too: a retried cancel finds the session our first call closed.
+            return ProviderIntent(
+                provider_payment_id=intent.provider_payment_id,
+                status=PaymentStatus.CANCELED,
+                amount=intent.amount,
+                currency=intent.currency,
+                checkout_url=intent.checkout_url,
+                failure_code=None,
+                raw_status=intent.raw_status,
+            )
+        return intent
+
+    def webhook_secrets(self) -> Sequence[str]:
+        return self._secrets
+
+    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        try:
+            event = _Event.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidWebhookError(f"not a stripe event ({exc.error_count()} errors)") from None
+        if event.type not in STRIPE_EVENT_TYPES:
+            return None
+        try:
+            session = _Session.model_validate(event.data.object)
+        except ValidationError as exc:
+            raise InvalidWebhookError(
+                f"{event.type} does not carry a checkout session ({exc.error_count()} errors)"
+            ) from None
+        key = (event.type, session.payment_status or "")
+        if key in STRIPE_EVENT_MAP:
+            outcome = STRIPE_EVENT_MAP[key]
+        elif (event.type, ANY) in STRIPE_EVENT_MAP:
+            outcome = STRIPE_EVENT_MAP[(event.type, ANY)]
+        else:
+            raise InvalidWebhookError(f"{event.type} with payment_status {session.payment_status!r}")
+        if outcome is None:
+            return None
+        status, failure_code = outcome
+        metadata = session.metadata or {}
+        payment_id = session.client_reference_id or metadata.get("payment_id")
+        if not payment_id:
+            raise InvalidWebhookError("event carries neither client_reference_id nor metadata.payment_id")
+        if metadata.get("payment_id") not in (None, payment_id):
+            raise InvalidWebhookError("client_reference_id and metadata.payment_id disagree")
+        return WebhookEvent(
+            provider_event_id=event.id,
+            provider_payment_id=session.id,
+            payment_id=payment_id,
+            status=status,
+            amount=session.amount_total,
+            currency=session.currency.upper() if session.currency else None,
+            failure_code=failure_code,
+            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            metadata=metadata,
+        )

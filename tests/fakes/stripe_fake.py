@@ -1,0 +1,293 @@
+"""A local fake of the part of Stripe's API the stripe adapter uses: Checkout Sessions and their webhooks.
+
+It speaks Stripe's wire format (Bearer auth, form-encoded bodies in bracket notation, JSON answers,
+errors as {"error": {"type", "message", ...}}, Idempotency-Key replay) and is written independently of
+the adapter, so a test that passes proves the adapter against the format, not against itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+
+MIN_EXPIRY_SECONDS = 30 * 60
+MAX_EXPIRY_SECONDS = 24 * 60 * 60
+
+
+class StripeRequestError(Exception):
+    """Answered as Stripe does: an HTTP status and {"error": {...}}."""
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", **extra: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message, **extra}}
+
+
+def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Form fields in bracket notation (`a[b][0][c]=v`, `a[]=v`) as nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for raw_key, value in pairs:
+        match = _KEY.match(raw_key)
+        if match is None:
+            raise StripeRequestError(400, f"Invalid parameter name: {raw_key}", param=raw_key)
+        path = [match.group(1), *_SEGMENT.findall(match.group(2))]
+        node = root
+        for depth, segment in enumerate(path):
+            if segment == "":
+                segment = str(len(node))
+            last = depth == len(path) - 1
+            if last:
+                node[segment] = value
+            else:
+                child = node.setdefault(segment, {})
+                if not isinstance(child, dict):
+                    raise StripeRequestError(400, f"Invalid parameter: {raw_key}", param=raw_key)
+                node = child
+    return _lists(root)
+
+
+def _lists(node: Any) -> Any:
+    """Dicts keyed 0..n-1 become lists, as Stripe reads `line_items[0]`."""
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _lists(value) for key, value in node.items()}
+    if converted and all(key.isdigit() for key in converted):
+        indices = sorted(int(key) for key in converted)
+        if indices == list(range(len(indices))):
+            return [converted[str(i)] for i in indices]
+    return converted
+
+
+def _integer(value: Any, param: str) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
+        raise StripeRequestError(400, f"Invalid integer: {value}", param=param)
+    return int(value)
+
+
+async def _form(request: web.Request) -> list[tuple[str, str]]:
+    """The raw form fields in order (aiohttp keeps the body, so it can be read again)."""
+    return parse_qsl(await request.text(), keep_blank_values=True) if request.body_exists else []
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    form: list[tuple[str, str]]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return decode_form(self.form)
+
+
+@dataclass
+class StripeFake:
+    """State and behaviour of the fake; `app()` serves it over HTTP."""
+
+    api_key: str = "sk_test_fake"
+    webhook_secret: str = "whsec_test_fake"
+    checkout_base: str = "https://checkout.stripe.test"
+    clock: Callable[[], float] = time.time
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _idempotent: dict[str, tuple[list[tuple[str, str]], int, dict[str, Any]]] = field(default_factory=dict)
+    _failures: list[int] = field(default_factory=list)
+
+    # --- controls for tests -------------------------------------------------------------------
+    def fail_next(self, count: int, status: int = 500) -> None:
+        """The next `count` requests answer `status` unprocessed (leaving no idempotent result)."""
+        self._failures.extend([status] * count)
+
+    def complete_session(self, session_id: str, payment_status: str = "paid") -> dict[str, Any]:
+        """The customer finished Checkout: paid at once, or `unpaid` while an async method settles."""
+        session = self.sessions[session_id]
+        session["status"] = "complete"
+        session["payment_status"] = payment_status
+        session["payment_intent"] = f"pi_test_{secrets.token_hex(12)}"
+        session["url"] = None
+        return session
+
+    def settle_async_payment(self, session_id: str, *, succeeded: bool) -> dict[str, Any]:
+        session = self.sessions[session_id]
+        session["payment_status"] = "paid" if succeeded else "unpaid"
+        return session
+
+    def expire_session(self, session_id: str) -> dict[str, Any]:
+        session = self.sessions[session_id]
+        session["status"] = "expired"
+        session["url"] = None
+        return session
+
+    def webhook(
+        self,
+        session_id: str,
+        event_type: str,
+        *,
+        timestamp: int | None = None,
+        secret: str | None = None,
+        event_id: str | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """A Stripe event about the session as it is now, and the headers that sign it correctly."""
+        created = int(self.clock()) if timestamp is None else timestamp
+        event = {
+            "id": event_id or f"evt_test_{secrets.token_hex(12)}",
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": created,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "type": event_type,
+            "data": {"object": copy.deepcopy(self.sessions[session_id])},
+        }
+        body = json.dumps(event).encode()
+        return body, {"Stripe-Signature": self.signature(body, timestamp=created, secret=secret)}
+
+    def signature(self, body: bytes, *, timestamp: int, secret: str | None = None) -> str:
+        key = (secret or self.webhook_secret).encode()
+        v1 = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+        # Stripe's test mode adds a v0 entry; receivers must ignore schemes they do not know.
+        return f"t={timestamp},v1={v1},v0={secrets.token_hex(32)}"
+
+    # --- the HTTP side ------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_post("/v1/checkout/sessions", self._create)
+        app.router.add_get("/v1/checkout/sessions/{id}", self._retrieve)
+        app.router.add_post("/v1/checkout/sessions/{id}/expire", self._expire)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        form = await _form(request)
+        self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), form))
+        try:
+            if self._failures:
+                status = self._failures.pop(0)
+                raise StripeRequestError(status, "An error occurred with our connection to Stripe.", type_="api_error")
+            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                raise StripeRequestError(401, "Invalid API Key provided.")
+            return await handler(request)
+        except StripeRequestError as exc:
+            return web.json_response(exc.body, status=exc.status)
+        except web.HTTPNotFound:
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"Unrecognized request URL ({request.path}).",
+                    }
+                },
+                status=404,
+            )
+
+    def _session(self, session_id: str) -> dict[str, Any]:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise StripeRequestError(
+                404, f"No such checkout.session: '{session_id}'", code="resource_missing", param="session"
+            )
+        return session
+
+    async def _create(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and key in self._idempotent:
+            first_form, status, body = self._idempotent[key]
+            if sorted(first_form) != sorted(form):
+                raise StripeRequestError(
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                    type_="idempotency_error",
+                )
+            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
+        session = self._new_session(decode_form(form))
+        self.sessions[session["id"]] = session
+        if key is not None:
+            self._idempotent[key] = (form, 200, copy.deepcopy(session))
+        return web.json_response(session)
+
+    def _new_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("mode") != "payment":
+            raise StripeRequestError(400, "Missing required param: mode.", param="mode")
+        if not params.get("success_url"):
+            raise StripeRequestError(400, "Missing required param: success_url.", param="success_url")
+        items = params.get("line_items")
+        if not isinstance(items, list) or not items:
+            raise StripeRequestError(400, "Missing required param: line_items.", param="line_items")
+        total = 0
+        currencies: set[str] = set()
+        for index, item in enumerate(items):
+            prefix = f"line_items[{index}]"
+            price = item.get("price_data") if isinstance(item, dict) else None
+            if not isinstance(price, dict) or not isinstance(price.get("product_data"), dict):
+                raise StripeRequestError(400, f"Missing required param: {prefix}[price_data].", param=prefix)
+            if not price["product_data"].get("name"):
+                raise StripeRequestError(400, "Missing required param: product_data[name].", param=prefix)
+            currency = price.get("currency", "")
+            if not re.fullmatch(r"[a-z]{3}", currency):
+                raise StripeRequestError(400, f"Invalid currency: {currency}.", param=f"{prefix}[price_data][currency]")
+            currencies.add(currency)
+            unit_amount = _integer(price.get("unit_amount"), f"{prefix}[price_data][unit_amount]")
+            total += unit_amount * _integer(item.get("quantity"), f"{prefix}[quantity]")
+        if len(currencies) != 1:
+            raise StripeRequestError(400, "All line items must share one currency.", param="line_items")
+        now = int(self.clock())
+        expires_at = now + MAX_EXPIRY_SECONDS
+        if "expires_at" in params:
+            expires_at = _integer(params["expires_at"], "expires_at")
+            if not now + MIN_EXPIRY_SECONDS <= expires_at <= now + MAX_EXPIRY_SECONDS:
+                raise StripeRequestError(
+                    400,
+                    "The `expires_at` timestamp must be between 30 minutes and 24 hours "
+                    "from Checkout Session creation.",
+                    param="expires_at",
+                )
+        session_id = f"cs_test_{secrets.token_hex(24)}"
+        return {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "url": f"{self.checkout_base}/c/pay/{session_id}",
+            "status": "open",
+            "payment_status": "unpaid",
+            "amount_subtotal": total,
+            "amount_total": total,
+            "currency": currencies.pop(),
+            "client_reference_id": params.get("client_reference_id"),
+            "customer_email": params.get("customer_email"),
+            "metadata": params.get("metadata") or {},
+            "payment_intent": None,
+            "created": now,
+            "expires_at": expires_at,
+            "success_url": params["success_url"],
+            "cancel_url": params.get("cancel_url"),
+            "livemode": False,
+        }
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        return web.json_response(self._session(request.match_info["id"]))
+
+    async def _expire(self, request: web.Request) -> web.Response:
+        session = self._session(request.match_info["id"])
+        if session["status"] != "open":
+            raise StripeRequestError(
+                400,
+                f'Only Checkout Sessions with a status in ["open"] can be expired. '
+                f'This Checkout Session has a status of "{session["status"]}".',
+            )
+        return web.json_response(self.expire_session(session["id"]))

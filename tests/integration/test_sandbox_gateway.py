@@ -1,0 +1,611 @@
+"""The sandbox gateway over HTTP (CONTRACT §5), with a small aiohttp server standing in for the webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.sandbox_gateway.app import create_app
+from shared.config import Settings
+from shared.events import PaymentStatus
+from shared.providers.base import IntentRequest
+from shared.providers.sandbox import SandboxProvider
+
+SECRET = "whsec_sandbox_test"
+FUTURE_EXPIRY = f"12/{(date.today().year + 3) % 100:02d}"
+
+
+@dataclass
+class Delivery:
+    headers: CIMultiDict[str]
+    body: bytes
+    received_at: float
+
+
+@dataclass
+class WebhookTarget:
+    """Records every webhook; answers the queued statuses first, then 200."""
+
+    url: str = ""
+    received: list[Delivery] = field(default_factory=list)
+    answers: deque[int] = field(default_factory=deque)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(Delivery(CIMultiDict(request.headers), await request.read(), time.monotonic()))
+        return web.Response(status=self.answers.popleft() if self.answers else 200)
+
+
+async def eventually(condition: Callable[[], Any], within: float = 5.0) -> Any:
+    """Poll until `condition` is truthy, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def webhook_target() -> AsyncIterator[WebhookTarget]:
+    target = WebhookTarget()
+    app = web.Application()
+    app.router.add_post("/webhooks/sandbox", target.handle)
+    server = TestServer(app)
+    await server.start_server()
+    target.url = str(server.make_url("/webhooks/sandbox"))
+    yield target
+    await server.close()
+
+
+StartSandbox = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def start_sandbox(webhook_target: WebhookTarget) -> AsyncIterator[StartSandbox]:
+    clients: list[TestClient] = []
+
+    async def start(*, rng: random.Random | None = None, tracer: Any = None, **overrides: Any) -> TestClient:
+        settings_fields: dict[str, Any] = {
+            "sandbox_webhook_url": webhook_target.url,
+            "sandbox_webhook_secret": f"{SECRET},whsec_previous",
+            "sandbox_webhook_retry_base_seconds": 0.05,
+            "sandbox_autopay": None,
+            **overrides,
+        }
+        settings = Settings(_env_file=None, **settings_fields)  # type: ignore[call-arg]
+        client = TestClient(TestServer(create_app(settings, rng=rng, tracer=tracer)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def sandbox(start_sandbox: StartSandbox) -> TestClient:
+    return await start_sandbox()
+
+
+def intent_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "description": "2 books",
+        "customer_email": "a@b.example",
+        "return_url": "https://shop.example/orders/42?lang=en",
+        "cancel_url": "https://shop.example/cart",
+        "expires_at": int(time.time()) + 600,
+        "metadata": {"payment_id": "pay_" + uuid.uuid4().hex},
+    }
+    body.update(overrides)
+    return body
+
+
+async def create_intent(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/intents", json=intent_body(**overrides), headers={"Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def fetch_intent(client: TestClient, intent_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/intents/{intent_id}")
+    assert response.status == 200
+    return await response.json()
+
+
+async def pay_on_page(client: TestClient, intent_id: str, card: str = "4242 4242 4242 4242", **fields: str):
+    form = {"name": "Ada Lovelace", "card_number": card, "expiry": FUTURE_EXPIRY, "cvc": "123", **fields}
+    return await client.post(f"/pay/{intent_id}", data=form, allow_redirects=False)
+
+
+def verifier() -> SandboxProvider:
+    return SandboxProvider("http://sandbox.invalid", [SECRET])
+
+
+# --- the intents API ---------------------------------------------------------------------------------
+
+
+async def test_healthz_answers_ok(sandbox: TestClient) -> None:
+    assert (await sandbox.get("/healthz")).status == 200
+
+
+async def test_create_intent_answers_201_with_an_open_intent_and_its_checkout_url(sandbox: TestClient) -> None:
+    response = await sandbox.post("/v1/intents", json=intent_body(), headers={"Idempotency-Key": "k-create"})
+    intent = await response.json()
+    assert response.status == 201
+    assert response.headers["Location"] == f"/v1/intents/{intent['id']}"
+    assert intent["id"].startswith("pi_")
+    assert intent["status"] == "open"
+    assert intent["checkout_url"] == f"http://localhost:8090/pay/{intent['id']}"
+    assert (intent["amount"], intent["currency"], intent["reference"]) == (1999, "USD", "order-42")
+
+
+async def test_the_same_idempotency_key_answers_the_same_intent_with_200(sandbox: TestClient) -> None:
+    body = intent_body()
+    first = await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": "k-same"})
+    again = await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": "k-same"})
+    assert (first.status, again.status) == (201, 200)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["id"] == (await first.json())["id"]
+
+
+async def test_the_same_idempotency_key_for_another_amount_is_422(sandbox: TestClient) -> None:
+    await sandbox.post("/v1/intents", json=intent_body(), headers={"Idempotency-Key": "k-reuse"})
+    response = await sandbox.post("/v1/intents", json=intent_body(amount=1), headers={"Idempotency-Key": "k-reuse"})
+    assert response.status == 422
+    assert (await response.json())["type"].endswith("idempotency-key-reuse")
+
+
+async def test_an_invalid_intent_body_is_a_422_problem_listing_each_field(sandbox: TestClient) -> None:
+    body = intent_body(amount=0, currency="usd", return_url="ftp://x", surprise=True)
+    response = await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": "k-invalid"})
+    problem = await response.json()
+    assert response.status == 422
+    assert response.content_type == "application/problem+json"
+    assert {"amount", "currency", "return_url", "surprise"} <= {e["field"] for e in problem["errors"]}
+
+
+async def test_a_malformed_json_body_is_a_400_problem(sandbox: TestClient) -> None:
+    response = await sandbox.post(
+        "/v1/intents", data=b"{nope", headers={"Content-Type": "application/json", "Idempotency-Key": "k"}
+    )
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+
+
+async def test_an_unknown_intent_is_a_404_problem(sandbox: TestClient) -> None:
+    response = await sandbox.get("/v1/intents/pi_unknown")
+    assert response.status == 404
+    assert (await response.json())["type"].endswith("intent-not-found")
+
+
+async def test_the_sandbox_provider_client_creates_retrieves_and_cancels(sandbox: TestClient) -> None:
+    provider = SandboxProvider(str(sandbox.make_url("/")), [SECRET])
+    request = IntentRequest(
+        payment_id="pay_" + uuid.uuid4().hex,
+        amount=2500,
+        currency="EUR",
+        reference="order-7",
+        return_url="https://shop.example/done",
+        cancel_url=None,
+        expires_at=datetime.now(UTC) + timedelta(minutes=30),
+        metadata={"cart": "c-9"},
+    )
+    try:
+        created = await provider.create_intent(request)
+        retried = await provider.create_intent(request)
+        retrieved = await provider.retrieve_intent(created.provider_payment_id)
+        canceled = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    finally:
+        await provider.close()
+    assert created.status is PaymentStatus.PENDING and created.checkout_url
+    assert retried.provider_payment_id == created.provider_payment_id
+    assert (retrieved.amount, retrieved.currency, retrieved.status) == (2500, "EUR", PaymentStatus.PENDING)
+    assert canceled.status is PaymentStatus.CANCELED
+
+
+async def test_the_sandbox_provider_client_cancel_after_success_reports_succeeded(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    provider = SandboxProvider(str(sandbox.make_url("/")), [SECRET])
+    try:
+        result = await provider.cancel_intent(intent["id"], reason="expired")
+    finally:
+        await provider.close()
+    assert result.status is PaymentStatus.SUCCEEDED
+
+
+# --- cancel --------------------------------------------------------------------------------------------
+
+
+async def test_cancel_closes_an_open_intent(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
+    assert response.status == 200
+    assert (await response.json())["status"] == "canceled"
+
+
+async def test_cancel_with_reason_expired_expires_the_intent(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json={"reason": "expired"})
+    body = await response.json()
+    assert (body["status"], body["failure_code"]) == ("expired", "expired")
+
+
+async def test_cancel_twice_answers_200_unchanged(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json={"reason": "canceled"})
+    again = await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json={"reason": "expired"})
+    assert again.status == 200
+    assert (await again.json())["status"] == "canceled"
+
+
+async def test_cancel_after_success_is_409(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
+    assert response.status == 409
+    assert response.content_type == "application/problem+json"
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "succeeded"
+
+
+# --- simulate ------------------------------------------------------------------------------------------
+
+
+async def test_simulate_with_the_4242_card_succeeds_and_keeps_last4(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242 4242 4242 4242"})
+    body = await response.json()
+    assert response.status == 200
+    assert (body["status"], body["last4"], body["failure_code"]) == ("succeeded", "4242", None)
+
+
+async def test_simulate_with_the_9995_card_fails_with_insufficient_funds(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4000000000009995"})
+    body = await response.json()
+    assert (body["status"], body["failure_code"]) == ("failed", "insufficient_funds")
+
+
+async def test_simulate_with_a_luhn_invalid_number_is_422_and_changes_nothing(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424241"})
+    assert response.status == 422
+    assert [e["field"] for e in (await response.json())["errors"]] == ["card_number"]
+    after = await fetch_intent(sandbox, intent["id"])
+    assert after["status"] == "open" and "last4" not in after
+
+
+async def test_simulate_on_a_closed_intent_is_409(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    assert response.status == 409
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "canceled"
+
+
+# --- the hosted page -----------------------------------------------------------------------------------
+
+
+async def test_the_hosted_page_is_an_html_form_with_labels_amount_and_reference(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.get(f"/pay/{intent['id']}")
+    html = await response.text()
+    assert response.status == 200 and response.content_type == "text/html"
+    assert f'<form method="post" action="/pay/{intent["id"]}"' in html
+    for name in ("name", "card_number", "expiry", "cvc"):
+        assert f'<label for="{name}">' in html and f'name="{name}"' in html
+    assert "19.99 USD" in html and "order-42" in html and "2 books" in html
+    assert "<script" not in html
+
+
+async def test_paying_on_the_page_redirects_303_to_return_url_with_payment_id(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"])
+    assert response.status == 303
+    payment_id = intent["metadata"]["payment_id"]
+    assert response.headers["Location"] == f"https://shop.example/orders/42?lang=en&payment_id={payment_id}"
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (after["status"], after["last4"]) == ("succeeded", "4242")
+
+
+async def test_paying_with_the_0002_card_on_the_page_fails_with_card_declined(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], card="4000-0000-0000-0002")
+    assert response.status == 303
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (after["status"], after["failure_code"]) == ("failed", "card_declined")
+
+
+async def test_a_luhn_invalid_number_rerenders_the_form_with_422_and_changes_nothing(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], card="4242 4242 4242 4241")
+    html = await response.text()
+    assert response.status == 422
+    assert "This card number is not valid" in html
+    assert 'value="Ada Lovelace"' in html
+    assert "4241" not in html
+    after = await fetch_intent(sandbox, intent["id"])
+    assert after["status"] == "open" and "last4" not in after
+
+
+async def test_an_expired_card_and_missing_fields_are_each_reported(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], expiry="01/20", cvc="", name="")
+    html = await response.text()
+    assert response.status == 422
+    assert "This card has expired." in html
+    assert "Enter the name on the card." in html
+    assert "security code" in html
+
+
+async def test_paying_a_closed_intent_shows_a_409_page_and_changes_nothing(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await pay_on_page(sandbox, intent["id"], card="4000000000000002")
+    response = await pay_on_page(sandbox, intent["id"])
+    assert response.status == 409
+    assert "already failed" in await response.text()
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (after["status"], after["last4"]) == ("failed", "0002")
+
+
+async def test_an_unknown_intent_page_is_a_404_html_page(sandbox: TestClient) -> None:
+    response = await sandbox.get("/pay/pi_unknown")
+    assert response.status == 404
+    assert response.content_type == "text/html"
+    assert "Payment not found" in await response.text()
+
+
+async def test_the_cancel_button_cancels_and_redirects_to_cancel_url(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/pay/{intent['id']}/cancel", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == (f"https://shop.example/cart?payment_id={intent['metadata']['payment_id']}")
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "canceled"
+
+
+async def test_the_cancel_link_after_payment_shows_409_and_keeps_the_payment(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox)
+    await pay_on_page(sandbox, intent["id"])
+    response = await sandbox.get(f"/pay/{intent['id']}/cancel", allow_redirects=False)
+    assert response.status == 409
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "succeeded"
+
+
+async def test_the_full_card_number_appears_nowhere(
+    sandbox: TestClient,
+    webhook_target: WebhookTarget,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    intent = await create_intent(sandbox)
+    await pay_on_page(sandbox, intent["id"], card="4000000000009995", cvc="987")
+    await eventually(lambda: webhook_target.received)
+    stored = await (await sandbox.get(f"/v1/intents/{intent['id']}")).text()
+    written = capsys.readouterr()
+    for text in (stored, webhook_target.received[0].body.decode(), written.out, written.err, caplog.text):
+        assert "4000000000009995" not in text
+
+
+# --- webhooks --------------------------------------------------------------------------------------------
+
+
+async def test_a_payment_sends_a_webhook_signed_with_the_first_secret(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await create_intent(sandbox)
+    await pay_on_page(sandbox, intent["id"])
+    [delivery] = await eventually(lambda: webhook_target.received)
+    verifier().verify_webhook_source(delivery.headers, delivery.body)
+    event = verifier().parse_webhook(delivery.body)
+    assert event is not None
+    assert event.provider_event_id.startswith("evt_")
+    assert (event.payment_id, event.provider_payment_id) == (intent["metadata"]["payment_id"], intent["id"])
+    assert (event.status, event.amount, event.currency) == (PaymentStatus.SUCCEEDED, 1999, "USD")
+    assert delivery.headers["Content-Type"] == "application/json"
+
+
+async def test_a_cancel_sends_a_canceled_webhook(sandbox: TestClient, webhook_target: WebhookTarget) -> None:
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
+    [delivery] = await eventually(lambda: webhook_target.received)
+    event = verifier().parse_webhook(delivery.body)
+    assert event is not None and event.status is PaymentStatus.CANCELED
+
+
+async def test_a_webhook_answered_500_is_retried_until_accepted(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    webhook_target.answers.extend([500, 503])
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+
+    async def three_attempts_logged() -> list[dict[str, Any]]:
+        log = (await (await sandbox.get(f"/v1/intents/{intent['id']}/webhooks")).json())["data"]
+        return log if len(log) == 3 else []
+
+    log = await eventually(three_attempts_logged)
+    assert [(a["attempt"], a["status"]) for a in log] == [(1, 500), (2, 503), (3, 200)]
+    assert len({a["event_id"] for a in log}) == 1 and log[0]["type"] == "payment.succeeded"
+    assert log[0]["error"] and log[2]["error"] is None
+    assert len({d.body for d in webhook_target.received}) == 1
+
+
+async def test_an_unreachable_webhook_url_is_logged_as_an_error_and_retried(start_sandbox: StartSandbox) -> None:
+    closed = TestServer(web.Application())
+    await closed.start_server()
+    url = str(closed.make_url("/webhooks/sandbox"))
+    await closed.close()
+    sandbox = await start_sandbox(sandbox_webhook_url=url, sandbox_webhook_retry_base_seconds=0.01)
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
+
+    async def two_attempts_logged() -> list[dict[str, Any]]:
+        log = (await (await sandbox.get(f"/v1/intents/{intent['id']}/webhooks")).json())["data"]
+        return log if len(log) >= 2 else []
+
+    log = await eventually(two_attempts_logged)
+    assert all(a["status"] is None and a["error"] for a in log)
+
+
+async def test_the_webhook_joins_the_trace_carried_in_the_metadata(
+    start_sandbox: StartSandbox, webhook_target: WebhookTarget
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sandbox = await start_sandbox(tracer=provider.get_tracer("test"))
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    metadata = {"payment_id": "pay_traced", "traceparent": f"00-{trace_id}-{parent_id}-01"}
+    intent = await create_intent(sandbox, metadata=metadata)
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    [delivery] = await eventually(lambda: webhook_target.received)
+    assert delivery.headers["traceparent"].split("-")[1] == trace_id
+    [span] = await eventually(exporter.get_finished_spans)
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
+
+
+# --- autopay ----------------------------------------------------------------------------------------------
+
+
+async def test_autopay_succeed_pays_every_new_intent_with_the_4242_card(
+    start_sandbox: StartSandbox, webhook_target: WebhookTarget
+) -> None:
+    sandbox = await start_sandbox(sandbox_autopay="succeed")
+    intent = await create_intent(sandbox)
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (intent["status"], after["status"], after["last4"]) == ("open", "succeeded", "4242")
+    [delivery] = await eventually(lambda: webhook_target.received)
+    event = verifier().parse_webhook(delivery.body)
+    assert event is not None and event.status is PaymentStatus.SUCCEEDED
+
+
+async def test_autopay_fail_declines_every_new_intent(start_sandbox: StartSandbox) -> None:
+    sandbox = await start_sandbox(sandbox_autopay="fail")
+    intent = await create_intent(sandbox)
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (after["status"], after["failure_code"]) == ("failed", "card_declined")
+
+
+# --- expiry -------------------------------------------------------------------------------------------------
+
+
+async def test_an_intent_past_its_expiry_is_expired_when_read(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await create_intent(sandbox, expires_at=int(time.time()) - 1)
+    after = await fetch_intent(sandbox, intent["id"])
+    assert (after["status"], after["failure_code"]) == ("expired", "expired")
+    [delivery] = await eventually(lambda: webhook_target.received)
+    event = verifier().parse_webhook(delivery.body)
+    assert event is not None and event.status is PaymentStatus.EXPIRED
+
+
+async def test_the_sweep_expires_an_intent_and_sends_payment_expired(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await create_intent(sandbox, expires_at=int(time.time()) + 1)
+    [delivery] = await eventually(lambda: webhook_target.received, within=4.0)
+    event = verifier().parse_webhook(delivery.body)
+    assert event is not None and event.status is PaymentStatus.EXPIRED
+    assert event.provider_payment_id == intent["id"]
+
+
+async def test_paying_an_expired_intent_shows_409(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox, expires_at=int(time.time()) - 1)
+    response = await pay_on_page(sandbox, intent["id"])
+    assert response.status == 409
+    assert "expired" in await response.text()
+
+
+# --- faults ---------------------------------------------------------------------------------------------------
+
+
+async def test_faults_are_merged_shown_and_cleared(sandbox: TestClient) -> None:
+    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 0.5})
+    merged = await (await sandbox.post("/_sandbox/faults", json={"webhook_shuffle": True})).json()
+    shown = await (await sandbox.get("/_sandbox/faults")).json()
+    cleared = await sandbox.delete("/_sandbox/faults")
+    assert merged == shown
+    assert (shown["webhook_duplicate_rate"], shown["webhook_shuffle"]) == (0.5, True)
+    assert cleared.status == 200
+    assert await (await sandbox.get("/_sandbox/faults")).json() == {
+        "create_intent_error_rate": 0.0,
+        "webhook_duplicate_rate": 0.0,
+        "webhook_delay_seconds": 0.0,
+        "webhook_shuffle": False,
+    }
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [{"create_intent_error_rate": 1.5}, {"webhook_delay_seconds": -1}, {"webhook_shuffle": "yes"}, {"latency": 1}],
+)
+async def test_invalid_faults_are_a_422_problem(sandbox: TestClient, faults: dict[str, Any]) -> None:
+    response = await sandbox.post("/_sandbox/faults", json=faults)
+    assert response.status == 422
+    assert response.content_type == "application/problem+json"
+
+
+async def test_create_errors_fail_before_and_after_storing_so_a_retry_gets_the_stored_intent(
+    start_sandbox: StartSandbox,
+) -> None:
+    sandbox = await start_sandbox(rng=random.Random(20261123))
+    await sandbox.post("/_sandbox/faults", json={"create_intent_error_rate": 1.0})
+    bodies = {f"k-fault-{n}": intent_body() for n in range(12)}
+    for key, body in bodies.items():
+        response = await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": key})
+        assert response.status == 500
+        assert response.content_type == "application/problem+json"
+    await sandbox.delete("/_sandbox/faults")
+    retries = [
+        (await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": key})).status
+        for key, body in bodies.items()
+    ]
+    # 200: the failed call had stored the intent; 201: it failed before storing.
+    assert set(retries) == {200, 201}
+
+
+async def test_the_duplicate_fault_delivers_the_same_event_twice(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 1.0})
+    intent = await create_intent(sandbox)
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    first, second = await eventually(lambda: webhook_target.received if len(webhook_target.received) == 2 else [])
+    events = [verifier().parse_webhook(d.body) for d in (first, second)]
+    assert events[0] is not None and events[1] is not None
+    assert events[0].provider_event_id == events[1].provider_event_id
+
+
+async def test_the_delay_fault_holds_back_the_first_attempt(sandbox: TestClient, webhook_target: WebhookTarget) -> None:
+    await sandbox.post("/_sandbox/faults", json={"webhook_delay_seconds": 0.4})
+    intent = await create_intent(sandbox)
+    paid_at = time.monotonic()
+    await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
+    [delivery] = await eventually(lambda: webhook_target.received)
+    assert delivery.received_at - paid_at >= 0.4

@@ -1,0 +1,219 @@
+"""The stripe adapter over HTTP against a local fake of Stripe's API (nothing here reaches the real Stripe)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from shared.events import PaymentStatus
+from shared.providers.base import IntentRequest
+from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.providers.stripe import StripeProvider
+from tests.fakes.stripe_fake import StripeFake
+
+
+class _Clock:
+    """The adapter's clock, movable to play a retry that comes minutes later."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@pytest.fixture
+def fake() -> StripeFake:
+    return StripeFake()
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+@pytest.fixture
+async def provider(fake: StripeFake, clock: _Clock) -> AsyncIterator[StripeProvider]:
+    server = TestServer(fake.app())
+    await server.start_server()
+    adapter = StripeProvider(
+        fake.api_key,
+        [fake.webhook_secret],
+        api_base=str(server.make_url("")),
+        timeout_seconds=5,
+        clock=clock,
+    )
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
+        await server.close()
+
+
+def _request(**overrides: Any) -> IntentRequest:
+    fields: dict[str, Any] = {
+        "payment_id": f"pay_{secrets.token_hex(8)}",
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "return_url": "https://shop.example/orders/42?lang=en",
+        "cancel_url": "https://shop.example/cart",
+        "expires_at": datetime.now(UTC) + timedelta(minutes=30),
+        "description": "2 books",
+        "customer_email": "a@b.example",
+        "metadata": {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+    }
+    fields.update(overrides)
+    return IntentRequest(**fields)
+
+
+async def test_create_sends_a_form_encoded_checkout_session_and_maps_the_answer(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    request = _request()
+    intent = await provider.create_intent(request)
+
+    sent = fake.requests[-1]
+    assert (sent.method, sent.path) == ("POST", "/v1/checkout/sessions")
+    assert sent.headers["Authorization"] == f"Bearer {fake.api_key}"
+    assert sent.headers["Idempotency-Key"] == request.payment_id
+    assert sent.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    params = sent.params
+    assert params["mode"] == "payment"
+    assert params["line_items"] == [
+        {
+            "price_data": {"currency": "usd", "unit_amount": "1999", "product_data": {"name": "2 books"}},
+            "quantity": "1",
+        }
+    ]
+    assert params["metadata"]["payment_id"] == request.payment_id
+    assert params["metadata"]["traceparent"] == request.metadata["traceparent"]
+    assert params["payment_intent_data"] == {"metadata": {"payment_id": request.payment_id}}
+
+    session = fake.sessions[intent.provider_payment_id]
+    assert intent.provider_payment_id.startswith("cs_test_")
+    assert intent.checkout_url == session["url"]
+    assert (intent.status, intent.amount, intent.currency) == (PaymentStatus.PENDING, 1999, "USD")
+    assert session["client_reference_id"] == request.payment_id
+    assert session["customer_email"] == "a@b.example"
+    assert session["success_url"] == f"https://shop.example/orders/42?lang=en&payment_id={request.payment_id}"
+    assert session["cancel_url"] == f"https://shop.example/cart?payment_id={request.payment_id}"
+
+
+async def test_two_creates_for_one_payment_make_one_session(provider: StripeProvider, fake: StripeFake) -> None:
+    request = _request()
+    first = await provider.create_intent(request)
+    second = await provider.create_intent(request)
+    assert second.provider_payment_id == first.provider_payment_id
+    assert len(fake.sessions) == 1
+
+
+async def test_a_create_retried_minutes_later_replays_the_same_session(
+    provider: StripeProvider, fake: StripeFake, clock: _Clock
+) -> None:
+    # The fake, like Stripe, refuses a reused Idempotency-Key whose parameters changed.
+    request = _request()
+    first = await provider.create_intent(request)
+    clock.offset = timedelta(minutes=4)
+    second = await provider.create_intent(request)
+    assert second.provider_payment_id == first.provider_payment_id
+    assert len(fake.sessions) == 1
+
+
+async def test_retrieve_reports_an_open_session_as_pending(provider: StripeProvider) -> None:
+    created = await provider.create_intent(_request())
+    intent = await provider.retrieve_intent(created.provider_payment_id)
+    assert intent.status is PaymentStatus.PENDING
+    assert intent.checkout_url == created.checkout_url
+
+
+async def test_retrieve_reports_a_paid_session_as_succeeded(provider: StripeProvider, fake: StripeFake) -> None:
+    created = await provider.create_intent(_request())
+    fake.complete_session(created.provider_payment_id)
+    intent = await provider.retrieve_intent(created.provider_payment_id)
+    assert (intent.status, intent.amount, intent.currency) == (PaymentStatus.SUCCEEDED, 1999, "USD")
+
+
+async def test_canceling_an_open_session_expires_it_and_reports_canceled(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    created = await provider.create_intent(_request())
+    intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    assert (intent.status, intent.failure_code) == (PaymentStatus.CANCELED, None)
+    assert fake.sessions[created.provider_payment_id]["status"] == "expired"
+    assert fake.requests[-1].path == f"/v1/checkout/sessions/{created.provider_payment_id}/expire"
+
+
+async def test_expiring_an_open_session_reports_expired(provider: StripeProvider) -> None:
+    created = await provider.create_intent(_request())
+    intent = await provider.cancel_intent(created.provider_payment_id, reason="expired")
+    assert (intent.status, intent.failure_code) == (PaymentStatus.EXPIRED, "expired")
+
+
+async def test_a_cancel_retried_after_it_took_effect_still_reports_canceled(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    created = await provider.create_intent(_request())
+    fake.expire_session(created.provider_payment_id)
+    intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    assert intent.status is PaymentStatus.CANCELED
+
+
+async def test_canceling_a_paid_session_reports_succeeded(provider: StripeProvider, fake: StripeFake) -> None:
+    created = await provider.create_intent(_request())
+    fake.complete_session(created.provider_payment_id)
+    intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    assert intent.status is PaymentStatus.SUCCEEDED
+    assert [r.method for r in fake.requests[-2:]] == ["POST", "GET"]
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_a_server_error_or_rate_limit_is_transient(
+    provider: StripeProvider, fake: StripeFake, status: int
+) -> None:
+    request = _request()
+    fake.fail_next(1, status=status)
+    with pytest.raises(TransientGatewayError):
+        await provider.create_intent(request)
+    intent = await provider.create_intent(request)
+    assert intent.status is PaymentStatus.PENDING
+    assert len(fake.sessions) == 1
+
+
+async def test_an_invalid_request_is_permanent(provider: StripeProvider, fake: StripeFake) -> None:
+    with pytest.raises(PermanentGatewayError, match="400"):
+        await provider.create_intent(_request(currency="US"))
+    assert fake.sessions == {}
+
+
+async def test_an_unknown_session_is_permanent(provider: StripeProvider) -> None:
+    with pytest.raises(PermanentGatewayError, match="404"):
+        await provider.retrieve_intent("cs_test_missing")
+
+
+async def test_a_wrong_api_key_is_permanent(provider: StripeProvider, fake: StripeFake) -> None:
+    fake.api_key = "sk_test_rotated"
+    with pytest.raises(PermanentGatewayError, match="401"):
+        await provider.create_intent(_request())
+
+
+async def test_a_webhook_signed_like_stripe_verifies_and_maps(provider: StripeProvider, fake: StripeFake) -> None:
+    request = _request()
+    created = await provider.create_intent(request)
+    fake.complete_session(created.provider_payment_id)
+    body, headers = fake.webhook(created.provider_payment_id, "checkout.session.completed")
+
+    provider.verify_webhook_source(headers, body)
+    event = provider.parse_webhook(body)
+
+    assert event is not None
+    assert event.status is PaymentStatus.SUCCEEDED
+    assert event.payment_id == request.payment_id
+    assert event.provider_payment_id == created.provider_payment_id
+    assert (event.amount, event.currency) == (1999, "USD")
+    assert event.metadata["traceparent"] == request.metadata["traceparent"]

@@ -1,0 +1,78 @@
+"""A small client of the intake API and the sandbox, as a shop's backend and a customer would use them."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import aiohttp
+
+from tests.support.processes import eventually
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"}
+
+
+def payment_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "amount": 1999,
+        "currency": "USD",
+        "reference": f"order-{secrets.token_hex(4)}",
+        "return_url": "https://shop.example/orders/42",
+        "cancel_url": "https://shop.example/cart",
+        "description": "2 books",
+        "metadata": {"cart": "c-9"},
+    }
+    body.update(overrides)
+    return body
+
+
+class IntakeClient:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str = "sk_test_demo") -> None:
+        self.session = session
+        self.base_url = base_url
+        self.api_key = api_key
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", **extra}
+
+    async def create(
+        self, body: dict[str, Any] | None = None, *, key: str | None = None, wait: int | None = None
+    ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+        headers = self.headers(**{"Idempotency-Key": key or secrets.token_hex(8)})
+        if wait is not None:
+            headers["Prefer"] = f"wait={wait}"
+        async with self.session.post(
+            f"{self.base_url}/v1/payments", json=body or payment_body(), headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None), response.headers
+
+    async def get(self, payment_id: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.base_url}/v1/payments/{payment_id}", headers=self.headers()) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def events(self, payment_id: str) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.base_url}/v1/payments/{payment_id}/events", headers=self.headers()) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["data"]
+
+    async def checkout_url(self, payment_id: str, timeout: float = 20.0) -> str:
+        async def ready() -> str | None:
+            return (await self.get(payment_id))["checkout_url"]
+
+        return await eventually(ready, timeout=timeout, what=f"checkout_url of {payment_id}")
+
+    async def terminal(self, payment_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def done() -> dict[str, Any] | None:
+            payment = await self.get(payment_id)
+            return payment if payment["status"] in TERMINAL else None
+
+        return await eventually(done, timeout=timeout, interval=0.2, what=f"{payment_id} terminal")
+
+
+async def simulate_card(session: aiohttp.ClientSession, checkout_url: str, card_number: str) -> dict[str, Any]:
+    """What the hosted page's form does, for headless tests: POST /v1/intents/{id}/simulate."""
+    base, _, intent_id = checkout_url.rpartition("/pay/")
+    async with session.post(f"{base}/v1/intents/{intent_id}/simulate", json={"card_number": card_number}) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
