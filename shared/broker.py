@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -90,6 +90,8 @@ class Delivery:
     attempt: int
     max_attempts: int
     redelivered: bool
+    # The W3C trace context the message was published with: the same on every redelivery and retry.
+    trace_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_last_attempt(self) -> bool:
@@ -293,7 +295,13 @@ class Broker:
             await message.reject(requeue=False)
             return
 
-        delivery = Delivery(attempt=attempt, max_attempts=retry.max_attempts, redelivered=message.redelivered)
+        headers = message.headers or {}
+        delivery = Delivery(
+            attempt=attempt,
+            max_attempts=retry.max_attempts,
+            redelivered=message.redelivered,
+            trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
+        )
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(
             payment_id=envelope.payment_id, event_id=str(envelope.id), event_type=envelope.type

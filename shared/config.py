@@ -6,7 +6,7 @@ import sys
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICE_NAMES = (
@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@localhost:5432/paystream"
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    intake_api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
-        default_factory=lambda: {"sk_test_demo": SecretStr("demo")}
+    intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
+        default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
     )
     payment_provider: Literal["sandbox", "stripe"] = "sandbox"
     sandbox_url: str = "http://localhost:8090"
@@ -116,18 +116,20 @@ class Settings(BaseSettings):
     @field_validator("intake_api_keys", mode="before")
     @classmethod
     def _api_keys(cls, v: object) -> object:
-        """`merchant_id:api_key,...` becomes {api_key: merchant_id}, the lookup the API needs."""
-        if isinstance(v, dict):
+        """`merchant_id:api_key,...` → [(merchant_id, key)]; a merchant may hold several keys (rotation)."""
+        if isinstance(v, list):
             return v
-        keys: dict[str, SecretStr] = {}
+        pairs: list[tuple[str, SecretStr]] = []
+        seen: set[str] = set()
         for pair in str(v).split(","):
             merchant, sep, key = pair.strip().partition(":")
             if not sep or not merchant.strip() or not key.strip():
                 raise ValueError("expected comma-separated merchant_id:api_key pairs")
-            if key.strip() in keys:
+            if key.strip() in seen:
                 raise ValueError("an API key is listed twice")
-            keys[key.strip()] = SecretStr(merchant.strip())
-        return keys
+            seen.add(key.strip())
+            pairs.append((merchant.strip(), SecretStr(key.strip())))
+        return pairs
 
     @field_validator("sandbox_webhook_secret", mode="before")
     @classmethod
@@ -139,10 +141,16 @@ class Settings(BaseSettings):
     def _optional_secrets(cls, v: object) -> list[SecretStr] | None:
         return None if v in (None, "") else _secret_list(v)
 
+    @model_validator(mode="after")
+    def _stripe_needs_a_key(self) -> Settings:
+        if self.payment_provider == "stripe" and self.stripe_api_key is None:
+            raise ValueError("must be set when PAYMENT_PROVIDER is stripe")
+        return self
+
     # Derived values: where other processes are reached, defaulting to this machine's ports.
     @property
     def merchants_by_key(self) -> dict[str, str]:
-        return {key: merchant.get_secret_value() for key, merchant in self.intake_api_keys.items()}
+        return {key.get_secret_value(): merchant for merchant, key in self.intake_api_keys}
 
     @property
     def sandbox_checkout_base(self) -> str:
@@ -160,7 +168,7 @@ class Settings(BaseSettings):
     def storefront_key(self) -> str:
         if self.storefront_api_key is not None:
             return self.storefront_api_key.get_secret_value()
-        return next(iter(self.intake_api_keys))
+        return self.intake_api_keys[0][1].get_secret_value()
 
 
 def load_settings() -> Settings:
@@ -169,7 +177,7 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        variable = str(first["loc"][0]).upper() if first["loc"] else "STRIPE_API_KEY"
         message = first["msg"].removeprefix("Value error, ")
         sys.stderr.write(f"paystream: invalid configuration: {variable}: {message}\n")
         raise SystemExit(2) from None

@@ -28,7 +28,6 @@ from shared.logs import get_logger
 from shared.metrics import GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
-from shared.telemetry import inject_context
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -92,8 +91,9 @@ class GatewayHandlers:
             expires_at=message.expires_at,
             description=message.description,
             customer_email=message.customer_email,
-            # The trace context rides with the intent, so the provider's webhook joins this trace.
-            metadata={k: str(v) for k, v in inject_context({}).items()},
+            # The trace context rides with the intent, so the provider's webhook joins this trace. It is the
+            # message's own (not this attempt's span), so a retry sends the provider identical parameters.
+            metadata=delivery.trace_headers,
         )
         try:
             intent = await call_provider(provider, "create_intent", lambda: provider.create_intent(request))

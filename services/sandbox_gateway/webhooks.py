@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter
@@ -138,10 +139,6 @@ class WebhookSender:
     def attempts(self, intent_id: str) -> list[DeliveryAttempt]:
         return list(self._log.get(intent_id, []))
 
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
     def send(self, intent: Intent, *, created: int, faults: Faults) -> str:
         """Schedule the event announcing the intent's status, under the faults in force; returns its id."""
         event = build_event(intent, created=created)
@@ -167,6 +164,8 @@ class WebhookSender:
             event_id=event.event_id,
             event_type=event.event_type,
         )
+        # The task runs in the payment's trace, not in that of the request which happened to close the intent.
+        token = otel_context.attach(extract_context(event.trace_carrier))
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -186,6 +185,8 @@ class WebhookSender:
             raise
         except Exception:
             bound.exception("webhook delivery crashed")
+        finally:
+            otel_context.detach(token)
 
     async def _attempt(self, event: _OutgoingEvent, attempt: int) -> DeliveryAttempt:
         """One POST of the event, in a span continuing the payment's trace; an error unless answered 2xx."""
@@ -195,7 +196,6 @@ class WebhookSender:
         error: str | None = None
         with self._tracer.start_as_current_span(
             "sandbox webhook delivery",
-            context=extract_context(event.trace_carrier),
             kind=trace.SpanKind.PRODUCER,
             attributes={
                 "sandbox.intent_id": event.intent_id,

@@ -22,7 +22,6 @@ BROKER = web.AppKey("broker", Broker)
 def _providers(settings: Settings) -> dict[str, PaymentProvider]:
     providers = {"sandbox": build_provider(settings, "sandbox")}
     if settings.stripe_webhook_secret:
-        # Only the webhook half is used here; an API key is not needed to verify Stripe's signatures.
         from shared.providers.stripe import StripeProvider
 
         providers["stripe"] = StripeProvider.for_webhooks(settings)

@@ -21,6 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.sandbox_gateway.app import create_app
+from services.sandbox_gateway.faults import Faults
+from services.sandbox_gateway.intents import IntentDraft, IntentStatus, IntentStore
+from services.sandbox_gateway.webhooks import WebhookSender
 from shared.config import Settings
 from shared.events import PaymentStatus
 from shared.providers.base import IntentRequest
@@ -44,9 +47,12 @@ class WebhookTarget:
     url: str = ""
     received: list[Delivery] = field(default_factory=list)
     answers: deque[int] = field(default_factory=deque)
+    stalls: deque[float] = field(default_factory=deque)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(Delivery(CIMultiDict(request.headers), await request.read(), time.monotonic()))
+        if self.stalls:
+            await asyncio.sleep(self.stalls.popleft())
         return web.Response(status=self.answers.popleft() if self.answers else 200)
 
 
@@ -470,6 +476,29 @@ async def test_an_unreachable_webhook_url_is_logged_as_an_error_and_retried(star
 
     log = await eventually(two_attempts_logged)
     assert all(a["status"] is None and a["error"] for a in log)
+
+
+async def test_a_webhook_attempt_that_times_out_is_retried(webhook_target: WebhookTarget) -> None:
+    webhook_target.stalls.append(1.0)
+    sender = WebhookSender(
+        webhook_target.url,
+        SECRET,
+        retry_base_seconds=0.01,
+        max_attempts=8,
+        rng=random.Random(1),
+        attempt_timeout_seconds=0.1,
+    )
+    intent, _ = IntentStore("http://sandbox.test").open(
+        IntentDraft(amount=1, currency="USD", reference="r", return_url="https://shop.example/")
+    )
+    intent.status = IntentStatus.CANCELED
+    await sender.start()
+    try:
+        sender.send(intent, created=int(time.time()), faults=Faults())
+        log = await eventually(lambda: sender.attempts(intent.id) if len(sender.attempts(intent.id)) == 2 else [])
+    finally:
+        await sender.close()
+    assert [(a.status, a.error) for a in log] == [(None, "no answer within 0.1 s"), (200, None)]
 
 
 async def test_the_webhook_joins_the_trace_carried_in_the_metadata(

@@ -26,10 +26,7 @@ RUNBOOKS = ROOT / "docs" / "runbooks"
 RUNBOOK_BASE = "https://github.com/your-org/paystream/blob/main/docs/runbooks/"
 
 # Words of PromQL that look like metric names but are not.
-_PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
-    "inf", "nan",
-}
+_PROMQL_KEYWORDS = set("by without on ignoring group_left group_right and or unless bool offset inf nan".split())
 # Grafana's interval variables, replaced by a duration so the expression is plain PromQL.
 _GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
 

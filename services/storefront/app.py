@@ -1,0 +1,70 @@
+"""The storefront's aiohttp application: wiring only; the pages and the payment flow live in routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from services.storefront import routes
+from services.storefront.intake import IntakeClient
+from services.storefront.orders import OrderBook
+from services.storefront.pages import render_problem
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.web import READINESS_CHECKS, create_base_app
+
+log = get_logger(__name__)
+
+MAX_FORM_BYTES = 16 * 1024
+_OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The demo shop; it holds the merchant's API key (`settings.storefront_key`), which no page or log shows."""
+    app = create_base_app(client_max_size=MAX_FORM_BYTES)
+    app.middlewares.append(html_errors)
+    app[routes.ORDERS] = OrderBook()
+    app[routes.SHOP_URL] = settings.storefront_base_url
+    app.cleanup_ctx.append(_intake_client(settings))
+
+    async def intake_alive() -> bool:
+        return await app[routes.INTAKE].is_alive()
+
+    app[READINESS_CHECKS].append(intake_alive)
+    routes.add_routes(app.router)
+    return app
+
+
+def _intake_client(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def open_session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            app[routes.INTAKE] = IntakeClient(session, settings.intake_base_url, settings.storefront_key)
+            log.info("storefront ready", intake=settings.intake_base_url, shop=settings.storefront_base_url)
+            yield
+
+    return open_session
+
+
+@web.middleware
+async def html_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A customer's browser gets an HTML page for every error, never a stack trace (operational routes excepted)."""
+    if request.path in _OPERATIONAL_PATHS:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return routes.html_page(
+            render_problem(exc.reason or "Error", "This page cannot be shown."), exc.status, headers
+        )
+    except Exception:
+        log.exception("unhandled error", path=request.path, method=request.method)
+        return routes.html_page(
+            render_problem("Something went wrong", "The shop could not complete your request. Please try again."), 500
+        )

@@ -1,0 +1,171 @@
+"""The shop's HTML, rendered on the server: plain links and forms that work without JavaScript; every value
+that is not a literal of this module goes through `html.escape`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
+
+from services.storefront.catalogue import Product
+
+# How often an order page still waiting for its outcome reloads itself.
+REFRESH_SECONDS = 2
+
+# ISO 4217 currencies whose minor unit is not a hundredth (the others the shop might meet use two digits).
+_ZERO_DECIMAL = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
+_THREE_DECIMAL = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"})
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;background:#fafaf7;color:#222;margin:0;padding:2rem 1rem}
+main{max-width:44rem;margin:0 auto}
+h1{font-size:1.5rem}
+.products{display:grid;grid-template-columns:repeat(auto-fit,minmax(12rem,1fr));gap:1rem;padding:0;list-style:none}
+.product{background:#fff;border:1px solid #ddd;border-radius:8px;padding:1rem;display:flex;flex-direction:column}
+.product h2{font-size:1.1rem;margin:0 0 .4rem}.product p{flex:1;color:#555;margin:0 0 .8rem}
+.price{font-weight:700;font-size:1.1rem}
+button,a.button{display:inline-block;font-size:1rem;padding:.6rem 1rem;border-radius:4px;border:0;cursor:pointer;
+background:#1f6f43;color:#fff;text-decoration:none;font-weight:600}
+.panel{background:#fff;border:1px solid #ddd;border-radius:8px;padding:1.2rem 1.5rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}dt{color:#666}dd{margin:0;overflow-wrap:anywhere}
+#payment-status{font-size:1.4rem;letter-spacing:.04em}
+.status-succeeded{color:#1f6f43}.status-failed,.status-canceled,.status-expired{color:#b3261e}
+.status-pending{color:#8a5a00}
+.note{font-size:.85rem;color:#666}
+"""
+
+_HEADINGS = {
+    "PENDING": "Waiting for the payment to be confirmed…",
+    "SUCCEEDED": "Thank you: your payment succeeded",
+    "FAILED": "The payment failed",
+    "CANCELED": "The payment was canceled",
+    "EXPIRED": "The payment expired",
+}
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """Integer minor units as a customer reads them: 1999 USD is `19.99 USD`."""
+    digits = 0 if currency in _ZERO_DECIMAL else 3 if currency in _THREE_DECIMAL else 2
+    if digits == 0:
+        return f"{amount:,} {currency}"
+    major, minor = divmod(amount, 10**digits)
+    return f"{major:,}.{minor:0{digits}d} {currency}"
+
+
+def is_web_url(url: object) -> TypeGuard[str]:
+    """Only an absolute http(s) URL from the API becomes a link or a redirect (never `javascript:` and the like)."""
+    if not isinstance(url, str):
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _document(title: str, body: str, *, refresh_seconds: int | None = None) -> str:
+    refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds else ""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"{refresh}<title>{escape(title)} · Paystream demo shop</title><style>{_STYLE}</style></head>"
+        f'<body><main><p><a href="/">Paystream demo shop</a></p>{body}</main></body></html>\n'
+    )
+
+
+def render_catalogue(offers: Iterable[tuple[Product, str]]) -> str:
+    """The product page: one Buy form per product, each carrying the order id made for it at rendering.
+
+    The form holds no price: the server looks it up, so the browser cannot choose what it pays.
+    """
+    items = []
+    for product, order_id in offers:
+        items.append(
+            '<li class="product">'
+            f"<h2>{escape(product.name)}</h2><p>{escape(product.description)}</p>"
+            f'<p class="price">{escape(format_amount(product.amount, product.currency))}</p>'
+            '<form method="post" action="/buy">'
+            f'<input type="hidden" name="product_id" value="{escape(product.id)}">'
+            f'<input type="hidden" name="order_id" value="{escape(order_id)}">'
+            f'<button type="submit">Buy {escape(product.name)}</button></form></li>'
+        )
+    body = (
+        "<h1>Paystream demo shop</h1>"
+        f'<ul class="products">{"".join(items)}</ul>'
+        '<p class="note">A demo: payments go to the sandbox gateway, where card 4242 4242 4242 4242 succeeds and '
+        "4000 0000 0000 0002 is declined. No money moves.</p>"
+    )
+    return _document("Products", body)
+
+
+def _text(payment: Mapping[str, Any], field: str) -> str:
+    value = payment.get(field)
+    return "" if value is None else str(value)
+
+
+def render_order(payment: Mapping[str, Any], *, left_checkout: bool = False) -> str:
+    """The order page for a payment as the intake API reported it; it reloads itself while PENDING.
+
+    `left_checkout` (the customer came back through the cancel link) only changes a hint: the status shown is
+    always the API's.
+    """
+    status = _text(payment, "status")
+    pending = status == "PENDING"
+    rows = [("Order", _text(payment, "reference"))]
+    if payment.get("description"):
+        rows.append(("Item", _text(payment, "description")))
+    amount, currency = payment.get("amount"), payment.get("currency")
+    if isinstance(amount, int) and isinstance(currency, str):
+        rows.append(("Amount", format_amount(amount, currency)))
+    if payment.get("failure_code"):
+        rows.append(("Reason", _text(payment, "failure_code")))
+    details = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
+    heading = _HEADINGS.get(status, "Payment status")
+
+    parts = [
+        f"<h1>{escape(heading)}</h1>",
+        '<div class="panel">',
+        f'<p>Status: <strong id="payment-status" class="status-{escape(status.lower())}">{escape(status)}</strong></p>',
+        f"<dl>{details}</dl>",
+    ]
+    if pending:
+        checkout_url = payment.get("checkout_url")
+        parts.append("<p>Waiting for the payment to be confirmed…</p>")
+        if left_checkout:
+            parts.append("<p>You left the payment page; this order stays open until the gateway confirms.</p>")
+        elif is_web_url(checkout_url):
+            parts.append(
+                "<p>Not paid yet? "
+                f'<a class="button" id="continue-to-payment" href="{escape(checkout_url)}">Continue to payment</a>'
+                "</p>"
+            )
+        else:
+            parts.append("<p>The payment page is being prepared.</p>")
+        parts.append(f'<p class="note">This page refreshes itself every {REFRESH_SECONDS} seconds.</p>')
+    else:
+        parts.append('<p><a href="/">Back to the shop</a></p>')
+    parts.append("</div>")
+    return _document(
+        f"Order {_text(payment, 'reference')}", "".join(parts), refresh_seconds=REFRESH_SECONDS if pending else None
+    )
+
+
+def render_problem(
+    title: str, message: str, *, retry: Mapping[str, str] | None = None, refresh_seconds: int | None = None
+) -> str:
+    """An error page for the customer: what happened in plain words, never a trace, a key or an upstream body.
+
+    `retry` holds the fields of the Buy form to submit again: safe, since the same order id is the same payment.
+    """
+    again = ""
+    if retry:
+        fields = "".join(
+            f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">' for name, value in retry.items()
+        )
+        again = f'<form method="post" action="/buy">{fields}<button type="submit">Try again</button></form>'
+    body = (
+        f'<h1>{escape(title)}</h1><div class="panel"><p>{escape(message)}</p>{again}'
+        '<p><a href="/">Back to the shop</a></p></div>'
+    )
+    return _document(title, body, refresh_seconds=refresh_seconds)

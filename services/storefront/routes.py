@@ -1,0 +1,190 @@
+"""The shop's HTTP handlers: the product page, Buy, and the order page that reads the outcome from the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from services.storefront.catalogue import CATALOGUE, Product, find_product
+from services.storefront.intake import (
+    IdempotencyKeyReusedError,
+    IntakeClient,
+    IntakeError,
+    IntakeUnavailableError,
+    PaymentNotFoundError,
+)
+from services.storefront.orders import OrderBook, is_order_id, is_payment_id, new_order_id
+from services.storefront.pages import is_web_url, render_catalogue, render_order, render_problem
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+INTAKE = web.AppKey("intake", IntakeClient)
+ORDERS = web.AppKey("orders", OrderBook)
+SHOP_URL = web.AppKey("shop_url", str)
+
+# Shop pages are never cached (each product page makes new order ids; order pages change), framed, or scripted.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def html_page(html: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=html, status=status, content_type="text/html", charset="utf-8", headers={**PAGE_HEADERS, **(headers or {})}
+    )
+
+
+def see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def order_not_found() -> web.Response:
+    return html_page(render_problem("Order not found", "We know no such order. Check the link you followed."), 404)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/", show_products)
+    router.add_post("/buy", buy)
+    router.add_get("/orders/{order_id}", show_order)
+
+
+async def show_products(_: web.Request) -> web.Response:
+    return html_page(render_catalogue((product, new_order_id()) for product in CATALOGUE))
+
+
+def payment_request(product: Product, order_id: str, shop_url: str) -> dict[str, Any]:
+    """The body of POST /v1/payments for one product: the price comes from the catalogue, never the browser."""
+    order_url = f"{shop_url}/orders/{order_id}"
+    return {
+        "amount": product.amount,
+        "currency": product.currency,
+        "reference": order_id,
+        "description": product.name,
+        "return_url": order_url,
+        "cancel_url": f"{order_url}?canceled=1",
+        "metadata": {"order_id": order_id},
+    }
+
+
+async def buy(request: web.Request) -> web.Response:
+    """Create (or, for a resubmitted order, replay) the payment, then send the customer to pay it."""
+    form = await request.post()
+    product_id, order_id = form.get("product_id"), form.get("order_id")
+    product = find_product(product_id) if isinstance(product_id, str) else None
+    if product is None or not isinstance(order_id, str) or not is_order_id(order_id):
+        return html_page(
+            render_problem(
+                "This item cannot be bought", "The order form was incomplete. Please choose the item again."
+            ),
+            400,
+        )
+    bound = log.bind(order_id=order_id, product_id=product.id)
+    retry = {"product_id": product.id, "order_id": order_id}
+    try:
+        payment = await request.app[INTAKE].create_payment(
+            order_id, payment_request(product, order_id, request.app[SHOP_URL])
+        )
+    except IdempotencyKeyReusedError:
+        bound.warning("order id already used for another payment request")
+        return html_page(
+            render_problem(
+                "This order was already placed",
+                "This order was placed for something else. Please choose the item again.",
+            ),
+            409,
+        )
+    except IntakeUnavailableError as exc:
+        bound.warning("payment service unavailable", error=str(exc))
+        return html_page(
+            render_problem(
+                "Payments are unavailable right now",
+                "We could not reach the payment service. Nothing was charged twice: "
+                "you can safely try again in a moment.",
+                retry=retry,
+            ),
+            503,
+            {"Retry-After": "5"},
+        )
+    except IntakeError as exc:
+        bound.error("payment service gave an unusable answer", error=str(exc))
+        return html_page(
+            render_problem(
+                "The payment could not be started",
+                "The payment service did not accept the order. You can try again; the order will not be paid twice.",
+                retry=retry,
+            ),
+            502,
+        )
+
+    payment_id = payment["id"]
+    if not is_payment_id(payment_id):
+        bound.error("payment service answered a malformed payment id")
+        return html_page(
+            render_problem(
+                "The payment could not be started", "The payment service gave an unexpected answer.", retry=retry
+            ),
+            502,
+        )
+    request.app[ORDERS].remember(order_id, payment_id)
+    bound = bound.bind(payment_id=payment_id)
+    checkout_url = payment.get("checkout_url")
+    if payment["status"] == "PENDING" and is_web_url(checkout_url):
+        bound.info("customer sent to checkout")
+        return see_other(checkout_url)
+    bound.info("checkout not ready; customer sent to the order page", status=payment["status"])
+    return see_other(f"/orders/{order_id}")
+
+
+async def show_order(request: web.Request) -> web.Response:
+    """The order's payment status, read from the intake API each time: the redirect's query is never believed.
+
+    After a restart the in-memory order book is empty, so the payment id the gateway appends to the return link
+    is used, but only if the intake API confirms that payment is this order's.
+    """
+    order_id = request.match_info["order_id"]
+    if not is_order_id(order_id):
+        return order_not_found()
+    orders = request.app[ORDERS]
+    payment_id = orders.payment_id(order_id)
+    if payment_id is None:
+        candidate = request.query.get("payment_id", "")
+        payment_id = candidate if is_payment_id(candidate) else None
+    if payment_id is None:
+        return order_not_found()
+    bound = log.bind(order_id=order_id, payment_id=payment_id)
+    try:
+        payment = await request.app[INTAKE].get_payment(payment_id)
+    except PaymentNotFoundError:
+        bound.warning("order page for an unknown payment")
+        return order_not_found()
+    except IntakeUnavailableError as exc:
+        bound.warning("payment service unavailable", error=str(exc))
+        return html_page(
+            render_problem(
+                "Checking your payment…",
+                "We cannot reach the payment service right now; this page will try again by itself.",
+                refresh_seconds=5,
+            ),
+            503,
+            {"Retry-After": "5"},
+        )
+    except IntakeError as exc:
+        bound.error("payment service gave an unusable answer", error=str(exc))
+        return html_page(
+            render_problem(
+                "We cannot show this order right now",
+                "The payment service gave an unexpected answer. Please try again later.",
+            ),
+            502,
+        )
+    if payment.get("reference") != order_id:
+        bound.warning("payment does not belong to this order")
+        return order_not_found()
+    orders.remember(order_id, payment_id)
+    bound.debug("order page shown", status=payment["status"])
+    return html_page(render_order(payment, left_checkout="canceled" in request.query))

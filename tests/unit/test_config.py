@@ -1,0 +1,74 @@
+"""Settings (CONTRACT §2): defaults, parsing, and one clear line naming a bad variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import Settings
+from tests.support.processes import ROOT
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # no .env
+    settings = Settings()
+    assert settings.database_url == "postgresql://postgres@localhost:5432/paystream"
+    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
+    assert settings.broker_namespace == "paystream"
+    assert settings.merchants_by_key == {"sk_test_demo": "demo"}
+    assert settings.payment_provider == "sandbox"
+    assert [s.get_secret_value() for s in settings.sandbox_webhook_secret] == ["whsec_sandbox_dev"]
+    assert (settings.payment_ttl_seconds, settings.expiry_sweep_interval_seconds) == (1800, 5)
+    assert (settings.intake_port, settings.webhook_port, settings.ledger_port) == (8080, 8081, 8082)
+    assert (settings.gateway_worker_port, settings.sandbox_port, settings.storefront_port) == (8083, 8090, 8000)
+
+
+def test_api_keys_parse_into_a_lookup_by_key() -> None:
+    settings = Settings(intake_api_keys="shop-a:sk_a, shop-b:sk_b")
+    assert settings.merchants_by_key == {"sk_a": "shop-a", "sk_b": "shop-b"}
+
+
+def test_webhook_secrets_are_a_rotation_list() -> None:
+    settings = Settings(sandbox_webhook_secret="whsec_new,whsec_old")
+    assert [s.get_secret_value() for s in settings.sandbox_webhook_secret] == ["whsec_new", "whsec_old"]
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    settings = Settings(intake_api_keys="shop:sk_live_secret", sandbox_webhook_secret="whsec_hidden")
+    assert "sk_live_secret" not in repr(settings)
+    assert "whsec_hidden" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "mysql://x"),
+        ("AMQP_URL", "not a url"),
+        ("PAYMENT_PROVIDER", "paypal"),
+        ("INTAKE_API_KEYS", "no-colon-here"),
+        ("SANDBOX_URL", "ftp://sandbox"),
+        ("PAYMENT_TTL_SECONDS", "-1"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_an_invalid_value_stops_the_service_with_one_line_naming_the_variable(variable: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.ledger"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", variable: value},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_stripe_without_an_api_key_is_refused_naming_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from shared.config import load_settings; load_settings()"], cwd=ROOT,
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "PAYMENT_PROVIDER": "stripe"},
+    )
+    assert result.returncode == 2
+    assert "STRIPE_API_KEY" in result.stderr

@@ -1,0 +1,438 @@
+"""The demo shop (CONTRACT §6) against a fake intake API: who sets the price, idempotent Buy, and an order page
+that believes only the API."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer, unused_port
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from services.storefront.app import create_app
+from shared.config import Settings
+
+API_KEY = "sk_test_shop_8d1f"
+SHOP_URL = "http://shop.test"
+CHECKOUT_BASE = "http://gateway.test/pay/"
+
+_STATUS = re.compile(r'<[^>]*\bid="payment-status"[^>]*>([^<]*)<')
+_ORDER_IDS = re.compile(r'name="product_id" value="([^"]+)"><input type="hidden" name="order_id" value="([^"]+)"')
+_REFRESH = '<meta http-equiv="refresh" content="2">'
+
+
+@dataclass
+class FakeIntake:
+    """Just enough of the intake API: Bearer auth, idempotency by key, payments whose state a test sets."""
+
+    payments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_key: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
+    posts: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    checkout_ready: bool = True
+    fail_with: int | None = None
+    conflicts_left: int = 0
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/payments", self.create)
+        app.router.add_get("/v1/payments/{payment_id}", self.read)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def _problem(self, status: int, slug: str) -> web.Response:
+        return web.json_response(
+            {
+                "type": f"https://paystream.dev/problems/{slug}",
+                "title": slug,
+                "status": status,
+                "detail": f"{slug} (key {API_KEY})",
+            },
+            status=status,
+            content_type="application/problem+json",
+        )
+
+    async def create(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return self._problem(401, "unauthorized")
+        body = await request.json()
+        self.posts.append((dict(request.headers), body))
+        if self.fail_with is not None:
+            return self._problem(self.fail_with, "boom")
+        if self.conflicts_left:
+            self.conflicts_left -= 1
+            return self._problem(409, "idempotency-conflict")
+        key = request.headers["Idempotency-Key"]
+        if key in self.by_key:
+            payment, first_body = self.by_key[key]
+            if first_body != body:
+                return self._problem(422, "idempotency-key-reuse")
+            return web.json_response(payment, headers={"Idempotent-Replayed": "true"})
+        payment_id = "pay_" + secrets.token_hex(16)
+        payment = {
+            "id": payment_id,
+            "status": "PENDING",
+            "amount": body["amount"],
+            "currency": body["currency"],
+            "reference": body["reference"],
+            "description": body.get("description"),
+            "metadata": body["metadata"],
+            "checkout_url": CHECKOUT_BASE + "pi_" + payment_id[4:] if self.checkout_ready else None,
+            "return_url": body["return_url"],
+            "cancel_url": body.get("cancel_url"),
+            "failure_code": None,
+            "created_at": "2026-11-23T19:00:00Z",
+            "updated_at": "2026-11-23T19:00:00Z",
+            "expires_at": "2026-11-23T19:30:00Z",
+        }
+        self.payments[payment_id] = payment
+        self.by_key[key] = (payment, body)
+        return web.json_response(payment, status=201, headers={"Location": f"/v1/payments/{payment_id}"})
+
+    async def read(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return self._problem(401, "unauthorized")
+        if self.fail_with is not None:
+            return self._problem(self.fail_with, "boom")
+        payment = self.payments.get(request.match_info["payment_id"])
+        if payment is None:
+            return self._problem(404, "payment-not-found")
+        return web.json_response(payment)
+
+    def settle(self, payment_id: str, status: str, failure_code: str | None = None) -> None:
+        self.payments[payment_id].update(status=status, failure_code=failure_code)
+
+
+def settings_for(intake_url: str) -> Settings:
+    return Settings(intake_url=intake_url, storefront_api_key=SecretStr(API_KEY), storefront_public_url=SHOP_URL)
+
+
+@pytest.fixture
+async def intake() -> AsyncIterator[FakeIntake]:
+    fake = FakeIntake()
+    server = TestServer(fake.app())
+    await server.start_server()
+    fake.url = str(server.make_url("")).rstrip("/")
+    yield fake
+    await server.close()
+
+
+async def start_shop(intake_url: str) -> TestClient:
+    client = TestClient(TestServer(create_app(settings_for(intake_url))))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def shop(intake: FakeIntake) -> AsyncIterator[TestClient]:
+    client = await start_shop(intake.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def shop_without_intake() -> AsyncIterator[TestClient]:
+    client = await start_shop(f"http://127.0.0.1:{unused_port()}")
+    yield client
+    await client.close()
+
+
+async def product_page_orders(shop: TestClient) -> dict[str, str]:
+    response = await shop.get("/")
+    assert response.status == 200
+    return dict(_ORDER_IDS.findall(await response.text()))
+
+
+async def buy(shop: TestClient, product_id: str, order_id: str, **extra: str) -> Any:
+    return await shop.post(
+        "/buy", data={"product_id": product_id, "order_id": order_id, **extra}, allow_redirects=False
+    )
+
+
+async def order_page(shop: TestClient, path: str) -> tuple[int, str]:
+    response = await shop.get(path, allow_redirects=False)
+    return response.status, await response.text()
+
+
+def shown_status(html: str) -> str:
+    match = _STATUS.search(html)
+    assert match is not None, "no #payment-status element"
+    return match.group(1)
+
+
+async def test_product_page_has_a_buy_form_per_product_with_an_order_id_and_no_price_or_key(shop: TestClient) -> None:
+    response = await shop.get("/")
+    html = await response.text()
+    assert response.headers["Content-Type"].startswith("text/html")
+    orders = dict(_ORDER_IDS.findall(html))
+    assert {"book", "mug", "poster"} <= orders.keys()
+    assert len(set(orders.values())) == len(orders)
+    assert 'name="amount"' not in html and API_KEY not in html
+    assert "19.99 USD" in html
+    assert "<script" not in html
+
+
+async def test_each_rendering_of_the_product_page_makes_new_order_ids(shop: TestClient) -> None:
+    first, second = await product_page_orders(shop), await product_page_orders(shop)
+    assert first["book"] != second["book"]
+
+
+async def test_buy_creates_one_payment_at_the_server_side_price_keyed_by_the_order_id(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    response = await buy(shop, "book", order_id, amount="1", currency="JPY")
+
+    assert len(intake.posts) == 1
+    headers, body = intake.posts[0]
+    assert headers["Idempotency-Key"] == order_id
+    assert headers["Authorization"] == f"Bearer {API_KEY}"
+    assert headers["Prefer"] == "wait=5"
+    assert body == {
+        "amount": 1999,
+        "currency": "USD",
+        "reference": order_id,
+        "description": "Designing Payment Systems",
+        "return_url": f"{SHOP_URL}/orders/{order_id}",
+        "cancel_url": f"{SHOP_URL}/orders/{order_id}?canceled=1",
+        "metadata": {"order_id": order_id},
+    }
+    (payment,) = intake.payments.values()
+    assert response.status == 303
+    assert response.headers["Location"] == payment["checkout_url"]
+
+
+async def test_a_resubmitted_buy_sends_the_same_idempotency_key_and_gets_the_same_payment(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id = (await product_page_orders(shop))["mug"]
+    first = await buy(shop, "mug", order_id)
+    second = await buy(shop, "mug", order_id)
+
+    assert [headers["Idempotency-Key"] for headers, _ in intake.posts] == [order_id, order_id]
+    assert len(intake.payments) == 1
+    assert first.status == second.status == 303
+    assert first.headers["Location"] == second.headers["Location"]
+
+
+async def test_buy_retries_while_the_same_order_is_still_in_flight(shop: TestClient, intake: FakeIntake) -> None:
+    intake.conflicts_left = 1
+    order_id = (await product_page_orders(shop))["book"]
+    response = await buy(shop, "book", order_id)
+    assert response.status == 303
+    assert response.headers["Location"].startswith(CHECKOUT_BASE)
+    assert len(intake.payments) == 1
+
+
+async def test_an_order_id_reused_for_another_product_is_refused_without_a_second_payment(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    response = await buy(shop, "poster", order_id)
+    assert response.status == 409
+    assert len(intake.payments) == 1
+
+
+@pytest.mark.parametrize(("product_id", "order_id"), [("caviar", "ord_" + "0" * 24), ("book", "not-an-order")])
+async def test_buy_with_an_unknown_product_or_a_malformed_order_id_is_refused(
+    shop: TestClient, intake: FakeIntake, product_id: str, order_id: str
+) -> None:
+    response = await buy(shop, product_id, order_id)
+    assert response.status == 400
+    assert "text/html" in response.headers["Content-Type"]
+    assert intake.posts == []
+
+
+async def test_without_a_checkout_url_buy_goes_to_the_order_page_which_offers_it_once_ready(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    intake.checkout_ready = False
+    order_id = (await product_page_orders(shop))["book"]
+    response = await buy(shop, "book", order_id)
+    assert response.status == 303
+    assert response.headers["Location"] == f"/orders/{order_id}"
+
+    status, html = await order_page(shop, f"/orders/{order_id}")
+    assert status == 200 and shown_status(html) == "PENDING" and _REFRESH in html
+    assert "Continue to payment" not in html
+
+    (payment,) = intake.payments.values()
+    payment["checkout_url"] = CHECKOUT_BASE + "pi_ready"
+    _, html = await order_page(shop, f"/orders/{order_id}")
+    assert f'href="{CHECKOUT_BASE}pi_ready"' in html and "Continue to payment" in html
+
+
+async def test_order_page_shows_the_apis_status_and_refreshes_while_pending(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    status, html = await order_page(shop, f"/orders/{order_id}")
+    assert status == 200
+    assert shown_status(html) == "PENDING"
+    assert _REFRESH in html
+    assert "Waiting for the payment to be confirmed…" in html
+    assert order_id in html and "19.99 USD" in html
+
+
+@pytest.mark.parametrize(
+    ("outcome", "failure_code"),
+    [("SUCCEEDED", None), ("FAILED", "card_declined"), ("CANCELED", None), ("EXPIRED", "expired")],
+)
+async def test_order_page_shows_a_terminal_status_and_stops_refreshing(
+    shop: TestClient, intake: FakeIntake, outcome: str, failure_code: str | None
+) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    (payment_id,) = intake.payments
+    intake.settle(payment_id, outcome, failure_code)
+
+    status, html = await order_page(shop, f"/orders/{order_id}?payment_id={payment_id}")
+    assert status == 200
+    assert shown_status(html) == outcome
+    assert 'http-equiv="refresh"' not in html
+    if failure_code:
+        assert failure_code in html
+
+
+async def test_a_forged_status_in_the_return_query_has_no_effect(shop: TestClient, intake: FakeIntake) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    (payment_id,) = intake.payments
+    _, html = await order_page(shop, f"/orders/{order_id}?payment_id={payment_id}&status=SUCCEEDED")
+    assert shown_status(html) == "PENDING"
+    assert _REFRESH in html
+    assert "SUCCEEDED" not in html
+
+
+async def test_after_a_restart_the_order_page_finds_the_payment_through_the_return_link(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    (payment_id,) = intake.payments
+    intake.settle(payment_id, "SUCCEEDED")
+
+    restarted = await start_shop(intake.url)
+    try:
+        status, _ = await order_page(restarted, f"/orders/{order_id}")
+        assert status == 404
+        status, html = await order_page(restarted, f"/orders/{order_id}?payment_id={payment_id}")
+        assert status == 200 and shown_status(html) == "SUCCEEDED"
+        status, html = await order_page(restarted, f"/orders/{order_id}")
+        assert status == 200 and shown_status(html) == "SUCCEEDED"
+    finally:
+        await restarted.close()
+
+
+async def test_another_orders_payment_id_is_not_shown_on_this_order(shop: TestClient, intake: FakeIntake) -> None:
+    orders = await product_page_orders(shop)
+    await buy(shop, "book", orders["book"])
+    (payment_id,) = intake.payments
+    status, html = await order_page(shop, f"/orders/{orders['mug']}?payment_id={payment_id}")
+    assert status == 404
+    assert 'id="payment-status"' not in html
+
+
+async def test_the_remembered_payment_wins_over_the_payment_id_in_the_query(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    orders = await product_page_orders(shop)
+    await buy(shop, "book", orders["book"])
+    await buy(shop, "mug", orders["mug"])
+    _, mug_payment = intake.payments
+    intake.settle(mug_payment, "SUCCEEDED")
+    _, html = await order_page(shop, f"/orders/{orders['book']}?payment_id={mug_payment}")
+    assert shown_status(html) == "PENDING"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/orders/ord_" + "a" * 24,
+        "/orders/ord_" + "a" * 24 + "?payment_id=pay_nope",
+        "/orders/../etc",
+        "/orders/%3Cscript%3E",
+    ],
+)
+async def test_an_unknown_order_is_a_404_page(shop: TestClient, path: str) -> None:
+    status, html = await order_page(shop, path)
+    assert status == 404
+    assert "<script>" not in html
+
+
+async def test_values_from_the_api_are_escaped(shop: TestClient, intake: FakeIntake) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    (payment,) = intake.payments.values()
+    payment.update(description="<script>alert(1)</script>", failure_code='"><img src=x>', status="FAILED")
+    _, html = await order_page(shop, f"/orders/{order_id}")
+    assert "<script>alert" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+async def test_a_checkout_url_that_is_not_http_is_never_followed(shop: TestClient, intake: FakeIntake) -> None:
+    intake.checkout_ready = False
+    order_id = (await product_page_orders(shop))["book"]
+    await buy(shop, "book", order_id)
+    (payment,) = intake.payments.values()
+    payment["checkout_url"] = "javascript:alert(1)"
+    response = await buy(shop, "book", order_id)
+    assert response.headers["Location"] == f"/orders/{order_id}"
+    _, html = await order_page(shop, f"/orders/{order_id}")
+    assert "javascript:" not in html
+
+
+async def test_buy_with_the_intake_api_down_is_a_friendly_503_page(shop_without_intake: TestClient) -> None:
+    order_id = (await product_page_orders(shop_without_intake))["book"]
+    response = await buy(shop_without_intake, "book", order_id)
+    html = await response.text()
+    assert response.status == 503
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "Traceback" not in html and API_KEY not in html and "ClientConnector" not in html
+    assert f'name="order_id" value="{order_id}"' in html  # "Try again" resubmits the same order
+
+
+async def test_order_page_with_the_intake_api_down_is_a_friendly_503_page(shop_without_intake: TestClient) -> None:
+    status, html = await order_page(shop_without_intake, f"/orders/ord_{'b' * 24}?payment_id=pay_{'c' * 32}")
+    assert status == 503
+    assert "Traceback" not in html and API_KEY not in html
+
+
+@pytest.mark.parametrize(("intake_status", "shop_status"), [(500, 502), (401, 502), (503, 503)])
+async def test_an_intake_error_is_a_friendly_page_without_its_details(
+    shop: TestClient, intake: FakeIntake, intake_status: int, shop_status: int
+) -> None:
+    intake.fail_with = intake_status
+    order_id = (await product_page_orders(shop))["book"]
+    response = await buy(shop, "book", order_id)
+    html = await response.text()
+    assert response.status == shop_status
+    assert "Traceback" not in html and API_KEY not in html and "boom" not in html
+
+
+async def test_readiness_follows_the_intake_api(shop: TestClient, shop_without_intake: TestClient) -> None:
+    assert (await shop.get("/readyz")).status == 200
+    assert (await shop_without_intake.get("/readyz")).status == 503
+    assert (await shop_without_intake.get("/healthz")).status == 200
+
+
+async def test_logs_carry_the_payment_id_and_never_the_api_key(shop: TestClient, intake: FakeIntake) -> None:
+    order_id = (await product_page_orders(shop))["book"]
+    with capture_logs() as logs:
+        await buy(shop, "book", order_id)
+        intake.fail_with = 500
+        await buy(shop, "book", order_id)
+    (payment_id,) = intake.payments
+    assert any(entry.get("payment_id") == payment_id for entry in logs)
+    assert API_KEY not in repr(logs)
