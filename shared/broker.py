@@ -284,7 +284,7 @@ class Broker:
     async def _handle(
         self, group: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
     ) -> None:
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+        attempt = int(str((message.headers or {}).get(ATTEMPT_HEADER, 1)))
         try:
             envelope = Envelope.from_bytes(message.body)
             envelope.message()
@@ -299,7 +299,7 @@ class Broker:
         delivery = Delivery(
             attempt=attempt,
             max_attempts=retry.max_attempts,
-            redelivered=message.redelivered,
+            redelivered=bool(message.redelivered),
             trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
         )
         started = time.perf_counter()

@@ -52,7 +52,7 @@ def urls(settings: Settings) -> str:
         "Paystream is starting:",
         f"  storefront (the demo shop)   {settings.storefront_base_url}/",
         f"  intake API                   {settings.intake_base_url}/openapi.json",
-        f"  sandbox gateway              {settings.sandbox_checkout_base}/",
+        f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
         f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz",
         f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics",
         f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics",

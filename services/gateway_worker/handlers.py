@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from opentelemetry import trace
 
-from shared.broker import Delivery, RetryLater
+from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
     Envelope,
@@ -77,7 +77,12 @@ class GatewayHandlers:
             await self.reconcile(envelope, message, delivery)
 
     def _provider(self, name: str | None) -> PaymentProvider:
-        return self.providers[name or self.default_provider]
+        chosen = name or self.default_provider
+        try:
+            return self.providers[chosen]
+        except KeyError:
+            # No retry can make a provider appear: the message waits in the DLQ for an operator.
+            raise PoisonMessage(f"no provider {chosen!r} is configured in this gateway_worker") from None
 
     async def open_intent(self, envelope: Envelope, message: PaymentRequested, delivery: Delivery) -> None:
         provider = self._provider(None)
@@ -148,6 +153,15 @@ class GatewayHandlers:
             )
         except TransientGatewayError as exc:
             raise RetryLater(str(exc)) from exc
+        except PermanentGatewayError as exc:
+            if wanted is PaymentStatus.EXPIRED:
+                # The TTL is ours to enforce: with no answer from the provider the payment still expires
+                # (a success the provider reports later wins anyway, as money moved).
+                log.warning("provider refused to expire the intent; expiring on our side", error=str(exc)[:300])
+                await self._status(envelope.payment_id, source, wanted, provider.name, provider_payment_id, None)
+                return
+            # A cancel the provider refuses is not a cancel: the payment stays open and expires at its TTL.
+            raise PoisonMessage(f"the provider refused to cancel: {exc}") from exc
         if intent.status is PaymentStatus.PENDING:
             raise RetryLater("the provider still shows the intent open")
         await self._publish_truth(envelope.payment_id, source, provider.name, intent)
@@ -160,6 +174,8 @@ class GatewayHandlers:
             )
         except TransientGatewayError as exc:
             raise RetryLater(str(exc)) from exc
+        except PermanentGatewayError as exc:
+            raise PoisonMessage(f"the provider refused the lookup: {exc}") from exc
         if intent.status is PaymentStatus.PENDING:
             log.info("reconciliation: intent still open")
             return

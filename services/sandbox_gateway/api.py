@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -145,11 +146,23 @@ async def create_intent(request: web.Request) -> web.Response:
             "idempotency-key-reuse",
             "This Idempotency-Key already opened an intent for another amount, currency or reference.",
         ) from None
+    if gateway.faults.create_intent_delay_seconds > 0:
+        # Stored but not yet answered: the window in which a caller that dies would lose the answer.
+        await asyncio.sleep(gateway.faults.create_intent_delay_seconds)
     if fault == "after_storing":
         raise Problem(500, "sandbox-fault", "Injected fault: failed after storing the intent.")
     if created:
         return web.json_response(answer, status=201, headers={"Location": f"/v1/intents/{answer['id']}"})
     return web.json_response(answer, status=200, headers={"Idempotent-Replayed": "true"})
+
+
+async def list_intents(request: web.Request) -> web.Response:
+    """The intents opened for one payment (`?payment_id=`), oldest first: how a test counts them."""
+    payment_id = request.query.get("payment_id")
+    if not payment_id:
+        raise Problem(400, "payment-id-required", "List intents with ?payment_id=<the payment's id>.")
+    intents = _gateway(request).store.for_payment(payment_id)
+    return web.json_response({"data": [intent.to_json() for intent in intents]})
 
 
 async def get_intent(request: web.Request) -> web.Response:
@@ -217,6 +230,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/intents", create_intent)
+    router.add_get("/v1/intents", list_intents)
     router.add_get("/v1/intents/{intent_id}", get_intent)
     router.add_post("/v1/intents/{intent_id}/cancel", cancel_intent)
     router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)

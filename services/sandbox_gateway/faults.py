@@ -17,6 +17,9 @@ class Faults(BaseModel):
 
     # Share of POST /v1/intents answered 500: half before storing the intent, half after.
     create_intent_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # POST /v1/intents stores the intent, then waits this long before answering: room to kill the caller
+    # between the provider's effect and its answer.
+    create_intent_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     # Share of webhooks delivered twice, with the same event id.
     webhook_duplicate_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Wait before the first attempt of every webhook.
@@ -31,6 +34,7 @@ class FaultsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     create_intent_error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    create_intent_delay_seconds: float | None = Field(default=None, ge=0.0, le=3600.0)
     webhook_duplicate_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     webhook_delay_seconds: float | None = Field(default=None, ge=0.0, le=3600.0)
     webhook_shuffle: StrictBool | None = None

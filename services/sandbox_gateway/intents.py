@@ -124,6 +124,7 @@ class IntentStore:
         self._clock = clock
         self._by_id: dict[str, Intent] = {}
         self._by_key: dict[str, str] = {}
+        self._by_payment: dict[str, list[str]] = {}
 
     def now(self) -> int:
         return int(self._clock())
@@ -162,6 +163,8 @@ class IntentStore:
         self._by_id[intent_id] = intent
         if idempotency_key is not None:
             self._by_key[idempotency_key] = intent_id
+        if intent.payment_id is not None:
+            self._by_payment.setdefault(intent.payment_id, []).append(intent_id)
         return intent, True
 
     def get(self, intent_id: str) -> Intent:
@@ -169,6 +172,10 @@ class IntentStore:
             return self._by_id[intent_id]
         except KeyError:
             raise IntentNotFoundError(intent_id) from None
+
+    def for_payment(self, payment_id: str) -> list[Intent]:
+        """Every intent opened for one payment (its `metadata.payment_id`), oldest first."""
+        return [self._by_id[i] for i in self._by_payment.get(payment_id, [])]
 
     def expire_if_due(self, intent_id: str) -> bool:
         """Expire an open intent past its expires_at; True when it changed now."""

@@ -132,7 +132,9 @@ class PaymentProvider(ABC):
         """
 
     def extract_signature(self, headers: Mapping[str, str]) -> tuple[int, list[str]]:
-        value = headers.get(self.signature_header_name)
+        # Header names are case-insensitive (HTTP/2 proxies send them in lower case), even in a plain dict.
+        wanted = self.signature_header_name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == wanted), None)
         if not value:
             raise SignatureError(f"missing {self.signature_header_name} header")
         return parse_signature_header(value)

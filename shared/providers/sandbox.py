@@ -85,15 +85,19 @@ class SandboxProvider(PaymentProvider):
     @staticmethod
     def _intent(payload: dict[str, Any]) -> ProviderIntent:
         raw = str(payload.get("status", ""))
-        return ProviderIntent(
-            provider_payment_id=str(payload["id"]),
-            status=map_sandbox_status(raw),
-            amount=int(payload["amount"]),
-            currency=str(payload["currency"]),
-            checkout_url=payload.get("checkout_url"),
-            failure_code=payload.get("failure_code"),
-            raw_status=raw,
-        )
+        status = map_sandbox_status(raw)
+        try:
+            return ProviderIntent(
+                provider_payment_id=str(payload["id"]),
+                status=status,
+                amount=int(payload["amount"]),
+                currency=str(payload["currency"]),
+                checkout_url=payload.get("checkout_url"),
+                failure_code=payload.get("failure_code"),
+                raw_status=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentGatewayError(f"the sandbox answered with something that is not an intent: {exc!r}") from None
 
     async def create_intent(self, request: IntentRequest) -> ProviderIntent:
         body = {
