@@ -126,7 +126,7 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str
                 checksum = hashlib.sha256(sql.encode()).hexdigest()
                 if version in done:
                     if done[version] != checksum:
-                        log.warning("applied migration has changed since", service=service, migration=name)
+                        log.warning("applied migration has changed since", migrations_of=service, migration=name)
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
@@ -136,7 +136,7 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str
                         service, version, name, checksum,
                     )
                 applied_now.append(f"{service}/{name}")
-                log.info("migration applied", service=service, migration=name)
+                log.info("migration applied", migrations_of=service, migration=name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now

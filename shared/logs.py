@@ -66,3 +66,14 @@ def configure_logging(service: str, *, fmt: str = "json", level: str = "INFO") -
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+def bind_payment(payment_id: str) -> None:
+    """Tag the rest of this task's log lines, and the span now current, with the payment's id.
+
+    Meant for request handlers: aiohttp runs each request in a task of its own, so the binding ends with it.
+    """
+    structlog.contextvars.bind_contextvars(payment_id=payment_id)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("payment.id", payment_id)

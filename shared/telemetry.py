@@ -5,12 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _provider: TracerProvider | None = None
+
+# Log context (bound through contextvars) copied onto every span started while it is bound.
+SPAN_ATTRIBUTES_FROM_LOG_CONTEXT = {"payment_id": "payment.id", "event_type": "paystream.event_type"}
+
+
+class LogContextSpanProcessor(SpanProcessor):
+    """Tags each new span with the payment id and event type the log context holds.
+
+    So the database, HTTP and provider spans of a handler carry `payment.id` too, without each call site
+    repeating it, and Jaeger finds any span of a payment by that tag.
+    """
+
+    def on_start(self, span: Span, parent_context: context.Context | None = None) -> None:
+        bound = structlog.contextvars.get_contextvars()
+        for key, attribute in SPAN_ATTRIBUTES_FROM_LOG_CONTEXT.items():
+            value = bound.get(key)
+            if value and attribute not in (span.attributes or {}):
+                span.set_attribute(attribute, str(value))
 
 
 def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
@@ -19,6 +38,7 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerPro
     if _provider is not None:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(LogContextSpanProcessor())
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -61,3 +81,19 @@ def extract_context(carrier: Mapping[str, Any] | None) -> context.Context:
     """A context continuing the trace whose W3C headers are in `carrier`."""
     headers = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (carrier or {}).items()}
     return propagate.extract(headers)
+
+
+def trace_parent(carrier: Mapping[str, Any] | None) -> tuple[context.Context | None, list[trace.Link]]:
+    """Parent and links for a span about work that a third party announces (a provider's webhook).
+
+    The payment's trace context came back in `carrier` (through the provider). The span goes under the current
+    span when that is already in the payment's trace (the delivery sent a `traceparent` header); otherwise under
+    the carried context, linked to the current span (the HTTP request then roots a trace of its own). Without a
+    carried context: (None, []), the current span.
+    """
+    carried_context = extract_context(carrier)
+    carried = trace.get_current_span(carried_context).get_span_context()
+    current = trace.get_current_span().get_span_context()
+    if not carried.is_valid or (current.is_valid and current.trace_id == carried.trace_id):
+        return None, []
+    return carried_context, [trace.Link(current)] if current.is_valid else []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from opentelemetry import trace
 
@@ -116,19 +116,27 @@ class GatewayHandlers:
         created = PaymentIntentCreated(
             provider=provider.name, provider_payment_id=intent.provider_payment_id, checkout_url=intent.checkout_url
         )
-        await self.publish(Envelope.wrap(
-            created, payment_id=envelope.payment_id, source="gateway",
-            event_id=deterministic_event_id(envelope.payment_id, "intent_created", intent.provider_payment_id),
-        ))
+        await self.publish(
+            Envelope.wrap(
+                created,
+                payment_id=envelope.payment_id,
+                source="gateway",
+                event_id=deterministic_event_id(envelope.payment_id, "intent_created", intent.provider_payment_id),
+            )
+        )
         log.info("intent created", provider_payment_id=intent.provider_payment_id)
 
     async def _intent_failed(self, envelope: Envelope, provider: str, reason: str) -> None:
         log.warning("intent could not be created", reason=reason)
         failed = PaymentIntentFailed(provider=provider, reason=reason[:500])
-        await self.publish(Envelope.wrap(
-            failed, payment_id=envelope.payment_id, source="gateway",
-            event_id=deterministic_event_id(envelope.payment_id, "intent_failed"),
-        ))
+        await self.publish(
+            Envelope.wrap(
+                failed,
+                payment_id=envelope.payment_id,
+                source="gateway",
+                event_id=deterministic_event_id(envelope.payment_id, "intent_failed"),
+            )
+        )
 
     async def close_intent(
         self,
@@ -141,15 +149,27 @@ class GatewayHandlers:
         """Cancel or expire: ask the provider to close the intent, then publish what it says is true."""
         source: Source = "expiry" if reason == "expired" else "gateway"
         wanted = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
-        if provider_payment_id is None:
-            # No intent was ever made, so nothing can be paid: the payment closes on our side alone.
-            await self._status(envelope.payment_id, source, wanted, provider_name or self.default_provider, None, None)
-            return
         provider = self._provider(provider_name)
+        if provider_payment_id is None:
+            # The sender did not know of an intent, but one may exist (the ledger had not yet recorded it):
+            # the provider, asked by our payment id, is the one to say.
+            try:
+                found = await call_provider(provider, "find_intent", lambda: provider.find_intent(envelope.payment_id))
+            except TransientGatewayError as exc:
+                raise RetryLater(str(exc)) from exc
+            except PermanentGatewayError as exc:
+                log.warning("the provider could not look up the payment's intent", error=str(exc)[:300])
+                found = None
+            if found is None:
+                # No intent was made, so nothing can be paid: the payment closes on our side alone.
+                await self._status(envelope.payment_id, source, wanted, provider.name, None, None)
+                return
+            provider_payment_id = found.provider_payment_id
+        intent_id = provider_payment_id
+        close_as: Literal["canceled", "expired"] = "expired" if reason == "expired" else "canceled"
         try:
             intent = await call_provider(
-                provider, "cancel_intent",
-                lambda: provider.cancel_intent(provider_payment_id, reason="expired" if reason == "expired" else "canceled"),
+                provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
             )
         except TransientGatewayError as exc:
             raise RetryLater(str(exc)) from exc
@@ -183,8 +203,14 @@ class GatewayHandlers:
 
     async def _publish_truth(self, payment_id: str, source: Source, provider: str, intent: ProviderIntent) -> None:
         await self._status(
-            payment_id, source, intent.status, provider, intent.provider_payment_id, intent.failure_code,
-            amount=intent.amount, currency=intent.currency,
+            payment_id,
+            source,
+            intent.status,
+            provider,
+            intent.provider_payment_id,
+            intent.failure_code,
+            amount=intent.amount,
+            currency=intent.currency,
         )
 
     async def _status(
@@ -200,12 +226,20 @@ class GatewayHandlers:
         currency: str | None = None,
     ) -> None:
         changed = PaymentStatusChanged(
-            status=status, provider=provider, provider_payment_id=provider_payment_id,
-            failure_code=failure_code, amount=amount, currency=currency,
+            status=status,
+            provider=provider,
+            provider_payment_id=provider_payment_id,
+            failure_code=failure_code,
+            amount=amount,
+            currency=currency,
         )
         # One id per (payment, source, status): repeating the question never records the answer twice.
-        await self.publish(Envelope.wrap(
-            changed, payment_id=payment_id, source=source,
-            event_id=deterministic_event_id(payment_id, source, status.value),
-        ))
+        await self.publish(
+            Envelope.wrap(
+                changed,
+                payment_id=payment_id,
+                source=source,
+                event_id=deterministic_event_id(payment_id, source, status.value),
+            )
+        )
         log.info("provider truth published", status=status.value, source=source)

@@ -38,7 +38,9 @@ class IntentWaiters:
         if future is not None and not future.done():
             future.cancel()
 
-    async def wait(self, payment_id: str, future: asyncio.Future[IntentOutcome], seconds: float) -> IntentOutcome | None:
+    async def wait(
+        self, payment_id: str, future: asyncio.Future[IntentOutcome], seconds: float
+    ) -> IntentOutcome | None:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=seconds) if seconds > 0 else None
         except TimeoutError:

@@ -8,11 +8,35 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import pycountry
-from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints, field_validator
+from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
 from shared.events import PaymentStatus
 
 MAX_AMOUNT = 99_999_999
+MAX_METADATA_KEYS = 20
+
+# PostgreSQL stores neither NUL characters nor lone surrogates: such text is refused here, not at the insert.
+_NO_NUL = r"^[^\x00]*$"
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable), Field(json_schema_extra={"pattern": _NO_NUL})]
+# A metadata key: the NUL rule goes into `propertyNames` (a pattern on the key type would turn into
+# `patternProperties` and leave other keys unconstrained).
+MetadataKey = Annotated[str, AfterValidator(_storable), Field(min_length=1, max_length=40)]
+
+
+def _metadata_schema(schema: dict[str, Any]) -> None:
+    schema.setdefault("propertyNames", {})["pattern"] = _NO_NUL
 
 _ABSOLUTE_HTTP_URL = TypeAdapter(
     Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True)]
@@ -20,7 +44,9 @@ _ABSOLUTE_HTTP_URL = TypeAdapter(
 
 
 def _http_url(value: str) -> str:
-    """An absolute http(s) URL, kept exactly as the merchant sent it."""
+    """An absolute http(s) URL, kept exactly as the merchant sent it (so it must need no clean-up)."""
+    if any(char.isspace() or ord(char) < 0x20 or char == "\x7f" for char in value):
+        raise ValueError("must not contain spaces or control characters")
     _ABSOLUTE_HTTP_URL.validate_python(value)
     return value
 
@@ -28,8 +54,13 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_http_url)]
 
 
+# The active ISO 4217 alphabetic codes; listed in /openapi.json too, so a client or fuzzer sees the same set.
+ISO_4217_CODES = tuple(sorted(currency.alpha_3 for currency in pycountry.currencies))
+_ISO_4217 = frozenset(ISO_4217_CODES)
+
+
 def _currency(code: str) -> str:
-    if pycountry.currencies.get(alpha_3=code) is None:
+    if code not in _ISO_4217:
         raise ValueError(f"{code!r} is not an ISO 4217 currency code")
     return code
 
@@ -40,23 +71,22 @@ class PaymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     amount: int = Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units (cents), 1..99,999,999.")
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alphabetic code, upper case."),
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alphabetic code, upper case.",
+                                   json_schema_extra={"enum": list(ISO_4217_CODES)}),
                         AfterValidator(_currency)]
-    reference: str = Field(min_length=1, max_length=128, description="The merchant's order reference.")
+    reference: Text = Field(min_length=1, max_length=128, description="The merchant's order reference.")
     return_url: HttpUrl = Field(description="Where the gateway sends the customer back after paying.")
     cancel_url: HttpUrl | None = Field(default=None, description="Where the customer goes on cancel.")
-    description: str | None = Field(default=None, max_length=1000)
-    customer_email: str | None = Field(default=None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    metadata: dict[Annotated[str, Field(min_length=1, max_length=40)], Annotated[str, Field(max_length=500)]] = (
-        Field(default_factory=dict, description="At most 20 string keys and values (values ≤ 500 chars).")
+    description: Text | None = Field(default=None, max_length=1000)
+    customer_email: str | None = Field(
+        default=None, max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_size(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 20:
-            raise ValueError("at most 20 keys")
-        return v
+    metadata: dict[MetadataKey, Annotated[Text, Field(max_length=500)]] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description="At most 20 string keys (1-40 chars) with string values of at most 500 chars.",
+        json_schema_extra=_metadata_schema,
+    )
 
     def fingerprint(self) -> str:
         """A canonical digest of the validated request: key order and whitespace make no difference."""
@@ -120,5 +150,6 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
     result = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
-        result.append({"field": ".".join(location) or "body", "message": error.get("msg", "invalid")})
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        result.append({"field": ".".join(location) or "body", "message": message})
     return result

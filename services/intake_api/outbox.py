@@ -23,6 +23,15 @@ log = get_logger(__name__)
 CHANNEL = "paystream_outbox"
 
 Publish = Callable[..., Awaitable[None]]
+# After a failed round the relay waits 0.5 s, then twice as long each time, at most 5 s: it drains soon
+# after the broker is back without hammering it while it is away.
+MIN_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 5.0
+LISTENER_PING_SECONDS = 30.0
+
+
+class OutboxPublishFailed(Exception):
+    """Some rows of a batch were not confirmed by the broker; they stay queued."""
 
 
 class OutboxRelay:
@@ -46,7 +55,11 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_batch(self) -> int:
-        """Publish one batch of unsent rows; returns how many were published and marked."""
+        """Publish one batch of unsent rows; returns how many were published and marked.
+
+        Rows the broker confirmed are marked even when others in the batch failed (fewer duplicates after
+        an outage); the failures then raise, so the caller backs off and the rest stay queued.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
@@ -58,15 +71,20 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            await asyncio.gather(
-                *(self._publish(Envelope.model_validate_json(r["envelope"]), headers=r["headers"]) for r in rows)
+            results = await asyncio.gather(
+                *(self._publish(Envelope.model_validate_json(r["envelope"]), headers=r["headers"]) for r in rows),
+                return_exceptions=True,
             )
-            await conn.execute(
-                "UPDATE intake.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
-            )
-        OUTBOX_PUBLISHED.inc(len(rows))
-        return len(rows)
+            sent = [r["id"] for r, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+            if sent:
+                await conn.execute(
+                    "UPDATE intake.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])", sent
+                )
+        OUTBOX_PUBLISHED.inc(len(sent))
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise OutboxPublishFailed(f"{len(failures)} of {len(rows)} rows not confirmed") from failures[0]
+        return len(sent)
 
     async def measure(self) -> None:
         row = await self._pool.fetchrow(
@@ -85,22 +103,32 @@ class OutboxRelay:
             try:
                 conn = await self._connect()
                 try:
-                    await conn.add_listener(CHANNEL, self.wake)
-                    self.wake()  # rows written while we were not listening
-                    while not conn.is_closed():
-                        await asyncio.sleep(1)
+                    await self._hold_listener(conn)
                 finally:
                     if not conn.is_closed():
-                        await conn.close()
+                        await conn.close(timeout=5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox listener down; polling meanwhile", error=type(exc).__name__)
                 await asyncio.sleep(2)
 
+    async def _hold_listener(self, conn: asyncpg.Connection) -> None:
+        """LISTEN on `conn` until it terminates."""
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda *_: closed.set())
+        await conn.add_listener(CHANNEL, self.wake)
+        self.wake()  # rows written while we were not listening
+        while not closed.is_set():
+            try:
+                await asyncio.wait_for(closed.wait(), timeout=LISTENER_PING_SECONDS)
+            except TimeoutError:
+                # A connection dropped without a word looks open: a round trip finds out.
+                await conn.execute("SELECT 1", timeout=5)
+
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen())
-        backoff = 0.5
+        backoff = MIN_BACKOFF_SECONDS
         try:
             while True:
                 self._wake.clear()
@@ -108,13 +136,15 @@ class OutboxRelay:
                     while await self.publish_batch() == self._batch_size:
                         pass
                     await self.measure()
-                    backoff = 0.5
+                    backoff = MIN_BACKOFF_SECONDS
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("outbox relay round failed; rows stay queued", error=f"{type(exc).__name__}: {exc}")
+                    cause = exc.__cause__ or exc
+                    log.warning("outbox relay round failed; rows stay queued",
+                                error=f"{type(exc).__name__}: {exc}", cause=f"{type(cause).__name__}: {cause}")
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)

@@ -11,10 +11,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.intake_api import store
-from services.intake_api.intents import IntentWaiters
+from services.intake_api.intents import IntentOutcome, IntentWaiters
 from services.intake_api.models import Payment, PaymentCreate, PaymentEventList, field_errors
 from shared.config import Settings
-from shared.logs import get_logger
+from shared.logs import bind_payment, get_logger
 from shared.metrics import PAYMENTS_CREATED
 from shared.web import Problem
 
@@ -29,6 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_WAIT_SECONDS = 3.0
 MAX_WAIT_SECONDS = 10.0
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+_PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 # The errors asyncpg raises while PostgreSQL is down or unreachable.
@@ -37,16 +38,17 @@ DATABASE_DOWN = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,  # the server shutting down or starting up
     asyncpg.TooManyConnectionsError,
 )
 
 
 def authenticate(keys: dict[str, str], header: str | None) -> str | None:
     """The merchant owning the Bearer key, compared in constant time against every configured key."""
-    if not header or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
         return None
-    presented = header.removeprefix("Bearer ").strip().encode()
+    presented = credentials.strip().encode()
     merchant = None
     for key, owner in keys.items():
         if hmac.compare_digest(key.encode(), presented):
@@ -97,7 +99,10 @@ async def _read_request(request: web.Request) -> PaymentCreate:
         raise Problem(415, "unsupported-media-type", "The body must be JSON (Content-Type: application/json).")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise Problem(413, "payload-too-large", f"The body exceeds {MAX_BODY_BYTES} bytes.")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:  # a chunked body, with no Content-Length to check first
+        raise Problem(413, "payload-too-large", f"The body exceeds {MAX_BODY_BYTES} bytes.") from exc
     try:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -112,7 +117,7 @@ async def _read_request(request: web.Request) -> PaymentCreate:
 async def create_payment(request: web.Request) -> web.Response:
     merchant = request[MERCHANT]
     key = request.headers.get("Idempotency-Key")
-    if key is None or not _IDEMPOTENCY_KEY.match(key):
+    if key is None or not _IDEMPOTENCY_KEY.fullmatch(key):
         raise Problem(400, "idempotency-key-missing" if key is None else "idempotency-key-invalid",
                       "An Idempotency-Key header of 1-255 printable ASCII characters is required.")
     payment_request = await _read_request(request)
@@ -123,6 +128,7 @@ async def create_payment(request: web.Request) -> web.Response:
     created: Payment | None = None
     if existing is None:
         payment_id = store.new_payment_id()
+        bind_payment(payment_id)
         wait_seconds = requested_wait(request.headers.get("Prefer"))
         future = waiters.register(payment_id)
         try:
@@ -141,11 +147,13 @@ async def create_payment(request: web.Request) -> web.Response:
                 created = created.model_copy(update={"checkout_url": outcome.checkout_url})
                 if outcome.failure_code:
                     created = created.model_copy(update={"status": "FAILED", "failure_code": outcome.failure_code})
+                await _remember_intent(pool, payment_id, outcome)
             headers = {"Location": f"/v1/payments/{payment_id}", "Preference-Applied": f"wait={wait_seconds:g}"}
             return _payment_response(created, 201, headers)
         waiters.forget(payment_id)
 
     assert existing is not None
+    bind_payment(existing.payment_id)
     if not hmac.compare_digest(existing.fingerprint, fingerprint):
         raise Problem(422, "idempotency-key-reuse",
                       "This Idempotency-Key was already used with a different request body.")
@@ -156,10 +164,25 @@ async def create_payment(request: web.Request) -> web.Response:
                                                   "Location": f"/v1/payments/{existing.payment_id}"})
 
 
+async def _remember_intent(pool: asyncpg.Pool, payment_id: str, outcome: IntentOutcome) -> None:
+    """Keep what the gateway said in the intake's record, so reads agree with this answer if the ledger lags.
+
+    The payment is already committed: failing to note this must not turn the 201 into an error.
+    """
+    try:
+        await store.remember_intent(pool, payment_id, outcome.checkout_url, outcome.failure_code)
+    except DATABASE_DOWN as exc:
+        log.warning("could not note the intent in the intake record", error=type(exc).__name__)
+
+
 async def _owned(request: web.Request) -> store.PaymentView:
-    view = await store.get_payment(request.app[POOL], request[MERCHANT], request.match_info["payment_id"])
+    payment_id = request.match_info["payment_id"]
+    if not _PAYMENT_ID.fullmatch(payment_id):  # not one of ours (and nothing to send the database)
+        raise Problem(404, "payment-not-found", "No such payment.")
+    view = await store.get_payment(request.app[POOL], request[MERCHANT], payment_id)
     if view is None:
         raise Problem(404, "payment-not-found", "No such payment.")
+    bind_payment(view.payment.id)
     return view
 
 

@@ -164,8 +164,8 @@ async def request_cancel(pool: asyncpg.Pool, view: PaymentView) -> None:
 async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str | None, failure: str | None) -> None:
     """Keep what the gateway said in the intake's record, for reads before the ledger catches up."""
     await pool.execute(
-        "UPDATE intake.payments SET checkout_url = coalesce($2, checkout_url), failure_code = coalesce($3, failure_code)"
-        " WHERE id = $1",
+        "UPDATE intake.payments SET checkout_url = coalesce($2, checkout_url),"
+        " failure_code = coalesce($3, failure_code) WHERE id = $1",
         payment_id, checkout_url, failure,
     )
 

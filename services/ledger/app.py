@@ -17,6 +17,11 @@ from shared.web import READINESS_CHECKS, create_base_app
 GROUP = "ledger"
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """How long an event for a payment not yet known waits (LEDGER_RETRY_*) before it is dead-lettered."""
+    return RetryPolicy(settings.ledger_retry_attempts, settings.ledger_retry_base_seconds)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = create_base_app()
 
@@ -24,8 +29,7 @@ def create_app(settings: Settings) -> web.Application:
         async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(
             settings, GROUP
         ) as broker:
-            retry = RetryPolicy(settings.ledger_retry_attempts, settings.ledger_retry_base_seconds)
-            await broker.consume(GROUP, EventRecorder(pool), retry=retry, prefetch=32)
+            await broker.consume(GROUP, EventRecorder(pool), retry=retry_policy(settings), prefetch=32)
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds

@@ -128,7 +128,9 @@ def _observe(recorded: Recorded) -> None:
     if decision.completed:
         PAYMENTS_COMPLETED.labels(decision.after.status.value).inc()
         if recorded.created_at is not None:
-            PAYMENT_COMPLETION_SECONDS.observe((datetime.now(UTC) - recorded.created_at).total_seconds())
+            PAYMENT_COMPLETION_SECONDS.labels(decision.after.status.value).observe(
+                (datetime.now(UTC) - recorded.created_at).total_seconds()
+            )
 
 
 class EventRecorder:

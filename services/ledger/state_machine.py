@@ -2,6 +2,10 @@
 
 PENDING → SUCCEEDED | FAILED | CANCELED | EXPIRED. Terminal states stay, except that a gateway-confirmed
 success wins over FAILED/CANCELED/EXPIRED (money moved): that is applied and flagged as a late success.
+
+Why the order of events does not matter: the first terminal status sticks, except that SUCCEEDED overrides any
+other. So once every event of a payment is in, it is SUCCEEDED if any event said so, else the one unsuccessful
+outcome the gateway reported (one gateway truth: its webhook, a reconciliation and an expiry all say the same).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Rule(StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     ALREADY_TERMINAL = "already_terminal"
+    NOT_AN_OUTCOME = "not_an_outcome"
 
 
 # (current status, status an event reports) → what to do. Every pair is listed: nothing is implicit.
@@ -45,6 +50,17 @@ TRANSITIONS: dict[tuple[PaymentStatus, PaymentStatus], Rule] = {
     (F, S): Rule.LATE_SUCCESS, (F, F): Rule.DUPLICATE, (F, C): Rule.ALREADY_TERMINAL, (F, E): Rule.ALREADY_TERMINAL,
     (C, S): Rule.LATE_SUCCESS, (C, F): Rule.ALREADY_TERMINAL, (C, C): Rule.DUPLICATE, (C, E): Rule.ALREADY_TERMINAL,
     (E, S): Rule.LATE_SUCCESS, (E, F): Rule.ALREADY_TERMINAL, (E, C): Rule.ALREADY_TERMINAL, (E, E): Rule.DUPLICATE,
+    # PENDING is where a payment starts, never an outcome an event can bring.
+    (P, P): Rule.NOT_AN_OUTCOME, (S, P): Rule.NOT_AN_OUTCOME, (F, P): Rule.NOT_AN_OUTCOME,
+    (C, P): Rule.NOT_AN_OUTCOME, (E, P): Rule.NOT_AN_OUTCOME,
+}
+
+# Why an event is ignored, per rule: the text after "ignored: " in its log row.
+IGNORED_BECAUSE: dict[Rule, str] = {
+    Rule.DUPLICATE: "duplicate: already {current}",
+    Rule.STALE: "stale: already {current}",
+    Rule.ALREADY_TERMINAL: "already terminal: {current}",
+    Rule.NOT_AN_OUTCOME: "not an outcome: {reported}",
 }
 
 # The failure code a status carries when the event names none.
@@ -97,15 +113,9 @@ def _status_change(
     provider: str | None,
     provider_payment_id: str | None,
 ) -> Decision:
-    rule = TRANSITIONS.get((state.status, status))
-    if rule is None:  # PENDING as a reported status: nothing to change
-        return _ignored(state, f"no transition {state.status} -> {status}")
-    if rule is Rule.DUPLICATE:
-        return _ignored(state, f"duplicate: already {state.status}")
-    if rule is Rule.STALE:
-        return _ignored(state, f"stale: already {state.status}")
-    if rule is Rule.ALREADY_TERMINAL:
-        return _ignored(state, f"already terminal: {state.status}")
+    rule = TRANSITIONS[(state.status, status)]
+    if rule in IGNORED_BECAUSE:
+        return _ignored(state, IGNORED_BECAUSE[rule].format(current=state.status, reported=status))
     after = replace(
         state,
         status=status,

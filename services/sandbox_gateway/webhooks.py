@@ -202,6 +202,7 @@ class WebhookSender:
                 "sandbox.event_id": event.event_id,
                 "sandbox.event_type": event.event_type,
                 "sandbox.attempt": attempt,
+                **({"payment.id": event.payment_id} if event.payment_id else {}),
             },
         ) as span:
             headers = {

@@ -10,6 +10,7 @@ from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejecte
 from shared import runtime
 from shared.broker import Broker
 from shared.config import Settings
+from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
 from shared.web import READINESS_CHECKS, Problem, create_base_app
@@ -28,14 +29,28 @@ def _providers(settings: Settings) -> dict[str, PaymentProvider]:
     return providers
 
 
+async def _raw_body(request: web.Request, provider: str) -> bytes:
+    """The body exactly as sent (the signature covers these bytes), refused with 413 past the size limit."""
+    too_large = Problem(413, "payload-too-large", f"A webhook body may hold at most {MAX_WEBHOOK_BYTES} bytes.")
+    if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
+        WEBHOOKS_RECEIVED.labels(provider, "too_large").inc()
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        WEBHOOKS_RECEIVED.labels(provider, "too_large").inc()
+        raise too_large from None
+
+
 async def webhook(request: web.Request) -> web.Response:
     name = request.match_info["provider"]
     provider = request.app[PROVIDERS].get(name)
     if provider is None:
         raise Problem(404, "not-found", f"No webhook endpoint for provider {name!r}.")
-    body = await request.read()
+    body = await _raw_body(request, provider.name)
     try:
-        result = await receive_webhook(provider, dict(request.headers), body, request.app[BROKER].publish)
+        # The headers stay case-insensitive: a proxy may have lower-cased the signature header's name.
+        result = await receive_webhook(provider, request.headers, body, request.app[BROKER].publish)
     except WebhookRejected as exc:
         raise Problem(400, "invalid-webhook", str(exc)) from exc
     except BrokerUnavailable as exc:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry import trace
 
 from shared.events import Envelope, PaymentStatusChanged, deterministic_event_id
-from shared.logs import get_logger
+from shared.logs import bind_payment, get_logger
 from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers.base import PaymentProvider
 from shared.providers.errors import InvalidWebhookError, SignatureError
-from shared.telemetry import extract_context
+from shared.telemetry import trace_parent
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -35,7 +35,7 @@ class WebhookResult:
 
 async def receive_webhook(
     provider: PaymentProvider,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     body: bytes,
     publish: Callable[[Envelope], Awaitable[None]],
 ) -> WebhookResult:
@@ -71,11 +71,18 @@ async def receive_webhook(
         event_id=deterministic_event_id(provider.name, event.provider_event_id),
         occurred_at=event.occurred_at,
     )
+    bind_payment(event.payment_id)
     # The payment's trace context travelled through the provider in the intent's metadata.
+    parent, links = trace_parent(event.metadata)
     with _tracer.start_as_current_span(
         f"webhook {provider.name} {event.status.value}",
-        context=extract_context(event.metadata) if "traceparent" in event.metadata else None,
-        attributes={"payment.id": event.payment_id, "paystream.provider_event_id": event.provider_event_id},
+        context=parent,
+        links=links,
+        attributes={
+            "payment.id": event.payment_id,
+            "paystream.event_type": envelope.type,
+            "paystream.provider_event_id": event.provider_event_id,
+        },
     ):
         try:
             await publish(envelope)

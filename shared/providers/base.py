@@ -85,7 +85,7 @@ def parse_signature_header(value: str) -> tuple[int, list[str]]:
         if not sep:
             raise SignatureError("malformed signature header")
         if key == "t":
-            if not val.isdigit():
+            if not (val.isascii() and val.isdigit()):
                 raise SignatureError("malformed timestamp")
             timestamp = int(val)
         elif key == "v1":
@@ -116,7 +116,14 @@ class PaymentProvider(ABC):
     ) -> ProviderIntent:
         """Close an open intent; returns what is true afterwards (it may have been paid first)."""
 
-    async def close(self) -> None:
+    async def find_intent(self, payment_id: str) -> ProviderIntent | None:
+        """The intent opened for our `payment_id`, for a provider that can look one up by it.
+
+        None when there is none, or when the provider offers no such lookup (the default).
+        """
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - optional hook: an adapter without connections has nothing to do
         """Release connections."""
 
     # --- reading its webhooks ---------------------------------------------------------------
@@ -142,9 +149,11 @@ class PaymentProvider(ABC):
     def signed_message(self, timestamp: int, body: bytes) -> bytes:
         return f"{timestamp}.".encode() + body
 
-    def verify_webhook_source(
-        self, headers: Mapping[str, str], body: bytes, *, now: float | None = None
-    ) -> None:
+    def expected_signature(self, secret: str, message: bytes) -> str:
+        """The provider's algorithm over the signed message (HMAC-SHA256, hex, for the sandbox and Stripe)."""
+        return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+    def verify_webhook_source(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> None:
         """Check the signature on the raw bytes, before any parsing; raise SignatureError if it fails."""
         timestamp, candidates = self.extract_signature(headers)
         current = time.time() if now is None else now
@@ -152,9 +161,10 @@ class PaymentProvider(ABC):
             raise SignatureError("timestamp outside the tolerance window")
         message = self.signed_message(timestamp, body)
         for secret in self.webhook_secrets():
-            expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+            expected = self.expected_signature(secret, message).encode()
             # Compare against every candidate: constant time per comparison, no early exit on a match.
-            matched = [hmac.compare_digest(expected, c) for c in candidates]
+            # As bytes: a non-ASCII candidate is simply wrong, not an error (str comparison would raise).
+            matched = [hmac.compare_digest(expected, c.encode("utf-8", "surrogateescape")) for c in candidates]
             if any(matched):
                 return
         raise SignatureError("no signature matches")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -10,9 +9,7 @@ import aiohttp
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 
 
-async def call_provider(
-    session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
-) -> dict[str, Any]:
+async def call_provider(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     """One request; JSON answer on 2xx, TransientGatewayError on 5xx/429/network, Permanent on other 4xx."""
     try:
         async with session.request(method, url, **kwargs) as response:
@@ -28,5 +25,5 @@ async def call_provider(
             if not isinstance(payload, dict):
                 raise PermanentGatewayError(f"{method} {url} answered with a non-object")
             return payload
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
         raise TransientGatewayError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc

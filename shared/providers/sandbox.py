@@ -65,9 +65,7 @@ class SandboxProvider(PaymentProvider):
     name = "sandbox"
     signature_header_name = "Paystream-Signature"
 
-    def __init__(
-        self, base_url: str, secrets: Sequence[str], *, timeout_seconds: float = 10.0
-    ) -> None:
+    def __init__(self, base_url: str, secrets: Sequence[str], *, timeout_seconds: float = 10.0) -> None:
         self._base_url = base_url.rstrip("/")
         self._secrets = list(secrets)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -112,8 +110,11 @@ class SandboxProvider(PaymentProvider):
             "metadata": {**request.metadata, "payment_id": request.payment_id},
         }
         payload = await call_provider(
-            self._client(), "POST", f"{self._base_url}/v1/intents",
-            json=body, headers={"Idempotency-Key": request.payment_id},
+            self._client(),
+            "POST",
+            f"{self._base_url}/v1/intents",
+            json=body,
+            headers={"Idempotency-Key": request.payment_id},
         )
         return self._intent(payload)
 
@@ -121,12 +122,24 @@ class SandboxProvider(PaymentProvider):
         payload = await call_provider(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
         return self._intent(payload)
 
+    async def find_intent(self, payment_id: str) -> ProviderIntent | None:
+        payload = await call_provider(
+            self._client(), "GET", f"{self._base_url}/v1/intents", params={"payment_id": payment_id}
+        )
+        found = payload.get("data")
+        if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+            raise PermanentGatewayError("the sandbox answered a list of intents without a data list")
+        # The payment id is the idempotency key: there is at most one, the latest if ever more.
+        return self._intent(found[-1]) if found else None
+
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
         try:
             payload = await call_provider(
-                self._client(), "POST", f"{self._base_url}/v1/intents/{provider_payment_id}/cancel",
+                self._client(),
+                "POST",
+                f"{self._base_url}/v1/intents/{provider_payment_id}/cancel",
                 json={"reason": reason},
             )
         except PermanentGatewayError:
@@ -141,7 +154,8 @@ class SandboxProvider(PaymentProvider):
         try:
             event = _Event.model_validate_json(body)
         except (ValidationError, json.JSONDecodeError) as exc:
-            raise InvalidWebhookError(f"not a sandbox event: {exc.error_count() if isinstance(exc, ValidationError) else exc}") from None
+            detail = f"{exc.error_count()} errors" if isinstance(exc, ValidationError) else str(exc)
+            raise InvalidWebhookError(f"not a sandbox event: {detail}") from None
         status = SANDBOX_EVENT_TYPES.get(event.type)
         if status is None:
             raise InvalidWebhookError(f"unknown event type {event.type!r}")

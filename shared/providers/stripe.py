@@ -188,8 +188,9 @@ class StripeProvider(PaymentProvider):
     def for_webhooks(cls, settings: Settings) -> StripeProvider:
         """Only the webhook half (verify, parse): the receiver needs the secrets, not the API key."""
         key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
-        return cls(key, [s.get_secret_value() for s in settings.stripe_webhook_secret or []],
-                   api_base=settings.stripe_api_base)
+        return cls(
+            key, [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

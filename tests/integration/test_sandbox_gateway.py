@@ -584,6 +584,7 @@ async def test_faults_are_merged_shown_and_cleared(sandbox: TestClient) -> None:
     assert cleared.status == 200
     assert await (await sandbox.get("/_sandbox/faults")).json() == {
         "create_intent_error_rate": 0.0,
+        "create_intent_delay_seconds": 0.0,
         "webhook_duplicate_rate": 0.0,
         "webhook_delay_seconds": 0.0,
         "webhook_shuffle": False,

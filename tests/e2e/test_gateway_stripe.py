@@ -1,0 +1,158 @@
+"""The whole flow with PAYMENT_PROVIDER=stripe, against a local fake of Stripe's API (never the real Stripe).
+
+The fake runs in this process on a free port; the services run as real processes and reach it through
+STRIPE_API_BASE. Webhooks are the fake's own, signed with STRIPE_WEBHOOK_SECRET as Stripe signs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from tests.fakes.stripe_fake import StripeFake
+from tests.support.client import IntakeClient
+from tests.support.infra import Servers
+from tests.support.own_stack import own_stack
+from tests.support.processes import Stack, eventually, free_port
+
+API_KEY = "sk_test_x"
+WEBHOOK_SECRET = "whsec_x"
+
+
+@pytest.fixture(scope="module")
+async def fake() -> AsyncIterator[tuple[StripeFake, str]]:
+    stripe = StripeFake(api_key=API_KEY, webhook_secret=WEBHOOK_SECRET)
+    runner = web.AppRunner(stripe.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield stripe, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def stripe_stack(
+    servers: Servers, tmp_path_factory: pytest.TempPathFactory, fake: tuple[StripeFake, str]
+) -> AsyncIterator[Stack]:
+    async with own_stack(
+        servers,
+        tmp_path_factory.mktemp("stripe"),
+        ("intake_api", "gateway_worker", "webhook_receiver", "ledger"),
+        PAYMENT_PROVIDER="stripe",
+        STRIPE_API_KEY=API_KEY,
+        STRIPE_API_BASE=fake[1],
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        GATEWAY_MAX_ATTEMPTS="3",
+        GATEWAY_RETRY_BASE_SECONDS="0.1",
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def intake(stripe_stack: Stack) -> AsyncIterator[IntakeClient]:
+    async with aiohttp.ClientSession() as session:
+        yield IntakeClient(session, stripe_stack.url("intake_api"))
+
+
+def session_of(stripe: StripeFake, payment_id: str) -> dict[str, Any]:
+    [session] = [s for s in stripe.sessions.values() if s["client_reference_id"] == payment_id]
+    return session
+
+
+async def paid_with_stripe(intake: IntakeClient) -> dict[str, Any]:
+    status, payment, _ = await intake.create(wait=10)
+    assert status == 201, payment
+    assert payment["checkout_url"], "the checkout URL should be ready within Prefer: wait=10"
+    return payment
+
+
+async def intent_recorded(intake: IntakeClient, payment_id: str) -> bool:
+    return any(e["event_type"] == "payment.intent_created" for e in await intake.events(payment_id))
+
+
+async def test_with_stripe_the_checkout_url_is_the_checkout_sessions_url(
+    intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment = await paid_with_stripe(intake)
+
+    session = session_of(stripe, payment["id"])
+    assert payment["checkout_url"] == session["url"]
+    assert (session["amount_total"], session["currency"], session["status"]) == (1999, "usd", "open")
+    [create] = [
+        r
+        for r in stripe.requests
+        if r.path == "/v1/checkout/sessions" and r.headers.get("Idempotency-Key") == payment["id"]
+    ]
+    assert create.headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_a_completed_session_webhook_makes_the_payment_succeeded(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment = await paid_with_stripe(intake)
+    session = session_of(stripe, payment["id"])
+
+    stripe.complete_session(session["id"])
+    body, headers = stripe.webhook(session["id"], "checkout.session.completed")
+    async with intake.session.post(
+        f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe",
+        data=body,
+        headers={**headers, "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 200, await response.text()
+    final = await intake.terminal(payment["id"])
+
+    assert (final["status"], final["failure_code"]) == ("SUCCEEDED", None)
+    conn = await asyncpg.connect(stripe_stack.env["DATABASE_URL"])
+    try:
+        row = await conn.fetchrow(
+            "SELECT provider, provider_payment_id, status FROM ledger.payment_requests WHERE id = $1", payment["id"]
+        )
+    finally:
+        await conn.close()
+    assert tuple(row) == ("stripe", session["id"], "SUCCEEDED")
+
+
+async def test_an_api_key_stripe_refuses_fails_the_payment_with_gateway_error_without_retrying(
+    intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    stripe.api_key = "sk_test_rotated"
+    try:
+        status, payment, _ = await intake.create(wait=10)
+        assert status == 201, payment
+        final = await intake.terminal(payment["id"])
+    finally:
+        stripe.api_key = API_KEY
+
+    assert (final["status"], final["failure_code"]) == ("FAILED", "gateway_error")
+    creates = [r for r in stripe.requests if r.headers.get("Idempotency-Key") == payment["id"]]
+    assert len(creates) == 1
+
+
+async def test_canceling_a_stripe_payment_expires_its_session_and_ends_canceled(
+    intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment = await paid_with_stripe(intake)
+    # Stripe cannot be asked for a session by our payment id, so the cancel must carry the session's id, which
+    # the intake takes from the ledger: a cancel sent before the ledger records it reaches no session.
+    await eventually(lambda: intent_recorded(intake, payment["id"]), what="the ledger to record the session")
+
+    async with intake.session.post(
+        f"{intake.base_url}/v1/payments/{payment['id']}/cancel", headers=intake.headers()
+    ) as response:
+        assert response.status == 202, await response.text()
+    final = await intake.terminal(payment["id"])
+
+    assert final["status"] == "CANCELED"
+    assert session_of(stripe, payment["id"])["status"] == "expired"

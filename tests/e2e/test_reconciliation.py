@@ -1,0 +1,121 @@
+"""Reconciliation through the real services: every webhook the sandbox sends fails (SANDBOX_WEBHOOK_URL points at
+a closed port), yet a paid or declined payment is resolved by asking the gateway (RECONCILE_AFTER_SECONDS=1),
+with `source` `reconciliation` in its log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.support.client import IntakeClient, simulate_card
+from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
+from tests.support.processes import Stack, eventually, free_port, stack_environment
+
+SERVICES = ("intake_api", "gateway_worker", "ledger", "sandbox_gateway")
+
+
+@pytest.fixture(scope="module")
+async def webhookless_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    database_url = await create_database(servers.database_url, migrations=())
+    namespace = unique_name("psrecon")
+    env = stack_environment(
+        database_url,
+        servers.amqp_url,
+        namespace,
+        SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/webhooks/sandbox",  # nothing listens there
+        RECONCILE_AFTER_SECONDS="1",
+        RECONCILE_INTERVAL_SECONDS="1",
+        EXPIRY_SWEEP_INTERVAL_SECONDS="0.3",
+    )
+    stack = Stack(env, tmp_path_factory.mktemp("reconciliation"), SERVICES)
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(database_url)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def intake(webhookless_stack: Stack, http: aiohttp.ClientSession) -> IntakeClient:
+    return IntakeClient(http, webhookless_stack.url("intake_api"))
+
+
+async def status_changes(stack: Stack, payment_id: str) -> list[tuple[str, str, str, str]]:
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        rows = await conn.fetch(
+            "SELECT source, from_status, to_status, outcome FROM ledger.payment_logs"
+            " WHERE payment_request_id = $1 AND event_type = 'payment.status_changed' ORDER BY id",
+            payment_id,
+        )
+    finally:
+        await conn.close()
+    return [(r["source"], r["from_status"], r["to_status"], r["outcome"]) for r in rows]
+
+
+async def webhook_attempts(http: aiohttp.ClientSession, stack: Stack, checkout_url: str) -> list[dict[str, Any]]:
+    intent_id = checkout_url.rpartition("/pay/")[2]
+    async with http.get(f"{stack.url('sandbox_gateway')}/v1/intents/{intent_id}/webhooks") as response:
+        assert response.status == 200, await response.text()
+        return (await response.json())["data"]
+
+
+async def paid_with(intake: IntakeClient, http: aiohttp.ClientSession, card: str) -> dict[str, Any]:
+    status, payment, _ = await intake.create(wait=10)
+    assert status == 201 and payment["checkout_url"], payment
+    await simulate_card(http, payment["checkout_url"], card)
+    return payment
+
+
+async def test_a_paid_payment_whose_webhooks_all_fail_is_resolved_by_reconciliation(
+    webhookless_stack: Stack, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    payment = await paid_with(intake, http, "4242424242424242")
+
+    final = await intake.terminal(payment["id"], timeout=20)
+
+    assert (final["status"], final["failure_code"]) == ("SUCCEEDED", None)
+    assert await status_changes(webhookless_stack, payment["id"]) == [
+        ("reconciliation", "PENDING", "SUCCEEDED", "applied")
+    ]
+    attempts = await webhook_attempts(http, webhookless_stack, payment["checkout_url"])
+    assert attempts and all(a["status"] is None and a["error"] for a in attempts), attempts
+
+
+async def test_a_declined_payment_whose_webhooks_all_fail_is_resolved_failed_by_reconciliation(
+    webhookless_stack: Stack, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    payment = await paid_with(intake, http, "4000000000000002")
+
+    final = await intake.terminal(payment["id"], timeout=20)
+
+    assert (final["status"], final["failure_code"]) == ("FAILED", "card_declined")
+    assert await status_changes(webhookless_stack, payment["id"]) == [
+        ("reconciliation", "PENDING", "FAILED", "applied")
+    ]
+
+
+async def test_an_open_payment_is_asked_about_but_stays_pending(webhookless_stack: Stack, intake: IntakeClient) -> None:
+    status, payment, _ = await intake.create(wait=10)
+    assert status == 201 and payment["checkout_url"], payment
+
+    async def asked_twice() -> bool:
+        events = await intake.events(payment["id"])
+        return [e["event_type"] for e in events].count("payment.reconciliation_due") >= 2
+
+    await eventually(asked_twice, timeout=20, what="two reconciliation rounds")
+
+    assert (await intake.get(payment["id"]))["status"] == "PENDING"
+    assert await status_changes(webhookless_stack, payment["id"]) == []

@@ -1,0 +1,194 @@
+"""The ledger's recording rules against the real database, through handlers.record_event and EventRecorder."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from services.ledger.handlers import EventRecorder, record_event
+from shared.broker import Delivery, RetryLater
+from shared.events import PaymentStatus
+from tests.support.payment_histories import intent_created, requested, status_changed
+
+S, F, E = PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED
+DELIVERY = Delivery(attempt=1, max_attempts=8, redelivered=False)
+
+
+def new_payment_id() -> str:
+    return f"pay_{secrets.token_hex(8)}"
+
+
+async def known_payment(pool: asyncpg.Pool, **request: object) -> str:
+    """A payment the ledger has recorded, with its intent."""
+    payment_id = new_payment_id()
+    await record_event(pool, requested(payment_id, **request))  # type: ignore[arg-type]
+    await record_event(pool, intent_created(payment_id))
+    return payment_id
+
+
+async def log_rows(pool: asyncpg.Pool, payment_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT event_id, event_type, from_status, to_status, source, outcome, late_success"
+        " FROM ledger.payment_logs WHERE payment_request_id = $1 ORDER BY id",
+        payment_id,
+    )
+
+
+async def payment(pool: asyncpg.Pool, payment_id: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM ledger.payment_requests WHERE id = $1", payment_id)
+    assert row is not None
+    return row
+
+
+def counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_an_event_for_an_unknown_payment_is_retried_later_and_leaves_no_trace(pool: asyncpg.Pool) -> None:
+    payment_id = new_payment_id()
+
+    with pytest.raises(RetryLater):
+        await record_event(pool, status_changed(payment_id, S))
+
+    assert (
+        await pool.fetchval("SELECT count(*) FROM ledger.payment_logs WHERE payment_request_id = $1", payment_id) == 0
+    )
+
+
+async def test_every_event_gets_one_log_row_with_from_to_source_and_outcome(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+    success = status_changed(payment_id, S, "webhook", "ok")
+
+    await record_event(pool, success)
+
+    rows = await log_rows(pool, payment_id)
+    assert [(r["event_type"], r["from_status"], r["to_status"], r["source"], r["outcome"]) for r in rows] == [
+        ("payment.requested", None, "PENDING", "intake", "applied"),
+        ("payment.intent_created", "PENDING", "PENDING", "gateway", "applied"),
+        ("payment.status_changed", "PENDING", "SUCCEEDED", "webhook", "applied"),
+    ]
+    assert rows[-1]["event_id"] == success.id
+    assert (await payment(pool, payment_id))["status"] == "SUCCEEDED"
+
+
+async def test_the_same_event_delivered_again_is_recorded_once(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+    success = status_changed(payment_id, S, "webhook", "ok")
+
+    first = await record_event(pool, success)
+    again = await record_event(pool, success)
+
+    assert (first.outcome, again.outcome) == ("applied", "duplicate event")
+    assert [r["event_id"] for r in await log_rows(pool, payment_id)].count(success.id) == 1
+
+
+async def test_ten_concurrent_deliveries_of_one_event_apply_it_once(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+    success = status_changed(payment_id, S, "webhook", "ok")
+
+    results = await asyncio.gather(*(record_event(pool, success) for _ in range(10)))
+
+    assert sorted(r.outcome for r in results) == ["applied"] + ["duplicate event"] * 9
+    assert [r["event_id"] for r in await log_rows(pool, payment_id)].count(success.id) == 1
+
+
+async def test_concurrent_twin_payment_requests_create_one_payment(pool: asyncpg.Pool) -> None:
+    payment_id = new_payment_id()
+    request = requested(payment_id)
+
+    results = await asyncio.gather(*(record_event(pool, request) for _ in range(5)))
+
+    assert sorted(r.outcome for r in results) == ["applied"] + ["duplicate event"] * 4
+    assert await pool.fetchval("SELECT count(*) FROM ledger.payment_requests WHERE id = $1", payment_id) == 1
+    assert len(await log_rows(pool, payment_id)) == 1
+
+
+async def test_the_same_outcome_from_webhook_and_reconciliation_changes_the_payment_once(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+
+    by_webhook = await record_event(pool, status_changed(payment_id, S, "webhook", "ok"))
+    changed_at = (await payment(pool, payment_id))["updated_at"]
+    by_reconciliation = await record_event(pool, status_changed(payment_id, S, "reconciliation", "reconciled"))
+
+    assert by_webhook.outcome == "applied"
+    assert by_reconciliation.outcome == "ignored: duplicate: already SUCCEEDED"
+    assert (await payment(pool, payment_id))["updated_at"] == changed_at
+    rows = await log_rows(pool, payment_id)
+    assert [(r["source"], r["from_status"], r["to_status"]) for r in rows[-2:]] == [
+        ("webhook", "PENDING", "SUCCEEDED"),
+        ("reconciliation", "SUCCEEDED", "SUCCEEDED"),
+    ]
+
+
+async def test_a_failure_after_a_success_is_logged_as_ignored_and_not_applied(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+    await record_event(pool, status_changed(payment_id, S, "webhook", "ok"))
+
+    stale = await record_event(pool, status_changed(payment_id, F, "webhook", "declined"))
+
+    assert stale.outcome == "ignored: stale: already SUCCEEDED"
+    assert (await payment(pool, payment_id))["status"] == "SUCCEEDED"
+    last = (await log_rows(pool, payment_id))[-1]
+    assert (last["from_status"], last["to_status"], last["outcome"]) == (
+        "SUCCEEDED",
+        "SUCCEEDED",
+        "ignored: stale: already SUCCEEDED",
+    )
+
+
+async def test_a_late_success_is_applied_flagged_in_the_log_and_counted(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+    recorder = EventRecorder(pool)
+    await recorder(status_changed(payment_id, E, "expiry", "expired"), DELIVERY)
+    late_before = counter("paystream_late_successes_total")
+
+    await recorder(status_changed(payment_id, S, "webhook", "paid"), DELIVERY)
+
+    row = await payment(pool, payment_id)
+    assert (row["status"], row["failure_code"]) == ("SUCCEEDED", None)
+    last = (await log_rows(pool, payment_id))[-1]
+    assert (last["from_status"], last["to_status"], last["outcome"], last["late_success"]) == (
+        "EXPIRED",
+        "SUCCEEDED",
+        "applied",
+        True,
+    )
+    assert counter("paystream_late_successes_total") == late_before + 1
+
+
+async def test_a_first_success_is_not_flagged_late(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+
+    await record_event(pool, status_changed(payment_id, S, "webhook", "paid"))
+
+    assert (await log_rows(pool, payment_id))[-1]["late_success"] is False
+
+
+@pytest.mark.parametrize("mismatch", [{"amount": 1}, {"currency": "EUR"}], ids=["amount", "currency"])
+async def test_an_outcome_for_another_amount_is_logged_not_applied_and_counted(
+    pool: asyncpg.Pool, mismatch: dict[str, object]
+) -> None:
+    payment_id = await known_payment(pool)
+    mismatches_before = counter("paystream_amount_mismatches_total")
+
+    await EventRecorder(pool)(status_changed(payment_id, S, "webhook", "forged", **mismatch), DELIVERY)  # type: ignore[arg-type]
+
+    assert (await payment(pool, payment_id))["status"] == "PENDING"
+    last = (await log_rows(pool, payment_id))[-1]
+    assert (last["from_status"], last["to_status"]) == ("PENDING", "PENDING")
+    assert last["outcome"].startswith("ignored: amount mismatch")
+    assert counter("paystream_amount_mismatches_total") == mismatches_before + 1
+
+
+async def test_an_expiry_sets_failure_code_expired(pool: asyncpg.Pool) -> None:
+    payment_id = await known_payment(pool)
+
+    await record_event(pool, status_changed(payment_id, E, "expiry", "expired"))
+
+    row = await payment(pool, payment_id)
+    assert (row["status"], row["failure_code"]) == ("EXPIRED", "expired")
+    assert row["completed_at"] is not None

@@ -1,0 +1,25 @@
+"""A stack of service processes with a configuration of its own: its own database and broker namespace."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
+from tests.support.processes import Stack, stack_environment
+
+
+@asynccontextmanager
+async def own_stack(servers: Servers, log_dir: Path, services: Iterable[str], **overrides: str) -> AsyncIterator[Stack]:
+    """Start `services` on a fresh database and namespace with `overrides` in their environment; clean up after."""
+    database_url = await create_database(servers.database_url, migrations=())
+    namespace = unique_name("psgw")
+    stack = Stack(stack_environment(database_url, servers.amqp_url, namespace, **overrides), log_dir, services)
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(database_url)

@@ -1,0 +1,269 @@
+"""Realistic event histories of one payment, for property-based tests of the ledger.
+
+A history follows one gateway truth: the intent is created (or could not be), then the gateway reports at most
+one unsuccessful outcome and possibly a success after it (a late success), each through any of its reporters
+(webhook, reconciliation, expiry, a merchant's cancel), plus commands and a forged event with another amount.
+`deliver` then plays a delivery order through a ledger, modelling "payment unknown → retry later" as a deferral
+behind the payment's request, as the ledger's delay queue does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from hypothesis import strategies as st
+
+from services.ledger.state_machine import PaymentState, decide
+from shared.broker import RetryLater
+from shared.events import (
+    CancelPayment,
+    Envelope,
+    ExpirePayment,
+    Message,
+    PaymentIntentCreated,
+    PaymentIntentFailed,
+    PaymentRequested,
+    PaymentStatus,
+    PaymentStatusChanged,
+    ReconcilePayment,
+    Source,
+)
+
+P, S, F, C, E = (
+    PaymentStatus.PENDING,
+    PaymentStatus.SUCCEEDED,
+    PaymentStatus.FAILED,
+    PaymentStatus.CANCELED,
+    PaymentStatus.EXPIRED,
+)
+# The failure code the gateway gives each outcome: one truth, whoever reports it.
+FAILURE_CODES: dict[PaymentStatus, str | None] = {S: None, F: "card_declined", C: None, E: "expired"}
+AMOUNT, CURRENCY = 1999, "USD"
+Reporter = Literal["webhook", "webhook_again", "reconciliation", "expiry", "gateway"]
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the gateway knows about one payment, and who tells the ledger about it."""
+
+    intent_created: bool
+    # Reported outcomes, in the order they happened at the gateway: [], [T], or [X, SUCCEEDED] (late success).
+    outcomes: tuple[tuple[PaymentStatus, frozenset[Reporter]], ...]
+    commands: frozenset[Literal["expire", "reconcile", "cancel"]]
+    forged_amount: bool
+
+    @property
+    def final_status(self) -> PaymentStatus:
+        if not self.intent_created:
+            return F
+        return self.outcomes[-1][0] if self.outcomes else P
+
+
+@dataclass(frozen=True)
+class Expected:
+    status: PaymentStatus
+    failure_code: str | None
+    provider_payment_id: str | None
+    checkout_url: str | None
+
+
+@dataclass(frozen=True)
+class History:
+    payment_id: str
+    events: tuple[Envelope, ...]
+    expected: Expected
+
+    @property
+    def event_ids(self) -> set[uuid.UUID]:
+        return {e.id for e in self.events}
+
+
+def _reporters(status: PaymentStatus) -> st.SearchStrategy[frozenset[Reporter]]:
+    # Who can report what: the cancel path (source gateway) only brings CANCELED; the rest bring any outcome.
+    possible: list[Reporter] = ["webhook", "webhook_again", "reconciliation", "expiry"]
+    if status is C:
+        possible.append("gateway")
+    return st.frozensets(st.sampled_from(possible), min_size=1)
+
+
+@st.composite
+def truths(draw: st.DrawFn) -> Truth:
+    # Most payments get an intent; some never do (the gateway refused it).
+    intent_created = draw(st.sampled_from([True, True, True, False]))
+    outcomes: list[tuple[PaymentStatus, frozenset[Reporter]]] = []
+    if intent_created:
+        final = draw(st.sampled_from([None, S, F, C, E]))
+        if final is S and draw(st.booleans()):
+            earlier = draw(st.sampled_from([F, C, E]))
+            outcomes.append((earlier, draw(_reporters(earlier))))
+        if final is not None:
+            outcomes.append((final, draw(_reporters(final))))
+    commands = frozenset()
+    if intent_created:
+        commands = draw(st.frozensets(st.sampled_from(["expire", "reconcile", "cancel"])))
+    return Truth(
+        intent_created=intent_created,
+        outcomes=tuple(outcomes),
+        commands=commands,  # type: ignore[arg-type]
+        forged_amount=intent_created and draw(st.booleans()),
+    )
+
+
+def intent_id_of(payment_id: str) -> str:
+    return f"pi_{payment_id}"
+
+
+def event(message: Message, payment_id: str, source: Source, label: str | None = None) -> Envelope:
+    """An envelope for `payment_id`; the same `label` gives the same event id (a redelivery), None a new one."""
+    return Envelope.wrap(
+        message,
+        payment_id=payment_id,
+        source=source,
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{payment_id}/{label}") if label else uuid.uuid4(),
+    )
+
+
+def requested(payment_id: str, *, amount: int = AMOUNT, currency: str = CURRENCY, ttl: float = 1800) -> Envelope:
+    created_at = datetime.now(UTC)
+    message = PaymentRequested(
+        merchant_id="demo",
+        idempotency_key=f"key-{payment_id}",
+        request_fingerprint="f" * 64,
+        amount=amount,
+        currency=currency,
+        reference=f"order-{payment_id}",
+        return_url="https://shop.example/done",
+        created_at=created_at,
+        expires_at=created_at + timedelta(seconds=ttl),
+    )
+    return event(message, payment_id, "intake", "requested")
+
+
+def intent_created(payment_id: str) -> Envelope:
+    intent_id = intent_id_of(payment_id)
+    message = PaymentIntentCreated(
+        provider="sandbox", provider_payment_id=intent_id, checkout_url=f"http://sandbox.test/pay/{intent_id}"
+    )
+    return event(message, payment_id, "gateway", "intent_created")
+
+
+def status_changed(
+    payment_id: str,
+    status: PaymentStatus,
+    source: Source = "webhook",
+    label: str | None = None,
+    *,
+    amount: int = AMOUNT,
+    currency: str = CURRENCY,
+) -> Envelope:
+    """The gateway reports `status` (with the failure code its truth has) through `source`."""
+    message = PaymentStatusChanged(
+        status=status,
+        provider="sandbox",
+        provider_payment_id=intent_id_of(payment_id),
+        provider_event_id=f"evt_{label or uuid.uuid4().hex}" if source == "webhook" else None,
+        failure_code=FAILURE_CODES[status],
+        amount=amount,
+        currency=currency,
+    )
+    return event(message, payment_id, source, label)
+
+
+def build_history(truth: Truth, payment_id: str) -> History:
+    """The distinct events of `truth` for `payment_id`, each with its own stable id."""
+    intent_id = intent_id_of(payment_id)
+    events = [requested(payment_id)]
+    if not truth.intent_created:
+        failed = PaymentIntentFailed(provider="sandbox", reason="HTTP 400")
+        events.append(event(failed, payment_id, "gateway", "intent_failed"))
+        return History(payment_id, tuple(events), Expected(F, "gateway_error", None, None))
+
+    events.append(intent_created(payment_id))
+    for status, reporters in truth.outcomes:
+        for reporter in sorted(reporters):
+            source: Source = "webhook" if reporter.startswith("webhook") else reporter  # type: ignore[assignment]
+            events.append(status_changed(payment_id, status, source, f"{status}/{reporter}"))
+    commands: dict[str, tuple[Message, Source]] = {
+        "expire": (ExpirePayment(provider="sandbox", provider_payment_id=intent_id), "expiry"),
+        "reconcile": (ReconcilePayment(provider="sandbox", provider_payment_id=intent_id), "reconciliation"),
+        "cancel": (CancelPayment(provider="sandbox", provider_payment_id=intent_id), "merchant"),
+    }
+    for name in sorted(truth.commands):
+        message, source = commands[name]
+        events.append(event(message, payment_id, source, f"command/{name}"))
+    if truth.forged_amount:
+        events.append(status_changed(payment_id, S, "webhook", "forged", amount=AMOUNT + 1))
+    final = truth.final_status
+    checkout_url = f"http://sandbox.test/pay/{intent_id}"
+    return History(payment_id, tuple(events), Expected(final, FAILURE_CODES.get(final), intent_id, checkout_url))
+
+
+@st.composite
+def deliveries(draw: st.DrawFn, history: History) -> list[Envelope]:
+    """Every event of `history` at least once (some twice or three times), in any order."""
+    copies = [e for e in history.events for _ in range(draw(st.integers(1, 3)))]
+    return draw(st.permutations(copies))
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """What the ledger's log says about one event."""
+
+    from_status: PaymentStatus | None
+    to_status: PaymentStatus | None
+    outcome: str
+    late_success: bool = False
+
+
+@dataclass
+class InMemoryLedger:
+    """The ledger's recording rules around the pure `decide`: what handlers.record_event does in SQL."""
+
+    state: PaymentState | None = None
+    rows: dict[uuid.UUID, LogRow] = field(default_factory=dict)
+
+    async def record(self, envelope: Envelope) -> None:
+        message = envelope.message()
+        if isinstance(message, PaymentRequested):
+            created = self.state is None
+            if self.state is None:
+                self.state = PaymentState(status=P, amount=message.amount, currency=message.currency)
+            if envelope.id not in self.rows:
+                outcome = "applied" if created else "ignored: payment already recorded"
+                self.rows[envelope.id] = LogRow(None, self.state.status, outcome)
+            return
+        if self.state is None:
+            raise RetryLater("payment not known yet")
+        if envelope.id in self.rows:
+            return
+        decision = decide(self.state, message)
+        self.state = decision.after
+        self.rows[envelope.id] = LogRow(
+            decision.before.status, decision.after.status, decision.outcome, decision.late_success
+        )
+
+
+async def deliver(
+    queue: list[Envelope],
+    record: Callable[[Envelope], Awaitable[None]],
+    choose: Callable[[int, int], int],
+) -> list[Envelope]:
+    """Deliver `queue` through `record`; a RetryLater puts the event back at `choose(low, high)`, somewhere
+    behind its payment's request (which is why it is retried). Returns the events in the order they were
+    recorded."""
+    pending = list(queue)
+    recorded: list[Envelope] = []
+    while pending:
+        envelope = pending.pop(0)
+        try:
+            await record(envelope)
+        except RetryLater:
+            request = next(i for i, e in enumerate(pending) if e.type == PaymentRequested.TYPE)
+            pending.insert(choose(request + 1, len(pending)), envelope)
+            continue
+        recorded.append(envelope)
+    return recorded

@@ -1,0 +1,456 @@
+"""The gateway_worker's rules, with a fake provider and a list standing in for the broker."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pytest
+
+from services.gateway_worker.handlers import GatewayHandlers
+from shared.broker import Delivery, PoisonMessage, RetryLater
+from shared.events import (
+    CancelPayment,
+    Envelope,
+    ExpirePayment,
+    Message,
+    PaymentIntentCreated,
+    PaymentIntentFailed,
+    PaymentRequested,
+    PaymentStatus,
+    PaymentStatusChanged,
+    ReconcilePayment,
+    Source,
+)
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+
+FIRST = Delivery(
+    attempt=1,
+    max_attempts=5,
+    redelivered=False,
+    trace_headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+)
+LAST = Delivery(attempt=5, max_attempts=5, redelivered=False)
+
+
+class FakeProvider(PaymentProvider):
+    """An in-memory provider: intents keyed by payment id (its idempotency key), errors on demand."""
+
+    signature_header_name = "X-Fake-Signature"
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.intents: dict[str, ProviderIntent] = {}
+        self.by_payment: dict[str, str] = {}
+        self.requests: list[IntentRequest] = []
+        self.cancels: list[tuple[str, str]] = []
+        self.lookups: list[str] = []
+        self.error: Exception | None = None
+        self.checkout_url: str | None = "https://fake.example/pay/"
+
+    def _raise_if_failing(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def create_intent(self, request: IntentRequest) -> ProviderIntent:
+        self.requests.append(request)
+        self._raise_if_failing()
+        if request.payment_id not in self.by_payment:
+            intent_id = f"pi_{secrets.token_hex(6)}"
+            url = None if self.checkout_url is None else self.checkout_url + intent_id
+            self.intents[intent_id] = ProviderIntent(
+                intent_id, PaymentStatus.PENDING, request.amount, request.currency, checkout_url=url, raw_status="open"
+            )
+            self.by_payment[request.payment_id] = intent_id
+        return self.intents[self.by_payment[request.payment_id]]
+
+    async def find_intent(self, payment_id: str) -> ProviderIntent | None:
+        self.lookups.append(payment_id)
+        self._raise_if_failing()
+        intent_id = self.by_payment.get(payment_id)
+        return None if intent_id is None else self.intents[intent_id]
+
+    async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
+        self._raise_if_failing()
+        return self.intents[provider_payment_id]
+
+    async def cancel_intent(
+        self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
+    ) -> ProviderIntent:
+        self.cancels.append((provider_payment_id, reason))
+        self._raise_if_failing()
+        intent = self.intents[provider_payment_id]
+        if intent.status is PaymentStatus.PENDING:
+            closed = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
+            intent = replace(intent, status=closed, failure_code="expired" if reason == "expired" else None)
+            self.intents[provider_payment_id] = intent
+        return intent
+
+    def settle(self, provider_payment_id: str, status: PaymentStatus, failure_code: str | None = None) -> None:
+        """The customer paid (or was declined) on the provider's page."""
+        self.intents[provider_payment_id] = replace(
+            self.intents[provider_payment_id], status=status, failure_code=failure_code
+        )
+
+    def webhook_secrets(self) -> Sequence[str]:
+        return []
+
+    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        return None
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def published() -> list[Envelope]:
+    return []
+
+
+@pytest.fixture
+def handlers(provider: FakeProvider, published: list[Envelope]) -> GatewayHandlers:
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    return GatewayHandlers({"fake": provider}, "fake", publish)
+
+
+def requested(payment_id: str | None = None) -> Envelope:
+    now = datetime.now(UTC)
+    message = PaymentRequested(
+        merchant_id="demo",
+        idempotency_key="k-1",
+        request_fingerprint="f" * 64,
+        amount=1999,
+        currency="USD",
+        reference="order-42",
+        return_url="https://shop.example/orders/42",
+        cancel_url="https://shop.example/cart",
+        created_at=now,
+        expires_at=now + timedelta(minutes=30),
+    )
+    return Envelope.wrap(message, payment_id=payment_id or f"pay_{secrets.token_hex(8)}", source="intake")
+
+
+def command(message: Message, payment_id: str) -> Envelope:
+    source: Source = "expiry" if isinstance(message, ExpirePayment) else "merchant"
+    return Envelope.wrap(message, payment_id=payment_id, source=source)
+
+
+async def open_intent(handlers: GatewayHandlers, provider: FakeProvider) -> tuple[str, str]:
+    """A payment with an open intent at the provider: (payment id, intent id)."""
+    envelope = requested()
+    await handlers(envelope, FIRST)
+    return envelope.payment_id, provider.by_payment[envelope.payment_id]
+
+
+def only(published: list[Envelope]) -> tuple[Envelope, Message]:
+    assert len(published) == 1, [e.type for e in published]
+    return published[0], published[0].message()
+
+
+# --- opening the intent ---------------------------------------------------------------------------------
+
+
+async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempotency_key(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    envelope = requested()
+    await handlers(envelope, FIRST)
+
+    [request] = provider.requests
+    assert request.payment_id == envelope.payment_id
+    assert (request.amount, request.currency, request.reference) == (1999, "USD", "order-42")
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentCreated)
+    assert message.provider_payment_id == provider.by_payment[envelope.payment_id]
+    assert message.checkout_url == f"https://fake.example/pay/{message.provider_payment_id}"
+
+
+async def test_the_trace_context_of_the_message_rides_with_the_intent(
+    handlers: GatewayHandlers, provider: FakeProvider
+) -> None:
+    await handlers(requested(), FIRST)
+    assert provider.requests[0].metadata == FIRST.trace_headers
+
+
+async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    envelope = requested()
+    await handlers(envelope, FIRST)
+    await handlers(envelope, replace(FIRST, redelivered=True))
+
+    assert len(provider.intents) == 1
+    assert [e.type for e in published] == ["payment.intent_created"] * 2
+    assert published[0].id == published[1].id
+
+
+async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.error = TransientGatewayError("POST /v1/intents answered 503")
+    with pytest.raises(RetryLater):
+        await handlers(requested(), FIRST)
+    assert published == []
+
+
+async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gateway_error(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.error = TransientGatewayError("connection refused")
+    envelope = requested()
+    await handlers(envelope, LAST)
+
+    sent, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+    assert message.failure_code == "gateway_error"
+    assert "retries exhausted" in message.reason
+    assert (sent.payment_id, sent.source) == (envelope.payment_id, "gateway")
+
+
+async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.error = PermanentGatewayError("POST /v1/intents answered 422")
+    await handlers(requested(), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+    assert message.failure_code == "gateway_error"
+    assert "422" in message.reason
+
+
+async def test_an_intent_without_a_checkout_url_fails_the_intent(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.checkout_url = None
+    await handlers(requested(), FIRST)
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+
+
+# --- cancel and expiration due: ask the provider, publish what it says ------------------------------------
+
+
+async def test_cancel_closes_the_intent_and_publishes_canceled(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+
+    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    assert provider.cancels == [(intent_id, "canceled")]
+    sent, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.provider_payment_id, message.failure_code) == (
+        PaymentStatus.CANCELED,
+        intent_id,
+        None,
+    )
+    assert (sent.payment_id, sent.source) == (payment_id, "gateway")
+
+
+async def test_expiration_due_expires_the_intent_and_publishes_expired(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+
+    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    assert provider.cancels == [(intent_id, "expired")]
+    sent, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.failure_code) == (PaymentStatus.EXPIRED, "expired")
+    assert sent.source == "expiry"
+
+
+async def test_cancel_after_the_customer_paid_publishes_succeeded(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
+    published.clear()
+
+    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert message.status is PaymentStatus.SUCCEEDED
+    assert (message.amount, message.currency) == (1999, "USD")
+
+
+async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
+    published.clear()
+
+    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert message.status is PaymentStatus.SUCCEEDED
+
+
+async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    provider.settle(intent_id, PaymentStatus.FAILED, "card_declined")
+    published.clear()
+
+    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.failure_code) == (PaymentStatus.FAILED, "card_declined")
+
+
+async def test_cancel_repeated_publishes_the_same_event_id(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+    envelope = command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id)
+
+    await handlers(envelope, FIRST)
+    await handlers(envelope, FIRST)
+
+    assert published[0].id == published[1].id
+
+
+async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    await handlers(command(CancelPayment(), "pay_without_intent"), FIRST)
+
+    assert (provider.lookups, provider.cancels) == (["pay_without_intent"], [])
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.provider_payment_id) == (PaymentStatus.CANCELED, None)
+
+
+async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_and_cancels_it(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+
+    await handlers(command(CancelPayment(), payment_id), FIRST)
+
+    assert provider.cancels == [(intent_id, "canceled")]
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.provider_payment_id) == (PaymentStatus.CANCELED, intent_id)
+
+
+async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.error = TransientGatewayError("timeout")
+    with pytest.raises(RetryLater):
+        await handlers(command(ExpirePayment(), "pay_1"), FIRST)
+    assert published == []
+
+
+async def test_cancel_with_a_transient_error_asks_for_a_retry(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+    provider.error = TransientGatewayError("timeout")
+
+    with pytest.raises(RetryLater):
+        await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    assert published == []
+
+
+async def test_a_cancel_the_provider_refuses_is_dead_lettered(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+    provider.error = PermanentGatewayError("answered 404")
+
+    with pytest.raises(PoisonMessage):
+        await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    assert published == []
+
+
+async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+    provider.error = PermanentGatewayError("answered 404")
+
+    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert message.status is PaymentStatus.EXPIRED
+
+
+async def test_a_command_goes_to_the_provider_it_names_not_the_default(published: list[Envelope]) -> None:
+    old, new = FakeProvider("sandbox"), FakeProvider("stripe")
+
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    handlers = GatewayHandlers({"sandbox": old, "stripe": new}, "stripe", publish)
+    old.by_payment["pay_old"] = "pi_old"
+    old.intents["pi_old"] = ProviderIntent("pi_old", PaymentStatus.PENDING, 1999, "USD")
+
+    await handlers(command(CancelPayment(provider="sandbox", provider_payment_id="pi_old"), "pay_old"), FIRST)
+
+    assert (old.cancels, new.cancels) == ([("pi_old", "canceled")], [])
+    assert only(published)[1].provider == "sandbox"  # type: ignore[attr-defined]
+
+
+async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers: GatewayHandlers) -> None:
+    with pytest.raises(PoisonMessage):
+        await handlers(command(CancelPayment(provider="stripe", provider_payment_id="cs_1"), "pay_1"), FIRST)
+
+
+# --- reconciliation -------------------------------------------------------------------------------------
+
+
+async def test_reconciliation_publishes_the_providers_outcome(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
+    published.clear()
+
+    envelope = Envelope.wrap(
+        ReconcilePayment(provider="fake", provider_payment_id=intent_id), payment_id=payment_id, source="reconciliation"
+    )
+    await handlers(envelope, FIRST)
+
+    sent, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, sent.source) == (PaymentStatus.SUCCEEDED, "reconciliation")
+
+
+async def test_reconciliation_of_an_open_intent_publishes_nothing(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    published.clear()
+
+    envelope = Envelope.wrap(
+        ReconcilePayment(provider="fake", provider_payment_id=intent_id), payment_id=payment_id, source="reconciliation"
+    )
+    await handlers(envelope, FIRST)
+
+    assert published == []

@@ -1,0 +1,127 @@
+"""Property-based tests (hypothesis) of the ledger's rules: any order, any duplication, the same end.
+
+Each example is one payment's realistic history (tests/support/payment_histories.py), delivered in a random
+order with random duplicates, through the ledger's recording rules around the pure `decide`. An event that
+arrives before its payment's request is deferred behind it, as the ledger's delay queue does.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.events import PaymentStatus
+from tests.support.payment_histories import (
+    History,
+    InMemoryLedger,
+    LogRow,
+    Truth,
+    build_history,
+    deliver,
+    deliveries,
+    truths,
+)
+
+PAYMENT_ID = "pay_property"
+
+
+async def _replay(history: History, order: list, data: st.DataObject) -> InMemoryLedger:
+    ledger = InMemoryLedger()
+    await deliver(order, ledger.record, lambda low, high: data.draw(st.integers(low, high)))
+    return ledger
+
+
+async def _in_causal_order(history: History) -> InMemoryLedger:
+    ledger = InMemoryLedger()
+    await deliver(list(history.events), ledger.record, lambda low, high: low)
+    return ledger
+
+
+def _final(ledger: InMemoryLedger) -> tuple[PaymentStatus, str | None, str | None, str | None]:
+    assert ledger.state is not None
+    s = ledger.state
+    return s.status, s.failure_code, s.provider_payment_id, s.checkout_url
+
+
+@settings(max_examples=200, deadline=None)
+@given(truth=truths(), data=st.data())
+async def test_the_final_state_does_not_depend_on_order_or_duplication(truth: Truth, data: st.DataObject) -> None:
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
+
+    shuffled = await _replay(history, order, data)
+    causal = await _in_causal_order(history)
+
+    expected = history.expected
+    assert _final(shuffled) == _final(causal)
+    assert _final(shuffled) == (
+        expected.status,
+        expected.failure_code,
+        expected.provider_payment_id,
+        expected.checkout_url,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(truth=truths(), data=st.data())
+async def test_every_event_gets_exactly_one_log_row_whatever_the_order(truth: Truth, data: st.DataObject) -> None:
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
+
+    shuffled = await _replay(history, order, data)
+
+    # `rows` is keyed by event id: one row each, and the set of ids is exactly the set of distinct events.
+    assert set(shuffled.rows) == history.event_ids
+    assert set(shuffled.rows) == set((await _in_causal_order(history)).rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(truth=truths(), data=st.data())
+async def test_the_final_status_is_entered_by_exactly_one_applied_event(truth: Truth, data: st.DataObject) -> None:
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
+
+    shuffled = await _replay(history, order, data)
+
+    final = history.expected.status
+    entering = [
+        row
+        for row in shuffled.rows.values()
+        if row.outcome == "applied" and row.to_status is final and row.from_status not in (None, final)
+    ]
+    assert len(entering) == (0 if final is PaymentStatus.PENDING else 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(truth=truths(), data=st.data())
+async def test_a_success_over_an_unsuccessful_end_and_nothing_else_is_flagged_late(
+    truth: Truth, data: st.DataObject
+) -> None:
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
+
+    shuffled = await _replay(history, order, data)
+
+    unsuccessful = (PaymentStatus.FAILED, PaymentStatus.CANCELED, PaymentStatus.EXPIRED)
+    flagged: list[LogRow] = [row for row in shuffled.rows.values() if row.late_success]
+    over_an_end = [
+        row
+        for row in shuffled.rows.values()
+        if row.outcome == "applied" and row.from_status in unsuccessful and row.to_status is PaymentStatus.SUCCEEDED
+    ]
+    assert flagged == over_an_end
+    assert len(flagged) <= 1
+    if len(truth.outcomes) < 2:  # no unsuccessful outcome before a success: nothing can be late
+        assert flagged == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(truth=truths(), data=st.data())
+async def test_a_forged_amount_is_never_applied(truth: Truth, data: st.DataObject) -> None:
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
+
+    shuffled = await _replay(history, order, data)
+
+    mismatches = [row for row in shuffled.rows.values() if row.outcome.startswith("ignored: amount mismatch")]
+    assert len(mismatches) == (1 if truth.forged_amount else 0)
