@@ -35,7 +35,7 @@ AMOUNT_MISMATCHES = Counter(
 WEBHOOKS_RECEIVED = Counter(
     "paystream_webhooks_received",
     "Webhook deliveries by provider and outcome "
-    "(accepted, invalid_signature, invalid_event, ignored, broker_unavailable).",
+    "(accepted, invalid_signature, invalid_event, too_large, ignored, broker_unavailable).",
     ["provider", "outcome"],
 )
 OUTBOX_PENDING = Gauge("paystream_outbox_pending", "Outbox rows not yet confirmed by the broker.")

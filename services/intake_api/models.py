@@ -151,5 +151,8 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if location[-1:] == ["[key]"]:  # a bad metadata key: the field is the map, the message names the key
+            message = f"key {json.dumps(location[-2])}: {message}"
+            location = location[:-2]
         result.append({"field": ".".join(location) or "body", "message": message})
     return result

@@ -82,7 +82,7 @@ _CREATE_RESPONSES = {
     "201": _json("Payment", "Accepted and durably stored. `checkout_url` is null if not ready within the wait.", {
         **_LOCATION,
         "Preference-Applied": _header("The wait applied, e.g. `wait=3`."),
-    }),
+    }) | {"links": _PAYMENT_LINKS},
     "200": _json("Payment", "A retry of the request first made with this key: the same payment, current state.", {
         **_LOCATION,
         "Idempotent-Replayed": _header("Always `true` on a replay.", {"type": "string", "enum": ["true"]},

@@ -107,6 +107,8 @@ async def _read_request(request: web.Request) -> PaymentCreate:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "malformed-json", f"The body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # 64 KiB of brackets nest deeper than the parser goes
+        raise Problem(400, "malformed-json", "The body is not valid JSON: nested too deeply.") from exc
     try:
         return PaymentCreate.model_validate(document)
     except ValidationError as exc:

@@ -26,26 +26,31 @@ def create_app(settings: Settings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(
-            settings, GROUP
-        ) as broker:
+        async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(settings, GROUP) as broker:
             await broker.consume(GROUP, EventRecorder(pool), retry=retry_policy(settings), prefetch=32)
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds
             tasks = [
-                asyncio.create_task(runtime.run_periodically(
-                    "expiry", interval,
-                    lambda: request_expirations(pool, broker, resend_after_seconds=resend_after),
-                )),
-                asyncio.create_task(runtime.run_periodically(
-                    "reconciliation", interval,
-                    lambda: request_reconciliations(
-                        pool, broker,
-                        older_than_seconds=settings.reconcile_after_seconds,
-                        every_seconds=settings.reconcile_interval_seconds,
-                    ),
-                )),
+                asyncio.create_task(
+                    runtime.run_periodically(
+                        "expiry",
+                        interval,
+                        lambda: request_expirations(pool, broker, resend_after_seconds=resend_after),
+                    )
+                ),
+                asyncio.create_task(
+                    runtime.run_periodically(
+                        "reconciliation",
+                        interval,
+                        lambda: request_reconciliations(
+                            pool,
+                            broker,
+                            older_than_seconds=settings.reconcile_after_seconds,
+                            every_seconds=settings.reconcile_interval_seconds,
+                        ),
+                    )
+                ),
                 asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
                 asyncio.create_task(broker.watch_dlq(GROUP)),
             ]

@@ -43,8 +43,16 @@ async def _insert_log(
              late_success, payload, occurred_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         """,
-        envelope.payment_id, envelope.id, envelope.type, from_status, to_status, envelope.source,
-        outcome, late_success, envelope.model_dump(mode="json"), envelope.occurred_at,
+        envelope.payment_id,
+        envelope.id,
+        envelope.type,
+        from_status,
+        to_status,
+        envelope.source,
+        outcome,
+        late_success,
+        envelope.model_dump(mode="json"),
+        envelope.occurred_at,
     )
 
 
@@ -58,9 +66,20 @@ async def _create_payment(conn: asyncpg.Connection, envelope: Envelope, message:
         ON CONFLICT DO NOTHING
         RETURNING true
         """,
-        envelope.payment_id, message.merchant_id, message.idempotency_key, message.request_fingerprint, message.reference,
-        message.amount, message.currency, message.description, message.customer_email, message.metadata,
-        message.return_url, message.cancel_url, message.created_at, message.expires_at,
+        envelope.payment_id,
+        message.merchant_id,
+        message.idempotency_key,
+        message.request_fingerprint,
+        message.reference,
+        message.amount,
+        message.currency,
+        message.description,
+        message.customer_email,
+        message.metadata,
+        message.return_url,
+        message.cancel_url,
+        message.created_at,
+        message.expires_at,
     )
     return bool(inserted)
 
@@ -104,13 +123,21 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope) -> Recorded:
                     updated_at = clock_timestamp()
                 WHERE id = $1
                 """,
-                envelope.payment_id, after.status.value, after.provider, after.provider_payment_id,
-                after.checkout_url, after.failure_code, decision.completed,
+                envelope.payment_id,
+                after.status.value,
+                after.provider,
+                after.provider_payment_id,
+                after.checkout_url,
+                after.failure_code,
+                decision.completed,
             )
         await _insert_log(
-            conn, envelope,
-            from_status=decision.before.status.value, to_status=decision.after.status.value,
-            outcome=decision.outcome, late_success=decision.late_success,
+            conn,
+            envelope,
+            from_status=decision.before.status.value,
+            to_status=decision.after.status.value,
+            outcome=decision.outcome,
+            late_success=decision.late_success,
         )
         return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
 

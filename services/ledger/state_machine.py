@@ -44,6 +44,7 @@ class Rule(StrEnum):
 
 
 # (current status, status an event reports) → what to do. Every pair is listed: nothing is implicit.
+# fmt: off
 TRANSITIONS: dict[tuple[PaymentStatus, PaymentStatus], Rule] = {
     (P, S): Rule.APPLY, (P, F): Rule.APPLY, (P, C): Rule.APPLY, (P, E): Rule.APPLY,
     (S, S): Rule.DUPLICATE, (S, F): Rule.STALE, (S, C): Rule.STALE, (S, E): Rule.STALE,
@@ -54,6 +55,7 @@ TRANSITIONS: dict[tuple[PaymentStatus, PaymentStatus], Rule] = {
     (P, P): Rule.NOT_AN_OUTCOME, (S, P): Rule.NOT_AN_OUTCOME, (F, P): Rule.NOT_AN_OUTCOME,
     (C, P): Rule.NOT_AN_OUTCOME, (E, P): Rule.NOT_AN_OUTCOME,
 }
+# fmt: on
 
 # Why an event is ignored, per rule: the text after "ignored: " in its log row.
 IGNORED_BECAUSE: dict[Rule, str] = {

@@ -41,7 +41,8 @@ async def request_expirations(pool: asyncpg.Pool, broker: Broker, *, resend_afte
             FROM due WHERE p.id = due.id
             RETURNING p.id, p.provider, p.provider_payment_id
             """,
-            resend_after_seconds, SWEEP_BATCH,
+            resend_after_seconds,
+            SWEEP_BATCH,
         )
         for row in rows:
             command = ExpirePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])
@@ -72,7 +73,9 @@ async def request_reconciliations(
             FROM due WHERE p.id = due.id
             RETURNING p.id, p.provider, p.provider_payment_id
             """,
-            older_than_seconds, every_seconds, SWEEP_BATCH,
+            older_than_seconds,
+            every_seconds,
+            SWEEP_BATCH,
         )
         for row in rows:
             command = ReconcilePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])

@@ -54,8 +54,9 @@ async def webhook(request: web.Request) -> web.Response:
     except WebhookRejected as exc:
         raise Problem(400, "invalid-webhook", str(exc)) from exc
     except BrokerUnavailable as exc:
-        raise Problem(503, "broker-unavailable", "The event could not be recorded; retry later.",
-                      headers={"Retry-After": "5"}) from exc
+        raise Problem(
+            503, "broker-unavailable", "The event could not be recorded; retry later.", headers={"Retry-After": "5"}
+        ) from exc
     return web.json_response({"received": True, "outcome": result.outcome, "event_id": result.event_id})
 
 

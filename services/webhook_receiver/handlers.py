@@ -91,6 +91,10 @@ async def receive_webhook(
             log.warning("webhook not confirmed by the broker", error=f"{type(exc).__name__}: {exc}")
             raise BrokerUnavailable(str(exc)) from exc
     WEBHOOKS_RECEIVED.labels(provider.name, "accepted").inc()
-    log.info("webhook accepted", payment_id=event.payment_id, status=event.status.value,
-             provider_event_id=event.provider_event_id)
+    log.info(
+        "webhook accepted",
+        payment_id=event.payment_id,
+        status=event.status.value,
+        provider_event_id=event.provider_event_id,
+    )
     return WebhookResult(outcome="accepted", event_id=str(envelope.id), payment_id=event.payment_id)

@@ -28,9 +28,10 @@ async def broker_down(envelope: Envelope) -> None:
 
 
 def count(outcome: str, provider: str = "sandbox") -> float:
-    return REGISTRY.get_sample_value(
-        "paystream_webhooks_received_total", {"provider": provider, "outcome": outcome}
-    ) or 0.0
+    return (
+        REGISTRY.get_sample_value("paystream_webhooks_received_total", {"provider": provider, "outcome": outcome})
+        or 0.0
+    )
 
 
 async def test_a_verified_webhook_publishes_its_status_change() -> None:
