@@ -17,8 +17,12 @@ from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
 from shared.events import CancelPayment, Envelope, Message, PaymentRequested, PaymentStatus, Source
 from shared.telemetry import inject_context
 
-_LEDGER_COLUMNS = """id, status, amount, currency, reference, description, metadata, checkout_url, return_url,
-    cancel_url, customer_email, failure_code, created_at, updated_at, expires_at, provider, provider_payment_id"""
+_LEDGER_FIELDS = (
+    "id", "status", "amount", "currency", "reference", "description", "metadata", "checkout_url", "return_url",
+    "cancel_url", "customer_email", "failure_code", "created_at", "updated_at", "expires_at", "provider",
+    "provider_payment_id",
+)
+_LEDGER_SELECT = ", ".join(f"l.{name}" for name in _LEDGER_FIELDS)
 
 
 def new_payment_id() -> str:
@@ -116,32 +120,44 @@ async def accept_payment(
 def _from_intake(row: asyncpg.Record) -> Payment:
     request: dict[str, Any] = row["request"]
     return Payment(
-        id=row["id"],
-        status=PaymentStatus.FAILED if row["failure_code"] else PaymentStatus.PENDING,
-        checkout_url=row["checkout_url"],
-        failure_code=row["failure_code"],
-        created_at=row["created_at"],
-        updated_at=row["created_at"],
-        expires_at=row["expires_at"],
+        id=row["intake_id"],
+        status=PaymentStatus.FAILED if row["intake_failure_code"] else PaymentStatus.PENDING,
+        checkout_url=row["intake_checkout_url"],
+        failure_code=row["intake_failure_code"],
+        created_at=row["intake_created_at"],
+        updated_at=row["intake_created_at"],
+        expires_at=row["intake_expires_at"],
         **request,
     )
 
 
 async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> PaymentView | None:
+    """The merchant's payment: the ledger's row, else the intake's own record (one round trip either way).
+
+    A checkout URL the intake already handed out shows even while the ledger has not recorded the intent.
+    """
     row = await pool.fetchrow(
-        f"SELECT {_LEDGER_COLUMNS} FROM ledger.payment_requests WHERE id = $1 AND merchant_id = $2",
+        f"""
+        SELECT {_LEDGER_SELECT}, p.id AS intake_id, p.request, p.checkout_url AS intake_checkout_url,
+               p.failure_code AS intake_failure_code, p.created_at AS intake_created_at,
+               p.expires_at AS intake_expires_at
+        FROM (SELECT $1::text AS id) wanted
+        LEFT JOIN ledger.payment_requests l ON l.id = wanted.id AND l.merchant_id = $2
+        LEFT JOIN intake.payments p ON p.id = wanted.id AND p.merchant_id = $2
+        """,
         payment_id, merchant_id,
     )
-    if row is not None:
-        fields = dict(row)
+    if row is None:
+        return None
+    if row["id"] is not None:
+        fields = {name: row[name] for name in _LEDGER_FIELDS}
         provider, provider_payment_id = fields.pop("provider"), fields.pop("provider_payment_id")
+        if fields["checkout_url"] is None:
+            fields["checkout_url"] = row["intake_checkout_url"]
         return PaymentView(Payment(**fields), provider, provider_payment_id)
-    row = await pool.fetchrow(
-        "SELECT id, request, checkout_url, failure_code, created_at, expires_at FROM intake.payments"
-        " WHERE id = $1 AND merchant_id = $2",
-        payment_id, merchant_id,
-    )
-    return None if row is None else PaymentView(_from_intake(row))
+    if row["intake_id"] is None:
+        return None
+    return PaymentView(_from_intake(row))
 
 
 async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]:

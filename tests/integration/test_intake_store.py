@@ -140,6 +140,18 @@ async def test_a_failed_intent_noted_by_the_intake_reads_as_failed(intake_pool: 
     assert (view.payment.status, view.payment.failure_code) == (PaymentStatus.FAILED, "gateway_error")
 
 
+async def test_a_checkout_url_the_intake_handed_out_shows_before_the_ledger_records_the_intent(
+    intake_pool: asyncpg.Pool,
+) -> None:
+    payment_id, _ = await accept(intake_pool)
+    await record_in_ledger(intake_pool, payment_id)
+    await store.remember_intent(intake_pool, payment_id, "http://sandbox/pay/pi_2", None)
+
+    view = await store.get_payment(intake_pool, "demo", payment_id)
+
+    assert view is not None and view.payment.checkout_url == "http://sandbox/pay/pi_2"
+
+
 async def test_once_the_ledger_has_the_payment_reads_come_from_the_ledger(intake_pool: asyncpg.Pool) -> None:
     payment_id, _ = await accept(intake_pool)
     await record_in_ledger(intake_pool, payment_id)
