@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(settings, GROUP) as broker:
-            await broker.consume(GROUP, EventRecorder(pool), retry=retry_policy(settings), prefetch=32)
+            await broker.consume(GROUP, EventRecorder(pool, broker.publish), retry=retry_policy(settings), prefetch=32)
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds

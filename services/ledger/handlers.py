@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.ledger.state_machine import Decision, PaymentState, decide
+from collections.abc import Awaitable, Callable
+
+from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from shared.broker import Delivery, RetryLater
-from shared.events import Envelope, PaymentRequested, PaymentStatus
+from shared.events import Envelope, PaymentRequested, PaymentStatus, deterministic_event_id
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
 
@@ -84,8 +86,16 @@ async def _create_payment(conn: asyncpg.Connection, envelope: Envelope, message:
     return bool(inserted)
 
 
-async def record_event(pool: asyncpg.Pool, envelope: Envelope) -> Recorded:
-    """Record one event exactly once and apply it; RetryLater if its payment is not known yet."""
+Publish = Callable[[Envelope], Awaitable[None]]
+
+
+async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish | None = None) -> Recorded:
+    """Record one event exactly once and apply it; RetryLater if its payment is not known yet.
+
+    A follow-up command (closing an intent opened after the payment ended) is published inside the
+    transaction, so it is never lost: if the commit then fails, the event is retried and the command
+    sent again under the same id.
+    """
     message = envelope.message()
     async with pool.acquire() as conn, conn.transaction():
         if isinstance(message, PaymentRequested):
@@ -139,6 +149,14 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope) -> Recorded:
             outcome=decision.outcome,
             late_success=decision.late_success,
         )
+        follow_up = intent_left_open(decision, message)
+        if follow_up is not None and publish is not None:
+            source = "expiry" if decision.before.status is PaymentStatus.EXPIRED else "merchant"
+            await publish(Envelope.wrap(
+                follow_up, payment_id=envelope.payment_id, source=source,
+                event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
+            ))
+            log.warning("intent opened after the payment ended; closing it", status=decision.before.status.value)
         return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
 
 
@@ -163,10 +181,11 @@ def _observe(recorded: Recorded) -> None:
 class EventRecorder:
     """The ledger's consumer: records each event, then lets the broker ack it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, publish: Publish | None = None) -> None:
         self._pool = pool
+        self._publish = publish
 
     async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        recorded = await record_event(self._pool, envelope)
+        recorded = await record_event(self._pool, envelope, self._publish)
         _observe(recorded)
         log.info("event recorded", outcome=recorded.outcome, attempt=delivery.attempt)

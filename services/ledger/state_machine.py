@@ -173,3 +173,18 @@ def decide(state: PaymentState, message: Message) -> Decision:
             return _ignored(state, f"already terminal: {state.status}")
         return Decision(before=state, after=state, outcome="applied")
     return _ignored(state, f"not a ledger event: {message.TYPE}")
+
+
+def intent_left_open(decision: Decision, message: Message) -> Message | None:
+    """The command that closes an intent opened after its payment was already canceled or expired.
+
+    The gateway can open an intent late (a create retried after the merchant canceled, or after the
+    sweep expired the payment); nothing would close it, and the customer could still pay there.
+    """
+    if not isinstance(message, PaymentIntentCreated) or not decision.applied:
+        return None
+    if decision.before.status is C:
+        return CancelPayment(provider=message.provider, provider_payment_id=message.provider_payment_id)
+    if decision.before.status is E:
+        return ExpirePayment(provider=message.provider, provider_payment_id=message.provider_payment_id)
+    return None

@@ -1,0 +1,54 @@
+"""An intent the gateway opens after its payment was canceled or expired is closed again, never left payable."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+import pytest
+
+from services.ledger.handlers import record_event
+from shared.events import CancelPayment, Envelope, ExpirePayment, PaymentStatus
+from tests.support.payment_histories import intent_created, intent_id_of, requested, status_changed
+
+
+@pytest.mark.parametrize(
+    ("ended_as", "command", "source"),
+    [(PaymentStatus.CANCELED, CancelPayment, "merchant"), (PaymentStatus.EXPIRED, ExpirePayment, "expiry")],
+)
+async def test_an_intent_created_after_the_payment_ended_is_closed_at_the_provider(
+    pool: asyncpg.Pool, ended_as: PaymentStatus, command: type, source: str
+) -> None:
+    payment_id = f"pay_{secrets.token_hex(8)}"
+    published: list[Envelope] = []
+
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    await record_event(pool, requested(payment_id), publish)
+    await record_event(pool, status_changed(payment_id, ended_as, "gateway", "ended-first"), publish)
+    assert published == []
+
+    late = intent_created(payment_id)
+    await record_event(pool, late, publish)
+    await record_event(pool, late, publish)  # a redelivery sends nothing more
+
+    assert len(published) == 1
+    closing = published[0]
+    assert (closing.type, closing.source, closing.payment_id) == (command.TYPE, source, payment_id)
+    assert closing.message() == command(provider="sandbox", provider_payment_id=intent_id_of(payment_id))
+    status = await pool.fetchval("SELECT status FROM ledger.payment_requests WHERE id = $1", payment_id)
+    assert status == ended_as.value
+
+
+async def test_an_intent_created_for_a_pending_payment_needs_no_follow_up(pool: asyncpg.Pool) -> None:
+    payment_id = f"pay_{secrets.token_hex(8)}"
+    published: list[Envelope] = []
+
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    await record_event(pool, requested(payment_id), publish)
+    await record_event(pool, intent_created(payment_id), publish)
+
+    assert published == []
