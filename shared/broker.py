@@ -281,16 +281,15 @@ class Broker:
         await queue.consume(on_message)
         return queue
 
-    async def _handle(
-        self, group: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
-    ) -> None:
+    async def _handle(self, group: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy) -> None:
         attempt = int(str((message.headers or {}).get(ATTEMPT_HEADER, 1)))
         try:
             envelope = Envelope.from_bytes(message.body)
             envelope.message()
         except ValueError as exc:
-            log.error("undecodable message dead-lettered", consumer=group, message_id=message.message_id,
-                      error=str(exc)[:300])
+            log.error(
+                "undecodable message dead-lettered", consumer=group, message_id=message.message_id, error=str(exc)[:300]
+            )
             EVENTS_PROCESSED.labels(group, message.type or "unknown", "dead_lettered").inc()
             await message.reject(requeue=False)
             return
@@ -303,20 +302,23 @@ class Broker:
             trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
         )
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
-            payment_id=envelope.payment_id, event_id=str(envelope.id), event_type=envelope.type
-        ), _tracer.start_as_current_span(
-            f"{group} process {envelope.type}",
-            context=extract_context(message.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.message.id": str(envelope.id),
-                "messaging.consumer.group.name": group,
-                "payment.id": envelope.payment_id,
-                "paystream.event_type": envelope.type,
-                "paystream.attempt": attempt,
-            },
+        with (
+            structlog.contextvars.bound_contextvars(
+                payment_id=envelope.payment_id, event_id=str(envelope.id), event_type=envelope.type
+            ),
+            _tracer.start_as_current_span(
+                f"{group} process {envelope.type}",
+                context=extract_context(message.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "rabbitmq",
+                    "messaging.message.id": str(envelope.id),
+                    "messaging.consumer.group.name": group,
+                    "payment.id": envelope.payment_id,
+                    "paystream.event_type": envelope.type,
+                    "paystream.attempt": attempt,
+                },
+            ),
         ):
             outcome = "handled"
             try:

@@ -96,8 +96,13 @@ class Settings(BaseSettings):
         return _check_url(v, ("amqp", "amqps"))
 
     @field_validator(
-        "sandbox_url", "sandbox_webhook_url", "stripe_api_base", "sandbox_public_url", "intake_url",
-        "storefront_public_url", "otel_exporter_otlp_endpoint",
+        "sandbox_url",
+        "sandbox_webhook_url",
+        "stripe_api_base",
+        "sandbox_public_url",
+        "intake_url",
+        "storefront_public_url",
+        "otel_exporter_otlp_endpoint",
     )
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:

@@ -64,8 +64,13 @@ async def _reset_if_needed(conn: asyncpg.Connection) -> None:
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=timeout,
-        command_timeout=30, reset=_reset_if_needed,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=timeout,
+        command_timeout=30,
+        reset=_reset_if_needed,
     )
     assert pool is not None
     return pool
@@ -133,7 +138,10 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str
                     await conn.execute(
                         "INSERT INTO public.paystream_migrations (service, version, name, checksum)"
                         " VALUES ($1, $2, $3, $4)",
-                        service, version, name, checksum,
+                        service,
+                        version,
+                        name,
+                        checksum,
                     )
                 applied_now.append(f"{service}/{name}")
                 log.info("migration applied", migrations_of=service, migration=name)

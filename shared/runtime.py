@@ -30,9 +30,7 @@ TRACE_NAMES = {
 }
 
 
-def run_service(
-    name: str, build_app: Callable[[Settings], web.Application], port: Callable[[Settings], int]
-) -> None:
+def run_service(name: str, build_app: Callable[[Settings], web.Application], port: Callable[[Settings], int]) -> None:
     """Run one service in the foreground; every service's `__main__` is this one call."""
     settings = load_settings()
     configure_logging(TRACE_NAMES[name], fmt=settings.log_format, level=settings.log_level)
@@ -84,8 +82,9 @@ def redact_url(url: str) -> str:
 @asynccontextmanager
 async def database(settings: Settings, migrations: Iterable[str], **pool_args: Any) -> AsyncIterator[asyncpg.Pool]:
     """The database ready for this service: created if missing, migrated, pooled; closed on exit."""
-    await retry_until_up("PostgreSQL", settings.database_url,
-                         lambda: prepare_database(settings.database_url, migrations))
+    await retry_until_up(
+        "PostgreSQL", settings.database_url, lambda: prepare_database(settings.database_url, migrations)
+    )
     pool = await create_pool(settings.database_url, **pool_args)
     try:
         yield pool

@@ -48,16 +48,18 @@ async def prepare(settings: Settings) -> list[str]:
 
 
 def urls(settings: Settings) -> str:
-    return "\n".join([
-        "Paystream is starting:",
-        f"  storefront (the demo shop)   {settings.storefront_base_url}/",
-        f"  intake API                   {settings.intake_base_url}/openapi.json",
-        f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
-        f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz",
-        f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics",
-        f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics",
-        "Pay with card 4242 4242 4242 4242 (any future expiry, any CVC). Ctrl-C stops everything.",
-    ])
+    return "\n".join(
+        [
+            "Paystream is starting:",
+            f"  storefront (the demo shop)   {settings.storefront_base_url}/",
+            f"  intake API                   {settings.intake_base_url}/openapi.json",
+            f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
+            f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz",
+            f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics",
+            f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics",
+            "Pay with card 4242 4242 4242 4242 (any future expiry, any CVC). Ctrl-C stops everything.",
+        ]
+    )
 
 
 def main() -> None:

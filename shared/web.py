@@ -86,7 +86,9 @@ async def problem_middleware(
         if exc.status < 400:
             raise
         return Problem(
-            exc.status, _SLUG_BY_STATUS.get(exc.status, "http-error"), exc.reason or HTTPStatus(exc.status).phrase,
+            exc.status,
+            _SLUG_BY_STATUS.get(exc.status, "http-error"),
+            exc.reason or HTTPStatus(exc.status).phrase,
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         ).response()
     except Exception:

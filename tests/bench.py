@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -113,7 +112,7 @@ async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
         "app = web.Application(); app.router.add_post('/', ok)\n"
         f"web.run_app(app, host='127.0.0.1', port={port}, print=None, access_log=None)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", server])
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", server)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             for _ in range(100):
@@ -131,7 +130,7 @@ async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
             return await run_for(seconds, concurrency, post)
     finally:
         process.terminate()
-        process.wait(10)
+        await asyncio.wait_for(process.wait(), 10)
 
 
 # --- Paystream ---------------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ async def completions(stack: Stack, database_url: str, started_at: float, timeou
             )
             intake_total = await conn.fetchval("SELECT count(*) FROM intake.payments")
             assert counts is not None
-            if counts["pending"] == 0 and counts["total"] == intake_total or time.monotonic() > deadline:
+            if (counts["pending"] == 0 and counts["total"] == intake_total) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         rows = await conn.fetch(
@@ -210,15 +209,12 @@ async def main(seconds: float, concurrency: int) -> None:
 
     database_url = await create_database(servers.database_url, migrations=())
     namespace = unique_name("psbench")
-    env = stack_environment(database_url, servers.amqp_url, namespace, SANDBOX_AUTOPAY="succeed",
-                            LOG_LEVEL="WARNING")
+    env = stack_environment(database_url, servers.amqp_url, namespace, SANDBOX_AUTOPAY="succeed", LOG_LEVEL="WARNING")
     stack = Stack(env, Path(tempfile.mkdtemp(prefix="paystream-bench-")))
     try:
         await stack.start()
         started = time.monotonic()
-        results["paystream: POST /v1/payments → 201 (Prefer: wait=0)"] = await intake_posts(
-            stack, seconds, concurrency
-        )
+        results["paystream: POST /v1/payments → 201 (Prefer: wait=0)"] = await intake_posts(stack, seconds, concurrency)
         results["paystream: created → SUCCEEDED in the ledger (autopay)"] = await completions(
             stack, database_url, started, timeout=120
         )

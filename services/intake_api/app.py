@@ -35,20 +35,24 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The intake reads the ledger's tables, so it makes sure they exist too.
-        async with runtime.database(settings, ["ledger", "intake_api"], max_size=20) as pool, runtime.broker(
-            settings, "intake_api"
-        ) as broker:
+        async with (
+            runtime.database(settings, ["ledger", "intake_api"], max_size=20) as pool,
+            runtime.broker(settings, "intake_api") as broker,
+        ):
             app[routes.POOL] = pool
             relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url))
             queue = await broker.declare_private_queue(INTENT_EVENTS)
-            await broker.consume("intake_api", app[routes.WAITERS].on_event, queue_name=queue,
-                                 retry=RetryPolicy(1, 1.0), prefetch=64)
+            await broker.consume(
+                "intake_api", app[routes.WAITERS].on_event, queue_name=queue, retry=RetryPolicy(1, 1.0), prefetch=64
+            )
             retention = settings.idempotency_retention_hours
             tasks = [
                 asyncio.create_task(relay.run()),
-                asyncio.create_task(runtime.run_periodically(
-                    "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)
-                )),
+                asyncio.create_task(
+                    runtime.run_periodically(
+                        "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)
+                    )
+                ),
             ]
             app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
             try:
@@ -58,4 +62,3 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
-

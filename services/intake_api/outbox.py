@@ -141,8 +141,11 @@ class OutboxRelay:
                     raise
                 except Exception as exc:
                     cause = exc.__cause__ or exc
-                    log.warning("outbox relay round failed; rows stay queued",
-                                error=f"{type(exc).__name__}: {exc}", cause=f"{type(cause).__name__}: {cause}")
+                    log.warning(
+                        "outbox relay round failed; rows stay queued",
+                        error=f"{type(exc).__name__}: {exc}",
+                        cause=f"{type(cause).__name__}: {cause}",
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
@@ -24,6 +25,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WAITERS = web.AppKey("waiters", IntentWaiters)
 MERCHANT = "merchant_id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_WAIT_SECONDS = 3.0
@@ -48,7 +50,8 @@ def authenticate(keys: dict[str, str], header: str | None) -> str | None:
     scheme, _, credentials = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
-    presented = credentials.strip().encode()
+    # Header bytes that are not UTF-8 arrive as surrogates; encoding them one-to-one keeps the comparison exact.
+    presented = credentials.strip().encode("utf-8", "surrogatepass")
     merchant = None
     for key, owner in keys.items():
         if hmac.compare_digest(key.encode(), presented):
@@ -57,32 +60,38 @@ def authenticate(keys: dict[str, str], header: str | None) -> str | None:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in _PUBLIC_PATHS or not request.path.startswith("/v1/"):
         return await handler(request)
     merchant = authenticate(request.app[SETTINGS].merchants_by_key, request.headers.get("Authorization"))
     if merchant is None:
-        raise Problem(401, "unauthorized", "A valid API key is required: Authorization: Bearer <api_key>.",
-                      headers={"WWW-Authenticate": 'Bearer realm="paystream"'})
+        raise Problem(
+            401,
+            "unauthorized",
+            "A valid API key is required: Authorization: Bearer <api_key>.",
+            headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
+        )
     request[MERCHANT] = merchant
     return await handler(request)
 
 
 @web.middleware
-async def database_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def database_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """PostgreSQL down: 503 with Retry-After; nothing was accepted, so the client may simply retry."""
     try:
         return await handler(request)
     except DATABASE_DOWN as exc:
         log.warning("database unavailable", error=type(exc).__name__)
-        raise Problem(503, "database-unavailable", "The payment store is unavailable; retry shortly.",
-                      headers={"Retry-After": "2"}) from exc
+        raise Problem(
+            503,
+            "database-unavailable",
+            "The payment store is unavailable; retry shortly.",
+            headers={"Retry-After": "2"},
+        ) from exc
 
 
 def _payment_response(payment: Payment, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        text=payment.model_dump_json(), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(text=payment.model_dump_json(), status=status, content_type="application/json", headers=headers)
 
 
 def requested_wait(prefer: str | None) -> float:
@@ -112,16 +121,23 @@ async def _read_request(request: web.Request) -> PaymentCreate:
     try:
         return PaymentCreate.model_validate(document)
     except ValidationError as exc:
-        raise Problem(422, "validation-error", "The payment request has invalid fields.",
-                      errors=field_errors(exc.errors(include_url=False))) from exc
+        raise Problem(
+            422,
+            "validation-error",
+            "The payment request has invalid fields.",
+            errors=field_errors(exc.errors(include_url=False)),
+        ) from exc
 
 
 async def create_payment(request: web.Request) -> web.Response:
     merchant = request[MERCHANT]
     key = request.headers.get("Idempotency-Key")
     if key is None or not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise Problem(400, "idempotency-key-missing" if key is None else "idempotency-key-invalid",
-                      "An Idempotency-Key header of 1-255 printable ASCII characters is required.")
+        raise Problem(
+            400,
+            "idempotency-key-missing" if key is None else "idempotency-key-invalid",
+            "An Idempotency-Key header of 1-255 printable ASCII characters is required.",
+        )
     payment_request = await _read_request(request)
     fingerprint = payment_request.fingerprint()
     pool, settings, waiters = request.app[POOL], request.app[SETTINGS], request.app[WAITERS]
@@ -135,8 +151,13 @@ async def create_payment(request: web.Request) -> web.Response:
         future = waiters.register(payment_id)
         try:
             created, existing = await store.accept_payment(
-                pool, payment_id=payment_id, merchant_id=merchant, key=key, request=payment_request,
-                fingerprint=fingerprint, ttl_seconds=settings.payment_ttl_seconds,
+                pool,
+                payment_id=payment_id,
+                merchant_id=merchant,
+                key=key,
+                request=payment_request,
+                fingerprint=fingerprint,
+                ttl_seconds=settings.payment_ttl_seconds,
             )
         except BaseException:
             waiters.forget(payment_id)
@@ -157,13 +178,15 @@ async def create_payment(request: web.Request) -> web.Response:
     assert existing is not None
     bind_payment(existing.payment_id)
     if not hmac.compare_digest(existing.fingerprint, fingerprint):
-        raise Problem(422, "idempotency-key-reuse",
-                      "This Idempotency-Key was already used with a different request body.")
+        raise Problem(
+            422, "idempotency-key-reuse", "This Idempotency-Key was already used with a different request body."
+        )
     view = await store.get_payment(pool, merchant, existing.payment_id)
     if view is None:  # accepted under this key but purged everywhere: should not happen
         raise Problem(409, "idempotency-conflict", "The payment for this key is not readable yet; retry.")
-    return _payment_response(view.payment, 200, {"Idempotent-Replayed": "true",
-                                                  "Location": f"/v1/payments/{existing.payment_id}"})
+    return _payment_response(
+        view.payment, 200, {"Idempotent-Replayed": "true", "Location": f"/v1/payments/{existing.payment_id}"}
+    )
 
 
 async def _remember_intent(pool: asyncpg.Pool, payment_id: str, outcome: IntentOutcome) -> None:

@@ -18,8 +18,22 @@ from shared.events import CancelPayment, Envelope, Message, PaymentRequested, Pa
 from shared.telemetry import inject_context
 
 _LEDGER_FIELDS = (
-    "id", "status", "amount", "currency", "reference", "description", "metadata", "checkout_url", "return_url",
-    "cancel_url", "customer_email", "failure_code", "created_at", "updated_at", "expires_at", "provider",
+    "id",
+    "status",
+    "amount",
+    "currency",
+    "reference",
+    "description",
+    "metadata",
+    "checkout_url",
+    "return_url",
+    "cancel_url",
+    "customer_email",
+    "failure_code",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "provider",
     "provider_payment_id",
 )
 _LEDGER_SELECT = ", ".join(f"l.{name}" for name in _LEDGER_FIELDS)
@@ -48,9 +62,12 @@ async def enqueue(conn: asyncpg.Connection, message: Message, *, payment_id: str
     """Write an event to the outbox inside the caller's transaction, with the current trace context."""
     envelope = Envelope.wrap(message, payment_id=payment_id, source=source)
     await conn.execute(
-        "INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        envelope.id, payment_id, envelope.type, envelope.model_dump_json(), inject_context({}),
+        "INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers) VALUES ($1, $2, $3, $4, $5)",
+        envelope.id,
+        payment_id,
+        envelope.type,
+        envelope.model_dump_json(),
+        inject_context({}),
     )
     return envelope
 
@@ -64,7 +81,8 @@ async def find_by_key(pool: asyncpg.Pool, merchant_id: str, key: str) -> Existin
         SELECT id, request_fingerprint FROM ledger.payment_requests WHERE merchant_id = $1 AND idempotency_key = $2
         LIMIT 1
         """,
-        merchant_id, key,
+        merchant_id,
+        key,
     )
     return None if row is None else Existing(row["id"], row["request_fingerprint"])
 
@@ -96,23 +114,40 @@ async def accept_payment(
             ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
             RETURNING true
             """,
-            payment_id, merchant_id, key, fingerprint, body, now, expires_at,
+            payment_id,
+            merchant_id,
+            key,
+            fingerprint,
+            body,
+            now,
+            expires_at,
         )
         if not inserted:
             row = await conn.fetchrow(
                 "SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2",
-                merchant_id, key,
+                merchant_id,
+                key,
             )
             assert row is not None
             return None, Existing(row["id"], row["request_fingerprint"])
         requested = PaymentRequested(
-            merchant_id=merchant_id, idempotency_key=key, request_fingerprint=fingerprint,
-            created_at=now, expires_at=expires_at, **body,
+            merchant_id=merchant_id,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+            created_at=now,
+            expires_at=expires_at,
+            **body,
         )
         await enqueue(conn, requested, payment_id=payment_id, source="intake")
     payment = Payment(
-        id=payment_id, status=PaymentStatus.PENDING, checkout_url=None, failure_code=None,
-        created_at=now, updated_at=now, expires_at=expires_at, **body,
+        id=payment_id,
+        status=PaymentStatus.PENDING,
+        checkout_url=None,
+        failure_code=None,
+        created_at=now,
+        updated_at=now,
+        expires_at=expires_at,
+        **body,
     )
     return payment, None
 
@@ -145,7 +180,8 @@ async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> 
         LEFT JOIN ledger.payment_requests l ON l.id = wanted.id AND l.merchant_id = $2
         LEFT JOIN intake.payments p ON p.id = wanted.id AND p.merchant_id = $2
         """,
-        payment_id, merchant_id,
+        payment_id,
+        merchant_id,
     )
     if row is None:
         return None
@@ -182,7 +218,9 @@ async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str
     await pool.execute(
         "UPDATE intake.payments SET checkout_url = coalesce($2, checkout_url),"
         " failure_code = coalesce($3, failure_code) WHERE id = $1",
-        payment_id, checkout_url, failure,
+        payment_id,
+        checkout_url,
+        failure,
     )
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
-from collections.abc import Awaitable, Callable
-
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from shared.broker import Delivery, RetryLater
-from shared.events import Envelope, PaymentRequested, PaymentStatus, deterministic_event_id
+from shared.events import Envelope, PaymentRequested, PaymentStatus, Source, deterministic_event_id
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
 
@@ -151,11 +150,15 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish 
         )
         follow_up = intent_left_open(decision, message)
         if follow_up is not None and publish is not None:
-            source = "expiry" if decision.before.status is PaymentStatus.EXPIRED else "merchant"
-            await publish(Envelope.wrap(
-                follow_up, payment_id=envelope.payment_id, source=source,
-                event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
-            ))
+            source: Source = "expiry" if decision.before.status is PaymentStatus.EXPIRED else "merchant"
+            await publish(
+                Envelope.wrap(
+                    follow_up,
+                    payment_id=envelope.payment_id,
+                    source=source,
+                    event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
+                )
+            )
             log.warning("intent opened after the payment ended; closing it", status=decision.before.status.value)
         return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
 

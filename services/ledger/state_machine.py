@@ -10,9 +10,8 @@ outcome the gateway reported (one gateway truth: its webhook, a reconciliation a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
 from shared.events import (
     CancelPayment,
@@ -91,7 +90,6 @@ class Decision:
     outcome: str
     late_success: bool = False
     amount_mismatch: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def applied(self) -> bool:
@@ -103,8 +101,8 @@ class Decision:
         return self.applied and self.after.status.is_terminal and self.after.status != self.before.status
 
 
-def _ignored(state: PaymentState, reason: str, **flags: bool) -> Decision:
-    return Decision(before=state, after=state, outcome=f"ignored: {reason}", **flags)
+def _ignored(state: PaymentState, reason: str, *, amount_mismatch: bool = False) -> Decision:
+    return Decision(before=state, after=state, outcome=f"ignored: {reason}", amount_mismatch=amount_mismatch)
 
 
 def _status_change(

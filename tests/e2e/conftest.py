@@ -9,9 +9,8 @@ import aiohttp
 import pytest
 
 from tests.support.client import IntakeClient
-from tests.support.infra import create_database, delete_namespace, drop_database, unique_name
+from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
 from tests.support.processes import Stack, stack_environment
-from tests.support.infra import Servers
 
 
 @pytest.fixture(scope="session")

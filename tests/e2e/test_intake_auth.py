@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 
 import aiohttp
@@ -52,6 +54,24 @@ async def test_a_request_without_a_valid_key_creates_nothing(
 
     status, _, _ = await intake.create(key=key, wait=0)
     assert status == 201  # the key was never taken
+
+
+async def test_a_key_that_is_not_utf_8_answers_401_not_500(stack: Stack) -> None:
+    """Raw header bytes a client library would refuse to send, over a plain socket."""
+    port = int(stack.env["INTAKE_PORT"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /v1/payments/pay_x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer sk_\xff\xfe\xed\xa0\x80\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert json.loads(body)["type"].endswith("unauthorized")
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/healthz", "/readyz", "/metrics"])

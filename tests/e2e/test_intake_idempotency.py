@@ -6,7 +6,6 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import aiohttp
 import asyncpg
@@ -62,9 +61,7 @@ async def test_a_retry_with_the_same_key_and_body_replays_200_with_the_same_paym
     assert headers["Location"] == f"/v1/payments/{first['id']}"
 
 
-async def test_a_replay_shows_the_payments_current_state(
-    intake: IntakeClient, http: aiohttp.ClientSession
-) -> None:
+async def test_a_replay_shows_the_payments_current_state(intake: IntakeClient, http: aiohttp.ClientSession) -> None:
     key, body = secrets.token_hex(8), payment_body()
     _, first, _ = await intake.create(body, key=key, wait=10)
     await simulate_card(http, first["checkout_url"], "4242424242424242")
@@ -122,16 +119,25 @@ async def test_50_concurrent_posts_with_one_key_make_exactly_one_payment(
     ids = {payment["id"] for status, payment, _ in answers if status != 409}
     assert len(ids) == 1
     [payment_id] = ids
-    assert await stack_db.fetchval(
-        "SELECT count(*) FROM intake.payments WHERE merchant_id = 'demo' AND idempotency_key = $1", key
-    ) == 1
-    assert await stack_db.fetchval(
-        "SELECT count(*) FROM intake.outbox WHERE event_type = 'payment.requested' AND payment_id = $1", payment_id
-    ) == 1
+    assert (
+        await stack_db.fetchval(
+            "SELECT count(*) FROM intake.payments WHERE merchant_id = 'demo' AND idempotency_key = $1", key
+        )
+        == 1
+    )
+    assert (
+        await stack_db.fetchval(
+            "SELECT count(*) FROM intake.outbox WHERE event_type = 'payment.requested' AND payment_id = $1", payment_id
+        )
+        == 1
+    )
     await eventually(lambda: in_ledger(stack_db, payment_id), what="the payment in the ledger")
-    assert await stack_db.fetchval(
-        "SELECT count(*) FROM ledger.payment_requests WHERE merchant_id = 'demo' AND idempotency_key = $1", key
-    ) == 1
+    assert (
+        await stack_db.fetchval(
+            "SELECT count(*) FROM ledger.payment_requests WHERE merchant_id = 'demo' AND idempotency_key = $1", key
+        )
+        == 1
+    )
 
 
 async def purge_key_of(pool: asyncpg.Pool, payment_id: str) -> None:

@@ -18,7 +18,7 @@ from schemathesis.schemas import BaseSchema
 
 from tests.support.processes import Stack
 
-API_KEY = "sk_test_demo"
+API_KEY = "sk_test_other"  # the second merchant of the shared stack, so fuzzed payments stay apart
 FUZZ_SETTINGS = settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
 
@@ -30,12 +30,15 @@ def live_schema(stack: Stack) -> BaseSchema:
 def _with_credentials(case: schemathesis.Case) -> None:
     """A real key, a fresh Idempotency-Key and no waiting, unless the case's headers are invalid on purpose."""
     creating = case.method.upper() == "POST" and case.path == "/v1/payments"
-    if case.meta is None or not case.meta.is_negative_at(ParameterLocation.HEADER):
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {API_KEY}"}
+    negative_headers = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
+    negative_body = case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY)
+    if not negative_headers:
+        headers = case.headers
+        headers["Authorization"] = f"Bearer {API_KEY}"
         if creating:
-            case.headers.update({"Idempotency-Key": secrets.token_hex(12), "Prefer": "wait=0"})
+            headers.update({"Idempotency-Key": secrets.token_hex(12), "Prefer": "wait=0"})
     body = case.body
-    if creating and isinstance(body, dict) and not case.meta.is_negative_at(ParameterLocation.BODY):
+    if creating and isinstance(body, dict) and not negative_body:
         # JSON Schema counts 1999.0 as an integer; the API deliberately takes only JSON integers for amounts.
         amount = body.get("amount")
         if isinstance(amount, float) and amount.is_integer():
@@ -47,7 +50,7 @@ def test_every_operation_answers_as_the_openapi_document_says(live_schema: BaseS
         live_schema.as_strategy(GenerationMode.POSITIVE), live_schema.as_strategy(GenerationMode.NEGATIVE)
     )
 
-    @settings(FUZZ_SETTINGS, max_examples=150)
+    @settings(FUZZ_SETTINGS, max_examples=300)
     @given(case=cases)
     def answers_as_documented(case: schemathesis.Case) -> None:
         _with_credentials(case)
@@ -57,11 +60,15 @@ def test_every_operation_answers_as_the_openapi_document_says(live_schema: BaseS
 
 
 def test_following_the_documents_links_from_a_created_payment_answers_as_documented(live_schema: BaseSchema) -> None:
-    class LinkedCalls(live_schema.as_state_machine()):  # type: ignore[misc]
+    # Without cancel: a second cancel answers 202 or 409 depending on how far the gateway got, and Hypothesis
+    # needs the same calls to answer the same way (cancel is fuzzed above and proven in test_intake_reads.py).
+    reads = live_schema.exclude(operation_id="cancelPayment")
+
+    class LinkedCalls(reads.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: schemathesis.Case) -> None:
             _with_credentials(case)
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
             return {"timeout": 15}
 
-    LinkedCalls.run(settings=settings(FUZZ_SETTINGS, max_examples=20, stateful_step_count=4))
+    LinkedCalls.run(settings=settings(FUZZ_SETTINGS, max_examples=30, stateful_step_count=5))

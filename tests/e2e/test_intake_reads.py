@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import aiohttp
 import pytest
@@ -71,13 +72,11 @@ async def test_get_of_an_unknown_payment_answers_404(http: aiohttp.ClientSession
         await problem_of(r, 404, "payment-not-found")
 
 
-async def test_events_list_the_payments_log_oldest_first(
-    http: aiohttp.ClientSession, intake: IntakeClient
-) -> None:
+async def test_events_list_the_payments_log_oldest_first(http: aiohttp.ClientSession, intake: IntakeClient) -> None:
     _, payment, _ = await intake.create(wait=10)
     await simulate_card(http, payment["checkout_url"], "4242424242424242")
 
-    async def whole_log() -> list[dict[str, object]] | None:
+    async def whole_log() -> list[dict[str, Any]] | None:
         events = await intake.events(payment["id"])
         return events if len(events) == 3 else None
 
@@ -85,7 +84,9 @@ async def test_events_list_the_payments_log_oldest_first(
 
     # The ledger may record the intent after the webhook (they race); the log is in the order recorded.
     assert {(e["event_type"], e["source"]) for e in events} == {
-        ("payment.requested", "intake"), ("payment.intent_created", "gateway"), ("payment.status_changed", "webhook"),
+        ("payment.requested", "intake"),
+        ("payment.intent_created", "gateway"),
+        ("payment.status_changed", "webhook"),
     }
     assert events[0]["event_type"] == "payment.requested"
     assert all(EVENT_FIELDS <= set(event) for event in events)
@@ -143,6 +144,8 @@ async def test_openapi_json_is_served_as_openapi_3_1(stack: Stack, http: aiohttp
 
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {
-        "/v1/payments", "/v1/payments/{payment_id}", "/v1/payments/{payment_id}/events",
+        "/v1/payments",
+        "/v1/payments/{payment_id}",
+        "/v1/payments/{payment_id}/events",
         "/v1/payments/{payment_id}/cancel",
     }

@@ -55,8 +55,13 @@ async def accept_payments(pool: asyncpg.Pool, count: int) -> set[str]:
     """Accept `count` payments; returns the event ids of their outbox rows."""
     for _ in range(count):
         await store.accept_payment(
-            pool, payment_id=store.new_payment_id(), merchant_id="demo", key=secrets.token_hex(8), request=PAYMENT,
-            fingerprint=PAYMENT.fingerprint(), ttl_seconds=1800,
+            pool,
+            payment_id=store.new_payment_id(),
+            merchant_id="demo",
+            key=secrets.token_hex(8),
+            request=PAYMENT,
+            fingerprint=PAYMENT.fingerprint(),
+            ttl_seconds=1800,
         )
     return {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM intake.outbox")}
 
@@ -145,6 +150,7 @@ async def test_the_relay_wakes_on_notify_without_waiting_for_the_poll(
     relay = RecordingRelay(outbox_pool, broker.publish, connect=lambda: connect(outbox_db), poll_interval=3600)
     running = asyncio.create_task(relay.run())
     try:
+
         async def listening() -> bool:
             return () in relay.wakes
 
@@ -174,6 +180,7 @@ async def test_two_relays_sharing_one_outbox_publish_every_row(
     ]
     running = [asyncio.create_task(relay.run()) for relay in relays]
     try:
+
         async def drained() -> bool:
             return await unsent(outbox_pool) == 0
 

@@ -34,7 +34,10 @@ async def intake_pool(servers: Servers) -> AsyncIterator[asyncpg.Pool]:
 
 def request(**overrides: object) -> PaymentCreate:
     body: dict[str, object] = {
-        "amount": 1999, "currency": "USD", "reference": "order-42", "return_url": "https://shop.example/orders/42",
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "return_url": "https://shop.example/orders/42",
     }
     body.update(overrides)
     return PaymentCreate.model_validate(body)
@@ -46,8 +49,13 @@ async def accept(
     payment = payment or request()
     payment_id = store.new_payment_id()
     created, existing = await store.accept_payment(
-        pool, payment_id=payment_id, merchant_id=merchant, key=key or secrets.token_hex(8), request=payment,
-        fingerprint=payment.fingerprint(), ttl_seconds=1800,
+        pool,
+        payment_id=payment_id,
+        merchant_id=merchant,
+        key=key or secrets.token_hex(8),
+        request=payment,
+        fingerprint=payment.fingerprint(),
+        ttl_seconds=1800,
     )
     return (payment_id if created is not None else existing.payment_id), existing  # type: ignore[union-attr]
 
@@ -82,10 +90,13 @@ async def test_a_key_already_taken_returns_the_first_payment_and_queues_nothing(
     second, existing = await accept(intake_pool, key="k-taken")
 
     assert existing is not None and second == first
-    assert await intake_pool.fetchval(
-        "SELECT count(*) FROM intake.outbox o JOIN intake.payments p ON p.id = o.payment_id"
-        " WHERE p.idempotency_key = 'k-taken'"
-    ) == 1
+    assert (
+        await intake_pool.fetchval(
+            "SELECT count(*) FROM intake.outbox o JOIN intake.payments p ON p.id = o.payment_id"
+            " WHERE p.idempotency_key = 'k-taken'"
+        )
+        == 1
+    )
 
 
 async def test_concurrent_acceptances_with_one_key_store_exactly_one_payment(intake_pool: asyncpg.Pool) -> None:

@@ -49,8 +49,9 @@ async def test_two_processes_migrating_at_once_both_succeed(servers) -> None:
     )
     try:
         processes = [
-            await asyncio.create_subprocess_exec(sys.executable, "-c", script, url, cwd=ROOT,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", script, url, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             for _ in range(2)
         ]
         outputs = await asyncio.gather(*(p.communicate() for p in processes))

@@ -22,6 +22,7 @@ T = TypeVar("T")
 class ProcessExited(AssertionError):
     """A service process died while we waited for it: no point waiting longer."""
 
+
 PORT_VARIABLES = {
     "intake_api": "INTAKE_PORT",
     "webhook_receiver": "WEBHOOK_PORT",
@@ -108,7 +109,10 @@ class ServiceProcess:
         environment.update(self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"], cwd=ROOT, env=environment, stdout=log,
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
 

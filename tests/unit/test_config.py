@@ -55,7 +55,11 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
 )
 def test_an_invalid_value_stops_the_service_with_one_line_naming_the_variable(variable: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.ledger"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "services.ledger"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={"PATH": "/usr/bin:/bin", variable: value},
     )
     assert result.returncode == 2
@@ -67,8 +71,12 @@ def test_an_invalid_value_stops_the_service_with_one_line_naming_the_variable(va
 
 def test_stripe_without_an_api_key_is_refused_naming_the_variable() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from shared.config import load_settings; load_settings()"], cwd=ROOT,
-        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "PAYMENT_PROVIDER": "stripe"},
+        [sys.executable, "-c", "from shared.config import load_settings; load_settings()"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "PAYMENT_PROVIDER": "stripe"},
     )
     assert result.returncode == 2
     assert "STRIPE_API_KEY" in result.stderr

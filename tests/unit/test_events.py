@@ -34,15 +34,20 @@ def test_the_same_parts_give_the_same_event_id_and_others_do_not() -> None:
 
 
 def test_an_unknown_type_is_not_a_message() -> None:
-    envelope = Envelope(type="payment.teleported", source="intake", payment_id="pay_1", data={},
-                        occurred_at=datetime.now(UTC))
+    envelope = Envelope(
+        type="payment.teleported", source="intake", payment_id="pay_1", data={}, occurred_at=datetime.now(UTC)
+    )
     with pytest.raises(ValueError, match="unknown message type"):
         envelope.message()
 
 
 def test_a_payload_with_unknown_fields_is_refused() -> None:
-    envelope = Envelope(type="payment.status_changed", source="webhook", payment_id="pay_1",
-                        data={"status": "SUCCEEDED", "provider": "sandbox", "card_number": "4242424242424242"})
+    envelope = Envelope(
+        type="payment.status_changed",
+        source="webhook",
+        payment_id="pay_1",
+        data={"status": "SUCCEEDED", "provider": "sandbox", "card_number": "4242424242424242"},
+    )
     with pytest.raises(ValueError):
         envelope.message()
 

@@ -14,7 +14,8 @@ DELIVERY = Delivery(attempt=1, max_attempts=1, redelivered=False)
 def created(payment_id: str) -> Envelope:
     return Envelope.wrap(
         PaymentIntentCreated(provider="sandbox", provider_payment_id="pi_1", checkout_url="http://sandbox/pay/pi_1"),
-        payment_id=payment_id, source="gateway",
+        payment_id=payment_id,
+        source="gateway",
     )
 
 

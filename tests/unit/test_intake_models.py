@@ -39,9 +39,7 @@ def test_the_contracts_example_body_is_accepted() -> None:
 
 
 def test_only_amount_currency_reference_and_return_url_are_required() -> None:
-    request = PaymentCreate.model_validate(
-        body(cancel_url=..., description=..., customer_email=..., metadata=...)
-    )
+    request = PaymentCreate.model_validate(body(cancel_url=..., description=..., customer_email=..., metadata=...))
 
     assert request.cancel_url is None and request.description is None and request.metadata == {}
 

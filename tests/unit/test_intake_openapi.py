@@ -73,8 +73,13 @@ def test_the_create_requires_an_idempotency_key_and_offers_prefer_wait() -> None
 def test_the_request_schema_accepts_the_contracts_example_and_refuses_an_unknown_field() -> None:
     document = openapi_document()
     validator = jsonschema_rs.validator_for({**document["components"]["schemas"]["PaymentCreate"]})
-    example = {"amount": 1999, "currency": "USD", "reference": "order-42",
-               "return_url": "https://shop.example/orders/42", "metadata": {"cart": "c-9"}}
+    example = {
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "return_url": "https://shop.example/orders/42",
+        "metadata": {"cart": "c-9"},
+    }
 
     assert validator.is_valid(example)
     assert not validator.is_valid({**example, "capture": True})

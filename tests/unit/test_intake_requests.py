@@ -19,10 +19,25 @@ def test_a_known_bearer_key_authenticates_its_merchant(header: str, merchant: st
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Bearer ", "Bearer sk_test_unknown", "Bearer sk_test_dem", "Basic sk_test_demo", "sk_test_demo"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer sk_test_unknown",
+        "Bearer sk_test_dem",
+        "Basic sk_test_demo",
+        "sk_test_demo",
+    ],
 )
 def test_a_missing_malformed_or_unknown_key_authenticates_no_one(header: str | None) -> None:
     assert authenticate(KEYS, header) is None
+
+
+def test_a_key_that_is_not_utf_8_authenticates_no_one_without_an_error() -> None:
+    # aiohttp hands over header bytes that are not UTF-8 as surrogate escapes.
+    assert authenticate(KEYS, "Bearer sk_\udcff\udcfe") is None
+    assert authenticate(KEYS, "Bearer sk_\ud800") is None
 
 
 def test_the_bearer_scheme_is_case_insensitive() -> None:
