@@ -142,38 +142,36 @@ async def create_payment(request: web.Request) -> web.Response:
     fingerprint = payment_request.fingerprint()
     pool, settings, waiters = request.app[POOL], request.app[SETTINGS], request.app[WAITERS]
 
-    existing = await store.find_by_key(pool, merchant, key)
-    created: Payment | None = None
-    if existing is None:
-        payment_id = store.new_payment_id()
-        bind_payment(payment_id)
-        wait_seconds = requested_wait(request.headers.get("Prefer"))
-        future = waiters.register(payment_id)
-        try:
-            created, existing = await store.accept_payment(
-                pool,
-                payment_id=payment_id,
-                merchant_id=merchant,
-                key=key,
-                request=payment_request,
-                fingerprint=fingerprint,
-                ttl_seconds=settings.payment_ttl_seconds,
-            )
-        except BaseException:
-            waiters.forget(payment_id)
-            raise
-        if created is not None:
-            PAYMENTS_CREATED.inc()
-            log.info("payment accepted", payment_id=payment_id, amount=created.amount, currency=created.currency)
-            outcome = await waiters.wait(payment_id, future, wait_seconds)
-            if outcome is not None:
-                created = created.model_copy(update={"checkout_url": outcome.checkout_url})
-                if outcome.failure_code:
-                    created = created.model_copy(update={"status": "FAILED", "failure_code": outcome.failure_code})
-                await _remember_intent(pool, payment_id, outcome)
-            headers = {"Location": f"/v1/payments/{payment_id}", "Preference-Applied": f"wait={wait_seconds:g}"}
-            return _payment_response(created, 201, headers)
+    payment_id = store.new_payment_id()
+    wait_seconds = requested_wait(request.headers.get("Prefer"))
+    # Registered before the commit, so an intent created at once is not missed.
+    future = waiters.register(payment_id)
+    try:
+        created, existing = await store.accept_payment(
+            pool,
+            payment_id=payment_id,
+            merchant_id=merchant,
+            key=key,
+            request=payment_request,
+            fingerprint=fingerprint,
+            ttl_seconds=settings.payment_ttl_seconds,
+        )
+    except BaseException:
         waiters.forget(payment_id)
+        raise
+    if created is not None:
+        bind_payment(payment_id)
+        PAYMENTS_CREATED.inc()
+        log.info("payment accepted", amount=created.amount, currency=created.currency)
+        outcome = await waiters.wait(payment_id, future, wait_seconds)
+        if outcome is not None:
+            created = created.model_copy(update={"checkout_url": outcome.checkout_url})
+            if outcome.failure_code:
+                created = created.model_copy(update={"status": "FAILED", "failure_code": outcome.failure_code})
+            await _remember_intent(pool, payment_id, outcome)
+        headers = {"Location": f"/v1/payments/{payment_id}", "Preference-Applied": f"wait={wait_seconds:g}"}
+        return _payment_response(created, 201, headers)
+    waiters.forget(payment_id)
 
     assert existing is not None
     bind_payment(existing.payment_id)

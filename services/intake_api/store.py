@@ -72,19 +72,28 @@ async def enqueue(conn: asyncpg.Connection, message: Message, *, payment_id: str
     return envelope
 
 
-async def find_by_key(pool: asyncpg.Pool, merchant_id: str, key: str) -> Existing | None:
-    """The payment under (merchant, key): in the intake's record, or in the ledger once the record is purged."""
-    row = await pool.fetchrow(
-        """
-        SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2
-        UNION ALL
-        SELECT id, request_fingerprint FROM ledger.payment_requests WHERE merchant_id = $1 AND idempotency_key = $2
-        LIMIT 1
-        """,
-        merchant_id,
-        key,
-    )
-    return None if row is None else Existing(row["id"], row["request_fingerprint"])
+_ACCEPT = """
+WITH existing AS (
+    SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $2 AND idempotency_key = $3
+    UNION ALL
+    -- A key whose intake record was purged is still the ledger's: it stays taken for good.
+    SELECT id, request_fingerprint FROM ledger.payment_requests WHERE merchant_id = $2 AND idempotency_key = $3
+    LIMIT 1
+), payment AS (
+    INSERT INTO intake.payments (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at)
+    SELECT $1, $2, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
+    RETURNING id
+), outbox AS (
+    INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)
+    SELECT $8::uuid, id, $9, $10, $11::jsonb FROM payment
+    RETURNING payment_id
+)
+SELECT (SELECT payment_id FROM outbox) AS accepted_id,
+       (SELECT id FROM existing) AS existing_id,
+       (SELECT request_fingerprint FROM existing) AS existing_fingerprint
+"""
 
 
 async def accept_payment(
@@ -97,23 +106,28 @@ async def accept_payment(
     fingerprint: str,
     ttl_seconds: int,
 ) -> tuple[Payment | None, Existing | None]:
-    """Store the idempotency record and the PaymentRequested outbox row in one transaction.
+    """Accept a payment under (merchant, key), or find the one already accepted under it.
 
-    Returns (the new payment, None), or (None, the existing one) when the key was taken meanwhile: a
-    concurrent request with the same key waits on the unique index and then sees the first one's row.
+    The idempotency record and the PaymentRequested outbox row are written by ONE statement, so they
+    commit together in a single round trip. Returns (the new payment, None), or (None, the existing
+    one). A concurrent request holding the same key makes the insert wait on the unique index and then
+    do nothing; the first request's row is then read.
     """
     now = datetime.now(UTC)
     expires_at = now + timedelta(seconds=ttl_seconds)
     body = request.model_dump(mode="json")
-    async with pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            """
-            INSERT INTO intake.payments
-                (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
-            RETURNING true
-            """,
+    requested = PaymentRequested(
+        merchant_id=merchant_id,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        created_at=now,
+        expires_at=expires_at,
+        **body,
+    )
+    envelope = Envelope.wrap(requested, payment_id=payment_id, source="intake")
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            _ACCEPT,
             payment_id,
             merchant_id,
             key,
@@ -121,24 +135,22 @@ async def accept_payment(
             body,
             now,
             expires_at,
+            envelope.id,
+            envelope.type,
+            envelope.model_dump_json(),
+            inject_context({}),
         )
-        if not inserted:
-            row = await conn.fetchrow(
+        assert row is not None
+        if row["existing_id"] is not None:
+            return None, Existing(row["existing_id"], row["existing_fingerprint"])
+        if row["accepted_id"] is None:
+            taken = await conn.fetchrow(
                 "SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2",
                 merchant_id,
                 key,
             )
-            assert row is not None
-            return None, Existing(row["id"], row["request_fingerprint"])
-        requested = PaymentRequested(
-            merchant_id=merchant_id,
-            idempotency_key=key,
-            request_fingerprint=fingerprint,
-            created_at=now,
-            expires_at=expires_at,
-            **body,
-        )
-        await enqueue(conn, requested, payment_id=payment_id, source="intake")
+            assert taken is not None
+            return None, Existing(taken["id"], taken["request_fingerprint"])
     payment = Payment(
         id=payment_id,
         status=PaymentStatus.PENDING,

@@ -114,10 +114,19 @@ async def test_the_same_key_under_two_merchants_makes_two_payments(intake_pool: 
     assert existing is None and demo != other
 
 
-async def test_find_by_key_is_scoped_to_the_merchant(intake_pool: asyncpg.Pool) -> None:
-    await accept(intake_pool, merchant="demo", key="k-mine")
+async def test_a_payment_and_its_outbox_row_are_written_together(intake_pool: asyncpg.Pool) -> None:
+    payment_id, _ = await accept(intake_pool)
 
-    assert await store.find_by_key(intake_pool, "other", "k-mine") is None
+    rows = await intake_pool.fetch("SELECT event_type FROM intake.outbox WHERE payment_id = $1", payment_id)
+    assert [r["event_type"] for r in rows] == ["payment.requested"]
+
+
+async def test_a_taken_key_writes_no_second_outbox_row(intake_pool: asyncpg.Pool) -> None:
+    payment_id, _ = await accept(intake_pool, key="k-once")
+    again, existing = await accept(intake_pool, key="k-once")
+
+    assert existing is not None and again == payment_id
+    assert await intake_pool.fetchval("SELECT count(*) FROM intake.outbox WHERE payment_id = $1", payment_id) == 1
 
 
 async def test_a_read_before_the_ledger_has_the_payment_answers_from_the_intake_record(
@@ -211,16 +220,18 @@ async def test_the_purge_keeps_old_keys_the_ledger_does_not_hold_yet(intake_pool
     assert await intake_pool.fetchval("SELECT count(*) FROM intake.payments WHERE id = $1", payment_id) == 1
 
 
-async def test_a_purged_key_is_still_found_through_the_ledger_with_its_fingerprint(intake_pool: asyncpg.Pool) -> None:
+async def test_a_purged_key_is_still_taken_through_the_ledger_with_its_fingerprint(intake_pool: asyncpg.Pool) -> None:
     payment = request(reference="order-purged")
     payment_id, _ = await accept(intake_pool, key="k-purged", payment=payment)
     await record_in_ledger(intake_pool, payment_id)
     await backdate(intake_pool, payment_id, timedelta(hours=RETENTION_HOURS + 1))
     await store.purge_expired_keys(intake_pool, RETENTION_HOURS)
 
-    found = await store.find_by_key(intake_pool, "demo", "k-purged")
+    again, found = await accept(intake_pool, key="k-purged", payment=payment)
 
+    assert again == payment_id
     assert found == store.Existing(payment_id, payment.fingerprint())
+    assert await intake_pool.fetchval("SELECT count(*) FROM intake.payments WHERE idempotency_key = 'k-purged'") == 0
 
 
 async def test_the_purge_drops_published_outbox_rows_past_retention_only(intake_pool: asyncpg.Pool) -> None:
