@@ -10,7 +10,7 @@ import asyncpg
 
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from shared.broker import Delivery, RetryLater
-from shared.events import Envelope, PaymentRequested, PaymentStatus, Source, deterministic_event_id
+from shared.events import Envelope, ExpirePayment, PaymentRequested, PaymentStatus, Source, deterministic_event_id
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
 
@@ -150,7 +150,7 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish 
         )
         follow_up = intent_left_open(decision, message)
         if follow_up is not None and publish is not None:
-            source: Source = "expiry" if decision.before.status is PaymentStatus.EXPIRED else "merchant"
+            source: Source = "expiry" if isinstance(follow_up, ExpirePayment) else "merchant"
             await publish(
                 Envelope.wrap(
                     follow_up,
@@ -159,7 +159,7 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish 
                     event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
                 )
             )
-            log.warning("intent opened after the payment ended; closing it", status=decision.before.status.value)
+            log.warning("the payment ended with its intent still open; closing it", command=follow_up.TYPE)
         return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
 
 

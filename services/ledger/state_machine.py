@@ -174,15 +174,28 @@ def decide(state: PaymentState, message: Message) -> Decision:
 
 
 def intent_left_open(decision: Decision, message: Message) -> Message | None:
-    """The command that closes an intent opened after its payment was already canceled or expired.
+    """The command that closes an intent the payment's end left open at the provider, if any.
 
-    The gateway can open an intent late (a create retried after the merchant canceled, or after the
-    sweep expired the payment); nothing would close it, and the customer could still pay there.
+    Two ways to get there: the gateway opens an intent late (a create retried after the merchant
+    canceled, or after the sweep expired the payment); or the payment was closed on our side without
+    naming its intent (the cancel was asked before the intent was known). Either way the customer could
+    still pay on the hosted page, so the intent is closed too.
     """
-    if not isinstance(message, PaymentIntentCreated) or not decision.applied:
+    if not decision.applied:
         return None
-    if decision.before.status is C:
-        return CancelPayment(provider=message.provider, provider_payment_id=message.provider_payment_id)
-    if decision.before.status is E:
-        return ExpirePayment(provider=message.provider, provider_payment_id=message.provider_payment_id)
-    return None
+    provider: str | None
+    intent: str | None
+    if isinstance(message, PaymentIntentCreated) and decision.before.status in (C, E):
+        ended, provider, intent = decision.before.status, message.provider, message.provider_payment_id
+    elif (
+        isinstance(message, PaymentStatusChanged)
+        and decision.after.status in (C, E)
+        and message.provider_payment_id is None
+        and decision.before.provider_payment_id is not None
+    ):
+        ended, provider, intent = decision.after.status, decision.before.provider, decision.before.provider_payment_id
+    else:
+        return None
+    if ended is C:
+        return CancelPayment(provider=provider, provider_payment_id=intent)
+    return ExpirePayment(provider=provider, provider_payment_id=intent)

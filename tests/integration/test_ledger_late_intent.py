@@ -52,3 +52,24 @@ async def test_an_intent_created_for_a_pending_payment_needs_no_follow_up(pool: 
     await record_event(pool, intent_created(payment_id), publish)
 
     assert published == []
+
+
+async def test_a_payment_canceled_without_naming_its_known_intent_gets_the_intent_closed(pool: asyncpg.Pool) -> None:
+    payment_id = f"pay_{secrets.token_hex(8)}"
+    published: list[Envelope] = []
+
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    await record_event(pool, requested(payment_id), publish)
+    await record_event(pool, intent_created(payment_id), publish)
+    # The cancel was asked before the intake knew the intent, so its outcome names none.
+    closed_on_our_side = status_changed(payment_id, PaymentStatus.CANCELED, "gateway", "no-intent")
+    closed_on_our_side = closed_on_our_side.model_copy(
+        update={"data": {**closed_on_our_side.data, "provider_payment_id": None}}
+    )
+    await record_event(pool, closed_on_our_side, publish)
+
+    assert [e.message() for e in published] == [
+        CancelPayment(provider="sandbox", provider_payment_id=intent_id_of(payment_id))
+    ]
