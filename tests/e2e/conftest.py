@@ -9,23 +9,16 @@ import aiohttp
 import pytest
 
 from tests.support.client import IntakeClient
-from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
-from tests.support.processes import Stack, stack_environment
+from tests.support.infra import Servers
+from tests.support.own_stack import own_stack
+from tests.support.processes import ALL_SERVICES, Stack
 
 
 @pytest.fixture(scope="session")
 async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """The whole system, shared by the end-to-end tests that do not need a special configuration."""
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("pse2e")
-    running = Stack(stack_environment(database_url, servers.amqp_url, namespace), tmp_path_factory.mktemp("stack"))
-    try:
-        await running.start()
+    async with own_stack(servers, tmp_path_factory.mktemp("stack"), ALL_SERVICES) as running:
         yield running
-    finally:
-        running.stop()
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
 
 
 @pytest.fixture

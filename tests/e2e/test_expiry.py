@@ -16,8 +16,9 @@ import asyncpg
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
-from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
-from tests.support.processes import Stack, eventually, stack_environment
+from tests.support.infra import Servers
+from tests.support.own_stack import own_stack
+from tests.support.processes import Stack, eventually
 
 SERVICES = ("intake_api", "gateway_worker", "webhook_receiver", "ledger", "sandbox_gateway")
 WEBHOOK_DELAY_SECONDS = 3
@@ -25,32 +26,21 @@ WEBHOOK_DELAY_SECONDS = 3
 
 @pytest.fixture(scope="module")
 async def expiring_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("psexpiry")
-    env = stack_environment(
-        database_url, servers.amqp_url, namespace, PAYMENT_TTL_SECONDS="2", EXPIRY_SWEEP_INTERVAL_SECONDS="0.3"
-    )
-    stack = Stack(env, tmp_path_factory.mktemp("expiry"), SERVICES)
-    try:
-        await stack.start()
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                f"{stack.url('sandbox_gateway')}/_sandbox/faults", json={"webhook_delay_seconds": WEBHOOK_DELAY_SECONDS}
-            ) as response,
-        ):
-            assert response.status == 200, await response.text()
+    async with (
+        own_stack(
+            servers,
+            tmp_path_factory.mktemp("expiry"),
+            SERVICES,
+            PAYMENT_TTL_SECONDS="2",
+            EXPIRY_SWEEP_INTERVAL_SECONDS="0.3",
+        ) as stack,
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.url('sandbox_gateway')}/_sandbox/faults", json={"webhook_delay_seconds": WEBHOOK_DELAY_SECONDS}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
         yield stack
-    finally:
-        stack.stop()
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -12,39 +12,25 @@ import asyncpg
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
-from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
-from tests.support.processes import Stack, eventually, free_port, stack_environment
+from tests.support.infra import Servers
+from tests.support.own_stack import own_stack
+from tests.support.processes import Stack, eventually, free_port
 
 SERVICES = ("intake_api", "gateway_worker", "ledger", "sandbox_gateway")
 
 
 @pytest.fixture(scope="module")
 async def webhookless_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("psrecon")
-    env = stack_environment(
-        database_url,
-        servers.amqp_url,
-        namespace,
+    async with own_stack(
+        servers,
+        tmp_path_factory.mktemp("reconciliation"),
+        SERVICES,
         SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/webhooks/sandbox",  # nothing listens there
         RECONCILE_AFTER_SECONDS="1",
         RECONCILE_INTERVAL_SECONDS="1",
         EXPIRY_SWEEP_INTERVAL_SECONDS="0.3",
-    )
-    stack = Stack(env, tmp_path_factory.mktemp("reconciliation"), SERVICES)
-    try:
-        await stack.start()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
