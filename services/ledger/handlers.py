@@ -10,7 +10,15 @@ import asyncpg
 
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from shared.broker import Delivery, RetryLater
-from shared.events import Envelope, ExpirePayment, PaymentRequested, PaymentStatus, Source, deterministic_event_id
+from shared.events import (
+    Envelope,
+    ExpirePayment,
+    Message,
+    PaymentRequested,
+    PaymentStatus,
+    Source,
+    deterministic_event_id,
+)
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
 
@@ -28,45 +36,59 @@ class Recorded:
     created_at: datetime | None = None
 
 
-async def _insert_log(
-    conn: asyncpg.Connection,
-    envelope: Envelope,
-    *,
-    from_status: str | None,
-    to_status: str | None,
-    outcome: str,
-    late_success: bool = False,
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO ledger.payment_logs
-            (payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
-             late_success, payload, occurred_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        """,
-        envelope.payment_id,
-        envelope.id,
-        envelope.type,
-        from_status,
-        to_status,
-        envelope.source,
-        outcome,
-        late_success,
-        envelope.model_dump(mode="json"),
-        envelope.occurred_at,
-    )
+_LOG_COLUMNS = """payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
+    late_success, payload, occurred_at"""
+
+# A new payment and its log row, in one statement: no explicit transaction, one round trip.
+_RECORD_REQUEST = f"""
+WITH created AS (
+    INSERT INTO ledger.payment_requests
+        (id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
+         customer_email, metadata, return_url, cancel_url, status, created_at, updated_at, expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING', $13, $13, $14)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
+SELECT $1, $15, $16, NULL,
+       coalesce((SELECT status FROM ledger.payment_requests WHERE id = $1), 'PENDING'), $17,
+       CASE WHEN EXISTS (SELECT 1 FROM created) THEN 'applied' ELSE 'ignored: payment already recorded' END,
+       false, $18, $19
+ON CONFLICT (event_id) DO NOTHING
+RETURNING outcome
+"""
+
+# The payment's row, locked for this event, and whether the event was recorded before. The row lock
+# serialises a payment's events; a twin delivery that raced past the check meets the unique event_id.
+_LOCK_PAYMENT = f"""
+SELECT {_STATE_COLUMNS},
+       EXISTS (SELECT 1 FROM ledger.payment_logs WHERE event_id = $2) AS seen
+FROM ledger.payment_requests WHERE id = $1
+FOR UPDATE
+"""
+
+# The log row, and the state change when there is one, in one statement.
+_APPLY = f"""
+WITH changed AS (
+    UPDATE ledger.payment_requests
+    SET status = $11, provider = $12, provider_payment_id = $13, checkout_url = $14, failure_code = $15,
+        completed_at = CASE WHEN $16 THEN clock_timestamp() ELSE completed_at END,
+        updated_at = clock_timestamp()
+    WHERE id = $1 AND $17
+    RETURNING id
+)
+INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
 
 
-async def _create_payment(conn: asyncpg.Connection, envelope: Envelope, message: PaymentRequested) -> bool:
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO ledger.payment_requests
-            (id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
-             customer_email, metadata, return_url, cancel_url, status, created_at, updated_at, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING', $13, $13, $14)
-        ON CONFLICT DO NOTHING
-        RETURNING true
-        """,
+class _AlreadyRecorded(Exception):
+    """The event's log row exists: a twin delivery recorded it first."""
+
+
+async def _record_request(conn: asyncpg.Connection, envelope: Envelope, message: PaymentRequested) -> Recorded:
+    outcome = await conn.fetchval(
+        _RECORD_REQUEST,
         envelope.payment_id,
         message.merchant_id,
         message.idempotency_key,
@@ -81,8 +103,13 @@ async def _create_payment(conn: asyncpg.Connection, envelope: Envelope, message:
         message.cancel_url,
         message.created_at,
         message.expires_at,
+        envelope.id,
+        envelope.type,
+        envelope.source,
+        envelope.model_dump(mode="json"),
+        envelope.occurred_at,
     )
-    return bool(inserted)
+    return Recorded(outcome=outcome or "duplicate event")
 
 
 Publish = Callable[[Envelope], Awaitable[None]]
@@ -91,27 +118,29 @@ Publish = Callable[[Envelope], Awaitable[None]]
 async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish | None = None) -> Recorded:
     """Record one event exactly once and apply it; RetryLater if its payment is not known yet.
 
-    A follow-up command (closing an intent opened after the payment ended) is published inside the
+    A follow-up command (closing an intent the payment's end left open) is published inside the
     transaction, so it is never lost: if the commit then fails, the event is retried and the command
     sent again under the same id.
     """
     message = envelope.message()
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         if isinstance(message, PaymentRequested):
-            created = await _create_payment(conn, envelope, message)
-        row = await conn.fetchrow(
-            f"SELECT {_STATE_COLUMNS} FROM ledger.payment_requests WHERE id = $1 FOR UPDATE", envelope.payment_id
-        )
+            return await _record_request(conn, envelope, message)
+        try:
+            return await _apply_in_transaction(conn, envelope, message, publish)
+        except _AlreadyRecorded:
+            return Recorded(outcome="duplicate event")
+
+
+async def _apply_in_transaction(
+    conn: asyncpg.Connection, envelope: Envelope, message: Message, publish: Publish | None
+) -> Recorded:
+    async with conn.transaction():
+        row = await conn.fetchrow(_LOCK_PAYMENT, envelope.payment_id, envelope.id)
         if row is None:
             raise RetryLater(f"payment {envelope.payment_id} is not in the ledger yet")
-        # The row lock serialises every event of this payment, so this check cannot race a twin delivery.
-        if await conn.fetchval("SELECT 1 FROM ledger.payment_logs WHERE event_id = $1", envelope.id):
-            return Recorded(outcome="duplicate event")
-        if isinstance(message, PaymentRequested):
-            outcome = "applied" if created else "ignored: payment already recorded"
-            await _insert_log(conn, envelope, from_status=None, to_status=row["status"], outcome=outcome)
-            return Recorded(outcome=outcome)
-
+        if row["seen"]:
+            raise _AlreadyRecorded
         state = PaymentState(
             status=PaymentStatus(row["status"]),
             amount=row["amount"],
@@ -122,32 +151,30 @@ async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish 
             failure_code=row["failure_code"],
         )
         decision = decide(state, message)
-        if decision.applied and decision.after != decision.before:
-            after = decision.after
+        after = decision.after
+        try:
             await conn.execute(
-                """
-                UPDATE ledger.payment_requests
-                SET status = $2, provider = $3, provider_payment_id = $4, checkout_url = $5, failure_code = $6,
-                    completed_at = CASE WHEN $7 THEN clock_timestamp() ELSE completed_at END,
-                    updated_at = clock_timestamp()
-                WHERE id = $1
-                """,
+                _APPLY,
                 envelope.payment_id,
+                envelope.id,
+                envelope.type,
+                decision.before.status.value,
+                after.status.value,
+                envelope.source,
+                decision.outcome,
+                decision.late_success,
+                envelope.model_dump(mode="json"),
+                envelope.occurred_at,
                 after.status.value,
                 after.provider,
                 after.provider_payment_id,
                 after.checkout_url,
                 after.failure_code,
                 decision.completed,
+                decision.applied and after != decision.before,
             )
-        await _insert_log(
-            conn,
-            envelope,
-            from_status=decision.before.status.value,
-            to_status=decision.after.status.value,
-            outcome=decision.outcome,
-            late_success=decision.late_success,
-        )
+        except asyncpg.UniqueViolationError as exc:
+            raise _AlreadyRecorded from exc
         follow_up = intent_left_open(decision, message)
         if follow_up is not None and publish is not None:
             source: Source = "expiry" if isinstance(follow_up, ExpirePayment) else "merchant"
