@@ -58,32 +58,41 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING outcome
 """
 
-# The payment's row, locked for this event, and whether the event was recorded before. The row lock
-# serialises a payment's events; a twin delivery that raced past the check meets the unique event_id.
-_LOCK_PAYMENT = f"""
+# The payment's state as this event finds it, and whether the event was recorded before.
+_READ_PAYMENT = f"""
 SELECT {_STATE_COLUMNS},
        EXISTS (SELECT 1 FROM ledger.payment_logs WHERE event_id = $2) AS seen
 FROM ledger.payment_requests WHERE id = $1
-FOR UPDATE
 """
 
-# The log row, and the state change when there is one, in one statement.
-_APPLY = f"""
-WITH changed AS (
-    UPDATE ledger.payment_requests
-    SET status = $11, provider = $12, provider_payment_id = $13, checkout_url = $14, failure_code = $15,
-        completed_at = CASE WHEN $16 THEN clock_timestamp() ELSE completed_at END,
+# Compare-and-set in one statement: lock the row only if it still holds the state the decision was made
+# on ($11..$15), write the log row, and apply the change only if the log row was new. If another event
+# changed the payment meanwhile, nothing is written and the event is decided again on the new state.
+_APPLY_IF_UNCHANGED = f"""
+WITH unchanged AS (
+    SELECT id FROM ledger.payment_requests
+    WHERE id = $1 AND status = $11 AND provider IS NOT DISTINCT FROM $12
+      AND provider_payment_id IS NOT DISTINCT FROM $13 AND checkout_url IS NOT DISTINCT FROM $14
+      AND failure_code IS NOT DISTINCT FROM $15
+    FOR UPDATE
+), logged AS (
+    INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
+    SELECT id, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM unchanged
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING payment_request_id
+), changed AS (
+    UPDATE ledger.payment_requests p
+    SET status = $16, provider = $17, provider_payment_id = $18, checkout_url = $19, failure_code = $20,
+        completed_at = CASE WHEN $21 THEN clock_timestamp() ELSE p.completed_at END,
         updated_at = clock_timestamp()
-    WHERE id = $1 AND $17
-    RETURNING id
+    FROM logged WHERE p.id = logged.payment_request_id AND $22
+    RETURNING p.id
 )
-INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT EXISTS (SELECT 1 FROM unchanged) AS matched, EXISTS (SELECT 1 FROM logged) AS logged
 """
 
-
-class _AlreadyRecorded(Exception):
-    """The event's log row exists: a twin delivery recorded it first."""
+# Decisions made on a state that changed underneath are retried this often before the broker retries.
+_MAX_DECISIONS = 10
 
 
 async def _record_request(conn: asyncpg.Connection, envelope: Envelope, message: PaymentRequested) -> Recorded:
@@ -118,76 +127,89 @@ Publish = Callable[[Envelope], Awaitable[None]]
 async def record_event(pool: asyncpg.Pool, envelope: Envelope, publish: Publish | None = None) -> Recorded:
     """Record one event exactly once and apply it; RetryLater if its payment is not known yet.
 
-    A follow-up command (closing an intent the payment's end left open) is published inside the
-    transaction, so it is never lost: if the commit then fails, the event is retried and the command
-    sent again under the same id.
+    Each event is decided by the pure state machine on the payment's current state and written with a
+    compare-and-set, so two events of one payment never both apply to the same state (two round trips,
+    no explicit transaction). A follow-up command (closing an intent the payment's end left open) is
+    published inside a transaction with the write, so it is never lost: if the commit fails, the event is
+    retried and the command sent again under the same id.
     """
     message = envelope.message()
     async with pool.acquire() as conn:
         if isinstance(message, PaymentRequested):
             return await _record_request(conn, envelope, message)
-        try:
-            return await _apply_in_transaction(conn, envelope, message, publish)
-        except _AlreadyRecorded:
-            return Recorded(outcome="duplicate event")
+        for _ in range(_MAX_DECISIONS):
+            row = await conn.fetchrow(_READ_PAYMENT, envelope.payment_id, envelope.id)
+            if row is None:
+                raise RetryLater(f"payment {envelope.payment_id} is not in the ledger yet")
+            if row["seen"]:
+                return Recorded(outcome="duplicate event")
+            state = PaymentState(
+                status=PaymentStatus(row["status"]),
+                amount=row["amount"],
+                currency=row["currency"],
+                provider=row["provider"],
+                provider_payment_id=row["provider_payment_id"],
+                checkout_url=row["checkout_url"],
+                failure_code=row["failure_code"],
+            )
+            decision = decide(state, message)
+            follow_up = intent_left_open(decision, message)
+            if follow_up is None or publish is None:
+                matched, logged = await _apply_if_unchanged(conn, envelope, decision)
+            else:
+                async with conn.transaction():
+                    matched, logged = await _apply_if_unchanged(conn, envelope, decision)
+                    if logged:
+                        await _publish_follow_up(publish, envelope, follow_up)
+            if matched:
+                if not logged:  # a twin delivery recorded it between our read and our write
+                    return Recorded(outcome="duplicate event")
+                return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
+        raise RetryLater(f"payment {envelope.payment_id} kept changing while this event was decided")
 
 
-async def _apply_in_transaction(
-    conn: asyncpg.Connection, envelope: Envelope, message: Message, publish: Publish | None
-) -> Recorded:
-    async with conn.transaction():
-        row = await conn.fetchrow(_LOCK_PAYMENT, envelope.payment_id, envelope.id)
-        if row is None:
-            raise RetryLater(f"payment {envelope.payment_id} is not in the ledger yet")
-        if row["seen"]:
-            raise _AlreadyRecorded
-        state = PaymentState(
-            status=PaymentStatus(row["status"]),
-            amount=row["amount"],
-            currency=row["currency"],
-            provider=row["provider"],
-            provider_payment_id=row["provider_payment_id"],
-            checkout_url=row["checkout_url"],
-            failure_code=row["failure_code"],
+async def _apply_if_unchanged(conn: asyncpg.Connection, envelope: Envelope, decision: Decision) -> tuple[bool, bool]:
+    before, after = decision.before, decision.after
+    row = await conn.fetchrow(
+        _APPLY_IF_UNCHANGED,
+        envelope.payment_id,
+        envelope.id,
+        envelope.type,
+        before.status.value,
+        after.status.value,
+        envelope.source,
+        decision.outcome,
+        decision.late_success,
+        envelope.model_dump(mode="json"),
+        envelope.occurred_at,
+        before.status.value,
+        before.provider,
+        before.provider_payment_id,
+        before.checkout_url,
+        before.failure_code,
+        after.status.value,
+        after.provider,
+        after.provider_payment_id,
+        after.checkout_url,
+        after.failure_code,
+        decision.completed,
+        decision.applied and after != before,
+    )
+    assert row is not None
+    return bool(row["matched"]), bool(row["logged"])
+
+
+async def _publish_follow_up(publish: Publish, envelope: Envelope, follow_up: Message) -> None:
+    source: Source = "expiry" if isinstance(follow_up, ExpirePayment) else "merchant"
+    await publish(
+        Envelope.wrap(
+            follow_up,
+            payment_id=envelope.payment_id,
+            source=source,
+            event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
         )
-        decision = decide(state, message)
-        after = decision.after
-        try:
-            await conn.execute(
-                _APPLY,
-                envelope.payment_id,
-                envelope.id,
-                envelope.type,
-                decision.before.status.value,
-                after.status.value,
-                envelope.source,
-                decision.outcome,
-                decision.late_success,
-                envelope.model_dump(mode="json"),
-                envelope.occurred_at,
-                after.status.value,
-                after.provider,
-                after.provider_payment_id,
-                after.checkout_url,
-                after.failure_code,
-                decision.completed,
-                decision.applied and after != decision.before,
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise _AlreadyRecorded from exc
-        follow_up = intent_left_open(decision, message)
-        if follow_up is not None and publish is not None:
-            source: Source = "expiry" if isinstance(follow_up, ExpirePayment) else "merchant"
-            await publish(
-                Envelope.wrap(
-                    follow_up,
-                    payment_id=envelope.payment_id,
-                    source=source,
-                    event_id=deterministic_event_id(envelope.payment_id, "close-late-intent", str(envelope.id)),
-                )
-            )
-            log.warning("the payment ended with its intent still open; closing it", command=follow_up.TYPE)
-        return Recorded(outcome=decision.outcome, decision=decision, created_at=row["created_at"])
+    )
+    log.warning("the payment ended with its intent still open; closing it", command=follow_up.TYPE)
 
 
 def _observe(recorded: Recorded) -> None:
