@@ -5,7 +5,8 @@ Everything runs on this machine, against loopback only, each phase bounded in ti
                a bare aiohttp server's requests/s (the same client as below)
   Paystream    POST /v1/payments answered (201) per second and latency, with every service running;
                payments completed end to end (POST → sandbox autopay → webhook → ledger SUCCEEDED) per second
-               and their creation-to-SUCCEEDED latency
+               under that saturating load, and their creation-to-SUCCEEDED latency at a steady rate the
+               pipeline keeps up with (--rate, default 50 a second)
 Results are printed as a table and written to .bench/results.json.
 """
 
@@ -134,23 +135,36 @@ async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
 
 
 # --- Paystream ---------------------------------------------------------------------------------------
+async def _post_payment(session: aiohttp.ClientSession, stack: Stack, reference: str) -> bool:
+    headers = {"Authorization": "Bearer sk_test_demo", "Prefer": "wait=0", "Idempotency-Key": secrets.token_hex(12)}
+    async with session.post(
+        stack.url("intake_api") + "/v1/payments", json=payment_body(reference=reference), headers=headers
+    ) as response:
+        await response.read()
+        return response.status == 201
+
+
 async def intake_posts(stack: Stack, seconds: float, concurrency: int) -> dict[str, Any]:
-    url = stack.url("intake_api") + "/v1/payments"
-    headers = {"Authorization": "Bearer sk_test_demo", "Prefer": "wait=0"}
+    """As many POSTs as `concurrency` clients can make: the intake's throughput."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def post() -> bool:
-            async with session.post(
-                url, json=payment_body(), headers={**headers, "Idempotency-Key": secrets.token_hex(12)}
-            ) as response:
-                await response.read()
-                return response.status == 201
-
-        return await run_for(seconds, concurrency, post)
+        return await run_for(seconds, concurrency, lambda: _post_payment(session, stack, "saturate"))
 
 
-async def completions(stack: Stack, database_url: str, started_at: float, timeout: float) -> dict[str, Any]:
-    """Wait until every payment made so far is SUCCEEDED; completion latency from the ledger's own clocks."""
+async def paced_posts(stack: Stack, seconds: float, rate: float) -> int:
+    """POSTs at a steady `rate` a second (a load the pipeline keeps up with); returns how many were made."""
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    tasks = []
+    async with aiohttp.ClientSession() as session:
+        for n in range(int(seconds * rate)):
+            await asyncio.sleep(max(0.0, started + n * interval - time.perf_counter()))
+            tasks.append(asyncio.create_task(_post_payment(session, stack, "paced")))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    return sum(1 for r in results if r is True)
+
+
+async def completions(database_url: str, started_at: float, timeout: float, reference: str) -> dict[str, Any]:
+    """Wait until every payment made so far is final; latency of those with `reference`, by the ledger's clocks."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout
@@ -166,9 +180,12 @@ async def completions(stack: Stack, database_url: str, started_at: float, timeou
             await asyncio.sleep(0.5)
         rows = await conn.fetch(
             "SELECT extract(epoch FROM completed_at - created_at) AS seconds, created_at, completed_at"
-            " FROM ledger.payment_requests WHERE status = 'SUCCEEDED'"
+            " FROM ledger.payment_requests WHERE status = 'SUCCEEDED' AND reference = $1",
+            reference,
         )
-        other = await conn.fetchval("SELECT count(*) FROM ledger.payment_requests WHERE status <> 'SUCCEEDED'")
+        other = await conn.fetchval(
+            "SELECT count(*) FROM ledger.payment_requests WHERE status <> 'SUCCEEDED' AND reference = $1", reference
+        )
     finally:
         await conn.close()
     if not rows:
@@ -184,6 +201,9 @@ async def completions(stack: Stack, database_url: str, started_at: float, timeou
     }
 
 
+SATURATED = "paystream: created → SUCCEEDED, saturating POSTs (autopay)"
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'measurement':58} {'ops':>7} {'err':>5} {'per s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
     for name, r in results.items():
@@ -194,7 +214,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def main(seconds: float, concurrency: int) -> None:
+async def main(seconds: float, concurrency: int, rate: float) -> None:
     servers = find_servers()
     results: dict[str, dict[str, Any]] = {}
     print(f"paystream bench: {os.cpu_count()} cores, {seconds:g} s a phase, concurrency {concurrency}", flush=True)
@@ -215,9 +235,12 @@ async def main(seconds: float, concurrency: int) -> None:
         await stack.start()
         started = time.monotonic()
         results["paystream: POST /v1/payments → 201 (Prefer: wait=0)"] = await intake_posts(stack, seconds, concurrency)
-        results["paystream: created → SUCCEEDED in the ledger (autopay)"] = await completions(
-            stack, database_url, started, timeout=120
-        )
+        results[SATURATED] = await completions(database_url, started, timeout=180, reference="saturate")
+        started = time.monotonic()
+        made = await paced_posts(stack, seconds, rate)
+        paced = await completions(database_url, started, timeout=60, reference="paced")
+        paced["errors"] += int(seconds * rate) - made
+        results[f"paystream: created → SUCCEEDED at a steady {rate:g} payments/s"] = paced
     finally:
         stack.stop()
         await delete_namespace(servers.amqp_url, namespace)
@@ -225,9 +248,9 @@ async def main(seconds: float, concurrency: int) -> None:
         servers.stop()
 
     print(table(results))
-    drain = results["paystream: created → SUCCEEDED in the ledger (autopay)"].get("drain_seconds")
+    drain = results[SATURATED].get("drain_seconds")
     if drain is not None:
-        print(f"every payment of the POST phase was SUCCEEDED {drain:.1f} s after the phase began")
+        print(f"every payment of the saturating POST phase was SUCCEEDED {drain:.1f} s after the phase began")
     out = ROOT / ".bench"
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -238,5 +261,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=50.0, help="payments a second in the steady phase")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.concurrency))
+    asyncio.run(main(args.seconds, args.concurrency, args.rate))
