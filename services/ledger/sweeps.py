@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from shared.broker import Broker
-from shared.events import Envelope, ExpirePayment, ReconcilePayment
+from shared.events import Envelope, ExpirePayment, ReconcilePayment, Source
 from shared.logs import get_logger
 from shared.metrics import (
     EXPIRATIONS_REQUESTED,
@@ -19,69 +21,92 @@ log = get_logger(__name__)
 SWEEP_BATCH = 100
 
 
-async def request_expirations(pool: asyncpg.Pool, broker: Broker, *, resend_after_seconds: float) -> int:
-    """Send ExpirePayment once for each PENDING payment past `expires_at` (again if nothing came of it).
+_DUE_FOR_EXPIRY = """
+WITH due AS (
+    SELECT id FROM ledger.payment_requests
+    WHERE status = 'PENDING' AND expires_at <= now()
+      AND (expiration_requested_at IS NULL OR expiration_requested_at < now() - make_interval(secs => $2))
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger.payment_requests p SET expiration_requested_at = now()
+FROM due WHERE p.id = due.id
+RETURNING p.id, p.provider, p.provider_payment_id
+"""
+
+_DUE_FOR_RECONCILIATION = """
+WITH due AS (
+    SELECT id FROM ledger.payment_requests
+    WHERE status = 'PENDING' AND provider_payment_id IS NOT NULL
+      AND created_at < now() - make_interval(secs => $2)
+      AND expires_at > now()
+      AND (reconciliation_requested_at IS NULL
+           OR reconciliation_requested_at < now() - make_interval(secs => $3))
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger.payment_requests p SET reconciliation_requested_at = now()
+FROM due WHERE p.id = due.id
+RETURNING p.id, p.provider, p.provider_payment_id
+"""
+
+
+async def _claim_and_send(
+    pool: asyncpg.Pool,
+    broker: Broker,
+    claim: str,
+    *args: float,
+    command: type[ExpirePayment] | type[ReconcilePayment],
+    source: Source,
+) -> int:
+    """Claim due payments and send each its command, in one transaction.
 
     Rows are claimed with SKIP LOCKED and marked in the same transaction that publishes, so several
-    ledger processes never send one payment's command twice in one round.
+    ledger processes never send one payment's command twice in one round; a failed publish unmarks them.
     """
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """
-            WITH due AS (
-                SELECT id FROM ledger.payment_requests
-                WHERE status = 'PENDING' AND expires_at <= now()
-                  AND (expiration_requested_at IS NULL
-                       OR expiration_requested_at < now() - make_interval(secs => $1))
-                ORDER BY expires_at
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
+        rows = await conn.fetch(claim, SWEEP_BATCH, *args)
+        await asyncio.gather(
+            *(
+                broker.publish(
+                    Envelope.wrap(
+                        command(provider=row["provider"], provider_payment_id=row["provider_payment_id"]),
+                        payment_id=row["id"],
+                        source=source,
+                    )
+                )
+                for row in rows
             )
-            UPDATE ledger.payment_requests p SET expiration_requested_at = now()
-            FROM due WHERE p.id = due.id
-            RETURNING p.id, p.provider, p.provider_payment_id
-            """,
-            resend_after_seconds,
-            SWEEP_BATCH,
         )
-        for row in rows:
-            command = ExpirePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])
-            await broker.publish(Envelope.wrap(command, payment_id=row["id"], source="expiry"))
-    EXPIRATIONS_REQUESTED.inc(len(rows))
     return len(rows)
+
+
+async def request_expirations(pool: asyncpg.Pool, broker: Broker, *, resend_after_seconds: float) -> int:
+    """Send ExpirePayment once for each PENDING payment past `expires_at` (again if nothing came of it)."""
+    sent = await _claim_and_send(
+        pool, broker, _DUE_FOR_EXPIRY, resend_after_seconds, command=ExpirePayment, source="expiry"
+    )
+    EXPIRATIONS_REQUESTED.inc(sent)
+    return sent
 
 
 async def request_reconciliations(
     pool: asyncpg.Pool, broker: Broker, *, older_than_seconds: float, every_seconds: float
 ) -> int:
     """Ask the gateway_worker to look up PENDING payments that have an intent but no outcome for a while."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """
-            WITH due AS (
-                SELECT id FROM ledger.payment_requests
-                WHERE status = 'PENDING' AND provider_payment_id IS NOT NULL
-                  AND created_at < now() - make_interval(secs => $1)
-                  AND expires_at > now()
-                  AND (reconciliation_requested_at IS NULL
-                       OR reconciliation_requested_at < now() - make_interval(secs => $2))
-                ORDER BY created_at
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE ledger.payment_requests p SET reconciliation_requested_at = now()
-            FROM due WHERE p.id = due.id
-            RETURNING p.id, p.provider, p.provider_payment_id
-            """,
-            older_than_seconds,
-            every_seconds,
-            SWEEP_BATCH,
-        )
-        for row in rows:
-            command = ReconcilePayment(provider=row["provider"], provider_payment_id=row["provider_payment_id"])
-            await broker.publish(Envelope.wrap(command, payment_id=row["id"], source="reconciliation"))
-    RECONCILIATIONS_REQUESTED.inc(len(rows))
-    return len(rows)
+    sent = await _claim_and_send(
+        pool,
+        broker,
+        _DUE_FOR_RECONCILIATION,
+        older_than_seconds,
+        every_seconds,
+        command=ReconcilePayment,
+        source="reconciliation",
+    )
+    RECONCILIATIONS_REQUESTED.inc(sent)
+    return sent
 
 
 async def measure_pending(pool: asyncpg.Pool) -> None:
