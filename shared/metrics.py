@@ -79,3 +79,8 @@ EXPIRATIONS_REQUESTED = Counter("paystream_expirations_requested", "Expiration c
 RECONCILIATIONS_REQUESTED = Counter(
     "paystream_reconciliations_requested", "Reconciliation commands sent for payments with no outcome."
 )
+SANDBOX_WEBHOOK_ATTEMPTS = Counter(
+    "paystream_sandbox_webhook_attempts",
+    "Webhook delivery attempts by the sandbox gateway, by outcome (delivered, refused, unreachable).",
+    ["outcome"],
+)

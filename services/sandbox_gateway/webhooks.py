@@ -18,11 +18,11 @@ import aiohttp
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from prometheus_client import Counter
 
 from services.sandbox_gateway.faults import Faults, delay_before_first_attempt, delivery_copies
 from services.sandbox_gateway.intents import Intent, IntentStatus
 from shared.logs import get_logger
+from shared.metrics import SANDBOX_WEBHOOK_ATTEMPTS
 from shared.providers.base import signature_header
 from shared.telemetry import extract_context, inject_context
 
@@ -41,12 +41,6 @@ EVENT_TYPES: dict[IntentStatus, str] = {
     IntentStatus.CANCELED: "payment.canceled",
     IntentStatus.EXPIRED: "payment.expired",
 }
-
-WEBHOOK_ATTEMPTS = Counter(
-    "paystream_sandbox_webhook_attempts",
-    "Webhook delivery attempts by the sandbox gateway, by outcome (delivered, refused, unreachable).",
-    ["outcome"],
-)
 
 
 def new_event_id() -> str:
@@ -173,10 +167,10 @@ class WebhookSender:
                 outcome = await self._attempt(event, attempt)
                 self._log.setdefault(event.intent_id, []).append(outcome)
                 if outcome.error is None:
-                    WEBHOOK_ATTEMPTS.labels("delivered").inc()
+                    SANDBOX_WEBHOOK_ATTEMPTS.labels("delivered").inc()
                     bound.info("webhook delivered", attempt=attempt, status=outcome.status)
                     return
-                WEBHOOK_ATTEMPTS.labels("refused" if outcome.status is not None else "unreachable").inc()
+                SANDBOX_WEBHOOK_ATTEMPTS.labels("refused" if outcome.status is not None else "unreachable").inc()
                 bound.info("webhook attempt failed", attempt=attempt, status=outcome.status, error=outcome.error)
                 if attempt < self._max_attempts:
                     await asyncio.sleep(retry_delay(attempt, self._retry_base, self._rng))
