@@ -48,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
             retention = settings.idempotency_retention_hours
             tasks = [
                 asyncio.create_task(relay.run()),
+                # Measured on its own clock, so the backlog gauges keep moving while the broker is down.
+                asyncio.create_task(runtime.run_periodically("outbox gauges", 5, relay.measure)),
                 asyncio.create_task(
                     runtime.run_periodically(
                         "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)

@@ -135,7 +135,6 @@ class OutboxRelay:
                 try:
                     while await self.publish_batch() == self._batch_size:
                         pass
-                    await self.measure()
                     backoff = MIN_BACKOFF_SECONDS
                 except asyncio.CancelledError:
                     raise

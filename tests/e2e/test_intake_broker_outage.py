@@ -87,6 +87,25 @@ async def test_posts_answer_201_while_the_broker_is_unreachable_and_all_reach_th
     assert await behind_broker_link.pool.fetchval(unsent, payment_ids) == 0
 
 
+async def test_the_outbox_backlog_gauge_counts_what_waits_while_the_broker_is_cut(
+    behind_broker_link: Deployment, broker_cut: LinkProxy, http_session: aiohttp.ClientSession
+) -> None:
+    intake = behind_broker_link.client(http_session)
+    answers = await asyncio.gather(*(intake.create(wait=0) for _ in range(3)))
+    assert [status for status, _, _ in answers] == [201] * 3
+
+    async def backlog() -> float | None:
+        async with http_session.get(f"{behind_broker_link.processes['intake_api'].url}/metrics") as response:
+            text = await response.text()
+        value = next(
+            float(line.split()[1]) for line in text.splitlines() if line.startswith("paystream_outbox_pending ")
+        )
+        return value if value >= 3 else None
+
+    # The gauge an SRE's OutboxBacklogGrowing alert reads must move during the outage, not only after it.
+    assert await eventually(backlog, timeout=15, interval=0.5, what="paystream_outbox_pending to reach 3") >= 3
+
+
 async def test_a_read_before_the_ledger_has_the_payment_answers_from_the_intakes_record(
     behind_broker_link: Deployment, broker_cut: LinkProxy, http_session: aiohttp.ClientSession
 ) -> None:
