@@ -5,16 +5,22 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format bench install clean
+.PHONY: run test lint format bench install lock clean
 
-# The venv is (re)built whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
+# nothing is resolved at install time, so an install does not depend on the day it runs.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(VENV)/.installed
+
+## lock: re-resolve every dependency from pyproject.toml into requirements.lock (commit both).
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
+		--python-version 3.11 --upgrade -o requirements.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
 run: install
