@@ -66,10 +66,6 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
-def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
-
-
 def inject_context(carrier: dict[str, Any] | None = None) -> dict[str, Any]:
     """The current trace context as W3C headers (`traceparent`, `tracestate`)."""
     carrier = {} if carrier is None else carrier

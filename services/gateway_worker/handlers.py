@@ -36,7 +36,7 @@ T = TypeVar("T")
 Publish = Callable[[Envelope], Awaitable[None]]
 
 
-async def call_provider(provider: PaymentProvider, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+async def observe_provider_call(provider: PaymentProvider, operation: str, call: Callable[[], Awaitable[T]]) -> T:
     """One provider call, timed and counted, inside a span of its own."""
     started = time.perf_counter()
     outcome = "ok"
@@ -101,7 +101,7 @@ class GatewayHandlers:
             metadata=delivery.trace_headers,
         )
         try:
-            intent = await call_provider(provider, "create_intent", lambda: provider.create_intent(request))
+            intent = await observe_provider_call(provider, "create_intent", lambda: provider.create_intent(request))
         except TransientGatewayError as exc:
             if not delivery.is_last_attempt:
                 raise RetryLater(str(exc)) from exc
@@ -154,7 +154,9 @@ class GatewayHandlers:
             # The sender did not know of an intent, but one may exist (the ledger had not yet recorded it):
             # the provider, asked by our payment id, is the one to say.
             try:
-                found = await call_provider(provider, "find_intent", lambda: provider.find_intent(envelope.payment_id))
+                found = await observe_provider_call(
+                    provider, "find_intent", lambda: provider.find_intent(envelope.payment_id)
+                )
             except TransientGatewayError as exc:
                 raise RetryLater(str(exc)) from exc
             except PermanentGatewayError as exc:
@@ -168,7 +170,7 @@ class GatewayHandlers:
         intent_id = provider_payment_id
         close_as: Literal["canceled", "expired"] = "expired" if reason == "expired" else "canceled"
         try:
-            intent = await call_provider(
+            intent = await observe_provider_call(
                 provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
             )
         except TransientGatewayError as exc:
@@ -189,7 +191,7 @@ class GatewayHandlers:
     async def reconcile(self, envelope: Envelope, message: ReconcilePayment, delivery: Delivery) -> None:
         provider = self._provider(message.provider)
         try:
-            intent = await call_provider(
+            intent = await observe_provider_call(
                 provider, "retrieve_intent", lambda: provider.retrieve_intent(message.provider_payment_id)
             )
         except TransientGatewayError as exc:

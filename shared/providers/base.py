@@ -48,7 +48,6 @@ class ProviderIntent:
     currency: str
     checkout_url: str | None = None
     failure_code: str | None = None
-    raw_status: str = ""
 
 
 @dataclass(frozen=True)

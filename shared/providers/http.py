@@ -9,7 +9,7 @@ import aiohttp
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 
 
-async def call_provider(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+async def request_json(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     """One request; JSON answer on 2xx, TransientGatewayError on 5xx/429/network, Permanent on other 4xx."""
     try:
         async with session.request(method, url, **kwargs) as response:

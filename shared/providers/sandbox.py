@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared.events import PaymentStatus
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
-from shared.providers.http import call_provider
+from shared.providers.http import request_json
 
 # The sandbox's intent statuses mapped onto ours; anything else is unknown and refused loudly.
 SANDBOX_STATUS_MAP: dict[str, PaymentStatus] = {
@@ -92,7 +92,6 @@ class SandboxProvider(PaymentProvider):
                 currency=str(payload["currency"]),
                 checkout_url=payload.get("checkout_url"),
                 failure_code=payload.get("failure_code"),
-                raw_status=raw,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentGatewayError(f"the sandbox answered with something that is not an intent: {exc!r}") from None
@@ -109,7 +108,7 @@ class SandboxProvider(PaymentProvider):
             "expires_at": int(request.expires_at.timestamp()),
             "metadata": {**request.metadata, "payment_id": request.payment_id},
         }
-        payload = await call_provider(
+        payload = await request_json(
             self._client(),
             "POST",
             f"{self._base_url}/v1/intents",
@@ -119,11 +118,11 @@ class SandboxProvider(PaymentProvider):
         return self._intent(payload)
 
     async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
-        payload = await call_provider(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
+        payload = await request_json(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
         return self._intent(payload)
 
     async def find_intent(self, payment_id: str) -> ProviderIntent | None:
-        payload = await call_provider(
+        payload = await request_json(
             self._client(), "GET", f"{self._base_url}/v1/intents", params={"payment_id": payment_id}
         )
         found = payload.get("data")
@@ -136,7 +135,7 @@ class SandboxProvider(PaymentProvider):
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
         try:
-            payload = await call_provider(
+            payload = await request_json(
                 self._client(),
                 "POST",
                 f"{self._base_url}/v1/intents/{provider_payment_id}/cancel",

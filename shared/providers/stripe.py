@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared.events import PaymentStatus
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
-from shared.providers.http import call_provider
+from shared.providers.http import request_json
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -228,7 +229,6 @@ class StripeProvider(PaymentProvider):
             currency=session.currency.upper(),
             checkout_url=session.url,
             failure_code="expired" if status is PaymentStatus.EXPIRED else None,
-            raw_status=f"{session.status}/{session.payment_status}",
         )
 
     def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
@@ -255,7 +255,7 @@ class StripeProvider(PaymentProvider):
         }
 
     async def create_intent(self, request: IntentRequest) -> ProviderIntent:
-        payload = await call_provider(
+        payload = await request_json(
             self._client(),
             "POST",
             f"{self._base_url}/v1/checkout/sessions",
@@ -265,30 +265,22 @@ class StripeProvider(PaymentProvider):
         return self._intent(payload)
 
     async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
-        payload = await call_provider(self._client(), "GET", self._session_url(provider_payment_id))
+        payload = await request_json(self._client(), "GET", self._session_url(provider_payment_id))
         return self._intent(payload)
 
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
         try:
-            payload = await call_provider(self._client(), "POST", self._session_url(provider_payment_id, "/expire"))
+            payload = await request_json(self._client(), "POST", self._session_url(provider_payment_id, "/expire"))
         except PermanentGatewayError:
             # Only an open session can be expired: the truth is whatever the session now says (maybe paid).
-            payload = await call_provider(self._client(), "GET", self._session_url(provider_payment_id))
+            payload = await request_json(self._client(), "GET", self._session_url(provider_payment_id))
         intent = self._intent(payload)
         if intent.status is PaymentStatus.EXPIRED and reason == "canceled":
             # Stripe only knows "expired"; closed at the merchant's request it is, for us, CANCELED.
             # This holds on the fallback path too: a retried cancel finds the session our first call closed.
-            return ProviderIntent(
-                provider_payment_id=intent.provider_payment_id,
-                status=PaymentStatus.CANCELED,
-                amount=intent.amount,
-                currency=intent.currency,
-                checkout_url=intent.checkout_url,
-                failure_code=None,
-                raw_status=intent.raw_status,
-            )
+            return replace(intent, status=PaymentStatus.CANCELED, failure_code=None)
         return intent
 
     def webhook_secrets(self) -> Sequence[str]:

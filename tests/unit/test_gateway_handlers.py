@@ -63,7 +63,7 @@ class FakeProvider(PaymentProvider):
             intent_id = f"pi_{secrets.token_hex(6)}"
             url = None if self.checkout_url is None else self.checkout_url + intent_id
             self.intents[intent_id] = ProviderIntent(
-                intent_id, PaymentStatus.PENDING, request.amount, request.currency, checkout_url=url, raw_status="open"
+                intent_id, PaymentStatus.PENDING, request.amount, request.currency, checkout_url=url
             )
             self.by_payment[request.payment_id] = intent_id
         return self.intents[self.by_payment[request.payment_id]]

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
-from shared.providers.http import call_provider
+from shared.providers.http import request_json
 from tests.support.processes import free_port
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +36,7 @@ async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[str]]]:
 
 async def call(url: str, time_limit: float = 5.0) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=time_limit)) as session:
-        return await call_provider(session, "POST", url, json={})
+        return await request_json(session, "POST", url, json={})
 
 
 def status(code: int, body: str = '{"error": "x"}') -> Answer:
