@@ -40,9 +40,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: the project's throughput and latency beside the raw limits of this machine.
+## bench: the project's throughput, CPU, latency and memory beside the raw limits of this machine.
+## Options through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--seconds 5 --rate 100"` (see --help).
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

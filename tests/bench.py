@@ -1,13 +1,20 @@
-"""`make bench`: Paystream's throughput and latency beside the raw limits of the same machine, in one run.
+"""`make bench`: Paystream's throughput, CPU, latency and memory beside the raw limits of the same machine, in one run.
 
-Everything runs on this machine, against loopback only, each phase bounded in time:
+Everything runs on this machine, against loopback only, each phase bounded in time (`--seconds`):
   raw limits   PostgreSQL one-row commits/s, RabbitMQ confirmed persistent publishes/s to a quorum queue,
-               a bare aiohttp server's requests/s (the same client as below)
-  Paystream    POST /v1/payments answered (201) per second and latency, with every service running;
-               payments completed end to end (POST → sandbox autopay → webhook → ledger SUCCEEDED) per second
-               under that saturating load, and their creation-to-SUCCEEDED latency at a steady rate the
-               pipeline keeps up with (--rate, default 50 a second)
-Results are printed as a table and written to .bench/results.json.
+               a bare aiohttp server's requests/s (the same client and concurrency as below)
+  saturating   `--concurrency` clients POST /v1/payments (Prefer: wait=0) for `--seconds` with every service
+               running (sandbox on SANDBOX_AUTOPAY=succeed); the intake's 201s per second; then the backlog
+               drains: payments completed end to end (POST → sandbox → webhook → ledger SUCCEEDED) per second,
+               from the first payment's creation to the last one's completion; the CPU each process spent over
+               that whole span, per completed payment
+  steady       POSTs at a steady rate (`--rate`, default half the end-to-end rate just measured): the
+               created → SUCCEEDED latency a customer sees when the system is not overloaded
+  memory       every service's peak RSS (VmHWM) over the run
+
+The project's figures are printed as ratios against the raw PostgreSQL commits of the same run (the machine is
+shared and noisy; ratios of one run compare, absolute figures across runs do not), each with PASS/FAIL against
+the targets of issue 9. Results also go to .bench/results.json.
 """
 
 from __future__ import annotations
@@ -22,16 +29,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiohttp
 import asyncpg
+import psutil
 
 from tests.support.client import payment_body
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
 from tests.support.processes import ROOT, Stack, free_port, stack_environment
+
+# Issue 9's targets. Ratios are against raw PostgreSQL one-row commits per second measured in the same run.
+E2E_TARGET_RATIO = 0.08
+INTAKE_TARGET_RATIO = 0.30
+PATH_CPU_TARGET_MS = 3.0
+STEADY_P99_TARGET_MS = 250.0
+RSS_TARGET_MIB = 150.0
+# The services every payment passes through; their CPU per payment is summed against the target.
+PAYMENT_PATH = ("intake_api", "gateway_worker", "webhook_receiver", "ledger")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -134,6 +152,62 @@ async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
         await asyncio.wait_for(process.wait(), 10)
 
 
+# --- what each process spends -------------------------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB; its current RSS where the kernel does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except (OSError, psutil.Error):
+        return float("nan")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of the stack's processes, of the PostgreSQL backends serving its database, and of RabbitMQ."""
+
+    stack: Stack
+    database_url: str
+
+    async def _postgres_backends(self) -> list[int]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        return [r["pid"] for r in rows]
+
+    @staticmethod
+    def _rabbitmq() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("beam.smp", "beam")]
+
+    async def read(self) -> dict[str, float]:
+        """CPU seconds so far, by process group; PostgreSQL backends are remembered, so a backend that
+        closes between two readings keeps its last figure rather than vanishing."""
+        reading = {
+            name: _cpu_seconds(service.process.pid)
+            for name, service in self.stack.services.items()
+            if service.process is not None
+        }
+        backends = await self._postgres_backends()
+        reading["postgresql (this run's backends)"] = sum(_cpu_seconds(pid) for pid in backends)
+        reading["rabbitmq (whole node, shared)"] = sum(_cpu_seconds(pid) for pid in self._rabbitmq())
+        reading["bench client (this process)"] = _cpu_seconds(os.getpid())
+        return reading
+
+
 # --- Paystream ---------------------------------------------------------------------------------------
 async def _post_payment(session: aiohttp.ClientSession, stack: Stack, reference: str) -> bool:
     headers = {"Authorization": "Bearer sk_test_demo", "Prefer": "wait=0", "Idempotency-Key": secrets.token_hex(12)}
@@ -163,8 +237,8 @@ async def paced_posts(stack: Stack, seconds: float, rate: float) -> int:
     return sum(1 for r in results if r is True)
 
 
-async def completions(database_url: str, started_at: float, timeout: float, reference: str) -> dict[str, Any]:
-    """Wait until every payment made so far is final; latency of those with `reference`, by the ledger's clocks."""
+async def completions(database_url: str, timeout: float, reference: str) -> dict[str, Any]:
+    """Wait until every payment made so far is final; the rate and latency of those with `reference`."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout
@@ -177,80 +251,140 @@ async def completions(database_url: str, started_at: float, timeout: float, refe
             assert counts is not None
             if (counts["pending"] == 0 and counts["total"] == intake_total) or time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
         rows = await conn.fetch(
             "SELECT extract(epoch FROM completed_at - created_at) AS seconds, created_at, completed_at"
             " FROM ledger.payment_requests WHERE status = 'SUCCEEDED' AND reference = $1",
             reference,
         )
-        other = await conn.fetchval(
-            "SELECT count(*) FROM ledger.payment_requests WHERE status <> 'SUCCEEDED' AND reference = $1", reference
+        unfinished = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM intake.payments WHERE request->>'reference' = $1)"
+            " - (SELECT count(*) FROM ledger.payment_requests WHERE status = 'SUCCEEDED' AND reference = $1)",
+            reference,
         )
     finally:
         await conn.close()
     if not rows:
-        return {"ops": 0, "errors": other, "per_second": 0.0, **percentiles([])}
+        return {"ops": 0, "errors": unfinished, "per_second": 0.0, **percentiles([])}
     span = (max(r["completed_at"] for r in rows) - min(r["created_at"] for r in rows)).total_seconds()
-    drain = time.monotonic() - started_at
     return {
         "ops": len(rows),
-        "errors": other,
+        "errors": unfinished,
         "per_second": len(rows) / span if span > 0 else float("nan"),
-        "drain_seconds": drain,
+        "span_seconds": span,
         **percentiles([float(r["seconds"]) for r in rows]),
     }
 
 
-SATURATED = "paystream: created → SUCCEEDED, saturating POSTs (autopay)"
+# --- report ------------------------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def report(results: dict[str, Any]) -> list[str]:
+    phases = results["phases"]
+    raw_pg = phases["raw: PostgreSQL one-row INSERT commits"]["per_second"]
     lines = [f"{'measurement':58} {'ops':>7} {'err':>5} {'per s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
-    for name, r in results.items():
+    for name, r in phases.items():
         lines.append(
             f"{name:58} {r['ops']:>7} {r['errors']:>5} {r['per_second']:>9.1f} {r['p50_ms']:>8.1f}"
             f" {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f}"
         )
-    return "\n".join(lines)
+    e2e = phases[SATURATED]["per_second"]
+    intake = phases[INTAKE]["per_second"]
+    steady = phases[results["steady_phase"]]
+    lines += ["", "CPU per completed payment over the saturating phase (ms of CPU / payment):"]
+    cpu = results["cpu_ms_per_payment"]
+    for name, ms in cpu.items():
+        marker = "  (payment path)" if name in PAYMENT_PATH else ""
+        lines.append(f"  {name:40} {ms:8.3f}{marker}")
+    path_cpu = sum(cpu.get(name, 0.0) for name in PAYMENT_PATH)
+    lines.append(f"  {'payment path total':40} {path_cpu:8.3f}")
+    lines += ["", "peak RSS per service (MiB):"]
+    for name, mib in results["peak_rss_mib"].items():
+        lines.append(f"  {name:40} {mib:8.1f}")
+    worst_rss = max(results["peak_rss_mib"].values())
+    lines += [
+        "",
+        f"targets (ratios against raw PostgreSQL commits/s = {raw_pg:.0f}):",
+        f"  {verdict(e2e >= E2E_TARGET_RATIO * raw_pg)}  end to end      {e2e:8.1f}/s = {e2e / raw_pg:6.1%}"
+        f"  (target >= {E2E_TARGET_RATIO:.0%})",
+        f"  {verdict(intake >= INTAKE_TARGET_RATIO * raw_pg)}  intake 201s     {intake:8.1f}/s = {intake / raw_pg:6.1%}"
+        f"  (target >= {INTAKE_TARGET_RATIO:.0%})",
+        f"  {verdict(path_cpu <= PATH_CPU_TARGET_MS)}  path CPU        {path_cpu:8.3f} ms/payment"
+        f"  (target <= {PATH_CPU_TARGET_MS:g} ms)",
+        f"  {verdict(steady['p99_ms'] <= STEADY_P99_TARGET_MS and steady['errors'] == 0)}  steady p99      "
+        f"{steady['p99_ms']:8.1f} ms at {results['steady_rate']:.0f}/s, p50 {steady['p50_ms']:.1f} ms"
+        f"  (target <= {STEADY_P99_TARGET_MS:g} ms)",
+        f"  {verdict(worst_rss <= RSS_TARGET_MIB)}  peak RSS        {worst_rss:8.1f} MiB, the largest service"
+        f"  (target <= {RSS_TARGET_MIB:g} MiB)",
+    ]
+    return lines
 
 
-async def main(seconds: float, concurrency: int, rate: float) -> None:
+INTAKE = "paystream: POST /v1/payments → 201 (Prefer: wait=0)"
+SATURATED = "paystream: completed end to end (autopay), saturating"
+
+
+async def main(seconds: float, concurrency: int, rate: float | None, drain_timeout: float) -> None:
     servers = find_servers()
-    results: dict[str, dict[str, Any]] = {}
-    print(f"paystream bench: {os.cpu_count()} cores, {seconds:g} s a phase, concurrency {concurrency}", flush=True)
+    phases: dict[str, dict[str, Any]] = {}
+    load = os.getloadavg()
+    print(
+        f"paystream bench: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f},"
+        f" {seconds:g} s a phase, concurrency {concurrency}",
+        flush=True,
+    )
 
-    results["raw: PostgreSQL one-row INSERT commits"] = await postgres_commits(
+    phases["raw: PostgreSQL one-row INSERT commits"] = await postgres_commits(
         servers.database_url, seconds, concurrency
     )
-    results["raw: RabbitMQ confirmed persistent publishes (quorum)"] = await rabbitmq_confirms(
+    phases["raw: RabbitMQ confirmed persistent publishes (quorum)"] = await rabbitmq_confirms(
         servers.amqp_url, seconds, concurrency
     )
-    results["raw: bare aiohttp POST (same client)"] = await bare_http(seconds, concurrency)
+    phases["raw: bare aiohttp POST (same client)"] = await bare_http(seconds, concurrency)
+    print("raw limits measured; starting the services", flush=True)
 
     database_url = await create_database(servers.database_url, migrations=())
     namespace = unique_name("psbench")
     env = stack_environment(database_url, servers.amqp_url, namespace, SANDBOX_AUTOPAY="succeed", LOG_LEVEL="WARNING")
     stack = Stack(env, Path(tempfile.mkdtemp(prefix="paystream-bench-")))
+    results: dict[str, Any] = {"phases": phases, "load_average": load, "seconds": seconds, "concurrency": concurrency}
     try:
         await stack.start()
-        started = time.monotonic()
-        results["paystream: POST /v1/payments → 201 (Prefer: wait=0)"] = await intake_posts(stack, seconds, concurrency)
-        results[SATURATED] = await completions(database_url, started, timeout=180, reference="saturate")
-        started = time.monotonic()
-        made = await paced_posts(stack, seconds, rate)
-        paced = await completions(database_url, started, timeout=60, reference="paced")
-        paced["errors"] += int(seconds * rate) - made
-        results[f"paystream: created → SUCCEEDED at a steady {rate:g} payments/s"] = paced
+        meter = CpuMeter(stack, database_url)
+        before = await meter.read()
+        phases[INTAKE] = await intake_posts(stack, seconds, concurrency)
+        phases[SATURATED] = await completions(database_url, drain_timeout, reference="saturate")
+        after = await meter.read()
+        completed = max(1, phases[SATURATED]["ops"])
+        results["cpu_ms_per_payment"] = {
+            name: (after[name] - before.get(name, 0.0)) * 1000 / completed for name in after
+        }
+        print("saturating phase done; steady phase", flush=True)
+
+        steady_rate = rate or max(1.0, phases[SATURATED]["per_second"] / 2)
+        made = await paced_posts(stack, seconds, steady_rate)
+        steady_name = f"paystream: created → SUCCEEDED at a steady {steady_rate:.0f}/s"
+        phases[steady_name] = await completions(database_url, drain_timeout, reference="paced")
+        phases[steady_name]["errors"] += int(seconds * steady_rate) - made
+        results["steady_phase"], results["steady_rate"] = steady_name, steady_rate
+        results["peak_rss_mib"] = {
+            name: peak_rss_mib(service.process.pid) for name, service in stack.services.items() if service.process
+        }
     finally:
         stack.stop()
         await delete_namespace(servers.amqp_url, namespace)
         await drop_database(database_url)
         servers.stop()
 
-    print(table(results))
-    drain = results[SATURATED].get("drain_seconds")
-    if drain is not None:
-        print(f"every payment of the saturating POST phase was SUCCEEDED {drain:.1f} s after the phase began")
+    print("\n".join(report(results)))
+    span = phases[SATURATED].get("span_seconds")
+    if span is not None:
+        print(
+            f"the saturating phase's {phases[SATURATED]['ops']} payments were SUCCEEDED"
+            f" within {span:.1f} s of the first one's creation"
+        )
     out = ROOT / ".bench"
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -258,9 +392,17 @@ async def main(seconds: float, concurrency: int, rate: float) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=50.0, help="payments a second in the steady phase")
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="payments a second in the steady phase (default: half the end-to-end rate)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=180.0, help="how long to wait for a backlog to complete (default 180)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.concurrency, args.rate))
+    asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout))
