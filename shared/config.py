@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     sandbox_autopay: Literal["succeed", "fail"] | None = None
     sandbox_webhook_retry_base_seconds: float = Field(default=1.0, gt=0)
     sandbox_webhook_max_attempts: int = Field(default=10, ge=8)
+    # The sandbox takes fault-injection orders and test cards: it listens on loopback unless opened on purpose.
+    sandbox_host: str = "127.0.0.1"
+    # Bearer token of /_sandbox/* (fault injection); unset, those endpoints are refused.
+    sandbox_admin_token: SecretStr | None = None
     stripe_api_key: SecretStr | None = None
     stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] | None = None
     stripe_api_base: str = "https://api.stripe.com"
@@ -113,7 +117,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("sandbox_autopay", "stripe_api_key", mode="before")
+    @field_validator("sandbox_autopay", "stripe_api_key", "sandbox_admin_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v

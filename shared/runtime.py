@@ -30,8 +30,13 @@ TRACE_NAMES = {
 }
 
 
-def run_service(name: str, build_app: Callable[[Settings], web.Application], port: Callable[[Settings], int]) -> None:
-    """Run one service in the foreground; every service's `__main__` is this one call."""
+def run_service(
+    name: str,
+    build_app: Callable[[Settings], web.Application],
+    port: Callable[[Settings], int],
+    host: Callable[[Settings], str] = lambda settings: settings.http_host,
+) -> None:
+    """Run one service in the foreground, listening on `host(settings)` (HTTP_HOST unless the service says)."""
     settings = load_settings()
     configure_logging(TRACE_NAMES[name], fmt=settings.log_format, level=settings.log_level)
     configure_tracing(TRACE_NAMES[name], settings.otel_exporter_otlp_endpoint)
@@ -42,7 +47,7 @@ def run_service(name: str, build_app: Callable[[Settings], web.Application], por
     try:
         web.run_app(
             app,
-            host=settings.http_host,
+            host=host(settings),
             port=listen_port,
             shutdown_timeout=5,
             print=None,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from services.sandbox_gateway.cards import check_card_simulation
@@ -26,6 +29,40 @@ from shared.web import Problem
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_BODY_BYTES = 64 * 1024
+ADMIN_PREFIX = "/_sandbox/"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def admin_guard(token: str | None) -> Middleware:
+    """Guard /_sandbox/* (fault injection) with `Authorization: Bearer <SANDBOX_ADMIN_TOKEN>`.
+
+    Without a configured token those endpoints are refused: a sandbox reachable by others must not take orders
+    to break itself from anyone.
+    """
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(ADMIN_PREFIX):
+            return await handler(request)
+        if token is None:
+            raise Problem(
+                403,
+                "sandbox-admin-disabled",
+                "Fault injection is switched off: start the sandbox with SANDBOX_ADMIN_TOKEN set, then send "
+                "Authorization: Bearer <that token>.",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(
+                401,
+                "unauthorized",
+                "Send Authorization: Bearer <SANDBOX_ADMIN_TOKEN> to use /_sandbox/ endpoints.",
+                headers={"WWW-Authenticate": 'Bearer realm="paystream-sandbox"'},
+            )
+        return await handler(request)
+
+    return guard
 
 
 def _absolute_http_url(value: str | None) -> str | None:

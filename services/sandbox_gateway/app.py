@@ -29,6 +29,8 @@ def create_app(
 ) -> web.Application:
     """The sandbox gateway; `rng` and `tracer` let tests make faults reproducible and observe spans."""
     app = create_base_app(client_max_size=api.MAX_BODY_BYTES)
+    admin_token = settings.sandbox_admin_token
+    app.middlewares.append(api.admin_guard(admin_token.get_secret_value() if admin_token else None))
     chance = rng or random.Random()
     webhooks = WebhookSender(
         settings.sandbox_webhook_url,

@@ -36,7 +36,9 @@ async def expiring_stack(servers: Servers, tmp_path_factory: pytest.TempPathFact
         ) as stack,
         aiohttp.ClientSession() as http,
         http.post(
-            f"{stack.url('sandbox_gateway')}/_sandbox/faults", json={"webhook_delay_seconds": WEBHOOK_DELAY_SECONDS}
+            f"{stack.url('sandbox_gateway')}/_sandbox/faults",
+            json={"webhook_delay_seconds": WEBHOOK_DELAY_SECONDS},
+            headers=stack.sandbox_admin_headers,
         ) as response,
     ):
         assert response.status == 200, await response.text()

@@ -39,7 +39,9 @@ async def http(faulty_stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
         # Whatever a test injected stops with it.
-        async with session.delete(f"{faulty_stack.url('sandbox_gateway')}/_sandbox/faults") as response:
+        async with session.delete(
+            f"{faulty_stack.url('sandbox_gateway')}/_sandbox/faults", headers=faulty_stack.sandbox_admin_headers
+        ) as response:
             assert response.status == 200
 
 
@@ -49,7 +51,9 @@ def intake(faulty_stack: Stack, http: aiohttp.ClientSession) -> IntakeClient:
 
 
 async def set_faults(http: aiohttp.ClientSession, stack: Stack, **faults: Any) -> None:
-    async with http.post(f"{stack.url('sandbox_gateway')}/_sandbox/faults", json=faults) as response:
+    async with http.post(
+        f"{stack.url('sandbox_gateway')}/_sandbox/faults", json=faults, headers=stack.sandbox_admin_headers
+    ) as response:
         assert response.status == 200, await response.text()
 
 
@@ -99,8 +103,10 @@ async def test_a_gateway_worker_killed_between_the_provider_call_and_the_ack_lea
     assert not intent_created_logged(worker.log_text(), payment["id"]), "the worker got its answer before the kill"
     assert (await intake.get(payment["id"]))["checkout_url"] is None
 
-    async with http.delete(f"{faulty_stack.url('sandbox_gateway')}/_sandbox/faults"):
-        pass
+    async with http.delete(
+        f"{faulty_stack.url('sandbox_gateway')}/_sandbox/faults", headers=faulty_stack.sandbox_admin_headers
+    ) as response:
+        assert response.status == 200
     worker.start()
     await worker.wait_ready()
     checkout_url = await intake.checkout_url(payment["id"])

@@ -29,6 +29,8 @@ from shared.events import PaymentStatus
 from shared.providers.base import IntentRequest
 from shared.providers.sandbox import SandboxProvider
 
+ADMIN_TOKEN = "sandbox-admin-test-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SECRET = "whsec_sandbox_test"
 FUTURE_EXPIRY = f"12/{(date.today().year + 3) % 100:02d}"
 
@@ -95,6 +97,7 @@ async def start_sandbox(webhook_target: WebhookTarget) -> AsyncIterator[StartSan
             "sandbox_webhook_secret": f"{SECRET},whsec_previous",
             "sandbox_webhook_retry_base_seconds": 0.05,
             "sandbox_autopay": None,
+            "sandbox_admin_token": ADMIN_TOKEN,
             **overrides,
         }
         settings = Settings(_env_file=None, **settings_fields)  # type: ignore[call-arg]
@@ -575,14 +578,14 @@ async def test_paying_an_expired_intent_shows_409(sandbox: TestClient) -> None:
 
 
 async def test_faults_are_merged_shown_and_cleared(sandbox: TestClient) -> None:
-    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 0.5})
-    merged = await (await sandbox.post("/_sandbox/faults", json={"webhook_shuffle": True})).json()
-    shown = await (await sandbox.get("/_sandbox/faults")).json()
-    cleared = await sandbox.delete("/_sandbox/faults")
+    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 0.5}, headers=ADMIN)
+    merged = await (await sandbox.post("/_sandbox/faults", json={"webhook_shuffle": True}, headers=ADMIN)).json()
+    shown = await (await sandbox.get("/_sandbox/faults", headers=ADMIN)).json()
+    cleared = await sandbox.delete("/_sandbox/faults", headers=ADMIN)
     assert merged == shown
     assert (shown["webhook_duplicate_rate"], shown["webhook_shuffle"]) == (0.5, True)
     assert cleared.status == 200
-    assert await (await sandbox.get("/_sandbox/faults")).json() == {
+    assert await (await sandbox.get("/_sandbox/faults", headers=ADMIN)).json() == {
         "create_intent_error_rate": 0.0,
         "create_intent_delay_seconds": 0.0,
         "webhook_duplicate_rate": 0.0,
@@ -596,7 +599,7 @@ async def test_faults_are_merged_shown_and_cleared(sandbox: TestClient) -> None:
     [{"create_intent_error_rate": 1.5}, {"webhook_delay_seconds": -1}, {"webhook_shuffle": "yes"}, {"latency": 1}],
 )
 async def test_invalid_faults_are_a_422_problem(sandbox: TestClient, faults: dict[str, Any]) -> None:
-    response = await sandbox.post("/_sandbox/faults", json=faults)
+    response = await sandbox.post("/_sandbox/faults", json=faults, headers=ADMIN)
     assert response.status == 422
     assert response.content_type == "application/problem+json"
 
@@ -605,13 +608,13 @@ async def test_create_errors_fail_before_and_after_storing_so_a_retry_gets_the_s
     start_sandbox: StartSandbox,
 ) -> None:
     sandbox = await start_sandbox(rng=random.Random(20261123))
-    await sandbox.post("/_sandbox/faults", json={"create_intent_error_rate": 1.0})
+    await sandbox.post("/_sandbox/faults", json={"create_intent_error_rate": 1.0}, headers=ADMIN)
     bodies = {f"k-fault-{n}": intent_body() for n in range(12)}
     for key, body in bodies.items():
         response = await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": key})
         assert response.status == 500
         assert response.content_type == "application/problem+json"
-    await sandbox.delete("/_sandbox/faults")
+    await sandbox.delete("/_sandbox/faults", headers=ADMIN)
     retries = [
         (await sandbox.post("/v1/intents", json=body, headers={"Idempotency-Key": key})).status
         for key, body in bodies.items()
@@ -623,7 +626,7 @@ async def test_create_errors_fail_before_and_after_storing_so_a_retry_gets_the_s
 async def test_the_duplicate_fault_delivers_the_same_event_twice(
     sandbox: TestClient, webhook_target: WebhookTarget
 ) -> None:
-    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 1.0})
+    await sandbox.post("/_sandbox/faults", json={"webhook_duplicate_rate": 1.0}, headers=ADMIN)
     intent = await create_intent(sandbox)
     await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
     first, second = await eventually(lambda: webhook_target.received if len(webhook_target.received) == 2 else [])
@@ -633,9 +636,41 @@ async def test_the_duplicate_fault_delivers_the_same_event_twice(
 
 
 async def test_the_delay_fault_holds_back_the_first_attempt(sandbox: TestClient, webhook_target: WebhookTarget) -> None:
-    await sandbox.post("/_sandbox/faults", json={"webhook_delay_seconds": 0.4})
+    await sandbox.post("/_sandbox/faults", json={"webhook_delay_seconds": 0.4}, headers=ADMIN)
     intent = await create_intent(sandbox)
     paid_at = time.monotonic()
     await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242424242424242"})
     [delivery] = await eventually(lambda: webhook_target.received)
     assert delivery.received_at - paid_at >= 0.4
+
+
+# --- who may inject faults ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {ADMIN_TOKEN}", "Bearer"])
+async def test_fault_endpoints_refuse_a_request_without_the_admin_token(
+    sandbox: TestClient, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    for method in ("GET", "POST", "DELETE"):
+        response = await sandbox.request(
+            method, "/_sandbox/faults", json={"create_intent_error_rate": 1.0}, headers=headers
+        )
+        assert response.status == 401, method
+        assert response.content_type == "application/problem+json"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert ADMIN_TOKEN not in await response.text()
+    shown = await (await sandbox.get("/_sandbox/faults", headers=ADMIN)).json()
+    assert shown["create_intent_error_rate"] == 0.0
+
+
+async def test_without_a_configured_admin_token_fault_injection_is_switched_off(start_sandbox: StartSandbox) -> None:
+    sandbox = await start_sandbox(sandbox_admin_token=None)
+    response = await sandbox.post("/_sandbox/faults", json={"webhook_delay_seconds": 5}, headers=ADMIN)
+    assert response.status == 403
+    problem = await response.json()
+    assert problem["type"].endswith("/sandbox-admin-disabled")
+    assert "SANDBOX_ADMIN_TOKEN" in problem["detail"]
+    # The hosted page and the intents API need no token.
+    intent = await create_intent(sandbox)
+    assert (await sandbox.get(f"/pay/{intent['id']}")).status == 200

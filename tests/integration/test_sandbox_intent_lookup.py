@@ -17,10 +17,17 @@ from shared.events import PaymentStatus
 from shared.providers.base import ProviderIntent
 from shared.providers.sandbox import SandboxProvider
 
+ADMIN_TOKEN = "sandbox-admin-test-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[TestClient]:
-    settings = Settings(_env_file=None, sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox")  # type: ignore[call-arg]
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox",
+        sandbox_admin_token=ADMIN_TOKEN,
+    )
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     yield client
@@ -79,7 +86,7 @@ async def test_listing_without_a_payment_id_is_a_400_problem(sandbox: TestClient
 
 
 async def test_the_create_delay_fault_stores_the_intent_before_answering(sandbox: TestClient) -> None:
-    await sandbox.post("/_sandbox/faults", json={"create_intent_delay_seconds": 30})
+    await sandbox.post("/_sandbox/faults", json={"create_intent_delay_seconds": 30}, headers=ADMIN)
     payment_id = f"pay_{uuid.uuid4().hex}"
     answer = asyncio.create_task(create(sandbox, payment_id))
     try:
@@ -93,7 +100,7 @@ async def test_the_create_delay_fault_stores_the_intent_before_answering(sandbox
 
 
 async def test_a_negative_create_delay_is_a_422_problem(sandbox: TestClient) -> None:
-    response = await sandbox.post("/_sandbox/faults", json={"create_intent_delay_seconds": -1})
+    response = await sandbox.post("/_sandbox/faults", json={"create_intent_delay_seconds": -1}, headers=ADMIN)
     assert response.status == 422
 
 

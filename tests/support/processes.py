@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -75,6 +76,8 @@ def stack_environment(database_url: str, amqp_url: str, namespace: str, **overri
         "SANDBOX_PUBLIC_URL": f"http://127.0.0.1:{ports['sandbox_gateway']}",
         "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ports['webhook_receiver']}/webhooks/sandbox",
         "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        # /_sandbox/* (fault injection) answers only with this token: see Stack.sandbox_admin_headers.
+        "SANDBOX_ADMIN_TOKEN": "sbx_admin_" + secrets.token_hex(12),
         "INTAKE_URL": f"http://127.0.0.1:{ports['intake_api']}",
         "STOREFRONT_PUBLIC_URL": f"http://127.0.0.1:{ports['storefront']}",
         "GATEWAY_RETRY_BASE_SECONDS": "0.2",
@@ -167,6 +170,11 @@ class Stack:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.env[PORT_VARIABLES[name]]}"
+
+    @property
+    def sandbox_admin_headers(self) -> dict[str, str]:
+        """What a request to the sandbox's /_sandbox/* endpoints (fault injection) must carry."""
+        return {"Authorization": f"Bearer {self.env['SANDBOX_ADMIN_TOKEN']}"}
 
     async def start(self) -> None:
         for service in self.services.values():
