@@ -23,7 +23,8 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "paystream.json"
 RUNBOOKS = ROOT / "docs" / "runbooks"
-RUNBOOK_BASE = "https://github.com/your-org/paystream/blob/main/docs/runbooks/"
+# The base URL is a deploy-time setting: the external label of prometheus.yml (see test_runbook_links.py).
+RUNBOOK_BASE = "{{ $externalLabels.runbook_base_url }}/"
 
 # Words of PromQL that look like metric names but are not.
 _PROMQL_KEYWORDS = set("by without on ignoring group_left group_right and or unless bool offset inf nan".split())
