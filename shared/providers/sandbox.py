@@ -157,7 +157,8 @@ class SandboxProvider(PaymentProvider):
             raise InvalidWebhookError(f"not a sandbox event: {detail}") from None
         status = SANDBOX_EVENT_TYPES.get(event.type)
         if status is None:
-            raise InvalidWebhookError(f"unknown event type {event.type!r}")
+            # As with every adapter: a type we do not act on is acknowledged, so the provider stops resending it.
+            return None
         obj = event.data.object
         if SANDBOX_STATUS_MAP.get(obj.status) is not status:
             raise InvalidWebhookError(f"event type {event.type!r} contradicts object status {obj.status!r}")

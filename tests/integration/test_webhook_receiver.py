@@ -105,7 +105,6 @@ def bad_webhook(case: str) -> tuple[bytes, dict[str, str]]:
     invalid_bodies = {
         "signed-malformed-json": b'{"id": "evt_1", "type": ',
         "signed-json-not-an-object": b"[1, 2, 3]",
-        "signed-unknown-event-type": encode(sandbox_event("pay_x", event_type="payment.refunded")),
         "signed-type-contradicting-status": encode(sandbox_event("pay_x", status="failed")),
         "signed-without-payment-id": encode(sandbox_event("pay_x", metadata={})),
         "signed-amount-not-an-integer": encode(sandbox_event("pay_x", amount="19.99")),
@@ -128,7 +127,6 @@ BAD_CASES = (
     "tampered-body",
     "signed-malformed-json",
     "signed-json-not-an-object",
-    "signed-unknown-event-type",
     "signed-type-contradicting-status",
     "signed-without-payment-id",
     "signed-amount-not-an-integer",
@@ -169,6 +167,19 @@ async def test_a_valid_webhook_is_on_the_broker_as_a_status_change_before_the_20
         1999,
         "USD",
     )
+
+
+async def test_a_signed_event_of_a_type_we_do_not_act_on_is_acknowledged_and_nothing_is_published(
+    receiver: TestClient, ledger_queue: LedgerQueue
+) -> None:
+    body = encode(sandbox_event("pay_x", event_type="payment.refunded"))
+
+    status, answer = await post(receiver, body, signed(body, CURRENT))
+
+    assert (status, answer["outcome"]) == (200, "ignored"), answer
+    marker = await post_marker(receiver)
+    assert str((await ledger_queue.next()).id) == marker
+    assert await ledger_queue.take() is None
 
 
 async def test_a_webhook_signed_with_the_second_secret_of_the_rotation_is_accepted(
