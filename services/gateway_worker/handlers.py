@@ -25,7 +25,7 @@ from shared.events import (
     deterministic_event_id,
 )
 from shared.logs import get_logger
-from shared.metrics import GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
+from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 
@@ -110,6 +110,17 @@ class GatewayHandlers:
         except PermanentGatewayError as exc:
             await self._intent_failed(envelope, provider.name, str(exc))
             return
+        if (intent.amount, intent.currency.upper()) != (message.amount, message.currency.upper()):
+            # An intent for another sum must never reach the customer: the payment fails, for review.
+            AMOUNT_MISMATCHES.inc()
+            await self._intent_failed(
+                envelope,
+                provider.name,
+                f"the provider opened the intent for {intent.amount} {intent.currency}, "
+                f"not {message.amount} {message.currency}",
+                failure_code="amount_mismatch",
+            )
+            return
         if not intent.checkout_url:
             await self._intent_failed(envelope, provider.name, "provider returned no checkout URL")
             return
@@ -126,9 +137,11 @@ class GatewayHandlers:
         )
         log.info("intent created", provider_payment_id=intent.provider_payment_id)
 
-    async def _intent_failed(self, envelope: Envelope, provider: str, reason: str) -> None:
-        log.warning("intent could not be created", reason=reason)
-        failed = PaymentIntentFailed(provider=provider, reason=reason[:500])
+    async def _intent_failed(
+        self, envelope: Envelope, provider: str, reason: str, *, failure_code: str = "gateway_error"
+    ) -> None:
+        log.warning("intent could not be created", reason=reason, failure_code=failure_code)
+        failed = PaymentIntentFailed(provider=provider, failure_code=failure_code, reason=reason[:500])
         await self.publish(
             Envelope.wrap(
                 failed,

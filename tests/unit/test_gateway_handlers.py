@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.gateway_worker.handlers import GatewayHandlers
 from shared.broker import Delivery, PoisonMessage, RetryLater
@@ -25,8 +24,9 @@ from shared.events import (
     ReconcilePayment,
     Source,
 )
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.base import ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from tests.fakes.provider import FakeProvider
 
 FIRST = Delivery(
     attempt=1,
@@ -35,72 +35,6 @@ FIRST = Delivery(
     trace_headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
 )
 LAST = Delivery(attempt=5, max_attempts=5, redelivered=False)
-
-
-class FakeProvider(PaymentProvider):
-    """An in-memory provider: intents keyed by payment id (its idempotency key), errors on demand."""
-
-    signature_header_name = "X-Fake-Signature"
-
-    def __init__(self, name: str = "fake") -> None:
-        self.name = name
-        self.intents: dict[str, ProviderIntent] = {}
-        self.by_payment: dict[str, str] = {}
-        self.requests: list[IntentRequest] = []
-        self.cancels: list[tuple[str, str]] = []
-        self.lookups: list[str] = []
-        self.error: Exception | None = None
-        self.checkout_url: str | None = "https://fake.example/pay/"
-
-    def _raise_if_failing(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    async def create_intent(self, request: IntentRequest) -> ProviderIntent:
-        self.requests.append(request)
-        self._raise_if_failing()
-        if request.payment_id not in self.by_payment:
-            intent_id = f"pi_{secrets.token_hex(6)}"
-            url = None if self.checkout_url is None else self.checkout_url + intent_id
-            self.intents[intent_id] = ProviderIntent(
-                intent_id, PaymentStatus.PENDING, request.amount, request.currency, checkout_url=url
-            )
-            self.by_payment[request.payment_id] = intent_id
-        return self.intents[self.by_payment[request.payment_id]]
-
-    async def find_intent(self, payment_id: str) -> ProviderIntent | None:
-        self.lookups.append(payment_id)
-        self._raise_if_failing()
-        intent_id = self.by_payment.get(payment_id)
-        return None if intent_id is None else self.intents[intent_id]
-
-    async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
-        self._raise_if_failing()
-        return self.intents[provider_payment_id]
-
-    async def cancel_intent(
-        self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
-    ) -> ProviderIntent:
-        self.cancels.append((provider_payment_id, reason))
-        self._raise_if_failing()
-        intent = self.intents[provider_payment_id]
-        if intent.status is PaymentStatus.PENDING:
-            closed = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
-            intent = replace(intent, status=closed, failure_code="expired" if reason == "expired" else None)
-            self.intents[provider_payment_id] = intent
-        return intent
-
-    def settle(self, provider_payment_id: str, status: PaymentStatus, failure_code: str | None = None) -> None:
-        """The customer paid (or was declined) on the provider's page."""
-        self.intents[provider_payment_id] = replace(
-            self.intents[provider_payment_id], status=status, failure_code=failure_code
-        )
-
-    def webhook_secrets(self) -> Sequence[str]:
-        return []
-
-    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
-        return None
 
 
 @pytest.fixture
@@ -234,6 +168,31 @@ async def test_an_intent_without_a_checkout_url_fails_the_intent(
     await handlers(requested(), FIRST)
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
+
+
+@pytest.mark.parametrize("echo", [(1998, "USD"), (1999, "EUR")], ids=["amount", "currency"])
+async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amount_mismatch_and_is_counted(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope], echo: tuple[int, str]
+) -> None:
+    provider.echo = echo
+    before = REGISTRY.get_sample_value("paystream_amount_mismatches_total") or 0.0
+
+    await handlers(requested(), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+    assert message.failure_code == "amount_mismatch"
+    assert f"{echo[0]} {echo[1]}" in message.reason
+    assert REGISTRY.get_sample_value("paystream_amount_mismatches_total") == before + 1
+
+
+async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
+    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+) -> None:
+    provider.echo = (1999, "usd")
+    await handlers(requested(), FIRST)
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentCreated)
 
 
 # --- cancel and expiration due: ask the provider, publish what it says ------------------------------------
