@@ -7,6 +7,7 @@ the adapter, so a test that passes proves the adapter against the format, not ag
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import hmac
@@ -107,11 +108,24 @@ class StripeFake:
     requests: list[RecordedRequest] = field(default_factory=list)
     _idempotent: dict[str, tuple[list[tuple[str, str]], int, dict[str, Any]]] = field(default_factory=dict)
     _failures: list[int] = field(default_factory=list)
+    # While set, every request waits for it before being answered: a Stripe that does not answer in time.
+    _stalled: asyncio.Event | None = None
 
     # --- controls for tests -------------------------------------------------------------------
     def fail_next(self, count: int, status: int = 500) -> None:
         """The next `count` requests answer `status` unprocessed (leaving no idempotent result)."""
         self._failures.extend([status] * count)
+
+    def stall(self) -> None:
+        """Requests from now on get no answer until `heal()`."""
+        self._stalled = asyncio.Event()
+
+    def heal(self) -> None:
+        """Answer normally again: pending failures are dropped, stalled requests go on."""
+        self._failures.clear()
+        if self._stalled is not None:
+            self._stalled.set()
+            self._stalled = None
 
     def complete_session(self, session_id: str, payment_status: str = "paid") -> dict[str, Any]:
         """The customer finished Checkout: paid at once, or `unpaid` while an async method settles."""
@@ -175,6 +189,8 @@ class StripeFake:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         form = await _form(request)
         self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), form))
+        if self._stalled is not None:
+            await self._stalled.wait()
         try:
             if self._failures:
                 status = self._failures.pop(0)

@@ -1,0 +1,407 @@
+"""One contract, every provider adapter: what the gateway_worker and the webhook_receiver rely on of any provider.
+
+`ProviderContract` holds the tests; each subclass supplies a `harness` that plays the provider's side:
+- the sandbox adapter against a real sandbox_gateway process (webhooks caught by a local receiver),
+- the Stripe adapter against the wire-format fake of Stripe (tests/fakes/stripe_fake.py),
+- the unit tests' FakeProvider (tests/fakes/provider.py), so the fake the handlers are tested with behaves the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from shared.events import PaymentStatus
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, signature_header
+from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
+from shared.providers.sandbox import SandboxProvider
+from shared.providers.stripe import StripeProvider
+from tests.fakes.provider import FakeProvider
+from tests.fakes.stripe_fake import StripeFake
+from tests.support.processes import ServiceProcess, eventually, free_port
+
+# Short enough that the timeout tests are quick, long enough for an answer on a busy machine.
+ADAPTER_TIMEOUT_SECONDS = 3.0
+SANDBOX_SECRET = "whsec_contract_sandbox"
+
+
+class ProviderHarness(ABC):
+    """The provider's side of the contract tests: its customers, its faults and its webhooks."""
+
+    provider: PaymentProvider
+
+    @abstractmethod
+    async def pay(self, intent: ProviderIntent) -> None:
+        """The customer pays the intent on the provider's page."""
+
+    @abstractmethod
+    async def intents_for(self, payment_id: str) -> int:
+        """How many intents the provider holds for our payment id."""
+
+    @abstractmethod
+    def server_errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While inside, the provider answers create requests with a 5xx."""
+
+    @abstractmethod
+    def stalled(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While inside, the provider does not answer within the adapter's timeout."""
+
+    @abstractmethod
+    async def webhook_of_payment(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        """The signed webhook the provider sends once the intent is paid (body, headers)."""
+
+    @abstractmethod
+    async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        """A correctly signed event of a type no adapter acts on (a refund, a customer update...)."""
+
+
+def intent_request(**overrides: Any) -> IntentRequest:
+    fields: dict[str, Any] = {
+        "payment_id": f"pay_{secrets.token_hex(8)}",
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "return_url": "https://shop.example/orders/42",
+        "cancel_url": "https://shop.example/cart",
+        "expires_at": datetime.now(UTC) + timedelta(minutes=45),
+        "description": "2 books",
+    }
+    fields.update(overrides)
+    return IntentRequest(**fields)
+
+
+class ProviderContract:
+    """The tests every adapter passes; subclasses provide the `harness` fixture."""
+
+    async def test_create_opens_a_pending_intent_for_the_amount_and_currency_asked(
+        self, harness: ProviderHarness
+    ) -> None:
+        intent = await harness.provider.create_intent(intent_request())
+        assert (intent.status, intent.amount, intent.currency) == (PaymentStatus.PENDING, 1999, "USD")
+        assert intent.checkout_url
+
+    async def test_create_is_idempotent_on_the_payment_id(self, harness: ProviderHarness) -> None:
+        request = intent_request()
+        first = await harness.provider.create_intent(request)
+        second = await harness.provider.create_intent(request)
+        assert second.provider_payment_id == first.provider_payment_id
+        assert await harness.intents_for(request.payment_id) == 1
+
+    async def test_retrieve_reports_the_intent_create_opened(self, harness: ProviderHarness) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        found = await harness.provider.retrieve_intent(created.provider_payment_id)
+        assert (found.provider_payment_id, found.status, found.amount, found.currency) == (
+            created.provider_payment_id,
+            PaymentStatus.PENDING,
+            1999,
+            "USD",
+        )
+
+    @pytest.mark.parametrize(
+        ("reason", "status"), [("canceled", PaymentStatus.CANCELED), ("expired", PaymentStatus.EXPIRED)]
+    )
+    async def test_closing_an_open_intent_reports_it_closed_as_asked(
+        self, harness: ProviderHarness, reason: Any, status: PaymentStatus
+    ) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        closed = await harness.provider.cancel_intent(created.provider_payment_id, reason=reason)
+        assert closed.status is status
+
+    async def test_a_cancel_after_payment_reports_succeeded(self, harness: ProviderHarness) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        await harness.pay(created)
+        closed = await harness.provider.cancel_intent(created.provider_payment_id, reason="canceled")
+        assert (closed.status, closed.amount, closed.currency) == (PaymentStatus.SUCCEEDED, 1999, "USD")
+
+    async def test_an_unknown_intent_is_a_permanent_error(self, harness: ProviderHarness) -> None:
+        with pytest.raises(PermanentGatewayError):
+            await harness.provider.retrieve_intent(f"pi_missing_{secrets.token_hex(4)}")
+
+    async def test_a_create_the_provider_refuses_is_a_permanent_error(self, harness: ProviderHarness) -> None:
+        request = intent_request(currency="US")
+        with pytest.raises(PermanentGatewayError):
+            await harness.provider.create_intent(request)
+        assert await harness.intents_for(request.payment_id) == 0
+
+    async def test_a_server_error_is_transient_and_the_retry_opens_one_intent(self, harness: ProviderHarness) -> None:
+        request = intent_request()
+        async with harness.server_errors():
+            with pytest.raises(TransientGatewayError):
+                await harness.provider.create_intent(request)
+        retried = await harness.provider.create_intent(request)
+        assert retried.status is PaymentStatus.PENDING
+        assert await harness.intents_for(request.payment_id) == 1
+
+    async def test_a_provider_that_does_not_answer_in_time_is_a_transient_error(self, harness: ProviderHarness) -> None:
+        async with harness.stalled():
+            with pytest.raises(TransientGatewayError):
+                await harness.provider.create_intent(intent_request())
+
+    async def test_the_webhook_of_a_payment_verifies_and_parses_onto_our_status(self, harness: ProviderHarness) -> None:
+        request = intent_request()
+        created = await harness.provider.create_intent(request)
+        await harness.pay(created)
+        body, headers = await harness.webhook_of_payment(created)
+
+        harness.provider.verify_webhook_source(headers, body)
+        event = harness.provider.parse_webhook(body)
+
+        assert event is not None
+        assert (event.payment_id, event.provider_payment_id, event.status) == (
+            request.payment_id,
+            created.provider_payment_id,
+            PaymentStatus.SUCCEEDED,
+        )
+        assert (event.amount, event.currency, event.failure_code) == (1999, "USD", None)
+
+    async def test_a_webhook_whose_body_was_altered_fails_verification(self, harness: ProviderHarness) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        await harness.pay(created)
+        body, headers = await harness.webhook_of_payment(created)
+        with pytest.raises(SignatureError):
+            harness.provider.verify_webhook_source(headers, body.replace(b"1999", b"1000"))
+
+    async def test_an_event_of_a_type_we_do_not_act_on_is_acknowledged_and_not_parsed(
+        self, harness: ProviderHarness
+    ) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        body, headers = await harness.webhook_of_another_type(created)
+        harness.provider.verify_webhook_source(headers, body)
+        assert harness.provider.parse_webhook(body) is None
+
+
+# --- the sandbox adapter, against a real sandbox_gateway process ------------------------------------------------
+
+
+@dataclass
+class WebhookCatcher:
+    """Stands in for the webhook receiver: keeps every delivery the sandbox makes."""
+
+    deliveries: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.deliveries.append((await request.read(), dict(request.headers)))
+        return web.Response(status=200)
+
+    async def about(self, intent_id: str) -> tuple[bytes, dict[str, str]]:
+        async def delivered() -> tuple[bytes, dict[str, str]] | None:
+            for body, headers in self.deliveries:
+                if json.loads(body)["data"]["object"]["id"] == intent_id:
+                    return body, headers
+            return None
+
+        return await eventually(delivered, timeout=20, what=f"the sandbox's webhook about {intent_id}")
+
+
+@dataclass
+class RunningSandbox:
+    url: str
+    catcher: WebhookCatcher
+
+
+@pytest.fixture(scope="module")
+async def running_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSandbox]:
+    catcher = WebhookCatcher()
+    app = web.Application()
+    app.router.add_post("/webhooks/sandbox", catcher.handle)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    port = free_port()
+    process = ServiceProcess(
+        "sandbox_gateway",
+        {
+            "HTTP_HOST": "127.0.0.1",
+            "SANDBOX_PORT": str(port),
+            "SANDBOX_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "SANDBOX_WEBHOOK_URL": str(receiver.make_url("/webhooks/sandbox")),
+            "SANDBOX_WEBHOOK_SECRET": SANDBOX_SECRET,
+            "LOG_FORMAT": "json",
+        },
+        Path(tmp_path_factory.mktemp("sandbox_contract")),
+    )
+    process.start()
+    try:
+        await process.wait_ready()
+        yield RunningSandbox(process.url, catcher)
+    finally:
+        process.stop()
+        await receiver.close()
+
+
+class SandboxHarness(ProviderHarness):
+    def __init__(self, sandbox: RunningSandbox, http: aiohttp.ClientSession) -> None:
+        self.sandbox = sandbox
+        self.http = http
+        self.provider = SandboxProvider(sandbox.url, [SANDBOX_SECRET], timeout_seconds=ADAPTER_TIMEOUT_SECONDS)
+
+    async def pay(self, intent: ProviderIntent) -> None:
+        url = f"{self.sandbox.url}/v1/intents/{intent.provider_payment_id}/simulate"
+        async with self.http.post(url, json={"card_number": "4242424242424242"}) as response:
+            assert response.status == 200, await response.text()
+
+    async def intents_for(self, payment_id: str) -> int:
+        async with self.http.get(f"{self.sandbox.url}/v1/intents", params={"payment_id": payment_id}) as response:
+            return len((await response.json())["data"])
+
+    async def _faults(self, faults: dict[str, Any] | None) -> None:
+        url = f"{self.sandbox.url}/_sandbox/faults"
+        async with self.http.post(url, json=faults) if faults else self.http.delete(url) as response:
+            assert response.status < 300, await response.text()
+
+    @contextlib.asynccontextmanager
+    async def server_errors(self) -> AsyncIterator[None]:
+        await self._faults({"create_intent_error_rate": 1.0})
+        try:
+            yield
+        finally:
+            await self._faults(None)
+
+    @contextlib.asynccontextmanager
+    async def stalled(self) -> AsyncIterator[None]:
+        # The sandbox stores the intent and then holds its answer; it stops within its shutdown timeout.
+        await self._faults({"create_intent_delay_seconds": 10 * ADAPTER_TIMEOUT_SECONDS})
+        try:
+            yield
+        finally:
+            await self._faults(None)
+
+    async def webhook_of_payment(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return await self.sandbox.catcher.about(intent.provider_payment_id)
+
+    async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        # The sandbox sends only the four it acts on; this is how it would announce a fifth.
+        event = {
+            "id": f"evt_{secrets.token_hex(8)}",
+            "type": "payment.refunded",
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": intent.provider_payment_id,
+                    "status": "succeeded",
+                    "amount": intent.amount,
+                    "currency": intent.currency,
+                    "metadata": {"payment_id": "pay_x"},
+                }
+            },
+        }
+        body = json.dumps(event).encode()
+        return body, {"Paystream-Signature": signature_header(SANDBOX_SECRET, body)}
+
+
+class TestSandboxAdapter(ProviderContract):
+    @pytest.fixture
+    async def harness(self, running_sandbox: RunningSandbox) -> AsyncIterator[ProviderHarness]:
+        async with aiohttp.ClientSession() as http:
+            harness = SandboxHarness(running_sandbox, http)
+            try:
+                yield harness
+            finally:
+                await harness.provider.close()
+
+
+# --- the Stripe adapter, against the wire-format fake of Stripe ---------------------------------------------------
+
+
+class StripeHarness(ProviderHarness):
+    def __init__(self, fake: StripeFake, api_base: str) -> None:
+        self.fake = fake
+        self.provider = StripeProvider(
+            fake.api_key, [fake.webhook_secret], api_base=api_base, timeout_seconds=ADAPTER_TIMEOUT_SECONDS
+        )
+
+    async def pay(self, intent: ProviderIntent) -> None:
+        self.fake.complete_session(intent.provider_payment_id)
+
+    async def intents_for(self, payment_id: str) -> int:
+        return sum(1 for s in self.fake.sessions.values() if s["client_reference_id"] == payment_id)
+
+    @contextlib.asynccontextmanager
+    async def server_errors(self) -> AsyncIterator[None]:
+        self.fake.fail_next(100, status=500)
+        try:
+            yield
+        finally:
+            self.fake.heal()
+
+    @contextlib.asynccontextmanager
+    async def stalled(self) -> AsyncIterator[None]:
+        self.fake.stall()
+        try:
+            yield
+        finally:
+            self.fake.heal()
+
+    async def webhook_of_payment(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id, "checkout.session.completed")
+
+    async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id, "charge.refunded")
+
+
+class TestStripeAdapter(ProviderContract):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[ProviderHarness]:
+        fake = StripeFake()
+        server = TestServer(fake.app())
+        await server.start_server()
+        harness = StripeHarness(fake, str(server.make_url("")))
+        try:
+            yield harness
+        finally:
+            fake.heal()
+            await harness.provider.close()
+            await server.close()
+
+
+# --- the unit tests' FakeProvider ----------------------------------------------------------------------------------
+
+
+class FakeHarness(ProviderHarness):
+    def __init__(self) -> None:
+        self.fake = FakeProvider()
+        self.provider = self.fake
+
+    async def pay(self, intent: ProviderIntent) -> None:
+        self.fake.settle(intent.provider_payment_id, PaymentStatus.SUCCEEDED)
+
+    async def intents_for(self, payment_id: str) -> int:
+        return 1 if payment_id in self.fake.by_payment else 0
+
+    @contextlib.asynccontextmanager
+    async def _failing(self, error: Exception) -> AsyncIterator[None]:
+        self.fake.error = error
+        try:
+            yield
+        finally:
+            self.fake.error = None
+
+    def server_errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._failing(TransientGatewayError("create answered 500"))
+
+    def stalled(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._failing(TransientGatewayError("create: TimeoutError"))
+
+    async def webhook_of_payment(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id)
+
+    async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id, "intent.refunded")
+
+
+class TestFakeProvider(ProviderContract):
+    @pytest.fixture
+    def harness(self) -> ProviderHarness:
+        return FakeHarness()
