@@ -36,6 +36,7 @@ from tests.support.processes import ServiceProcess, eventually, free_port
 # Short enough that the timeout tests are quick, long enough for an answer on a busy machine.
 ADAPTER_TIMEOUT_SECONDS = 3.0
 SANDBOX_SECRET = "whsec_contract_sandbox"
+SANDBOX_ADMIN_TOKEN = "sbx_admin_" + secrets.token_hex(12)
 
 
 class ProviderHarness(ABC):
@@ -228,6 +229,7 @@ async def running_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
             "SANDBOX_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "SANDBOX_WEBHOOK_URL": str(receiver.make_url("/webhooks/sandbox")),
             "SANDBOX_WEBHOOK_SECRET": SANDBOX_SECRET,
+            "SANDBOX_ADMIN_TOKEN": SANDBOX_ADMIN_TOKEN,
             "LOG_FORMAT": "json",
         },
         Path(tmp_path_factory.mktemp("sandbox_contract")),
@@ -258,7 +260,9 @@ class SandboxHarness(ProviderHarness):
 
     async def _faults(self, faults: dict[str, Any] | None) -> None:
         url = f"{self.sandbox.url}/_sandbox/faults"
-        async with self.http.post(url, json=faults) if faults else self.http.delete(url) as response:
+        admin = {"Authorization": f"Bearer {SANDBOX_ADMIN_TOKEN}"}
+        request = self.http.post(url, json=faults, headers=admin) if faults else self.http.delete(url, headers=admin)
+        async with request as response:
             assert response.status < 300, await response.text()
 
     @contextlib.asynccontextmanager
