@@ -23,9 +23,12 @@ lock: install
 		--python-version 3.11 --upgrade -o requirements.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
+## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (shared/stack.py).
+REPLICAS ?= 1
 run: install
-	@$(BIN)/python -m shared.stack prepare --print-urls
-	@exec $(BIN)/honcho start --no-colour -f Procfile
+	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
+	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
+	@exec $(BIN)/honcho start --no-colour -f $(VENV)/Procfile.run -d $(CURDIR)
 
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 test: install

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SERVICE_NAMES = (
-    "intake_api",
-    "gateway_worker",
-    "webhook_receiver",
-    "ledger",
-    "sandbox_gateway",
-    "storefront",
+
+@dataclass(frozen=True)
+class Service:
+    """One Paystream service: the one list every runner, test and manifest reads (never write it again)."""
+
+    name: str  # the package under services/, the Procfile entry and the process name
+    trace_name: str  # service.name in traces and logs (CONTRACT §8)
+    port_variable: str  # the setting holding its HTTP port (CONTRACT §2)
+    replicated: bool = True  # `make run REPLICAS=N` runs N of it (the sandbox stands in for one provider)
+
+    @property
+    def port_setting(self) -> str:
+        """The Settings field of its port."""
+        return self.port_variable.lower()
+
+
+SERVICES = (
+    Service("intake_api", "intake-api", "INTAKE_PORT"),
+    Service("gateway_worker", "gateway-worker", "GATEWAY_WORKER_PORT"),
+    Service("webhook_receiver", "webhook-receiver", "WEBHOOK_PORT"),
+    Service("ledger", "ledger", "LEDGER_PORT"),
+    Service("sandbox_gateway", "sandbox-gateway", "SANDBOX_PORT", replicated=False),
+    Service("storefront", "storefront", "STOREFRONT_PORT"),
 )
+SERVICES_BY_NAME = {service.name: service for service in SERVICES}
+SERVICE_NAMES = tuple(SERVICES_BY_NAME)
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:

@@ -12,37 +12,32 @@ import asyncpg
 from aiohttp import web
 
 from shared.broker import Broker
-from shared.config import Settings, load_settings
+from shared.config import SERVICES_BY_NAME, Settings, load_settings
 from shared.db import create_pool, prepare_database
 from shared.logs import configure_logging, get_logger
 from shared.telemetry import configure_tracing, shutdown_tracing
 
-# Service names as they appear in traces (CONTRACT §8).
 T = TypeVar("T")
-
-TRACE_NAMES = {
-    "intake_api": "intake-api",
-    "gateway_worker": "gateway-worker",
-    "webhook_receiver": "webhook-receiver",
-    "ledger": "ledger",
-    "sandbox_gateway": "sandbox-gateway",
-    "storefront": "storefront",
-}
 
 
 def run_service(
     name: str,
     build_app: Callable[[Settings], web.Application],
-    port: Callable[[Settings], int],
+    port: Callable[[Settings], int] | None = None,
     host: Callable[[Settings], str] = lambda settings: settings.http_host,
 ) -> None:
-    """Run one service in the foreground, listening on `host(settings)` (HTTP_HOST unless the service says)."""
+    """Run one service in the foreground; every service's `__main__` is this one call.
+
+    It listens on `host(settings)` (HTTP_HOST unless the service says) and on the port its entry in
+    `shared.config.SERVICES` names, unless `port` says otherwise.
+    """
+    service = SERVICES_BY_NAME[name]
     settings = load_settings()
-    configure_logging(TRACE_NAMES[name], fmt=settings.log_format, level=settings.log_level)
-    configure_tracing(TRACE_NAMES[name], settings.otel_exporter_otlp_endpoint)
+    configure_logging(service.trace_name, fmt=settings.log_format, level=settings.log_level)
+    configure_tracing(service.trace_name, settings.otel_exporter_otlp_endpoint)
     log = get_logger(name)
     app = build_app(settings)
-    listen_port = port(settings)
+    listen_port = port(settings) if port is not None else int(getattr(settings, service.port_setting))
     log.info("service starting", port=listen_port)
     try:
         web.run_app(

@@ -2,6 +2,9 @@
 
 Checks that PostgreSQL and RabbitMQ answer (failing fast, naming the URL tried and how to start one),
 creates the database if missing, applies every service's migrations and declares the broker topology.
+
+`python -m shared.stack procfile --replicas N` writes the Procfile honcho runs: N processes of every
+service but the sandbox, replica k listening on its service's port + 1000 * (k - 1).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import asyncio
 import sys
 
 from shared.broker import Broker
-from shared.config import SERVICE_NAMES, Settings, load_settings
+from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
 from shared.db import prepare_database
 from shared.runtime import redact_url
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
 DEPENDENCY_TIMEOUT = 6.0
+REPLICA_PORT_STEP = 1000  # replica k of a service listens on its port + 1000 * (k - 1): 8080, 9080, 10080...
 
 
 async def _check_postgres(settings: Settings) -> str | None:
@@ -47,16 +51,41 @@ async def prepare(settings: Settings) -> list[str]:
     return [r for r in results if r]
 
 
-def urls(settings: Settings) -> str:
+def replica_ports(settings: Settings, name: str, replicas: int) -> list[int]:
+    """The port of each replica of service `name` when `replicas` of it run on this machine."""
+    service = next(s for s in SERVICES if s.name == name)
+    base = int(getattr(settings, service.port_setting))
+    count = replicas if service.replicated else 1
+    return [base + REPLICA_PORT_STEP * k for k in range(count)]
+
+
+def procfile(settings: Settings, replicas: int = 1) -> str:
+    """The Procfile for `replicas` of every service: one line per process, each replica on its own port."""
+    lines = []
+    for service in SERVICES:
+        ports = replica_ports(settings, service.name, replicas)
+        for k, port in enumerate(ports, start=1):
+            label = service.name if k == 1 else f"{service.name}-{k}"  # honcho's names allow no dot
+            override = "" if k == 1 else f"{service.port_variable}={port} "
+            lines.append(f"{label}: {override}python -m services.{service.name}")
+    return "\n".join(lines) + "\n"
+
+
+def urls(settings: Settings, replicas: int = 1) -> str:
+    def ports(name: str) -> str:
+        extra = replica_ports(settings, name, replicas)[1:]
+        return f"  (replicas on {', '.join(map(str, extra))})" if extra else ""
+
     return "\n".join(
         [
             "Paystream is starting:",
-            f"  storefront (the demo shop)   {settings.storefront_base_url}/",
-            f"  intake API                   {settings.intake_base_url}/openapi.json",
+            f"  storefront (the demo shop)   {settings.storefront_base_url}/{ports('storefront')}",
+            f"  intake API                   {settings.intake_base_url}/openapi.json{ports('intake_api')}",
             f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
-            f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz",
-            f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics",
-            f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics",
+            f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz{ports('webhook_receiver')}",
+            f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics{ports('ledger')}",
+            f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics"
+            f"{ports('gateway_worker')}",
             "Pay with card 4242 4242 4242 4242 (any future expiry, any CVC). Ctrl-C stops everything.",
         ]
     )
@@ -64,10 +93,16 @@ def urls(settings: Settings) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.stack")
-    parser.add_argument("command", choices=["prepare"])
+    parser.add_argument("command", choices=["prepare", "procfile"])
     parser.add_argument("--print-urls", action="store_true")
+    parser.add_argument("--replicas", type=int, default=1, help="processes of each service but the sandbox")
     args = parser.parse_args()
+    if args.replicas < 1:
+        parser.error("--replicas must be 1 or more")
     settings = load_settings()
+    if args.command == "procfile":
+        sys.stdout.write(procfile(settings, args.replicas))
+        return
     problems = asyncio.run(prepare(settings))
     if problems:
         for problem in problems:
@@ -76,7 +111,7 @@ def main() -> None:
         raise SystemExit(1)
     print(f"paystream: database and broker ready (namespace {settings.broker_namespace!r})")
     if args.print_urls:
-        print(urls(settings))
+        print(urls(settings, args.replicas))
 
 
 if __name__ == "__main__":

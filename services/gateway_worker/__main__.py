@@ -5,7 +5,7 @@ from shared.runtime import run_service
 
 
 def main() -> None:
-    run_service("gateway_worker", create_app, lambda settings: settings.gateway_worker_port)
+    run_service("gateway_worker", create_app)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from shared.runtime import run_service
 
 
 def main() -> None:
-    run_service("intake_api", create_app, lambda settings: settings.intake_port)
+    run_service("intake_api", create_app)
 
 
 if __name__ == "__main__":

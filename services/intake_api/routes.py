@@ -34,15 +34,32 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-# The errors asyncpg raises while PostgreSQL is down or unreachable.
+# What asyncpg raises while PostgreSQL is down, unreachable, crashing or restarting. A crash-restart
+# (`pg_ctl stop -m immediate`) is more than refused connections: statements cut mid-flight, "starting up" and
+# "in recovery" answers, and protocol errors from a torn socket; each of these is a 503, not a 500.
 DATABASE_DOWN = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,  # the server shutting down or starting up
+    asyncpg.InterfaceError,  # the connection closed under a statement (ConnectionDoesNotExistError, ...)
+    asyncpg.InternalClientError,  # a reply cut short by the crash (ProtocolError, ...)
+    asyncpg.OperatorInterventionError,  # the server shutting down, crashed or starting up
     asyncpg.TooManyConnectionsError,
 )
+# SQLSTATE classes of a server that cannot serve now rather than of a bad statement: connection (08),
+# transaction rollback (40: serialization, deadlock, completion unknown), resources (53), operator
+# intervention (57), system (58), internal (XX). A server that dies mid-reply may send no code at all.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means PostgreSQL cannot serve right now, so the client should retry (503)."""
+    if isinstance(exc, DATABASE_DOWN):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or "XX"
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return False
 
 
 def authenticate(keys: dict[str, str], header: str | None) -> str | None:
@@ -80,7 +97,9 @@ async def database_middleware(request: web.Request, handler: Handler) -> web.Str
     """PostgreSQL down: 503 with Retry-After; nothing was accepted, so the client may simply retry."""
     try:
         return await handler(request)
-    except DATABASE_DOWN as exc:
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
         log.warning("database unavailable", error=type(exc).__name__)
         raise Problem(
             503,
@@ -194,7 +213,9 @@ async def _remember_intent(pool: asyncpg.Pool, payment_id: str, outcome: IntentO
     """
     try:
         await store.remember_intent(pool, payment_id, outcome.checkout_url, outcome.failure_code)
-    except DATABASE_DOWN as exc:
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
         log.warning("could not note the intent in the intake record", error=type(exc).__name__)
 
 

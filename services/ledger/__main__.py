@@ -5,7 +5,7 @@ from shared.runtime import run_service
 
 
 def main() -> None:
-    run_service("ledger", create_app, lambda settings: settings.ledger_port)
+    run_service("ledger", create_app)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from shared.runtime import run_service
 
 def main() -> None:
     # SANDBOX_HOST, not HTTP_HOST: the sandbox stays on loopback unless it is opened on purpose.
-    run_service("sandbox_gateway", create_app, lambda s: s.sandbox_port, host=lambda s: s.sandbox_host)
+    run_service("sandbox_gateway", create_app, host=lambda s: s.sandbox_host)
 
 
 if __name__ == "__main__":

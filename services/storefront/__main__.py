@@ -7,7 +7,7 @@ from shared.runtime import run_service
 
 
 def main() -> None:
-    run_service("storefront", create_app, lambda settings: settings.storefront_port)
+    run_service("storefront", create_app)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from shared.runtime import run_service
 
 
 def main() -> None:
-    run_service("webhook_receiver", create_app, lambda settings: settings.webhook_port)
+    run_service("webhook_receiver", create_app)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import aiohttp
 
+from shared.config import SERVICE_NAMES, SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -24,15 +26,8 @@ class ProcessExited(AssertionError):
     """A service process died while we waited for it: no point waiting longer."""
 
 
-PORT_VARIABLES = {
-    "intake_api": "INTAKE_PORT",
-    "webhook_receiver": "WEBHOOK_PORT",
-    "ledger": "LEDGER_PORT",
-    "gateway_worker": "GATEWAY_WORKER_PORT",
-    "sandbox_gateway": "SANDBOX_PORT",
-    "storefront": "STOREFRONT_PORT",
-}
-ALL_SERVICES = tuple(PORT_VARIABLES)
+PORT_VARIABLES = {service.name: service.port_variable for service in SERVICES}
+ALL_SERVICES = SERVICE_NAMES
 
 
 def free_port() -> int:
