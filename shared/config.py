@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
         default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
     )
+    # merchant_id -> the shop's name as customers know it, shown on the hosted payment page.
+    merchant_names: Annotated[dict[str, str], NoDecode] = Field(default_factory=lambda: {"demo": "Paystream demo shop"})
     payment_provider: Literal["sandbox", "stripe"] = "sandbox"
     sandbox_url: str = "http://localhost:8090"
     sandbox_public_url: str | None = None
@@ -158,6 +160,22 @@ class Settings(BaseSettings):
             seen.add(key.strip())
             pairs.append((merchant.strip(), SecretStr(key.strip())))
         return pairs
+
+    @field_validator("merchant_names", mode="before")
+    @classmethod
+    def _merchant_names(cls, v: object) -> object:
+        """`merchant_id:Shop name,...` → {merchant_id: name}; an empty value names nobody."""
+        if isinstance(v, dict):
+            return v
+        names: dict[str, str] = {}
+        for pair in filter(str.strip, str(v).split(",")):
+            merchant, sep, name = pair.strip().partition(":")
+            if not sep or not merchant.strip() or not name.strip():
+                raise ValueError("expected comma-separated merchant_id:name pairs")
+            if len(name.strip()) > 100:
+                raise ValueError(f"the name of {merchant.strip()!r} is longer than 100 characters")
+            names[merchant.strip()] = name.strip()
+        return names
 
     @field_validator("sandbox_webhook_secret", mode="before")
     @classmethod

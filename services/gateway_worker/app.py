@@ -33,7 +33,9 @@ def create_app(settings: Settings) -> web.Application:
         providers = build_providers(settings)
         try:
             async with runtime.broker(settings, GROUP) as broker:
-                handlers = GatewayHandlers(providers, settings.payment_provider, broker.publish)
+                handlers = GatewayHandlers(
+                    providers, settings.payment_provider, broker.publish, merchant_names=settings.merchant_names
+                )
                 retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
                 await broker.consume(GROUP, handlers, retry=retry, prefetch=32)
                 dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))

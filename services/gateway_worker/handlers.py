@@ -4,8 +4,8 @@ reconciliation. Handlers take the envelope plus their dependencies; the broker a
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from opentelemetry import trace
@@ -64,6 +64,8 @@ class GatewayHandlers:
     providers: dict[str, PaymentProvider]
     default_provider: str
     publish: Publish
+    # merchant_id -> display name (MERCHANT_NAMES); a merchant without one is shown by its id.
+    merchant_names: Mapping[str, str] = field(default_factory=dict)
 
     async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
         message = envelope.message()
@@ -96,6 +98,7 @@ class GatewayHandlers:
             expires_at=message.expires_at,
             description=message.description,
             customer_email=message.customer_email,
+            merchant_name=self.merchant_names.get(message.merchant_id, message.merchant_id),
             # The trace context rides with the intent, so the provider's webhook joins this trace. It is the
             # message's own (not this attempt's span), so a retry sends the provider identical parameters.
             metadata=delivery.trace_headers,

@@ -86,6 +86,7 @@ class NewIntent(BaseModel):
     cancel_url: StrictStr | None = Field(default=None, max_length=2048)
     description: StrictStr | None = Field(default=None, max_length=1000)
     customer_email: StrictStr | None = Field(default=None, max_length=254)
+    merchant_name: StrictStr | None = Field(default=None, max_length=100)
     expires_at: int | None = Field(default=None, strict=True, gt=0)
     metadata: dict[
         Annotated[StrictStr, Field(min_length=1, max_length=100)],

@@ -83,7 +83,13 @@ async def submit_payment(request: web.Request) -> web.Response:
     today = datetime.fromtimestamp(gateway.store.now(), UTC).date()
     card = check_card_form(text("card_number"), text("expiry"), text("cvc"), text("name"), today)
     if not card.ok:
-        return _page(render_checkout(found, errors=card.errors, name=text("name").strip()), 422)
+        # Typed back into the form, bounded like the inputs; never logged.
+        typed = {
+            "name": text("name").strip()[:100],
+            "card_number": text("card_number")[:30],
+            "expiry": text("expiry")[:7],
+        }
+        return _page(render_checkout(found, errors=card.errors, typed=typed), 422)
     try:
         intent = gateway.pay(found.id, card)
     except IntentClosedError as exc:

@@ -65,6 +65,7 @@ class IntentDraft:
     cancel_url: str | None = None
     description: str | None = None
     customer_email: str | None = None
+    merchant_name: str | None = None
     expires_at: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ class Intent:
     failure_code: str | None = None
     # The only card data ever kept.
     last4: str | None = None
+    merchant_name: str | None = None
 
     @property
     def payment_id(self) -> str | None:
@@ -101,6 +103,7 @@ class Intent:
             "currency": self.currency,
             "reference": self.reference,
             "description": self.description,
+            "merchant_name": self.merchant_name,
             "checkout_url": self.checkout_url,
             "return_url": self.return_url,
             "cancel_url": self.cancel_url,
@@ -155,6 +158,7 @@ class IntentStore:
             cancel_url=draft.cancel_url,
             description=draft.description,
             customer_email=draft.customer_email,
+            merchant_name=draft.merchant_name,
             metadata=dict(draft.metadata),
             checkout_url=f"{self._checkout_base}/pay/{intent_id}",
             created=created,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 
 from services.sandbox_gateway.cards import DECLINING_CARDS, SUCCEEDING_CARD
@@ -38,6 +39,11 @@ body{font-family:system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;
 main{max-width:28rem;margin:0 auto;background:#fff;border-radius:8px;padding:1.5rem 2rem;
 box-shadow:0 1px 4px rgba(0,0,0,.12)}
 h1{font-size:1.4rem;margin-top:0}
+.merchant{display:flex;align-items:center;justify-content:space-between;gap:1rem;margin:0 0 1rem;
+padding-bottom:.8rem;border-bottom:1px solid #e3e5ea}
+.shop{font-weight:700;font-size:1.1rem}
+.badge{background:#fff4d6;color:#7a4d00;border:1px solid #e0b24a;border-radius:999px;padding:.2rem .7rem;
+font-size:.8rem;font-weight:700;text-transform:uppercase;letter-spacing:.05em;white-space:nowrap}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;margin:0 0 1.2rem}
 dt{color:#5a6275}dd{margin:0;font-weight:600;overflow-wrap:anywhere}
 .field{margin-bottom:1rem}.row{display:flex;gap:1rem}.row .field{flex:1}
@@ -83,6 +89,15 @@ def _document(title: str, body: str) -> str:
     )
 
 
+def _merchant(intent: Intent) -> str:
+    """Whom the customer pays, and that no real money moves: the first thing on every page of an intent."""
+    shop = intent.merchant_name or "Paystream sandbox"
+    return (
+        f'<header class="merchant"><span class="shop" id="merchant-name">{escape(shop)}</span>'
+        '<span class="badge" id="test-mode">Test mode</span></header>'
+    )
+
+
 def _summary(intent: Intent) -> str:
     rows = [("Amount", format_amount(intent.amount, intent.currency)), ("Reference", intent.reference)]
     if intent.description:
@@ -103,12 +118,23 @@ def _field(name: str, errors: dict[str, str], *, attributes: str, value: str = "
     )
 
 
-def render_checkout(intent: Intent, *, errors: dict[str, str] | None = None, name: str = "") -> str:
-    """The payment form; on a failed submission, the same form with each problem next to its field.
+# What a form sent back after a mistake keeps: name and expiry as typed, the card number only when it was right
+# (a wrong one is typed afresh), the CVC never.
+KEPT_FIELDS = ("name", "card_number", "expiry")
 
-    Only the cardholder name is typed back in; card number, expiry and CVC are never echoed.
+
+def render_checkout(
+    intent: Intent, *, errors: dict[str, str] | None = None, typed: Mapping[str, str] | None = None
+) -> str:
+    """The payment form; on a failed submission, the same form with each problem next to its own field.
+
+    `typed` holds what the customer sent; the fields of KEPT_FIELDS are filled in again so that only the wrong
+    one needs retyping. A card number goes back only into this page, never into storage or a log.
     """
     errors = errors or {}
+    kept = {name: (typed or {}).get(name, "") for name in KEPT_FIELDS}
+    if "card_number" in errors:
+        kept["card_number"] = ""
     amount = format_amount(intent.amount, intent.currency)
     alert = ""
     if errors:
@@ -126,17 +152,18 @@ def render_checkout(intent: Intent, *, errors: dict[str, str] | None = None, nam
         + [f"<code>{_grouped(n)}</code> fails ({escape(code)})" for n, code in DECLINING_CARDS.items()]
     )
     body = (
-        f"<h1>Pay {escape(amount)}</h1>{_summary(intent)}{alert}"
+        f"{_merchant(intent)}<h1>Pay {escape(amount)}</h1>{_summary(intent)}{alert}"
         f'<form method="post" action="/pay/{escape(intent.id)}" autocomplete="on">'
         + _field(
             "name",
             errors,
-            value=name,
+            value=kept["name"],
             attributes='type="text" autocomplete="cc-name" required maxlength="100"',
         )
         + _field(
             "card_number",
             errors,
+            value=kept["card_number"],
             attributes='type="text" inputmode="numeric" autocomplete="cc-number" required maxlength="30" '
             'placeholder="1234 1234 1234 1234"',
         )
@@ -144,6 +171,7 @@ def render_checkout(intent: Intent, *, errors: dict[str, str] | None = None, nam
         + _field(
             "expiry",
             errors,
+            value=kept["expiry"],
             attributes='type="text" inputmode="numeric" autocomplete="cc-exp" required maxlength="7" '
             'placeholder="MM/YY"',
         )
@@ -175,7 +203,7 @@ def render_closed(intent: Intent, back_url: str | None) -> str:
     title = _CLOSED_TITLES.get(intent.status, "This payment is closed")
     back = f'<p><a class="button" href="{escape(back_url)}">Return to the shop</a></p>' if back_url else ""
     body = (
-        f"<h1>{escape(title)}</h1>{_summary(intent)}"
+        f"{_merchant(intent)}<h1>{escape(title)}</h1>{_summary(intent)}"
         f"<p>Status: <strong>{escape(str(intent.status))}</strong>. "
         f"Nothing was charged by this visit.</p>{back}"
     )

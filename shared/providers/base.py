@@ -34,6 +34,8 @@ class IntentRequest:
     expires_at: datetime
     description: str | None = None
     customer_email: str | None = None
+    # The shop's name as its customers know it, for the provider's hosted page.
+    merchant_name: str | None = None
     # Carried through the provider and back in its webhooks (payment id, W3C trace context).
     metadata: Mapping[str, str] = field(default_factory=dict)
 

@@ -103,6 +103,7 @@ class SandboxProvider(PaymentProvider):
             "reference": request.reference,
             "description": request.description,
             "customer_email": request.customer_email,
+            "merchant_name": request.merchant_name,
             "return_url": request.return_url,
             "cancel_url": request.cancel_url,
             "expires_at": int(request.expires_at.timestamp()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 import uuid
 from collections import deque
@@ -222,6 +223,7 @@ async def test_the_sandbox_provider_client_creates_retrieves_and_cancels(sandbox
         return_url="https://shop.example/done",
         cancel_url=None,
         expires_at=datetime.now(UTC) + timedelta(minutes=30),
+        merchant_name="Ada's Books",
         metadata={"cart": "c-9"},
     )
     try:
@@ -235,6 +237,7 @@ async def test_the_sandbox_provider_client_creates_retrieves_and_cancels(sandbox
     assert retried.provider_payment_id == created.provider_payment_id
     assert (retrieved.amount, retrieved.currency, retrieved.status) == (2500, "EUR", PaymentStatus.PENDING)
     assert canceled.status is PaymentStatus.CANCELED
+    assert (await fetch_intent(sandbox, created.provider_payment_id))["merchant_name"] == "Ada's Books"
 
 
 async def test_the_sandbox_provider_client_cancel_after_success_reports_succeeded(sandbox: TestClient) -> None:
@@ -360,6 +363,53 @@ async def test_a_luhn_invalid_number_rerenders_the_form_with_422_and_changes_not
     assert "4241" not in html
     after = await fetch_intent(sandbox, intent["id"])
     assert after["status"] == "open" and "last4" not in after
+
+
+def marked_fields(html: str) -> set[str]:
+    """The inputs the page marks as wrong (aria-invalid), by name."""
+    return set(re.findall(r'<input id="(\w+)"[^>]*aria-invalid="true"', html))
+
+
+def field_value(html: str, name: str) -> str:
+    match = re.search(rf'<input id="{name}" name="{name}" value="([^"]*)"', html)
+    assert match, f"no input {name}"
+    return match.group(1)
+
+
+async def test_after_a_wrong_cvc_the_form_keeps_name_number_and_expiry_and_marks_only_the_cvc(
+    sandbox: TestClient,
+) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], card="4242 4242 4242 4242", cvc="12")
+    html = await response.text()
+    assert response.status == 422
+    assert marked_fields(html) == {"cvc"}
+    assert field_value(html, "name") == "Ada Lovelace"
+    assert field_value(html, "card_number") == "4242 4242 4242 4242"
+    assert field_value(html, "expiry") == FUTURE_EXPIRY
+    assert field_value(html, "cvc") == ""
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "open"
+
+
+async def test_after_a_wrong_card_number_the_form_keeps_name_and_expiry_and_marks_only_the_number(
+    sandbox: TestClient,
+) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], card="4242 4242 4242 4241", expiry="01/20")
+    html = await response.text()
+    assert marked_fields(html) == {"card_number", "expiry"}
+    assert (field_value(html, "name"), field_value(html, "expiry")) == ("Ada Lovelace", "01/20")
+    assert field_value(html, "card_number") == ""
+
+
+async def test_the_hosted_page_names_the_merchant_and_shows_a_test_mode_badge(sandbox: TestClient) -> None:
+    named = await create_intent(sandbox, merchant_name="Ada's <Books>")
+    html = await (await sandbox.get(f"/pay/{named['id']}")).text()
+    assert '<span class="shop" id="merchant-name">Ada&#x27;s &lt;Books&gt;</span>' in html
+    assert '<span class="badge" id="test-mode">Test mode</span>' in html
+    unnamed = await create_intent(sandbox)
+    html = await (await sandbox.get(f"/pay/{unnamed['id']}")).text()
+    assert 'id="merchant-name">Paystream sandbox<' in html and 'id="test-mode"' in html
 
 
 async def test_an_expired_card_and_missing_fields_are_each_reported(sandbox: TestClient) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from shared.config import Settings
 from tests.support.processes import ROOT
@@ -80,3 +81,21 @@ def test_stripe_without_an_api_key_is_refused_naming_the_variable() -> None:
     )
     assert result.returncode == 2
     assert "STRIPE_API_KEY" in result.stderr
+
+
+def test_merchant_names_are_read_as_id_name_pairs() -> None:
+    assert Settings(_env_file=None).merchant_names == {"demo": "Paystream demo shop"}  # type: ignore[call-arg]
+    named = Settings(_env_file=None, merchant_names="demo: Ada's Books ,other:Bob's Mugs")  # type: ignore[call-arg]
+    assert named.merchant_names == {"demo": "Ada's Books", "other": "Bob's Mugs"}
+    assert Settings(_env_file=None, merchant_names="").merchant_names == {}  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["demo", "demo:", ":Shop", "demo:" + "x" * 101])
+def test_a_malformed_merchant_names_value_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, merchant_names=value)  # type: ignore[call-arg]
+
+
+def test_the_sandbox_listens_on_loopback_and_takes_no_fault_orders_by_default() -> None:
+    settings = Settings(_env_file=None, sandbox_admin_token="")  # type: ignore[call-arg]
+    assert (settings.sandbox_host, settings.sandbox_admin_token) == ("127.0.0.1", None)

@@ -114,6 +114,19 @@ async def test_the_trace_context_of_the_message_rides_with_the_intent(
     assert provider.requests[0].metadata == FIRST.trace_headers
 
 
+async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id(
+    provider: FakeProvider, published: list[Envelope]
+) -> None:
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    named = GatewayHandlers({"fake": provider}, "fake", publish, merchant_names={"demo": "Ada's Books"})
+    await named(requested(), FIRST)
+    unnamed = GatewayHandlers({"fake": provider}, "fake", publish)
+    await unnamed(requested(), FIRST)
+    assert [r.merchant_name for r in provider.requests] == ["Ada's Books", "demo"]
+
+
 async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
     handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
 ) -> None:
