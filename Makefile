@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format bench install lock clean
+.PHONY: run test lint format bench install lock clean asyncapi
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -33,6 +33,10 @@ run: install
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 test: install
 	$(BIN)/python -m pytest
+
+## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
+asyncapi: install
+	$(BIN)/python -m services.asyncapi
 
 lint: install
 	$(BIN)/ruff check .
