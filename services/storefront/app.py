@@ -21,12 +21,16 @@ MAX_FORM_BYTES = 16 * 1024
 _OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The demo shop; it holds the merchant's API key (`settings.storefront_key`), which no page or log shows."""
+def create_app(settings: Settings, *, confirm_wait_seconds: float = routes.CONFIRM_WAIT_SECONDS) -> web.Application:
+    """The demo shop; it holds the merchant's API key (`settings.storefront_key`), which no page or log shows.
+
+    `confirm_wait_seconds`: how long an order page reached from the gateway waits for the outcome.
+    """
     app = create_base_app(client_max_size=MAX_FORM_BYTES)
     app.middlewares.append(html_errors)
     app[routes.ORDERS] = OrderBook()
     app[routes.SHOP_URL] = settings.storefront_base_url
+    app[routes.CONFIRM_WAIT] = confirm_wait_seconds
     app.cleanup_ctx.append(_intake_client(settings))
 
     async def intake_alive() -> bool:

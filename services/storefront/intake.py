@@ -34,7 +34,7 @@ class IntakeRejectedError(IntakeError):
 
 
 class IdempotencyKeyReusedError(IntakeError):
-    """The order id was already used to pay for something else."""
+    """The attempt's key (the order id, for a first attempt) was already used to pay for something else."""
 
 
 class PaymentNotFoundError(IntakeError):
@@ -49,11 +49,11 @@ class IntakeClient:
         self._base_url = base_url.rstrip("/")
         self._authorization = f"Bearer {api_key}"
 
-    async def create_payment(self, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/payments with the order id as the Idempotency-Key: a resubmission replays the same payment."""
+    async def create_payment(self, idempotency_key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/payments: one key per payment attempt, so a resubmission replays the same payment."""
         headers = {
             "Authorization": self._authorization,
-            "Idempotency-Key": order_id,
+            "Idempotency-Key": idempotency_key,
             "Prefer": f"wait={CHECKOUT_WAIT_SECONDS}",
         }
         for attempt in range(IN_FLIGHT_RETRIES + 1):
@@ -64,7 +64,7 @@ class IntakeClient:
                 await asyncio.sleep(IN_FLIGHT_RETRY_SECONDS)
                 continue
             if status == 422 and str(document.get("type", "")).endswith("idempotency-key-reuse"):
-                raise IdempotencyKeyReusedError(order_id)
+                raise IdempotencyKeyReusedError(idempotency_key)
             raise _unexpected("create payment", status, document)
         raise IntakeUnavailableError("the payment request stayed in flight")
 

@@ -5,13 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from html import escape
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
 from services.storefront.catalogue import Product
 
 # How often an order page still waiting for its outcome reloads itself.
 REFRESH_SECONDS = 2
+
+# How the customer reached the order page: straight from the gateway's page after paying ("checkout", the
+# return link) or after canceling there ("cancel", the cancel link), or by any other way (None).
+Arrival = Literal["checkout", "cancel"] | None
+
+# What a failure_code means to a customer; the code itself stays on the page, small, for support.
+FAILURE_REASONS = {
+    "card_declined": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+    "gateway_error": "The payment service could not process the payment. No money was taken.",
+    "payment_failed": "The payment did not go through.",
+    "expired": "The payment page was left open too long. No money was taken.",
+}
+FALLBACK_REASON = "The payment did not go through."
+
+# The button that starts a new payment for the same order, by the status of the attempt that ended.
+_RETRY_LABELS = {"FAILED": "Try another card", "CANCELED": "Pay for this order", "EXPIRED": "Start a new payment"}
 
 # ISO 4217 currencies whose minor unit is not a hundredth (the others the shop might meet use two digits).
 _ZERO_DECIMAL = frozenset(
@@ -35,8 +53,11 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}dt{color:#6
 .status-succeeded{color:#1f6f43}.status-failed,.status-canceled,.status-expired{color:#b3261e}
 .status-pending{color:#8a5a00}
 .note{font-size:.85rem;color:#666}
+.reason{font-size:1.1rem;font-weight:600}
+.hint{background:#fff8e6;border:1px solid #e8c46a;border-radius:6px;padding:.6rem .9rem}
 """
 
+_CONFIRMING = "Confirming your payment…"
 _HEADINGS = {
     "PENDING": "Waiting for the payment to be confirmed…",
     "SUCCEEDED": "Thank you: your payment succeeded",
@@ -104,66 +125,125 @@ def _text(payment: Mapping[str, Any], field: str) -> str:
     return "" if value is None else str(value)
 
 
-def render_order(payment: Mapping[str, Any], *, left_checkout: bool = False) -> str:
+def failure_reason(failure_code: object) -> str:
+    """The customer's words for a failure_code (an unknown code gets a general sentence, never the raw code)."""
+    return FAILURE_REASONS.get(failure_code, FALLBACK_REASON) if isinstance(failure_code, str) else FALLBACK_REASON
+
+
+def _heading(status: str, arrival: Arrival) -> str:
+    if status == "PENDING" and arrival == "checkout":
+        return _CONFIRMING
+    if status == "PENDING" and arrival == "cancel":
+        return "You left the payment page"
+    return _HEADINGS.get(status, "Payment status")
+
+
+def _pending_body(payment: Mapping[str, Any], arrival: Arrival) -> list[str]:
+    checkout_url = payment.get("checkout_url")
+    if arrival == "checkout":
+        # The customer has just paid at the gateway; its confirmation is on its way: no "pay" link here.
+        return [
+            '<p class="hint" id="order-hint">We are waiting for the payment service to confirm your payment. '
+            "This takes a moment; please do not pay again.</p>"
+        ]
+    if arrival == "cancel":
+        parts = ['<p class="hint" id="order-hint">You canceled on the payment page. Nothing has been charged.</p>']
+        if is_web_url(checkout_url):
+            parts.append(
+                "<p>Changed your mind? "
+                f'<a class="button" id="continue-to-payment" href="{escape(checkout_url)}">Continue to payment</a>'
+                "</p>"
+            )
+        return parts
+    parts = ["<p>Waiting for the payment to be confirmed…</p>"]
+    if is_web_url(checkout_url):
+        parts.append(
+            "<p>Not paid yet? "
+            f'<a class="button" id="continue-to-payment" href="{escape(checkout_url)}">Continue to payment</a>'
+            "</p>"
+        )
+    else:
+        parts.append("<p>The payment page is being prepared.</p>")
+    return parts
+
+
+def _ended_body(payment: Mapping[str, Any], order_id: str) -> list[str]:
+    status = _text(payment, "status")
+    parts = []
+    if status == "CANCELED":
+        parts.append('<p class="reason" id="order-hint">The payment was canceled. Nothing has been charged.</p>')
+    retry_label = _RETRY_LABELS.get(status)
+    if retry_label:
+        # The same order, a new payment: the attempt that ended rides along so a double click starts one, not two.
+        parts.append(
+            f'<form method="post" action="/orders/{escape(order_id)}/retry">'
+            f'<input type="hidden" name="payment_id" value="{escape(_text(payment, "id"))}">'
+            f'<button type="submit" id="retry-payment">{escape(retry_label)}</button></form>'
+        )
+    parts.append('<p><a href="/">Back to the shop</a></p>')
+    return parts
+
+
+def render_order(payment: Mapping[str, Any], *, arrival: Arrival = None) -> str:
     """The order page for a payment as the intake API reported it; it reloads itself while PENDING.
 
-    `left_checkout` (the customer came back through the cancel link) only changes a hint: the status shown is
-    always the API's.
+    `arrival` (how the customer got here) only changes the words: the status shown is always the API's.
+    A payment that ended without success offers a new payment for the same order.
     """
     status = _text(payment, "status")
+    order_id = _text(payment, "reference")
     pending = status == "PENDING"
-    rows = [("Order", _text(payment, "reference"))]
+    rows = [("Order", order_id)]
     if payment.get("description"):
         rows.append(("Item", _text(payment, "description")))
     amount, currency = payment.get("amount"), payment.get("currency")
     if isinstance(amount, int) and isinstance(currency, str):
         rows.append(("Amount", format_amount(amount, currency)))
-    if payment.get("failure_code"):
-        rows.append(("Reason", _text(payment, "failure_code")))
     details = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
-    heading = _HEADINGS.get(status, "Payment status")
+    failure_code = payment.get("failure_code")
+    if failure_code and status != "SUCCEEDED":
+        details += (
+            f'<dt>Reason</dt><dd><span class="reason" id="failure-reason">{escape(failure_reason(failure_code))}'
+            f'</span> <span class="note">(code <code>{escape(str(failure_code))}</code>)</span></dd>'
+        )
 
     parts = [
-        f"<h1>{escape(heading)}</h1>",
+        f"<h1>{escape(_heading(status, arrival))}</h1>",
         '<div class="panel">',
         f'<p>Status: <strong id="payment-status" class="status-{escape(status.lower())}">{escape(status)}</strong></p>',
         f"<dl>{details}</dl>",
     ]
     if pending:
-        checkout_url = payment.get("checkout_url")
-        parts.append("<p>Waiting for the payment to be confirmed…</p>")
-        if left_checkout:
-            parts.append("<p>You left the payment page; this order stays open until the gateway confirms.</p>")
-        elif is_web_url(checkout_url):
-            parts.append(
-                "<p>Not paid yet? "
-                f'<a class="button" id="continue-to-payment" href="{escape(checkout_url)}">Continue to payment</a>'
-                "</p>"
-            )
-        else:
-            parts.append("<p>The payment page is being prepared.</p>")
+        parts.extend(_pending_body(payment, arrival))
         parts.append(f'<p class="note">This page refreshes itself every {REFRESH_SECONDS} seconds.</p>')
     else:
-        parts.append('<p><a href="/">Back to the shop</a></p>')
+        parts.extend(_ended_body(payment, order_id))
     parts.append("</div>")
-    return _document(
-        f"Order {_text(payment, 'reference')}", "".join(parts), refresh_seconds=REFRESH_SECONDS if pending else None
-    )
+    return _document(f"Order {order_id}", "".join(parts), refresh_seconds=REFRESH_SECONDS if pending else None)
 
 
 def render_problem(
-    title: str, message: str, *, retry: Mapping[str, str] | None = None, refresh_seconds: int | None = None
+    title: str,
+    message: str,
+    *,
+    retry: Mapping[str, str] | None = None,
+    retry_action: str = "/buy",
+    refresh_seconds: int | None = None,
 ) -> str:
     """An error page for the customer: what happened in plain words, never a trace, a key or an upstream body.
 
-    `retry` holds the fields of the Buy form to submit again: safe, since the same order id is the same payment.
+    `retry` holds the fields of the form (posted to `retry_action`) that repeats the attempt: safe, since the same
+    attempt has the same Idempotency-Key and so is the same payment.
     """
     again = ""
     if retry:
         fields = "".join(
             f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">' for name, value in retry.items()
         )
-        again = f'<form method="post" action="/buy">{fields}<button type="submit">Try again</button></form>'
+        again = (
+            f'<form method="post" action="{escape(retry_action)}">{fields}'
+            '<button type="submit">Try again</button></form>'
+        )
     body = (
         f'<h1>{escape(title)}</h1><div class="panel"><p>{escape(message)}</p>{again}'
         '<p><a href="/">Back to the shop</a></p></div>'

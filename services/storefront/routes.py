@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +17,7 @@ from services.storefront.intake import (
     PaymentNotFoundError,
 )
 from services.storefront.orders import OrderBook, is_order_id, is_payment_id, new_order_id
-from services.storefront.pages import is_web_url, render_catalogue, render_order, render_problem
+from services.storefront.pages import Arrival, is_web_url, render_catalogue, render_order, render_problem
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -23,6 +25,13 @@ log = get_logger(__name__)
 INTAKE = web.AppKey("intake", IntakeClient)
 ORDERS = web.AppKey("orders", OrderBook)
 SHOP_URL = web.AppKey("shop_url", str)
+# How long an order page reached from the gateway waits for the outcome before it answers "Confirming…".
+CONFIRM_WAIT = web.AppKey("confirm_wait_seconds", float)
+CONFIRM_WAIT_SECONDS = 2.0
+# Read the payment again after 0.1 s, then less and less often: the webhook usually lands within 50 ms.
+_CONFIRM_POLL_FIRST, _CONFIRM_POLL_MAX = 0.1, 0.5
+# Statuses after which the order can be paid again with a new payment.
+RETRYABLE = frozenset({"FAILED", "CANCELED", "EXPIRED"})
 
 # Shop pages are never cached (each product page makes new order ids; order pages change), framed, or scripted.
 PAGE_HEADERS = {
@@ -51,6 +60,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/", show_products)
     router.add_post("/buy", buy)
     router.add_get("/orders/{order_id}", show_order)
+    router.add_post("/orders/{order_id}/retry", retry_payment)
 
 
 async def show_products(_: web.Request) -> web.Response:
@@ -71,6 +81,32 @@ def payment_request(product: Product, order_id: str, shop_url: str) -> dict[str,
     }
 
 
+def retry_request(previous: Mapping[str, Any], shop_url: str) -> dict[str, Any]:
+    """The body of a new payment for the order an ended payment was for: same order, amount and item.
+
+    `previous` is the intake API's record of the earlier attempt (what this server asked for), never a form.
+    """
+    order_id = str(previous["reference"])
+    order_url = f"{shop_url}/orders/{order_id}"
+    body: dict[str, Any] = {
+        "amount": previous["amount"],
+        "currency": previous["currency"],
+        "reference": order_id,
+        "return_url": order_url,
+        "cancel_url": f"{order_url}?canceled=1",
+        "metadata": {"order_id": order_id, "retry_of": str(previous["id"])},
+    }
+    if previous.get("description"):
+        body["description"] = previous["description"]
+    return body
+
+
+def retry_idempotency_key(order_id: str, previous_payment_id: str) -> str:
+    """One key per attempt, derived from the attempt it replaces: a double click on "Try another card"
+    replays one new payment instead of opening two."""
+    return f"{order_id}.retry.{previous_payment_id}"
+
+
 async def buy(request: web.Request) -> web.Response:
     """Create (or, for a resubmitted order, replay) the payment, then send the customer to pay it."""
     form = await request.post()
@@ -84,11 +120,33 @@ async def buy(request: web.Request) -> web.Response:
             400,
         )
     bound = log.bind(order_id=order_id, product_id=product.id)
-    retry = {"product_id": product.id, "order_id": order_id}
+    # The first attempt's Idempotency-Key is the order id itself.
+    return await start_checkout(
+        request,
+        order_id,
+        order_id,
+        payment_request(product, order_id, request.app[SHOP_URL]),
+        bound,
+        again=("/buy", {"product_id": product.id, "order_id": order_id}),
+    )
+
+
+async def start_checkout(
+    request: web.Request,
+    order_id: str,
+    idempotency_key: str,
+    body: dict[str, Any],
+    bound: Any,
+    *,
+    again: tuple[str, dict[str, str]],
+) -> web.Response:
+    """Create the payment attempt `idempotency_key` for the order and send the customer to its checkout page.
+
+    `again` is the form (action, fields) that repeats this very attempt: safe, since the key is the same.
+    """
+    action, retry = again
     try:
-        payment = await request.app[INTAKE].create_payment(
-            order_id, payment_request(product, order_id, request.app[SHOP_URL])
-        )
+        payment = await request.app[INTAKE].create_payment(idempotency_key, body)
     except IdempotencyKeyReusedError:
         bound.warning("order id already used for another payment request")
         return html_page(
@@ -106,6 +164,7 @@ async def buy(request: web.Request) -> web.Response:
                 "We could not reach the payment service. Nothing was charged twice: "
                 "you can safely try again in a moment.",
                 retry=retry,
+                retry_action=action,
             ),
             503,
             {"Retry-After": "5"},
@@ -117,6 +176,7 @@ async def buy(request: web.Request) -> web.Response:
                 "The payment could not be started",
                 "The payment service did not accept the order. You can try again; the order will not be paid twice.",
                 retry=retry,
+                retry_action=action,
             ),
             502,
         )
@@ -126,7 +186,10 @@ async def buy(request: web.Request) -> web.Response:
         bound.error("payment service answered a malformed payment id")
         return html_page(
             render_problem(
-                "The payment could not be started", "The payment service gave an unexpected answer.", retry=retry
+                "The payment could not be started",
+                "The payment service gave an unexpected answer.",
+                retry=retry,
+                retry_action=action,
             ),
             502,
         )
@@ -138,6 +201,73 @@ async def buy(request: web.Request) -> web.Response:
         return see_other(checkout_url)
     bound.info("checkout not ready; customer sent to the order page", status=payment["status"])
     return see_other(f"/orders/{order_id}")
+
+
+async def retry_payment(request: web.Request) -> web.Response:
+    """A new payment for an order whose payment FAILED, was CANCELED or EXPIRED: same order, new attempt.
+
+    The form names the attempt the page showed; it must be this order's (the intake API says so) and over.
+    Anything else sends the customer back to the order page, which shows what is true.
+    """
+    order_id = request.match_info["order_id"]
+    form = await request.post()
+    previous_id = form.get("payment_id")
+    if not is_order_id(order_id) or not isinstance(previous_id, str) or not is_payment_id(previous_id):
+        return order_not_found()
+    bound = log.bind(order_id=order_id, retry_of=previous_id)
+    try:
+        previous = await request.app[INTAKE].get_payment(previous_id)
+    except PaymentNotFoundError:
+        return order_not_found()
+    except IntakeError as exc:
+        bound.warning("payment service unavailable", error=str(exc))
+        return html_page(
+            render_problem(
+                "Payments are unavailable right now",
+                "We could not reach the payment service. Nothing was charged: you can safely try again in a moment.",
+                retry={"payment_id": previous_id},
+                retry_action=f"/orders/{order_id}/retry",
+            ),
+            503,
+            {"Retry-After": "5"},
+        )
+    if previous.get("reference") != order_id:
+        bound.warning("retry names a payment of another order")
+        return order_not_found()
+    if previous["status"] not in RETRYABLE:
+        return see_other(f"/orders/{order_id}")
+    bound.info("new payment attempt for the order", previous_status=previous["status"])
+    return await start_checkout(
+        request,
+        order_id,
+        retry_idempotency_key(order_id, previous_id),
+        retry_request(previous, request.app[SHOP_URL]),
+        bound,
+        again=(f"/orders/{order_id}/retry", {"payment_id": previous_id}),
+    )
+
+
+async def wait_for_outcome(intake: IntakeClient, payment: dict[str, Any], within: float) -> dict[str, Any]:
+    """Read a PENDING payment again, soon and then less often, for at most `within` seconds.
+
+    A customer sent back by the gateway has paid (or canceled) a moment ago; the webhook carrying the outcome
+    is usually a few milliseconds behind. Waiting here shows the outcome at once instead of a PENDING page.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = _CONFIRM_POLL_FIRST
+    while payment["status"] == "PENDING" and loop.time() + delay <= deadline:
+        await asyncio.sleep(delay)
+        payment = await intake.get_payment(payment["id"])
+        delay = min(delay * 2, _CONFIRM_POLL_MAX)
+    return payment
+
+
+def arrival_of(query: Mapping[str, str]) -> Arrival:
+    """The gateway appends `payment_id` to the links it sends customers back by; the cancel link says so too."""
+    if "payment_id" not in query:
+        return None
+    return "cancel" if "canceled" in query else "checkout"
 
 
 async def show_order(request: web.Request) -> web.Response:
@@ -157,8 +287,12 @@ async def show_order(request: web.Request) -> web.Response:
     if payment_id is None:
         return order_not_found()
     bound = log.bind(order_id=order_id, payment_id=payment_id)
+    arrival = arrival_of(request.query)
+    intake = request.app[INTAKE]
     try:
-        payment = await request.app[INTAKE].get_payment(payment_id)
+        payment = await intake.get_payment(payment_id)
+        if arrival is not None and payment.get("reference") == order_id:
+            payment = await wait_for_outcome(intake, payment, request.app[CONFIRM_WAIT])
     except PaymentNotFoundError:
         bound.warning("order page for an unknown payment")
         return order_not_found()
@@ -187,4 +321,4 @@ async def show_order(request: web.Request) -> web.Response:
         return order_not_found()
     orders.remember(order_id, payment_id)
     bound.debug("order page shown", status=payment["status"])
-    return html_page(render_order(payment, left_checkout="canceled" in request.query))
+    return html_page(render_order(payment, arrival=arrival))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ class FakeIntake:
     fail_with: int | None = None
     conflicts_left: int = 0
     url: str = ""
+    reads: Counter[str] = field(default_factory=Counter)
+    # payment id -> (the read that first sees the outcome, status, failure_code): a webhook landing meanwhile.
+    outcomes_at_read: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -106,6 +110,11 @@ class FakeIntake:
         payment = self.payments.get(request.match_info["payment_id"])
         if payment is None:
             return self._problem(404, "payment-not-found")
+        self.reads[payment["id"]] += 1
+        if payment["id"] in self.outcomes_at_read:
+            at_read, status, failure_code = self.outcomes_at_read[payment["id"]]
+            if self.reads[payment["id"]] >= at_read:
+                self.settle(payment["id"], status, failure_code)
         return web.json_response(payment)
 
     def settle(self, payment_id: str, status: str, failure_code: str | None = None) -> None:
@@ -126,8 +135,13 @@ async def intake() -> AsyncIterator[FakeIntake]:
     await server.close()
 
 
+# Short, so a page that waits in vain for an outcome costs the test little.
+CONFIRM_WAIT_SECONDS = 0.4
+
+
 async def start_shop(intake_url: str) -> TestClient:
-    client = TestClient(TestServer(create_app(settings_for(intake_url))))
+    app = create_app(settings_for(intake_url), confirm_wait_seconds=CONFIRM_WAIT_SECONDS)
+    client = TestClient(TestServer(app))
     await client.start_server()
     return client
 
@@ -436,3 +450,140 @@ async def test_logs_carry_the_payment_id_and_never_the_api_key(shop: TestClient,
     (payment_id,) = intake.payments
     assert any(entry.get("payment_id") == payment_id for entry in logs)
     assert API_KEY not in repr(logs)
+
+
+# --- coming back from the gateway, and paying again (issue 13, items 11 and 12) ---------------------------------
+
+
+async def bought(shop: TestClient, intake: FakeIntake, product: str = "book") -> tuple[str, str]:
+    order_id = (await product_page_orders(shop))[product]
+    await buy(shop, product, order_id)
+    payment_id = next(pid for pid, p in intake.payments.items() if p["reference"] == order_id)
+    return order_id, payment_id
+
+
+async def test_back_from_paying_the_page_waits_for_the_outcome_and_shows_it_at_once(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    intake.outcomes_at_read[payment_id] = (2, "SUCCEEDED", None)
+    status, html = await order_page(shop, f"/orders/{order_id}?payment_id={payment_id}")
+    assert status == 200 and shown_status(html) == "SUCCEEDED"
+    assert "Not paid yet" not in html and 'http-equiv="refresh"' not in html
+    assert intake.reads[payment_id] == 2
+
+
+async def test_back_from_paying_while_the_outcome_is_late_says_confirming_and_offers_no_second_payment(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    status, html = await order_page(shop, f"/orders/{order_id}?payment_id={payment_id}")
+    assert status == 200 and shown_status(html) == "PENDING"
+    assert "<h1>Confirming your payment…</h1>" in html
+    assert "Not paid yet" not in html and "Continue to payment" not in html
+    assert _REFRESH in html
+    assert intake.reads[payment_id] > 1, "the page did not look again before answering"
+
+
+async def test_a_visit_that_does_not_come_from_the_gateway_answers_without_waiting(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    intake.outcomes_at_read[payment_id] = (2, "SUCCEEDED", None)
+    _, html = await order_page(shop, f"/orders/{order_id}")
+    assert shown_status(html) == "PENDING" and "Not paid yet?" in html
+    assert intake.reads[payment_id] == 1
+
+
+async def test_back_from_canceling_the_page_speaks_of_a_cancel_not_of_a_confirmation(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    _, html = await order_page(shop, f"/orders/{order_id}?canceled=1&payment_id={payment_id}")
+    assert shown_status(html) == "PENDING"
+    assert "<h1>You left the payment page</h1>" in html and "Nothing has been charged." in html
+    assert "Waiting for the payment to be confirmed" not in html and "Confirming" not in html
+
+    intake.outcomes_at_read[payment_id] = (intake.reads[payment_id] + 2, "CANCELED", None)
+    _, html = await order_page(shop, f"/orders/{order_id}?canceled=1&payment_id={payment_id}")
+    assert shown_status(html) == "CANCELED"
+    assert "The payment was canceled. Nothing has been charged." in html
+    assert '<button type="submit" id="retry-payment">Pay for this order</button>' in html
+
+
+@pytest.mark.parametrize(
+    ("failure_code", "reason"),
+    [
+        ("card_declined", "Your card was declined."),
+        ("insufficient_funds", "Your card has insufficient funds."),
+        ("something_new", "The payment did not go through."),
+    ],
+)
+async def test_a_failed_payment_gives_the_reason_in_words_and_offers_another_card(
+    shop: TestClient, intake: FakeIntake, failure_code: str, reason: str
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    intake.settle(payment_id, "FAILED", failure_code)
+    _, html = await order_page(shop, f"/orders/{order_id}?payment_id={payment_id}")
+    assert f'<span class="reason" id="failure-reason">{reason}</span>' in html
+    assert f"<code>{failure_code}</code>" in html
+    assert f'<form method="post" action="/orders/{order_id}/retry">' in html
+    assert f'name="payment_id" value="{payment_id}"' in html
+    assert '<button type="submit" id="retry-payment">Try another card</button>' in html
+
+
+async def retry(shop: TestClient, order_id: str, payment_id: str) -> Any:
+    return await shop.post(f"/orders/{order_id}/retry", data={"payment_id": payment_id}, allow_redirects=False)
+
+
+async def test_another_card_is_a_new_payment_for_the_same_order_under_a_new_idempotency_key(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, failed_id = await bought(shop, intake)
+    intake.settle(failed_id, "FAILED", "card_declined")
+    first = await retry(shop, order_id, failed_id)
+    again = await retry(shop, order_id, failed_id)  # a double click
+
+    assert len(intake.posts) == 3
+    (first_headers, first_body), (headers, body), (headers_again, body_again) = intake.posts
+    assert headers["Idempotency-Key"] == headers_again["Idempotency-Key"] == f"{order_id}.retry.{failed_id}"
+    assert headers["Idempotency-Key"] != first_headers["Idempotency-Key"] == order_id
+    assert body == body_again
+    assert {k: body[k] for k in ("amount", "currency", "reference", "description", "return_url", "cancel_url")} == {
+        k: first_body[k] for k in ("amount", "currency", "reference", "description", "return_url", "cancel_url")
+    }
+    assert body["metadata"] == {"order_id": order_id, "retry_of": failed_id}
+    new_id = next(pid for pid in intake.payments if pid != failed_id)
+    assert len(intake.payments) == 2
+    assert first.status == again.status == 303
+    assert first.headers["Location"] == intake.payments[new_id]["checkout_url"]
+
+    # The order page now follows the new attempt, even from the old attempt's return link.
+    _, html = await order_page(shop, f"/orders/{order_id}")
+    assert shown_status(html) == "PENDING" and intake.payments[new_id]["checkout_url"] in html
+    intake.settle(new_id, "SUCCEEDED")
+    _, html = await order_page(shop, f"/orders/{order_id}?payment_id={failed_id}")
+    assert shown_status(html) == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("status", ["PENDING", "SUCCEEDED"])
+async def test_an_order_still_being_paid_or_paid_is_not_paid_again(
+    shop: TestClient, intake: FakeIntake, status: str
+) -> None:
+    order_id, payment_id = await bought(shop, intake)
+    intake.settle(payment_id, status)
+    response = await retry(shop, order_id, payment_id)
+    assert response.status == 303 and response.headers["Location"] == f"/orders/{order_id}"
+    assert len(intake.posts) == 1
+
+
+async def test_a_retry_naming_another_orders_payment_or_nonsense_is_a_404_page(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    orders = await product_page_orders(shop)
+    _, payment_id = await bought(shop, intake, "book")
+    intake.settle(payment_id, "FAILED", "card_declined")
+    assert (await retry(shop, orders["mug"], payment_id)).status == 404
+    assert (await retry(shop, orders["mug"], "<script>")).status == 404
+    assert (await shop.post(f"/orders/{orders['mug']}/retry", data={}, allow_redirects=False)).status == 404
+    assert len(intake.posts) == 1
