@@ -25,6 +25,12 @@ _MIGRATION_LOCK_ID = 7_202_611_230  # any constant shared by every Paystream pro
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
+class MigrationChanged(RuntimeError):
+    """A migration file differs from the one applied under its number: the schema is not what the code expects.
+
+    Never retried: the service stops at start (a changed migration must get a new number instead)."""
+
+
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/") or "postgres"
 
@@ -131,7 +137,10 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str
                 checksum = hashlib.sha256(sql.encode()).hexdigest()
                 if version in done:
                     if done[version] != checksum:
-                        log.warning("applied migration has changed since", migrations_of=service, migration=name)
+                        raise MigrationChanged(
+                            f"migration {service}/{name} has changed since it was applied;"
+                            " add a new numbered migration instead of editing an applied one"
+                        )
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
@@ -148,6 +157,20 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now
+
+
+async def schemas_missing(url: str, services: Iterable[str]) -> list[str]:
+    """Those of `services` whose schema is not deployed yet (no migration of theirs applied)."""
+    conn = await connect(url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('public.paystream_migrations')") is None:
+            return list(services)
+        deployed = {
+            r["service"] for r in await conn.fetch("SELECT DISTINCT service FROM public.paystream_migrations")
+        }
+        return [service for service in services if service not in deployed]
+    finally:
+        await conn.close()
 
 
 async def prepare_database(url: str, services: Iterable[str]) -> list[str]:

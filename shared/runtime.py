@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from shared.broker import Broker
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
-from shared.db import create_pool, prepare_database
+from shared.db import MigrationChanged, create_pool, prepare_database, schemas_missing
 from shared.logs import configure_logging, get_logger
 from shared.telemetry import configure_tracing, shutdown_tracing
 
@@ -49,6 +50,10 @@ def run_service(
             access_log=None,
             handle_signals=True,
         )
+    except MigrationChanged as exc:
+        log.error("schema does not match the code; stopping", error=str(exc))
+        sys.stderr.write(f"paystream: {exc}\n")
+        raise SystemExit(1) from None
     finally:
         shutdown_tracing()
         log.info("service stopped")
@@ -62,6 +67,8 @@ async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]
     while True:
         try:
             return await connect()
+        except MigrationChanged:
+            raise  # waiting will not fix it
         except Exception as exc:
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise RuntimeError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
@@ -80,11 +87,23 @@ def redact_url(url: str) -> str:
 
 
 @asynccontextmanager
-async def database(settings: Settings, migrations: Iterable[str], **pool_args: Any) -> AsyncIterator[asyncpg.Pool]:
-    """The database ready for this service: created if missing, migrated, pooled; closed on exit."""
+async def database(
+    settings: Settings,
+    migrations: Iterable[str],
+    *,
+    reads: Iterable[str] = (),
+    schema_wait_seconds: float = 60.0,
+    **pool_args: Any,
+) -> AsyncIterator[asyncpg.Pool]:
+    """The database ready for this service: created if missing, its own migrations applied, pooled; closed on exit.
+
+    Each schema has one deployer, the service that owns it. A service that also reads another's schema
+    (`reads`) waits, up to `schema_wait_seconds`, until its owner has deployed it.
+    """
     await retry_until_up(
         "PostgreSQL", settings.database_url, lambda: prepare_database(settings.database_url, migrations)
     )
+    await _wait_for_schemas(settings.database_url, list(reads), schema_wait_seconds)
     pool = await create_pool(settings.database_url, **pool_args)
     try:
         yield pool
@@ -102,6 +121,18 @@ async def broker(settings: Settings, name: str) -> AsyncIterator[Broker]:
         yield instance
     finally:
         await instance.close()
+
+
+async def _wait_for_schemas(url: str, owners: list[str], within: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while missing := await schemas_missing(url, owners):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(
+                f"the schema of {', '.join(missing)} is not deployed: start that service once"
+                " (or run `python -m shared.stack prepare`)"
+            )
+        get_logger(__name__).warning("waiting for a schema this service reads", owners=missing)
+        await asyncio.sleep(0.5)
 
 
 async def pool_ready(pool: asyncpg.Pool) -> bool:

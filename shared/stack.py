@@ -15,7 +15,7 @@ import sys
 
 from shared.broker import Broker
 from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
-from shared.db import prepare_database
+from shared.db import MigrationChanged, prepare_database
 from shared.runtime import redact_url
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
@@ -26,6 +26,8 @@ REPLICA_PORT_STEP = 1000  # replica k of a service listens on its port + 1000 * 
 async def _check_postgres(settings: Settings) -> str | None:
     try:
         await asyncio.wait_for(prepare_database(settings.database_url, SERVICE_NAMES), DEPENDENCY_TIMEOUT)
+    except MigrationChanged as exc:
+        return str(exc)
     except Exception as exc:
         return f"PostgreSQL is unreachable at {redact_url(settings.database_url)} ({type(exc).__name__}: {exc})"
     return None

@@ -34,9 +34,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        # The intake reads the ledger's tables, so it makes sure they exist too.
+        # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).
         async with (
-            runtime.database(settings, ["ledger", "intake_api"], max_size=20) as pool,
+            runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=20) as pool,
             runtime.broker(settings, "intake_api") as broker,
         ):
             app[routes.POOL] = pool

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.ledger.handlers import EventRecorder
+from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
 from shared import runtime
 from shared.broker import RetryPolicy
@@ -27,7 +28,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(settings, GROUP) as broker:
-            await broker.consume(GROUP, EventRecorder(pool, broker.publish), retry=retry_policy(settings), prefetch=32)
+            recorder = EventRecorder(PostgresLedgerStore(pool), broker.publish)
+            await broker.consume(GROUP, recorder, retry=retry_policy(settings), prefetch=32)
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds

@@ -27,9 +27,11 @@ async def database_link(servers: Servers) -> AsyncIterator[LinkProxy]:
 async def behind_database_link(
     servers: Servers, database_link: LinkProxy, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployment]:
-    """The intake alone, reaching PostgreSQL only through `database_link`."""
+    """The intake alone, reaching PostgreSQL only through `database_link`; the ledger's schema, which the intake
+    reads, deployed beforehand as the ledger would have."""
     services = {"intake_api": ("intake_api", lambda env: {"DATABASE_URL": through(env["DATABASE_URL"], database_link)})}
-    async with deployment(servers, tmp_path_factory.mktemp("database_cut"), services) as running:
+    path = tmp_path_factory.mktemp("database_cut")
+    async with deployment(servers, path, services, deployed=("ledger",)) as running:
         yield running
 
 

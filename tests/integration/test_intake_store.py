@@ -13,6 +13,7 @@ import pytest
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
 from services.ledger.handlers import record_event
+from services.ledger.postgres_store import PostgresLedgerStore
 from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
 from tests.support.infra import Servers, create_database, drop_database
@@ -65,7 +66,7 @@ async def record_in_ledger(pool: asyncpg.Pool, payment_id: str) -> None:
     envelope = await pool.fetchval(
         "SELECT envelope FROM intake.outbox WHERE payment_id = $1 AND event_type = 'payment.requested'", payment_id
     )
-    await record_event(pool, Envelope.model_validate_json(envelope))
+    await record_event(PostgresLedgerStore(pool), Envelope.model_validate_json(envelope))
 
 
 async def backdate(pool: asyncpg.Pool, payment_id: str, age: timedelta) -> None:

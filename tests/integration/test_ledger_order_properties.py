@@ -3,7 +3,8 @@
 Fewer examples than the pure tests (each one writes real rows): a random history of one payment, delivered in
 a random order with duplicates, an event arriving before its payment deferred behind the request (RetryLater,
 as the delay queue does), must end in the state the gateway's truth dictates, with one log row per event id,
-and record exactly what the pure rules (`decide`) say for that order.
+and record exactly what the same rules (`record_event`) record over the in-memory store for that order: the
+Postgres store and its twin behave alike.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ledger.handlers import record_event
+from services.ledger.postgres_store import PostgresLedgerStore
+from services.ledger.store import InMemoryLedgerStore
 from shared.events import Envelope, PaymentStatus
-from tests.support.payment_histories import InMemoryLedger, LogRow, Truth, build_history, deliver, deliveries, truths
+from tests.support.payment_histories import LogRow, Truth, build_history, deliver, deliveries, log_rows, truths
 
 
 async def _record(pool: asyncpg.Pool, envelope: Envelope) -> None:
-    await record_event(pool, envelope)
+    await record_event(PostgresLedgerStore(pool), envelope)
 
 
 @settings(max_examples=50, deadline=None)
@@ -58,10 +61,10 @@ async def test_the_database_ends_the_same_whatever_the_order_and_duplication(
     ids = [r["event_id"] for r in logs]
     assert len(ids) == len(set(ids)) and set(ids) == history.event_ids
 
-    # What the database recorded is what the pure rules say for the same order of recording.
-    model = InMemoryLedger()
+    # What the database recorded is what the rules record over the in-memory twin, in the same order.
+    twin = InMemoryLedgerStore()
     for envelope in recorded:
-        await model.record(envelope)
+        await record_event(twin, envelope)
     stored: dict[uuid.UUID, LogRow] = {
         r["event_id"]: LogRow(
             PaymentStatus(r["from_status"]) if r["from_status"] else None,
@@ -71,4 +74,4 @@ async def test_the_database_ends_the_same_whatever_the_order_and_duplication(
         )
         for r in logs
     }
-    assert stored == model.rows
+    assert stored == log_rows(twin.log(history.payment_id))

@@ -13,6 +13,7 @@ import pytest
 
 from services.ledger.app import GROUP, retry_policy
 from services.ledger.handlers import EventRecorder
+from services.ledger.postgres_store import PostgresLedgerStore
 from shared.broker import Broker, Delivery
 from shared.config import Settings
 from shared.events import Envelope, PaymentStatus
@@ -24,7 +25,7 @@ class CountingRecorder:
     """The ledger's EventRecorder, noting every attempt it is given."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._recorder = EventRecorder(pool)
+        self._recorder = EventRecorder(PostgresLedgerStore(pool))
         self.attempts: list[tuple[str, int]] = []
 
     async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:

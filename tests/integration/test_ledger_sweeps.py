@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from services.ledger.handlers import record_event
+from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import request_expirations, request_reconciliations
 from shared.broker import Broker
 from shared.db import create_pool
@@ -52,9 +53,9 @@ async def brokers(amqp_url: str, namespace: str) -> AsyncIterator[list[Broker]]:
 
 async def payment(pool: asyncpg.Pool, *, ttl: float, with_intent: bool = True) -> str:
     payment_id = f"pay_{secrets.token_hex(8)}"
-    await record_event(pool, requested(payment_id, ttl=ttl))
+    await record_event(PostgresLedgerStore(pool), requested(payment_id, ttl=ttl))
     if with_intent:
-        await record_event(pool, intent_created(payment_id))
+        await record_event(PostgresLedgerStore(pool), intent_created(payment_id))
     return payment_id
 
 
@@ -104,7 +105,7 @@ async def test_payments_not_due_or_no_longer_pending_are_not_expired(
 ) -> None:
     await payment(own_pool, ttl=600)
     paid = await payment(own_pool, ttl=-1)
-    await record_event(own_pool, status_changed(paid, PaymentStatus.SUCCEEDED, "webhook", "paid"))
+    await record_event(PostgresLedgerStore(own_pool), status_changed(paid, PaymentStatus.SUCCEEDED, "webhook", "paid"))
 
     assert await request_expirations(own_pool, brokers[0], resend_after_seconds=0) == 0
     assert await commands_sent(brokers[0]) == []
@@ -116,7 +117,9 @@ async def test_reconciliation_asks_only_about_quiet_pending_payments_with_an_int
     quiet = await payment(own_pool, ttl=600)
     await payment(own_pool, ttl=600, with_intent=False)
     settled = await payment(own_pool, ttl=600)
-    await record_event(own_pool, status_changed(settled, PaymentStatus.FAILED, "webhook", "declined"))
+    await record_event(
+        PostgresLedgerStore(own_pool), status_changed(settled, PaymentStatus.FAILED, "webhook", "declined")
+    )
 
     await request_reconciliations(own_pool, brokers[0], older_than_seconds=0, every_seconds=60)
 

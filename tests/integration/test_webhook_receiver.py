@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.ledger.app import GROUP
 from services.ledger.handlers import record_event
+from services.ledger.postgres_store import PostgresLedgerStore
 from services.webhook_receiver.app import MAX_WEBHOOK_BYTES, create_app
 from shared.broker import Broker, Delivery, RetryPolicy
 from shared.config import Settings
@@ -265,15 +266,15 @@ class OutcomeRecorder:
         self.outcomes: list[str] = []
 
     async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        self.outcomes.append((await record_event(self._pool, envelope)).outcome)
+        self.outcomes.append((await record_event(PostgresLedgerStore(self._pool), envelope)).outcome)
 
 
 async def test_the_same_webhook_ten_times_at_once_makes_one_transition(
     receiver: TestClient, pool: asyncpg.Pool, amqp_url: str, namespace: str
 ) -> None:
     payment_id = f"pay_{secrets.token_hex(8)}"
-    await record_event(pool, requested(payment_id))
-    await record_event(pool, intent_created(payment_id))
+    await record_event(PostgresLedgerStore(pool), requested(payment_id))
+    await record_event(PostgresLedgerStore(pool), intent_created(payment_id))
     ledger = Broker(amqp_url, namespace, name="test-ledger")
     await ledger.connect()
     try:

@@ -73,10 +73,16 @@ class Deployment:
 
 @asynccontextmanager
 async def deployment(
-    servers: Servers, log_dir: Path, processes: Mapping[str, tuple[str, Overrides]]
+    servers: Servers,
+    log_dir: Path,
+    processes: Mapping[str, tuple[str, Overrides]],
+    *,
+    deployed: tuple[str, ...] = (),
 ) -> AsyncIterator[Deployment]:
-    """Start `processes` ({label: (service, overrides)}) on a fresh database and namespace; clean up after."""
-    database_url = await create_database(servers.database_url, migrations=())
+    """Start `processes` ({label: (service, overrides)}) on a fresh database and namespace; clean up after.
+
+    `deployed`: services whose schema is migrated beforehand, as their own deployer would have left it."""
+    database_url = await create_database(servers.database_url, migrations=deployed)
     namespace = unique_name("psintake")
     env = stack_environment(database_url, servers.amqp_url, namespace)
     started: dict[str, ServiceProcess] = {}

@@ -3,21 +3,21 @@
 A history follows one gateway truth: the intent is created (or could not be), then the gateway reports at most
 one unsuccessful outcome and possibly a success after it (a late success), each through any of its reporters
 (webhook, reconciliation, expiry, a merchant's cancel), plus commands and a forged event with another amount.
-`deliver` then plays a delivery order through a ledger, modelling "payment unknown → retry later" as a deferral
-behind the payment's request, as the ledger's delay queue does.
+`deliver` then plays a delivery order through the ledger's `record_event` (over either store), modelling
+"payment unknown → retry later" as a deferral behind the payment's request, as the ledger's delay queue does.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from hypothesis import strategies as st
 
-from services.ledger.state_machine import PaymentState, decide
+from services.ledger.store import LogEntry
 from shared.broker import RetryLater
 from shared.events import (
     CancelPayment,
@@ -219,37 +219,14 @@ class LogRow:
     late_success: bool = False
 
 
-@dataclass
-class InMemoryLedger:
-    """The ledger's recording rules around the pure `decide`: what handlers.record_event does in SQL."""
-
-    state: PaymentState | None = None
-    rows: dict[uuid.UUID, LogRow] = field(default_factory=dict)
-
-    async def record(self, envelope: Envelope) -> None:
-        message = envelope.message()
-        if isinstance(message, PaymentRequested):
-            created = self.state is None
-            if self.state is None:
-                self.state = PaymentState(status=P, amount=message.amount, currency=message.currency)
-            if envelope.id not in self.rows:
-                outcome = "applied" if created else "ignored: payment already recorded"
-                self.rows[envelope.id] = LogRow(None, self.state.status, outcome)
-            return
-        if self.state is None:
-            raise RetryLater("payment not known yet")
-        if envelope.id in self.rows:
-            return
-        decision = decide(self.state, message)
-        self.state = decision.after
-        self.rows[envelope.id] = LogRow(
-            decision.before.status, decision.after.status, decision.outcome, decision.late_success
-        )
+def log_rows(entries: Iterable[LogEntry]) -> dict[uuid.UUID, LogRow]:
+    """What a store's log says, by event id."""
+    return {e.event_id: LogRow(e.from_status, e.to_status, e.outcome, e.late_success) for e in entries}
 
 
 async def deliver(
     queue: list[Envelope],
-    record: Callable[[Envelope], Awaitable[None]],
+    record: Callable[[Envelope], Awaitable[object]],
     choose: Callable[[int, int], int],
 ) -> list[Envelope]:
     """Deliver `queue` through `record`; a RetryLater puts the event back at `choose(low, high)`, somewhere

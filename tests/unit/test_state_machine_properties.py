@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the ledger's rules: any order, any duplication, the same end.
 
 Each example is one payment's realistic history (tests/support/payment_histories.py), delivered in a random
-order with random duplicates, through the ledger's recording rules around the pure `decide`. An event that
+order with random duplicates, through the ledger's real `record_event` over the in-memory store. An event that
 arrives before its payment's request is deferred behind it, as the ledger's delay queue does.
 """
 
@@ -10,36 +10,52 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.events import PaymentStatus
+from services.ledger.handlers import record_event
+from services.ledger.store import InMemoryLedgerStore
+from shared.events import Envelope, PaymentStatus
 from tests.support.payment_histories import (
     History,
-    InMemoryLedger,
     LogRow,
     Truth,
     build_history,
     deliver,
     deliveries,
+    log_rows,
     truths,
 )
 
 PAYMENT_ID = "pay_property"
 
 
-async def _replay(history: History, order: list, data: st.DataObject) -> InMemoryLedger:
-    ledger = InMemoryLedger()
+class Ledger:
+    """The ledger's recording rules (handlers.record_event) over the in-memory store, for one payment."""
+
+    def __init__(self) -> None:
+        self.store = InMemoryLedgerStore()
+
+    async def record(self, envelope: Envelope) -> None:
+        await record_event(self.store, envelope)
+
+    @property
+    def rows(self) -> dict:
+        return log_rows(self.store.log(PAYMENT_ID))
+
+
+async def _replay(history: History, order: list, data: st.DataObject) -> Ledger:
+    ledger = Ledger()
     await deliver(order, ledger.record, lambda low, high: data.draw(st.integers(low, high)))
     return ledger
 
 
-async def _in_causal_order(history: History) -> InMemoryLedger:
-    ledger = InMemoryLedger()
+async def _in_causal_order(history: History) -> Ledger:
+    ledger = Ledger()
     await deliver(list(history.events), ledger.record, lambda low, high: low)
     return ledger
 
 
-def _final(ledger: InMemoryLedger) -> tuple[PaymentStatus, str | None, str | None, str | None]:
-    assert ledger.state is not None
-    s = ledger.state
+def _final(ledger: Ledger) -> tuple[PaymentStatus, str | None, str | None, str | None]:
+    s = ledger.store.state(PAYMENT_ID)
+    assert s is not None
     return s.status, s.failure_code, s.provider_payment_id, s.checkout_url
 
 

@@ -1,0 +1,213 @@
+"""The ledger's store in PostgreSQL (schema `ledger`): each operation of the port is one statement for a batch.
+
+A statement is atomic on its own, so no explicit transaction is needed unless work must happen before the
+commit (`before_commit`: a follow-up command published with the write, all or nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Sequence
+
+import asyncpg
+
+from services.ledger.state_machine import PaymentState
+from services.ledger.store import ALREADY_RECORDED, BeforeCommit, PaymentWrite, StoredPayment, WriteResult
+from shared.events import Envelope, PaymentRequested, PaymentStatus
+
+_LOG_COLUMNS = """payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
+    late_success, payload, occurred_at"""
+
+# New payments and their log rows. A payment that exists already gets its log row marked ALREADY_RECORDED;
+# an event logged before gets nothing (ON CONFLICT on event_id). Rows are taken in id order so that two
+# ledgers inserting overlapping batches wait for each other instead of deadlocking.
+_RECORD_REQUESTS = f"""
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[],
+                         $14::timestamptz[], $15::uuid[], $16::text[], $17::text[], $18::text[], $19::timestamptz[])
+        WITH ORDINALITY AS r(id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency,
+                             description, customer_email, metadata, return_url, cancel_url, created_at, expires_at,
+                             event_id, event_type, source, payload, occurred_at, n)
+), created AS (
+    INSERT INTO ledger.payment_requests
+        (id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
+         customer_email, metadata, return_url, cancel_url, status, created_at, updated_at, expires_at)
+    SELECT id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
+           customer_email, metadata::jsonb, return_url, cancel_url, 'PENDING', created_at, created_at, expires_at
+    FROM incoming ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
+SELECT i.id, i.event_id, i.event_type, NULL, coalesce(p.status, 'PENDING'), i.source,
+       CASE WHEN i.id IN (SELECT id FROM created) THEN 'applied' ELSE '{ALREADY_RECORDED}' END,
+       false, i.payload::jsonb, i.occurred_at
+FROM incoming i LEFT JOIN ledger.payment_requests p ON p.id = i.id
+ORDER BY i.n
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id, outcome
+"""
+
+# The payments' state and version, with which of the asked events each has logged (one round trip).
+_READ = """
+SELECT p.id, p.status, p.amount, p.currency, p.provider, p.provider_payment_id, p.checkout_url, p.failure_code,
+       p.created_at, p.version,
+       ARRAY(SELECT l.event_id FROM ledger.payment_logs l
+             WHERE l.payment_request_id = p.id AND l.event_id = ANY($2::uuid[])) AS seen
+FROM ledger.payment_requests p WHERE p.id = ANY($1::text[])
+"""
+
+# The compare-and-set of a batch, in one statement: lock each payment only if it is still at the version its
+# decisions were made on (a row that another ledger changed meanwhile is re-checked after its lock and
+# skipped), write the log rows of the locked payments, then apply the new state of those whose log rows were
+# new, bumping the version. Locks are taken in id order, so concurrent batches do not deadlock.
+_APPLY_IF_UNCHANGED = f"""
+WITH expected AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[]) AS e(id, version)
+), unchanged AS (
+    SELECT p.id FROM ledger.payment_requests p JOIN expected e ON p.id = e.id AND p.version = e.version
+    ORDER BY p.id
+    FOR UPDATE OF p
+), logged AS (
+    INSERT INTO ledger.payment_logs ({_LOG_COLUMNS})
+    SELECT l.payment_request_id, l.event_id, l.event_type, l.from_status, l.to_status, l.source, l.outcome,
+           l.late_success, l.payload::jsonb, l.occurred_at
+    FROM unnest($3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[],
+                $11::text[], $12::timestamptz[])
+        WITH ORDINALITY AS l(payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
+                             late_success, payload, occurred_at, n)
+    WHERE l.payment_request_id IN (SELECT id FROM unchanged)
+    ORDER BY l.n
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING payment_request_id, event_id
+), changed AS (
+    UPDATE ledger.payment_requests p
+    SET status = c.status, provider = c.provider, provider_payment_id = c.provider_payment_id,
+        checkout_url = c.checkout_url, failure_code = c.failure_code, version = p.version + 1,
+        completed_at = CASE WHEN c.completed THEN clock_timestamp() ELSE p.completed_at END,
+        updated_at = clock_timestamp()
+    FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bool[])
+        AS c(id, status, provider, provider_payment_id, checkout_url, failure_code, completed)
+    WHERE p.id = c.id AND p.id IN (SELECT payment_request_id FROM logged)
+    RETURNING p.id
+)
+SELECT ARRAY(SELECT id FROM unchanged) AS matched, ARRAY(SELECT event_id FROM logged) AS logged
+"""
+
+
+class PostgresLedgerStore:
+    """LedgerStore over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record_requests(self, requests: Sequence[Envelope]) -> dict[uuid.UUID, str]:
+        columns: list[list[object]] = [[] for _ in range(19)]
+        for envelope in requests:
+            request = envelope.message()
+            assert isinstance(request, PaymentRequested)
+            values = (
+                envelope.payment_id,
+                request.merchant_id,
+                request.idempotency_key,
+                request.request_fingerprint,
+                request.reference,
+                request.amount,
+                request.currency,
+                request.description,
+                request.customer_email,
+                json.dumps(request.metadata),
+                request.return_url,
+                request.cancel_url,
+                request.created_at,
+                request.expires_at,
+                envelope.id,
+                envelope.type,
+                envelope.source,
+                envelope.model_dump_json(),
+                envelope.occurred_at,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = await self._pool.fetch(_RECORD_REQUESTS, *columns)
+        return {row["event_id"]: row["outcome"] for row in rows}
+
+    async def read(self, payment_ids: Collection[str], event_ids: Collection[uuid.UUID]) -> dict[str, StoredPayment]:
+        rows = await self._pool.fetch(_READ, list(payment_ids), list(event_ids))
+        return {
+            row["id"]: StoredPayment(
+                state=PaymentState(
+                    status=PaymentStatus(row["status"]),
+                    amount=row["amount"],
+                    currency=row["currency"],
+                    provider=row["provider"],
+                    provider_payment_id=row["provider_payment_id"],
+                    checkout_url=row["checkout_url"],
+                    failure_code=row["failure_code"],
+                ),
+                version=row["version"],
+                created_at=row["created_at"],
+                seen=frozenset(row["seen"]),
+            )
+            for row in rows
+        }
+
+    async def apply_if_unchanged(
+        self, writes: Sequence[PaymentWrite], *, before_commit: BeforeCommit | None = None
+    ) -> WriteResult:
+        arguments = _write_arguments(writes)
+        async with self._pool.acquire() as conn:
+            if before_commit is None:
+                row = await conn.fetchrow(_APPLY_IF_UNCHANGED, *arguments)
+                assert row is not None
+                return _result(row)
+            async with conn.transaction():
+                row = await conn.fetchrow(_APPLY_IF_UNCHANGED, *arguments)
+                assert row is not None
+                result = _result(row)
+                await before_commit(result)
+            return result
+
+
+def _result(row: asyncpg.Record) -> WriteResult:
+    return WriteResult(frozenset(row["matched"]), frozenset(row["logged"]))
+
+
+def _write_arguments(writes: Sequence[PaymentWrite]) -> list[list[object]]:
+    expected: list[list[object]] = [[], []]
+    logs: list[list[object]] = [[] for _ in range(10)]
+    changes: list[list[object]] = [[] for _ in range(7)]
+    for write in writes:
+        expected[0].append(write.payment_id)
+        expected[1].append(write.version)
+        for entry in write.entries:
+            values = (
+                write.payment_id,
+                entry.event_id,
+                entry.event_type,
+                None if entry.from_status is None else entry.from_status.value,
+                entry.to_status.value,
+                entry.source,
+                entry.outcome,
+                entry.late_success,
+                json.dumps(entry.payload),
+                entry.occurred_at,
+            )
+            for column, value in zip(logs, values, strict=True):
+                column.append(value)
+        if write.after is not None:
+            after = write.after
+            values_after = (
+                write.payment_id,
+                after.status.value,
+                after.provider,
+                after.provider_payment_id,
+                after.checkout_url,
+                after.failure_code,
+                write.completed,
+            )
+            for column, value in zip(changes, values_after, strict=True):
+                column.append(value)
+    return [*expected, *logs, *changes]
