@@ -1,0 +1,109 @@
+"""`python -m tests.ledger_cpu [--payments N] [--profile out.txt]`: the ledger's CPU per event, measured.
+
+Starts one ledger process on a database and namespace of its own, publishes N payments' events through the real
+broker (every payment.requested, then every payment.intent_created, then every payment.status_changed, each
+phase awaited until the ledger has recorded it, so no event waits in a delay queue), and prints the CPU seconds
+the ledger process spent (utime + stime from /proc/<pid>/stat) divided by the events it recorded. With
+--profile, py-spy samples the ledger meanwhile and writes its collapsed stacks there. A diagnostic for whoever
+changes the ledger's hot path, like `make bench`; not a test (it asserts nothing about time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+
+from shared.broker import Broker
+from shared.events import PaymentStatus
+from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
+from tests.support.payment_histories import intent_created, requested, status_changed
+from tests.support.processes import ServiceProcess, eventually, stack_environment
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def publish_all(broker: Broker, envelopes: list, concurrency: int = 200) -> None:
+    for start in range(0, len(envelopes), concurrency):
+        await asyncio.gather(*(broker.publish(e) for e in envelopes[start : start + concurrency]))
+
+
+async def main(payments: int, profile: str | None) -> None:
+    servers = find_servers()
+    database_url = await create_database(servers.database_url, migrations=())
+    namespace = unique_name("pscpu")
+    env = stack_environment(database_url, servers.amqp_url, namespace, EXPIRY_SWEEP_INTERVAL_SECONDS="5")
+    ledger = ServiceProcess("ledger", env, Path(tempfile.mkdtemp(prefix="ledger-cpu-")))
+    broker = Broker(servers.amqp_url, namespace, name="ledger-cpu")
+    spy = None
+    pool = None
+    try:
+        ledger.start()
+        await ledger.wait_ready()
+        assert ledger.process is not None
+        pid = ledger.process.pid
+        await broker.connect()
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        ids = [f"pay_{secrets.token_hex(8)}" for _ in range(payments)]
+        query = "SELECT count(*) FROM ledger.payment_logs"
+
+        def recorded(count: int) -> Callable[[], Awaitable[bool]]:
+            async def probe() -> bool:
+                return int(await pool.fetchval(query)) >= count
+
+            return probe
+
+        if profile:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw"]
+                + ["--output", profile, "--rate", "200"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        started_cpu, started = cpu_seconds(pid), time.perf_counter()
+        phases = [
+            [requested(p) for p in ids],
+            [intent_created(p) for p in ids],
+            [status_changed(p, PaymentStatus.SUCCEEDED, "webhook", "paid") for p in ids],
+        ]
+        for n, phase in enumerate(phases, start=1):
+            await publish_all(broker, phase)
+            await eventually(recorded(n * payments), timeout=600, interval=0.2, what=f"phase {n} recorded")
+        spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
+        events = 3 * payments
+        print(
+            f"ledger: {events} events in {elapsed:.1f} s, {spent:.2f} CPU s,"
+            f" {spent / events * 1000:.3f} ms CPU per event, {events / elapsed:.0f} events/s"
+        )
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        ledger.stop()
+        await broker.close()
+        if pool is not None:
+            await pool.close()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(database_url)
+        servers.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tests.ledger_cpu")
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--profile", help="write py-spy's collapsed stacks of the ledger here")
+    args = parser.parse_args()
+    asyncio.run(main(args.payments, args.profile))
