@@ -165,9 +165,7 @@ async def schemas_missing(url: str, services: Iterable[str]) -> list[str]:
     try:
         if await conn.fetchval("SELECT to_regclass('public.paystream_migrations')") is None:
             return list(services)
-        deployed = {
-            r["service"] for r in await conn.fetch("SELECT DISTINCT service FROM public.paystream_migrations")
-        }
+        deployed = {r["service"] for r in await conn.fetch("SELECT DISTINCT service FROM public.paystream_migrations")}
         return [service for service in services if service not in deployed]
     finally:
         await conn.close()
