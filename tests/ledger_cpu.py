@@ -67,9 +67,9 @@ async def main(payments: int, profile: str | None) -> None:
             return probe
 
         if profile:
-            spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw"]
-                + ["--output", profile, "--rate", "200"],
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            spy = await asyncio.create_subprocess_exec(
+                *(py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", profile, "--rate", "200"),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -91,7 +91,7 @@ async def main(payments: int, profile: str | None) -> None:
     finally:
         if spy is not None:
             spy.send_signal(2)
-            spy.wait(30)
+            await asyncio.wait_for(spy.wait(), 30)
         ledger.stop()
         await broker.close()
         if pool is not None:
