@@ -102,7 +102,7 @@ def truths(draw: st.DrawFn) -> Truth:
             outcomes.append((earlier, draw(_reporters(earlier))))
         if final is not None:
             outcomes.append((final, draw(_reporters(final))))
-    commands = frozenset()
+    commands: frozenset[str] = frozenset()
     if intent_created:
         commands = draw(st.frozensets(st.sampled_from(["expire", "reconcile", "cancel"])))
     return Truth(
