@@ -15,7 +15,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, signature_header
+from shared.providers.base import PaymentProvider, ProviderIntent, signature_header
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import StripeProvider
 from tests.fakes.provider import FakeProvider
 from tests.fakes.stripe_fake import StripeFake
+from tests.support.messages import intent_request
 from tests.support.processes import ServiceProcess, eventually, free_port
 
 # Short enough that the timeout tests are quick, long enough for an answer on a busy machine.
@@ -67,21 +67,6 @@ class ProviderHarness(ABC):
     @abstractmethod
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         """A correctly signed event of a type no adapter acts on (a refund, a customer update...)."""
-
-
-def intent_request(**overrides: Any) -> IntentRequest:
-    fields: dict[str, Any] = {
-        "payment_id": f"pay_{secrets.token_hex(8)}",
-        "amount": 1999,
-        "currency": "USD",
-        "reference": "order-42",
-        "return_url": "https://shop.example/orders/42",
-        "cancel_url": "https://shop.example/cart",
-        "expires_at": datetime.now(UTC) + timedelta(minutes=45),
-        "description": "2 books",
-    }
-    fields.update(overrides)
-    return IntentRequest(**fields)
 
 
 class ProviderContract:

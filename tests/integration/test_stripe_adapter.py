@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 from shared.providers.stripe import StripeProvider
 from tests.fakes.stripe_fake import StripeFake
+from tests.support.messages import intent_request
 
 
 class _Clock:
@@ -55,27 +53,10 @@ async def provider(fake: StripeFake, clock: _Clock) -> AsyncIterator[StripeProvi
         await server.close()
 
 
-def _request(**overrides: Any) -> IntentRequest:
-    fields: dict[str, Any] = {
-        "payment_id": f"pay_{secrets.token_hex(8)}",
-        "amount": 1999,
-        "currency": "USD",
-        "reference": "order-42",
-        "return_url": "https://shop.example/orders/42?lang=en",
-        "cancel_url": "https://shop.example/cart",
-        "expires_at": datetime.now(UTC) + timedelta(minutes=30),
-        "description": "2 books",
-        "customer_email": "a@b.example",
-        "metadata": {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
-    }
-    fields.update(overrides)
-    return IntentRequest(**fields)
-
-
 async def test_create_sends_a_form_encoded_checkout_session_and_maps_the_answer(
     provider: StripeProvider, fake: StripeFake
 ) -> None:
-    request = _request()
+    request = intent_request()
     intent = await provider.create_intent(request)
 
     sent = fake.requests[-1]
@@ -106,7 +87,7 @@ async def test_create_sends_a_form_encoded_checkout_session_and_maps_the_answer(
 
 
 async def test_two_creates_for_one_payment_make_one_session(provider: StripeProvider, fake: StripeFake) -> None:
-    request = _request()
+    request = intent_request()
     first = await provider.create_intent(request)
     second = await provider.create_intent(request)
     assert second.provider_payment_id == first.provider_payment_id
@@ -117,7 +98,7 @@ async def test_a_create_retried_minutes_later_replays_the_same_session(
     provider: StripeProvider, fake: StripeFake, clock: _Clock
 ) -> None:
     # The fake, like Stripe, refuses a reused Idempotency-Key whose parameters changed.
-    request = _request()
+    request = intent_request()
     first = await provider.create_intent(request)
     clock.offset = timedelta(minutes=4)
     second = await provider.create_intent(request)
@@ -126,14 +107,14 @@ async def test_a_create_retried_minutes_later_replays_the_same_session(
 
 
 async def test_retrieve_reports_an_open_session_as_pending(provider: StripeProvider) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     intent = await provider.retrieve_intent(created.provider_payment_id)
     assert intent.status is PaymentStatus.PENDING
     assert intent.checkout_url == created.checkout_url
 
 
 async def test_retrieve_reports_a_paid_session_as_succeeded(provider: StripeProvider, fake: StripeFake) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     fake.complete_session(created.provider_payment_id)
     intent = await provider.retrieve_intent(created.provider_payment_id)
     assert (intent.status, intent.amount, intent.currency) == (PaymentStatus.SUCCEEDED, 1999, "USD")
@@ -142,7 +123,7 @@ async def test_retrieve_reports_a_paid_session_as_succeeded(provider: StripeProv
 async def test_canceling_an_open_session_expires_it_and_reports_canceled(
     provider: StripeProvider, fake: StripeFake
 ) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
     assert (intent.status, intent.failure_code) == (PaymentStatus.CANCELED, None)
     assert fake.sessions[created.provider_payment_id]["status"] == "expired"
@@ -150,7 +131,7 @@ async def test_canceling_an_open_session_expires_it_and_reports_canceled(
 
 
 async def test_expiring_an_open_session_reports_expired(provider: StripeProvider) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     intent = await provider.cancel_intent(created.provider_payment_id, reason="expired")
     assert (intent.status, intent.failure_code) == (PaymentStatus.EXPIRED, "expired")
 
@@ -158,14 +139,14 @@ async def test_expiring_an_open_session_reports_expired(provider: StripeProvider
 async def test_a_cancel_retried_after_it_took_effect_still_reports_canceled(
     provider: StripeProvider, fake: StripeFake
 ) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     fake.expire_session(created.provider_payment_id)
     intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
     assert intent.status is PaymentStatus.CANCELED
 
 
 async def test_canceling_a_paid_session_reports_succeeded(provider: StripeProvider, fake: StripeFake) -> None:
-    created = await provider.create_intent(_request())
+    created = await provider.create_intent(intent_request())
     fake.complete_session(created.provider_payment_id)
     intent = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
     assert intent.status is PaymentStatus.SUCCEEDED
@@ -176,7 +157,7 @@ async def test_canceling_a_paid_session_reports_succeeded(provider: StripeProvid
 async def test_a_server_error_or_rate_limit_is_transient(
     provider: StripeProvider, fake: StripeFake, status: int
 ) -> None:
-    request = _request()
+    request = intent_request()
     fake.fail_next(1, status=status)
     with pytest.raises(TransientGatewayError):
         await provider.create_intent(request)
@@ -187,7 +168,7 @@ async def test_a_server_error_or_rate_limit_is_transient(
 
 async def test_an_invalid_request_is_permanent(provider: StripeProvider, fake: StripeFake) -> None:
     with pytest.raises(PermanentGatewayError, match="400"):
-        await provider.create_intent(_request(currency="US"))
+        await provider.create_intent(intent_request(currency="US"))
     assert fake.sessions == {}
 
 
@@ -199,11 +180,11 @@ async def test_an_unknown_session_is_permanent(provider: StripeProvider) -> None
 async def test_a_wrong_api_key_is_permanent(provider: StripeProvider, fake: StripeFake) -> None:
     fake.api_key = "sk_test_rotated"
     with pytest.raises(PermanentGatewayError, match="401"):
-        await provider.create_intent(_request())
+        await provider.create_intent(intent_request())
 
 
 async def test_a_webhook_signed_like_stripe_verifies_and_maps(provider: StripeProvider, fake: StripeFake) -> None:
-    request = _request()
+    request = intent_request()
     created = await provider.create_intent(request)
     fake.complete_session(created.provider_payment_id)
     body, headers = fake.webhook(created.provider_payment_id, "checkout.session.completed")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.events import Envelope, PaymentRequested
+from shared.providers.base import IntentRequest
 
 
 def payment_requested(payment_id: str | None = None) -> Envelope:
@@ -24,3 +26,21 @@ def payment_requested(payment_id: str | None = None) -> Envelope:
         expires_at=now + timedelta(minutes=30),
     )
     return Envelope.wrap(message, payment_id=payment_id or f"pay_{secrets.token_hex(8)}", source="intake")
+
+
+def intent_request(**overrides: Any) -> IntentRequest:
+    """What the gateway_worker asks a provider for: 19.99 USD for a fresh payment id, the trace in the metadata."""
+    fields: dict[str, Any] = {
+        "payment_id": f"pay_{secrets.token_hex(8)}",
+        "amount": 1999,
+        "currency": "USD",
+        "reference": "order-42",
+        "return_url": "https://shop.example/orders/42?lang=en",
+        "cancel_url": "https://shop.example/cart",
+        "expires_at": datetime.now(UTC) + timedelta(minutes=30),
+        "description": "2 books",
+        "customer_email": "a@b.example",
+        "metadata": {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+    }
+    fields.update(overrides)
+    return IntentRequest(**fields)
