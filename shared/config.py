@@ -41,7 +41,9 @@ SERVICE_NAMES = tuple(SERVICES_BY_NAME)
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"must be a {'/'.join(schemes)} URL with a host, got {value!r}")
+        # The value is shown without its password: this line goes to a terminal or a log.
+        shown = value.replace(f":{parts.password}@", ":***@") if parts.password else value
+        raise ValueError(f"must be a {'/'.join(schemes)} URL with a host, got {shown!r}")
     return value
 
 
@@ -61,8 +63,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    database_url: str = "postgresql://postgres@localhost:5432/paystream"
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    # Secrets: they may hold passwords (shown redacted in logs, errors and reprs).
+    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/paystream")
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
         default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
@@ -106,19 +109,25 @@ class Settings(BaseSettings):
     sandbox_port: int = Field(default=8090, ge=0, le=65535)
     storefront_port: int = Field(default=8000, ge=0, le=65535)
     http_host: str = "0.0.0.0"
+    # The slow-client limits of every HTTP port (README "HTTP limits").
+    http_header_timeout_seconds: float = Field(default=5.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_max_connections: int = Field(default=512, ge=1)
     otel_exporter_otlp_endpoint: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("database_url")
     @classmethod
-    def _database_url(cls, v: str) -> str:
-        return _check_url(v, ("postgresql", "postgres"))
+    def _database_url(cls, v: SecretStr) -> SecretStr:
+        _check_url(v.get_secret_value(), ("postgresql", "postgres"))
+        return v
 
     @field_validator("amqp_url")
     @classmethod
-    def _amqp_url(cls, v: str) -> str:
-        return _check_url(v, ("amqp", "amqps"))
+    def _amqp_url(cls, v: SecretStr) -> SecretStr:
+        _check_url(v.get_secret_value(), ("amqp", "amqps"))
+        return v
 
     @field_validator(
         "sandbox_url",
@@ -131,7 +140,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        return None if v in (None, "") else _check_url(v, ("http", "https"))
+        return None if v is None or v == "" else _check_url(v, ("http", "https"))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,11 +1,24 @@
 """Every Prometheus metric Paystream exports, defined once (names follow Prometheus conventions).
 
-Each process exports the ones its code touches; Prometheus adds `job`/`instance` per service.
+Each service exports only the metrics it owns (`SERVICE_METRICS`), through a registry of its own
+(`service_registry`); Prometheus adds `job`/`instance` per service. Every metric is also in the default
+registry, where unit and integration tests read values.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Mapping
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.registry import Collector
 
 # Seconds buckets for a payment's life: a customer takes seconds to minutes on the hosted page.
 _COMPLETION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -84,3 +97,36 @@ SANDBOX_WEBHOOK_ATTEMPTS = Counter(
     "Webhook delivery attempts by the sandbox gateway, by outcome (delivered, refused, unreachable).",
     ["outcome"],
 )
+
+_CONSUMER = (EVENTS_PROCESSED, EVENT_PROCESSING_SECONDS)
+_RETRYING_CONSUMER = (*_CONSUMER, MESSAGE_RETRIES, DLQ_MESSAGES)
+
+# Who owns what (the README's metric-by-service table): a service exports these and nothing else.
+SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
+    "intake_api": (PAYMENTS_CREATED, OUTBOX_PENDING, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, *_CONSUMER),
+    "gateway_worker": (GATEWAY_REQUEST_DURATION, GATEWAY_ERRORS, *_RETRYING_CONSUMER),
+    "webhook_receiver": (WEBHOOKS_RECEIVED,),
+    "ledger": (
+        PAYMENTS_COMPLETED,
+        PAYMENT_COMPLETION_SECONDS,
+        PAYMENTS_PENDING,
+        PAYMENTS_PENDING_OLDEST_AGE,
+        LATE_SUCCESSES,
+        AMOUNT_MISMATCHES,
+        EXPIRATIONS_REQUESTED,
+        RECONCILIATIONS_REQUESTED,
+        *_RETRYING_CONSUMER,
+    ),
+    "sandbox_gateway": (SANDBOX_WEBHOOK_ATTEMPTS,),
+    "storefront": (),
+}
+# Every HTTP service times its requests, and every process reports its own CPU, memory and GC.
+_EVERY_SERVICE: tuple[Collector, ...] = (HTTP_REQUEST_DURATION, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+
+
+def service_registry(service: str) -> CollectorRegistry:
+    """A registry holding only `service`'s own metrics, for its GET /metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (*SERVICE_METRICS.get(service, ()), *_EVERY_SERVICE):
+        registry.register(collector)
+    return registry

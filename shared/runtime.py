@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import aiormq
 import asyncpg
 from aiohttp import web
 
 from shared.broker import Broker
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
 from shared.db import MigrationChanged, create_pool, prepare_database, schemas_missing
+from shared.http_server import EdgeRunner, claim_port
 from shared.logs import configure_logging, get_logger
+from shared.metrics import service_registry
 from shared.telemetry import configure_tracing, shutdown_tracing
+from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, problem_page
 
 T = TypeVar("T")
 
@@ -29,38 +35,99 @@ def run_service(
 ) -> None:
     """Run one service in the foreground; every service's `__main__` is this one call.
 
+class DependencyError(RuntimeError):
+    """RabbitMQ or PostgreSQL cannot be used (unreachable, or refusing our credentials): the service stops."""
+
+
+def run_service(
+    name: str,
+    build_app: Callable[[Settings], web.Application],
+    port: Callable[[Settings], int] | None = None,
+    host: Callable[[Settings], str] = lambda settings: settings.http_host,
+) -> None:
+    """Run one service in the foreground; every service's `__main__` is this one call.
+
     It listens on `host(settings)` (HTTP_HOST unless the service says) and on the port its entry in
-    `shared.config.SERVICES` names, unless `port` says otherwise.
+    `shared.config.SERVICES` names, unless `port` says otherwise. The port is claimed before anything else, so
+    a port in use stops the service with one line before it has connected to (or consumed from) anything; then
+    the application starts (broker, database) and serves.
     """
     service = SERVICES_BY_NAME[name]
     settings = load_settings()
     configure_logging(service.trace_name, fmt=settings.log_format, level=settings.log_level)
     configure_tracing(service.trace_name, settings.otel_exporter_otlp_endpoint)
     log = get_logger(name)
-    app = build_app(settings)
     listen_port = port(settings) if port is not None else int(getattr(settings, service.port_setting))
+    listen_host = host(settings)
+    try:
+        sock = claim_port(listen_host, listen_port)
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror})"
+        sys.stderr.write(f"paystream: {service.port_variable}: port {listen_port} on {listen_host} {reason}\n")
+        raise SystemExit(2) from None
+    app = build_app(settings)
+    app[METRICS_REGISTRY] = service_registry(name)
+    app[BODY_TIMEOUT_SECONDS] = settings.http_body_timeout_seconds
     log.info("service starting", port=listen_port)
     try:
-        web.run_app(
-            app,
-            host=host(settings),
-            port=listen_port,
-            shutdown_timeout=5,
-            print=None,
-            access_log=None,
-            handle_signals=True,
-        )
+        asyncio.run(_serve(app, sock, settings, log))
+    except DependencyError as exc:
+        log.error("service cannot start", error=str(exc))
+        sys.stderr.write(f"paystream: {exc}\n")
+        raise SystemExit(1) from None
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
     except MigrationChanged as exc:
         log.error("schema does not match the code; stopping", error=str(exc))
         sys.stderr.write(f"paystream: {exc}\n")
         raise SystemExit(1) from None
     finally:
+        sock.close()
         shutdown_tracing()
         log.info("service stopped")
 
 
+async def _serve(app: web.Application, sock: socket.socket, settings: Settings, log: Any) -> None:
+    """Start the application (its cleanup contexts connect to the broker and database), then accept
+    connections on the claimed socket until SIGTERM/SIGINT."""
+    runner = EdgeRunner(
+        app,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=5,
+        # aiohttp's keep-alive timer also runs from the start of each connection: a client still sending
+        # its headers when it fires is disconnected. That makes it the header read timeout too.
+        keepalive_timeout=settings.http_header_timeout_seconds,
+        max_line_size=HEADER_LINE_LIMIT,
+        max_field_size=HEADER_LINE_LIMIT,
+        error_page=app.get(ERROR_PAGE, problem_page),
+        max_connections=settings.http_max_connections,
+    )
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        log.info("service ready", port=sock.getsockname()[1])
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+# The longest request line or header accepted (aiohttp's default): past it, 431.
+HEADER_LINE_LIMIT = 8190
+
+
+def authentication_refused(exc: BaseException) -> bool:
+    """The dependency answered but refused our credentials: retrying will not help."""
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return True
+    return isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or "ACCESS_REFUSED" in str(exc)
+
+
 async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]], *, within: float = 30.0) -> T:
-    """Connect, retrying with backoff while the dependency is starting; give up after `within` seconds."""
+    """Connect, retrying with backoff while the dependency is starting; give up after `within` seconds.
+
+    Refused credentials stop at once with "authentication refused for <user> at <host:port>".
+    """
     log = get_logger(__name__)
     deadline = asyncio.get_running_loop().time() + within
     delay = 0.25
@@ -70,11 +137,20 @@ async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]
         except MigrationChanged:
             raise  # waiting will not fix it
         except Exception as exc:
+            if authentication_refused(exc):
+                parts = urlsplit(url)
+                raise DependencyError(
+                    f"{what}: authentication refused for {parts.username or '(no user)'} "
+                    f"at {parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, '')}"
+                ) from None
             if asyncio.get_running_loop().time() + delay > deadline:
-                raise RuntimeError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+                raise DependencyError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from None
             log.warning("waiting for dependency", dependency=what, url=redact_url(url), error=type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
 
 
 def redact_url(url: str) -> str:
@@ -100,11 +176,10 @@ async def database(
     Each schema has one deployer, the service that owns it. A service that also reads another's schema
     (`reads`) waits, up to `schema_wait_seconds`, until its owner has deployed it.
     """
-    await retry_until_up(
-        "PostgreSQL", settings.database_url, lambda: prepare_database(settings.database_url, migrations)
-    )
-    await _wait_for_schemas(settings.database_url, list(reads), schema_wait_seconds)
-    pool = await create_pool(settings.database_url, **pool_args)
+    url = settings.database_url.get_secret_value()
+    await retry_until_up("PostgreSQL", url, lambda: prepare_database(url, migrations))
+    await _wait_for_schemas(url, list(reads), schema_wait_seconds)
+    pool = await create_pool(url, **pool_args)
     try:
         yield pool
     finally:
@@ -114,8 +189,9 @@ async def database(
 @asynccontextmanager
 async def broker(settings: Settings, name: str) -> AsyncIterator[Broker]:
     """A connected broker with the whole topology declared; closed on exit."""
-    instance = Broker(settings.amqp_url, settings.broker_namespace, name=name)
-    await retry_until_up("RabbitMQ", settings.amqp_url, instance.connect)
+    url = settings.amqp_url.get_secret_value()
+    instance = Broker(url, settings.broker_namespace, name=name)
+    await retry_until_up("RabbitMQ", url, instance.connect)
     try:
         await instance.declare_topology()
         yield instance

@@ -12,34 +12,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from urllib.parse import urlsplit
 
 from shared.broker import Broker
 from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
 from shared.db import MigrationChanged, prepare_database
-from shared.runtime import redact_url
+from shared.runtime import authentication_refused, redact_url
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
 DEPENDENCY_TIMEOUT = 6.0
 REPLICA_PORT_STEP = 1000  # replica k of a service listens on its port + 1000 * (k - 1): 8080, 9080, 10080...
 
 
+def _failure(what: str, url: str, exc: BaseException) -> str:
+    """One line: refused credentials said as such (starting a server would not help), else unreachable."""
+    if authentication_refused(exc):
+        parts = urlsplit(url)
+        return f"{what}: authentication refused for {parts.username or '(no user)'} at {parts.hostname}:{parts.port}"
+    return f"{what} is unreachable at {redact_url(url)} ({type(exc).__name__}: {exc})"
+
+
 async def _check_postgres(settings: Settings) -> str | None:
+    url = settings.database_url.get_secret_value()
     try:
-        await asyncio.wait_for(prepare_database(settings.database_url, SERVICE_NAMES), DEPENDENCY_TIMEOUT)
+        await asyncio.wait_for(prepare_database(url, SERVICE_NAMES), DEPENDENCY_TIMEOUT)
     except MigrationChanged as exc:
         return str(exc)
     except Exception as exc:
-        return f"PostgreSQL is unreachable at {redact_url(settings.database_url)} ({type(exc).__name__}: {exc})"
+        return _failure("PostgreSQL", url, exc)
     return None
 
 
 async def _check_rabbitmq(settings: Settings) -> str | None:
-    broker = Broker(settings.amqp_url, settings.broker_namespace, name="paystream-prepare")
+    url = settings.amqp_url.get_secret_value()
+    broker = Broker(url, settings.broker_namespace, name="paystream-prepare")
     try:
         await asyncio.wait_for(broker.connect(timeout=DEPENDENCY_TIMEOUT), DEPENDENCY_TIMEOUT)
         await broker.declare_topology()
     except Exception as exc:
-        return f"RabbitMQ is unreachable at {redact_url(settings.amqp_url)} ({type(exc).__name__}: {exc})"
+        return _failure("RabbitMQ", url, exc)
     finally:
         try:
             await asyncio.wait_for(broker.close(), 2)
@@ -109,7 +120,8 @@ def main() -> None:
     if problems:
         for problem in problems:
             sys.stderr.write(f"paystream: {problem}\n")
-        sys.stderr.write(f"paystream: {HOW_TO_START}\n")
+        if any("unreachable" in problem for problem in problems):
+            sys.stderr.write(f"paystream: {HOW_TO_START}\n")
         raise SystemExit(1)
     print(f"paystream: database and broker ready (namespace {settings.broker_namespace!r})")
     if args.print_urls:

@@ -32,12 +32,44 @@ class LogContextSpanProcessor(SpanProcessor):
                 span.set_attribute(attribute, str(value))
 
 
+# Span attributes that carry a URL or its query (old and new HTTP semantic conventions).
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+_QUERY_ATTRIBUTES = ("url.query",)
+REDACTED = "[redacted]"
+
+
+def without_query(url: str) -> str:
+    """The URL with its query string (which may hold a key or a card number a careless client put there)
+    replaced by a marker; the path and everything before it stay."""
+    head, sep, _ = url.partition("?")
+    return f"{head}?{REDACTED}" if sep else url
+
+
+class QueryRedactingSpanProcessor(SpanProcessor):
+    """Drops query strings from HTTP span attributes before any exporter sees them.
+
+    The aiohttp server instrumentation has no URL hook, but sets its attributes at span creation, so they are
+    rewritten here in `on_start`; the client instrumentation also gets `url_filter=without_query`.
+    """
+
+    def on_start(self, span: Span, parent_context: context.Context | None = None) -> None:
+        attributes = span.attributes or {}
+        for key in _URL_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and "?" in value:
+                span.set_attribute(key, without_query(value))
+        for key in _QUERY_ATTRIBUTES:
+            if attributes.get(key):
+                span.set_attribute(key, REDACTED)
+
+
 def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
     """Install the process's tracer provider and instrument aiohttp and asyncpg (idempotent)."""
     global _provider
     if _provider is not None:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(QueryRedactingSpanProcessor())
     provider.add_span_processor(LogContextSpanProcessor())
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -56,7 +88,7 @@ def _instrument_libraries() -> None:
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    AioHttpClientInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument(url_filter=lambda url: without_query(str(url)))
     AioHttpServerInstrumentor().instrument()
     AsyncPGInstrumentor().instrument()
 

@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> web.Application:
             runtime.broker(settings, "intake_api") as broker,
         ):
             app[routes.POOL] = pool
-            relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url))
+            relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url.get_secret_value()))
             queue = await broker.declare_private_queue(INTENT_EVENTS)
             await broker.consume(
                 "intake_api", app[routes.WAITERS].on_event, queue_name=queue, retry=RetryPolicy(1, 1.0), prefetch=64

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Awaitable, Callable
 
@@ -17,14 +16,13 @@ from services.intake_api.models import Payment, PaymentCreate, PaymentEventList,
 from shared.config import Settings
 from shared.logs import bind_payment, get_logger
 from shared.metrics import PAYMENTS_CREATED
-from shared.web import Problem
+from shared.web import MERCHANT, Problem, read_json
 
 log = get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WAITERS = web.AppKey("waiters", IntentWaiters)
-MERCHANT = "merchant_id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY_BYTES = 64 * 1024
@@ -123,20 +121,7 @@ def requested_wait(prefer: str | None) -> float:
 
 
 async def _read_request(request: web.Request) -> PaymentCreate:
-    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
-        raise Problem(415, "unsupported-media-type", "The body must be JSON (Content-Type: application/json).")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise Problem(413, "payload-too-large", f"The body exceeds {MAX_BODY_BYTES} bytes.")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:  # a chunked body, with no Content-Length to check first
-        raise Problem(413, "payload-too-large", f"The body exceeds {MAX_BODY_BYTES} bytes.") from exc
-    try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, "malformed-json", f"The body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:  # 64 KiB of brackets nest deeper than the parser goes
-        raise Problem(400, "malformed-json", "The body is not valid JSON: nested too deeply.") from exc
+    document = await read_json(request, limit=MAX_BODY_BYTES)
     try:
         return PaymentCreate.model_validate(document)
     except ValidationError as exc:

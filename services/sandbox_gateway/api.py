@@ -24,7 +24,8 @@ from services.sandbox_gateway.intents import (
     IntentDraft,
     IntentNotFoundError,
 )
-from shared.web import Problem
+from shared.strict_json import StrictJSONError, loads_strict
+from shared.web import Problem, read_body
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -118,7 +119,7 @@ class SimulateRequest(BaseModel):
 
 
 async def _json_body(request: web.Request, *, required: bool) -> Any:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         if required:
             raise Problem(400, "malformed-json", "The request body must be a JSON object.")
@@ -127,9 +128,9 @@ async def _json_body(request: web.Request, *, required: bool) -> Any:
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise Problem(415, "unsupported-media-type", "Send the body as application/json.")
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise Problem(400, "malformed-json", "The request body is not valid JSON.") from None
+        return loads_strict(raw)
+    except StrictJSONError as exc:
+        raise Problem(400, "malformed-json", f"The request body is not valid JSON: {exc}") from None
 
 
 def _validated(model: type[ModelT], data: Any) -> ModelT:

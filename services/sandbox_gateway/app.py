@@ -16,7 +16,7 @@ from services.sandbox_gateway.intents import IntentStore
 from services.sandbox_gateway.webhooks import WebhookSender
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.web import create_base_app
+from shared.web import ERROR_PAGE, create_base_app
 
 log = get_logger(__name__)
 
@@ -44,6 +44,7 @@ def create_app(
         IntentStore(settings.sandbox_checkout_base), webhooks, rng=chance, autopay=settings.sandbox_autopay
     )
     app[GATEWAY] = gateway
+    app[ERROR_PAGE] = checkout.error_page
     app.cleanup_ctx.append(_webhook_delivery)
     app.cleanup_ctx.append(_expiry_sweep)
     api.add_routes(app.router)

@@ -10,7 +10,8 @@ from aiohttp import web
 from services.sandbox_gateway.cards import check_card_form
 from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
 from services.sandbox_gateway.intents import Intent, IntentClosedError, IntentNotFoundError, IntentStatus
-from services.sandbox_gateway.pages import render_checkout, render_closed, render_not_found
+from services.sandbox_gateway.pages import render_checkout, render_closed, render_error, render_not_found
+from shared.web import Problem, problem_page, read_form
 
 # A page holding a payment form is never cached, framed or leaking its URL to other sites.
 _PAGE_HEADERS = {
@@ -40,6 +41,16 @@ def return_link(intent: Intent) -> str:
 
 def _page(html: str, status: int) -> web.Response:
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
+
+
+def error_page(request: web.BaseRequest, problem: Problem) -> web.StreamResponse:
+    """The sandbox's errors: an HTML page on the hosted pages (a customer's browser), problem JSON elsewhere."""
+    if not request.path.startswith("/pay/"):
+        return problem_page(request, problem)
+    headers = {k: v for k, v in problem.headers.items() if k.lower() in ("allow", "retry-after")}
+    response = _page(render_error(problem.title, problem.detail), problem.status)
+    response.headers.update(headers)
+    return response
 
 
 def _see_other(location: str) -> web.Response:
@@ -74,7 +85,7 @@ async def submit_payment(request: web.Request) -> web.Response:
     found = _open_intent_or_page(gateway, request.match_info["intent_id"])
     if isinstance(found, web.Response):
         return found
-    form = await request.post()
+    form = await read_form(request)
 
     def text(name: str) -> str:
         value = form.get(name)

@@ -219,5 +219,10 @@ def render_not_found(intent_id: str) -> str:
     return _document("Payment not found", body)
 
 
+def render_error(title: str, message: str) -> str:
+    """A page for a request the hosted page cannot take (a form it cannot read): plain words, nothing changed."""
+    return _document(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p><p>Nothing was charged.</p>")
+
+
 def _grouped(number: str) -> str:
     return " ".join(number[i : i + 4] for i in range(0, len(number), 4))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -13,7 +13,7 @@ from services.storefront.orders import OrderBook
 from services.storefront.pages import render_problem
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.web import READINESS_CHECKS, create_base_app
+from shared.web import ERROR_PAGE, READINESS_CHECKS, Problem, create_base_app, problem_page
 
 log = get_logger(__name__)
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings, *, confirm_wait_seconds: float = routes.CONFI
     `confirm_wait_seconds`: how long an order page reached from the gateway waits for the outcome.
     """
     app = create_base_app(client_max_size=MAX_FORM_BYTES)
-    app.middlewares.append(html_errors)
+    app[ERROR_PAGE] = error_page
     app[routes.ORDERS] = OrderBook()
     app[routes.SHOP_URL] = settings.storefront_base_url
     app[routes.CONFIRM_WAIT] = confirm_wait_seconds
@@ -51,24 +51,13 @@ def _intake_client(settings: Settings) -> Callable[[web.Application], AsyncItera
     return open_session
 
 
-@web.middleware
-async def html_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def error_page(request: web.BaseRequest, problem: Problem) -> web.StreamResponse:
     """A customer's browser gets an HTML page for every error, never a stack trace (operational routes excepted)."""
     if request.path in _OPERATIONAL_PATHS:
-        return await handler(request)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return routes.html_page(
-            render_problem(exc.reason or "Error", "This page cannot be shown."), exc.status, headers
-        )
-    except Exception:
-        log.exception("unhandled error", path=request.path, method=request.method)
-        return routes.html_page(
-            render_problem("Something went wrong", "The shop could not complete your request. Please try again."), 500
-        )
+        return problem_page(request, problem)
+    headers = {k: v for k, v in problem.headers.items() if k.lower() in ("allow", "retry-after")}
+    if problem.status >= 500:
+        title, message = "Something went wrong", "The shop could not complete your request. Please try again."
+    else:
+        title, message = problem.title, problem.detail
+    return routes.html_page(render_problem(title, message), problem.status, headers)

@@ -19,6 +19,7 @@ from services.storefront.intake import (
 from services.storefront.orders import OrderBook, is_order_id, is_payment_id, new_order_id
 from services.storefront.pages import Arrival, is_web_url, render_catalogue, render_order, render_problem
 from shared.logs import get_logger
+from shared.web import read_form
 
 log = get_logger(__name__)
 
@@ -109,7 +110,7 @@ def retry_idempotency_key(order_id: str, previous_payment_id: str) -> str:
 
 async def buy(request: web.Request) -> web.Response:
     """Create (or, for a resubmitted order, replay) the payment, then send the customer to pay it."""
-    form = await request.post()
+    form = await read_form(request)
     product_id, order_id = form.get("product_id"), form.get("order_id")
     product = find_product(product_id) if isinstance(product_id, str) else None
     if product is None or not isinstance(order_id, str) or not is_order_id(order_id):

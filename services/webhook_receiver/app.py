@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
-from shared.web import READINESS_CHECKS, Problem, create_base_app
+from shared.web import READINESS_CHECKS, Problem, create_base_app, read_body
 
 MAX_WEBHOOK_BYTES = 256 * 1024
 PROVIDERS = web.AppKey("providers", dict[str, PaymentProvider])
@@ -31,15 +31,12 @@ def _providers(settings: Settings) -> dict[str, PaymentProvider]:
 
 async def _raw_body(request: web.Request, provider: str) -> bytes:
     """The body exactly as sent (the signature covers these bytes), refused with 413 past the size limit."""
-    too_large = Problem(413, "payload-too-large", f"A webhook body may hold at most {MAX_WEBHOOK_BYTES} bytes.")
-    if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
-        WEBHOOKS_RECEIVED.labels(provider, "too_large").inc()
-        raise too_large
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        WEBHOOKS_RECEIVED.labels(provider, "too_large").inc()
-        raise too_large from None
+        return await read_body(request, limit=MAX_WEBHOOK_BYTES)
+    except Problem as problem:
+        outcome = "too_large" if problem.status == 413 else "invalid_event"
+        WEBHOOKS_RECEIVED.labels(provider, outcome).inc()
+        raise
 
 
 async def webhook(request: web.Request) -> web.Response:

@@ -15,8 +15,8 @@ from tests.support.processes import ROOT
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir("/")  # no .env
     settings = Settings()
-    assert settings.database_url == "postgresql://postgres@localhost:5432/paystream"
-    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
+    assert settings.database_url.get_secret_value() == "postgresql://postgres@localhost:5432/paystream"
+    assert settings.amqp_url.get_secret_value() == "amqp://guest:guest@localhost:5672/"
     assert settings.broker_namespace == "paystream"
     assert settings.merchants_by_key == {"sk_test_demo": "demo"}
     assert settings.payment_provider == "sandbox"

@@ -1,0 +1,40 @@
+"""JSON as RFC 8259 says it travels: UTF-8 text, each object key once. Shared by every reader of a body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class StrictJSONError(ValueError):
+    """The bytes are not one strict JSON document; the message says why in a sentence."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise StrictJSONError(f"the key {json.dumps(key)} appears twice in one object")
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not a JSON value")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """Parse `raw` refusing what a lenient parser would guess at: other encodings (Python's json would
+    sniff UTF-16), duplicate keys (the last would silently win), NaN/Infinity, and nesting past the parser."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StrictJSONError("it is not UTF-8 text") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except StrictJSONError:
+        raise
+    except RecursionError:
+        raise StrictJSONError("it is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise StrictJSONError(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from None
