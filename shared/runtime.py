@@ -27,14 +27,6 @@ from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, probl
 T = TypeVar("T")
 
 
-def run_service(
-    name: str,
-    build_app: Callable[[Settings], web.Application],
-    port: Callable[[Settings], int] | None = None,
-    host: Callable[[Settings], str] = lambda settings: settings.http_host,
-) -> None:
-    """Run one service in the foreground; every service's `__main__` is this one call.
-
 class DependencyError(RuntimeError):
     """RabbitMQ or PostgreSQL cannot be used (unreachable, or refusing our credentials): the service stops."""
 
