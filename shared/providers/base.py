@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from shared.events import PaymentStatus
-from shared.providers.errors import SignatureError
+from shared.providers.errors import InvalidWebhookError, SignatureError
+from shared.strict_json import StrictJSONError, loads_strict
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+_PLAIN_TIMESTAMP = re.compile(r"(?:0|[1-9][0-9]{0,11})")
+
+
+def webhook_document(body: bytes) -> Any:
+    """A verified webhook body as JSON, read strictly: UTF-8, no key twice (which copy would we apply?).
+
+    Raises InvalidWebhookError. Every provider reads its body through this before mapping it.
+    """
+    try:
+        return loads_strict(body)
+    except StrictJSONError as exc:
+        raise InvalidWebhookError(f"the body is not strict JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,8 @@ def parse_signature_header(value: str) -> tuple[int, list[str]]:
         if not sep:
             raise SignatureError("malformed signature header")
         if key == "t":
-            if not (val.isascii() and val.isdigit()):
+            # Plain decimal digits, no sign, no leading zero, no second `t`: one spelling per timestamp.
+            if not _PLAIN_TIMESTAMP.fullmatch(val) or timestamp is not None:
                 raise SignatureError("malformed timestamp")
             timestamp = int(val)
         elif key == "v1":

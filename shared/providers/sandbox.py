@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_document
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -41,10 +40,10 @@ def map_sandbox_status(raw: str) -> PaymentStatus:
 
 class _Object(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: str
-    status: str
-    amount: int
-    currency: str
+    id: StrictStr
+    status: StrictStr
+    amount: StrictInt  # integer minor units: "1999" or 1999.0 is not an amount
+    currency: StrictStr
     metadata: dict[str, str]
     failure_code: str | None = None
 
@@ -55,9 +54,9 @@ class _Data(BaseModel):
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: str
-    type: str
-    created: int
+    id: StrictStr
+    type: StrictStr
+    created: StrictInt
     data: _Data
 
 
@@ -151,11 +150,11 @@ class SandboxProvider(PaymentProvider):
         return self._secrets
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        document = webhook_document(body)
         try:
-            event = _Event.model_validate_json(body)
-        except (ValidationError, json.JSONDecodeError) as exc:
-            detail = f"{exc.error_count()} errors" if isinstance(exc, ValidationError) else str(exc)
-            raise InvalidWebhookError(f"not a sandbox event: {detail}") from None
+            event = _Event.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidWebhookError(f"not a sandbox event: {exc.error_count()} errors") from None
         status = SANDBOX_EVENT_TYPES.get(event.type)
         if status is None:
             # As with every adapter: a type we do not act on is acknowledged, so the provider stops resending it.

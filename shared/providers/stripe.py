@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_document
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -133,7 +133,7 @@ class _Session(BaseModel):
     object: Literal["checkout.session"] = "checkout.session"
     status: str | None = None
     payment_status: str | None = None
-    amount_total: int | None = None
+    amount_total: StrictInt | None = None  # integer minor units, never a string
     currency: str | None = None
     url: str | None = None
     client_reference_id: str | None = None
@@ -146,9 +146,9 @@ class _EventData(BaseModel):
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: str
-    type: str
-    created: int
+    id: StrictStr
+    type: StrictStr
+    created: StrictInt
     data: _EventData
 
 
@@ -287,8 +287,9 @@ class StripeProvider(PaymentProvider):
         return self._secrets
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+        document = webhook_document(body)
         try:
-            event = _Event.model_validate_json(body)
+            event = _Event.model_validate(document)
         except ValidationError as exc:
             raise InvalidWebhookError(f"not a stripe event ({exc.error_count()} errors)") from None
         if event.type not in STRIPE_EVENT_TYPES:
