@@ -59,12 +59,22 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_http_url)]
 
 
-# The active ISO 4217 alphabetic codes; listed in /openapi.json too, so a client or fuzzer sees the same set.
-ISO_4217_CODES = tuple(sorted(currency.alpha_3 for currency in pycountry.currencies))
+# ISO 4217 codes that no customer pays in: precious metals (XAU, XAG, XPD, XPT), bond-market units (XBA-XBD),
+# SDRs and other accounting units (XDR, XSU, XUA), the testing code (XTS), "no currency" (XXX) and the funds
+# codes (BOV, CHE, CHW, CLF, COU, MXV, USN, UYI, UYW).
+NON_TENDER_CODES = frozenset(
+    {"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"}
+    | {"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW"}
+)
+# The ISO 4217 alphabetic codes of money a customer can pay with; listed in /openapi.json too, so a client or
+# fuzzer sees the same set.
+ISO_4217_CODES = tuple(sorted(c.alpha_3 for c in pycountry.currencies if c.alpha_3 not in NON_TENDER_CODES))
 _ISO_4217 = frozenset(ISO_4217_CODES)
 
 
 def _currency(code: str) -> str:
+    if code in NON_TENDER_CODES:
+        raise ValueError(f"{code!r} is an ISO 4217 code for no currency a customer can pay with")
     if code not in _ISO_4217:
         raise ValueError(f"{code!r} is not an ISO 4217 currency code")
     return code
@@ -156,14 +166,61 @@ class ProblemDetails(BaseModel):
     errors: list[FieldError] | None = None
 
 
+# What a shop developer reads for each kind of pydantic error: sentences, never a pattern or a Python type.
+_FIELD_FORMATS = {
+    "currency": "must be a three-letter ISO 4217 currency code in upper case, such as USD",
+    "customer_email": "must be an e-mail address such as customer@example.com",
+}
+
+
+def _message(error: Any, field: str) -> str:
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    if kind == "missing":
+        return "Field required"
+    if kind == "extra_forbidden":
+        return "is not a field of a payment request"
+    if kind == "model_type":
+        return "the body must be a JSON object"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "must be a whole number of minor units (1999 for 19.99), not a string or a decimal"
+    if kind == "string_type":
+        return "must be a string"
+    if kind in ("dict_type", "mapping_type"):
+        return "must be an object of string keys and string values"
+    if kind == "greater_than":
+        return f"must be greater than {ctx.get('gt')}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le'):,}" if isinstance(ctx.get("le"), int) else "is too large"
+    if kind in ("string_too_long", "too_long") and (kind == "string_too_long" or isinstance(given, str)):
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind == "too_long":
+        return f"may hold at most {ctx.get('max_length')} entries"
+    if kind == "string_too_short":
+        return (
+            "must not be empty"
+            if ctx.get("min_length") == 1
+            else f"must be at least {ctx.get('min_length')} characters"
+        )
+    if kind == "string_pattern_mismatch":
+        return _FIELD_FORMATS.get(field, "is not in the expected format")
+    if kind.startswith("url_"):
+        return "must be an absolute http or https URL, such as https://shop.example/orders/42"
+    if kind == "value_error":  # our own validators: their messages are written for the developer already
+        return str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    return "is invalid"
+
+
 def field_errors(errors: list[Any]) -> list[dict[str, str]]:
-    """pydantic's errors as the contract's `errors: [{field, message}]`."""
+    """pydantic's errors as the contract's `errors: [{field, message}]`, in words a shop developer reads."""
     result = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if location[-1:] == ["[key]"]:  # a bad metadata key: the field is the map, the message names the key
-            message = f"key {json.dumps(location[-2])}: {message}"
+            message = f"key {json.dumps(location[-2])}: {_message(error, 'metadata key')}"
             location = location[:-2]
+        else:
+            message = _message(error, location[0] if location else "body")
         result.append({"field": ".".join(location) or "body", "message": message})
     return result

@@ -37,7 +37,10 @@ def sandbox() -> SandboxProvider:
     return SandboxProvider("http://sandbox.invalid", ["whsec_a"])
 
 
-@pytest.mark.parametrize("timestamp", ["01800000000", "+1800000000", "1800000000.0", "0x6B49D200", "\uff11\uff18\uff10\uff10"])
+NOT_PLAIN = ["01800000000", "+1800000000", "1800000000.0", "0x6B49D200", "\uff11\uff18\uff10\uff10"]
+
+
+@pytest.mark.parametrize("timestamp", NOT_PLAIN)
 def test_a_timestamp_that_is_not_plain_digits_without_leading_zeros_is_malformed(timestamp: str) -> None:
     with pytest.raises(SignatureError, match="malformed timestamp"):
         parse_signature_header(f"t={timestamp},v1={'0' * 64}")
