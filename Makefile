@@ -28,7 +28,9 @@ REPLICAS ?= 1
 run: install
 	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
-	@exec $(BIN)/honcho start --no-colour -f $(VENV)/Procfile.run -d $(CURDIR)
+	@# honcho exits 130/143 after a Ctrl-C or SIGTERM it handled; every service stopped cleanly, so that is success.
+	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(VENV)/Procfile.run -d $(CURDIR); rc=$$?; \
+		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 test: install

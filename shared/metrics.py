@@ -104,7 +104,7 @@ _RETRYING_CONSUMER = (*_CONSUMER, MESSAGE_RETRIES, DLQ_MESSAGES)
 # Who owns what (the README's metric-by-service table): a service exports these and nothing else.
 SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
     "intake_api": (PAYMENTS_CREATED, OUTBOX_PENDING, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, *_CONSUMER),
-    "gateway_worker": (GATEWAY_REQUEST_DURATION, GATEWAY_ERRORS, *_RETRYING_CONSUMER),
+    "gateway_worker": (GATEWAY_REQUEST_DURATION, GATEWAY_ERRORS, AMOUNT_MISMATCHES, *_RETRYING_CONSUMER),
     "webhook_receiver": (WEBHOOKS_RECEIVED,),
     "ledger": (
         PAYMENTS_COMPLETED,
