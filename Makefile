@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format bench install lock clean asyncapi
+.PHONY: run observe test lint format bench install lock clean asyncapi
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -31,6 +31,13 @@ run: install
 	@# honcho exits 130/143 after a Ctrl-C or SIGTERM it handled; every service stopped cleanly, so that is success.
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(VENV)/Procfile.run -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
+
+## observe: Prometheus and Alertmanager (Debian's packages) watching the services of `make run` on this machine.
+## The scrape targets become localhost ports (REPLICAS as for make run); files and data go to .observe/.
+RUNBOOK_BASE_URL ?= file://$(CURDIR)/docs/runbooks
+observe: install
+	@$(BIN)/python -m shared.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
+	@exec $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR)
 
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 test: install
