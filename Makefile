@@ -37,7 +37,9 @@ run: install
 RUNBOOK_BASE_URL ?= file://$(CURDIR)/docs/runbooks
 observe: install
 	@$(BIN)/python -m shared.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
-	@exec $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR)
+	@# As for make run: a Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly.
+	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
+		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 test: install
