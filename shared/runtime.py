@@ -25,6 +25,8 @@ from shared.telemetry import configure_tracing, shutdown_tracing
 from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, problem_page
 
 T = TypeVar("T")
+# How long a stopping service lets requests in flight finish (deploy/kubernetes waits longer before SIGKILL).
+DRAIN_SECONDS = 5.0
 
 
 class DependencyError(RuntimeError):
@@ -86,7 +88,7 @@ async def _serve(app: web.Application, sock: socket.socket, settings: Settings, 
         app,
         handle_signals=True,
         access_log=None,
-        shutdown_timeout=5,
+        shutdown_timeout=DRAIN_SECONDS,
         # aiohttp's keep-alive timer also runs from the start of each connection: a client still sending
         # its headers when it fires is disconnected. That makes it the header read timeout too.
         keepalive_timeout=settings.http_header_timeout_seconds,
