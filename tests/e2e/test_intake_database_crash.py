@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.support.client import payment_body
-from tests.support.infra import Servers, delete_namespace, unique_name
+from tests.support.infra import Servers, create_database, delete_namespace, unique_name
 from tests.support.own_postgres import OwnPostgres, own_postgres
 from tests.support.processes import ServiceProcess, eventually, stack_environment
 
@@ -36,7 +36,7 @@ async def test_posts_answer_201_or_503_with_retry_after_through_a_database_crash
     servers: Servers, crashable: OwnPostgres, tmp_path: object
 ) -> None:
     namespace = unique_name("pscrash")
-    database_url = crashable.server_url.rsplit("/", 1)[0] + "/paystream"
+    database_url = await create_database(crashable.server_url)  # migrated: the intake reads the ledger's tables
     env = stack_environment(database_url, servers.amqp_url, namespace)
     intake = ServiceProcess("intake_api", env, tmp_path)  # type: ignore[arg-type]
     intake.start()
