@@ -207,10 +207,9 @@ def deployment(workload: Workload, environment: str) -> dict[str, Any]:
         },
         "startupProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "failureThreshold": 30},
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-        "resources": {
-            "requests": {"cpu": workload.size.cpu_request, "memory": workload.size.memory_request},
-            "limits": {"cpu": workload.size.cpu_limit, "memory": workload.size.memory_limit},
-        },
+        "resources": _resources(
+            workload.size.cpu_request, workload.size.cpu_limit, workload.size.memory_request, workload.size.memory_limit
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -348,18 +347,19 @@ def config_map(environment: str) -> dict[str, Any]:
     }
 
 
+def _resources(cpu: str, cpu_limit: str, memory: str, memory_limit: str) -> dict[str, Any]:
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu_limit, "memory": memory_limit}}
+
+
 def rabbitmq_cluster(environment: str) -> dict[str, Any]:
-    cpu, cpu_limit, memory, memory_limit, storage = BROKER_SIZE[environment]
+    *size, storage = BROKER_SIZE[environment]
     return {
         "apiVersion": "rabbitmq.com/v1beta1",
         "kind": "RabbitmqCluster",
         "metadata": {"name": BROKER_CLUSTER},
         "spec": {
             "replicas": 3,  # quorum queues keep a majority (2 of 3) through the loss of any one node
-            "resources": {
-                "requests": {"cpu": cpu, "memory": memory},
-                "limits": {"cpu": cpu_limit, "memory": memory_limit},
-            },
+            "resources": _resources(*size),
             "persistence": {"storage": storage},
             "rabbitmq": {
                 "additionalConfig": "cluster_partition_handling = pause_minority\n"
@@ -370,7 +370,7 @@ def rabbitmq_cluster(environment: str) -> dict[str, Any]:
 
 
 def postgres_cluster(environment: str) -> dict[str, Any]:
-    cpu, cpu_limit, memory, memory_limit, storage = DATABASE_SIZE[environment]
+    *size, storage = DATABASE_SIZE[environment]
     return {
         "apiVersion": "postgresql.cnpg.io/v1",
         "kind": "Cluster",
@@ -385,10 +385,7 @@ def postgres_cluster(environment: str) -> dict[str, Any]:
             },
             "bootstrap": {"initdb": {"database": "paystream", "owner": "paystream"}},
             "storage": {"size": storage},
-            "resources": {
-                "requests": {"cpu": cpu, "memory": memory},
-                "limits": {"cpu": cpu_limit, "memory": memory_limit},
-            },
+            "resources": _resources(*size),
             "monitoring": {"enablePodMonitor": True},
         },
     }
