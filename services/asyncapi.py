@@ -15,9 +15,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from services.intake_api.intents import INTENT_EVENTS
-from shared.broker import CONSUMER_GROUPS, Names
+from services.intake_api.intents import INTAKE_MESSAGES
+from services.topology import CONSUMER_GROUPS
 from shared.events import MESSAGE_TYPES, Envelope, Message
+from shared.topology import Names
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.json"
 # The document shows the default BROKER_NAMESPACE; every name starts with the deployment's own.
@@ -28,12 +29,12 @@ SCHEMA_REF = "#/components/schemas/{model}"
 
 def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
     """(group, the message types its queue receives), with topic wildcards resolved to the known types."""
-    return [(group, _matching_types(keys)) for group, keys in CONSUMER_GROUPS.items()]
+    return [(group.name, _matching_types(group.routing_keys)) for group in CONSUMER_GROUPS]
 
 
 def private_consumers() -> list[tuple[str, tuple[str, ...]]]:
     """(service, the message types each of its processes hears of on a queue of its own)."""
-    return [("intake_api", tuple(INTENT_EVENTS))]
+    return [(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types)]
 
 
 def _matching_types(binding_keys: Iterable[str]) -> tuple[str, ...]:

@@ -1,86 +1,65 @@
-"""RabbitMQ: the topology, publishing with confirms, and consuming with acks only after the effect.
+"""RabbitMQ: connecting over a cluster's nodes, publishing with confirms, and consuming with acks only after
+the effect. The names and queues are in shared/topology.py, the settlement rule in shared/settlement.py, and
+which service handles which message in each service's registry (shared/registry.py).
 
-Names (all under BROKER_NAMESPACE `ns`):
-  ns.events                 topic exchange every event and command is published to (routing key = type)
-  ns.<group>                durable quorum queue of one consumer group, bound by routing keys
-  ns.<group>.dlq            its dead-letter queue (via the ns.dead-letter exchange, at-least-once)
-  ns.<group>.delay.<n>      delay queue for retry attempt n: messages wait out their expiration there,
-                            then dead-letter back into ns.<group> through the default exchange
+The consumer API, in full:
+    await broker.consume(group, handler, retry=RetryPolicy(...), prefetch=32)
+where `handler(envelope, delivery)` returns to have the message acked, raises RetryLater (or anything else)
+to have it retried through a delay queue until `retry.max_attempts`, or PoisonMessage to dead-letter it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from yarl import URL
 
+from shared.config import split_amqp_urls
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
+from shared.settlement import Action, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
 from shared.telemetry import extract_context, inject_context
+from shared.topology import (
+    DELIVERY_LIMIT,
+    ConsumerGroup,
+    Names,
+    declare_delay_queue,
+    declare_exchanges,
+    declare_groups,
+)
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "DELIVERY_LIMIT",
+    "Broker",
+    "ConsumerGroup",
+    "Delivery",
+    "FailoverConnection",
+    "Handler",
+    "Names",
+    "PoisonMessage",
+    "RetryLater",
+    "RetryPolicy",
+]
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 ATTEMPT_HEADER = "x-paystream-attempt"
-# A consumer that dies mid-message this many times makes the message poison: it goes to the DLQ.
-DELIVERY_LIMIT = 10
-
-# Which message types each consumer group receives (routing keys on the topic exchange).
-CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
-    "gateway_worker": (
-        "payment.requested",
-        "payment.cancel_requested",
-        "payment.expiration_due",
-        "payment.reconciliation_due",
-    ),
-    "ledger": ("payment.#",),
-}
-
-
-@dataclass(frozen=True)
-class Names:
-    namespace: str
-
-    @property
-    def exchange(self) -> str:
-        return f"{self.namespace}.events"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.namespace}.dead-letter"
-
-    def queue(self, group: str) -> str:
-        return f"{self.namespace}.{group}"
-
-    def dlq(self, group: str) -> str:
-        return f"{self.namespace}.{group}.dlq"
-
-    def delay_queue(self, group: str, attempt: int) -> str:
-        return f"{self.namespace}.{group}.delay.{attempt}"
-
-
-class RetryLater(Exception):
-    """The message cannot be handled yet (its payment is unknown, a dependency is down): try again later."""
-
-
-class PoisonMessage(Exception):
-    """The message can never be handled: dead-letter it at once."""
 
 
 @dataclass(frozen=True)
@@ -101,51 +80,150 @@ class Delivery:
 Handler = Callable[[Envelope, Delivery], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits base * 2**(n-1), capped, ±20 %."""
+# --- connecting over several nodes --------------------------------------------------------------------
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over the nodes of one cluster: each connection attempt goes to the next node.
 
-    max_attempts: int
-    base_seconds: float
-    cap_seconds: float = 300.0
+    aio-pika reconnects to a single URL. Here the first attempt goes to the first node; when a connection
+    is lost, or an attempt fails, the next attempt goes to the next node, round the list. Channels, queues
+    and consumers are then restored by aio-pika on whichever node answered.
+    """
 
-    def delay(self, attempt: int) -> float:
-        nominal = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return nominal * random.uniform(0.8, 1.2)
+    def __init__(self, nodes: Sequence[URL]) -> None:
+        if not nodes:
+            raise ValueError("no broker node to connect to")
+        self._nodes = tuple(nodes)
+        self._current = 0
+        self._next = 0
+        self._rotating = False
+        super().__init__(url=self._nodes[0])
+        self._rotating = True
+
+    # aio-pika's Connection.connect reads `self.url` exactly once per attempt (it is how the robust
+    # reconnection loop reaches a node), so that read is where the node rotates.
+    @property  # type: ignore[override]
+    def url(self) -> URL:
+        if not self._rotating:
+            return self._nodes[self._current]
+        self._current, self._next = self._next, (self._next + 1) % len(self._nodes)
+        return self._nodes[self._current]
+
+    @url.setter
+    def url(self, value: URL) -> None:
+        # Connection.__init__ sets the first node; update_secret sets a new password for every node.
+        self._nodes = tuple(node.with_password(value.password) for node in self._nodes)
+
+    @property
+    def current_url(self) -> URL:
+        """The node of the last connection attempt (the one in use while connected)."""
+        return self._nodes[self._current]
+
+    def __str__(self) -> str:
+        url = self.current_url
+        return str(url.with_password("******") if url.password else url)
+
+
+def _node_urls(amqp_url: str | Sequence[str], connection_name: str) -> tuple[URL, ...]:
+    urls = split_amqp_urls(amqp_url) if isinstance(amqp_url, str) else tuple(amqp_url)
+    # The name shows in the management UI's connection list; a name in the URL wins.
+    return tuple(URL(u) if "name" in URL(u).query else URL(u).update_query(name=connection_name) for u in urls)
+
+
+# --- tracing (kept in one place: an aio-pika instrumentation may replace it) ----------------------------
+@contextmanager
+def _producer_span(envelope: Envelope, exchange: str, stored_headers: dict[str, Any] | None) -> Iterator[None]:
+    parent = extract_context(stored_headers) if stored_headers else None
+    with _tracer.start_as_current_span(
+        f"publish {envelope.type}",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": exchange,
+            "messaging.message.id": str(envelope.id),
+            "payment.id": envelope.payment_id,
+            "paystream.event_type": envelope.type,
+        },
+    ):
+        yield
+
+
+@contextmanager
+def _consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], attempt: int) -> Iterator[None]:
+    with _tracer.start_as_current_span(
+        f"{group} process {envelope.type}",
+        context=extract_context(headers),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.message.id": str(envelope.id),
+            "messaging.consumer.group.name": group,
+            "payment.id": envelope.payment_id,
+            "paystream.event_type": envelope.type,
+            "paystream.attempt": attempt,
+        },
+    ):
+        yield
 
 
 class Broker:
-    """One connection per process: a confirming publisher channel, one channel per consumer."""
+    """One connection per process: a confirming publisher channel, one channel per consumer.
 
-    def __init__(self, amqp_url: str, namespace: str, *, name: str) -> None:
-        self._url = amqp_url
+    `amqp_url` may name several nodes of one cluster (comma-separated, or a sequence): the broker connects
+    to the first that answers and moves to another when its node goes away (see FailoverConnection).
+    """
+
+    def __init__(self, amqp_url: str | Sequence[str], namespace: str, *, name: str) -> None:
+        self._nodes = _node_urls(amqp_url, name)
         self.names = Names(namespace)
         self._name = name
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._declared_delay_queues: set[str] = set()
         self._consumer_channels: list[AbstractChannel] = []
 
     async def connect(self, *, timeout: float = 10.0) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self._url, timeout=timeout, client_properties={"connection_name": self._name}
-        )
+        """Connect to the first node that answers, in the order given; raise the last error if none does."""
+        last_error: BaseException | None = None
+        for start in range(len(self._nodes)):
+            connection = FailoverConnection(self._nodes[start:] + self._nodes[:start])
+            try:
+                await connection.connect(timeout=timeout)
+            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                last_error = exc
+                log.warning("broker node unreachable", node=str(connection), error=type(exc).__name__)
+                await connection.close()
+                continue
+            self._connection = connection
+            break
+        if self._connection is None:
+            assert last_error is not None
+            raise last_error
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = await self._channel.declare_exchange(
             self.names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+
+    def _on_reconnect(self, connection: Any) -> None:
+        log.warning("broker connection restored", node=str(connection))
 
     @property
-    def connection(self) -> AbstractRobustConnection:
+    def connection(self) -> aio_pika.abc.AbstractRobustConnection:
         if self._connection is None:
             raise RuntimeError("broker not connected")
         return self._connection
+
+    @property
+    def node(self) -> str:
+        """The node in use (password hidden), for logs and tests."""
+        return str(self._connection) if self._connection is not None else ""
 
     async def is_ready(self) -> bool:
         return (
             self._connection is not None
             and not self._connection.is_closed
+            and self._connection.connected.is_set()
             and self._channel is not None
             and not self._channel.is_closed
         )
@@ -158,37 +236,41 @@ class Broker:
             await self._connection.close()
 
     # --- topology -------------------------------------------------------------------------------
-    def _queue_arguments(self, group: str) -> dict[str, Any]:
-        return {
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": self.names.dead_letter_exchange,
-            "x-dead-letter-routing-key": group,
-            # Losing a poisoned payment event is not acceptable: dead-letter at least once.
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        }
-
-    async def declare_topology(self, groups: Iterable[str] = tuple(CONSUMER_GROUPS)) -> None:
-        """Declare the exchanges and every group's queue, DLQ and bindings; safe to repeat and to race."""
+    async def declare_topology(self, groups: Iterable[ConsumerGroup] = ()) -> None:
+        """Declare the exchanges and these consumer groups' queues, DLQs and bindings; safe to repeat and race."""
         channel = await self.connection.channel()
         try:
-            exchange = await channel.declare_exchange(self.names.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            dlx = await channel.declare_exchange(
-                self.names.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            for group in groups:
-                dlq = await channel.declare_queue(
-                    self.names.dlq(group), durable=True, arguments={"x-queue-type": "quorum"}
-                )
-                await dlq.bind(dlx, routing_key=group)
-                queue = await channel.declare_queue(
-                    self.names.queue(group), durable=True, arguments=self._queue_arguments(group)
-                )
-                for key in CONSUMER_GROUPS[group]:
-                    await queue.bind(exchange, routing_key=key)
+            await declare_groups(channel, self.names, groups)
         finally:
             await channel.close()
+
+    async def _declare_delay_queues(self, queue: str, retry: RetryPolicy) -> None:
+        """Every delay queue `queue`'s retries can need, declared before consuming, so a conflict shows at start.
+
+        A delay queue declared classic by an older version conflicts with the quorum declaration; an empty
+        one is replaced, one still holding retries is used as it is until it drains (and logged).
+        """
+        for attempt in range(2, retry.max_attempts + 1):
+            channel = await self.connection.channel()
+            try:
+                await declare_delay_queue(channel, queue, attempt)
+                continue
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+            name = Names.retry_queue(queue, attempt)
+            channel = await self.connection.channel()
+            try:
+                await channel.queue_delete(name, if_empty=True)
+                await declare_delay_queue(channel, queue, attempt)
+                log.warning("delay queue redeclared as a quorum queue", queue=name)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                log.warning("delay queue still holds retries as a classic queue; kept until it drains", queue=name)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
 
     # --- publishing -------------------------------------------------------------------------------
     async def publish(
@@ -197,23 +279,12 @@ class Broker:
         """Publish persistently and return only once the broker has confirmed it.
 
         `headers` may carry a stored W3C trace context (the outbox); otherwise the current one is sent.
-        Raises if the broker refuses, returns (unroutable) or does not confirm in time.
+        Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout` seconds,
+        also while the connection is down (aio-pika would otherwise wait for it without limit).
         """
         if self._exchange is None:
             raise RuntimeError("broker not connected")
-        parent = extract_context(headers) if headers else None
-        with _tracer.start_as_current_span(
-            f"publish {envelope.type}",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.destination.name": self.names.exchange,
-                "messaging.message.id": str(envelope.id),
-                "payment.id": envelope.payment_id,
-                "paystream.event_type": envelope.type,
-            },
-        ):
+        with _producer_span(envelope, self.names.exchange, headers):
             message = aio_pika.Message(
                 body=envelope.to_bytes(),
                 message_id=str(envelope.id),
@@ -223,24 +294,14 @@ class Broker:
                 timestamp=envelope.occurred_at,
                 headers=inject_context({}),
             )
-            await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=timeout)
 
     async def _publish_for_retry(
-        self, group: str, message: AbstractIncomingMessage, attempt: int, delay_seconds: float
+        self, queue: str, message: AbstractIncomingMessage, attempt: int, delay_seconds: float
     ) -> None:
         if self._channel is None:
             raise RuntimeError("broker not connected")
-        name = self.names.delay_queue(group, attempt)
-        if name not in self._declared_delay_queues:
-            await self._channel.declare_queue(
-                name,
-                durable=True,
-                arguments={
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.names.queue(group),
-                },
-            )
-            self._declared_delay_queues.add(name)
         headers = dict(message.headers or {})
         headers[ATTEMPT_HEADER] = attempt
         retry = aio_pika.Message(
@@ -252,7 +313,10 @@ class Broker:
             headers=headers,
             expiration=max(0.001, delay_seconds),
         )
-        await self._channel.default_exchange.publish(retry, routing_key=name, mandatory=True, timeout=10)
+        async with asyncio.timeout(10):
+            await self._channel.default_exchange.publish(
+                retry, routing_key=Names.retry_queue(queue, attempt), mandatory=True, timeout=10
+            )
 
     # --- consuming --------------------------------------------------------------------------------
     async def consume(
@@ -264,28 +328,57 @@ class Broker:
         prefetch: int = 16,
         queue_name: str | None = None,
     ) -> AbstractQueue:
-        """Start consuming `group`'s queue; each message is acked only after `handler` returned.
+        """Start consuming `group`'s queue (or `queue_name`); each message is acked only after `handler` returned.
 
-        RetryLater (or any unexpected error) sends the message to a delay queue until its attempts run
-        out, then to the DLQ; PoisonMessage and undecodable messages go to the DLQ at once.
+        RetryLater (or any unexpected error) sends the message to a delay queue of the queue it came from
+        until its attempts run out, then to the DLQ; PoisonMessage and undecodable messages go to the DLQ at
+        once (settlement.settle decides). `group` names the consumer in logs, metrics and spans.
         """
+        name = queue_name or self.names.queue(group)
+        await self._declare_delay_queues(name, retry)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer_channels.append(channel)
-        name = queue_name or self.names.queue(group)
         queue = await channel.get_queue(name, ensure=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._handle(group, message, handler, retry)
+            await self._handle(group, name, message, handler, retry)
 
         await queue.consume(on_message)
         return queue
 
-    async def _handle(self, group: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy) -> None:
-        attempt = int(str((message.headers or {}).get(ATTEMPT_HEADER, 1)))
+    async def consume_private(
+        self, group: str, routing_keys: Iterable[str], handler: Handler, *, prefetch: int = 16
+    ) -> str:
+        """Consume these message types on a queue of this process alone; returns the queue's name.
+
+        The queue is exclusive (it goes with the connection, so it cannot be a quorum queue) and carries
+        notifications only: a handler failure drops the message, nothing is retried or dead-lettered. It is
+        declared and consumed on one channel, so a reconnect re-declares it before consuming again.
+        """
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        self._consumer_channels.append(channel)
+        await declare_exchanges(channel, self.names)
+        exchange = await channel.get_exchange(self.names.exchange, ensure=False)
+        name = self.names.private_queue(group, secrets.token_hex(6))
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+        for key in routing_keys:
+            await queue.bind(exchange, routing_key=key)
+        once = RetryPolicy(max_attempts=1, base_seconds=1.0)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._handle(group, name, message, handler, once)
+
+        await queue.consume(on_message)
+        return name
+
+    async def _handle(
+        self, group: str, queue: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
+    ) -> None:
+        """Decode, run the handler, decide the settlement (pure), then carry it out."""
         try:
             envelope = Envelope.from_bytes(message.body)
-            envelope.message()
         except ValueError as exc:
             log.error(
                 "undecodable message dead-lettered", consumer=group, message_id=message.message_id, error=str(exc)[:300]
@@ -295,6 +388,7 @@ class Broker:
             return
 
         headers = message.headers or {}
+        attempt = int(str(headers.get(ATTEMPT_HEADER, 1)))
         delivery = Delivery(
             attempt=attempt,
             max_attempts=retry.max_attempts,
@@ -306,50 +400,52 @@ class Broker:
             structlog.contextvars.bound_contextvars(
                 payment_id=envelope.payment_id, event_id=str(envelope.id), event_type=envelope.type
             ),
-            _tracer.start_as_current_span(
-                f"{group} process {envelope.type}",
-                context=extract_context(message.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "rabbitmq",
-                    "messaging.message.id": str(envelope.id),
-                    "messaging.consumer.group.name": group,
-                    "payment.id": envelope.payment_id,
-                    "paystream.event_type": envelope.type,
-                    "paystream.attempt": attempt,
-                },
-            ),
+            _consumer_span(group, envelope, headers, attempt),
         ):
-            outcome = "handled"
+            error: Exception | None = None
             try:
                 await handler(envelope, delivery)
             except PoisonMessage as exc:
                 log.error("poison message dead-lettered", consumer=group, reason=str(exc))
-                outcome = "dead_lettered"
+                error = exc
+            except RetryLater as exc:
+                log.info("message deferred", consumer=group, attempt=attempt, reason=str(exc))
+                error = exc
             except Exception as exc:
-                if isinstance(exc, RetryLater):
-                    log.info("message deferred", consumer=group, attempt=attempt, reason=str(exc))
-                else:
-                    log.exception("handler failed", consumer=group, attempt=attempt)
-                outcome = "dead_lettered" if delivery.is_last_attempt else "retried"
+                log.exception("handler failed", consumer=group, attempt=attempt)
+                error = exc
             finally:
                 EVENT_PROCESSING_SECONDS.labels(group, envelope.type).observe(time.perf_counter() - started)
+            await self._carry_out(settle(error, attempt, retry), group, queue, message, envelope)
 
-            if outcome == "retried":
-                try:
-                    await self._publish_for_retry(group, message, attempt + 1, retry.delay(attempt))
-                    MESSAGE_RETRIES.labels(group, envelope.type).inc()
-                except Exception:
-                    log.exception("could not schedule a retry; requeueing", consumer=group)
-                    outcome = "requeued"
-            EVENTS_PROCESSED.labels(group, envelope.type, outcome).inc()
-            if outcome in ("handled", "retried"):
-                await message.ack()
-            elif outcome == "dead_lettered":
-                await message.reject(requeue=False)
-            else:
+    async def _carry_out(
+        self,
+        settlement: Settlement,
+        group: str,
+        queue: str,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+    ) -> None:
+        """The I/O of a settlement: ack, re-publish to a delay queue then ack, or reject into the DLQ."""
+        outcome = settlement.outcome
+        if settlement.action is Action.RETRY:
+            assert settlement.next_attempt is not None and settlement.delay_seconds is not None
+            try:
+                await self._publish_for_retry(queue, message, settlement.next_attempt, settlement.delay_seconds)
+                MESSAGE_RETRIES.labels(group, envelope.type).inc()
+            except Exception:
+                # Not acked, so not lost: the broker hands the message out again.
+                log.exception("could not schedule a retry; requeueing", consumer=group)
+                EVENTS_PROCESSED.labels(group, envelope.type, "requeued").inc()
                 await message.nack(requeue=True)
+                return
+        EVENTS_PROCESSED.labels(group, envelope.type, outcome).inc()
+        if settlement.action is Action.DEAD_LETTER:
+            await message.reject(requeue=False)
+        else:
+            await message.ack()
 
+    # --- dead letters -----------------------------------------------------------------------------
     async def dlq_depth(self, group: str) -> int:
         channel = await self.connection.channel()
         try:
@@ -366,13 +462,3 @@ class Broker:
             except Exception as exc:
                 log.warning("could not read DLQ depth", queue=self.names.dlq(group), error=str(exc))
             await asyncio.sleep(interval)
-
-    async def declare_private_queue(self, routing_keys: Iterable[str]) -> str:
-        """A server-named, exclusive queue for this process alone (it disappears with the connection)."""
-        channel = await self.connection.channel()
-        self._consumer_channels.append(channel)
-        exchange = await channel.get_exchange(self.names.exchange)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        for key in routing_keys:
-            await queue.bind(exchange, routing_key=key)
-        return queue.name

@@ -47,6 +47,24 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+def split_amqp_urls(value: str) -> tuple[str, ...]:
+    """AMQP_URL as node URLs: one URL, or several comma-separated (nodes of one cluster, tried in order).
+
+    Raises ValueError naming the bad entry: an empty item, a scheme other than amqp(s), no host, or the
+    same node twice.
+    """
+    urls = tuple(item.strip() for item in value.split(","))
+    # The messages name the entry by position, never echo it: a URL may hold a password.
+    for position, url in enumerate(urls, start=1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            which = f"entry {position} of {len(urls)}" if len(urls) > 1 else "the value"
+            raise ValueError(f"{which} is not an amqp:// or amqps:// URL with a host")
+    if len(set(urls)) != len(urls):
+        raise ValueError("names the same node twice")
+    return urls
+
+
 def _secret_list(value: object) -> list[SecretStr]:
     if isinstance(value, list):
         items = [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
@@ -126,7 +144,7 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, v: SecretStr) -> SecretStr:
-        _check_url(v.get_secret_value(), ("amqp", "amqps"))
+        split_amqp_urls(v.get_secret_value())
         return v
 
     @field_validator(

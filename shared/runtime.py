@@ -15,7 +15,7 @@ import aiormq
 import asyncpg
 from aiohttp import web
 
-from shared.broker import Broker
+from shared.broker import Broker, ConsumerGroup
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
 from shared.db import MigrationChanged, create_pool, prepare_database, schemas_missing
 from shared.http_server import EdgeRunner, claim_port
@@ -181,13 +181,13 @@ async def database(
 
 
 @asynccontextmanager
-async def broker(settings: Settings, name: str) -> AsyncIterator[Broker]:
-    """A connected broker with the whole topology declared; closed on exit."""
+async def broker(settings: Settings, name: str, groups: Iterable[ConsumerGroup]) -> AsyncIterator[Broker]:
+    """A connected broker with these consumer groups declared (services pass them all); closed on exit."""
     url = settings.amqp_url.get_secret_value()
     instance = Broker(url, settings.broker_namespace, name=name)
     await retry_until_up("RabbitMQ", url, instance.connect)
     try:
-        await instance.declare_topology()
+        await instance.declare_topology(groups)
         yield instance
     finally:
         await instance.close()

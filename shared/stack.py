@@ -14,6 +14,7 @@ import asyncio
 import sys
 from urllib.parse import urlsplit
 
+from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
 from shared.db import MigrationChanged, prepare_database
@@ -48,7 +49,7 @@ async def _check_rabbitmq(settings: Settings) -> str | None:
     broker = Broker(url, settings.broker_namespace, name="paystream-prepare")
     try:
         await asyncio.wait_for(broker.connect(timeout=DEPENDENCY_TIMEOUT), DEPENDENCY_TIMEOUT)
-        await broker.declare_topology()
+        await broker.declare_topology(CONSUMER_GROUPS)
     except Exception as exc:
         return _failure("RabbitMQ", url, exc)
     finally:

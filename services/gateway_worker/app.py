@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway_worker.handlers import GatewayHandlers
+from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
+from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
@@ -15,7 +16,7 @@ from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
 from shared.web import READINESS_CHECKS, create_base_app
 
-GROUP = "gateway_worker"
+GROUP = GATEWAY_MESSAGES.name
 
 
 def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
@@ -32,12 +33,12 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         providers = build_providers(settings)
         try:
-            async with runtime.broker(settings, GROUP) as broker:
+            async with runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker:
                 handlers = GatewayHandlers(
                     providers, settings.payment_provider, broker.publish, merchant_names=settings.merchant_names
                 )
                 retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
-                await broker.consume(GROUP, handlers, retry=retry, prefetch=32)
+                await broker.consume(GROUP, GATEWAY_MESSAGES.dispatcher(handlers), retry=retry, prefetch=32)
                 dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))
                 app[READINESS_CHECKS].append(broker.is_ready)
                 try:

@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 
 from opentelemetry import trace
 
-from shared.broker import Delivery, PoisonMessage, RetryLater
+from shared.broker import PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
     Envelope,
@@ -28,6 +28,7 @@ from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.registry import MessageRegistry, Received
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -59,24 +60,13 @@ async def observe_provider_call(provider: PaymentProvider, operation: str, call:
 
 @dataclass
 class GatewayHandlers:
-    """Handlers of the gateway_worker's consumer group, one per message type."""
+    """The gateway_worker's dependencies and handlers; GATEWAY_MESSAGES (below) says which handles what."""
 
     providers: dict[str, PaymentProvider]
     default_provider: str
     publish: Publish
     # merchant_id -> display name (MERCHANT_NAMES); a merchant without one is shown by its id.
     merchant_names: Mapping[str, str] = field(default_factory=dict)
-
-    async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        message = envelope.message()
-        if isinstance(message, PaymentRequested):
-            await self.open_intent(envelope, message, delivery)
-        elif isinstance(message, CancelPayment):
-            await self.close_intent(envelope, message.provider, message.provider_payment_id, "canceled", delivery)
-        elif isinstance(message, ExpirePayment):
-            await self.close_intent(envelope, message.provider, message.provider_payment_id, "expired", delivery)
-        elif isinstance(message, ReconcilePayment):
-            await self.reconcile(envelope, message, delivery)
 
     def _provider(self, name: str | None) -> PaymentProvider:
         chosen = name or self.default_provider
@@ -86,7 +76,8 @@ class GatewayHandlers:
             # No retry can make a provider appear: the message waits in the DLQ for an operator.
             raise PoisonMessage(f"no provider {chosen!r} is configured in this gateway_worker") from None
 
-    async def open_intent(self, envelope: Envelope, message: PaymentRequested, delivery: Delivery) -> None:
+    async def open_intent(self, received: Received[PaymentRequested]) -> None:
+        envelope, message, delivery = received.envelope, received.message, received.delivery
         provider = self._provider(None)
         request = IntentRequest(
             payment_id=envelope.payment_id,
@@ -154,18 +145,15 @@ class GatewayHandlers:
             )
         )
 
-    async def close_intent(
-        self,
-        envelope: Envelope,
-        provider_name: str | None,
-        provider_payment_id: str | None,
-        reason: str,
-        delivery: Delivery,
-    ) -> None:
+    async def close_intent(self, received: Received[CancelPayment | ExpirePayment]) -> None:
         """Cancel or expire: ask the provider to close the intent, then publish what it says is true."""
-        source: Source = "expiry" if reason == "expired" else "gateway"
-        wanted = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
-        provider = self._provider(provider_name)
+        envelope, command = received.envelope, received.message
+        expiring = isinstance(command, ExpirePayment)
+        source: Source = "expiry" if expiring else "gateway"
+        wanted = PaymentStatus.EXPIRED if expiring else PaymentStatus.CANCELED
+        close_as: Literal["canceled", "expired"] = "expired" if expiring else "canceled"
+        provider_payment_id = command.provider_payment_id
+        provider = self._provider(command.provider)
         if provider_payment_id is None:
             # The sender did not know of an intent, but one may exist (the ledger had not yet recorded it):
             # the provider, asked by our payment id, is the one to say.
@@ -184,7 +172,6 @@ class GatewayHandlers:
                 return
             provider_payment_id = found.provider_payment_id
         intent_id = provider_payment_id
-        close_as: Literal["canceled", "expired"] = "expired" if reason == "expired" else "canceled"
         try:
             intent = await observe_provider_call(
                 provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
@@ -204,7 +191,8 @@ class GatewayHandlers:
             raise RetryLater("the provider still shows the intent open")
         await self._publish_truth(envelope.payment_id, source, provider.name, intent)
 
-    async def reconcile(self, envelope: Envelope, message: ReconcilePayment, delivery: Delivery) -> None:
+    async def reconcile(self, received: Received[ReconcilePayment]) -> None:
+        envelope, message = received.envelope, received.message
         provider = self._provider(message.provider)
         try:
             intent = await observe_provider_call(
@@ -261,3 +249,15 @@ class GatewayHandlers:
             )
         )
         log.info("provider truth published", status=status.value, source=source)
+
+
+# The gateway_worker's message registry: its queue is bound to exactly these types.
+GATEWAY_MESSAGES: MessageRegistry[GatewayHandlers] = MessageRegistry(
+    "gateway_worker",
+    {
+        PaymentRequested: GatewayHandlers.open_intent,
+        CancelPayment: GatewayHandlers.close_intent,
+        ExpirePayment: GatewayHandlers.close_intent,
+        ReconcilePayment: GatewayHandlers.reconcile,
+    },
+)

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.intake_api import routes, store
-from services.intake_api.intents import INTENT_EVENTS, IntentWaiters
+from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
+from services.topology import CONSUMER_GROUPS
 from shared import runtime
-from shared.broker import RetryPolicy
 from shared.config import Settings
 from shared.db import connect
 from shared.web import READINESS_CHECKS, create_base_app
@@ -37,14 +37,12 @@ def create_app(settings: Settings) -> web.Application:
         # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).
         async with (
             runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=20) as pool,
-            runtime.broker(settings, "intake_api") as broker,
+            runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
             relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url.get_secret_value()))
-            queue = await broker.declare_private_queue(INTENT_EVENTS)
-            await broker.consume(
-                "intake_api", app[routes.WAITERS].on_event, queue_name=queue, retry=RetryPolicy(1, 1.0), prefetch=64
-            )
+            waiters = INTAKE_MESSAGES.dispatcher(app[routes.WAITERS])
+            await broker.consume_private(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types, waiters, prefetch=64)
             retention = settings.idempotency_retention_hours
             tasks = [
                 asyncio.create_task(relay.run()),

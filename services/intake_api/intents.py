@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from shared.broker import Delivery
-from shared.events import Envelope, PaymentIntentCreated, PaymentIntentFailed
-
-INTENT_EVENTS = (PaymentIntentCreated.TYPE, PaymentIntentFailed.TYPE)
+from shared.events import PaymentIntentCreated, PaymentIntentFailed
+from shared.registry import MessageRegistry, Received
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,19 @@ class IntentWaiters:
         finally:
             self.forget(payment_id)
 
-    async def on_event(self, envelope: Envelope, _: Delivery) -> None:
-        future = self._waiting.get(envelope.payment_id)
-        if future is None or future.done():
-            return
-        message = envelope.message()
-        if isinstance(message, PaymentIntentCreated):
-            future.set_result(IntentOutcome(message.checkout_url, None))
-        elif isinstance(message, PaymentIntentFailed):
-            future.set_result(IntentOutcome(None, message.failure_code))
+    def _wake(self, payment_id: str, outcome: IntentOutcome) -> None:
+        future = self._waiting.get(payment_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    async def on_created(self, received: Received[PaymentIntentCreated]) -> None:
+        self._wake(received.envelope.payment_id, IntentOutcome(received.message.checkout_url, None))
+
+    async def on_failed(self, received: Received[PaymentIntentFailed]) -> None:
+        self._wake(received.envelope.payment_id, IntentOutcome(None, received.message.failure_code))
+
+
+# The intake's message registry: intent outcomes, on a queue of each intake process's own.
+INTAKE_MESSAGES: MessageRegistry[IntentWaiters] = MessageRegistry(
+    "intake_api", {PaymentIntentCreated: IntentWaiters.on_created, PaymentIntentFailed: IntentWaiters.on_failed}
+)

@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.ledger.handlers import EventRecorder
+from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
+from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
 from shared.web import READINESS_CHECKS, create_base_app
 
-GROUP = "ledger"
+GROUP = LEDGER_MESSAGES.name
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -27,8 +28,11 @@ def create_app(settings: Settings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with runtime.database(settings, ["ledger"]) as pool, runtime.broker(settings, GROUP) as broker:
-            recorder = EventRecorder(PostgresLedgerStore(pool), broker.publish)
+        async with (
+            runtime.database(settings, ["ledger"]) as pool,
+            runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
+        ):
+            recorder = LEDGER_MESSAGES.dispatcher(EventRecorder(PostgresLedgerStore(pool), broker.publish))
             await broker.consume(GROUP, recorder, retry=retry_policy(settings), prefetch=32)
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)

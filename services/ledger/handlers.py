@@ -16,6 +16,7 @@ from services.ledger.state_machine import Decision, PaymentState, decide, intent
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.broker import Delivery, RetryLater
 from shared.events import (
+    MESSAGE_TYPES,
     Envelope,
     ExpirePayment,
     Message,
@@ -25,6 +26,7 @@ from shared.events import (
 )
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
+from shared.registry import MessageRegistry, Received
 
 log = get_logger(__name__)
 
@@ -221,3 +223,13 @@ class EventRecorder:
         recorded = await record_event(self._store, envelope, self._publish)
         _observe(recorded)
         log.info("event recorded", outcome=recorded.outcome, attempt=delivery.attempt)
+
+    async def record(self, received: Received[Message]) -> None:
+        """The registry's handler: every message type is recorded the same way."""
+        await self(received.envelope, received.delivery)
+
+
+# The ledger's message registry: it records every event and command there is (its log is the audit trail).
+LEDGER_MESSAGES: MessageRegistry[EventRecorder] = MessageRegistry(
+    "ledger", dict.fromkeys(MESSAGE_TYPES.values(), EventRecorder.record)
+)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.topology import CONSUMER_GROUPS
 from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejected, receive_webhook
 from shared import runtime
 from shared.broker import Broker
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/webhooks/{provider}", webhook)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with runtime.broker(settings, "webhook_receiver") as broker:
+        async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS) as broker:
             app[BROKER] = broker
             app[READINESS_CHECKS].append(broker.is_ready)
             yield

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway_worker.app import create_app as create_worker
 from services.sandbox_gateway.app import create_app as create_sandbox
-from shared.broker import Broker, Delivery, RetryPolicy
+from services.topology import CONSUMER_GROUPS
+from shared.broker import Broker, Delivery
 from shared.config import Settings
 from shared.events import (
     CancelPayment,
@@ -60,7 +61,7 @@ class Observer:
 async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
     instance = Broker(amqp_url, namespace, name="test-gateway-worker")
     await instance.connect()
-    await instance.declare_topology()
+    await instance.declare_topology(CONSUMER_GROUPS)
     yield instance
     await instance.close()
 
@@ -68,8 +69,7 @@ async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
 @pytest.fixture
 async def observer(broker: Broker) -> Observer:
     watching = Observer()
-    queue = await broker.declare_private_queue(OUTCOMES)
-    await broker.consume("observer", watching.handle, retry=RetryPolicy(1, 0.1), queue_name=queue)
+    await broker.consume_private("observer", OUTCOMES, watching.handle)
     return watching
 
 

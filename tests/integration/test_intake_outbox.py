@@ -14,6 +14,7 @@ import pytest
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
 from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
+from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.db import connect, create_pool
 from tests.support.infra import Servers, create_database, drop_database
@@ -86,7 +87,7 @@ async def received_ids(broker: Broker, queue: str) -> list[str]:
 async def test_the_relay_publishes_unsent_rows_and_marks_them_sent(
     outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
 ) -> None:
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     event_ids = await accept_payments(outbox_pool, 3)
 
     assert await relay_for(outbox_pool, broker, outbox_db).publish_batch() == 3
@@ -106,7 +107,7 @@ async def test_rows_the_broker_does_not_confirm_stay_queued_until_it_does(
         await relay.publish_batch()
     assert await unsent(outbox_pool) == 2
 
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     assert await relay.publish_batch() == 2
     assert sorted(await received_ids(broker, broker.names.queue("ledger"))) == sorted(event_ids)
 
@@ -114,7 +115,7 @@ async def test_rows_the_broker_does_not_confirm_stay_queued_until_it_does(
 async def test_the_confirmed_part_of_a_batch_is_marked_even_when_another_row_fails(
     outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
 ) -> None:
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     await accept_payments(outbox_pool, 3)
     refused = await outbox_pool.fetchval("SELECT payment_id FROM intake.outbox ORDER BY id LIMIT 1")
 
@@ -146,7 +147,7 @@ class RecordingRelay(OutboxRelay):
 async def test_the_relay_wakes_on_notify_without_waiting_for_the_poll(
     outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
 ) -> None:
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     relay = RecordingRelay(outbox_pool, broker.publish, connect=lambda: connect(outbox_db), poll_interval=3600)
     running = asyncio.create_task(relay.run())
     try:
@@ -171,7 +172,7 @@ async def test_the_relay_wakes_on_notify_without_waiting_for_the_poll(
 async def test_two_relays_sharing_one_outbox_publish_every_row(
     outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
 ) -> None:
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     event_ids = await accept_payments(outbox_pool, 60)
     second_pool = await create_pool(outbox_db, max_size=5)
     relays = [

@@ -14,6 +14,7 @@ import pytest
 from services.ledger.app import GROUP, retry_policy
 from services.ledger.handlers import EventRecorder
 from services.ledger.postgres_store import PostgresLedgerStore
+from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery
 from shared.config import Settings
 from shared.events import Envelope, PaymentStatus
@@ -37,7 +38,7 @@ class CountingRecorder:
 async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
     instance = Broker(amqp_url, namespace, name="test-ledger")
     await instance.connect()
-    await instance.declare_topology()
+    await instance.declare_topology(CONSUMER_GROUPS)
     yield instance
     await instance.close()
 

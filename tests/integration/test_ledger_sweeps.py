@@ -13,6 +13,7 @@ import pytest
 from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import request_expirations, request_reconciliations
+from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
@@ -44,7 +45,7 @@ async def brokers(amqp_url: str, namespace: str) -> AsyncIterator[list[Broker]]:
     for n in range(3):
         broker = Broker(amqp_url, namespace, name=f"test-ledger-{n}")
         await broker.connect()
-        await broker.declare_topology()
+        await broker.declare_topology(CONSUMER_GROUPS)
         connected.append(broker)
     yield connected
     for broker in connected:

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 
-from shared.broker import CONSUMER_GROUPS, Names
+from services.topology import CONSUMER_GROUPS
 from shared.db import connect, migrate, with_database
+from shared.topology import Names
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -122,7 +123,7 @@ async def delete_namespace(amqp_url: str, namespace: str, *, extra_groups: tuple
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()
-        for group in (*CONSUMER_GROUPS, *extra_groups):
+        for group in (*(g.name for g in CONSUMER_GROUPS), *extra_groups):
             for attempt in range(1, 25):
                 await channel.queue_delete(names.delay_queue(group, attempt))
             await channel.queue_delete(names.queue(group))

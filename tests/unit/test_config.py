@@ -47,6 +47,8 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
     [
         ("DATABASE_URL", "mysql://x"),
         ("AMQP_URL", "not a url"),
+        ("AMQP_URL", "amqp://guest:guest@node-a:5672/,,amqp://guest:guest@node-b:5672/"),
+        ("AMQP_URL", "amqp://guest:guest@node-a:5672/,http://node-b:5672/"),
         ("PAYMENT_PROVIDER", "paypal"),
         ("INTAKE_API_KEYS", "no-colon-here"),
         ("SANDBOX_URL", "ftp://sandbox"),

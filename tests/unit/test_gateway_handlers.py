@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import REGISTRY
 
-from services.gateway_worker.handlers import GatewayHandlers
-from shared.broker import Delivery, PoisonMessage, RetryLater
+from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
+from shared.broker import Delivery, Handler, PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
     Envelope,
@@ -48,11 +48,13 @@ def published() -> list[Envelope]:
 
 
 @pytest.fixture
-def handlers(provider: FakeProvider, published: list[Envelope]) -> GatewayHandlers:
+def handlers(provider: FakeProvider, published: list[Envelope]) -> Handler:
+    """The gateway_worker as the broker calls it: its registry dispatching to GatewayHandlers."""
+
     async def publish(envelope: Envelope) -> None:
         published.append(envelope)
 
-    return GatewayHandlers({"fake": provider}, "fake", publish)
+    return GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"fake": provider}, "fake", publish))
 
 
 def requested(payment_id: str | None = None) -> Envelope:
@@ -77,7 +79,7 @@ def command(message: Message, payment_id: str) -> Envelope:
     return Envelope.wrap(message, payment_id=payment_id, source=source)
 
 
-async def open_intent(handlers: GatewayHandlers, provider: FakeProvider) -> tuple[str, str]:
+async def open_intent(handlers: Handler, provider: FakeProvider) -> tuple[str, str]:
     """A payment with an open intent at the provider: (payment id, intent id)."""
     envelope = requested()
     await handlers(envelope, FIRST)
@@ -93,7 +95,7 @@ def only(published: list[Envelope]) -> tuple[Envelope, Message]:
 
 
 async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempotency_key(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     envelope = requested()
     await handlers(envelope, FIRST)
@@ -108,7 +110,7 @@ async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempote
 
 
 async def test_the_trace_context_of_the_message_rides_with_the_intent(
-    handlers: GatewayHandlers, provider: FakeProvider
+    handlers: Handler, provider: FakeProvider
 ) -> None:
     await handlers(requested(), FIRST)
     assert provider.requests[0].metadata == FIRST.trace_headers
@@ -128,7 +130,7 @@ async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id
 
 
 async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     envelope = requested()
     await handlers(envelope, FIRST)
@@ -140,7 +142,7 @@ async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
 
 
 async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = TransientGatewayError("POST /v1/intents answered 503")
     with pytest.raises(RetryLater):
@@ -149,7 +151,7 @@ async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
 
 
 async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gateway_error(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = TransientGatewayError("connection refused")
     envelope = requested()
@@ -163,7 +165,7 @@ async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gatew
 
 
 async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = PermanentGatewayError("POST /v1/intents answered 422")
     await handlers(requested(), FIRST)
@@ -175,7 +177,7 @@ async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
 
 
 async def test_an_intent_without_a_checkout_url_fails_the_intent(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.checkout_url = None
     await handlers(requested(), FIRST)
@@ -212,7 +214,7 @@ async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
 
 
 async def test_cancel_closes_the_intent_and_publishes_canceled(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -231,7 +233,7 @@ async def test_cancel_closes_the_intent_and_publishes_canceled(
 
 
 async def test_expiration_due_expires_the_intent_and_publishes_expired(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -246,7 +248,7 @@ async def test_expiration_due_expires_the_intent_and_publishes_expired(
 
 
 async def test_cancel_after_the_customer_paid_publishes_succeeded(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -261,7 +263,7 @@ async def test_cancel_after_the_customer_paid_publishes_succeeded(
 
 
 async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -275,7 +277,7 @@ async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
 
 
 async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.FAILED, "card_declined")
@@ -289,7 +291,7 @@ async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
 
 
 async def test_cancel_repeated_publishes_the_same_event_id(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -302,7 +304,7 @@ async def test_cancel_repeated_publishes_the_same_event_id(
 
 
 async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     await handlers(command(CancelPayment(), "pay_without_intent"), FIRST)
 
@@ -313,7 +315,7 @@ async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
 
 
 async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_and_cancels_it(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -327,7 +329,7 @@ async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_an
 
 
 async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = TransientGatewayError("timeout")
     with pytest.raises(RetryLater):
@@ -336,7 +338,7 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
 
 
 async def test_cancel_with_a_transient_error_asks_for_a_retry(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -348,7 +350,7 @@ async def test_cancel_with_a_transient_error_asks_for_a_retry(
 
 
 async def test_a_cancel_the_provider_refuses_is_dead_lettered(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -360,7 +362,7 @@ async def test_a_cancel_the_provider_refuses_is_dead_lettered(
 
 
 async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -379,7 +381,7 @@ async def test_a_command_goes_to_the_provider_it_names_not_the_default(published
     async def publish(envelope: Envelope) -> None:
         published.append(envelope)
 
-    handlers = GatewayHandlers({"sandbox": old, "stripe": new}, "stripe", publish)
+    handlers = GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"sandbox": old, "stripe": new}, "stripe", publish))
     old.by_payment["pay_old"] = "pi_old"
     old.intents["pi_old"] = ProviderIntent("pi_old", PaymentStatus.PENDING, 1999, "USD")
 
@@ -389,7 +391,7 @@ async def test_a_command_goes_to_the_provider_it_names_not_the_default(published
     assert only(published)[1].provider == "sandbox"  # type: ignore[attr-defined]
 
 
-async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers: GatewayHandlers) -> None:
+async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers: Handler) -> None:
     with pytest.raises(PoisonMessage):
         await handlers(command(CancelPayment(provider="stripe", provider_payment_id="cs_1"), "pay_1"), FIRST)
 
@@ -398,7 +400,7 @@ async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers
 
 
 async def test_reconciliation_publishes_the_providers_outcome(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -415,7 +417,7 @@ async def test_reconciliation_publishes_the_providers_outcome(
 
 
 async def test_reconciliation_of_an_open_intent_publishes_nothing(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -426,3 +428,27 @@ async def test_reconciliation_of_an_open_intent_publishes_nothing(
     await handlers(envelope, FIRST)
 
     assert published == []
+
+
+# --- the registry -------------------------------------------------------------------------------------
+
+
+async def test_a_message_type_the_gateway_worker_has_no_handler_for_is_poison(handlers: Handler) -> None:
+    changed = PaymentStatusChanged(status=PaymentStatus.SUCCEEDED, provider="fake")
+    with pytest.raises(PoisonMessage, match="no handler"):
+        await handlers(Envelope.wrap(changed, payment_id="pay_1", source="webhook"), FIRST)
+
+
+async def test_a_payload_that_does_not_validate_is_poison(handlers: Handler) -> None:
+    broken = Envelope(type=PaymentRequested.TYPE, source="intake", payment_id="pay_1", data={"amount": "lots"})
+    with pytest.raises(PoisonMessage, match="invalid"):
+        await handlers(broken, FIRST)
+
+
+def test_the_gateway_worker_queue_is_bound_to_exactly_the_types_it_handles() -> None:
+    assert set(GATEWAY_MESSAGES.group.routing_keys) == {
+        PaymentRequested.TYPE,
+        CancelPayment.TYPE,
+        ExpirePayment.TYPE,
+        ReconcilePayment.TYPE,
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.intake_api.intents import IntentOutcome, IntentWaiters
+from services.intake_api.intents import INTAKE_MESSAGES, IntentOutcome, IntentWaiters
 from shared.broker import Delivery
 from shared.events import Envelope, PaymentIntentCreated, PaymentIntentFailed
 
@@ -24,7 +24,7 @@ async def test_the_intent_created_for_a_waiting_payment_hands_back_its_checkout_
     future = waiters.register("pay_1")
     waiting = asyncio.create_task(waiters.wait("pay_1", future, 5))
 
-    await waiters.on_event(created("pay_1"), DELIVERY)
+    await INTAKE_MESSAGES.dispatcher(waiters)(created("pay_1"), DELIVERY)
 
     assert await waiting == IntentOutcome("http://sandbox/pay/pi_1", None)
 
@@ -34,7 +34,7 @@ async def test_a_failed_intent_hands_back_its_failure_code() -> None:
     future = waiters.register("pay_1")
     failed = PaymentIntentFailed(provider="sandbox", failure_code="gateway_error", reason="500")
 
-    await waiters.on_event(Envelope.wrap(failed, payment_id="pay_1", source="gateway"), DELIVERY)
+    await INTAKE_MESSAGES.dispatcher(waiters)(Envelope.wrap(failed, payment_id="pay_1", source="gateway"), DELIVERY)
 
     assert await waiters.wait("pay_1", future, 5) == IntentOutcome(None, "gateway_error")
 
@@ -43,7 +43,7 @@ async def test_an_outcome_for_another_payment_does_not_wake_the_waiter() -> None
     waiters = IntentWaiters()
     future = waiters.register("pay_1")
 
-    await waiters.on_event(created("pay_2"), DELIVERY)
+    await INTAKE_MESSAGES.dispatcher(waiters)(created("pay_2"), DELIVERY)
 
     assert await waiters.wait("pay_1", future, 0.05) is None
 
@@ -51,7 +51,7 @@ async def test_an_outcome_for_another_payment_does_not_wake_the_waiter() -> None
 async def test_wait_0_returns_at_once_even_when_the_outcome_is_there() -> None:
     waiters = IntentWaiters()
     future = waiters.register("pay_1")
-    await waiters.on_event(created("pay_1"), DELIVERY)
+    await INTAKE_MESSAGES.dispatcher(waiters)(created("pay_1"), DELIVERY)
 
     assert await waiters.wait("pay_1", future, 0) is None
 
@@ -63,4 +63,4 @@ async def test_a_finished_wait_forgets_the_payment() -> None:
     await waiters.wait("pay_1", future, 0.01)
 
     assert future.cancelled()
-    await waiters.on_event(created("pay_1"), DELIVERY)  # nobody waits any more: ignored, no error
+    await INTAKE_MESSAGES.dispatcher(waiters)(created("pay_1"), DELIVERY)  # nobody waits any more: ignored, no error

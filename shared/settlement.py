@@ -1,0 +1,66 @@
+"""How a consumed message is settled: the pure decision (ack, retry after a delay, dead-letter), apart from
+the I/O that carries it out (shared/broker.py)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RetryLater(Exception):
+    """The message cannot be handled yet (its payment is unknown, a dependency is down): try again later."""
+
+
+class PoisonMessage(Exception):
+    """The message can never be handled: dead-letter it at once."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The delay-queue schedule, the one backoff formula of the broker layer.
+
+    Exponential backoff with jitter: attempt n waits base * 2**(n-1), capped, ±20 %.
+    """
+
+    max_attempts: int
+    base_seconds: float
+    cap_seconds: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        nominal = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return nominal * random.uniform(0.8, 1.2)
+
+
+class Action(StrEnum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What to do with a message once its handler returned or raised."""
+
+    action: Action
+    # Metric outcome: handled, retried or dead_lettered.
+    outcome: str
+    next_attempt: int | None = None
+    delay_seconds: float | None = None
+
+
+HANDLED = Settlement(Action.ACK, "handled")
+DEAD_LETTERED = Settlement(Action.DEAD_LETTER, "dead_lettered")
+
+
+def settle(error: BaseException | None, attempt: int, policy: RetryPolicy) -> Settlement:
+    """The settlement of attempt `attempt` (1-based) of a message whose handler raised `error` (or None).
+
+    Success acks. PoisonMessage dead-letters at once. RetryLater and any unexpected error are retried
+    through a delay queue while attempts remain, then dead-lettered: a failure is never acked away.
+    """
+    if error is None:
+        return HANDLED
+    if isinstance(error, PoisonMessage) or attempt >= policy.max_attempts:
+        return DEAD_LETTERED
+    return Settlement(Action.RETRY, "retried", next_attempt=attempt + 1, delay_seconds=policy.delay(attempt))

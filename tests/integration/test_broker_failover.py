@@ -1,0 +1,106 @@
+"""A broker given several nodes (AMQP_URL with commas): it takes the first that answers and moves to another
+when its node goes away, with no confirmed publish lost and its consumers resumed there.
+
+The two "nodes" are two proxies to the one test broker: cutting a proxy is the node going away for the client.
+A real three-node cluster is tests/support's cluster fixture."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.topology import CONSUMER_GROUPS
+from shared.broker import Broker, Delivery, RetryPolicy
+from shared.events import Envelope, PaymentIntentCreated
+from tests.support.intake_deployment import proxy_to, through
+from tests.support.link_proxy import LinkProxy
+from tests.support.processes import eventually
+
+FAST = RetryPolicy(max_attempts=3, base_seconds=0.05)
+
+
+@pytest.fixture
+async def nodes(amqp_url: str) -> AsyncIterator[tuple[LinkProxy, LinkProxy]]:
+    async with proxy_to(amqp_url) as first, proxy_to(amqp_url) as second:
+        yield first, second
+
+
+def node_list(amqp_url: str, *proxies: LinkProxy) -> str:
+    return ",".join(through(amqp_url, proxy, query="reconnect_interval=0.2") for proxy in proxies)
+
+
+def intent_created() -> Envelope:
+    message = PaymentIntentCreated(provider="sandbox", provider_payment_id="pi_1", checkout_url="http://x/pay/pi_1")
+    return Envelope.wrap(message, payment_id=f"pay_{uuid.uuid4().hex}", source="gateway")
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+async def test_the_first_node_that_answers_is_used(
+    amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
+) -> None:
+    first, second = nodes
+    first.cut()
+    broker = Broker(node_list(amqp_url, first, second), namespace, name="test-failover")
+    await broker.connect(timeout=5)
+    try:
+        assert f":{second.port}" in broker.node
+        await broker.declare_topology(CONSUMER_GROUPS)
+        await broker.publish(intent_created())
+    finally:
+        await broker.close()
+
+
+async def test_no_node_answering_raises_the_connection_error(
+    amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
+) -> None:
+    for proxy in nodes:
+        proxy.cut()
+    broker = Broker(node_list(amqp_url, *nodes), namespace, name="test-failover")
+    with pytest.raises(ConnectionError):
+        await broker.connect(timeout=5)
+
+
+async def test_when_its_node_goes_away_the_broker_moves_to_another_and_its_consumer_resumes(
+    amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
+) -> None:
+    first, second = nodes
+    broker = Broker(node_list(amqp_url, first, second), namespace, name="test-failover")
+    await broker.connect(timeout=5)
+    try:
+        assert f":{first.port}" in broker.node
+        await broker.declare_topology(CONSUMER_GROUPS)
+        received: list[uuid.UUID] = []
+
+        async def handle(envelope: Envelope, _: Delivery) -> None:
+            received.append(envelope.id)
+
+        await broker.consume("ledger", handle, retry=FAST)
+        before = intent_created()
+        await broker.publish(before)
+        await eventually(lambda: _is(before.id in received), what="the event before the node goes away")
+
+        first.cut()
+        await eventually(lambda: _is(f":{second.port}" in broker.node), what="the broker on the other node")
+        await eventually(broker.is_ready, what="the broker ready on the other node")
+
+        # Confirmed after the move, and handled by the restored consumer.
+        after = intent_created()
+        await eventually(lambda: _published(broker, after), what="a confirmed publish on the other node")
+        await eventually(lambda: _is(after.id in received), what="the consumer resumed on the other node")
+        assert received.count(before.id) == 1
+    finally:
+        await broker.close()
+
+
+async def _published(broker: Broker, envelope: Envelope) -> bool:
+    """Publish once; True if the broker confirmed it (a publish racing the channel's restore may fail)."""
+    try:
+        await broker.publish(envelope, timeout=2)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,77 @@
+"""Message registries (shared/registry.py): dispatch by type, poison for the rest, bindings from the map."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway_worker.handlers import GATEWAY_MESSAGES
+from services.ledger.handlers import LEDGER_MESSAGES
+from services.topology import CONSUMER_GROUPS
+from shared.broker import Delivery
+from shared.events import MESSAGE_TYPES, CancelPayment, Envelope, ExpirePayment
+from shared.registry import MessageRegistry, Received, consumer_groups
+from shared.settlement import PoisonMessage
+
+DELIVERY = Delivery(attempt=1, max_attempts=1, redelivered=False)
+
+
+class Cancels:
+    def __init__(self) -> None:
+        self.seen: list[Received[CancelPayment]] = []
+
+    async def on_cancel(self, received: Received[CancelPayment]) -> None:
+        self.seen.append(received)
+
+
+REGISTRY: MessageRegistry[Cancels] = MessageRegistry("cancels", {CancelPayment: Cancels.on_cancel})
+
+
+async def test_a_message_reaches_the_handler_of_its_type_with_its_typed_payload() -> None:
+    cancels = Cancels()
+    envelope = Envelope.wrap(CancelPayment(provider="sandbox"), payment_id="pay_1", source="merchant")
+
+    await REGISTRY.dispatcher(cancels)(envelope, DELIVERY)
+
+    assert [(r.envelope.id, r.message, r.delivery) for r in cancels.seen] == [
+        (envelope.id, CancelPayment(provider="sandbox"), DELIVERY)
+    ]
+
+
+async def test_a_type_without_a_handler_is_poison_not_acked_silently() -> None:
+    cancels = Cancels()
+    envelope = Envelope.wrap(ExpirePayment(), payment_id="pay_1", source="expiry")
+
+    with pytest.raises(PoisonMessage, match=r"cancels has no handler for 'payment\.expiration_due'"):
+        await REGISTRY.dispatcher(cancels)(envelope, DELIVERY)
+    assert cancels.seen == []
+
+
+async def test_an_unknown_type_is_poison() -> None:
+    envelope = Envelope(type="payment.teleported", source="merchant", payment_id="pay_1", data={})
+    with pytest.raises(PoisonMessage):
+        await REGISTRY.dispatcher(Cancels())(envelope, DELIVERY)
+
+
+def test_the_bindings_are_the_types_of_the_map() -> None:
+    assert REGISTRY.group.name == "cancels"
+    assert REGISTRY.group.routing_keys == ("payment.cancel_requested",)
+
+
+def test_the_ledger_records_every_message_type_there_is() -> None:
+    assert set(LEDGER_MESSAGES.group.routing_keys) == set(MESSAGE_TYPES)
+
+
+def test_every_consumer_group_is_declared_once() -> None:
+    assert [g.name for g in CONSUMER_GROUPS] == ["gateway_worker", "ledger"]
+    assert consumer_groups([GATEWAY_MESSAGES, GATEWAY_MESSAGES]) == (GATEWAY_MESSAGES.group,)
+
+
+def test_two_registries_may_not_claim_one_group_with_different_types() -> None:
+    other: MessageRegistry[Cancels] = MessageRegistry("gateway_worker", {CancelPayment: Cancels.on_cancel})
+    with pytest.raises(ValueError, match="gateway_worker"):
+        consumer_groups([GATEWAY_MESSAGES, other])
+
+
+def test_a_registry_without_handlers_is_refused() -> None:
+    with pytest.raises(ValueError):
+        MessageRegistry("nobody", {})
