@@ -123,9 +123,9 @@ async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id
         published.append(envelope)
 
     named = GatewayHandlers({"fake": provider}, "fake", publish, merchant_names={"demo": "Ada's Books"})
-    await named(requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(named)(requested(), FIRST)
     unnamed = GatewayHandlers({"fake": provider}, "fake", publish)
-    await unnamed(requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(unnamed)(requested(), FIRST)
     assert [r.merchant_name for r in provider.requests] == ["Ada's Books", "demo"]
 
 
