@@ -28,33 +28,13 @@ SCHEMA_REF = "#/components/schemas/{model}"
 
 
 def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
-    """(group, the message types its queue receives), with topic wildcards resolved to the known types."""
-    return [(group.name, _matching_types(group.routing_keys)) for group in CONSUMER_GROUPS]
+    """(group, the message types its queue receives): each service's registry says which it handles."""
+    return [(group.name, group.routing_keys) for group in CONSUMER_GROUPS]
 
 
 def private_consumers() -> list[tuple[str, tuple[str, ...]]]:
     """(service, the message types each of its processes hears of on a queue of its own)."""
     return [(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types)]
-
-
-def _matching_types(binding_keys: Iterable[str]) -> tuple[str, ...]:
-    patterns = list(binding_keys)
-    return tuple(t for t in MESSAGE_TYPES if any(_topic_match(p, t) for p in patterns))
-
-
-def _topic_match(pattern: str, routing_key: str) -> bool:
-    """RabbitMQ topic matching: `*` is one word, `#` zero or more."""
-    words, keys = pattern.split("."), routing_key.split(".")
-    if not words:
-        return not keys
-    if words[0] == "#":
-        rest = ".".join(words[1:])
-        return not rest or any(_topic_match(rest, ".".join(keys[i:])) for i in range(len(keys) + 1))
-    if not keys or (words[0] != "*" and words[0] != keys[0]):
-        return False
-    if len(words) == 1:
-        return len(keys) == 1
-    return len(keys) > 1 and _topic_match(".".join(words[1:]), ".".join(keys[1:]))
 
 
 def _summary(cls: type[Any]) -> str:
