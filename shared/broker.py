@@ -129,7 +129,12 @@ def _node_urls(amqp_url: str | Sequence[str], connection_name: str) -> tuple[URL
     return tuple(URL(u) if "name" in URL(u).query else URL(u).update_query(name=connection_name) for u in urls)
 
 
-# --- tracing (kept in one place: an aio-pika instrumentation may replace it) ----------------------------
+# --- tracing: our own spans, not opentelemetry-instrumentation-aio-pika -----------------------------------
+# Tried (0.66b1 with aio-pika 9.6.2): its Exchange.publish wrapper overwrites the traceparent a message already
+# carries with its own span's, so a retry re-published to a delay queue would reach the handler with another
+# trace context than its first attempt (the gateway_worker sends that context to the provider as intent metadata
+# under one Idempotency-Key: Stripe refuses a reused key whose parameters changed). It also names spans
+# "<exchange>,<routing key> send" / "<exchange> receive", with no hook for our names or payment.* attributes.
 @contextmanager
 def _producer_span(envelope: Envelope, exchange: str, stored_headers: dict[str, Any] | None) -> Iterator[None]:
     parent = extract_context(stored_headers) if stored_headers else None
