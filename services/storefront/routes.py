@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from services.storefront.catalogue import CATALOGUE, Product, find_product
@@ -137,7 +138,7 @@ async def start_checkout(
     order_id: str,
     idempotency_key: str,
     body: dict[str, Any],
-    bound: Any,
+    bound: structlog.stdlib.BoundLogger,
     *,
     again: tuple[str, dict[str, str]],
 ) -> web.Response:
