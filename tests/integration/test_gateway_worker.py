@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -27,11 +26,11 @@ from shared.events import (
     Envelope,
     PaymentIntentCreated,
     PaymentIntentFailed,
-    PaymentRequested,
     PaymentStatus,
     PaymentStatusChanged,
 )
 from tests.fakes.stripe_fake import StripeFake
+from tests.support.messages import payment_requested
 from tests.support.processes import eventually, free_port
 
 OUTCOMES = ("payment.intent_created", "payment.intent_failed", "payment.status_changed")
@@ -120,23 +119,6 @@ def start_worker(amqp_url: str, namespace: str, http_servers: list[TestServer]) 
         http_servers.append(await _serve(create_worker(Settings(_env_file=None, **fields))))  # type: ignore[call-arg]
 
     return start
-
-
-def payment_requested(payment_id: str | None = None) -> Envelope:
-    now = datetime.now(UTC)
-    message = PaymentRequested(
-        merchant_id="demo",
-        idempotency_key=secrets.token_hex(8),
-        request_fingerprint="f" * 64,
-        amount=1999,
-        currency="USD",
-        reference="order-42",
-        return_url="https://shop.example/orders/42",
-        cancel_url="https://shop.example/cart",
-        created_at=now,
-        expires_at=now + timedelta(minutes=30),
-    )
-    return Envelope.wrap(message, payment_id=payment_id or f"pay_{secrets.token_hex(8)}", source="intake")
 
 
 async def queue_depth(broker: Broker, name: str) -> int:

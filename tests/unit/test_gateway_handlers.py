@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -27,6 +25,7 @@ from shared.events import (
 from shared.providers.base import ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 from tests.fakes.provider import FakeProvider
+from tests.support.messages import payment_requested
 
 FIRST = Delivery(
     attempt=1,
@@ -57,23 +56,6 @@ def handlers(provider: FakeProvider, published: list[Envelope]) -> Handler:
     return GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"fake": provider}, "fake", publish))
 
 
-def requested(payment_id: str | None = None) -> Envelope:
-    now = datetime.now(UTC)
-    message = PaymentRequested(
-        merchant_id="demo",
-        idempotency_key="k-1",
-        request_fingerprint="f" * 64,
-        amount=1999,
-        currency="USD",
-        reference="order-42",
-        return_url="https://shop.example/orders/42",
-        cancel_url="https://shop.example/cart",
-        created_at=now,
-        expires_at=now + timedelta(minutes=30),
-    )
-    return Envelope.wrap(message, payment_id=payment_id or f"pay_{secrets.token_hex(8)}", source="intake")
-
-
 def command(message: Message, payment_id: str) -> Envelope:
     source: Source = "expiry" if isinstance(message, ExpirePayment) else "merchant"
     return Envelope.wrap(message, payment_id=payment_id, source=source)
@@ -81,7 +63,7 @@ def command(message: Message, payment_id: str) -> Envelope:
 
 async def open_intent(handlers: Handler, provider: FakeProvider) -> tuple[str, str]:
     """A payment with an open intent at the provider: (payment id, intent id)."""
-    envelope = requested()
+    envelope = payment_requested()
     await handlers(envelope, FIRST)
     return envelope.payment_id, provider.by_payment[envelope.payment_id]
 
@@ -97,7 +79,7 @@ def only(published: list[Envelope]) -> tuple[Envelope, Message]:
 async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempotency_key(
     handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
-    envelope = requested()
+    envelope = payment_requested()
     await handlers(envelope, FIRST)
 
     [request] = provider.requests
@@ -112,7 +94,7 @@ async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempote
 async def test_the_trace_context_of_the_message_rides_with_the_intent(
     handlers: Handler, provider: FakeProvider
 ) -> None:
-    await handlers(requested(), FIRST)
+    await handlers(payment_requested(), FIRST)
     assert provider.requests[0].metadata == FIRST.trace_headers
 
 
@@ -123,16 +105,16 @@ async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id
         published.append(envelope)
 
     named = GatewayHandlers({"fake": provider}, "fake", publish, merchant_names={"demo": "Ada's Books"})
-    await GATEWAY_MESSAGES.dispatcher(named)(requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(named)(payment_requested(), FIRST)
     unnamed = GatewayHandlers({"fake": provider}, "fake", publish)
-    await GATEWAY_MESSAGES.dispatcher(unnamed)(requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(unnamed)(payment_requested(), FIRST)
     assert [r.merchant_name for r in provider.requests] == ["Ada's Books", "demo"]
 
 
 async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
     handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
-    envelope = requested()
+    envelope = payment_requested()
     await handlers(envelope, FIRST)
     await handlers(envelope, replace(FIRST, redelivered=True))
 
@@ -146,7 +128,7 @@ async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
 ) -> None:
     provider.error = TransientGatewayError("POST /v1/intents answered 503")
     with pytest.raises(RetryLater):
-        await handlers(requested(), FIRST)
+        await handlers(payment_requested(), FIRST)
     assert published == []
 
 
@@ -154,7 +136,7 @@ async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gatew
     handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = TransientGatewayError("connection refused")
-    envelope = requested()
+    envelope = payment_requested()
     await handlers(envelope, LAST)
 
     sent, message = only(published)
@@ -168,7 +150,7 @@ async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
     handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.error = PermanentGatewayError("POST /v1/intents answered 422")
-    await handlers(requested(), FIRST)
+    await handlers(payment_requested(), FIRST)
 
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
@@ -180,7 +162,7 @@ async def test_an_intent_without_a_checkout_url_fails_the_intent(
     handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.checkout_url = None
-    await handlers(requested(), FIRST)
+    await handlers(payment_requested(), FIRST)
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
 
@@ -192,7 +174,7 @@ async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amo
     provider.echo = echo
     before = REGISTRY.get_sample_value("paystream_amount_mismatches_total") or 0.0
 
-    await handlers(requested(), FIRST)
+    await handlers(payment_requested(), FIRST)
 
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
@@ -205,7 +187,7 @@ async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
     handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.echo = (1999, "usd")
-    await handlers(requested(), FIRST)
+    await handlers(payment_requested(), FIRST)
     _, message = only(published)
     assert isinstance(message, PaymentIntentCreated)
 
