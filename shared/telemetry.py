@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _provider: TracerProvider | None = None
 
@@ -64,11 +66,21 @@ class QueryRedactingSpanProcessor(SpanProcessor):
 
 
 def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
-    """Install the process's tracer provider and instrument aiohttp and asyncpg (idempotent)."""
+    """Install the process's tracer provider and instrument aiohttp and asyncpg (idempotent).
+
+    With no endpoint to export to, recording spans would be work thrown away (a third of the CPU a payment
+    cost): spans are then not sampled, and neither the database driver (a span per statement) nor the HTTP
+    client is instrumented. Requests, messages and provider calls still get span ids, propagated through
+    the outbox, the broker and the provider, so log lines keep their `trace_id` and `span_id`.
+    `OTEL_TRACES_SAMPLER`, when set, decides sampling instead (the SDK reads it), and then everything is
+    instrumented.
+    """
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    recording = bool(otlp_endpoint or os.environ.get("OTEL_TRACES_SAMPLER"))
+    sampler = None if recording else ALWAYS_OFF
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=sampler)
     provider.add_span_processor(QueryRedactingSpanProcessor())
     provider.add_span_processor(LogContextSpanProcessor())
     if otlp_endpoint:
@@ -78,19 +90,21 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerPro
             BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
         )
     trace.set_tracer_provider(provider)
-    _instrument_libraries()
+    _instrument_libraries(recording)
     _provider = provider
     return provider
 
 
-def _instrument_libraries() -> None:
+def _instrument_libraries(recording: bool) -> None:
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    AioHttpClientInstrumentor().instrument(url_filter=lambda url: without_query(str(url)))
+    # The server's span is where a request's trace (and its log lines' trace_id) starts: always.
     AioHttpServerInstrumentor().instrument()
-    AsyncPGInstrumentor().instrument()
+    if recording:
+        AioHttpClientInstrumentor().instrument(url_filter=lambda url: without_query(str(url)))
+        AsyncPGInstrumentor().instrument()
 
 
 def shutdown_tracing() -> None:
