@@ -40,7 +40,9 @@ def configure_logging(service: str, *, fmt: str = "json", level: str = "INFO") -
         _redact,
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Events below the level are dropped before any processor runs (time stamp, trace ids, rendering):
+        # otherwise every debug or info call pays for a line that is never written.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
