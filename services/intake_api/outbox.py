@@ -1,22 +1,26 @@
-"""The outbox relay: publishes committed outbox rows with publisher confirms, then marks them sent.
+"""The transactional outbox: how an event is written into it (one way, inside the caller's statement or
+transaction), and the relay that publishes committed rows with publisher confirms.
 
-Woken by LISTEN/NOTIFY when a transaction writes rows, with a polling fallback; rows are claimed with
-FOR UPDATE SKIP LOCKED, so several intake processes share one outbox. A broker outage only delays rows:
-they stay unsent until a publish is confirmed. A crash between confirm and mark re-publishes (the
-consumers are idempotent by event id).
+The relay is woken by LISTEN/NOTIFY when a transaction writes rows, with a polling fallback. A batch is
+claimed and marked sent in one statement (FOR UPDATE SKIP LOCKED, so several intake processes share one
+outbox), published with pipelined confirms, and committed; rows the broker did not confirm are unmarked
+before the commit. A broker outage only delays rows: they stay unsent until a publish is confirmed. A
+crash between confirm and commit re-publishes (the consumers are idempotent by event id).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from shared.events import Envelope
+from shared.events import Envelope, Message, Source
 from shared.logs import get_logger
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_PUBLISHED
+from shared.telemetry import inject_context
 
 log = get_logger(__name__)
 
@@ -28,6 +32,51 @@ Publish = Callable[..., Awaitable[None]]
 MIN_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
 LISTENER_PING_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An event as the outbox keeps it: the envelope, and the trace context current when it was written
+    (the relay publishes it in that context, so the payment's trace goes on through the broker)."""
+
+    envelope: Envelope
+    headers: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: Message, *, payment_id: str, source: Source) -> OutboxRow:
+        return cls(Envelope.wrap(message, payment_id=payment_id, source=source), inject_context({}))
+
+    def values(self) -> tuple[Any, ...]:
+        """The parameters of `insert_sql`, in its order."""
+        envelope = self.envelope
+        return envelope.id, envelope.payment_id, envelope.type, envelope.model_dump_json(), self.headers
+
+
+def insert_sql(first: int) -> str:
+    """`INSERT INTO intake.outbox ... SELECT` of one row whose five values are $first..$first+4.
+
+    The one way a row is written: alone (`enqueue`), or inside a larger statement that appends `FROM ...`
+    to write it only when something else was written (the intake's acceptance of a payment).
+    """
+    n = range(first, first + 5)
+    return (
+        "INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)"
+        f" SELECT ${n[0]}::uuid, ${n[1]}::text, ${n[2]}::text, ${n[3]}::text, ${n[4]}::jsonb"
+    )
+
+
+async def enqueue(conn: asyncpg.Connection, row: OutboxRow) -> None:
+    """Write `row` (inside the caller's transaction, if any): it is published once that commits."""
+    await conn.execute(insert_sql(1), *row.values())
+
+
+# Claim a batch and mark it sent in one statement; the caller's transaction holds the rows until it commits.
+_CLAIM = """
+UPDATE intake.outbox o SET published_at = clock_timestamp()
+FROM (SELECT id FROM intake.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) due
+WHERE o.id = due.id
+RETURNING o.id, o.envelope, o.headers
+"""
 
 
 class OutboxPublishFailed(Exception):
@@ -61,30 +110,25 @@ class OutboxRelay:
         an outage); the failures then raise, so the caller backs off and the rest stay queued.
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """
-                SELECT id, envelope, headers FROM intake.outbox
-                WHERE published_at IS NULL ORDER BY id LIMIT $1
-                FOR UPDATE SKIP LOCKED
-                """,
-                self._batch_size,
-            )
+            rows = sorted(await conn.fetch(_CLAIM, self._batch_size), key=lambda r: r["id"])
             if not rows:
                 return 0
             results = await asyncio.gather(
-                *(self._publish(Envelope.model_validate_json(r["envelope"]), headers=r["headers"]) for r in rows),
+                *(self._publish(Envelope.from_bytes(r["envelope"]), headers=r["headers"]) for r in rows),
                 return_exceptions=True,
             )
-            sent = [r["id"] for r, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
-            if sent:
+            failed = [isinstance(result, BaseException) for result in results]
+            unconfirmed = [r["id"] for r, fail in zip(rows, failed, strict=True) if fail]
+            if unconfirmed:
                 await conn.execute(
-                    "UPDATE intake.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])", sent
+                    "UPDATE intake.outbox SET published_at = NULL WHERE id = ANY($1::bigint[])", unconfirmed
                 )
-        OUTBOX_PUBLISHED.inc(len(sent))
+        sent = len(rows) - len(unconfirmed)
+        OUTBOX_PUBLISHED.inc(sent)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             raise OutboxPublishFailed(f"{len(failures)} of {len(rows)} rows not confirmed") from failures[0]
-        return len(sent)
+        return sent
 
     async def measure(self) -> None:
         row = await self._pool.fetchrow(

@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 
 from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
-from shared.events import CancelPayment, Envelope, Message, PaymentRequested, PaymentStatus, Source
-from shared.telemetry import inject_context
+from services.intake_api.outbox import OutboxRow, enqueue, insert_sql
+from shared.events import CancelPayment, PaymentRequested, PaymentStatus
 
 _LEDGER_FIELDS = (
     "id",
@@ -58,21 +58,7 @@ class PaymentView:
     provider_payment_id: str | None = None
 
 
-async def enqueue(conn: asyncpg.Connection, message: Message, *, payment_id: str, source: Source) -> Envelope:
-    """Write an event to the outbox inside the caller's transaction, with the current trace context."""
-    envelope = Envelope.wrap(message, payment_id=payment_id, source=source)
-    await conn.execute(
-        "INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers) VALUES ($1, $2, $3, $4, $5)",
-        envelope.id,
-        payment_id,
-        envelope.type,
-        envelope.model_dump_json(),
-        inject_context({}),
-    )
-    return envelope
-
-
-_ACCEPT = """
+_ACCEPT = f"""
 WITH existing AS (
     SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $2 AND idempotency_key = $3
     UNION ALL
@@ -86,8 +72,7 @@ WITH existing AS (
     ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
     RETURNING id
 ), outbox AS (
-    INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)
-    SELECT $8::uuid, id, $9, $10, $11::jsonb FROM payment
+    {insert_sql(8)} FROM payment
     RETURNING payment_id
 )
 SELECT (SELECT payment_id FROM outbox) AS accepted_id,
@@ -124,21 +109,10 @@ async def accept_payment(
         expires_at=expires_at,
         **body,
     )
-    envelope = Envelope.wrap(requested, payment_id=payment_id, source="intake")
+    outbox_row = OutboxRow.of(requested, payment_id=payment_id, source="intake")
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            _ACCEPT,
-            payment_id,
-            merchant_id,
-            key,
-            fingerprint,
-            body,
-            now,
-            expires_at,
-            envelope.id,
-            envelope.type,
-            envelope.model_dump_json(),
-            inject_context({}),
+            _ACCEPT, payment_id, merchant_id, key, fingerprint, body, now, expires_at, *outbox_row.values()
         )
         assert row is not None
         if row["existing_id"] is not None:
@@ -220,9 +194,10 @@ async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]
 
 
 async def request_cancel(pool: asyncpg.Pool, view: PaymentView) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+    """Queue the cancel command: one statement, so it commits on its own."""
+    async with pool.acquire() as conn:
         command = CancelPayment(provider=view.provider, provider_payment_id=view.provider_payment_id)
-        await enqueue(conn, command, payment_id=view.payment.id, source="merchant")
+        await enqueue(conn, OutboxRow.of(command, payment_id=view.payment.id, source="merchant"))
 
 
 async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str | None, failure: str | None) -> None:
