@@ -208,6 +208,27 @@ class CpuMeter:
         return reading
 
 
+async def start_profilers(stack: Stack, folder: Path, seconds: float) -> list[asyncio.subprocess.Process]:
+    """py-spy on every service for `seconds`: collapsed stacks in `<folder>/<service>.txt` (for flamegraph
+    tools or grep). Sampling costs CPU too: a profiled run's figures are not the bench's."""
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    profilers = []
+    for name, service in stack.services.items():
+        if service.process is None:
+            continue
+        # fmt: off
+        command = [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "100",
+                   "--duration", str(max(1, int(seconds))), "--pid", str(service.process.pid),
+                   "--output", str(folder / f"{name}.txt")]
+        # fmt: on
+        profilers.append(
+            await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+        )
+    return profilers
+
+
 # --- Paystream ---------------------------------------------------------------------------------------
 async def _post_payment(session: aiohttp.ClientSession, stack: Stack, reference: str) -> bool:
     headers = {"Authorization": "Bearer sk_test_demo", "Prefer": "wait=0", "Idempotency-Key": secrets.token_hex(12)}
@@ -326,7 +347,9 @@ INTAKE = "paystream: POST /v1/payments → 201 (Prefer: wait=0)"
 SATURATED = "paystream: completed end to end (autopay), saturating"
 
 
-async def main(seconds: float, concurrency: int, rate: float | None, drain_timeout: float) -> None:
+async def main(
+    seconds: float, concurrency: int, rate: float | None, drain_timeout: float, profile: Path | None
+) -> None:
     servers = find_servers()
     phases: dict[str, dict[str, Any]] = {}
     load = os.getloadavg()
@@ -353,9 +376,11 @@ async def main(seconds: float, concurrency: int, rate: float | None, drain_timeo
     try:
         await stack.start()
         meter = CpuMeter(stack, database_url)
+        profilers = await start_profilers(stack, profile, seconds) if profile else []
         before = await meter.read()
         phases[INTAKE] = await intake_posts(stack, seconds, concurrency)
         phases[SATURATED] = await completions(database_url, drain_timeout, reference="saturate")
+        await asyncio.gather(*(p.wait() for p in profilers))
         after = await meter.read()
         completed = max(1, phases[SATURATED]["ops"])
         results["cpu_ms_per_payment"] = {
@@ -404,5 +429,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--drain-timeout", type=float, default=180.0, help="how long to wait for a backlog to complete (default 180)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record py-spy stacks of every service during the saturating POSTs into this folder (skews the figures)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout, args.profile))
