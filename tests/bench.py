@@ -297,6 +297,23 @@ async def completions(database_url: str, timeout: float, reference: str) -> dict
     }
 
 
+async def retries(stack: Stack) -> dict[str, float]:
+    """Messages each consumer deferred through a delay queue so far (an event that came before its payment)."""
+    found: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session:
+        for name in ("ledger", "gateway_worker"):
+            if name not in stack.services:
+                continue
+            async with session.get(stack.url(name) + "/metrics") as response:
+                text = await response.text()
+            found[name] = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("paystream_message_retries_total{")
+            )
+    return found
+
+
 # --- report ------------------------------------------------------------------------------------------
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
@@ -321,6 +338,13 @@ def report(results: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:40} {ms:8.3f}{marker}")
     path_cpu = sum(cpu.get(name, 0.0) for name in PAYMENT_PATH)
     lines.append(f"  {'payment path total':40} {path_cpu:8.3f}")
+    lines.append(
+        "  messages deferred to a delay queue (saturating / whole run): "
+        + ", ".join(
+            f"{name} {results['retries_saturating'].get(name, 0):.0f} / {n:.0f}"
+            for name, n in results["retries_total"].items()
+        )
+    )
     lines += ["", "peak RSS per service (MiB):"]
     for name, mib in results["peak_rss_mib"].items():
         lines.append(f"  {name:40} {mib:8.1f}")
@@ -382,6 +406,7 @@ async def main(
         phases[SATURATED] = await completions(database_url, drain_timeout, reference="saturate")
         await asyncio.gather(*(p.wait() for p in profilers))
         after = await meter.read()
+        results["retries_saturating"] = await retries(stack)
         completed = max(1, phases[SATURATED]["ops"])
         results["cpu_ms_per_payment"] = {
             name: (after[name] - before.get(name, 0.0)) * 1000 / completed for name in after
@@ -394,6 +419,7 @@ async def main(
         phases[steady_name] = await completions(database_url, drain_timeout, reference="paced")
         phases[steady_name]["errors"] += int(seconds * steady_rate) - made
         results["steady_phase"], results["steady_rate"] = steady_name, steady_rate
+        results["retries_total"] = await retries(stack)
         results["peak_rss_mib"] = {
             name: peak_rss_mib(service.process.pid) for name, service in stack.services.items() if service.process
         }
