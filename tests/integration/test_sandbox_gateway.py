@@ -391,6 +391,18 @@ async def test_after_a_wrong_cvc_the_form_keeps_name_number_and_expiry_and_marks
     assert (await fetch_intent(sandbox, intent["id"]))["status"] == "open"
 
 
+async def test_a_card_number_kept_in_the_form_after_a_mistake_is_in_no_log_and_no_intent(
+    sandbox: TestClient, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    intent = await create_intent(sandbox)
+    response = await pay_on_page(sandbox, intent["id"], card="4000 0000 0000 9995", cvc="1")
+    assert "4000 0000 0000 9995" in await response.text()  # back in the customer's own form
+    stored = await (await sandbox.get(f"/v1/intents/{intent['id']}")).text()
+    written = capsys.readouterr()
+    for text in (stored, written.out, written.err, caplog.text):
+        assert "9995" not in text and "4000000000009995" not in text
+
+
 async def test_after_a_wrong_card_number_the_form_keeps_name_and_expiry_and_marks_only_the_number(
     sandbox: TestClient,
 ) -> None:
