@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from yarl import URL
 
+from shared.batches import BatchConsumer, BatchHandler, Consumed, consumer_span
 from shared.config import split_amqp_urls
 from shared.events import Envelope
 from shared.logs import get_logger
@@ -155,20 +156,18 @@ def _producer_span(envelope: Envelope, exchange: str, stored_headers: dict[str, 
 
 @contextmanager
 def _consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], attempt: int) -> Iterator[None]:
-    with _tracer.start_as_current_span(
-        f"{group} process {envelope.type}",
-        context=extract_context(headers),
-        kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "rabbitmq",
-            "messaging.message.id": str(envelope.id),
-            "messaging.consumer.group.name": group,
-            "payment.id": envelope.payment_id,
-            "paystream.event_type": envelope.type,
-            "paystream.attempt": attempt,
-        },
-    ):
+    with trace.use_span(consumer_span(group, envelope, headers, attempt), end_on_exit=True):
         yield
+
+
+def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
+    headers = message.headers or {}
+    return Delivery(
+        attempt=int(str(headers.get(ATTEMPT_HEADER, 1))),
+        max_attempts=retry.max_attempts,
+        redelivered=bool(message.redelivered),
+        trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
+    )
 
 
 class Broker:
@@ -186,6 +185,7 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consumer_channels: list[AbstractChannel] = []
+        self._batch_consumers: list[asyncio.Task[None]] = []
 
     async def connect(self, *, timeout: float = 10.0) -> None:
         """Connect to the first node that answers, in the order given; raise the last error if none does."""
@@ -234,6 +234,9 @@ class Broker:
         )
 
     async def close(self) -> None:
+        for task in self._batch_consumers:
+            task.cancel()
+        await asyncio.gather(*self._batch_consumers, return_exceptions=True)
         for channel in self._consumer_channels:
             if not channel.is_closed:
                 await channel.close()
@@ -393,13 +396,8 @@ class Broker:
             return
 
         headers = message.headers or {}
-        attempt = int(str(headers.get(ATTEMPT_HEADER, 1)))
-        delivery = Delivery(
-            attempt=attempt,
-            max_attempts=retry.max_attempts,
-            redelivered=bool(message.redelivered),
-            trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
-        )
+        delivery = _delivery(message, retry)
+        attempt = delivery.attempt
         started = time.perf_counter()
         with (
             structlog.contextvars.bound_contextvars(
@@ -430,8 +428,13 @@ class Broker:
         queue: str,
         message: AbstractIncomingMessage,
         envelope: Envelope,
-    ) -> None:
-        """The I/O of a settlement: ack, re-publish to a delay queue then ack, or reject into the DLQ."""
+        *,
+        ack: bool = True,
+    ) -> bool:
+        """The I/O of a settlement: ack, re-publish to a delay queue then ack, or reject into the DLQ.
+
+        With `ack=False` the ack is left to the caller (a batch acks its messages together): returns whether
+        the message is to be acked."""
         outcome = settlement.outcome
         if settlement.action is Action.RETRY:
             assert settlement.next_attempt is not None and settlement.delay_seconds is not None
@@ -443,12 +446,63 @@ class Broker:
                 log.exception("could not schedule a retry; requeueing", consumer=group)
                 EVENTS_PROCESSED.labels(group, envelope.type, "requeued").inc()
                 await message.nack(requeue=True)
-                return
+                return False
         EVENTS_PROCESSED.labels(group, envelope.type, outcome).inc()
         if settlement.action is Action.DEAD_LETTER:
             await message.reject(requeue=False)
-        else:
+            return False
+        if ack:
             await message.ack()
+        return True
+
+    async def consume_batches(
+        self,
+        group: str,
+        handler: BatchHandler,
+        *,
+        retry: RetryPolicy,
+        prefetch: int = 256,
+        max_batch: int = 64,
+    ) -> None:
+        """Start consuming `group`'s queue in batches (shared/batches.py): `handler` gets what queued up while
+        the last batch was handled and returns one result per message; each result is settled as in `consume`
+        (settlement.settle), and the batch's acks go out together after the handler returned. A handler that
+        raises has its batch handled one message at a time."""
+        name = self.names.queue(group)
+        await self._declare_delay_queues(name, retry)
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        self._consumer_channels.append(channel)
+        queue = await channel.get_queue(name, ensure=True)
+
+        async def decode(message: AbstractIncomingMessage) -> Consumed | None:
+            try:
+                envelope = Envelope.from_bytes(message.body)
+            except ValueError as exc:
+                log.error(
+                    "undecodable message dead-lettered", consumer=group, message_id=message.message_id, error=str(exc)
+                )
+                EVENTS_PROCESSED.labels(group, message.type or "unknown", "dead_lettered").inc()
+                await message.reject(requeue=False)
+                return None
+            delivery = _delivery(message, retry)
+            span = consumer_span(group, envelope, message.headers or {}, delivery.attempt)
+            return Consumed(envelope, delivery, span, message)
+
+        async def settle_one(item: Consumed, error: BaseException | None) -> bool:
+            attempt = item.delivery.attempt
+            if isinstance(error, PoisonMessage):
+                log.error("poison message dead-lettered", consumer=group, reason=str(error))
+            elif isinstance(error, RetryLater):
+                log.info("message deferred", consumer=group, attempt=attempt, reason=str(error))
+            elif error is not None:
+                log.error("handler failed", consumer=group, attempt=attempt, exc_info=error)
+            settlement = settle(error, attempt, retry)
+            return await self._carry_out(settlement, group, name, item.message, item.envelope, ack=False)
+
+        consumer = BatchConsumer(group, handler, max_batch=max_batch, decode=decode, settle_one=settle_one)
+        self._batch_consumers.append(asyncio.create_task(consumer.run()))
+        await queue.consume(consumer.on_message)
 
     # --- dead letters -----------------------------------------------------------------------------
     async def dlq_depth(self, group: str) -> int:

@@ -17,6 +17,9 @@ from shared.config import Settings
 from shared.web import READINESS_CHECKS, create_base_app
 
 GROUP = LEDGER_MESSAGES.name
+# The most events written in one batch, and how many the broker may hand out ahead (the next batch or two).
+BATCH = 100
+LEDGER_PREFETCH = 300
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -32,8 +35,11 @@ def create_app(settings: Settings) -> web.Application:
             runtime.database(settings, ["ledger"]) as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
-            recorder = LEDGER_MESSAGES.dispatcher(EventRecorder(PostgresLedgerStore(pool), broker.publish))
-            await broker.consume(GROUP, recorder, retry=retry_policy(settings), prefetch=32)
+            recorder = EventRecorder(PostgresLedgerStore(pool), broker.publish)
+            # In batches: what queued up while the last batch was written goes in the next (a few statements).
+            await broker.consume_batches(
+                GROUP, recorder.record_batch, retry=retry_policy(settings), prefetch=LEDGER_PREFETCH, max_batch=BATCH
+            )
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
-from shared.broker import Delivery, RetryLater
+from shared.batches import Consumed
+from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import (
     MESSAGE_TYPES,
     Envelope,
@@ -227,6 +228,41 @@ class EventRecorder:
     async def record(self, received: Received[Message]) -> None:
         """The registry's handler: every message type is recorded the same way."""
         await self(received.envelope, received.delivery)
+
+    async def record_batch(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
+        """Record a batch (the broker's batch handler): per message None once recorded, RetryLater if its payment
+        is not known yet, PoisonMessage if it is no message the registry knows. Raises only if the whole batch
+        failed (the broker then hands its messages over one at a time)."""
+        results: list[BaseException | None] = [None] * len(batch)
+        valid: list[int] = []
+        for i, item in enumerate(batch):
+            try:
+                message = item.envelope.message()
+            except ValueError as exc:
+                results[i] = PoisonMessage(f"invalid {item.envelope.type!r} payload: {exc}")
+                continue
+            if type(message) not in LEDGER_MESSAGES.handlers:
+                results[i] = PoisonMessage(f"ledger has no handler for {item.envelope.type!r}")
+                continue
+            valid.append(i)
+        by_payment = {batch[i].envelope.payment_id: batch[i] for i in valid}
+
+        async def publish_in_its_context(command: Envelope) -> None:
+            # A follow-up command continues the trace of the event that caused it.
+            assert self._publish is not None
+            with by_payment[command.payment_id].context():
+                await self._publish(command)
+
+        publish = None if self._publish is None else publish_in_its_context
+        recorded = await record_events(self._store, [batch[i].envelope for i in valid], publish)
+        for i, outcome in zip(valid, recorded, strict=True):
+            if isinstance(outcome, RetryLater):
+                results[i] = outcome
+                continue
+            with batch[i].context():
+                _observe(outcome)
+                log.info("event recorded", outcome=outcome.outcome, attempt=batch[i].delivery.attempt, batch=len(batch))
+        return results
 
 
 # The ledger's message registry: it records every event and command there is (its log is the audit trail).

@@ -10,6 +10,7 @@ with its log row, and nothing was dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator
 
@@ -24,10 +25,11 @@ from tests.support.infra import Servers
 from tests.support.own_stack import own_stack
 from tests.support.processes import Stack, eventually
 
-PAYMENTS = 300
+KILLS = 3
+WAVE = 100  # payments per kill
+PAYMENTS = KILLS * WAVE
 POSTERS = 16
-# Fractions of the expected log rows at which the ledger is killed: each time it is mid-stream.
-KILL_AT = (0.15, 0.4, 0.65)
+KILL_AT = 0.3  # the share of a wave's events recorded when the ledger is killed
 EVENTS_PER_PAYMENT = 3  # payment.requested, payment.intent_created, payment.status_changed
 
 
@@ -61,22 +63,27 @@ async def test_a_ledger_killed_mid_batch_again_and_again_loses_and_doubles_nothi
     pool = await create_pool(stack.env["DATABASE_URL"], max_size=2)
     try:
         async with aiohttp.ClientSession() as http:
-            posting = asyncio.create_task(post_payments(IntakeClient(http, stack.url("intake_api")), PAYMENTS))
+            intake = IntakeClient(http, stack.url("intake_api"))
             ledger = stack["ledger"]
-            total = PAYMENTS * EVENTS_PER_PAYMENT
+            accepted: list[str] = []
             killed_with_work_left = 0
-            for fraction in KILL_AT:
+            for _ in range(KILLS):
+                # A wave of payments posted as fast as the intake takes them; the ledger is killed once it has
+                # recorded KILL_AT of the wave's events, while the rest are still coming.
+                logged_before = await logged(pool)
+                posting = asyncio.create_task(post_payments(intake, WAVE))
+                wave_events = WAVE * EVENTS_PER_PAYMENT
 
-                async def busy(threshold: int = int(total * fraction)) -> bool:
-                    return int(await pool.fetchval("SELECT count(*) FROM ledger.payment_logs")) >= threshold
+                async def busy(threshold: int = logged_before + int(wave_events * KILL_AT)) -> bool:
+                    return await logged(pool) >= threshold
 
-                await eventually(busy, timeout=120, interval=0.02, what=f"{fraction:.0%} of the events recorded")
+                await eventually(busy, timeout=120, interval=0.02, what="the ledger recording the wave")
                 ledger.kill()
-                if int(await pool.fetchval("SELECT count(*) FROM ledger.payment_logs")) < total:
+                if await logged(pool) < logged_before + wave_events:
                     killed_with_work_left += 1
                 ledger.start()
                 await ledger.wait_ready()
-            accepted = await posting
+                accepted += await posting
 
             async def all_succeeded() -> bool:
                 query = (
@@ -87,11 +94,29 @@ async def test_a_ledger_killed_mid_batch_again_and_again_loses_and_doubles_nothi
             await eventually(all_succeeded, timeout=180, interval=0.5, what="every payment SUCCEEDED")
 
         assert len(accepted) == PAYMENTS
-        assert killed_with_work_left == len(KILL_AT)
+        assert killed_with_work_left == KILLS
+        assert largest_batch(stack["ledger"].log_text()) > 1, "the load never made the ledger write a batch"
         await assert_histories_complete(pool, accepted)
         assert await dead_letters(stack) == 0
     finally:
         await pool.close()
+
+
+async def logged(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM ledger.payment_logs"))
+
+
+def largest_batch(log_text: str) -> int:
+    """The largest batch the ledger's log reports having recorded an event in."""
+    sizes = [0]
+    for line in log_text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "event recorded":
+            sizes.append(int(entry.get("batch", 1)))
+    return max(sizes)
 
 
 async def assert_histories_complete(pool: asyncpg.Pool, payment_ids: list[str]) -> None:

@@ -1,11 +1,11 @@
 """Order through the real broker: an event before its payment is retried via the delay queues, never dropped,
 and dead-lettered only once its budget (LEDGER_RETRY_ATTEMPTS) is spent. The ledger's consumer runs in-process:
-Broker.consume with EventRecorder and the ledger's own retry policy."""
+Broker.consume_batches with EventRecorder.record_batch and the ledger's own retry policy, as the ledger runs it."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aio_pika
 import asyncpg
@@ -15,9 +15,10 @@ from services.ledger.app import GROUP, retry_policy
 from services.ledger.handlers import EventRecorder
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.topology import CONSUMER_GROUPS
-from shared.broker import Broker, Delivery
+from shared.batches import Consumed
+from shared.broker import Broker
 from shared.config import Settings
-from shared.events import Envelope, PaymentStatus
+from shared.events import PaymentStatus
 from tests.support.payment_histories import requested, status_changed
 from tests.support.processes import eventually
 
@@ -29,9 +30,9 @@ class CountingRecorder:
         self._recorder = EventRecorder(PostgresLedgerStore(pool))
         self.attempts: list[tuple[str, int]] = []
 
-    async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        self.attempts.append((envelope.type, delivery.attempt))
-        await self._recorder(envelope, delivery)
+    async def __call__(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
+        self.attempts.extend((item.envelope.type, item.delivery.attempt) for item in batch)
+        return await self._recorder.record_batch(batch)
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ async def test_a_status_change_before_its_payment_request_is_applied_once_the_re
     broker: Broker, pool: asyncpg.Pool
 ) -> None:
     recorder = CountingRecorder(pool)
-    await broker.consume(GROUP, recorder, retry=retry_policy(settings(8)))
+    await broker.consume_batches(GROUP, recorder, retry=retry_policy(settings(8)))
     payment_id = f"pay_{secrets.token_hex(8)}"
     success = status_changed(payment_id, PaymentStatus.SUCCEEDED, "webhook", "paid")
 
@@ -85,7 +86,7 @@ async def test_an_event_whose_payment_never_comes_is_dead_lettered_only_after_it
     broker: Broker, pool: asyncpg.Pool
 ) -> None:
     recorder = CountingRecorder(pool)
-    await broker.consume(GROUP, recorder, retry=retry_policy(settings(3)))
+    await broker.consume_batches(GROUP, recorder, retry=retry_policy(settings(3)))
     orphan = status_changed(f"pay_{secrets.token_hex(8)}", PaymentStatus.SUCCEEDED, "webhook", "orphan")
 
     await broker.publish(orphan)

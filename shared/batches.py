@@ -1,0 +1,185 @@
+"""Consuming in batches: the messages that arrived while the last batch was handled are handled together.
+
+    await broker.consume_batches(group, handler, retry=RetryPolicy(...), prefetch=256, max_batch=64)
+
+`handler(batch)` takes a sequence of `Consumed` and returns one result per message, in order: None to have it
+acked, or the exception that settles it as in `Broker.consume` (RetryLater or any error: retried through a
+delay queue until its attempts run out; PoisonMessage: dead-lettered). A handler that raises fails no message
+by itself: the batch is handled again one message at a time, so one bad message never takes its batch-mates
+with it. Every message is settled only after the handler returned (its effect committed); the acks of a
+batch go out together, as one multiple-ack per channel.
+
+No timer waits for a batch to fill: under a light load a batch is one message (no latency added); under a
+heavy one it is what queued up meanwhile, up to `max_batch`. One batch is in flight per consumer, which is
+what makes the multiple-ack safe: everything delivered before the batch's last message is settled by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind
+
+from shared.events import Envelope
+from shared.logs import get_logger
+from shared.metrics import EVENT_PROCESSING_SECONDS
+from shared.telemetry import extract_context
+
+if TYPE_CHECKING:  # shared.broker imports this module
+    from shared.broker import Delivery
+
+log = get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One message of a batch: its envelope, its delivery, and its consumer span (of the payment's trace)."""
+
+    envelope: Envelope
+    delivery: Delivery
+    span: Span
+    message: AbstractIncomingMessage
+
+    @contextmanager
+    def context(self) -> Iterator[None]:
+        """Log lines and spans inside belong to this message: its payment's trace and log context."""
+        with (
+            trace.use_span(self.span, end_on_exit=False),
+            structlog.contextvars.bound_contextvars(
+                payment_id=self.envelope.payment_id, event_id=str(self.envelope.id), event_type=self.envelope.type
+            ),
+        ):
+            yield
+
+
+BatchHandler = Callable[[Sequence[Consumed]], Awaitable[Sequence[BaseException | None]]]
+# How one message's result is settled (retry, dead-letter, metrics), except the ack itself, which the batch
+# sends with the others: returns True if the message is to be acked.
+SettleOne = Callable[[Consumed, BaseException | None], Awaitable[bool]]
+
+
+def acks_together(acked: Sequence[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
+    """The messages to multiple-ack so that exactly `acked` are acknowledged: the last of each channel.
+
+    Valid because a batch is settled whole before the next is taken, so every message a channel delivered
+    before the last acked one is either in `acked` or settled already (rejected, requeued)."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    for message in acked:
+        key = id(message.channel)
+        if key not in last or message.delivery_tag > last[key].delivery_tag:  # type: ignore[operator]
+            last[key] = message
+    return list(last.values())
+
+
+class BatchConsumer:
+    """Buffers one queue's deliveries and hands them to `handler` a batch at a time (see the module doc)."""
+
+    def __init__(
+        self,
+        group: str,
+        handler: BatchHandler,
+        *,
+        max_batch: int,
+        decode: Callable[[AbstractIncomingMessage], Awaitable[Consumed | None]],
+        settle_one: SettleOne,
+    ) -> None:
+        self._group = group
+        self._handler = handler
+        self._max_batch = max_batch
+        self._decode = decode
+        self._settle_one = settle_one
+        self._buffer: list[AbstractIncomingMessage] = []
+        self._arrived = asyncio.Event()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self._buffer.append(message)
+        self._arrived.set()
+
+    async def run(self) -> None:
+        """Handle batches until cancelled (a cancelled batch is not acked: the broker delivers it again)."""
+        while True:
+            await self._arrived.wait()
+            batch, self._buffer = self._buffer[: self._max_batch], self._buffer[self._max_batch :]
+            if not self._buffer:
+                self._arrived.clear()
+            await self.handle(batch)
+
+    async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        consumed = [c for c in [await self._decode(m) for m in messages] if c is not None]
+        if not consumed:
+            return
+        started = time.perf_counter()
+        try:
+            results = await self._results(consumed)
+        finally:
+            elapsed = time.perf_counter() - started
+            for item in consumed:
+                EVENT_PROCESSING_SECONDS.labels(self._group, item.envelope.type).observe(elapsed)
+        to_ack = []
+        for item, error in zip(consumed, results, strict=True):
+            try:
+                with item.context():
+                    if await self._settle_one(item, error):
+                        to_ack.append(item)
+            finally:
+                item.span.end()
+        await self._ack([item.message for item in to_ack])
+
+    async def _results(self, batch: Sequence[Consumed]) -> Sequence[BaseException | None]:
+        try:
+            results = await self._call(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            log.warning("batch failed; handling its messages one at a time", consumer=self._group, size=len(batch))
+            return [(await self._results([item]))[0] for item in batch]
+        if len(results) != len(batch):
+            raise RuntimeError(f"{self._group}: batch handler gave {len(results)} results for {len(batch)} messages")
+        return results
+
+    async def _call(self, batch: Sequence[Consumed]) -> Sequence[BaseException | None]:
+        if len(batch) == 1:  # a batch of one stays in its message's trace, SQL spans included
+            with batch[0].context():
+                return await self._handler(batch)
+        links = [Link(item.span.get_span_context()) for item in batch]
+        with _tracer.start_as_current_span(
+            f"{self._group} process batch",
+            links=links,
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "rabbitmq", "messaging.batch.message_count": len(batch)},
+        ):
+            return await self._handler(batch)
+
+    async def _ack(self, acked: Sequence[AbstractIncomingMessage]) -> None:
+        for message in acks_together(acked):
+            try:
+                await message.ack(multiple=True)
+            except Exception as exc:
+                # The channel went away with the batch unacked: the broker delivers it again (recorded once).
+                log.warning("could not ack a batch; it will be redelivered", consumer=self._group, error=str(exc))
+
+
+def consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], attempt: int) -> Span:
+    """A message's consumer span, a child of its publisher's (the payment's trace); the caller ends it."""
+    return _tracer.start_span(
+        f"{group} process {envelope.type}",
+        context=extract_context(headers),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.message.id": str(envelope.id),
+            "messaging.consumer.group.name": group,
+            "payment.id": envelope.payment_id,
+            "paystream.event_type": envelope.type,
+            "paystream.attempt": attempt,
+        },
+    )
