@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from services.topology import CONSUMER_GROUPS
 from shared.batches import Consumed
 from shared.broker import Broker, PoisonMessage, RetryLater, RetryPolicy
 from shared.events import Envelope, PaymentStatus
@@ -27,7 +28,7 @@ def events(count: int) -> list[Envelope]:
 async def connected(amqp_url: str, namespace: str, name: str) -> Broker:
     broker = Broker(amqp_url, namespace, name=name)
     await broker.connect()
-    await broker.declare_topology()
+    await broker.declare_topology(CONSUMER_GROUPS)
     return broker
 
 
