@@ -111,7 +111,12 @@ class BatchConsumer:
             batch, self._buffer = self._buffer[: self._max_batch], self._buffer[self._max_batch :]
             if not self._buffer:
                 self._arrived.clear()
-            await self.handle(batch)
+            try:
+                await self.handle(batch)
+            except Exception:
+                # A fault of this layer, not of a message: hand the batch back rather than hold it unacked.
+                log.exception("batch could not be settled; requeueing it", consumer=self._group, size=len(batch))
+                await _requeue(batch)
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         consumed = [c for c in [await self._decode(m) for m in messages] if c is not None]
@@ -166,6 +171,14 @@ class BatchConsumer:
             except Exception as exc:
                 # The channel went away with the batch unacked: the broker delivers it again (recorded once).
                 log.warning("could not ack a batch; it will be redelivered", consumer=self._group, error=str(exc))
+
+
+async def _requeue(messages: Sequence[AbstractIncomingMessage]) -> None:
+    for message in messages:
+        try:
+            await message.nack(requeue=True)
+        except Exception as exc:  # settled already, or its channel is gone (the broker then redelivers it)
+            log.warning("could not requeue a message", message_id=message.message_id, error=str(exc))
 
 
 def consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], attempt: int) -> Span:

@@ -1,0 +1,150 @@
+"""The batch consumer's rules without a broker (shared/batches.py): which acks a batch sends, a failing batch handled
+one message at a time, nothing acked before the handler returned, and a fault of the layer itself handing the
+batch back instead of stopping the consumer. The real broker's side is tests/integration/test_broker_batches.py."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry.trace import INVALID_SPAN
+
+from shared.batches import BatchConsumer, Consumed, acks_together
+from shared.broker import Delivery, RetryLater
+from shared.events import Envelope, PaymentStatus
+from tests.support.payment_histories import status_changed
+
+
+@dataclass
+class FakeMessage:
+    """What the consumer uses of an aio-pika message, with what was done to it."""
+
+    channel: object
+    delivery_tag: int
+    body: bytes = b""
+    message_id: str = "m"
+    calls: list[tuple[str, bool]] = field(default_factory=list)
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.calls.append(("ack", multiple))
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.calls.append(("nack", requeue))
+
+
+def messages(count: int, channel: object | None = None) -> list[FakeMessage]:
+    channel = channel if channel is not None else object()
+    return [
+        FakeMessage(channel, tag, status_changed(new_id(), PaymentStatus.SUCCEEDED).to_bytes())
+        for tag in range(1, count + 1)
+    ]
+
+
+def new_id() -> str:
+    return f"pay_{secrets.token_hex(4)}"
+
+
+async def decode(message: AbstractIncomingMessage) -> Consumed:
+    envelope = Envelope.from_bytes(message.body)
+    return Consumed(envelope, Delivery(attempt=1, max_attempts=3, redelivered=False), INVALID_SPAN, message)
+
+
+def consumer(handler: Any, settled: list[tuple[int, BaseException | None]] | None = None) -> BatchConsumer:
+    async def settle_one(item: Consumed, error: BaseException | None) -> bool:
+        if settled is not None:
+            settled.append((int(item.message.delivery_tag or 0), error))
+        return error is None
+
+    return BatchConsumer("test", handler, max_batch=10, decode=decode, settle_one=settle_one)
+
+
+def as_messages(fakes: Sequence[FakeMessage]) -> list[AbstractIncomingMessage]:
+    return cast(list[AbstractIncomingMessage], list(fakes))
+
+
+def test_a_batch_is_acked_by_its_last_message_of_each_channel() -> None:
+    one, other = object(), object()
+    batch = [FakeMessage(one, 3), FakeMessage(other, 9), FakeMessage(one, 7), FakeMessage(other, 2)]
+
+    chosen = acks_together(as_messages(batch))
+
+    assert sorted(int(m.delivery_tag or 0) for m in chosen) == [7, 9]
+
+
+async def test_messages_are_acked_together_only_after_the_handler_returned() -> None:
+    batch = messages(4)
+    returned = asyncio.Event()
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        assert all(m.calls == [] for m in batch), "acked before the handler returned"
+        returned.set()
+        return [None] * len(items)
+
+    await consumer(handler).handle(as_messages(batch))
+
+    assert returned.is_set()
+    assert [m.calls for m in batch] == [[], [], [], [("ack", True)]]
+
+
+async def test_a_failed_message_is_settled_alone_and_not_acked() -> None:
+    batch = messages(3)
+    settled: list[tuple[int, BaseException | None]] = []
+    later = RetryLater("not yet")
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        return [None, later, None]
+
+    await consumer(handler, settled).handle(as_messages(batch))
+
+    assert settled == [(1, None), (2, later), (3, None)]
+    assert [m.calls for m in batch] == [[], [], [("ack", True)]]
+
+
+async def test_a_batch_whose_handler_raises_is_handled_one_message_at_a_time() -> None:
+    batch = messages(3)
+    sizes: list[int] = []
+    settled: list[tuple[int, BaseException | None]] = []
+    bad = batch[1]
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        sizes.append(len(items))
+        if any(item.message is bad for item in items):
+            raise ValueError("cannot take this one")
+        return [None] * len(items)
+
+    await consumer(handler, settled).handle(as_messages(batch))
+
+    assert sizes == [3, 1, 1, 1]
+    assert [(tag, type(error).__name__) for tag, error in settled] == [
+        (1, "NoneType"),
+        (2, "ValueError"),
+        (3, "NoneType"),
+    ]
+
+
+async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -> None:
+    first, second = messages(2), messages(1)
+    handled: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        handled.put_nowait(len(items))
+        return []  # a handler bug: no result per message
+
+    running = consumer(handler)
+    task = asyncio.create_task(running.run())
+    try:
+        for message in first:
+            await running.on_message(cast(AbstractIncomingMessage, message))
+        assert await asyncio.wait_for(handled.get(), 5) == 2
+        await running.on_message(cast(AbstractIncomingMessage, second[0]))
+        # The consumer took the next batch, so it survived the first, which it handed back.
+        assert await asyncio.wait_for(handled.get(), 5) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
