@@ -43,9 +43,8 @@ def _metadata_schema(schema: dict[str, Any]) -> None:
     schema.setdefault("propertyNames", {})["pattern"] = _NO_NUL
 
 
-_ABSOLUTE_HTTP_URL = TypeAdapter(
-    Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True)]
-)
+AbsoluteHttpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True)]
+_ABSOLUTE_HTTP_URL: TypeAdapter[AnyUrl] = TypeAdapter(AbsoluteHttpUrl)
 
 
 def _http_url(value: str) -> str:
