@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import asyncpg
 import pytest
+from multidict import CIMultiDictProxy
 
 from services.intake_api import store
 from shared.db import create_pool
@@ -27,7 +28,7 @@ async def stack_db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 
 async def post_raw(
     http: aiohttp.ClientSession, intake: IntakeClient, raw: str, key: str
-) -> tuple[int, dict[str, object], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, object], CIMultiDictProxy[str]]:
     headers = intake.headers(**{"Idempotency-Key": key, "Content-Type": "application/json", "Prefer": "wait=0"})
     async with http.post(f"{intake.base_url}/v1/payments", data=raw.encode(), headers=headers) as response:
         return response.status, await response.json(content_type=None), response.headers

@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from tests.support.processes import eventually
 
@@ -37,7 +38,7 @@ class IntakeClient:
 
     async def create(
         self, body: dict[str, Any] | None = None, *, key: str | None = None, wait: int | None = None
-    ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    ) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
         headers = self.headers(**{"Idempotency-Key": key or secrets.token_hex(8)})
         if wait is not None:
             headers["Prefer"] = f"wait={wait}"
