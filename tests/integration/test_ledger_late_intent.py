@@ -18,7 +18,7 @@ from tests.support.payment_histories import intent_created, intent_id_of, reques
     [(PaymentStatus.CANCELED, CancelPayment, "merchant"), (PaymentStatus.EXPIRED, ExpirePayment, "expiry")],
 )
 async def test_an_intent_created_after_the_payment_ended_is_closed_at_the_provider(
-    pool: asyncpg.Pool, ended_as: PaymentStatus, command: type, source: str
+    pool: asyncpg.Pool, ended_as: PaymentStatus, command: type[CancelPayment | ExpirePayment], source: str
 ) -> None:
     payment_id = f"pay_{secrets.token_hex(8)}"
     published: list[Envelope] = []

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -176,14 +177,14 @@ async def test_a_first_success_is_not_flagged_late(pool: asyncpg.Pool) -> None:
 
 @pytest.mark.parametrize("mismatch", [{"amount": 1}, {"currency": "EUR"}], ids=["amount", "currency"])
 async def test_an_outcome_for_another_amount_is_logged_not_applied_and_counted(
-    pool: asyncpg.Pool, mismatch: dict[str, object]
+    pool: asyncpg.Pool, mismatch: dict[str, Any]
 ) -> None:
     payment_id = await known_payment(pool)
     mismatches_before = counter("paystream_amount_mismatches_total")
 
     await EventRecorder(PostgresLedgerStore(pool))(
         status_changed(payment_id, S, "webhook", "forged", **mismatch), DELIVERY
-    )  # type: ignore[arg-type]
+    )
 
     assert (await payment(pool, payment_id))["status"] == "PENDING"
     last = (await log_rows(pool, payment_id))[-1]

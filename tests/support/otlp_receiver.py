@@ -107,9 +107,8 @@ class OtlpReceiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = int(server.sockets[0].getsockname()[1])
+        # The port the OS chose: the runner lists every address its sites listen on.
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def __aexit__(self, *_: object) -> None:

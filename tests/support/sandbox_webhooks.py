@@ -24,7 +24,7 @@ def sandbox_event(
     event_type: str = "payment.succeeded",
     event_id: str | None = None,
     intent_id: str | None = None,
-    amount: int = 1999,
+    amount: int | str = 1999,  # a string makes a deliberately invalid event
     currency: str = "USD",
     failure_code: str | None = None,
     **object_overrides: Any,

@@ -169,7 +169,7 @@ async def test_an_intent_without_a_checkout_url_fails_the_intent(
 
 @pytest.mark.parametrize("echo", [(1998, "USD"), (1999, "EUR")], ids=["amount", "currency"])
 async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amount_mismatch_and_is_counted(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope], echo: tuple[int, str]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope], echo: tuple[int, str]
 ) -> None:
     provider.echo = echo
     before = REGISTRY.get_sample_value("paystream_amount_mismatches_total") or 0.0
@@ -184,7 +184,7 @@ async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amo
 
 
 async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
-    handlers: GatewayHandlers, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: list[Envelope]
 ) -> None:
     provider.echo = (1999, "usd")
     await handlers(payment_requested(), FIRST)

@@ -34,7 +34,7 @@ def test_spans_started_while_a_payment_is_bound_carry_its_id_and_event_type() ->
 
     contextvars.copy_context().run(handle)
 
-    spans = {s.name: s.attributes for s in exporter.get_finished_spans()}
+    spans = {s.name: dict(s.attributes or {}) for s in exporter.get_finished_spans()}
     assert spans["INSERT"]["payment.id"] == "pay_1"
     assert spans["INSERT"]["paystream.event_type"] == "payment.requested"
     assert "payment.id" not in spans["unrelated"]
@@ -54,7 +54,7 @@ def test_an_attribute_set_by_the_caller_wins_over_the_log_context() -> None:
 
     contextvars.copy_context().run(handle)
 
-    assert exporter.get_finished_spans()[0].attributes["paystream.event_type"] == "payment.intent_created"
+    assert (exporter.get_finished_spans()[0].attributes or {})["paystream.event_type"] == "payment.intent_created"
 
 
 def test_a_webhook_delivered_with_the_payments_traceparent_stays_under_the_request_span() -> None:
