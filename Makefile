@@ -52,7 +52,7 @@ asyncapi: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services tests
 
 format: install
 	$(BIN)/ruff format .
