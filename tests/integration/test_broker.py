@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -24,15 +23,6 @@ FAST = RetryPolicy(max_attempts=3, base_seconds=0.05)
 def intent_created(payment_id: str | None = None) -> Envelope:
     message = PaymentIntentCreated(provider="sandbox", provider_payment_id="pi_1", checkout_url="http://x/pay/pi_1")
     return Envelope.wrap(message, payment_id=payment_id or f"pay_{uuid.uuid4().hex}", source="gateway")
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
-    instance = Broker(amqp_url, namespace, name="test")
-    await instance.connect()
-    await instance.declare_topology(CONSUMER_GROUPS)
-    yield instance
-    await instance.close()
 
 
 async def _queue_depth(broker: Broker, name: str) -> int:

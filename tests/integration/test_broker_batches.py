@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import pytest
-
-from services.topology import CONSUMER_GROUPS
 from shared.batches import Consumed
 from shared.broker import Broker, PoisonMessage, RetryLater, RetryPolicy
 from shared.events import Envelope, PaymentStatus
+from tests.support.brokers import connected_broker
 from tests.support.payment_histories import status_changed
 from tests.support.processes import eventually
 
@@ -25,23 +23,9 @@ def events(count: int) -> list[Envelope]:
     return [status_changed(f"pay_{secrets.token_hex(6)}", PaymentStatus.SUCCEEDED) for _ in range(count)]
 
 
-async def connected(amqp_url: str, namespace: str, name: str) -> Broker:
-    broker = Broker(amqp_url, namespace, name=name)
-    await broker.connect()
-    await broker.declare_topology(CONSUMER_GROUPS)
-    return broker
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
-    instance = await connected(amqp_url, namespace, "test-batches")
-    yield instance
-    await instance.close()
-
-
 async def messages_in_queue(amqp_url: str, namespace: str, group: str = GROUP) -> int:
     """Ready messages of the group's queue, seen from a connection of its own."""
-    probe = await connected(amqp_url, namespace, "test-batches-probe")
+    probe = await connected_broker(amqp_url, namespace, "test-batches-probe")
     try:
         channel = await probe.connection.channel()
         queue = await channel.declare_queue(probe.names.queue(group), passive=True)
@@ -89,7 +73,7 @@ async def _none_ready(amqp_url: str, namespace: str) -> bool:
 async def test_messages_that_queue_up_during_a_batch_come_as_the_next_batch_each_once_and_all_acked(
     amqp_url: str, namespace: str
 ) -> None:
-    broker = await connected(amqp_url, namespace, "test-batches")
+    broker = await connected_broker(amqp_url, namespace, "test-batches")
     handler = HeldHandler()
     await broker.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50)
 
@@ -180,7 +164,7 @@ async def test_a_poison_result_dead_letters_only_its_message(broker: Broker, amq
 
 
 async def test_nothing_is_acked_before_the_handler_returns(amqp_url: str, namespace: str) -> None:
-    crashing = await connected(amqp_url, namespace, "test-batches-crashing")
+    crashing = await connected_broker(amqp_url, namespace, "test-batches-crashing")
     never = HeldHandler()  # never released: its process "dies" mid-batch
     await crashing.consume_batches(GROUP, never, retry=FAST, prefetch=100, max_batch=50)
     published = events(8)
@@ -188,7 +172,7 @@ async def test_nothing_is_acked_before_the_handler_returns(amqp_url: str, namesp
     await eventually(lambda: _count_at_least(never, 1), what="a batch in the handler")
     await crashing.close()
 
-    survivor = await connected(amqp_url, namespace, "test-batches-survivor")
+    survivor = await connected_broker(amqp_url, namespace, "test-batches-survivor")
     try:
         again = HeldHandler()
         again.release.set()

@@ -18,7 +18,6 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway_worker.app import create_app as create_worker
 from services.sandbox_gateway.app import create_app as create_sandbox
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery
 from shared.config import Settings
 from shared.events import (
@@ -54,15 +53,6 @@ class Observer:
             return found[0] if found else None
 
         return await eventually(seen, timeout=10, what=f"an outcome for {payment_id}")
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
-    instance = Broker(amqp_url, namespace, name="test-gateway-worker")
-    await instance.connect()
-    await instance.declare_topology(CONSUMER_GROUPS)
-    yield instance
-    await instance.close()
 
 
 @pytest.fixture

@@ -5,16 +5,14 @@ Broker.consume_batches with EventRecorder.record_batch and the ledger's own retr
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import aio_pika
 import asyncpg
-import pytest
 
 from services.ledger.app import GROUP, retry_policy
 from services.ledger.handlers import EventRecorder
 from services.ledger.postgres_store import PostgresLedgerStore
-from services.topology import CONSUMER_GROUPS
 from shared.batches import Consumed
 from shared.broker import Broker
 from shared.config import Settings
@@ -33,15 +31,6 @@ class CountingRecorder:
     async def __call__(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
         self.attempts.extend((item.envelope.type, item.delivery.attempt) for item in batch)
         return await self._recorder.record_batch(batch)
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Broker]:
-    instance = Broker(amqp_url, namespace, name="test-ledger")
-    await instance.connect()
-    await instance.declare_topology(CONSUMER_GROUPS)
-    yield instance
-    await instance.close()
 
 
 def settings(attempts: int) -> Settings:

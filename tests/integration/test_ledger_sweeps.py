@@ -13,10 +13,10 @@ import pytest
 from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import request_expirations, request_reconciliations
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
+from tests.support.brokers import connected_broker
 from tests.support.infra import Servers, create_database, drop_database
 from tests.support.payment_histories import intent_created, requested, status_changed
 
@@ -41,12 +41,7 @@ async def own_pool(sweep_database: asyncpg.Pool) -> asyncpg.Pool:
 @pytest.fixture
 async def brokers(amqp_url: str, namespace: str) -> AsyncIterator[list[Broker]]:
     """Three ledger processes' broker connections on one namespace."""
-    connected = []
-    for n in range(3):
-        broker = Broker(amqp_url, namespace, name=f"test-ledger-{n}")
-        await broker.connect()
-        await broker.declare_topology(CONSUMER_GROUPS)
-        connected.append(broker)
+    connected = [await connected_broker(amqp_url, namespace, f"test-ledger-{n}") for n in range(3)]
     yield connected
     for broker in connected:
         await broker.close()

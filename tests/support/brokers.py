@@ -1,0 +1,14 @@
+"""Broker connections for integration tests: on the test's own namespace, with every consumer group declared."""
+
+from __future__ import annotations
+
+from services.topology import CONSUMER_GROUPS
+from shared.broker import Broker
+
+
+async def connected_broker(amqp_url: str, namespace: str, name: str) -> Broker:
+    """A connected Broker named `name` (as the management UI shows it), every group's queue declared."""
+    broker = Broker(amqp_url, namespace, name=name)
+    await broker.connect()
+    await broker.declare_topology(CONSUMER_GROUPS)
+    return broker
