@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from tests.support.client import IntakeClient, simulate_card
+from tests.support.own_stack import payment_log_rows
 from tests.support.processes import Stack
-
-
-async def _log_rows(stack: Stack, payment_id: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    try:
-        return await conn.fetch(
-            "SELECT event_type, from_status, to_status, source, outcome FROM ledger.payment_logs"
-            " WHERE payment_request_id = $1 ORDER BY id",
-            payment_id,
-        )
-    finally:
-        await conn.close()
 
 
 async def test_paying_with_4242_ends_succeeded_in_the_ledger(stack: Stack, intake: IntakeClient, http) -> None:
@@ -32,7 +19,7 @@ async def test_paying_with_4242_ends_succeeded_in_the_ledger(stack: Stack, intak
 
     assert final["status"] == "SUCCEEDED"
     assert final["failure_code"] is None
-    rows = await _log_rows(stack, payment["id"])
+    rows = await payment_log_rows(stack, payment["id"])
     # The ledger handles events concurrently: the intent and the outcome may be recorded in either order.
     assert sorted((r["event_type"], r["source"], r["outcome"]) for r in rows) == [
         ("payment.intent_created", "gateway", "applied"),

@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
 from tests.support.infra import Servers
-from tests.support.own_stack import own_stack
+from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import Stack, eventually
 
 SERVICES = ("intake_api", "gateway_worker", "webhook_receiver", "ledger", "sandbox_gateway")
@@ -50,18 +49,6 @@ def intake(expiring_stack: Stack, http: aiohttp.ClientSession) -> IntakeClient:
     return IntakeClient(http, expiring_stack.url("intake_api"))
 
 
-async def log_rows(stack: Stack, payment_id: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    try:
-        return await conn.fetch(
-            "SELECT event_type, from_status, to_status, source, outcome FROM ledger.payment_logs"
-            " WHERE payment_request_id = $1 ORDER BY id",
-            payment_id,
-        )
-    finally:
-        await conn.close()
-
-
 async def new_payment(intake: IntakeClient) -> dict[str, Any]:
     status, payment, _ = await intake.create(wait=10)
     assert status == 201 and payment["checkout_url"], payment
@@ -78,7 +65,7 @@ async def test_an_unpaid_payment_expires_and_the_sandbox_then_refuses_the_card(
     assert (final["status"], final["failure_code"]) == ("EXPIRED", "expired")
     rows = [
         (r["event_type"], r["source"], r["from_status"], r["to_status"], r["outcome"])
-        for r in await log_rows(expiring_stack, payment["id"])
+        for r in await payment_log_rows(expiring_stack, payment["id"])
     ]
     assert ("payment.expiration_due", "expiry") in [(r[0], r[1]) for r in rows]
     assert [r for r in rows if r[0] == "payment.status_changed" and r[4] == "applied"] == [
@@ -90,7 +77,7 @@ async def test_an_unpaid_payment_expires_and_the_sandbox_then_refuses_the_card(
         assert r.status == 409, await r.text()
 
     async def webhook_recorded() -> list[tuple[Any, ...]] | None:
-        late = [r for r in await log_rows(expiring_stack, payment["id"]) if r["source"] == "webhook"]
+        late = [r for r in await payment_log_rows(expiring_stack, payment["id"]) if r["source"] == "webhook"]
         return [(r["event_type"], r["to_status"], r["outcome"]) for r in late] or None
 
     # The sandbox's own (delayed) webhook about the expiry arrives last and changes nothing.
@@ -109,7 +96,7 @@ async def test_a_payment_paid_just_before_its_expiry_ends_succeeded(
     final = await intake.terminal(payment["id"], timeout=20)
 
     assert (final["status"], final["failure_code"]) == ("SUCCEEDED", None)
-    rows = await log_rows(expiring_stack, payment["id"])
+    rows = await payment_log_rows(expiring_stack, payment["id"])
     # The expiry asked the sandbox to close the intent and learnt it had been paid. (The command's own row may
     # be recorded after the answer it brought, and then says "ignored: already terminal": either is right.)
     assert ("payment.expiration_due", "expiry") in [(r["event_type"], r["source"]) for r in rows]

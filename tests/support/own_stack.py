@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
+
 from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
 from tests.support.processes import Stack, stack_environment
 
@@ -23,3 +25,16 @@ async def own_stack(servers: Servers, log_dir: Path, services: Iterable[str], **
         stack.stop()
         await delete_namespace(servers.amqp_url, namespace)
         await drop_database(database_url)
+
+
+async def payment_log_rows(stack: Stack, payment_id: str) -> list[asyncpg.Record]:
+    """The payment's ledger.payment_logs rows in the stack's database, oldest first."""
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        return await conn.fetch(
+            "SELECT event_type, from_status, to_status, source, outcome FROM ledger.payment_logs"
+            " WHERE payment_request_id = $1 ORDER BY id",
+            payment_id,
+        )
+    finally:
+        await conn.close()
