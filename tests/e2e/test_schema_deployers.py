@@ -1,0 +1,34 @@
+"""Each schema has one deployer (issue 12 §8): the intake, which reads the ledger's tables, does not create them; on
+a fresh database it waits until the ledger (their deployer) has, and only then is ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.db import prepare_database, schemas_missing
+from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
+from tests.support.processes import ServiceProcess, eventually, stack_environment
+
+
+async def test_an_intake_on_a_fresh_database_waits_for_the_ledger_to_deploy_its_schema(
+    servers: Servers, tmp_path: Path
+) -> None:
+    url = await create_database(servers.database_url, migrations=())
+    namespace = unique_name("psdeploy")
+    intake = ServiceProcess("intake_api", stack_environment(url, servers.amqp_url, namespace), tmp_path)
+    intake.start()
+    try:
+
+        async def waiting() -> bool:
+            return "waiting for a schema this service reads" in intake.log_text()
+
+        await eventually(waiting, timeout=30, what="the intake waiting for the ledger's schema")
+        assert await schemas_missing(url, ["intake_api", "ledger"]) == ["ledger"]
+
+        await prepare_database(url, ["ledger"])  # what the ledger does at its start
+
+        await intake.wait_ready()
+    finally:
+        intake.stop()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(url)
