@@ -442,6 +442,14 @@ async def main(
     print(f"written to {out / 'results.json'}")
 
 
+def run(args: argparse.Namespace) -> None:
+    try:
+        asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout, args.profile))
+    except asyncpg.TooManyConnectionsError:
+        # The server is shared: other runs may hold its connections. A clear line, not a traceback.
+        sys.exit("make bench: PostgreSQL refused a connection (too many clients); run it again when fewer are open")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
@@ -464,4 +472,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout, args.profile))
+    run(args)

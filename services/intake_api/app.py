@@ -35,8 +35,10 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).
+        # A POST holds a connection for one statement (a millisecond or two): ten cover bursts of hundreds
+        # of requests; more only add PostgreSQL backends competing for the same cores.
         async with (
-            runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=20) as pool,
+            runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=10) as pool,
             runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
