@@ -7,19 +7,12 @@ import asyncpg
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
+from tests.support.own_stack import payment_log_rows
 from tests.support.processes import Stack
 
 
 async def status_changes(stack: Stack, payment_id: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    try:
-        return await conn.fetch(
-            "SELECT to_status, source, outcome FROM ledger.payment_logs"
-            " WHERE payment_request_id = $1 AND event_type = 'payment.status_changed' ORDER BY id",
-            payment_id,
-        )
-    finally:
-        await conn.close()
+    return [r for r in await payment_log_rows(stack, payment_id) if r["event_type"] == "payment.status_changed"]
 
 
 async def new_payment(intake: IntakeClient) -> dict:
