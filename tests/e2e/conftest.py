@@ -21,6 +21,13 @@ async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> A
         yield running
 
 
+@pytest.fixture(scope="module")
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP client for a module's tests (those whose stack is a module fixture)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

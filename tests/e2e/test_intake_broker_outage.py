@@ -38,12 +38,6 @@ async def behind_broker_link(
         yield running
 
 
-@pytest.fixture(scope="module")
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest.fixture
 async def broker_cut(broker_link: LinkProxy, behind_broker_link: Deployment) -> AsyncIterator[LinkProxy]:
     """The broker cut off from the intake, and the intake aware of it; restored after the test whatever happens."""

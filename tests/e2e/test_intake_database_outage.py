@@ -35,12 +35,6 @@ async def behind_database_link(
         yield running
 
 
-@pytest.fixture(scope="module")
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest.fixture
 async def database_cut(database_link: LinkProxy, behind_database_link: Deployment) -> AsyncIterator[LinkProxy]:
     """PostgreSQL cut off from the intake; restored after the test whatever happens."""

@@ -27,12 +27,6 @@ async def two_intakes(servers: Servers, tmp_path_factory: pytest.TempPathFactory
         yield running
 
 
-@pytest.fixture(scope="module")
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_two_intake_processes_sharing_one_outbox_get_every_payment_to_the_ledger(
     two_intakes: Deployment, http_session: aiohttp.ClientSession
 ) -> None:
