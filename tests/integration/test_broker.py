@@ -15,6 +15,7 @@ from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy
 from shared.events import Envelope, PaymentIntentCreated, PaymentRequested
 from shared.metrics import EVENTS_PROCESSED
+from tests.support.brokers import queue_depth
 from tests.support.processes import eventually
 
 FAST = RetryPolicy(max_attempts=3, base_seconds=0.05)
@@ -25,18 +26,9 @@ def intent_created(payment_id: str | None = None) -> Envelope:
     return Envelope.wrap(message, payment_id=payment_id or f"pay_{uuid.uuid4().hex}", source="gateway")
 
 
-async def _queue_depth(broker: Broker, name: str) -> int:
-    channel = await broker.connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-    finally:
-        await channel.close()
-
-
 async def test_declaring_the_topology_twice_is_harmless(broker: Broker) -> None:
     await asyncio.gather(broker.declare_topology(CONSUMER_GROUPS), broker.declare_topology(CONSUMER_GROUPS))
-    assert await _queue_depth(broker, broker.names.queue("ledger")) == 0
+    assert await queue_depth(broker, broker.names.queue("ledger")) == 0
 
 
 async def test_an_event_published_once_is_handled_once_per_consumer_group(broker: Broker) -> None:
@@ -64,7 +56,7 @@ async def test_an_event_published_once_is_handled_once_per_consumer_group(broker
     assert sorted(seen["ledger"]) == sorted([envelope.id, marker.id])
     assert seen["gateway_worker"] == [marker.id]
     # Both settled: no copy is left waiting to be delivered a second time.
-    assert await _queue_depth(broker, broker.names.queue("ledger")) == 0
+    assert await queue_depth(broker, broker.names.queue("ledger")) == 0
 
 
 def payment_requested() -> Envelope:
@@ -125,7 +117,7 @@ async def test_a_message_that_keeps_failing_ends_in_the_dlq(broker: Broker) -> N
     await broker.consume("ledger", always_fails, retry=FAST)
     await broker.publish(intent_created())
 
-    await eventually(lambda: _queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
+    await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
     assert attempts == [1, 2, 3]
 
 
@@ -139,7 +131,7 @@ async def test_an_unexpected_error_is_retried_then_dead_lettered(broker: Broker)
     await broker.consume("ledger", crashes, retry=FAST)
     await broker.publish(intent_created())
 
-    await eventually(lambda: _queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
+    await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
     assert attempts == [1, 2, 3]
 
 
@@ -158,7 +150,7 @@ async def test_a_retried_message_is_handled_when_it_succeeds_later(broker: Broke
     # Settled as handled (acked) on the second attempt: nothing is left to make a third.
     await eventually(lambda: _async(_handled("ledger", PaymentIntentCreated.TYPE) == before + 1), what="the ack")
     assert attempts == [1, 2]
-    assert await _queue_depth(broker, broker.names.dlq("ledger")) == 0
+    assert await queue_depth(broker, broker.names.dlq("ledger")) == 0
 
 
 async def test_a_poison_message_goes_to_the_dlq_at_once(broker: Broker) -> None:
@@ -171,7 +163,7 @@ async def test_a_poison_message_goes_to_the_dlq_at_once(broker: Broker) -> None:
     await broker.consume("ledger", poison, retry=FAST)
     await broker.publish(intent_created())
 
-    await eventually(lambda: _queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
+    await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
     assert attempts == [1]
 
 
@@ -187,7 +179,7 @@ async def test_an_undecodable_message_goes_to_the_dlq_without_reaching_the_handl
     await exchange.publish(aio_pika.Message(b"not json", message_id="garbage"), routing_key="payment.requested")
     await channel.close()
 
-    await eventually(lambda: _queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
+    await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
     assert handled == []
 
 
@@ -261,7 +253,7 @@ async def test_retries_of_a_named_queue_go_back_to_that_queue(broker: Broker) ->
         await broker.publish(intent_created())
         await eventually(lambda: _async(attempts == [1, 2]), what="the retry back on the named queue")
         # The group's own queue holds only its copy of the publish, not the retry.
-        assert await _queue_depth(broker, broker.names.queue("ledger")) == 1
+        assert await queue_depth(broker, broker.names.queue("ledger")) == 1
     finally:
         for attempt in range(2, FAST.max_attempts + 1):
             await channel.queue_delete(broker.names.retry_queue(side, attempt))
@@ -281,4 +273,4 @@ async def test_a_type_a_registry_does_not_handle_is_dead_lettered_not_acked(brok
     await broker.publish(intent_created())
 
     dlq = broker.names.dlq(registry.name)
-    await eventually(lambda: _queue_depth(broker, dlq), what="the message in the gateway_worker's DLQ")
+    await eventually(lambda: queue_depth(broker, dlq), what="the message in the gateway_worker's DLQ")

@@ -29,6 +29,7 @@ from shared.events import (
     PaymentStatusChanged,
 )
 from tests.fakes.stripe_fake import StripeFake
+from tests.support.brokers import queue_depth
 from tests.support.messages import payment_requested
 from tests.support.processes import eventually, free_port
 
@@ -109,15 +110,6 @@ def start_worker(amqp_url: str, namespace: str, http_servers: list[TestServer]) 
         http_servers.append(await _serve(create_worker(Settings(_env_file=None, **fields))))  # type: ignore[call-arg]
 
     return start
-
-
-async def queue_depth(broker: Broker, name: str) -> int:
-    channel = await broker.connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-    finally:
-        await channel.close()
 
 
 async def publish_raw(broker: Broker, body: bytes, routing_key: str = "payment.requested") -> None:

@@ -12,3 +12,13 @@ async def connected_broker(amqp_url: str, namespace: str, name: str) -> Broker:
     await broker.connect()
     await broker.declare_topology(CONSUMER_GROUPS)
     return broker
+
+
+async def queue_depth(broker: Broker, name: str) -> int:
+    """How many messages are ready in the queue `name`."""
+    channel = await broker.connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
