@@ -367,6 +367,37 @@ def report(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The README's benchmark tables, from a run's results (`--markdown` prints them from .bench/results.json)."""
+    phases = results["phases"]
+    raw_pg = phases["raw: PostgreSQL one-row INSERT commits"]["per_second"]
+    lines = [
+        "| measurement | per second | share of raw PostgreSQL commits/s | p50 ms | p99 ms | target |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    targets = {
+        INTAKE: f"≥ {INTAKE_TARGET_RATIO:.0%}",
+        SATURATED: f"≥ {E2E_TARGET_RATIO:.0%}",
+        results["steady_phase"]: f"p99 ≤ {STEADY_P99_TARGET_MS:g} ms",
+    }
+    for name, r in phases.items():
+        shown = name.startswith("paystream") or name == "raw: PostgreSQL one-row INSERT commits"
+        share = f"{r['per_second'] / raw_pg:.1%}" if shown else ""
+        latency = ("(queueing)", "") if name == SATURATED else (f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+        lines.append(
+            f"| {name} | {r['per_second']:.0f} | {share} | {latency[0]} | {latency[1]} | {targets.get(name, '')} |"
+        )
+    cpu = results["cpu_ms_per_payment"]
+    path = sum(cpu.get(name, 0.0) for name in PAYMENT_PATH)
+    lines += ["", "| CPU ms per completed payment | ms |", "| --- | ---: |"]
+    lines += [f"| {name} | {cpu[name]:.3f} |" for name in PAYMENT_PATH if name in cpu]
+    lines.append(f"| **payment path (target ≤ {PATH_CPU_TARGET_MS:g})** | **{path:.3f}** |")
+    lines += [f"| {name} | {ms:.3f} |" for name, ms in cpu.items() if name not in PAYMENT_PATH and ms > 0]
+    rss = results["peak_rss_mib"]
+    lines += ["", f"Peak RSS (target ≤ {RSS_TARGET_MIB:g} MiB): " + ", ".join(f"{n} {m:.0f}" for n, m in rss.items())]
+    return "\n".join(lines)
+
+
 INTAKE = "paystream: POST /v1/payments → 201 (Prefer: wait=0)"
 SATURATED = "paystream: completed end to end (autopay), saturating"
 
@@ -469,7 +500,13 @@ if __name__ == "__main__":
         default=None,
         help="record py-spy stacks of every service during the saturating POSTs into this folder (skews the figures)",
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README's tables from the last run's .bench/results.json"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((ROOT / ".bench" / "results.json").read_text())))
+        sys.exit(0)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     run(args)
