@@ -183,3 +183,55 @@ def test_every_metric_the_contract_names_is_exported_with_its_labels(scrapes: Be
     ledger, webhooks = scrapes.after["ledger"], scrapes.after["webhook_receiver"]
     assert ledger.has("paystream_payments_completed_total", status="SUCCEEDED")
     assert webhooks.has("paystream_webhooks_received_total", provider="sandbox", outcome="accepted")
+
+
+# The README's metric-by-service table: the only paystream_* families each service may declare (issue 13 §4).
+OWNED: Mapping[str, set[str]] = {
+    "intake_api": {
+        "paystream_payments_created",
+        "paystream_outbox_pending",
+        "paystream_outbox_oldest_pending_age_seconds",
+        "paystream_outbox_published",
+        "paystream_events_processed",
+        "paystream_event_processing_seconds",
+    },
+    "gateway_worker": {
+        "paystream_gateway_request_duration_seconds",
+        "paystream_gateway_errors",
+        "paystream_amount_mismatches",
+        "paystream_events_processed",
+        "paystream_event_processing_seconds",
+        "paystream_message_retries",
+        "paystream_dlq_messages",
+    },
+    "webhook_receiver": {"paystream_webhooks_received"},
+    "ledger": {
+        "paystream_payments_completed",
+        "paystream_payment_completion_seconds",
+        "paystream_payments_pending",
+        "paystream_payments_pending_oldest_age_seconds",
+        "paystream_late_successes",
+        "paystream_amount_mismatches",
+        "paystream_expirations_requested",
+        "paystream_reconciliations_requested",
+        "paystream_events_processed",
+        "paystream_event_processing_seconds",
+        "paystream_message_retries",
+        "paystream_dlq_messages",
+    },
+    "sandbox_gateway": {"paystream_sandbox_webhook_attempts"},
+    "storefront": set(),
+}
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+def test_each_service_exports_only_the_metrics_it_owns(scrapes: BeforeAndAfter, service: str) -> None:
+    # The text parser reports each counter's and histogram's `_created` timestamps as a family of their own.
+    allowed = OWNED[service] | {"paystream_http_request_duration_seconds"}
+    declared = {
+        name if name in allowed else name.removesuffix("_created")
+        for name in scrapes.after[service].families
+        if name.startswith("paystream_")
+    }
+    foreign = declared - allowed
+    assert not foreign, f"{service} exports metrics it does not own: {sorted(foreign)}"
