@@ -195,9 +195,11 @@ class Broker:
             try:
                 await connection.connect(timeout=timeout)
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                await connection.close()
+                if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+                    raise  # the node answered and refused our credentials: not unreachable, and no retry helps
                 last_error = exc
                 log.warning("broker node unreachable", node=str(connection), error=type(exc).__name__)
-                await connection.close()
                 continue
             self._connection = connection
             break

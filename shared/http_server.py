@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestPayloadError
@@ -66,11 +66,15 @@ class EdgeRequestHandler(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
         if manager is not None and self._max_connections and len(manager.connections) >= self._max_connections:
-            # Refused before any parsing or task: one write and the socket is closed.
+            # Refused before any parsing or task: the answer, our side shut, then the socket closed a moment
+            # later (closing at once with the client's request unread would reset the connection and lose it).
             self._manager = None
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(_TOO_BUSY)
-            transport.close()
+            self._force_close = True  # data_received ignores whatever the client sends meanwhile
+            stream = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+            stream.write(_TOO_BUSY)
+            if stream.can_write_eof():
+                stream.write_eof()
+            asyncio.get_running_loop().call_later(1.0, stream.close)
             log.warning("connection refused", reason="too many connections", limit=self._max_connections)
             return
         super().connection_made(transport)

@@ -135,7 +135,7 @@ async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]
             raise  # waiting will not fix it
         except Exception as exc:
             if authentication_refused(exc):
-                parts = urlsplit(url)
+                parts = urlsplit(url.split(",", 1)[0])  # a list of cluster nodes: they share the credentials
                 raise DependencyError(
                     f"{what}: authentication refused for {parts.username or '(no user)'} "
                     f"at {parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, '')}"
