@@ -28,9 +28,8 @@ REPLICAS ?= 1
 run: install
 	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
-	@# honcho exits 130/143 after a Ctrl-C or SIGTERM it handled; every service stopped cleanly, so that is success.
-	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(VENV)/Procfile.run -d $(CURDIR); rc=$$?; \
-		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
+	@# honcho under a wrapper that makes a handled Ctrl-C or SIGTERM stop exit 0 (honcho itself says 130/143).
+	@exec $(BIN)/python -m shared.stack foreground $(VENV)/Procfile.run $(CURDIR)
 
 ## observe: Prometheus and Alertmanager (Debian's packages) watching the services of `make run` on this machine.
 ## The scrape targets become localhost ports (REPLICAS as for make run); files and data go to .observe/.

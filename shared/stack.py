@@ -105,7 +105,29 @@ def urls(settings: Settings, replicas: int = 1) -> str:
     )
 
 
+# What honcho exits with after it stopped every process on a SIGINT or SIGTERM it received.
+HANDLED_STOP_CODES = (130, 143)
+
+
+def run_foreground(procfile_path: str, directory: str) -> int:
+    """Run the Procfile's processes under honcho until one stops or we are told to stop.
+
+    A stop that honcho handled (Ctrl-C, SIGTERM: every process was stopped in order) is a success, exit 0, so
+    `make run` says nothing alarming; any other exit code is passed on.
+    """
+    from honcho.command import main as honcho
+
+    try:
+        honcho(["start", "--no-colour", "-f", procfile_path, "-d", directory])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        return 0 if code in HANDLED_STOP_CODES else code
+    return 0
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["foreground"]:  # python -m shared.stack foreground <procfile> <directory>
+        raise SystemExit(run_foreground(sys.argv[2], sys.argv[3]))
     parser = argparse.ArgumentParser(prog="python -m shared.stack")
     parser.add_argument("command", choices=["prepare", "procfile"])
     parser.add_argument("--print-urls", action="store_true")
