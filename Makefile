@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test lint format bench install lock clean asyncapi
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -47,6 +47,11 @@ test: install
 ## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
 asyncapi: install
 	$(BIN)/python -m services.asyncapi
+
+## test-cluster: the full scale-out run: 500 payments, two replicas of every service, a three-node RabbitMQ
+## cluster, a node stopped and started and a replica of each service SIGKILLed under load (tests/e2e/test_cluster.py).
+test-cluster: install
+	$(BIN)/python -m pytest -m cluster_full -s tests/e2e/test_cluster.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""A TCP proxy a test can cut and restore, to take a dependency (the broker) away from a service process."""
+"""A TCP proxy a test can cut and restore, to take a dependency (the broker) away from a service process; with
+several upstreams, a round-robin load balancer in front of replicas."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ class LinkProxy:
     so the client sees the dependency go away (not a silent hang).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self._upstream = (upstream_host, upstream_port)
+    def __init__(self, upstream_host: str, upstream_port: int, *more_upstream_ports: int) -> None:
+        # Several ports: each connection goes to the next, skipping one that refuses (a load balancer's health check).
+        self._upstreams = [(upstream_host, port) for port in (upstream_port, *more_upstream_ports)]
+        self._turn = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,9 +53,15 @@ class LinkProxy:
         if self.cut_off:
             writer.close()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:
+        for _ in self._upstreams:
+            upstream = self._upstreams[self._turn % len(self._upstreams)]
+            self._turn += 1
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*upstream)
+                break
+            except OSError:
+                continue
+        else:
             writer.close()
             return
         self._writers.update((writer, up_writer))
