@@ -32,7 +32,6 @@ from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster
 # the intake, so its replicas prove nothing the intake's do not, and the machine has two cores.
 REPLICATED = tuple(s.name for s in SERVICES if s.replicated and s.name != "storefront")
 REPLICAS = 2
-CONCURRENCY = 12
 # Card → (status, failure_code) the payment must end in (CONTRACT §5).
 CARDS = {
     "4242424242424242": ("SUCCEEDED", None),
@@ -64,6 +63,15 @@ class Payment:
     payment_id: str | None = None
     answered_by: int | None = None  # the intake replica whose 201 carried the checkout_url
     status: str | None = None
+
+
+@dataclass
+class Load:
+    """At least `minimum` payments by `customers` concurrent customers, and on until the faults are all done."""
+
+    minimum: int
+    customers: int
+    faults_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -136,12 +144,21 @@ def _start_node(cluster: RabbitCluster, name: str) -> None:
     node.wait_booted()
 
 
-async def _pay_all(stack: ScaledStack, payments: list[Payment], timeline: Timeline, accepted: Counter[str]) -> None:
+async def _pay_all(
+    stack: ScaledStack, load: Load, payments: list[Payment], timeline: Timeline, accepted: Counter[str]
+) -> None:
+    """Customers pay until at least `load.minimum` payments are made and every fault has been injected."""
     intakes = stack.replicas["intake_api"]
     sandbox = stack.sandbox.url
-    queue: asyncio.Queue[Payment] = asyncio.Queue()
-    for payment in payments:
-        queue.put_nowait(payment)
+    cards = list(CARDS)
+    run = secrets.token_hex(4)
+
+    def next_payment() -> Payment | None:
+        if load.faults_done.is_set() and len(payments) >= load.minimum:
+            return None
+        index = len(payments)
+        payments.append(Payment(index, f"cluster-{run}-{index}", cards[index % len(cards)]))
+        return payments[-1]
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
 
@@ -183,57 +200,68 @@ async def _pay_all(stack: ScaledStack, payments: list[Payment], timeline: Timeli
                 assert r.status == 200, await r.text()
 
         async def customer() -> None:
-            while not queue.empty():
-                payment = queue.get_nowait()
+            while (payment := next_payment()) is not None:
                 url = await create(payment) or await checkout_url(payment)
                 await pay(url, payment.card)
                 accepted["paid"] += 1
 
-        await asyncio.gather(*(customer() for _ in range(CONCURRENCY)))
-    timeline.note(f"all {len(payments)} payments accepted and paid at the sandbox")
+        await asyncio.gather(*(customer() for _ in range(load.customers)))
+    timeline.note(f"load ends: all {len(payments)} payments accepted and paid at the sandbox")
 
 
-async def _inject_faults(stack: ScaledStack, total: int, timeline: Timeline, accepted: Counter[str]) -> str:
-    """Stop a node, SIGKILL and restart one replica of each service, start the node again, all under load."""
+async def _inject_faults(stack: ScaledStack, load: Load, timeline: Timeline, accepted: Counter[str]) -> None:
+    """Stop a node, SIGKILL and restart one replica of each service, start the node again, all under load:
+    each step waits for more payments to be accepted since the last, so every one falls inside the load."""
+    step = max(10, load.minimum // 10)
 
-    async def reached(share: float) -> None:
+    async def more_accepted() -> None:
+        target = accepted["accepted"] + step
+
         async def enough() -> bool:
-            return accepted["accepted"] >= share * total
+            return accepted["accepted"] >= target
 
-        await eventually(enough, timeout=300, what=f"{share:.0%} of the payments accepted")
+        await eventually(enough, timeout=300, what=f"{step} more payments accepted")
 
-    node = stack.cluster.nodes[0]
-    first_on_it = [p for p in stack.all() if p.env.get("AMQP_URL", "").startswith(node.amqp_url)]
-    await reached(0.2)
-    timeline.note(f"stopping broker node {node.name} (first in AMQP_URL of {len(first_on_it)} processes)")
-    await asyncio.to_thread(node.stop)
-    timeline.note(f"broker node {node.name} stopped")
+    try:
+        node = stack.cluster.nodes[0]
+        first_on_it = [p for p in stack.all() if p.env.get("AMQP_URL", "").startswith(node.amqp_url)]
+        await more_accepted()
+        timeline.note(
+            f"stopping broker node {node.name} (first in AMQP_URL of {len(first_on_it)} processes), "
+            f"{accepted['accepted']} accepted so far"
+        )
+        await asyncio.to_thread(node.stop)
+        timeline.note(f"broker node {node.name} stopped")
 
-    await reached(0.35)
-    victims = [group[0] for group in stack.replicas.values()]
-    for victim in victims:
-        victim.kill()
-    timeline.note(f"SIGKILLed replica 1 of {', '.join(v.name for v in victims)}")
-    for victim in victims:
-        victim.start()
-    await asyncio.gather(*(v.wait_ready(timeout=120) for v in victims))
-    timeline.note("the killed replicas restarted and ready (their node 1 still down where it came first)")
+        await more_accepted()
+        victims = [group[0] for group in stack.replicas.values()]
+        for victim in victims:
+            victim.kill()
+        timeline.note(f"SIGKILLed replica 1 of {', '.join(v.name for v in victims)}, {accepted['accepted']} accepted")
+        for victim in victims:
+            victim.start()
+        await asyncio.gather(*(v.wait_ready(timeout=120) for v in victims))
+        timeline.note("the killed replicas restarted and ready, with the node still down")
 
-    await reached(0.5)
-    timeline.note(f"starting broker node {node.name} again")
-    await asyncio.to_thread(_start_node, stack.cluster, node.name)
-    timeline.note(f"broker node {node.name} back in the cluster: {stack.cluster.running_nodes(1).strip()}")
-    return node.name
+        await more_accepted()
+        timeline.note(f"starting broker node {node.name} again, {accepted['accepted']} accepted")
+        await asyncio.to_thread(_start_node, stack.cluster, node.name)
+        timeline.note(f"broker node {node.name} back: running nodes {stack.cluster.running_nodes(1).split()}")
+        await more_accepted()  # the load goes on a while on the healed cluster
+    finally:
+        load.faults_done.set()
 
 
-async def _run(stack: ScaledStack, count: int) -> None:
-    cards = list(CARDS)
-    run = secrets.token_hex(4)
-    payments = [Payment(i, f"cluster-{run}-{i}", cards[i % len(cards)]) for i in range(count)]
+async def _run(stack: ScaledStack, load: Load) -> None:
+    payments: list[Payment] = []
     timeline = Timeline()
     counts: Counter[str] = Counter()
-    timeline.note(f"load begins: {count} payments, {CONCURRENCY} customers, {len(stack.all())} processes")
-    await asyncio.gather(_pay_all(stack, payments, timeline, counts), _inject_faults(stack, count, timeline, counts))
+    timeline.note(
+        f"load begins: at least {load.minimum} payments, {load.customers} customers, {len(stack.all())} processes"
+    )
+    await asyncio.gather(
+        _pay_all(stack, load, payments, timeline, counts), _inject_faults(stack, load, timeline, counts)
+    )
 
     ids = [p.payment_id for p in payments if p.payment_id]
 
@@ -269,8 +297,7 @@ async def _run(stack: ScaledStack, count: int) -> None:
                              AND l.outcome = 'applied' AND l.to_status = r.status
                              AND l.from_status IS DISTINCT FROM l.to_status)"""
     )
-    queues = stack.cluster.list_queues(1)
-    ours = [(name, kind, members) for name, kind, members in queues if name.startswith(stack.namespace + ".")]
+    ours = [row for row in stack.cluster.list_queues(1) if row[0].startswith(stack.namespace + ".")]
     dead_letters = {
         name: int(messages)
         for name, messages in (
@@ -298,11 +325,11 @@ async def _run(stack: ScaledStack, count: int) -> None:
     )
     print(f"Prefer: wait answered with the checkout_url by intake replica: {dict(sorted(answered_by.items()))}")
     print(f"work done per replica (gateway_worker intents, ledger events): {workers}")
-    print("rabbitmqctl list_queues name type members:")
-    for row in ours:
+    print("rabbitmqctl list_queues name type members durable:")
+    for row in sorted(ours):
         print("  " + "\t".join(row))
 
-    assert len(ids) == len(payments)
+    assert len(ids) == len(payments) >= load.minimum
     assert not wrong, f"{len(wrong)} payments ended otherwise than their card says, e.g. {wrong[:5]}"
     assert not requests_per_key and total_requests == len(ids), (requests_per_key[:5], total_requests, len(ids))
     assert not events_twice, events_twice[:5]
@@ -310,7 +337,9 @@ async def _run(stack: ScaledStack, count: int) -> None:
     assert dead_letters and not any(dead_letters.values()), dead_letters
     assert sorted(answered_by) == list(range(REPLICAS)), answered_by  # each intake answered its own waits
     assert all(all(done > 0 for done in counts_) for counts_ in workers.values()), workers  # they compete
-    for name, kind, members in ours:
+    durable = [(name, kind, members) for name, kind, members, is_durable in ours if is_durable == "true"]
+    assert {name.rpartition(".")[2] for name, _, _ in durable} >= {"dlq", "ledger", "gateway_worker"}
+    for name, kind, members in durable:  # an intake's own reply queue is exclusive: it lives and dies with it
         assert kind == "quorum", f"{name} is {kind}: a message waiting there is lost with its node"
         assert members.count("@") == len(stack.cluster.nodes), f"{name} has members {members}"
 
@@ -319,7 +348,7 @@ async def _run(stack: ScaledStack, count: int) -> None:
 async def test_a_scaled_out_stack_loses_and_doubles_nothing_through_a_broker_node_and_replica_failures(
     scaled: tuple[ScaledStack, LinkProxy],
 ) -> None:
-    await _run(scaled[0], 150)
+    await _run(scaled[0], Load(minimum=150, customers=3))
 
 
 @pytest.mark.cluster_full
@@ -327,4 +356,4 @@ async def test_a_scaled_out_stack_loses_and_doubles_nothing_through_a_broker_nod
 async def test_the_full_run_pays_500_payments_through_the_same_failures(
     scaled: tuple[ScaledStack, LinkProxy],
 ) -> None:
-    await _run(scaled[0], 500)
+    await _run(scaled[0], Load(minimum=500, customers=12))

@@ -115,14 +115,15 @@ class RabbitCluster:
         """AMQP_URL naming the nodes in `order` (indexes), comma-separated (CONTRACT §2)."""
         return ",".join(self.nodes[i].amqp_url for i in (order or range(len(self.nodes))))
 
-    def list_queues(self, node: int = 0) -> list[tuple[str, str, str]]:
-        """(name, type, members) of every queue, as `rabbitmqctl list_queues name type members` prints them."""
-        out = self.nodes[node].ctl("list_queues", "name", "type", "members", "--no-table-headers", "--quiet")
+    def list_queues(self, node: int = 0) -> list[tuple[str, str, str, str]]:
+        """(name, type, members, durable) of every queue, as `rabbitmqctl list_queues name type members durable`
+        prints them."""
+        out = self.nodes[node].ctl("list_queues", "name", "type", "members", "durable", "--no-table-headers", "--quiet")
         rows = []
         for line in out.splitlines():
             parts = line.split("\t")
-            if len(parts) >= 3:
-                rows.append((parts[0], parts[1], parts[2]))
+            if len(parts) >= 4:
+                rows.append((parts[0], parts[1], parts[2], parts[3]))
         return rows
 
     def running_nodes(self, node: int = 0) -> str:
