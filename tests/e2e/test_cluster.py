@@ -356,4 +356,4 @@ async def test_a_scaled_out_stack_loses_and_doubles_nothing_through_a_broker_nod
 async def test_the_full_run_pays_500_payments_through_the_same_failures(
     scaled: tuple[ScaledStack, LinkProxy],
 ) -> None:
-    await _run(scaled[0], Load(minimum=500, customers=12))
+    await _run(scaled[0], Load(minimum=500, customers=8))
