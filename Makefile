@@ -25,6 +25,8 @@ lock: install
 ## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
 ## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (shared/stack.py).
 REPLICAS ?= 1
+# The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
+run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
 run: install
 	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES
 from services.ledger.handlers import LEDGER_MESSAGES
+from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES
 from shared.registry import consumer_groups
 
-REGISTRIES = (GATEWAY_MESSAGES, LEDGER_MESSAGES)
+REGISTRIES = (GATEWAY_MESSAGES, LEDGER_MESSAGES, NOTIFIER_MESSAGES, NOTIFIER_DELIVERIES)
 CONSUMER_GROUPS = consumer_groups(REGISTRIES)

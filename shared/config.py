@@ -31,6 +31,7 @@ SERVICES = (
     Service("gateway_worker", "gateway-worker", "GATEWAY_WORKER_PORT"),
     Service("webhook_receiver", "webhook-receiver", "WEBHOOK_PORT"),
     Service("ledger", "ledger", "LEDGER_PORT"),
+    Service("notifier", "notifier", "NOTIFIER_PORT"),
     Service("sandbox_gateway", "sandbox-gateway", "SANDBOX_PORT", replicated=False),
     Service("storefront", "storefront", "STOREFRONT_PORT"),
 )
@@ -63,6 +64,35 @@ def split_amqp_urls(value: str) -> tuple[str, ...]:
     if len(set(urls)) != len(urls):
         raise ValueError("names the same node twice")
     return urls
+
+
+# The development key that encrypts webhook endpoint secrets at rest; production sets WEBHOOK_SECRETS_KEY.
+DEV_WEBHOOK_SECRETS_KEY = "cGF5c3RyZWFtLWRldi13ZWJob29rLXNlY3JldC1rZXk="
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+def _fernet_keys(value: object) -> list[SecretStr]:
+    """Comma-separated Fernet keys (32 url-safe base64 bytes each): the first encrypts, any decrypts (rotation)."""
+    from cryptography.fernet import Fernet
+
+    keys = _secret_list(value)
+    for key in keys:
+        try:
+            Fernet(key.get_secret_value())
+        except (ValueError, TypeError):
+            raise ValueError("each key must be 32 url-safe base64-encoded bytes (Fernet.generate_key())") from None
+    return keys
+
+
+def _schedule(value: object) -> list[float]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    try:
+        schedule = [float(str(item).strip()) for item in items if str(item).strip()]
+    except ValueError:
+        raise ValueError("expected comma-separated seconds, e.g. 0,5,300") from None
+    if not schedule or any(s < 0 or s != s for s in schedule):
+        raise ValueError("expected at least one delay, none negative")
+    return schedule
 
 
 def _secret_list(value: object) -> list[SecretStr]:
@@ -124,8 +154,21 @@ class Settings(BaseSettings):
     webhook_port: int = Field(default=8081, ge=0, le=65535)
     ledger_port: int = Field(default=8082, ge=0, le=65535)
     gateway_worker_port: int = Field(default=8083, ge=0, le=65535)
+    notifier_port: int = Field(default=8084, ge=0, le=65535)
     sandbox_port: int = Field(default=8090, ge=0, le=65535)
     storefront_port: int = Field(default=8000, ge=0, le=65535)
+    webhook_allow_private_urls: bool = False
+    webhook_secret_grace_seconds: int = Field(default=86400, ge=0)
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE)
+    )
+    webhook_disable_after_seconds: float = Field(default=432000, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_secrets_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_WEBHOOK_SECRETS_KEY)]
+    )
+    storefront_webhook_url: str | None = None
+    storefront_webhook_secret: SecretStr | None = None
     http_host: str = "0.0.0.0"
     # The slow-client limits of every HTTP port (README "HTTP limits").
     http_header_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -154,6 +197,7 @@ class Settings(BaseSettings):
         "sandbox_public_url",
         "intake_url",
         "storefront_public_url",
+        "storefront_webhook_url",
         "otel_exporter_otlp_endpoint",
     )
     @classmethod
@@ -165,7 +209,19 @@ class Settings(BaseSettings):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("sandbox_autopay", "stripe_api_key", "sandbox_admin_token", mode="before")
+    @field_validator("webhook_secrets_key", mode="before")
+    @classmethod
+    def _webhook_keys(cls, v: object) -> list[SecretStr]:
+        return _fernet_keys(v)
+
+    @field_validator("webhook_retry_schedule_seconds", mode="before")
+    @classmethod
+    def _retry_schedule(cls, v: object) -> list[float]:
+        return _schedule(v)
+
+    @field_validator(
+        "sandbox_autopay", "stripe_api_key", "sandbox_admin_token", "storefront_webhook_secret", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v

@@ -38,7 +38,7 @@ class PaymentStatus(StrEnum):
         return self is not PaymentStatus.PENDING
 
 
-Source = Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant"]
+Source = Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant", "ledger", "notifier"]
 
 
 class Message(BaseModel):
@@ -124,7 +124,42 @@ class ReconcilePayment(Message):
     provider_payment_id: str
 
 
-MESSAGE_TYPES: dict[str, type[Message]] = {
+class PaymentStatusRecorded(Message):
+    """The ledger committed a new payment (`from_status` null) or a change of its status (source: ledger).
+
+    Published after the commit, with an id derived from the ledger event that caused it, so a republish is the
+    same fact. Merchants hear it as `payment.created` or `payment.<status>`.
+    """
+
+    TYPE = "ledger.status_recorded"
+    from_status: PaymentStatus | None
+    status: PaymentStatus
+    ledger_event_id: str
+
+    @property
+    def merchant_event_type(self) -> str:
+        return "payment.created" if self.from_status is None else f"payment.{self.status.value.lower()}"
+
+
+class DeliverWebhook(Message):
+    """Deliver one merchant event to one endpoint (source: notifier); retried through delay queues."""
+
+    TYPE = "webhook.delivery_due"
+    event_id: str
+    endpoint_id: str
+    redelivery: bool = False
+
+
+class RedeliverEvent(Message):
+    """The merchant asked for an event to be delivered again now (source: merchant)."""
+
+    TYPE = "webhook.redelivery_requested"
+    event_id: str
+    merchant_id: str
+
+
+# What the ledger records: every one routed by a `payment.` key (the ledger binds `payment.#`).
+PAYMENT_MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         PaymentRequested,
@@ -136,6 +171,11 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReconcilePayment,
     )
 }
+# What the ledger announces and the notifier consumes: outside `payment.`, so the ledger never records them.
+NOTIFICATION_MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (PaymentStatusRecorded, DeliverWebhook, RedeliverEvent)
+}
+MESSAGE_TYPES: dict[str, type[Message]] = {**PAYMENT_MESSAGE_TYPES, **NOTIFICATION_MESSAGE_TYPES}
 
 
 class Envelope(BaseModel):

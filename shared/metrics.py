@@ -97,6 +97,25 @@ SANDBOX_WEBHOOK_ATTEMPTS = Counter(
     "Webhook delivery attempts by the sandbox gateway, by outcome (delivered, refused, unreachable).",
     ["outcome"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "paystream_webhook_deliveries",
+    "Merchant webhook delivery attempts by outcome (delivered; failed: retried later; gave_up: schedule exhausted; "
+    "endpoint_disabled: the endpoint failed too long and was disabled).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "paystream_webhook_attempt_duration_seconds",
+    "Time of one merchant webhook delivery attempt, by outcome.",
+    ["outcome"],
+    buckets=_FAST_BUCKETS,
+)
+WEBHOOK_OLDEST_UNDELIVERED_AGE = Gauge(
+    "paystream_webhook_oldest_undelivered_age_seconds",
+    "Age of the oldest merchant event still waiting to be delivered to one of its endpoints (0 when none).",
+)
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "paystream_webhook_endpoints_disabled", "Merchant webhook endpoints disabled after failing too long."
+)
 
 _CONSUMER = (EVENTS_PROCESSED, EVENT_PROCESSING_SECONDS)
 _RETRYING_CONSUMER = (*_CONSUMER, MESSAGE_RETRIES, DLQ_MESSAGES)
@@ -115,6 +134,13 @@ SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
         AMOUNT_MISMATCHES,
         EXPIRATIONS_REQUESTED,
         RECONCILIATIONS_REQUESTED,
+        *_RETRYING_CONSUMER,
+    ),
+    "notifier": (
+        WEBHOOK_DELIVERIES,
+        WEBHOOK_ATTEMPT_SECONDS,
+        WEBHOOK_OLDEST_UNDELIVERED_AGE,
+        WEBHOOK_ENDPOINTS_DISABLED,
         *_RETRYING_CONSUMER,
     ),
     "sandbox_gateway": (SANDBOX_WEBHOOK_ATTEMPTS,),

@@ -9,7 +9,15 @@ from enum import StrEnum
 
 
 class RetryLater(Exception):
-    """The message cannot be handled yet (its payment is unknown, a dependency is down): try again later."""
+    """The message cannot be handled yet (its payment is unknown, a dependency is down): try again later.
+
+    `delay_seconds`, when given, replaces the policy's delay for this retry: a handler keeping its own schedule
+    (the notifier's WEBHOOK_RETRY_SCHEDULE_SECONDS) records the next try it asked for.
+    """
+
+    def __init__(self, reason: str = "", *, delay_seconds: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay_seconds = delay_seconds
 
 
 class PoisonMessage(Exception):
@@ -63,4 +71,6 @@ def settle(error: BaseException | None, attempt: int, policy: RetryPolicy) -> Se
         return HANDLED
     if isinstance(error, PoisonMessage) or attempt >= policy.max_attempts:
         return DEAD_LETTERED
-    return Settlement(Action.RETRY, "retried", next_attempt=attempt + 1, delay_seconds=policy.delay(attempt))
+    asked = error.delay_seconds if isinstance(error, RetryLater) else None
+    delay = policy.delay(attempt) if asked is None else asked
+    return Settlement(Action.RETRY, "retried", next_attempt=attempt + 1, delay_seconds=delay)

@@ -100,6 +100,7 @@ def urls(settings: Settings, replicas: int = 1) -> str:
             f"  ledger (health, metrics)     http://localhost:{settings.ledger_port}/metrics{ports('ledger')}",
             f"  gateway worker               http://localhost:{settings.gateway_worker_port}/metrics"
             f"{ports('gateway_worker')}",
+            f"  notifier (merchant webhooks) http://localhost:{settings.notifier_port}/metrics{ports('notifier')}",
             "Pay with card 4242 4242 4242 4242 (any future expiry, any CVC). Ctrl-C stops everything.",
         ]
     )

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.intake_api import routes, store
+from services.intake_api import routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
@@ -16,6 +16,7 @@ from shared import runtime
 from shared.config import Settings
 from shared.db import connect
 from shared.web import READINESS_CHECKS, create_base_app
+from shared.webhook_secrets import SecretBox
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -27,11 +28,13 @@ def create_app(settings: Settings) -> web.Application:
     app.middlewares.extend([routes.auth_middleware, routes.database_middleware])
     app[routes.SETTINGS] = settings
     app[routes.WAITERS] = IntentWaiters()
+    app[webhooks.SECRET_BOX] = SecretBox(settings.webhook_secrets_key)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/payments", routes.create_payment)
     app.router.add_get("/v1/payments/{payment_id}", routes.get_payment)
     app.router.add_get("/v1/payments/{payment_id}/events", routes.get_payment_events)
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
+    webhooks.add_routes(app.router)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).

@@ -11,6 +11,9 @@ import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
 from shared.events import PaymentStatus
+from shared.payment_resource import Payment
+
+__all__ = ["Payment", "PaymentCreate", "PaymentEvent", "PaymentEventList", "ProblemDetails", "field_errors"]
 
 MAX_AMOUNT = 99_999_999
 MAX_METADATA_KEYS = 20
@@ -114,26 +117,6 @@ class PaymentCreate(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class Payment(BaseModel):
-    """The payment resource."""
-
-    id: str = Field(examples=["pay_3f2a9c0d8e7b4a1f9c2d3e4f5a6b7c8d"])
-    status: PaymentStatus
-    amount: int
-    currency: str
-    reference: str
-    description: str | None
-    metadata: dict[str, str]
-    checkout_url: str | None = Field(description="The hosted payment page; null until the gateway has it.")
-    return_url: str
-    cancel_url: str | None
-    customer_email: str | None = None
-    failure_code: str | None
-    created_at: datetime
-    updated_at: datetime
-    expires_at: datetime
-
-
 class PaymentEvent(BaseModel):
     event_id: str
     event_type: str
@@ -223,3 +206,85 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
             message = _message(error, location[0] if location else "body")
         result.append({"field": ".".join(location) or "body", "message": message})
     return result
+
+
+# --- merchant webhooks and lists (CONTRACT §9) -----------------------------------------------------------------
+
+WebhookEventType = Literal[
+    "payment.created",
+    "payment.succeeded",
+    "payment.failed",
+    "payment.canceled",
+    "payment.expired",
+    "webhook_endpoint.disabled",
+    "*",
+]
+MAX_LIST_LIMIT = 100
+DEFAULT_LIST_LIMIT = 10
+
+
+class WebhookEndpointCreate(BaseModel):
+    """POST /v1/webhook_endpoints body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl = Field(description="Where events are POSTed: an absolute http(s) URL on a public address.")
+    events: list[WebhookEventType] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=7,
+        description='The event types to send; omitted or `["*"]`: all of them.',
+    )
+
+
+class WebhookEndpoint(BaseModel):
+    """A merchant's webhook endpoint (its secret is shown only when created or rotated)."""
+
+    id: str = Field(examples=["we_3f2a9c0d8e7b4a1f9c2d3e4f"])
+    url: str
+    events: list[str]
+    status: Literal["enabled", "disabled"]
+    created_at: datetime
+    disabled_at: datetime | None = None
+
+
+class WebhookEndpointWithSecret(WebhookEndpoint):
+    secret: str = Field(description="The signing secret (`whsec_...`): shown only in this answer. Keep it safe.")
+
+
+class WebhookEndpointList(BaseModel):
+    data: list[WebhookEndpoint]
+
+
+class DeliveryAttempt(BaseModel):
+    endpoint_id: str
+    attempt: int
+    status_code: int | None = Field(description="The endpoint's HTTP status; null when it gave no answer.")
+    error: str | None = Field(description="Why the attempt failed without an answer (refused, timeout, ...).")
+    duration_ms: int
+    attempted_at: datetime
+    next_attempt_at: datetime | None = Field(description="When the next try is due; null if none is planned.")
+
+
+class Event(BaseModel):
+    """A merchant event: what was (or will be) delivered to the merchant's webhook endpoints."""
+
+    id: str = Field(examples=["evt_0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b"])
+    type: str
+    created: int = Field(description="Unix seconds.")
+    payment_id: str | None
+    data: dict[str, Any] = Field(description='`{"object": ...}`: the payment (or endpoint) when it was recorded.')
+
+
+class EventWithDeliveries(Event):
+    deliveries: list[DeliveryAttempt] = Field(description="Every delivery attempt, oldest first.")
+
+
+class EventList(BaseModel):
+    data: list[Event]
+    has_more: bool
+
+
+class PaymentList(BaseModel):
+    data: list[Payment]
+    has_more: bool

@@ -7,7 +7,21 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from services.intake_api.models import Payment, PaymentCreate, PaymentEventList, ProblemDetails
+from services.intake_api.models import (
+    MAX_LIST_LIMIT,
+    EventList,
+    EventWithDeliveries,
+    Payment,
+    PaymentCreate,
+    PaymentEventList,
+    PaymentList,
+    ProblemDetails,
+    WebhookEndpointCreate,
+    WebhookEndpointList,
+    WebhookEndpointWithSecret,
+)
+from services.notifier.rules import MERCHANT_EVENT_TYPES
+from shared.events import PaymentStatus
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM_TYPES = "https://paystream.dev/problems/"
@@ -128,6 +142,178 @@ _CREATE_RESPONSES = {
 }
 
 
+_ENDPOINT_NOT_FOUND = _problem("No webhook endpoint with this id for this merchant.")
+_EVENT_NOT_FOUND = _problem("No event with this id for this merchant.")
+_INVALID_QUERY = _problem(
+    f"Invalid query parameters (`errors: [{{field, message}}]`, type {_PROBLEM_TYPES}validation-error)."
+)
+_CURSOR_NOT_FOUND = _problem("`starting_after` or `ending_before` names no item of this merchant's list.")
+
+
+def _path_id(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "maxLength": 64},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_CURSOR = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[\\x21-\\x7e]+$"}
+_PAGE_PARAMETERS = [
+    _query(
+        "limit",
+        f"Items per page, 1-{MAX_LIST_LIMIT} (default 10).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+    ),
+    _query("starting_after", "The id of the last item of the previous page: the next (older) page.", _CURSOR),
+    _query("ending_before", "The id of the first item of the next page: the previous (newer) page.", _CURSOR),
+]
+_CREATED_BOUND = {"type": "string", "format": "date-time"}
+_ENDPOINT_ID = _path_id("endpoint_id", "The webhook endpoint's id (`we_...`).")
+_EVENT_ID = _path_id("event_id", "The event's id (`evt_...`).")
+
+
+def _webhook_paths() -> dict[str, Any]:
+    """Merchant webhooks, events and the payment list (CONTRACT §9)."""
+    with_secret = _json("WebhookEndpointWithSecret", "The endpoint, with its signing secret (shown only here).")
+    return {
+        "/v1/webhook_endpoints": {
+            "post": _operation(
+                "createWebhookEndpoint",
+                "Register a webhook endpoint",
+                {
+                    "201": with_secret,
+                    "400": _problem("Malformed JSON."),
+                    "401": _UNAUTHORIZED,
+                    "409": _problem("The merchant already has the most endpoints allowed."),
+                    "413": _problem("The body is over 64 KiB."),
+                    "415": _problem("The body is not JSON."),
+                    "422": _problem(
+                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), or a URL that is not http(s) or "
+                        f"points into a private network (type {_PROBLEM_TYPES}url-not-allowed)."
+                    ),
+                    "503": _DATABASE_DOWN,
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": _REF.format(model="WebhookEndpointCreate")}}},
+                },
+            ),
+            "get": _operation(
+                "listWebhookEndpoints",
+                "The merchant's webhook endpoints, newest first",
+                {
+                    "200": _json("WebhookEndpointList", "The endpoints (without secrets)."),
+                    "401": _UNAUTHORIZED,
+                    "503": _DATABASE_DOWN,
+                },
+            ),
+        },
+        "/v1/webhook_endpoints/{endpoint_id}": {
+            "get": _operation(
+                "getWebhookEndpoint",
+                "Read a webhook endpoint",
+                {
+                    "200": _json("WebhookEndpoint", "The endpoint (without its secret)."),
+                    "401": _UNAUTHORIZED,
+                    "404": _ENDPOINT_NOT_FOUND,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_ENDPOINT_ID],
+            ),
+            "delete": _operation(
+                "deleteWebhookEndpoint",
+                "Delete a webhook endpoint: nothing more is delivered to it",
+                {
+                    "204": {"description": "Deleted."},
+                    "401": _UNAUTHORIZED,
+                    "404": _ENDPOINT_NOT_FOUND,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_ENDPOINT_ID],
+            ),
+        },
+        "/v1/webhook_endpoints/{endpoint_id}/rotate_secret": {
+            "post": _operation(
+                "rotateWebhookEndpointSecret",
+                "A new signing secret; the old one keeps signing beside it for the grace period",
+                {"200": with_secret, "401": _UNAUTHORIZED, "404": _ENDPOINT_NOT_FOUND, "503": _DATABASE_DOWN},
+                parameters=[_ENDPOINT_ID],
+            ),
+        },
+        "/v1/events": {
+            "get": _operation(
+                "listEvents",
+                "The merchant's events, newest first",
+                {
+                    "200": _json("EventList", "A page of events."),
+                    "401": _UNAUTHORIZED,
+                    "404": _CURSOR_NOT_FOUND,
+                    "422": _INVALID_QUERY,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[
+                    *_PAGE_PARAMETERS,
+                    _query("type", "Only events of this type.", {"type": "string", "enum": list(MERCHANT_EVENT_TYPES)}),
+                    _query(
+                        "payment_id",
+                        "Only events of this payment.",
+                        {"type": "string", "minLength": 1, "maxLength": 64},
+                    ),
+                ],
+            ),
+        },
+        "/v1/events/{event_id}": {
+            "get": _operation(
+                "getEvent",
+                "Read an event and every attempt to deliver it",
+                {
+                    "200": _json("EventWithDeliveries", "The event and its delivery attempts, oldest first."),
+                    "401": _UNAUTHORIZED,
+                    "404": _EVENT_NOT_FOUND,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_EVENT_ID],
+            ),
+        },
+        "/v1/events/{event_id}/redeliver": {
+            "post": _operation(
+                "redeliverEvent",
+                "Deliver the event again now to every enabled endpoint subscribed to it",
+                {
+                    "202": _json("Event", "Redelivery queued; the attempts appear on the event."),
+                    "401": _UNAUTHORIZED,
+                    "404": _EVENT_NOT_FOUND,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_EVENT_ID],
+            ),
+        },
+    }
+
+
+_LIST_PAYMENTS = {
+    "200": _json("PaymentList", "A page of the merchant's payments, newest first."),
+    "401": _UNAUTHORIZED,
+    "404": _CURSOR_NOT_FOUND,
+    "422": _INVALID_QUERY,
+    "503": _DATABASE_DOWN,
+}
+_LIST_PAYMENTS_PARAMETERS = [
+    *_PAGE_PARAMETERS,
+    _query("status", "Only payments in this status.", {"type": "string", "enum": [s.value for s in PaymentStatus]}),
+    _query("reference", "Only payments with this reference.", {"type": "string", "minLength": 1, "maxLength": 128}),
+    _query("created[gte]", "Only payments created at or after this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
+    _query("created[lte]", "Only payments created at or before this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
+]
+
+
 def _operation(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"operationId": operation_id, "summary": summary, "responses": responses, **extra}
 
@@ -137,8 +323,19 @@ def openapi_document() -> dict[str, Any]:
     """The whole document; the request schema is the validation schema of `PaymentCreate` itself."""
     _, schemas = models_json_schema(
         [
-            (model, "validation" if model is PaymentCreate else "serialization")
-            for model in (PaymentCreate, Payment, PaymentEventList, ProblemDetails)
+            (model, "validation" if model in (PaymentCreate, WebhookEndpointCreate) else "serialization")
+            for model in (
+                PaymentCreate,
+                Payment,
+                PaymentEventList,
+                ProblemDetails,
+                WebhookEndpointCreate,
+                WebhookEndpointWithSecret,
+                WebhookEndpointList,
+                EventList,
+                EventWithDeliveries,
+                PaymentList,
+            )
         ],
         ref_template=_REF,
     )
@@ -182,6 +379,12 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"$ref": _REF.format(model="PaymentCreate")}}},
                     },
                 ),
+                "get": _operation(
+                    "listPayments",
+                    "The merchant's payments, newest first",
+                    _LIST_PAYMENTS,
+                    parameters=_LIST_PAYMENTS_PARAMETERS,
+                ),
             },
             "/v1/payments/{payment_id}": {
                 "get": _operation("getPayment", "Read a payment", read, parameters=[_PAYMENT_ID]),
@@ -194,5 +397,6 @@ def openapi_document() -> dict[str, Any]:
             "/v1/payments/{payment_id}/cancel": {
                 "post": _operation("cancelPayment", "Cancel a PENDING payment", cancel, parameters=[_PAYMENT_ID]),
             },
+            **_webhook_paths(),
         },
     }

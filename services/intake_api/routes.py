@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.intake_api import store
 from services.intake_api.intents import IntentOutcome, IntentWaiters
@@ -24,6 +25,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WAITERS = web.AppKey("waiters", IntentWaiters)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_WAIT_SECONDS = 3.0
@@ -120,17 +122,21 @@ def requested_wait(prefer: str | None) -> float:
     return min(MAX_WAIT_SECONDS, max(0.0, float(match.group(1))))
 
 
-async def _read_request(request: web.Request) -> PaymentCreate:
-    document = await read_json(request, limit=MAX_BODY_BYTES)
+def validated(model: type[M], document: Any, what: str) -> M:
+    """The document as `model`, or 422 with one `errors` entry per invalid field."""
     try:
-        return PaymentCreate.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         raise Problem(
             422,
             "validation-error",
-            "The payment request has invalid fields.",
+            f"The {what} has invalid fields.",
             errors=field_errors(exc.errors(include_url=False)),
         ) from exc
+
+
+async def _read_request(request: web.Request) -> PaymentCreate:
+    return validated(PaymentCreate, await read_json(request, limit=MAX_BODY_BYTES), "payment request")
 
 
 async def create_payment(request: web.Request) -> web.Response:

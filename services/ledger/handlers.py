@@ -12,12 +12,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from services.ledger.outcomes import Announce, status_recorded
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
 from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import (
-    MESSAGE_TYPES,
+    PAYMENT_MESSAGE_TYPES,
     Envelope,
     ExpirePayment,
     Message,
@@ -216,14 +217,34 @@ def _observe(recorded: Recorded) -> None:
 class EventRecorder:
     """The ledger's consumer: records each event, then lets the broker ack it."""
 
-    def __init__(self, store: LedgerStore, publish: Publish | None = None) -> None:
+    def __init__(
+        self, store: LedgerStore, publish: Publish | None = None, announced_before: Announce | None = None
+    ) -> None:
         self._store = store
         self._publish = publish
+        # For an event recorded on an earlier delivery: the announcement of what it changed then.
+        self._announced_before = announced_before
 
     async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
         recorded = await record_event(self._store, envelope, self._publish)
         _observe(recorded)
         log.info("event recorded", outcome=recorded.outcome, attempt=delivery.attempt)
+        await self._announce(envelope, recorded)
+
+    async def _announce(self, envelope: Envelope, recorded: Recorded) -> None:
+        """After the commit, tell the rest of the system what changed (PaymentStatusRecorded).
+
+        If this fails the event is retried; its redelivery is a duplicate, announced again from its log row.
+        """
+        if self._publish is None:
+            return
+        if recorded.outcome == DUPLICATE.outcome:
+            announced = self._announced_before
+            announcement = None if announced is None else await announced(envelope)
+        else:
+            announcement = status_recorded(envelope, recorded.outcome, recorded.decision)
+        if announcement is not None:
+            await self._publish(announcement)
 
     async def record(self, received: Received[Message]) -> None:
         """The registry's handler: every message type is recorded the same way."""
@@ -262,10 +283,16 @@ class EventRecorder:
             with batch[i].context():
                 _observe(outcome)
                 log.info("event recorded", outcome=outcome.outcome, attempt=batch[i].delivery.attempt, batch=len(batch))
+                try:
+                    await self._announce(batch[i].envelope, outcome)
+                except Exception as exc:  # recorded, not announced: its retry announces it
+                    log.warning("status change not announced yet", error=f"{type(exc).__name__}: {exc}")
+                    results[i] = RetryLater("the status change could not be announced yet")
         return results
 
 
-# The ledger's message registry: it records every event and command there is (its log is the audit trail).
+# The ledger's message registry: it records every payment event and command (its log is the audit trail);
+# the notification messages it announces are not its own to record.
 LEDGER_MESSAGES: MessageRegistry[EventRecorder] = MessageRegistry(
-    "ledger", dict.fromkeys(MESSAGE_TYPES.values(), EventRecorder.record)
+    "ledger", dict.fromkeys(PAYMENT_MESSAGE_TYPES.values(), EventRecorder.record)
 )

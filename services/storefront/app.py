@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
-from services.storefront import routes
+from services.storefront import paystream_webhooks, routes
 from services.storefront.intake import IntakeClient
 from services.storefront.orders import OrderBook
 from services.storefront.pages import render_problem
+from shared import runtime
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.web import ERROR_PAGE, READINESS_CHECKS, Problem, create_base_app, problem_page
@@ -31,22 +33,33 @@ def create_app(settings: Settings, *, confirm_wait_seconds: float = routes.CONFI
     app[routes.ORDERS] = OrderBook()
     app[routes.SHOP_URL] = settings.storefront_base_url
     app[routes.CONFIRM_WAIT] = confirm_wait_seconds
+    secret = settings.storefront_webhook_secret
+    app[paystream_webhooks.WEBHOOK] = paystream_webhooks.ShopWebhook(secret.get_secret_value() if secret else None)
     app.cleanup_ctx.append(_intake_client(settings))
 
     async def intake_alive() -> bool:
         return await app[routes.INTAKE].is_alive()
 
-    app[READINESS_CHECKS].append(intake_alive)
+    async def webhook_known() -> bool:
+        return app[paystream_webhooks.WEBHOOK].ready
+
+    app[READINESS_CHECKS].extend([intake_alive, webhook_known])
     routes.add_routes(app.router)
+    app.router.add_post(paystream_webhooks.PATH, paystream_webhooks.receive)
     return app
 
 
 def _intake_client(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def open_session(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
-            app[routes.INTAKE] = IntakeClient(session, settings.intake_base_url, settings.storefront_key)
+            intake = app[routes.INTAKE] = IntakeClient(session, settings.intake_base_url, settings.storefront_key)
             log.info("storefront ready", intake=settings.intake_base_url, shop=settings.storefront_base_url)
-            yield
+            url = settings.storefront_webhook_url or settings.storefront_base_url + paystream_webhooks.PATH
+            registering = asyncio.create_task(app[paystream_webhooks.WEBHOOK].register(intake, url))
+            try:
+                yield
+            finally:
+                await runtime.cancel_tasks([registering])
 
     return open_session
 

@@ -78,6 +78,26 @@ class IntakeClient:
             raise PaymentNotFoundError(payment_id)
         raise _unexpected("read payment", status, document)
 
+    async def register_webhook_endpoint(self, url: str, events: list[str]) -> str:
+        """Register the shop's webhook endpoint at `url`, replacing any registered there before; its secret.
+
+        An earlier registration's secret is not readable again (it is shown only once), so a restart makes a new
+        endpoint and deletes the old one at the same URL.
+        """
+        auth = {"Authorization": self._authorization}
+        status, document = await self._request("GET", "/v1/webhook_endpoints", headers=auth)
+        if status != 200:
+            raise _unexpected("list webhook endpoints", status, document)
+        earlier = [e["id"] for e in document.get("data", []) if isinstance(e, dict) and e.get("url") == url]
+        status, document = await self._request(
+            "POST", "/v1/webhook_endpoints", headers=auth, json={"url": url, "events": events}
+        )
+        if status != 201 or not isinstance(document.get("secret"), str):
+            raise _unexpected("register webhook endpoint", status, document)
+        for endpoint_id in earlier:
+            await self._request("DELETE", f"/v1/webhook_endpoints/{quote(endpoint_id, safe='')}", headers=auth)
+        return str(document["secret"])
+
     async def is_alive(self) -> bool:
         async with self._session.get(f"{self._base_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as response:
             return response.status == 200

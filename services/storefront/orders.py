@@ -30,6 +30,8 @@ class OrderBook:
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
         self._payments: OrderedDict[str, str] = OrderedDict()
+        # Orders Paystream's signed webhook said are paid (order id -> the payment that paid it).
+        self._paid: OrderedDict[str, str] = OrderedDict()
 
     def remember(self, order_id: str, payment_id: str) -> None:
         self._payments[order_id] = payment_id
@@ -39,6 +41,18 @@ class OrderBook:
 
     def payment_id(self, order_id: str) -> str | None:
         return self._payments.get(order_id)
+
+    def mark_paid(self, order_id: str, payment_id: str) -> None:
+        """The order is paid (a verified webhook said so), whether or not the customer ever comes back."""
+        self._paid[order_id] = payment_id
+        self._paid.move_to_end(order_id)
+        while len(self._paid) > self._capacity:
+            self._paid.popitem(last=False)
+        if order_id not in self._payments:
+            self.remember(order_id, payment_id)
+
+    def is_paid(self, order_id: str) -> bool:
+        return order_id in self._paid
 
     def __len__(self) -> int:
         return len(self._payments)

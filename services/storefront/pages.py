@@ -184,10 +184,11 @@ def _ended_body(payment: Mapping[str, Any], order_id: str) -> list[str]:
     return parts
 
 
-def render_order(payment: Mapping[str, Any], *, arrival: Arrival = None) -> str:
+def render_order(payment: Mapping[str, Any], *, arrival: Arrival = None, order_paid: bool = False) -> str:
     """The order page for a payment as the intake API reported it; it reloads itself while PENDING.
 
     `arrival` (how the customer got here) only changes the words: the status shown is always the API's.
+    `order_paid`: the shop's own record, set by Paystream's verified webhook even if the customer never came back.
     A payment that ended without success offers a new payment for the same order.
     """
     status = _text(payment, "status")
@@ -212,6 +213,7 @@ def render_order(payment: Mapping[str, Any], *, arrival: Arrival = None) -> str:
         '<div class="panel">',
         f'<p>Status: <strong id="payment-status" class="status-{escape(status.lower())}">{escape(status)}</strong></p>',
         f"<dl>{details}</dl>",
+        f'<p>Order: <strong id="order-state">{"paid" if order_paid else "not paid yet"}</strong></p>',
     ]
     if pending:
         parts.extend(_pending_body(payment, arrival))

@@ -148,4 +148,10 @@ async def test_openapi_json_is_served_as_openapi_3_1(stack: Stack, http: aiohttp
         "/v1/payments/{payment_id}",
         "/v1/payments/{payment_id}/events",
         "/v1/payments/{payment_id}/cancel",
+        "/v1/webhook_endpoints",
+        "/v1/webhook_endpoints/{endpoint_id}",
+        "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
+        "/v1/events",
+        "/v1/events/{event_id}",
+        "/v1/events/{event_id}/redeliver",
     }

@@ -158,7 +158,7 @@ async def test_an_unknown_route_answers_404_problem_json(
     ("method", "path", "allowed"),
     [
         ("DELETE", "/v1/payments", "POST"),
-        ("GET", "/v1/payments", "POST"),
+        ("PUT", "/v1/payments", "POST"),  # GET lists payments since issue 11
         ("PUT", "/v1/payments/pay_x", "GET"),
         ("GET", "/v1/payments/pay_x/cancel", "POST"),
     ],

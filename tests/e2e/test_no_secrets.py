@@ -99,7 +99,15 @@ def test_no_log_line_of_any_service_holds_the_card_number_an_api_key_or_the_webh
 
 
 def test_every_log_line_is_json_naming_its_service(paid_in_browser: BrowserPayment, stack: Stack) -> None:
-    services = {"intake-api", "gateway-worker", "webhook-receiver", "ledger", "sandbox-gateway", "storefront"}
+    services = {
+        "intake-api",
+        "gateway-worker",
+        "webhook-receiver",
+        "ledger",
+        "notifier",
+        "sandbox-gateway",
+        "storefront",
+    }
     seen = set()
     for line in filter(None, stack.logs().splitlines()):
         record = json.loads(line)

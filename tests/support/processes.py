@@ -78,6 +78,9 @@ def stack_environment(database_url: str, amqp_url: str, namespace: str, **overri
         "GATEWAY_RETRY_BASE_SECONDS": "0.2",
         "LEDGER_RETRY_BASE_SECONDS": "0.2",
         "EXPIRY_SWEEP_INTERVAL_SECONDS": "0.5",
+        # Merchant webhooks go to receivers on this machine, retried in seconds rather than hours.
+        "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+        "WEBHOOK_RETRY_SCHEDULE_SECONDS": "0,0.2,0.5,1,1,2,2,2",
     }
     for name, variable in PORT_VARIABLES.items():
         env[variable] = str(ports[name])

@@ -21,6 +21,7 @@ PORTS = {
     "webhook_receiver": Settings.model_fields["webhook_port"].default,
     "ledger": Settings.model_fields["ledger_port"].default,
     "gateway_worker": Settings.model_fields["gateway_worker_port"].default,
+    "notifier": Settings.model_fields["notifier_port"].default,
     "sandbox_gateway": Settings.model_fields["sandbox_port"].default,
     "storefront": Settings.model_fields["storefront_port"].default,
 }
@@ -53,7 +54,7 @@ def host_mounts(service: dict) -> dict[str, str]:
     return mounts
 
 
-def test_compose_runs_exactly_the_six_services_and_the_infrastructure() -> None:
+def test_compose_runs_exactly_the_services_and_the_infrastructure() -> None:
     infrastructure = {"rabbitmq", "postgres", "jaeger", "prometheus", "alertmanager", "grafana"}
     assert set(SERVICES) == set(SERVICE_NAMES) | infrastructure
 

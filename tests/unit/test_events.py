@@ -9,6 +9,8 @@ import pytest
 
 from shared.events import (
     MESSAGE_TYPES,
+    NOTIFICATION_MESSAGE_TYPES,
+    PAYMENT_MESSAGE_TYPES,
     Envelope,
     PaymentStatus,
     PaymentStatusChanged,
@@ -52,6 +54,11 @@ def test_a_payload_with_unknown_fields_is_refused() -> None:
         envelope.message()
 
 
-def test_every_message_type_is_routed_by_a_payment_key() -> None:
-    assert all(name.startswith("payment.") for name in MESSAGE_TYPES)
-    assert len(MESSAGE_TYPES) == 7
+def test_every_message_type_the_ledger_records_is_routed_by_a_payment_key() -> None:
+    assert all(name.startswith("payment.") for name in PAYMENT_MESSAGE_TYPES)
+    assert len(PAYMENT_MESSAGE_TYPES) == 7
+
+
+def test_no_notification_message_is_routed_to_the_ledger() -> None:
+    assert not any(name.startswith("payment.") for name in NOTIFICATION_MESSAGE_TYPES)
+    assert set(MESSAGE_TYPES) == set(PAYMENT_MESSAGE_TYPES) | set(NOTIFICATION_MESSAGE_TYPES)

@@ -6,9 +6,10 @@ import pytest
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES
 from services.ledger.handlers import LEDGER_MESSAGES
+from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES
 from services.topology import CONSUMER_GROUPS
 from shared.broker import Delivery
-from shared.events import MESSAGE_TYPES, CancelPayment, Envelope, ExpirePayment
+from shared.events import NOTIFICATION_MESSAGE_TYPES, PAYMENT_MESSAGE_TYPES, CancelPayment, Envelope, ExpirePayment
 from shared.registry import MessageRegistry, Received, consumer_groups
 from shared.settlement import PoisonMessage
 
@@ -57,12 +58,18 @@ def test_the_bindings_are_the_types_of_the_map() -> None:
     assert REGISTRY.group.routing_keys == ("payment.cancel_requested",)
 
 
-def test_the_ledger_records_every_message_type_there_is() -> None:
-    assert set(LEDGER_MESSAGES.group.routing_keys) == set(MESSAGE_TYPES)
+def test_the_ledger_records_every_payment_message_type_there_is() -> None:
+    assert set(LEDGER_MESSAGES.group.routing_keys) == set(PAYMENT_MESSAGE_TYPES)
+
+
+def test_every_notification_message_has_a_notifier_handler_and_none_reaches_the_ledger() -> None:
+    notified = set(NOTIFIER_MESSAGES.group.routing_keys) | set(NOTIFIER_DELIVERIES.group.routing_keys)
+    assert notified == set(NOTIFICATION_MESSAGE_TYPES)
+    assert not notified & set(LEDGER_MESSAGES.group.routing_keys)
 
 
 def test_every_consumer_group_is_declared_once() -> None:
-    assert [g.name for g in CONSUMER_GROUPS] == ["gateway_worker", "ledger"]
+    assert [g.name for g in CONSUMER_GROUPS] == ["gateway_worker", "ledger", "notifier", "notifier_deliveries"]
     assert consumer_groups([GATEWAY_MESSAGES, GATEWAY_MESSAGES]) == (GATEWAY_MESSAGES.group,)
 
 

@@ -36,3 +36,8 @@ def test_a_poison_message_is_dead_lettered_on_its_first_attempt() -> None:
 
 def test_a_policy_of_one_attempt_never_retries() -> None:
     assert settle(RetryLater("x"), 1, RetryPolicy(max_attempts=1, base_seconds=1)).action is Action.DEAD_LETTER
+
+
+def test_a_retry_may_ask_for_its_own_delay() -> None:
+    settlement = settle(RetryLater("endpoint answered 500", delay_seconds=300.0), 2, RetryPolicy(8, 1.0))
+    assert settlement.action is Action.RETRY and settlement.delay_seconds == 300.0 and settlement.next_attempt == 3

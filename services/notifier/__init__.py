@@ -1,0 +1,1 @@
+"""The notifier: tells merchants about their payments by signed webhooks, retried, every attempt recorded."""

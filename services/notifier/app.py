@@ -1,0 +1,82 @@
+"""Wiring of the notifier: ledger records in, one delivery message per (event, endpoint), signed POSTs out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish
+from services.notifier.sender import WebhookSender
+from services.notifier.store import PostgresNotifierStore
+from services.topology import CONSUMER_GROUPS
+from shared import runtime
+from shared.broker import RetryPolicy
+from shared.config import Settings
+from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
+from shared.web import READINESS_CHECKS, create_base_app
+from shared.webhook_secrets import SecretBox
+
+EVENTS_GROUP = NOTIFIER_MESSAGES.name
+DELIVERIES_GROUP = NOTIFIER_DELIVERIES.name
+# Deliveries in flight at once per process: a slow endpoint holds one of these, never the others.
+DELIVERY_CONCURRENCY = 64
+
+
+def build_notifier(
+    settings: Settings, store: PostgresNotifierStore, session: aiohttp.ClientSession, publish: Publish
+) -> Notifier:
+    """The handlers' dependencies, the real ones."""
+    sender = WebhookSender(
+        session, timeout_seconds=settings.webhook_timeout_seconds, allow_private=settings.webhook_allow_private_urls
+    )
+    return Notifier(
+        store=store,
+        send=sender,
+        publish=publish,
+        schedule=settings.webhook_retry_schedule_seconds,
+        disable_after_seconds=settings.webhook_disable_after_seconds,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with (
+            runtime.database(settings, ["notifier"], reads=["ledger"], max_size=8) as pool,
+            runtime.broker(settings, EVENTS_GROUP, CONSUMER_GROUPS) as broker,
+            aiohttp.ClientSession() as session,
+        ):
+            store = PostgresNotifierStore(pool, SecretBox(settings.webhook_secrets_key))
+            notifier = build_notifier(settings, store, session, broker.publish)
+
+            schedule = settings.webhook_retry_schedule_seconds
+            await broker.consume(
+                EVENTS_GROUP, NOTIFIER_MESSAGES.dispatcher(notifier), retry=RetryPolicy(8, 0.5), prefetch=32
+            )
+            await broker.consume(
+                DELIVERIES_GROUP,
+                NOTIFIER_DELIVERIES.dispatcher(notifier),
+                retry=RetryPolicy(len(schedule), max(1.0, schedule[1] if len(schedule) > 1 else 1.0)),
+                prefetch=DELIVERY_CONCURRENCY,
+            )
+
+            async def measure() -> None:
+                WEBHOOK_OLDEST_UNDELIVERED_AGE.set(await store.oldest_undelivered_age())
+
+            tasks = [
+                asyncio.create_task(runtime.run_periodically("undelivered gauge", 5, measure)),
+                asyncio.create_task(broker.watch_dlq(EVENTS_GROUP)),
+                asyncio.create_task(broker.watch_dlq(DELIVERIES_GROUP)),
+            ]
+            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
+            try:
+                yield
+            finally:
+                await runtime.cancel_tasks(tasks)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,225 @@
+"""The notifier's handlers: plain async functions over plain data; the database, the broker and HTTP are ports.
+
+- `record_status`: a ledger record becomes a merchant event, and one delivery command per matching endpoint.
+- `deliver`: one attempt of one (event, endpoint) delivery; a failure asks the broker to try again later.
+- `redeliver`: the merchant asked for an event again: every matching endpoint gets it anew.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from services.notifier.rules import (
+    AttemptResult,
+    MerchantEvent,
+    NextStep,
+    after_attempt,
+    delivery_body,
+    merchant_event_id,
+    signature_headers,
+    signing_secrets,
+)
+from shared.broker import RetryLater
+from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
+from shared.logs import get_logger
+from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
+from shared.registry import MessageRegistry, Received
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """What one delivery needs: the event, where it goes, how it is signed, and how things stand."""
+
+    event: MerchantEvent
+    endpoint_id: str
+    url: str
+    endpoint_enabled: bool
+    delivery_status: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    failing_since: datetime | None
+
+
+class NotifierStore(Protocol):
+    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(merchant id, the payment resource as the ledger has it now)."""
+
+    async def record_event(self, event: MerchantEvent) -> list[str]:
+        """Store the event (once) and open a delivery per matching enabled endpoint; the still pending ones."""
+
+    async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
+        """Open the event's deliveries again, to every matching enabled endpoint: the event and their ids."""
+
+    async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None: ...
+
+    async def record_attempt(
+        self, target: DeliveryTarget, result: AttemptResult, step: NextStep, attempted_at: datetime
+    ) -> int:
+        """Record the attempt and its consequence (delivered, next try, gave up, endpoint disabled); its number."""
+
+    async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
+        """(merchant id, the endpoint resource), for the webhook_endpoint.disabled event."""
+
+
+Send = Callable[[str, str, dict[str, str]], Awaitable[AttemptResult]]
+Publish = Callable[[Envelope], Awaitable[None]]
+
+
+@dataclass
+class Notifier:
+    """The notifier's dependencies: real ones from `app.py`, fakes in unit tests."""
+
+    store: NotifierStore
+    send: Send
+    publish: Publish
+    schedule: Sequence[float]
+    disable_after_seconds: float
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    jitter: Callable[[], float] = field(default=lambda: random.uniform(0.9, 1.1))
+
+
+async def _dispatch(notifier: Notifier, event: MerchantEvent, endpoint_ids: Sequence[str], *, redelivery: bool) -> None:
+    for endpoint_id in endpoint_ids:
+        command = DeliverWebhook(event_id=event.id, endpoint_id=endpoint_id, redelivery=redelivery)
+        await notifier.publish(Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier"))
+
+
+async def record_status(notifier: Notifier, envelope: Envelope, message: PaymentStatusRecorded) -> MerchantEvent:
+    """Make the merchant event for a ledger record and send one delivery command per matching endpoint.
+
+    Replayed (the ledger announced it again, or this process died before publishing), it publishes the commands
+    of the deliveries still pending again: at least once.
+    """
+    found = await notifier.store.payment(envelope.payment_id)
+    if found is None:
+        raise RetryLater(f"payment {envelope.payment_id} is not readable in the ledger yet")
+    merchant_id, payment = found
+    event = MerchantEvent(
+        id=merchant_event_id(envelope.id),
+        type=message.merchant_event_type,
+        merchant_id=merchant_id,
+        payment_id=envelope.payment_id,
+        created=envelope.occurred_at,
+        data={"object": payment},
+    )
+    pending = await notifier.store.record_event(event)
+    await _dispatch(notifier, event, pending, redelivery=False)
+    log.info("merchant event recorded", merchant_event=event.id, merchant_event_type=event.type, endpoints=len(pending))
+    return event
+
+
+async def redeliver(notifier: Notifier, message: RedeliverEvent) -> list[str]:
+    """Deliver the event again now, to every enabled endpoint of the merchant that subscribes to it."""
+    reopened = await notifier.store.reopen_deliveries(message.event_id, message.merchant_id)
+    if reopened is None:
+        return []
+    event, endpoint_ids = reopened
+    await _dispatch(notifier, event, endpoint_ids, redelivery=True)
+    log.info("merchant event redelivery requested", merchant_event=event.id, endpoints=len(endpoint_ids))
+    return endpoint_ids
+
+
+async def deliver(notifier: Notifier, command: DeliverWebhook, position: int) -> NextStep | None:
+    """One attempt: POST the event, signed, with its object as it stands now; then decide what follows.
+
+    A failure with tries left raises RetryLater with the schedule's wait (the broker's delay queue holds the
+    message meanwhile: nothing here sleeps). None: nothing to do (delivered already, endpoint gone or disabled).
+    """
+    now = notifier.clock()
+    target = await notifier.store.delivery_target(command.event_id, command.endpoint_id, now)
+    if target is None or not target.endpoint_enabled:
+        return None
+    if target.delivery_status != "pending":
+        return None
+    current = await _current_object(notifier, target.event)
+    body = delivery_body(target.event, current)
+    secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
+    result = await notifier.send(target.url, body, signature_headers(target.event.id, now, body, secrets))
+    finished = notifier.clock()
+    step = after_attempt(
+        result,
+        position=position,
+        schedule=notifier.schedule,
+        failing_since=target.failing_since,
+        now=finished,
+        disable_after_seconds=notifier.disable_after_seconds,
+        jitter=notifier.jitter(),
+    )
+    attempt = await notifier.store.record_attempt(target, result, step, now)
+    outcome = {"delivered": "delivered", "retry": "failed", "give_up": "gave_up", "disable": "endpoint_disabled"}[
+        step.kind
+    ]
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    WEBHOOK_ATTEMPT_SECONDS.labels(outcome).observe(result.duration_ms / 1000)
+    log.info(
+        "webhook attempt",
+        merchant_event=target.event.id,
+        endpoint_id=target.endpoint_id,
+        attempt=attempt,
+        status_code=result.status_code,
+        error=result.error,
+        outcome=outcome,
+        next_in_seconds=step.delay_seconds,
+    )
+    if step.kind == "disable":
+        await _endpoint_disabled(notifier, target.endpoint_id)
+    if step.kind == "retry":
+        raise RetryLater(f"endpoint answered {result.status_code or result.error}", delay_seconds=step.delay_seconds)
+    return step
+
+
+async def _current_object(notifier: Notifier, event: MerchantEvent) -> dict[str, Any]:
+    """A payment event carries the payment as it is now, so a late or retried delivery is never stale."""
+    if event.payment_id:
+        found = await notifier.store.payment(event.payment_id)
+        if found is not None:
+            return found[1]
+    return dict(event.data.get("object") or {})
+
+
+async def _endpoint_disabled(notifier: Notifier, endpoint_id: str) -> None:
+    WEBHOOK_ENDPOINTS_DISABLED.inc()
+    merchant_id, endpoint = await notifier.store.endpoint_resource(endpoint_id)
+    event = MerchantEvent(
+        id=merchant_event_id(f"disabled:{endpoint_id}:{endpoint.get('disabled_at')}"),
+        type="webhook_endpoint.disabled",
+        merchant_id=merchant_id,
+        payment_id=None,
+        created=notifier.clock(),
+        data={"object": endpoint},
+    )
+    pending = await notifier.store.record_event(event)
+    await _dispatch(notifier, event, pending, redelivery=False)
+    log.warning("webhook endpoint disabled after failing too long", endpoint_id=endpoint_id)
+
+
+# --- the registries: which message each consumer group handles, and how ---------------------------------------
+
+
+async def on_status_recorded(notifier: Notifier, received: Received[PaymentStatusRecorded]) -> None:
+    await record_status(notifier, received.envelope, received.message)
+
+
+async def on_redelivery_requested(notifier: Notifier, received: Received[RedeliverEvent]) -> None:
+    await redeliver(notifier, received.message)
+
+
+async def on_delivery_due(notifier: Notifier, received: Received[DeliverWebhook]) -> None:
+    await deliver(notifier, received.message, received.delivery.attempt)
+
+
+# Ledger records and merchants' redelivery requests become merchant events and delivery commands.
+NOTIFIER_MESSAGES: MessageRegistry[Notifier] = MessageRegistry(
+    "notifier", {PaymentStatusRecorded: on_status_recorded, RedeliverEvent: on_redelivery_requested}
+)
+# One message per (event, endpoint) delivery, in a queue of their own: a slow endpoint holds only its own.
+NOTIFIER_DELIVERIES: MessageRegistry[Notifier] = MessageRegistry(
+    "notifier_deliveries", {DeliverWebhook: on_delivery_due}
+)

@@ -1,0 +1,211 @@
+"""The notifier's database work (schema `notifier`), and its reads of the ledger's payments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.notifier.handlers import DeliveryTarget
+from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
+from shared.payment_resource import ledger_payment
+from shared.webhook_secrets import SecretBox
+
+
+def _matching_endpoints(merchant: str, event_type: str) -> str:
+    """The merchant's enabled endpoints subscribed to the type (SQL over the two given parameters)."""
+    return f"""
+    SELECT id FROM notifier.webhook_endpoints
+    WHERE merchant_id = {merchant} AND status = 'enabled' AND deleted_at IS NULL
+      AND ({event_type} = ANY (events) OR '*' = ANY (events))
+    """
+
+
+# The event once, then a pending delivery per matching endpoint; answers the deliveries still pending.
+_RECORD_EVENT = f"""
+WITH event AS (
+    INSERT INTO notifier.events (id, merchant_id, type, payment_id, data, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), opened AS (
+    INSERT INTO notifier.deliveries (event_id, endpoint_id, status, pending_since)
+    SELECT event.id, endpoint.id, 'pending', clock_timestamp()
+    FROM event, ({_matching_endpoints("$2", "$3")}) endpoint
+    RETURNING endpoint_id
+)
+SELECT endpoint_id FROM opened
+UNION
+SELECT endpoint_id FROM notifier.deliveries WHERE event_id = $1 AND status = 'pending'
+"""
+
+_TARGET = """
+SELECT e.id AS event_id, e.type, e.merchant_id, e.payment_id, e.data, e.created_at,
+       w.id AS endpoint_id, w.url, w.status AS endpoint_status, w.deleted_at, w.secret_sealed,
+       w.previous_secret_sealed, w.previous_secret_expires_at, w.failing_since,
+       d.status AS delivery_status
+FROM notifier.deliveries d
+JOIN notifier.events e ON e.id = d.event_id
+JOIN notifier.webhook_endpoints w ON w.id = d.endpoint_id
+WHERE d.event_id = $1 AND d.endpoint_id = $2
+"""
+
+
+def _event(row: asyncpg.Record) -> MerchantEvent:
+    return MerchantEvent(
+        id=row["event_id"] if "event_id" in row else row["id"],
+        type=row["type"],
+        merchant_id=row["merchant_id"],
+        payment_id=row["payment_id"],
+        created=row["created_at"],
+        data=row["data"],
+    )
+
+
+def endpoint_resource(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """The webhook endpoint resource (CONTRACT §9), without its secret."""
+    return {
+        "id": row["id"],
+        "url": row["url"],
+        "events": list(row["events"]),
+        "status": row["status"],
+        "created_at": row["created_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "disabled_at": (
+            row["disabled_at"].astimezone(UTC).isoformat().replace("+00:00", "Z") if row["disabled_at"] else None
+        ),
+    }
+
+
+class PostgresNotifierStore:
+    """NotifierStore on PostgreSQL; secrets are opened with the SecretBox only when signing."""
+
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+        self._pool = pool
+        self._box = box
+
+    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
+        found = await ledger_payment(self._pool, payment_id)
+        if found is None:
+            return None
+        merchant_id, payment = found
+        return merchant_id, payment.model_dump(mode="json")
+
+    async def record_event(self, event: MerchantEvent) -> list[str]:
+        rows = await self._pool.fetch(
+            _RECORD_EVENT, event.id, event.merchant_id, event.type, event.payment_id, event.data, event.created
+        )
+        return sorted(r["endpoint_id"] for r in rows)
+
+    async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM notifier.events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id
+            )
+            if row is None:
+                return None
+            rows = await conn.fetch(
+                f"""
+                INSERT INTO notifier.deliveries (event_id, endpoint_id, status, pending_since)
+                SELECT $3, endpoint.id, 'pending', clock_timestamp() FROM ({_matching_endpoints("$1", "$2")}) endpoint
+                ON CONFLICT (event_id, endpoint_id) DO UPDATE
+                    SET status = 'pending', pending_since = clock_timestamp(), next_attempt_at = NULL
+                RETURNING endpoint_id
+                """,
+                merchant_id,
+                row["type"],
+                event_id,
+            )
+        return _event(row), sorted(r["endpoint_id"] for r in rows)
+
+    async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
+        row = await self._pool.fetchrow(_TARGET, event_id, endpoint_id)
+        if row is None or row["deleted_at"] is not None:
+            return None
+        previous = row["previous_secret_sealed"]
+        return DeliveryTarget(
+            event=_event(row),
+            endpoint_id=row["endpoint_id"],
+            url=row["url"],
+            endpoint_enabled=row["endpoint_status"] == "enabled",
+            delivery_status=row["delivery_status"],
+            secret=self._box.open(row["secret_sealed"]),
+            previous_secret=self._box.open(previous) if previous else None,
+            previous_secret_expires_at=row["previous_secret_expires_at"],
+            failing_since=row["failing_since"],
+        )
+
+    async def record_attempt(
+        self, target: DeliveryTarget, result: AttemptResult, step: NextStep, attempted_at: datetime
+    ) -> int:
+        next_at = step.next_attempt_at(attempted_at)
+        status = {"delivered": "delivered", "retry": "pending", "give_up": "failed", "disable": "failed"}[step.kind]
+        async with self._pool.acquire() as conn, conn.transaction():
+            attempt = await conn.fetchval(
+                """
+                UPDATE notifier.deliveries
+                SET attempts = attempts + 1, status = $3, next_attempt_at = $4,
+                    delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() ELSE delivered_at END
+                WHERE event_id = $1 AND endpoint_id = $2
+                RETURNING attempts
+                """,
+                target.event.id,
+                target.endpoint_id,
+                status,
+                next_at,
+            )
+            await conn.execute(
+                """
+                INSERT INTO notifier.delivery_attempts
+                    (event_id, endpoint_id, attempt, status_code, error, duration_ms, attempted_at, next_attempt_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                """,
+                target.event.id,
+                target.endpoint_id,
+                attempt,
+                result.status_code,
+                result.error,
+                result.duration_ms,
+                attempted_at,
+                next_at,
+            )
+            if step.kind == "delivered":
+                await conn.execute(
+                    "UPDATE notifier.webhook_endpoints SET failing_since = NULL WHERE id = $1", target.endpoint_id
+                )
+            elif step.kind == "disable":
+                await conn.execute(
+                    """
+                    UPDATE notifier.webhook_endpoints
+                    SET status = 'disabled', disabled_at = clock_timestamp(),
+                        failing_since = coalesce(failing_since, $2)
+                    WHERE id = $1
+                    """,
+                    target.endpoint_id,
+                    step.failing_since,
+                )
+                # Nothing more goes to it: its other deliveries stop counting as waiting.
+                await conn.execute(
+                    "UPDATE notifier.deliveries SET status = 'failed', next_attempt_at = NULL"
+                    " WHERE endpoint_id = $1 AND status = 'pending'",
+                    target.endpoint_id,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE notifier.webhook_endpoints SET failing_since = coalesce(failing_since, $2) WHERE id = $1",
+                    target.endpoint_id,
+                    step.failing_since,
+                )
+        return int(attempt)
+
+    async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
+        row = await self._pool.fetchrow("SELECT * FROM notifier.webhook_endpoints WHERE id = $1", endpoint_id)
+        assert row is not None
+        return row["merchant_id"], endpoint_resource(row)
+
+    async def oldest_undelivered_age(self) -> float:
+        age = await self._pool.fetchval(
+            "SELECT extract(epoch FROM clock_timestamp() - min(pending_since))"
+            " FROM notifier.deliveries WHERE status = 'pending'"
+        )
+        return float(age or 0.0)

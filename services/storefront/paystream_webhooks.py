@@ -1,0 +1,92 @@
+"""How the shop hears about its payments without the customer: Paystream's signed webhooks (CONTRACT §9).
+
+The shop registers its endpoint at start (or is given its secret by STOREFRONT_WEBHOOK_SECRET) and verifies each
+delivery with the `standardwebhooks` library before believing a word of it. A verified `payment.succeeded` marks
+the order paid; anything unsigned, badly signed or stale is refused with 400 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from services.storefront.intake import IntakeClient, IntakeError, IntakeRejectedError
+from services.storefront.orders import OrderBook, is_order_id, is_payment_id
+from services.storefront.routes import ORDERS
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+PATH = "/webhooks/paystream"
+EVENTS = ["payment.succeeded", "payment.failed", "payment.canceled", "payment.expired"]
+MAX_BODY_BYTES = 16 * 1024
+
+
+class ShopWebhook:
+    """The shop's endpoint: its signing secret once known, and whether it can be known at all."""
+
+    def __init__(self, secret: str | None = None) -> None:
+        self._verifier = Webhook(secret) if secret else None
+        self.refused = False  # the intake API will not register the URL: only polling tells the shop
+
+    @property
+    def ready(self) -> bool:
+        return self._verifier is not None or self.refused
+
+    def verify(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """The verified event; WebhookVerificationError for anything not signed by Paystream just now."""
+        if self._verifier is None:
+            raise WebhookVerificationError("no endpoint secret yet")
+        payload = self._verifier.verify(body, headers)
+        if not isinstance(payload, dict):
+            raise WebhookVerificationError("not an event")
+        return payload
+
+    async def register(self, intake: IntakeClient, url: str, *, retry_seconds: float = 1.0) -> None:
+        """Register at `url` with the intake API, retrying while it is unavailable."""
+        while self._verifier is None:
+            try:
+                self._verifier = Webhook(await intake.register_webhook_endpoint(url, EVENTS))
+                log.info("webhook endpoint registered", url=url)
+            except IntakeRejectedError as exc:
+                self.refused = True
+                log.error("webhook endpoint refused; orders are confirmed by the order page only", error=str(exc))
+                return
+            except IntakeError as exc:
+                log.warning("could not register the webhook endpoint yet", error=str(exc))
+                await asyncio.sleep(retry_seconds)
+
+
+def apply_event(orders: OrderBook, event: dict[str, Any]) -> bool:
+    """Mark the order of a verified `payment.succeeded` paid; True if an order was marked."""
+    payment = (event.get("data") or {}).get("object") or {}
+    order_id, payment_id = payment.get("reference"), payment.get("id")
+    if not (isinstance(order_id, str) and is_order_id(order_id) and isinstance(payment_id, str)):
+        return False
+    if not is_payment_id(payment_id):
+        return False
+    if event.get("type") == "payment.succeeded" and payment.get("status") == "SUCCEEDED":
+        orders.mark_paid(order_id, payment_id)
+        return True
+    return False
+
+
+WEBHOOK = web.AppKey("shop_webhook", ShopWebhook)
+
+
+async def receive(request: web.Request) -> web.Response:
+    """POST /webhooks/paystream: verify on the raw bytes, then apply; 400 and no change otherwise."""
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return web.Response(status=413, text="too large")
+    try:
+        event = request.app[WEBHOOK].verify(body, dict(request.headers))
+    except (WebhookVerificationError, ValueError) as exc:
+        log.warning("unverified webhook refused", reason=str(exc)[:100])
+        return web.Response(status=400, text="signature not verified")
+    marked = apply_event(request.app[ORDERS], event)
+    log.info("paystream webhook applied", merchant_event=event.get("id"), event_type=event.get("type"), paid=marked)
+    return web.Response(status=204)

@@ -1,0 +1,60 @@
+"""The payment resource (CONTRACT §3): what the intake API answers and what merchant webhooks carry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from shared.events import PaymentStatus
+
+LEDGER_COLUMNS = (
+    "id",
+    "status",
+    "amount",
+    "currency",
+    "reference",
+    "description",
+    "metadata",
+    "checkout_url",
+    "return_url",
+    "cancel_url",
+    "customer_email",
+    "failure_code",
+    "created_at",
+    "updated_at",
+    "expires_at",
+)
+
+
+class Payment(BaseModel):
+    """The payment resource."""
+
+    id: str = Field(examples=["pay_3f2a9c0d8e7b4a1f9c2d3e4f5a6b7c8d"])
+    status: PaymentStatus
+    amount: int
+    currency: str
+    reference: str
+    description: str | None
+    metadata: dict[str, str]
+    checkout_url: str | None = Field(description="The hosted payment page; null until the gateway has it.")
+    return_url: str
+    cancel_url: str | None
+    customer_email: str | None = None
+    failure_code: str | None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+
+
+async def ledger_payment(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str) -> tuple[str, Payment] | None:
+    """(merchant id, the payment as the ledger has it now), or None if the ledger has no such payment."""
+    row = await conn.fetchrow(
+        f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE id = $1", payment_id
+    )
+    if row is None:
+        return None
+    fields: dict[str, Any] = {name: row[name] for name in LEDGER_COLUMNS}
+    return row["merchant_id"], Payment(**fields)

@@ -1,0 +1,278 @@
+"""The notifier's handlers over fakes: fan-out per endpoint, one attempt per message, retries, disabling."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.notifier.handlers import DeliveryTarget, Notifier, deliver, record_status, redeliver
+from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, subscribes
+from shared.broker import RetryLater
+from shared.events import DeliverWebhook, Envelope, PaymentStatus, PaymentStatusRecorded, RedeliverEvent
+from shared.webhook_secrets import new_signing_secret
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeEndpoint:
+    id: str
+    merchant_id: str
+    events: list[str]
+    url: str
+    enabled: bool = True
+    secret: str = field(default_factory=new_signing_secret)
+    failing_since: datetime | None = None
+
+
+@dataclass
+class FakeStore:
+    payments: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    endpoints: dict[str, FakeEndpoint] = field(default_factory=dict)
+    events: dict[str, MerchantEvent] = field(default_factory=dict)
+    deliveries: dict[tuple[str, str], str] = field(default_factory=dict)
+    attempts: list[tuple[str, str, int | None, str]] = field(default_factory=list)
+
+    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
+        return self.payments.get(payment_id)
+
+    def _matching(self, event: MerchantEvent) -> list[str]:
+        return sorted(
+            e.id
+            for e in self.endpoints.values()
+            if e.merchant_id == event.merchant_id and e.enabled and subscribes(e.events, event.type)
+        )
+
+    async def record_event(self, event: MerchantEvent) -> list[str]:
+        if event.id not in self.events:
+            self.events[event.id] = event
+            for endpoint_id in self._matching(event):
+                self.deliveries[(event.id, endpoint_id)] = "pending"
+        return sorted(e for (ev, e), status in self.deliveries.items() if ev == event.id and status == "pending")
+
+    async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
+        event = self.events.get(event_id)
+        if event is None or event.merchant_id != merchant_id:
+            return None
+        matching = self._matching(event)
+        for endpoint_id in matching:
+            self.deliveries[(event_id, endpoint_id)] = "pending"
+        return event, matching
+
+    async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
+        status = self.deliveries.get((event_id, endpoint_id))
+        if status is None:
+            return None
+        endpoint = self.endpoints[endpoint_id]
+        return DeliveryTarget(
+            event=self.events[event_id],
+            endpoint_id=endpoint_id,
+            url=endpoint.url,
+            endpoint_enabled=endpoint.enabled,
+            delivery_status=status,
+            secret=endpoint.secret,
+            previous_secret=None,
+            previous_secret_expires_at=None,
+            failing_since=endpoint.failing_since,
+        )
+
+    async def record_attempt(
+        self, target: DeliveryTarget, result: AttemptResult, step: NextStep, attempted_at: datetime
+    ) -> int:
+        key = (target.event.id, target.endpoint_id)
+        endpoint = self.endpoints[target.endpoint_id]
+        self.deliveries[key] = {"delivered": "delivered", "retry": "pending"}.get(step.kind, "failed")
+        endpoint.failing_since = None if step.kind == "delivered" else (endpoint.failing_since or attempted_at)
+        if step.kind == "disable":
+            endpoint.enabled = False
+        self.attempts.append((target.event.id, target.endpoint_id, result.status_code, step.kind))
+        return sum(1 for a in self.attempts if a[:2] == key)
+
+    async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
+        endpoint = self.endpoints[endpoint_id]
+        return endpoint.merchant_id, {"id": endpoint.id, "url": endpoint.url, "status": "disabled"}
+
+
+@dataclass
+class Sender:
+    """Answers per URL from a script (last answer repeats); records what was sent."""
+
+    answers: dict[str, list[int | None]] = field(default_factory=dict)
+    sent: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    async def __call__(self, url: str, body: str, headers: dict[str, str]) -> AttemptResult:
+        self.sent.append((url, body, headers))
+        script = self.answers.get(url, [200])
+        status = script.pop(0) if len(script) > 1 else script[0]
+        return AttemptResult(status, None if status else "connection: refused", 5)
+
+
+def make_notifier(store: FakeStore, sender: Sender, *, disable_after: float = 3600) -> tuple[Notifier, list[Envelope]]:
+    published: list[Envelope] = []
+
+    async def publish(envelope: Envelope) -> None:
+        published.append(envelope)
+
+    notifier = Notifier(
+        store=store,
+        send=sender,
+        publish=publish,
+        schedule=(0, 5, 60),
+        disable_after_seconds=disable_after,
+        clock=lambda: NOW,
+        jitter=lambda: 1.0,
+    )
+    return notifier, published
+
+
+def a_store() -> FakeStore:
+    store = FakeStore(payments={"pay_1": ("shop", {"id": "pay_1", "status": "SUCCEEDED"})})
+    store.endpoints = {
+        "we_all": FakeEndpoint("we_all", "shop", ["*"], "http://a.example/hook"),
+        "we_paid": FakeEndpoint("we_paid", "shop", ["payment.succeeded"], "http://b.example/hook"),
+        "we_failed": FakeEndpoint("we_failed", "shop", ["payment.failed"], "http://c.example/hook"),
+        "we_off": FakeEndpoint("we_off", "shop", ["*"], "http://d.example/hook", enabled=False),
+        "we_other": FakeEndpoint("we_other", "another-shop", ["*"], "http://e.example/hook"),
+    }
+    return store
+
+
+def succeeded() -> tuple[Envelope, PaymentStatusRecorded]:
+    message = PaymentStatusRecorded(
+        from_status=PaymentStatus.PENDING, status=PaymentStatus.SUCCEEDED, ledger_event_id=str(uuid.uuid4())
+    )
+    return Envelope.wrap(message, payment_id="pay_1", source="ledger"), message
+
+
+def commands(published: list[Envelope]) -> list[DeliverWebhook]:
+    return [m for m in (e.message() for e in published) if isinstance(m, DeliverWebhook)]
+
+
+async def test_a_recorded_status_becomes_one_delivery_per_matching_endpoint_of_the_merchant() -> None:
+    store = a_store()
+    notifier, published = make_notifier(store, Sender())
+    envelope, message = succeeded()
+    event = await record_status(notifier, envelope, message)
+    assert event.type == "payment.succeeded" and event.merchant_id == "shop"
+    assert sorted(c.endpoint_id for c in commands(published)) == ["we_all", "we_paid"]
+    assert all(c.event_id == event.id for c in commands(published))
+
+
+async def test_a_replayed_record_is_the_same_event_and_resends_only_what_is_pending() -> None:
+    store = a_store()
+    notifier, published = make_notifier(store, Sender())
+    envelope, message = succeeded()
+    first = await record_status(notifier, envelope, message)
+    await deliver(notifier, commands(published)[0], position=1)
+    published.clear()
+    again = await record_status(notifier, envelope, message)
+    assert again.id == first.id and len(store.events) == 1
+    assert [c.endpoint_id for c in commands(published)] == ["we_paid"]
+
+
+async def test_a_record_for_a_payment_not_readable_yet_is_retried() -> None:
+    store = a_store()
+    store.payments.clear()
+    notifier, _ = make_notifier(store, Sender())
+    with pytest.raises(RetryLater):
+        await record_status(notifier, *succeeded())
+
+
+async def test_a_delivery_posts_the_payment_as_it_stands_now_and_is_recorded_delivered() -> None:
+    store = a_store()
+    sender = Sender()
+    notifier, published = make_notifier(store, sender)
+    await record_status(notifier, *succeeded())
+    store.payments["pay_1"] = ("shop", {"id": "pay_1", "status": "SUCCEEDED", "note": "changed since"})
+    step = await deliver(notifier, commands(published)[0], position=1)
+    assert step is not None and step.kind == "delivered"
+    _, body, headers = sender.sent[0]
+    assert '"note":"changed since"' in body and headers["webhook-signature"].startswith("v1,")
+    assert store.attempts[-1][2:] == (200, "delivered")
+
+
+async def test_a_failed_attempt_asks_the_broker_for_the_schedules_next_delay() -> None:
+    store = a_store()
+    notifier, published = make_notifier(store, Sender({"http://a.example/hook": [500, None, 200]}))
+    await record_status(notifier, *succeeded())
+    command = next(c for c in commands(published) if c.endpoint_id == "we_all")
+    with pytest.raises(RetryLater) as first:
+        await deliver(notifier, command, position=1)
+    assert first.value.delay_seconds == 5
+    with pytest.raises(RetryLater) as second:
+        await deliver(notifier, command, position=2)
+    assert second.value.delay_seconds == 60
+    step = await deliver(notifier, command, position=3)
+    assert step is not None and step.kind == "delivered"
+    assert [a[2] for a in store.attempts if a[1] == "we_all"] == [500, None, 200]
+
+
+async def test_a_delivery_already_made_or_to_a_disabled_endpoint_is_not_sent() -> None:
+    store = a_store()
+    sender = Sender()
+    notifier, published = make_notifier(store, sender)
+    await record_status(notifier, *succeeded())
+    command = commands(published)[0]
+    await deliver(notifier, command, position=1)
+    assert await deliver(notifier, command, position=1) is None  # a duplicate message
+    store.endpoints["we_paid"].enabled = False
+    assert await deliver(notifier, commands(published)[1], position=1) is None
+    assert len(sender.sent) == 1
+
+
+async def test_a_redelivery_sends_a_delivered_event_again() -> None:
+    store = a_store()
+    sender = Sender()
+    notifier, published = make_notifier(store, sender)
+    event = await record_status(notifier, *succeeded())
+    for command in commands(published):
+        await deliver(notifier, command, position=1)
+    published.clear()
+    assert await redeliver(notifier, RedeliverEvent(event_id=event.id, merchant_id="shop")) == ["we_all", "we_paid"]
+    assert all(c.redelivery for c in commands(published))
+    for command in commands(published):
+        await deliver(notifier, command, position=1)
+    assert len(sender.sent) == 4
+    assert await redeliver(notifier, RedeliverEvent(event_id=event.id, merchant_id="another-shop")) == []
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_the_others_hear_of_it() -> None:
+    store = a_store()
+    store.endpoints["we_paid"].failing_since = NOW - timedelta(hours=2)
+    notifier, published = make_notifier(store, Sender({"http://b.example/hook": [500]}), disable_after=3600)
+    await record_status(notifier, *succeeded())
+    command = next(c for c in commands(published) if c.endpoint_id == "we_paid")
+    published.clear()
+    step = await deliver(notifier, command, position=1)
+    assert step is not None and step.kind == "disable"
+    assert not store.endpoints["we_paid"].enabled
+    (notice,) = [e for e in store.events.values() if e.type == "webhook_endpoint.disabled"]
+    assert notice.data["object"]["id"] == "we_paid" and notice.payment_id is None
+    assert [c.endpoint_id for c in commands(published)] == ["we_all"]
+
+
+async def test_a_slow_endpoint_does_not_hold_the_delivery_to_another() -> None:
+    store = a_store()
+    release = asyncio.Event()
+    fast_done: list[str] = []
+
+    async def send(url: str, body: str, headers: dict[str, str]) -> AttemptResult:
+        if url == "http://a.example/hook":
+            await release.wait()
+        else:
+            fast_done.append(url)
+        return AttemptResult(200, None, 1)
+
+    notifier, published = make_notifier(store, Sender())
+    notifier.send = send
+    await record_status(notifier, *succeeded())
+    slow = asyncio.create_task(deliver(notifier, next(c for c in commands(published) if c.endpoint_id == "we_all"), 1))
+    await deliver(notifier, next(c for c in commands(published) if c.endpoint_id == "we_paid"), 1)
+    assert fast_done == ["http://b.example/hook"] and not slow.done()
+    release.set()
+    assert (await slow) is not None
