@@ -136,8 +136,8 @@ async def deliver(notifier: Notifier, command: DeliverWebhook, position: int) ->
     target = await notifier.store.delivery_target(command.event_id, command.endpoint_id, now)
     if target is None or not target.endpoint_enabled:
         return None
-    if target.delivery_status != "pending":
-        return None
+    if target.delivery_status != "pending" and not command.redelivery:
+        return None  # delivered, or given up on: a duplicate of a message already handled
     current = await _current_object(notifier, target.event)
     body = delivery_body(target.event, current)
     secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)

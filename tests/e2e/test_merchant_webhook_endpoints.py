@@ -77,8 +77,13 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_stops_receiving(
     _, second, _ = await api.create(payment_body(), wait=0)
     second_event = (await payment_events(api, second["id"], 1))[0]
     await eventually(holds(lambda: healthy.delivered(second_event["id"])), timeout=30, what="healthy delivery")
-    _, listed = await call(api, "GET", f"/v1/events/{second_event['id']}")
-    assert {d["endpoint_id"] for d in listed["deliveries"]} == {healthy_endpoint["id"]}
+
+    async def attempts_recorded() -> list[dict[str, object]] | None:  # recorded once the answer is in
+        _, listed = await call(api, "GET", f"/v1/events/{second_event['id']}")
+        return listed["deliveries"] or None
+
+    deliveries = await eventually(attempts_recorded, timeout=30, what="the attempt recorded")
+    assert {d["endpoint_id"] for d in deliveries} == {healthy_endpoint["id"]}
     assert dead.requests_for(second_event["id"]) == []
     assert dead.requests_for(str(notice["id"])) == []
     assert len(dead.received) == seen_by_dead
