@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
+from services.notifier.rules import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.events import PaymentStatus
 from shared.payment_resource import Payment
 
@@ -210,15 +211,16 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
 
 # --- merchant webhooks and lists (CONTRACT §9) -----------------------------------------------------------------
 
-WebhookEventType = Literal[
-    "payment.created",
-    "payment.succeeded",
-    "payment.failed",
-    "payment.canceled",
-    "payment.expired",
-    "webhook_endpoint.disabled",
-    "*",
-]
+_SUBSCRIBABLE = (*MERCHANT_EVENT_TYPES, ALL_EVENTS)
+
+
+def _event_type(value: str) -> str:
+    if value not in _SUBSCRIBABLE:
+        raise ValueError(f"must be one of {', '.join(_SUBSCRIBABLE)}")
+    return value
+
+
+WebhookEventType = Annotated[str, AfterValidator(_event_type), Field(json_schema_extra={"enum": list(_SUBSCRIBABLE)})]
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 10
 

@@ -16,26 +16,10 @@ import asyncpg
 from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
 from services.intake_api.outbox import OutboxRow, enqueue, insert_sql
 from shared.events import CancelPayment, PaymentRequested, PaymentStatus
+from shared.payment_resource import LEDGER_COLUMNS
 
-_LEDGER_FIELDS = (
-    "id",
-    "status",
-    "amount",
-    "currency",
-    "reference",
-    "description",
-    "metadata",
-    "checkout_url",
-    "return_url",
-    "cancel_url",
-    "customer_email",
-    "failure_code",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "provider",
-    "provider_payment_id",
-)
+# The payment resource's columns, and what the intake needs besides to cancel it at the provider.
+_LEDGER_FIELDS = (*LEDGER_COLUMNS, "provider", "provider_payment_id")
 _LEDGER_SELECT = ", ".join(f"l.{name}" for name in _LEDGER_FIELDS)
 
 
