@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with (
-            runtime.database(settings, ["notifier"], reads=["ledger"], max_size=8) as pool,
+            runtime.database(settings, ["notifier"], reads=["ledger"], max_size=4) as pool,
             runtime.broker(settings, EVENTS_GROUP, CONSUMER_GROUPS) as broker,
             aiohttp.ClientSession() as session,
         ):
