@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
 import asyncpg
+import stamina
 import uvloop
 from aiohttp import web
 
@@ -126,32 +127,43 @@ async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]
     Refused credentials stop at once with "authentication refused for <user> at <host:port>".
     """
     log = get_logger(__name__)
-    deadline = asyncio.get_running_loop().time() + within
-    delay = 0.25
-    while True:
-        try:
-            return await connect()
-        except MigrationChanged:
-            raise  # waiting will not fix it
-        except Exception as exc:
-            if authentication_refused(exc):
-                parts = urlsplit(url.split(",", 1)[0])  # a list of cluster nodes: they share the credentials
-                raise DependencyError(
-                    f"{what}: authentication refused for {parts.username or '(no user)'} "
-                    f"at {parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, '')}"
-                ) from None
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise DependencyError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from None
-            log.warning("waiting for dependency", dependency=what, url=redact_url(url), error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 3.0)
+    try:
+        # 0.25 s, doubling, at most 3 s apart (a little jitter, so replicas started together spread out).
+        async for attempt in stamina.retry_context(
+            on=_worth_waiting_for, attempts=None, timeout=within, wait_initial=0.25, wait_max=3.0, wait_jitter=0.1
+        ):
+            with attempt:
+                if attempt.num > 1:
+                    log.warning("waiting for dependency", dependency=what, url=redact_url(url), attempt=attempt.num)
+                return await connect()
+    except MigrationChanged:
+        raise  # waiting will not fix it
+    except Exception as exc:
+        if authentication_refused(exc):
+            parts = urlsplit(url.split(",", 1)[0])  # a list of cluster nodes: they share the credentials
+            raise DependencyError(
+                f"{what}: authentication refused for {parts.username or '(no user)'} "
+                f"at {parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, '')}"
+            ) from None
+        raise DependencyError(f"{what} unreachable at {redact_url(url)}: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable: stamina either returns or raises")
+
+
+def _worth_waiting_for(exc: Exception) -> bool:
+    """A dependency still starting is waited for; a changed migration or refused credentials are not."""
+    # The hook sees every exception, cancellation too: only errors (not a shutdown) are retried.
+    return isinstance(exc, Exception) and not isinstance(exc, MigrationChanged) and not authentication_refused(exc)
 
 
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
+    """The URL (or comma-separated URLs) without passwords, fit for logs and error messages."""
+    return ",".join(_redact_one(part) for part in url.split(","))
+
+
+def _redact_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url

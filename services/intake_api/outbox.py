@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import stamina
 
 from shared.events import Envelope, Message, Source
 from shared.logs import get_logger
@@ -172,26 +173,10 @@ class OutboxRelay:
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen())
-        backoff = MIN_BACKOFF_SECONDS
         try:
             while True:
                 self._wake.clear()
-                try:
-                    while await self.publish_batch() == self._batch_size:
-                        pass
-                    backoff = MIN_BACKOFF_SECONDS
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    cause = exc.__cause__ or exc
-                    log.warning(
-                        "outbox relay round failed; rows stay queued",
-                        error=f"{type(exc).__name__}: {exc}",
-                        cause=f"{type(cause).__name__}: {cause}",
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                    continue
+                await self._drain()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
                 except TimeoutError:
@@ -199,3 +184,26 @@ class OutboxRelay:
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Publish batches until a partial one; a failed round is tried again after a backoff, as long as it takes."""
+        async for attempt in stamina.retry_context(
+            on=Exception,
+            attempts=None,
+            timeout=None,
+            wait_initial=MIN_BACKOFF_SECONDS,
+            wait_max=MAX_BACKOFF_SECONDS,
+            wait_jitter=0.1,
+        ):
+            with attempt:
+                try:
+                    while await self.publish_batch() == self._batch_size:
+                        pass
+                except Exception as exc:
+                    cause = exc.__cause__ or exc
+                    log.warning(
+                        "outbox relay round failed; rows stay queued",
+                        error=f"{type(exc).__name__}: {exc}",
+                        cause=f"{type(cause).__name__}: {cause}",
+                    )
+                    raise

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import stamina
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -57,10 +58,22 @@ def build_event(intent: Intent, *, created: int, event_id: str | None = None) ->
     }
 
 
-def retry_delay(attempt: int, base_seconds: float, rng: random.Random) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1-based): doubling, capped, jittered."""
-    delay = min(RETRY_CAP_SECONDS, base_seconds * 2 ** (attempt - 1))
-    return min(RETRY_CAP_SECONDS, delay * (1 + rng.uniform(0.0, _JITTER_SHARE)))
+class WebhookUndelivered(Exception):
+    """One delivery attempt was refused or not answered: try again after a backoff."""
+
+
+def webhook_retries(
+    max_attempts: int, base_seconds: float, *, cap_seconds: float = RETRY_CAP_SECONDS
+) -> stamina._core._RetryContextIterator:
+    """The retry loop of one webhook: waits of base, doubling, capped, plus a tenth of the base at most."""
+    return stamina.retry_context(
+        on=WebhookUndelivered,
+        attempts=max_attempts,
+        timeout=None,
+        wait_initial=base_seconds,
+        wait_max=cap_seconds,
+        wait_jitter=base_seconds * _JITTER_SHARE,
+    )
 
 
 @dataclass(frozen=True)
@@ -163,17 +176,21 @@ class WebhookSender:
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
-            for attempt in range(1, self._max_attempts + 1):
-                outcome = await self._attempt(event, attempt)
-                self._log.setdefault(event.intent_id, []).append(outcome)
-                if outcome.error is None:
+            async for attempt in webhook_retries(self._max_attempts, self._retry_base):
+                with attempt:
+                    outcome = await self._attempt(event, attempt.num)
+                    self._log.setdefault(event.intent_id, []).append(outcome)
+                    if outcome.error is not None:
+                        SANDBOX_WEBHOOK_ATTEMPTS.labels(
+                            "refused" if outcome.status is not None else "unreachable"
+                        ).inc()
+                        bound.info(
+                            "webhook attempt failed", attempt=attempt.num, status=outcome.status, error=outcome.error
+                        )
+                        raise WebhookUndelivered(outcome.error)
                     SANDBOX_WEBHOOK_ATTEMPTS.labels("delivered").inc()
-                    bound.info("webhook delivered", attempt=attempt, status=outcome.status)
-                    return
-                SANDBOX_WEBHOOK_ATTEMPTS.labels("refused" if outcome.status is not None else "unreachable").inc()
-                bound.info("webhook attempt failed", attempt=attempt, status=outcome.status, error=outcome.error)
-                if attempt < self._max_attempts:
-                    await asyncio.sleep(retry_delay(attempt, self._retry_base, self._rng))
+                    bound.info("webhook delivered", attempt=attempt.num, status=outcome.status)
+        except WebhookUndelivered:
             bound.warning("webhook abandoned", attempts=self._max_attempts)
         except asyncio.CancelledError:
             raise

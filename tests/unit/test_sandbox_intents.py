@@ -6,6 +6,7 @@ import random
 import re
 
 import pytest
+import stamina
 
 from services.sandbox_gateway.checkout import return_link, with_payment_id
 from services.sandbox_gateway.faults import Faults, FaultsUpdate, create_intent_fault, delivery_copies
@@ -18,7 +19,7 @@ from services.sandbox_gateway.intents import (
     IntentStore,
 )
 from services.sandbox_gateway.pages import format_amount
-from services.sandbox_gateway.webhooks import RETRY_CAP_SECONDS, build_event, retry_delay
+from services.sandbox_gateway.webhooks import RETRY_CAP_SECONDS, WebhookUndelivered, build_event, webhook_retries
 
 
 class Clock:
@@ -199,15 +200,33 @@ def test_the_webhook_event_type_matches_the_intent_status(store: IntentStore, st
     assert event["data"]["object"]["metadata"] == {"payment_id": "pay_1"}
 
 
-def test_retry_delay_doubles_from_the_base_with_a_little_jitter() -> None:
-    rng = random.Random(7)
-    delays = [retry_delay(n, 1.0, rng) for n in range(1, 6)]
+async def _waits(max_attempts: int, base: float, **cap: float) -> list[float]:
+    """The waits stamina schedules between attempts of a webhook that is never delivered."""
+    waits: list[float] = []
+    hooks = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([lambda details: waits.append(details.wait_for)])
+    try:
+        with pytest.raises(WebhookUndelivered):
+            async for attempt in webhook_retries(max_attempts, base, **cap):
+                with attempt:
+                    raise WebhookUndelivered("answered 500")
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(hooks)
+    return waits
+
+
+async def test_retry_delay_doubles_from_the_base_with_a_little_jitter() -> None:
+    base = 0.001
+    delays = await _waits(6, base)
+    assert len(delays) == 5
     for n, delay in enumerate(delays, start=1):
-        assert 2 ** (n - 1) <= delay <= 2 ** (n - 1) * 1.1
+        assert base * 2 ** (n - 1) <= delay <= base * 2 ** (n - 1) * 1.1
 
 
-def test_retry_delay_is_capped_at_sixty_seconds() -> None:
-    assert retry_delay(20, 1.0, random.Random(1)) == RETRY_CAP_SECONDS
+async def test_retry_delay_is_capped_at_sixty_seconds() -> None:
+    # The cap as a parameter, so the test need not wait a minute: 0.004, 0.008, then the cap.
+    assert (await _waits(5, 0.004, cap_seconds=0.01))[2:] == pytest.approx([0.01, 0.01])
+    assert RETRY_CAP_SECONDS == 60
 
 
 def test_faults_are_merged_into_the_current_ones() -> None:
