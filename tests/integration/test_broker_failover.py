@@ -7,7 +7,7 @@ A real three-node cluster is tests/support's cluster fixture."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
@@ -104,3 +104,36 @@ async def _published(broker: Broker, envelope: Envelope) -> bool:
     except Exception:
         return False
     return True
+
+
+async def test_a_reconnect_restores_the_private_queue_and_its_consumer_every_time(
+    amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
+) -> None:
+    # The intake's Prefer: wait queue. Once declared on one channel and consumed on another, a reconnect
+    # could restore the consumer first: NOT_FOUND closed the connection, again at every attempt, and the
+    # outbox never drained (the broker-outage e2e test failed that way about one run in three).
+    link = nodes[0]
+    broker = Broker(node_list(amqp_url, link), namespace, name="test-private-restore")
+    await broker.connect(timeout=5)
+    try:
+        await broker.declare_topology(CONSUMER_GROUPS)
+        heard: list[uuid.UUID] = []
+
+        async def hear(envelope: Envelope, _: Delivery) -> None:
+            heard.append(envelope.id)
+
+        await broker.consume_private("intake_api", [PaymentIntentCreated.TYPE], hear)
+        for _ in range(3):
+            link.cut()
+            await eventually(lambda: _not(broker.is_ready()), what="the broker to notice the cut")
+            link.restore()
+            await eventually(broker.is_ready, what="the broker ready again")
+            envelope = intent_created()
+            await eventually(lambda e=envelope: _published(broker, e), what="a confirmed publish after the reconnect")
+            await eventually(lambda e=envelope: _is(e.id in heard), what="the private consumer restored")
+    finally:
+        await broker.close()
+
+
+async def _not(ready: Awaitable[bool]) -> bool:
+    return not await ready
