@@ -128,11 +128,14 @@ async def test_a_reconnect_restores_the_private_queue_and_its_consumer_every_tim
             await eventually(lambda: _not(broker.is_ready()), what="the broker to notice the cut")
             link.restore()
             await eventually(broker.is_ready, what="the broker ready again")
-            envelope = intent_created()
-            await eventually(lambda e=envelope: _published(broker, e), what="a confirmed publish after the reconnect")
-            await eventually(lambda e=envelope: _is(e.id in heard), what="the private consumer restored")
+            await _published_and_heard(broker, intent_created(), heard)
     finally:
         await broker.close()
+
+
+async def _published_and_heard(broker: Broker, envelope: Envelope, heard: list[uuid.UUID]) -> None:
+    await eventually(lambda: _published(broker, envelope), what="a confirmed publish after the reconnect")
+    await eventually(lambda: _is(envelope.id in heard), what="the private consumer restored")
 
 
 async def _not(ready: Awaitable[bool]) -> bool:
