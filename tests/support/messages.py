@@ -10,6 +10,13 @@ from shared.events import Envelope, PaymentRequested
 from shared.providers.base import IntentRequest
 
 
+class Published(list[Envelope]):
+    """Stands in for the broker's publish: keeps every envelope, in order."""
+
+    async def __call__(self, envelope: Envelope) -> None:
+        self.append(envelope)
+
+
 def payment_requested(payment_id: str | None = None) -> Envelope:
     """A `payment.requested` as the intake publishes it: 19.99 USD, a 30-minute TTL, a fresh id and key."""
     now = datetime.now(UTC)

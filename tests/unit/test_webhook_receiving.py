@@ -12,15 +12,11 @@ from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejecte
 from shared.events import Envelope, PaymentStatus, deterministic_event_id
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import StripeProvider
+from tests.support.messages import Published
 from tests.support.sandbox_webhooks import encode, sandbox_event, signed
 
 SECRET = "whsec_unit"
 SANDBOX = SandboxProvider("http://sandbox.invalid", [SECRET])
-
-
-class Published(list[Envelope]):
-    async def __call__(self, envelope: Envelope) -> None:
-        self.append(envelope)
 
 
 async def broker_down(envelope: Envelope) -> None:
