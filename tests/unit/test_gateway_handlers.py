@@ -25,7 +25,7 @@ from shared.events import (
 from shared.providers.base import ProviderIntent
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 from tests.fakes.provider import FakeProvider
-from tests.support.messages import payment_requested
+from tests.support.messages import Published, payment_requested
 
 FIRST = Delivery(
     attempt=1,
@@ -42,18 +42,15 @@ def provider() -> FakeProvider:
 
 
 @pytest.fixture
-def published() -> list[Envelope]:
-    return []
+def published() -> Published:
+    return Published()
 
 
 @pytest.fixture
-def handlers(provider: FakeProvider, published: list[Envelope]) -> Handler:
+def handlers(provider: FakeProvider, published: Published) -> Handler:
     """The gateway_worker as the broker calls it: its registry dispatching to GatewayHandlers."""
 
-    async def publish(envelope: Envelope) -> None:
-        published.append(envelope)
-
-    return GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"fake": provider}, "fake", publish))
+    return GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"fake": provider}, "fake", published))
 
 
 def command(message: Message, payment_id: str) -> Envelope:
@@ -68,7 +65,7 @@ async def open_intent(handlers: Handler, provider: FakeProvider) -> tuple[str, s
     return envelope.payment_id, provider.by_payment[envelope.payment_id]
 
 
-def only(published: list[Envelope]) -> tuple[Envelope, Message]:
+def only(published: Published) -> tuple[Envelope, Message]:
     assert len(published) == 1, [e.type for e in published]
     return published[0], published[0].message()
 
@@ -77,7 +74,7 @@ def only(published: list[Envelope]) -> tuple[Envelope, Message]:
 
 
 async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempotency_key(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     envelope = payment_requested()
     await handlers(envelope, FIRST)
@@ -99,20 +96,17 @@ async def test_the_trace_context_of_the_message_rides_with_the_intent(
 
 
 async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id(
-    provider: FakeProvider, published: list[Envelope]
+    provider: FakeProvider, published: Published
 ) -> None:
-    async def publish(envelope: Envelope) -> None:
-        published.append(envelope)
-
-    named = GatewayHandlers({"fake": provider}, "fake", publish, merchant_names={"demo": "Ada's Books"})
+    named = GatewayHandlers({"fake": provider}, "fake", published, merchant_names={"demo": "Ada's Books"})
     await GATEWAY_MESSAGES.dispatcher(named)(payment_requested(), FIRST)
-    unnamed = GatewayHandlers({"fake": provider}, "fake", publish)
+    unnamed = GatewayHandlers({"fake": provider}, "fake", published)
     await GATEWAY_MESSAGES.dispatcher(unnamed)(payment_requested(), FIRST)
     assert [r.merchant_name for r in provider.requests] == ["Ada's Books", "demo"]
 
 
 async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     envelope = payment_requested()
     await handlers(envelope, FIRST)
@@ -124,7 +118,7 @@ async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
 
 
 async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.error = TransientGatewayError("POST /v1/intents answered 503")
     with pytest.raises(RetryLater):
@@ -133,7 +127,7 @@ async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
 
 
 async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gateway_error(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.error = TransientGatewayError("connection refused")
     envelope = payment_requested()
@@ -147,7 +141,7 @@ async def test_a_transient_error_on_the_last_attempt_fails_the_intent_with_gatew
 
 
 async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.error = PermanentGatewayError("POST /v1/intents answered 422")
     await handlers(payment_requested(), FIRST)
@@ -159,7 +153,7 @@ async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
 
 
 async def test_an_intent_without_a_checkout_url_fails_the_intent(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.checkout_url = None
     await handlers(payment_requested(), FIRST)
@@ -169,7 +163,7 @@ async def test_an_intent_without_a_checkout_url_fails_the_intent(
 
 @pytest.mark.parametrize("echo", [(1998, "USD"), (1999, "EUR")], ids=["amount", "currency"])
 async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amount_mismatch_and_is_counted(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope], echo: tuple[int, str]
+    handlers: Handler, provider: FakeProvider, published: Published, echo: tuple[int, str]
 ) -> None:
     provider.echo = echo
     before = REGISTRY.get_sample_value("paystream_amount_mismatches_total") or 0.0
@@ -184,7 +178,7 @@ async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amo
 
 
 async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.echo = (1999, "usd")
     await handlers(payment_requested(), FIRST)
@@ -196,7 +190,7 @@ async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
 
 
 async def test_cancel_closes_the_intent_and_publishes_canceled(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -215,7 +209,7 @@ async def test_cancel_closes_the_intent_and_publishes_canceled(
 
 
 async def test_expiration_due_expires_the_intent_and_publishes_expired(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -230,7 +224,7 @@ async def test_expiration_due_expires_the_intent_and_publishes_expired(
 
 
 async def test_cancel_after_the_customer_paid_publishes_succeeded(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -245,7 +239,7 @@ async def test_cancel_after_the_customer_paid_publishes_succeeded(
 
 
 async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -259,7 +253,7 @@ async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
 
 
 async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.FAILED, "card_declined")
@@ -273,7 +267,7 @@ async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
 
 
 async def test_cancel_repeated_publishes_the_same_event_id(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -286,7 +280,7 @@ async def test_cancel_repeated_publishes_the_same_event_id(
 
 
 async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     await handlers(command(CancelPayment(), "pay_without_intent"), FIRST)
 
@@ -297,7 +291,7 @@ async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
 
 
 async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_and_cancels_it(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -311,7 +305,7 @@ async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_an
 
 
 async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.error = TransientGatewayError("timeout")
     with pytest.raises(RetryLater):
@@ -320,7 +314,7 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
 
 
 async def test_cancel_with_a_transient_error_asks_for_a_retry(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -332,7 +326,7 @@ async def test_cancel_with_a_transient_error_asks_for_a_retry(
 
 
 async def test_a_cancel_the_provider_refuses_is_dead_lettered(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -344,7 +338,7 @@ async def test_a_cancel_the_provider_refuses_is_dead_lettered(
 
 
 async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
@@ -357,13 +351,10 @@ async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
     assert message.status is PaymentStatus.EXPIRED
 
 
-async def test_a_command_goes_to_the_provider_it_names_not_the_default(published: list[Envelope]) -> None:
+async def test_a_command_goes_to_the_provider_it_names_not_the_default(published: Published) -> None:
     old, new = FakeProvider("sandbox"), FakeProvider("stripe")
 
-    async def publish(envelope: Envelope) -> None:
-        published.append(envelope)
-
-    handlers = GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"sandbox": old, "stripe": new}, "stripe", publish))
+    handlers = GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"sandbox": old, "stripe": new}, "stripe", published))
     old.by_payment["pay_old"] = "pi_old"
     old.intents["pi_old"] = ProviderIntent("pi_old", PaymentStatus.PENDING, 1999, "USD")
 
@@ -382,7 +373,7 @@ async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers
 
 
 async def test_reconciliation_publishes_the_providers_outcome(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     provider.settle(intent_id, PaymentStatus.SUCCEEDED)
@@ -399,7 +390,7 @@ async def test_reconciliation_publishes_the_providers_outcome(
 
 
 async def test_reconciliation_of_an_open_intent_publishes_nothing(
-    handlers: Handler, provider: FakeProvider, published: list[Envelope]
+    handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
