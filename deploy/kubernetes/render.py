@@ -106,7 +106,7 @@ WORKLOADS = (
         scale_on="queue",
         size=Size("250m", "1"),
     ),
-    Workload("notifier", {"local": 2, "production": 2}, port=8084, database=True, broker=True),
+    Workload("notifier", {"local": 2, "production": 2}, database=True, broker=True),
     # The demo: a provider stand-in and a shop, for a local cluster only.
     Workload(
         "sandbox_gateway",
