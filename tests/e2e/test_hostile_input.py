@@ -35,6 +35,7 @@ POST_TARGETS = {
     "storefront": "/buy",
     "gateway_worker": "/healthz",
     "ledger": "/healthz",
+    "notifier": "/healthz",  # it takes no body: its work comes from the broker
 }
 HTML_SERVICES = {"storefront"}
 

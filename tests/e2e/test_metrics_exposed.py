@@ -219,6 +219,16 @@ OWNED: Mapping[str, set[str]] = {
         "paystream_message_retries",
         "paystream_dlq_messages",
     },
+    "notifier": {
+        "paystream_webhook_deliveries",
+        "paystream_webhook_attempt_duration_seconds",
+        "paystream_webhook_oldest_undelivered_age_seconds",
+        "paystream_webhook_endpoints_disabled",
+        "paystream_events_processed",
+        "paystream_event_processing_seconds",
+        "paystream_message_retries",
+        "paystream_dlq_messages",
+    },
     "sandbox_gateway": {"paystream_sandbox_webhook_attempts"},
     "storefront": set(),
 }
