@@ -92,7 +92,8 @@ async def test_when_its_node_goes_away_the_broker_moves_to_another_and_its_consu
         after = intent_created()
         await eventually(lambda: _published(broker, after), what="a confirmed publish on the other node")
         await eventually(lambda: _is(after.id in received), what="the consumer resumed on the other node")
-        assert received.count(before.id) == 1
+        # No count of `before` is asserted: delivery is at least once, and an ack still in flight when the link was
+        # cut is lost with it, so the event may come again on the other node (every consumer is idempotent).
     finally:
         await broker.close()
 
