@@ -17,6 +17,7 @@ from typing import Literal
 
 from hypothesis import strategies as st
 
+from services.ledger.state_machine import C, E, F, P, S
 from services.ledger.store import LogEntry
 from shared.broker import RetryLater
 from shared.events import (
@@ -33,13 +34,6 @@ from shared.events import (
     Source,
 )
 
-P, S, F, C, E = (
-    PaymentStatus.PENDING,
-    PaymentStatus.SUCCEEDED,
-    PaymentStatus.FAILED,
-    PaymentStatus.CANCELED,
-    PaymentStatus.EXPIRED,
-)
 # The failure code the gateway gives each outcome: one truth, whoever reports it.
 FAILURE_CODES: dict[PaymentStatus, str | None] = {S: None, F: "card_declined", C: None, E: "expired"}
 AMOUNT, CURRENCY = 1999, "USD"

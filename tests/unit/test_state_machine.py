@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from services.ledger.state_machine import TRANSITIONS, PaymentState, Rule, decide
+# The one-letter statuses the transition table is written in, so the tests read like it.
+from services.ledger.state_machine import TRANSITIONS, C, E, F, P, PaymentState, Rule, S, decide
 from shared.events import (
     CancelPayment,
     ExpirePayment,
@@ -17,13 +18,6 @@ from shared.events import (
     ReconcilePayment,
 )
 
-P, S, F, C, E = (
-    PaymentStatus.PENDING,
-    PaymentStatus.SUCCEEDED,
-    PaymentStatus.FAILED,
-    PaymentStatus.CANCELED,
-    PaymentStatus.EXPIRED,
-)
 UNSUCCESSFUL = (F, C, E)
 
 
