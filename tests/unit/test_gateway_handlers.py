@@ -313,26 +313,21 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
     assert published == []
 
 
-async def test_cancel_with_a_transient_error_asks_for_a_retry(
-    handlers: Handler, provider: FakeProvider, published: Published
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        pytest.param(TransientGatewayError("timeout"), RetryLater, id="transient error asks for a retry"),
+        pytest.param(PermanentGatewayError("answered 404"), PoisonMessage, id="refusal is dead-lettered"),
+    ],
+)
+async def test_a_cancel_the_provider_does_not_carry_out_publishes_nothing(
+    handlers: Handler, provider: FakeProvider, published: Published, error: Exception, outcome: type[Exception]
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider)
     published.clear()
-    provider.error = TransientGatewayError("timeout")
+    provider.error = error
 
-    with pytest.raises(RetryLater):
-        await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
-    assert published == []
-
-
-async def test_a_cancel_the_provider_refuses_is_dead_lettered(
-    handlers: Handler, provider: FakeProvider, published: Published
-) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
-    provider.error = PermanentGatewayError("answered 404")
-
-    with pytest.raises(PoisonMessage):
+    with pytest.raises(outcome):
         await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
     assert published == []
 
