@@ -24,7 +24,7 @@ from shared.http_server import EdgeRunner, claim_port
 from shared.logs import configure_logging, get_logger
 from shared.metrics import service_registry
 from shared.telemetry import configure_tracing, shutdown_tracing
-from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, problem_page
+from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, READINESS_CHECKS, problem_page
 
 T = TypeVar("T")
 # How long a stopping service lets requests in flight finish (deploy/kubernetes waits longer before SIGKILL).
@@ -230,6 +230,21 @@ async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@asynccontextmanager
+async def serving(
+    app: web.Application, tasks: Iterable[asyncio.Task[Any]], broker: Broker, pool: asyncpg.Pool | None = None
+) -> AsyncIterator[None]:
+    """The service at work: ready while its broker (and pool, if it has one) answer; its background tasks
+    are cancelled on exit, before the broker and pool they use are closed."""
+    app[READINESS_CHECKS].append(broker.is_ready)
+    if pool is not None:
+        app[READINESS_CHECKS].append(lambda: pool_ready(pool))
+    try:
+        yield
+    finally:
+        await cancel_tasks(tasks)
 
 
 async def run_periodically(name: str, interval: float, work: Callable[[], Awaitable[object]]) -> None:

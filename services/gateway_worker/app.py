@@ -14,7 +14,7 @@ from shared.broker import RetryPolicy
 from shared.config import Settings
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
-from shared.web import READINESS_CHECKS, create_base_app
+from shared.web import create_base_app
 
 GROUP = GATEWAY_MESSAGES.name
 
@@ -40,11 +40,8 @@ def create_app(settings: Settings) -> web.Application:
                 retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
                 await broker.consume(GROUP, GATEWAY_MESSAGES.dispatcher(handlers), retry=retry, prefetch=32)
                 dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))
-                app[READINESS_CHECKS].append(broker.is_ready)
-                try:
+                async with runtime.serving(app, [dlq_watch], broker):
                     yield
-                finally:
-                    await runtime.cancel_tasks([dlq_watch])
         finally:
             for provider in providers.values():
                 await provider.close()

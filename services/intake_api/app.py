@@ -15,7 +15,7 @@ from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.config import Settings
 from shared.db import connect
-from shared.web import READINESS_CHECKS, create_base_app
+from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
 
 
@@ -59,11 +59,8 @@ def create_app(settings: Settings) -> web.Application:
                     )
                 ),
             ]
-            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
-            try:
+            async with runtime.serving(app, tasks, broker, pool):
                 yield
-            finally:
-                await runtime.cancel_tasks(tasks)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -15,7 +15,7 @@ from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
-from shared.web import READINESS_CHECKS, create_base_app
+from shared.web import create_base_app
 
 GROUP = LEDGER_MESSAGES.name
 # The most events written in one batch, and how many the broker may hand out ahead (the next batch or two).
@@ -69,11 +69,8 @@ def create_app(settings: Settings) -> web.Application:
                 asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
                 asyncio.create_task(broker.watch_dlq(GROUP)),
             ]
-            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
-            try:
+            async with runtime.serving(app, tasks, broker, pool):
                 yield
-            finally:
-                await runtime.cancel_tasks(tasks)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -16,7 +16,7 @@ from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
 from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
-from shared.web import READINESS_CHECKS, create_base_app
+from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
 
 EVENTS_GROUP = NOTIFIER_MESSAGES.name
@@ -72,11 +72,8 @@ def create_app(settings: Settings) -> web.Application:
                 asyncio.create_task(broker.watch_dlq(EVENTS_GROUP)),
                 asyncio.create_task(broker.watch_dlq(DELIVERIES_GROUP)),
             ]
-            app[READINESS_CHECKS].extend([broker.is_ready, lambda: runtime.pool_ready(pool)])
-            try:
+            async with runtime.serving(app, tasks, broker, pool):
                 yield
-            finally:
-                await runtime.cancel_tasks(tasks)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
-from shared.web import READINESS_CHECKS, Problem, create_base_app, read_body
+from shared.web import Problem, create_base_app, read_body
 
 MAX_WEBHOOK_BYTES = 256 * 1024
 PROVIDERS = web.AppKey("providers", dict[str, PaymentProvider])
@@ -66,8 +66,8 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS) as broker:
             app[BROKER] = broker
-            app[READINESS_CHECKS].append(broker.is_ready)
-            yield
+            async with runtime.serving(app, [], broker):
+                yield
         for provider in app[PROVIDERS].values():
             await provider.close()
 
