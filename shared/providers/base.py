@@ -14,13 +14,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from shared.events import PaymentStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+_Envelope = TypeVar("_Envelope", bound=BaseModel)
 _PLAIN_TIMESTAMP = re.compile(r"(?:0|[1-9][0-9]{0,11})")
 
 
@@ -33,6 +36,17 @@ def webhook_document(body: bytes) -> Any:
         return loads_strict(body)
     except StrictJSONError as exc:
         raise InvalidWebhookError(f"the body is not strict JSON: {exc}") from None
+
+
+def webhook_envelope(body: bytes, envelope: type[_Envelope], provider: str) -> _Envelope:
+    """A verified webhook body read strictly (see `webhook_document`) into the provider's event envelope.
+
+    Raises InvalidWebhookError, naming the provider and how many fields did not fit.
+    """
+    try:
+        return envelope.model_validate(webhook_document(body))
+    except ValidationError as exc:
+        raise InvalidWebhookError(f"not a {provider} event ({exc.error_count()} errors)") from None
 
 
 @dataclass(frozen=True)

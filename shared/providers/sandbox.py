@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_document
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -150,11 +150,7 @@ class SandboxProvider(PaymentProvider):
         return self._secrets
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
-        document = webhook_document(body)
-        try:
-            event = _Event.model_validate(document)
-        except ValidationError as exc:
-            raise InvalidWebhookError(f"not a sandbox event: {exc.error_count()} errors") from None
+        event = webhook_envelope(body, _Event, "sandbox")
         status = SANDBOX_EVENT_TYPES.get(event.type)
         if status is None:
             # As with every adapter: a type we do not act on is acknowledged, so the provider stops resending it.

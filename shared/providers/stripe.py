@@ -17,7 +17,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_document
+from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -287,11 +287,7 @@ class StripeProvider(PaymentProvider):
         return self._secrets
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
-        document = webhook_document(body)
-        try:
-            event = _Event.model_validate(document)
-        except ValidationError as exc:
-            raise InvalidWebhookError(f"not a stripe event ({exc.error_count()} errors)") from None
+        event = webhook_envelope(body, _Event, "stripe")
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:
