@@ -17,7 +17,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.support.client import IntakeClient, payment_body
 from tests.support.infra import Servers
-from tests.support.merchant_receiver import MerchantReceiver
+from tests.support.merchant_receiver import MerchantReceiver, Received
 from tests.support.own_stack import own_stack
 from tests.support.processes import Stack, eventually
 
@@ -91,6 +91,18 @@ def verified(secret: str, request: Any) -> dict[str, Any]:
     return payload
 
 
+async def first_delivery_of_a_new_payment(
+    api: IntakeClient, receiver: MerchantReceiver, endpoint: dict[str, Any]
+) -> tuple[dict[str, Any], Received]:
+    """Create a payment, await its payment.created at `receiver`, then take the receiver and `endpoint` down."""
+    _, payment, _ = await api.create(payment_body(), wait=0)
+    event = (await payment_events(api, payment["id"], 1))[0]  # payment.created
+    await eventually(holds(lambda: receiver.delivered(event["id"])), timeout=30, what="the delivery")
+    await receiver.stop()
+    await call(api, "DELETE", f"/v1/webhook_endpoints/{endpoint['id']}")
+    return event, receiver.delivered(event["id"])[0]
+
+
 async def test_deliveries_survive_two_500s_and_an_outage_and_every_attempt_is_listed(
     api: IntakeClient, webhook_stack: Stack
 ) -> None:
@@ -153,12 +165,7 @@ async def test_a_forged_signature_is_refused_by_the_library(api: IntakeClient) -
     receiver = MerchantReceiver()
     await receiver.start()
     endpoint = await register(api, receiver.url, ["payment.created"])
-    _, payment, _ = await api.create(payment_body(), wait=0)
-    event = (await payment_events(api, payment["id"], 1))[0]  # payment.created
-    await eventually(holds(lambda: receiver.delivered(event["id"])), timeout=30, what="the delivery")
-    await receiver.stop()
-    await call(api, "DELETE", f"/v1/webhook_endpoints/{endpoint['id']}")
-    request = receiver.delivered(event["id"])[0]
+    _, request = await first_delivery_of_a_new_payment(api, receiver, endpoint)
     tampered = request.body.replace(b'"payment.created"', b'"payment.succeeded"')
     with pytest.raises(WebhookVerificationError):
         Webhook(endpoint["secret"]).verify(tampered, request.headers)
@@ -173,12 +180,7 @@ async def test_during_a_rotation_both_secrets_verify_each_delivery(api: IntakeCl
     status, rotated = await call(api, "POST", f"/v1/webhook_endpoints/{endpoint['id']}/rotate_secret")
     assert status == 200 and rotated["id"] == endpoint["id"]
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != endpoint["secret"]
-    _, payment, _ = await api.create(payment_body(), wait=0)
-    event = (await payment_events(api, payment["id"], 1))[0]  # payment.created
-    await eventually(holds(lambda: receiver.delivered(event["id"])), timeout=30, what="the delivery")
-    await receiver.stop()
-    await call(api, "DELETE", f"/v1/webhook_endpoints/{endpoint['id']}")
-    request = receiver.delivered(event["id"])[0]
+    event, request = await first_delivery_of_a_new_payment(api, receiver, endpoint)
     assert len(request.headers["webhook-signature"].split(" ")) == 2
     assert verified(endpoint["secret"], request)["id"] == event["id"]  # the old secret, in its grace period
     assert verified(rotated["secret"], request)["id"] == event["id"]  # the new one
