@@ -58,6 +58,15 @@ async def observe_provider_call(provider: PaymentProvider, operation: str, call:
                 GATEWAY_ERRORS.labels(provider.name, operation, outcome.removesuffix("_error")).inc()
 
 
+async def retrying_provider_call(provider: PaymentProvider, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    """An observed provider call whose transient failure the broker retries later (RetryLater); a permanent one
+    is the caller's to judge."""
+    try:
+        return await observe_provider_call(provider, operation, call)
+    except TransientGatewayError as exc:
+        raise RetryLater(str(exc)) from exc
+
+
 @dataclass
 class GatewayHandlers:
     """The gateway_worker's dependencies and handlers; GATEWAY_MESSAGES (below) says which handles what."""
@@ -158,11 +167,9 @@ class GatewayHandlers:
             # The sender did not know of an intent, but one may exist (the ledger had not yet recorded it):
             # the provider, asked by our payment id, is the one to say.
             try:
-                found = await observe_provider_call(
+                found = await retrying_provider_call(
                     provider, "find_intent", lambda: provider.find_intent(envelope.payment_id)
                 )
-            except TransientGatewayError as exc:
-                raise RetryLater(str(exc)) from exc
             except PermanentGatewayError as exc:
                 log.warning("the provider could not look up the payment's intent", error=str(exc)[:300])
                 found = None
@@ -173,11 +180,9 @@ class GatewayHandlers:
             provider_payment_id = found.provider_payment_id
         intent_id = provider_payment_id
         try:
-            intent = await observe_provider_call(
+            intent = await retrying_provider_call(
                 provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
             )
-        except TransientGatewayError as exc:
-            raise RetryLater(str(exc)) from exc
         except PermanentGatewayError as exc:
             if wanted is PaymentStatus.EXPIRED:
                 # The TTL is ours to enforce: with no answer from the provider the payment still expires
@@ -195,11 +200,9 @@ class GatewayHandlers:
         envelope, message = received.envelope, received.message
         provider = self._provider(message.provider)
         try:
-            intent = await observe_provider_call(
+            intent = await retrying_provider_call(
                 provider, "retrieve_intent", lambda: provider.retrieve_intent(message.provider_payment_id)
             )
-        except TransientGatewayError as exc:
-            raise RetryLater(str(exc)) from exc
         except PermanentGatewayError as exc:
             raise PoisonMessage(f"the provider refused the lookup: {exc}") from exc
         if intent.status is PaymentStatus.PENDING:
