@@ -38,6 +38,8 @@ import aiohttp
 import asyncpg
 import psutil
 
+from services.topology import CONSUMER_GROUPS
+from shared.topology import Names
 from tests.support.client import payment_body
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
 from tests.support.processes import ROOT, Stack, free_port, stack_environment
@@ -206,6 +208,32 @@ class CpuMeter:
         reading["rabbitmq (whole node, shared)"] = sum(_cpu_seconds(pid) for pid in self._rabbitmq())
         reading["bench client (this process)"] = _cpu_seconds(os.getpid())
         return reading
+
+
+async def quiesce(meter: CpuMeter, amqp_url: str, namespace: str, timeout: float) -> float:
+    """Wait until the work a phase left behind is done: every consumer queue empty and every service idle (under
+    2% of a core over half a second), so the next phase does not share the machine with the last one's backlog
+    (the notifier's deliveries outlast the ledger's last write). Returns the seconds it took."""
+    names = Names(namespace)
+    started = time.monotonic()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        last = await meter.read()
+        while time.monotonic() - started < timeout:
+            await asyncio.sleep(0.5)
+            ready = 0
+            for group in CONSUMER_GROUPS:
+                queue = await channel.declare_queue(names.queue(group.name), passive=True)
+                ready += int(queue.declaration_result.message_count or 0)
+            now = await meter.read()
+            busy = max(now[name] - last.get(name, 0.0) for name in meter.stack.services if name in now)
+            last = now
+            if ready == 0 and busy < 0.01:
+                break
+    finally:
+        await connection.close()
+    return time.monotonic() - started
 
 
 async def start_profilers(stack: Stack, folder: Path, seconds: float) -> list[asyncio.subprocess.Process]:
@@ -436,13 +464,16 @@ async def main(
         phases[INTAKE] = await intake_posts(stack, seconds, concurrency)
         phases[SATURATED] = await completions(database_url, drain_timeout, reference="saturate")
         await asyncio.gather(*(p.wait() for p in profilers))
+        # The CPU the saturating payments cost includes what the notifier spends on them after the ledger is done.
+        results["quiesce_seconds"] = await quiesce(meter, servers.amqp_url, namespace, drain_timeout)
         after = await meter.read()
         results["retries_saturating"] = await retries(stack)
         completed = max(1, phases[SATURATED]["ops"])
         results["cpu_ms_per_payment"] = {
             name: (after[name] - before.get(name, 0.0)) * 1000 / completed for name in after
         }
-        print("saturating phase done; steady phase", flush=True)
+        idle = results["quiesce_seconds"]
+        print(f"saturating phase done, services idle {idle:.1f} s after the last completion; steady phase", flush=True)
 
         steady_rate = rate or max(1.0, phases[SATURATED]["per_second"] / 2)
         made = await paced_posts(stack, seconds, steady_rate)
