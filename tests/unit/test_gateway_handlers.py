@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from prometheus_client import REGISTRY
@@ -58,10 +60,12 @@ def command(message: Message, payment_id: str) -> Envelope:
     return Envelope.wrap(message, payment_id=payment_id, source=source)
 
 
-async def open_intent(handlers: Handler, provider: FakeProvider) -> tuple[str, str]:
-    """A payment with an open intent at the provider: (payment id, intent id)."""
+async def open_intent(handlers: Handler, provider: FakeProvider, published: Published) -> tuple[str, str]:
+    """A payment with an open intent at the provider, and what opening it published cleared away:
+    (payment id, intent id)."""
     envelope = payment_requested()
     await handlers(envelope, FIRST)
+    published.clear()
     return envelope.payment_id, provider.by_payment[envelope.payment_id]
 
 
@@ -189,89 +193,97 @@ async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
 # --- cancel and expiration due: ask the provider, publish what it says ------------------------------------
 
 
-async def test_cancel_closes_the_intent_and_publishes_canceled(
-    handlers: Handler, provider: FakeProvider, published: Published
-) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
+def closing(kind: type[CancelPayment] | type[ExpirePayment], payment_id: str, intent_id: str) -> Envelope:
+    """The command to cancel or expire the payment's intent at the fake provider."""
+    return command(kind(provider="fake", provider_payment_id=intent_id), payment_id)
 
-    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
 
-    assert provider.cancels == [(intent_id, "canceled")]
-    sent, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
-    assert (message.status, message.provider_payment_id, message.failure_code) == (
-        PaymentStatus.CANCELED,
-        intent_id,
-        None,
+def reconciling(payment_id: str, intent_id: str) -> Envelope:
+    return Envelope.wrap(
+        ReconcilePayment(provider="fake", provider_payment_id=intent_id), payment_id=payment_id, source="reconciliation"
     )
-    assert (sent.payment_id, sent.source) == (payment_id, "gateway")
 
 
-async def test_expiration_due_expires_the_intent_and_publishes_expired(
-    handlers: Handler, provider: FakeProvider, published: Published
-) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
-
-    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
-
-    assert provider.cancels == [(intent_id, "expired")]
+def only_change(published: Published) -> tuple[Envelope, PaymentStatusChanged]:
     sent, message = only(published)
     assert isinstance(message, PaymentStatusChanged)
-    assert (message.status, message.failure_code) == (PaymentStatus.EXPIRED, "expired")
-    assert sent.source == "expiry"
+    return sent, message
 
 
-async def test_cancel_after_the_customer_paid_publishes_succeeded(
-    handlers: Handler, provider: FakeProvider, published: Published
+@pytest.mark.parametrize(
+    ("kind", "closed_as", "status", "failure_code", "source"),
+    [
+        pytest.param(CancelPayment, "canceled", PaymentStatus.CANCELED, None, "gateway", id="cancel"),
+        pytest.param(ExpirePayment, "expired", PaymentStatus.EXPIRED, "expired", "expiry", id="expiration due"),
+    ],
+)
+async def test_a_close_command_closes_the_intent_and_publishes_the_closed_status(
+    handlers: Handler,
+    provider: FakeProvider,
+    published: Published,
+    kind: type[CancelPayment] | type[ExpirePayment],
+    closed_as: str,
+    status: PaymentStatus,
+    failure_code: str | None,
+    source: str,
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
 
-    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    await handlers(closing(kind, payment_id, intent_id), FIRST)
 
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
-    assert message.status is PaymentStatus.SUCCEEDED
-    assert (message.amount, message.currency) == (1999, "USD")
+    assert provider.cancels == [(intent_id, closed_as)]
+    sent, message = only_change(published)
+    assert (message.status, message.provider_payment_id, message.failure_code) == (status, intent_id, failure_code)
+    assert (sent.payment_id, sent.source) == (payment_id, source)
 
 
-async def test_expiration_due_after_the_customer_paid_publishes_succeeded(
-    handlers: Handler, provider: FakeProvider, published: Published
+@pytest.mark.parametrize(
+    ("send", "settled", "source"),
+    [
+        pytest.param(
+            partial(closing, CancelPayment),
+            (PaymentStatus.SUCCEEDED, None),
+            "gateway",
+            id="cancel after the customer paid",
+        ),
+        pytest.param(
+            partial(closing, ExpirePayment),
+            (PaymentStatus.SUCCEEDED, None),
+            "expiry",
+            id="expiration due after the customer paid",
+        ),
+        pytest.param(
+            partial(closing, CancelPayment),
+            (PaymentStatus.FAILED, "card_declined"),
+            "gateway",
+            id="cancel after a decline",
+        ),
+        pytest.param(reconciling, (PaymentStatus.SUCCEEDED, None), "reconciliation", id="reconciliation"),
+    ],
+)
+async def test_a_command_for_an_intent_the_provider_settled_publishes_the_providers_outcome(
+    handlers: Handler,
+    provider: FakeProvider,
+    published: Published,
+    send: Callable[[str, str], Envelope],
+    settled: tuple[PaymentStatus, str | None],
+    source: str,
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
+    provider.settle(intent_id, *settled)
 
-    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    await handlers(send(payment_id, intent_id), FIRST)
 
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
-    assert message.status is PaymentStatus.SUCCEEDED
-
-
-async def test_cancel_after_a_decline_publishes_failed_with_the_decline_code(
-    handlers: Handler, provider: FakeProvider, published: Published
-) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    provider.settle(intent_id, PaymentStatus.FAILED, "card_declined")
-    published.clear()
-
-    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
-
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
-    assert (message.status, message.failure_code) == (PaymentStatus.FAILED, "card_declined")
+    sent, message = only_change(published)
+    assert (message.status, message.failure_code) == settled
+    assert (message.amount, message.currency, sent.source) == (1999, "USD", source)
 
 
 async def test_cancel_repeated_publishes_the_same_event_id(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
-    envelope = command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id)
+    payment_id, intent_id = await open_intent(handlers, provider, published)
+    envelope = closing(CancelPayment, payment_id, intent_id)
 
     await handlers(envelope, FIRST)
     await handlers(envelope, FIRST)
@@ -285,22 +297,19 @@ async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
     await handlers(command(CancelPayment(), "pay_without_intent"), FIRST)
 
     assert (provider.lookups, provider.cancels) == (["pay_without_intent"], [])
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
+    _, message = only_change(published)
     assert (message.status, message.provider_payment_id) == (PaymentStatus.CANCELED, None)
 
 
 async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_and_cancels_it(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
 
     await handlers(command(CancelPayment(), payment_id), FIRST)
 
     assert provider.cancels == [(intent_id, "canceled")]
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
+    _, message = only_change(published)
     assert (message.status, message.provider_payment_id) == (PaymentStatus.CANCELED, intent_id)
 
 
@@ -323,26 +332,23 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
 async def test_a_cancel_the_provider_does_not_carry_out_publishes_nothing(
     handlers: Handler, provider: FakeProvider, published: Published, error: Exception, outcome: type[Exception]
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
     provider.error = error
 
     with pytest.raises(outcome):
-        await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+        await handlers(closing(CancelPayment, payment_id, intent_id), FIRST)
     assert published == []
 
 
 async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
     provider.error = PermanentGatewayError("answered 404")
 
-    await handlers(command(ExpirePayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    await handlers(closing(ExpirePayment, payment_id, intent_id), FIRST)
 
-    _, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
+    _, message = only_change(published)
     assert message.status is PaymentStatus.EXPIRED
 
 
@@ -367,33 +373,12 @@ async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers
 # --- reconciliation -------------------------------------------------------------------------------------
 
 
-async def test_reconciliation_publishes_the_providers_outcome(
-    handlers: Handler, provider: FakeProvider, published: Published
-) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    provider.settle(intent_id, PaymentStatus.SUCCEEDED)
-    published.clear()
-
-    envelope = Envelope.wrap(
-        ReconcilePayment(provider="fake", provider_payment_id=intent_id), payment_id=payment_id, source="reconciliation"
-    )
-    await handlers(envelope, FIRST)
-
-    sent, message = only(published)
-    assert isinstance(message, PaymentStatusChanged)
-    assert (message.status, sent.source) == (PaymentStatus.SUCCEEDED, "reconciliation")
-
-
 async def test_reconciliation_of_an_open_intent_publishes_nothing(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    payment_id, intent_id = await open_intent(handlers, provider)
-    published.clear()
+    payment_id, intent_id = await open_intent(handlers, provider, published)
 
-    envelope = Envelope.wrap(
-        ReconcilePayment(provider="fake", provider_payment_id=intent_id), payment_id=payment_id, source="reconciliation"
-    )
-    await handlers(envelope, FIRST)
+    await handlers(reconciling(payment_id, intent_id), FIRST)
 
     assert published == []
 
