@@ -54,8 +54,23 @@ def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
+def problem(
+    status: int,
+    title: str,
+    message: str,
+    *,
+    again: tuple[str, Mapping[str, str]] | None = None,
+    refresh_seconds: int | None = None,
+) -> web.Response:
+    """An error page for the customer, with `again` the form (action, fields) that repeats the attempt; a 503
+    says when to come back (Retry-After)."""
+    action, retry = again or ("/buy", None)
+    html = render_problem(title, message, retry=retry, retry_action=action, refresh_seconds=refresh_seconds)
+    return html_page(html, status, {"Retry-After": "5"} if status == 503 else None)
+
+
 def order_not_found() -> web.Response:
-    return html_page(render_problem("Order not found", "We know no such order. Check the link you followed."), 404)
+    return problem(404, "Order not found", "We know no such order. Check the link you followed.")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -115,11 +130,8 @@ async def buy(request: web.Request) -> web.Response:
     product_id, order_id = form.get("product_id"), form.get("order_id")
     product = find_product(product_id) if isinstance(product_id, str) else None
     if product is None or not isinstance(order_id, str) or not is_order_id(order_id):
-        return html_page(
-            render_problem(
-                "This item cannot be bought", "The order form was incomplete. Please choose the item again."
-            ),
-            400,
+        return problem(
+            400, "This item cannot be bought", "The order form was incomplete. Please choose the item again."
         )
     bound = log.bind(order_id=order_id, product_id=product.id)
     # The first attempt's Idempotency-Key is the order id itself.
@@ -146,54 +158,37 @@ async def start_checkout(
 
     `again` is the form (action, fields) that repeats this very attempt: safe, since the key is the same.
     """
-    action, retry = again
     try:
         payment = await request.app[INTAKE].create_payment(idempotency_key, body)
     except IdempotencyKeyReusedError:
         bound.warning("order id already used for another payment request")
-        return html_page(
-            render_problem(
-                "This order was already placed",
-                "This order was placed for something else. Please choose the item again.",
-            ),
+        return problem(
             409,
+            "This order was already placed",
+            "This order was placed for something else. Please choose the item again.",
         )
     except IntakeUnavailableError as exc:
         bound.warning("payment service unavailable", error=str(exc))
-        return html_page(
-            render_problem(
-                "Payments are unavailable right now",
-                "We could not reach the payment service. Nothing was charged twice: "
-                "you can safely try again in a moment.",
-                retry=retry,
-                retry_action=action,
-            ),
+        return problem(
             503,
-            {"Retry-After": "5"},
+            "Payments are unavailable right now",
+            "We could not reach the payment service. Nothing was charged twice: you can safely try again in a moment.",
+            again=again,
         )
     except IntakeError as exc:
         bound.error("payment service gave an unusable answer", error=str(exc))
-        return html_page(
-            render_problem(
-                "The payment could not be started",
-                "The payment service did not accept the order. You can try again; the order will not be paid twice.",
-                retry=retry,
-                retry_action=action,
-            ),
+        return problem(
             502,
+            "The payment could not be started",
+            "The payment service did not accept the order. You can try again; the order will not be paid twice.",
+            again=again,
         )
 
     payment_id = payment["id"]
     if not is_payment_id(payment_id):
         bound.error("payment service answered a malformed payment id")
-        return html_page(
-            render_problem(
-                "The payment could not be started",
-                "The payment service gave an unexpected answer.",
-                retry=retry,
-                retry_action=action,
-            ),
-            502,
+        return problem(
+            502, "The payment could not be started", "The payment service gave an unexpected answer.", again=again
         )
     request.app[ORDERS].remember(order_id, payment_id)
     bound = bound.bind(payment_id=payment_id)
@@ -217,21 +212,18 @@ async def retry_payment(request: web.Request) -> web.Response:
     if not is_order_id(order_id) or not isinstance(previous_id, str) or not is_payment_id(previous_id):
         return order_not_found()
     bound = log.bind(order_id=order_id, retry_of=previous_id)
+    again = (f"/orders/{order_id}/retry", {"payment_id": previous_id})
     try:
         previous = await request.app[INTAKE].get_payment(previous_id)
     except PaymentNotFoundError:
         return order_not_found()
     except IntakeError as exc:
         bound.warning("payment service unavailable", error=str(exc))
-        return html_page(
-            render_problem(
-                "Payments are unavailable right now",
-                "We could not reach the payment service. Nothing was charged: you can safely try again in a moment.",
-                retry={"payment_id": previous_id},
-                retry_action=f"/orders/{order_id}/retry",
-            ),
+        return problem(
             503,
-            {"Retry-After": "5"},
+            "Payments are unavailable right now",
+            "We could not reach the payment service. Nothing was charged: you can safely try again in a moment.",
+            again=again,
         )
     if previous.get("reference") != order_id:
         bound.warning("retry names a payment of another order")
@@ -245,7 +237,7 @@ async def retry_payment(request: web.Request) -> web.Response:
         retry_idempotency_key(order_id, previous_id),
         retry_request(previous, request.app[SHOP_URL]),
         bound,
-        again=(f"/orders/{order_id}/retry", {"payment_id": previous_id}),
+        again=again,
     )
 
 
@@ -300,23 +292,18 @@ async def show_order(request: web.Request) -> web.Response:
         return order_not_found()
     except IntakeUnavailableError as exc:
         bound.warning("payment service unavailable", error=str(exc))
-        return html_page(
-            render_problem(
-                "Checking your payment…",
-                "We cannot reach the payment service right now; this page will try again by itself.",
-                refresh_seconds=5,
-            ),
+        return problem(
             503,
-            {"Retry-After": "5"},
+            "Checking your payment…",
+            "We cannot reach the payment service right now; this page will try again by itself.",
+            refresh_seconds=5,
         )
     except IntakeError as exc:
         bound.error("payment service gave an unusable answer", error=str(exc))
-        return html_page(
-            render_problem(
-                "We cannot show this order right now",
-                "The payment service gave an unexpected answer. Please try again later.",
-            ),
+        return problem(
             502,
+            "We cannot show this order right now",
+            "The payment service gave an unexpected answer. Please try again later.",
         )
     if payment.get("reference") != order_id:
         bound.warning("payment does not belong to this order")
