@@ -7,6 +7,9 @@ arrives before its payment's request is deferred behind it, as the ledger's dela
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,10 +44,18 @@ class Ledger:
         return log_rows(self.store.log(PAYMENT_ID))
 
 
-async def _replay(history: History, order: list, data: st.DataObject) -> Ledger:
+def every_history(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """`test(truth, data)` as a property of 200 histories; it draws their delivery order from `data`."""
+    return settings(max_examples=200, deadline=None)(given(truth=truths(), data=st.data())(test))
+
+
+async def _shuffled(truth: Truth, data: st.DataObject) -> tuple[History, Ledger]:
+    """The truth's history, delivered in an order (with duplicates) that hypothesis draws."""
+    history = build_history(truth, PAYMENT_ID)
+    order = data.draw(deliveries(history))
     ledger = Ledger()
     await deliver(order, ledger.record, lambda low, high: data.draw(st.integers(low, high)))
-    return ledger
+    return history, ledger
 
 
 async def _in_causal_order(history: History) -> Ledger:
@@ -59,13 +70,9 @@ def _final(ledger: Ledger) -> tuple[PaymentStatus, str | None, str | None, str |
     return s.status, s.failure_code, s.provider_payment_id, s.checkout_url
 
 
-@settings(max_examples=200, deadline=None)
-@given(truth=truths(), data=st.data())
+@every_history
 async def test_the_final_state_does_not_depend_on_order_or_duplication(truth: Truth, data: st.DataObject) -> None:
-    history = build_history(truth, PAYMENT_ID)
-    order = data.draw(deliveries(history))
-
-    shuffled = await _replay(history, order, data)
+    history, shuffled = await _shuffled(truth, data)
     causal = await _in_causal_order(history)
 
     expected = history.expected
@@ -78,26 +85,18 @@ async def test_the_final_state_does_not_depend_on_order_or_duplication(truth: Tr
     )
 
 
-@settings(max_examples=200, deadline=None)
-@given(truth=truths(), data=st.data())
+@every_history
 async def test_every_event_gets_exactly_one_log_row_whatever_the_order(truth: Truth, data: st.DataObject) -> None:
-    history = build_history(truth, PAYMENT_ID)
-    order = data.draw(deliveries(history))
-
-    shuffled = await _replay(history, order, data)
+    history, shuffled = await _shuffled(truth, data)
 
     # `rows` is keyed by event id: one row each, and the set of ids is exactly the set of distinct events.
     assert set(shuffled.rows) == history.event_ids
     assert set(shuffled.rows) == set((await _in_causal_order(history)).rows)
 
 
-@settings(max_examples=200, deadline=None)
-@given(truth=truths(), data=st.data())
+@every_history
 async def test_the_final_status_is_entered_by_exactly_one_applied_event(truth: Truth, data: st.DataObject) -> None:
-    history = build_history(truth, PAYMENT_ID)
-    order = data.draw(deliveries(history))
-
-    shuffled = await _replay(history, order, data)
+    history, shuffled = await _shuffled(truth, data)
 
     final = history.expected.status
     entering = [
@@ -108,15 +107,11 @@ async def test_the_final_status_is_entered_by_exactly_one_applied_event(truth: T
     assert len(entering) == (0 if final is PaymentStatus.PENDING else 1)
 
 
-@settings(max_examples=200, deadline=None)
-@given(truth=truths(), data=st.data())
+@every_history
 async def test_a_success_over_an_unsuccessful_end_and_nothing_else_is_flagged_late(
     truth: Truth, data: st.DataObject
 ) -> None:
-    history = build_history(truth, PAYMENT_ID)
-    order = data.draw(deliveries(history))
-
-    shuffled = await _replay(history, order, data)
+    _, shuffled = await _shuffled(truth, data)
 
     unsuccessful = (PaymentStatus.FAILED, PaymentStatus.CANCELED, PaymentStatus.EXPIRED)
     flagged: list[LogRow] = [row for row in shuffled.rows.values() if row.late_success]
@@ -131,13 +126,9 @@ async def test_a_success_over_an_unsuccessful_end_and_nothing_else_is_flagged_la
         assert flagged == []
 
 
-@settings(max_examples=200, deadline=None)
-@given(truth=truths(), data=st.data())
+@every_history
 async def test_a_forged_amount_is_never_applied(truth: Truth, data: st.DataObject) -> None:
-    history = build_history(truth, PAYMENT_ID)
-    order = data.draw(deliveries(history))
-
-    shuffled = await _replay(history, order, data)
+    _, shuffled = await _shuffled(truth, data)
 
     mismatches = [row for row in shuffled.rows.values() if row.outcome.startswith("ignored: amount mismatch")]
     assert len(mismatches) == (1 if truth.forged_amount else 0)
