@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.events import (
     CancelPayment,
     Envelope,
+    Message,
     PaymentIntentCreated,
     PaymentIntentFailed,
     PaymentStatus,
@@ -112,6 +113,13 @@ def start_worker(amqp_url: str, namespace: str, http_servers: list[TestServer]) 
     return start
 
 
+@pytest.fixture
+async def sandbox_worker(start_worker: StartWorker, sandbox_url: str) -> str:
+    """A gateway_worker running against the in-process sandbox; the sandbox's URL."""
+    await start_worker(sandbox_url=sandbox_url)
+    return sandbox_url
+
+
 async def publish_raw(broker: Broker, body: bytes, routing_key: str = "payment.requested") -> None:
     channel = await broker.connection.channel(publisher_confirms=True)
     try:
@@ -138,20 +146,23 @@ def create_requests(fake: StripeFake, payment_id: str) -> int:
     )
 
 
+async def request_payment(broker: Broker, observer: Observer) -> tuple[Envelope, Message]:
+    """Publish a new payment request and wait for the worker's first outcome: (the request, that outcome)."""
+    envelope = payment_requested()
+    await broker.publish(envelope)
+    return envelope, (await observer.first(envelope.payment_id)).message()
+
+
 # --- opening intents ---------------------------------------------------------------------------------------
 
 
 async def test_a_payment_request_gets_its_sandbox_intent_and_a_checkout_url(
-    broker: Broker, observer: Observer, start_worker: StartWorker, sandbox_url: str
+    broker: Broker, observer: Observer, sandbox_worker: str
 ) -> None:
-    await start_worker(sandbox_url=sandbox_url)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-
-    outcome = (await observer.first(envelope.payment_id)).message()
+    envelope, outcome = await request_payment(broker, observer)
 
     assert isinstance(outcome, PaymentIntentCreated)
-    [intent] = await sandbox_intents(sandbox_url, envelope.payment_id)
+    [intent] = await sandbox_intents(sandbox_worker, envelope.payment_id)
     assert (outcome.provider, outcome.provider_payment_id, outcome.checkout_url) == (
         "sandbox",
         intent["id"],
@@ -160,17 +171,14 @@ async def test_a_payment_request_gets_its_sandbox_intent_and_a_checkout_url(
 
 
 async def test_a_payment_request_delivered_twice_opens_one_intent_at_the_sandbox(
-    broker: Broker, observer: Observer, start_worker: StartWorker, sandbox_url: str
+    broker: Broker, observer: Observer, sandbox_worker: str
 ) -> None:
-    await start_worker(sandbox_url=sandbox_url)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-    await observer.first(envelope.payment_id)
+    envelope, _ = await request_payment(broker, observer)
     await broker.publish(envelope)
 
     both = await eventually(lambda: _ready(observer.about(envelope.payment_id), 2), what="a second outcome")
 
-    assert len(await sandbox_intents(sandbox_url, envelope.payment_id)) == 1
+    assert len(await sandbox_intents(sandbox_worker, envelope.payment_id)) == 1
     assert both[0].id == both[1].id
 
 
@@ -184,10 +192,7 @@ async def test_a_transient_provider_error_is_retried_until_the_intent_is_created
     fake, url = stripe_fake
     await start_worker(payment_provider="stripe", stripe_api_key="sk_test_x", stripe_api_base=url)
     fake.fail_next(2, status=503)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-
-    outcome = (await observer.first(envelope.payment_id)).message()
+    envelope, outcome = await request_payment(broker, observer)
 
     assert isinstance(outcome, PaymentIntentCreated)
     assert create_requests(fake, envelope.payment_id) == 3
@@ -208,9 +213,7 @@ async def test_a_message_awaiting_its_retry_waits_in_a_delay_queue_not_in_the_co
     delay_queue = broker.names.delay_queue("gateway_worker", 2)
     await eventually(lambda: _depth_is(broker, delay_queue, 1), what="the message in the delay queue")
 
-    following = payment_requested()
-    await broker.publish(following)
-    outcome = (await observer.first(following.payment_id)).message()
+    _, outcome = await request_payment(broker, observer)
 
     assert isinstance(outcome, PaymentIntentCreated)
     assert observer.about(waiting.payment_id) == []
@@ -226,10 +229,7 @@ async def test_an_exhausted_retry_budget_fails_the_intent_with_gateway_error(
 ) -> None:
     # Nothing listens on this port: every call is a refused connection.
     await start_worker(sandbox_url=f"http://127.0.0.1:{free_port()}", gateway_max_attempts=3)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-
-    outcome = (await observer.first(envelope.payment_id)).message()
+    _, outcome = await request_payment(broker, observer)
 
     assert isinstance(outcome, PaymentIntentFailed)
     assert outcome.failure_code == "gateway_error"
@@ -242,10 +242,7 @@ async def test_a_permanent_provider_error_fails_the_intent_after_one_call(
 ) -> None:
     fake, url = stripe_fake
     await start_worker(payment_provider="stripe", stripe_api_key="sk_test_revoked", stripe_api_base=url)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-
-    outcome = (await observer.first(envelope.payment_id)).message()
+    envelope, outcome = await request_payment(broker, observer)
 
     assert isinstance(outcome, PaymentIntentFailed)
     assert (outcome.failure_code, "401" in outcome.reason) == ("gateway_error", True)
@@ -256,12 +253,9 @@ async def test_a_permanent_provider_error_fails_the_intent_after_one_call(
 
 
 async def test_a_cancel_sent_before_the_ledger_knew_the_intent_still_cancels_it_at_the_sandbox(
-    broker: Broker, observer: Observer, start_worker: StartWorker, sandbox_url: str
+    broker: Broker, observer: Observer, sandbox_worker: str
 ) -> None:
-    await start_worker(sandbox_url=sandbox_url)
-    envelope = payment_requested()
-    await broker.publish(envelope)
-    created = (await observer.first(envelope.payment_id)).message()
+    envelope, created = await request_payment(broker, observer)
     assert isinstance(created, PaymentIntentCreated)
 
     # What the intake sends when its view of the payment has no intent yet.
@@ -271,7 +265,7 @@ async def test_a_cancel_sent_before_the_ledger_knew_the_intent_still_cancels_it_
     outcome = answer.message()
     assert isinstance(outcome, PaymentStatusChanged)
     assert (outcome.status, outcome.provider_payment_id) == (PaymentStatus.CANCELED, created.provider_payment_id)
-    [intent] = await sandbox_intents(sandbox_url, envelope.payment_id)
+    [intent] = await sandbox_intents(sandbox_worker, envelope.payment_id)
     assert intent["status"] == "canceled"
 
 
@@ -287,16 +281,13 @@ async def test_a_cancel_sent_before_the_ledger_knew_the_intent_still_cancels_it_
     ids=["not-json", "invalid-payload"],
 )
 async def test_a_message_that_cannot_be_decoded_goes_to_the_dlq_once(
-    broker: Broker, observer: Observer, start_worker: StartWorker, sandbox_url: str, body: bytes
+    broker: Broker, observer: Observer, sandbox_worker: str, body: bytes
 ) -> None:
-    await start_worker(sandbox_url=sandbox_url)
     await publish_raw(broker, body)
     dlq = broker.names.dlq("gateway_worker")
     await eventually(lambda: _depth_is(broker, dlq, 1), what="the message in the DLQ")
 
     # The worker carries on: the next message is handled, and the bad one has not come round again.
-    envelope = payment_requested()
-    await broker.publish(envelope)
-    await observer.first(envelope.payment_id)
+    await request_payment(broker, observer)
     assert await queue_depth(broker, dlq) == 1
     assert await queue_depth(broker, broker.names.queue("gateway_worker")) == 0
