@@ -155,8 +155,23 @@ def _find(gateway: SandboxGateway, intent_id: str) -> Intent:
         raise Problem(404, "intent-not-found", f"No intent has the id {intent_id!r}.") from None
 
 
+def _addressed(request: web.Request) -> tuple[SandboxGateway, Intent]:
+    """The gateway and the intent the path names (404 if there is none)."""
+    gateway = _gateway(request)
+    return gateway, _find(gateway, request.match_info["intent_id"])
+
+
 def _closed_problem(exc: IntentClosedError) -> Problem:
     return Problem(409, "intent-closed", f"The intent is already {exc.intent.status}.", intent=exc.intent.to_json())
+
+
+def _changed(change: Callable[[], Intent]) -> web.Response:
+    """The intent as `change` leaves it; 409 if it is closed to that change."""
+    try:
+        intent = change()
+    except IntentClosedError as exc:
+        raise _closed_problem(exc) from None
+    return web.json_response(intent.to_json())
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -204,28 +219,20 @@ async def list_intents(request: web.Request) -> web.Response:
 
 
 async def get_intent(request: web.Request) -> web.Response:
-    intent = _find(_gateway(request), request.match_info["intent_id"])
+    _, intent = _addressed(request)
     return web.json_response(intent.to_json())
 
 
 async def cancel_intent(request: web.Request) -> web.Response:
     """Cancel (or expire) an open intent; again is a no-op; 409 once it succeeded or failed."""
-    gateway = _gateway(request)
-    intent_id = request.match_info["intent_id"]
-    _find(gateway, intent_id)
+    gateway, intent = _addressed(request)
     reason = _validated(CancelRequest, await _json_body(request, required=False)).reason
-    try:
-        intent = gateway.close(intent_id, reason)
-    except IntentClosedError as exc:
-        raise _closed_problem(exc) from None
-    return web.json_response(intent.to_json())
+    return _changed(lambda: gateway.close(intent.id, reason))
 
 
 async def simulate_payment(request: web.Request) -> web.Response:
     """Pay an intent headlessly, exactly as the hosted page's form would."""
-    gateway = _gateway(request)
-    intent_id = request.match_info["intent_id"]
-    intent = _find(gateway, intent_id)
+    gateway, intent = _addressed(request)
     body = _validated(SimulateRequest, await _json_body(request, required=True))
     if intent.status.is_closed:
         raise _closed_problem(IntentClosedError(intent))
@@ -234,17 +241,12 @@ async def simulate_payment(request: web.Request) -> web.Response:
     if not card.ok:
         errors = [{"field": name, "message": message} for name, message in card.errors.items()]
         raise Problem(422, "card-invalid", "The card details are invalid.", errors=errors)
-    try:
-        intent = gateway.pay(intent_id, card)
-    except IntentClosedError as exc:
-        raise _closed_problem(exc) from None
-    return web.json_response(intent.to_json())
+    return _changed(lambda: gateway.pay(intent.id, card))
 
 
 async def list_webhook_attempts(request: web.Request) -> web.Response:
     """Every delivery attempt of the intent's webhooks, in the order they finished."""
-    gateway = _gateway(request)
-    intent = _find(gateway, request.match_info["intent_id"])
+    gateway, intent = _addressed(request)
     return web.json_response({"data": [a.to_json() for a in gateway.webhooks.attempts(intent.id)]})
 
 
