@@ -42,6 +42,18 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
     assert "whsec_hidden" not in repr(settings)
 
 
+def python_with_only(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Python run in the repo root with `env` and a PATH as its whole environment: nothing inherited."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -57,14 +69,7 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
     ],
 )
 def test_an_invalid_value_stops_the_service_with_one_line_naming_the_variable(variable: str, value: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "services.ledger"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin", variable: value},
-    )
+    result = python_with_only(["-m", "services.ledger"], {variable: value})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -73,13 +78,8 @@ def test_an_invalid_value_stops_the_service_with_one_line_naming_the_variable(va
 
 
 def test_stripe_without_an_api_key_is_refused_naming_the_variable() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "from shared.config import load_settings; load_settings()"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin", "PAYMENT_PROVIDER": "stripe"},
+    result = python_with_only(
+        ["-c", "from shared.config import load_settings; load_settings()"], {"PAYMENT_PROVIDER": "stripe"}
     )
     assert result.returncode == 2
     assert "STRIPE_API_KEY" in result.stderr
