@@ -21,36 +21,31 @@ log = get_logger(__name__)
 SWEEP_BATCH = 100
 
 
-_DUE_FOR_EXPIRY = """
+def _claiming(due: str, *, oldest_first_by: str, mark: str) -> str:
+    """The query that claims up to $1 PENDING payments which are `due`, oldest first, and were not claimed in
+    the last $2 seconds (the `mark` column says when), marking them claimed now."""
+    return f"""
 WITH due AS (
     SELECT id FROM ledger.payment_requests
-    WHERE status = 'PENDING' AND expires_at <= now()
-      AND (expiration_requested_at IS NULL OR expiration_requested_at < now() - make_interval(secs => $2))
-    ORDER BY expires_at
+    WHERE status = 'PENDING' AND {due}
+      AND ({mark} IS NULL OR {mark} < now() - make_interval(secs => $2))
+    ORDER BY {oldest_first_by}
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE ledger.payment_requests p SET expiration_requested_at = now()
+UPDATE ledger.payment_requests p SET {mark} = now()
 FROM due WHERE p.id = due.id
 RETURNING p.id, p.provider, p.provider_payment_id
 """
 
-_DUE_FOR_RECONCILIATION = """
-WITH due AS (
-    SELECT id FROM ledger.payment_requests
-    WHERE status = 'PENDING' AND provider_payment_id IS NOT NULL
-      AND created_at < now() - make_interval(secs => $2)
-      AND expires_at > now()
-      AND (reconciliation_requested_at IS NULL
-           OR reconciliation_requested_at < now() - make_interval(secs => $3))
-    ORDER BY created_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
+
+_DUE_FOR_EXPIRY = _claiming("expires_at <= now()", oldest_first_by="expires_at", mark="expiration_requested_at")
+# $3: how long a payment waits for its outcome before it is reconciled.
+_DUE_FOR_RECONCILIATION = _claiming(
+    "provider_payment_id IS NOT NULL AND created_at < now() - make_interval(secs => $3) AND expires_at > now()",
+    oldest_first_by="created_at",
+    mark="reconciliation_requested_at",
 )
-UPDATE ledger.payment_requests p SET reconciliation_requested_at = now()
-FROM due WHERE p.id = due.id
-RETURNING p.id, p.provider, p.provider_payment_id
-"""
 
 
 async def _claim_and_send(
@@ -100,8 +95,8 @@ async def request_reconciliations(
         pool,
         broker,
         _DUE_FOR_RECONCILIATION,
-        older_than_seconds,
         every_seconds,
+        older_than_seconds,
         command=ReconcilePayment,
         source="reconciliation",
     )
