@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,20 +22,10 @@ import asyncpg
 
 from shared.broker import Broker
 from shared.events import PaymentStatus
+from tests.support.cpu import cpu_seconds, profiled, publish_all
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
 from tests.support.payment_histories import intent_created, requested, status_changed
 from tests.support.processes import ServiceProcess, eventually, stack_environment
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def publish_all(broker: Broker, envelopes: list, concurrency: int = 200) -> None:
-    for start in range(0, len(envelopes), concurrency):
-        await asyncio.gather(*(broker.publish(e) for e in envelopes[start : start + concurrency]))
 
 
 async def main(payments: int, profile: str | None) -> None:
@@ -48,7 +35,6 @@ async def main(payments: int, profile: str | None) -> None:
     env = stack_environment(database_url, servers.amqp_url, namespace, EXPIRY_SWEEP_INTERVAL_SECONDS="5")
     ledger = ServiceProcess("ledger", env, Path(tempfile.mkdtemp(prefix="ledger-cpu-")))
     broker = Broker(servers.amqp_url, namespace, name="ledger-cpu")
-    spy = None
     pool = None
     try:
         ledger.start()
@@ -66,32 +52,23 @@ async def main(payments: int, profile: str | None) -> None:
 
             return probe
 
-        if profile:
-            py_spy = str(Path(sys.executable).parent / "py-spy")
-            spy = await asyncio.create_subprocess_exec(
-                *(py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", profile, "--rate", "200"),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        started_cpu, started = cpu_seconds(pid), time.perf_counter()
-        phases = [
-            [requested(p) for p in ids],
-            [intent_created(p) for p in ids],
-            [status_changed(p, PaymentStatus.SUCCEEDED, "webhook", "paid") for p in ids],
-        ]
-        for n, phase in enumerate(phases, start=1):
-            await publish_all(broker, phase)
-            await eventually(recorded(n * payments), timeout=600, interval=0.2, what=f"phase {n} recorded")
-        spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
+        async with profiled(pid, profile):
+            started_cpu, started = cpu_seconds(pid), time.perf_counter()
+            phases = [
+                [requested(p) for p in ids],
+                [intent_created(p) for p in ids],
+                [status_changed(p, PaymentStatus.SUCCEEDED, "webhook", "paid") for p in ids],
+            ]
+            for n, phase in enumerate(phases, start=1):
+                await publish_all(broker, phase)
+                await eventually(recorded(n * payments), timeout=600, interval=0.2, what=f"phase {n} recorded")
+            spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
         events = 3 * payments
         print(
             f"ledger: {events} events in {elapsed:.1f} s, {spent:.2f} CPU s,"
             f" {spent / events * 1000:.3f} ms CPU per event, {events / elapsed:.0f} events/s"
         )
     finally:
-        if spy is not None:
-            spy.send_signal(2)
-            await asyncio.wait_for(spy.wait(), 30)
         ledger.stop()
         await broker.close()
         if pool is not None:
