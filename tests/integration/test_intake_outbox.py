@@ -17,6 +17,7 @@ from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
 from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.db import connect, create_pool
+from tests.support.brokers import take_all
 from tests.support.infra import Servers, create_database, drop_database
 from tests.support.processes import eventually
 
@@ -73,15 +74,7 @@ async def unsent(pool: asyncpg.Pool) -> int:
 
 async def received_ids(broker: Broker, queue: str) -> list[str]:
     """Every message id now in `queue` (taken off it)."""
-    channel = await broker.connection.channel()
-    ids = []
-    try:
-        source = await channel.declare_queue(queue, passive=True)
-        while (message := await source.get(no_ack=True, fail=False)) is not None:
-            ids.append(str(message.message_id))
-    finally:
-        await channel.close()
-    return ids
+    return [str(message.message_id) for message in await take_all(broker.connection, queue)]
 
 
 async def test_the_relay_publishes_unsent_rows_and_marks_them_sent(

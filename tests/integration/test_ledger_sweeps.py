@@ -16,7 +16,7 @@ from services.ledger.sweeps import request_expirations, request_reconciliations
 from shared.broker import Broker
 from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
-from tests.support.brokers import connected_broker
+from tests.support.brokers import connected_broker, take_all
 from tests.support.infra import Servers, create_database, drop_database
 from tests.support.payment_histories import intent_created, requested, status_changed
 
@@ -57,15 +57,8 @@ async def payment(pool: asyncpg.Pool, *, ttl: float, with_intent: bool = True) -
 
 async def commands_sent(broker: Broker) -> list[Envelope]:
     """Everything published to the gateway_worker's queue so far (publishes are confirmed, so it is all there)."""
-    channel = await broker.connection.channel()
-    try:
-        queue = await channel.declare_queue(broker.names.queue("gateway_worker"), passive=True)
-        found = []
-        while (message := await queue.get(no_ack=True, fail=False)) is not None:
-            found.append(Envelope.from_bytes(message.body))
-        return found
-    finally:
-        await channel.close()
+    taken = await take_all(broker.connection, broker.names.queue("gateway_worker"))
+    return [Envelope.from_bytes(message.body) for message in taken]
 
 
 async def test_several_ledgers_sweeping_at_once_send_one_expiration_per_due_payment(

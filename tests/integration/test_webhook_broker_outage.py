@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from shared.events import Envelope
+from tests.support.brokers import take_all
 from tests.support.link_proxy import LinkProxy
 from tests.support.processes import ServiceProcess, eventually, stack_environment
 from tests.support.sandbox_webhooks import encode, sandbox_event, signed
@@ -50,12 +51,7 @@ async def receiver(
 async def ledger_queue_messages(amqp_url: str, namespace: str) -> list[Envelope]:
     connection = await aio_pika.connect(amqp_url)
     try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(f"{namespace}.ledger")
-        found = []
-        while (message := await queue.get(no_ack=True, fail=False)) is not None:
-            found.append(Envelope.from_bytes(message.body))
-        return found
+        return [Envelope.from_bytes(message.body) for message in await take_all(connection, f"{namespace}.ledger")]
     finally:
         await connection.close()
 

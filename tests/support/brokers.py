@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
 from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 
@@ -20,5 +22,18 @@ async def queue_depth(broker: Broker, name: str) -> int:
     try:
         queue = await channel.declare_queue(name, passive=True)
         return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def take_all(connection: AbstractConnection, name: str) -> list[AbstractIncomingMessage]:
+    """Every message now ready in the queue `name`, taken off it (in queue order)."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        taken = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            taken.append(message)
+        return taken
     finally:
         await channel.close()
