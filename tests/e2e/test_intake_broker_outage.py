@@ -60,15 +60,19 @@ async def ready_again(running: Deployment) -> None:
     await eventually(ready, timeout=30, what="the intake's /readyz to answer 200 again")
 
 
+async def accept(running: Deployment, http: aiohttp.ClientSession, count: int) -> list[str]:
+    """POST `count` payments at once, not waiting for their intents; every one must answer 201: their ids."""
+    intake = running.client(http)
+    answers = await asyncio.gather(*(intake.create(wait=0) for _ in range(count)))
+    assert [status for status, _, _ in answers] == [201] * count
+    return [payment["id"] for _, payment, _ in answers]
+
+
 async def test_posts_answer_201_while_the_broker_is_unreachable_and_all_reach_the_ledger_once_it_is_back(
     behind_broker_link: Deployment, broker_cut: LinkProxy, http_session: aiohttp.ClientSession
 ) -> None:
-    intake = behind_broker_link.client(http_session)
+    payment_ids = await accept(behind_broker_link, http_session, 10)
 
-    answers = await asyncio.gather(*(intake.create(wait=0) for _ in range(10)))
-
-    assert [status for status, _, _ in answers] == [201] * 10
-    payment_ids = [payment["id"] for _, payment, _ in answers]
     assert await behind_broker_link.in_ledger(payment_ids) == 0  # nothing could leave the intake
 
     broker_cut.restore()
@@ -84,9 +88,7 @@ async def test_posts_answer_201_while_the_broker_is_unreachable_and_all_reach_th
 async def test_the_outbox_backlog_gauge_counts_what_waits_while_the_broker_is_cut(
     behind_broker_link: Deployment, broker_cut: LinkProxy, http_session: aiohttp.ClientSession
 ) -> None:
-    intake = behind_broker_link.client(http_session)
-    answers = await asyncio.gather(*(intake.create(wait=0) for _ in range(3)))
-    assert [status for status, _, _ in answers] == [201] * 3
+    await accept(behind_broker_link, http_session, 3)
 
     async def backlog() -> float | None:
         async with http_session.get(f"{behind_broker_link.processes['intake_api'].url}/metrics") as response:
