@@ -7,6 +7,7 @@ statements: one read and one write for all of them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -239,10 +240,17 @@ class EventRecorder:
         if self._publish is None:
             return
         if recorded.outcome == DUPLICATE.outcome:
-            announced = self._announced_before
-            announcement = None if announced is None else await announced(envelope)
-        else:
-            announcement = status_recorded(envelope, recorded.outcome, recorded.decision)
+            await self._announce_again(envelope)
+            return
+        announcement = status_recorded(envelope, recorded.outcome, recorded.decision)
+        if announcement is not None:
+            await self._publish(announcement)
+
+    async def _announce_again(self, envelope: Envelope) -> None:
+        """For an event recorded on an earlier delivery: announce again what it changed then, if anything."""
+        if self._publish is None or self._announced_before is None:
+            return
+        announcement = await self._announced_before(envelope)
         if announcement is not None:
             await self._publish(announcement)
 
@@ -276,6 +284,8 @@ class EventRecorder:
 
         publish = None if self._publish is None else publish_in_its_context
         recorded = await record_events(self._store, [batch[i].envelope for i in valid], publish)
+        # Per event to announce, its announcement, or None for a duplicate's (looked up in the log).
+        announcing: list[tuple[int, Envelope | None]] = []
         for i, outcome in zip(valid, recorded, strict=True):
             if isinstance(outcome, RetryLater):
                 results[i] = outcome
@@ -283,11 +293,34 @@ class EventRecorder:
             with batch[i].context():
                 _observe(outcome)
                 log.info("event recorded", outcome=outcome.outcome, attempt=batch[i].delivery.attempt, batch=len(batch))
+            if self._publish is None:
+                continue
+            if outcome.outcome == DUPLICATE.outcome:
+                if self._announced_before is not None:
+                    announcing.append((i, None))
+            elif (announcement := status_recorded(batch[i].envelope, outcome.outcome, outcome.decision)) is not None:
+                announcing.append((i, announcement))
+
+        async def announce(item: Consumed, announcement: Envelope | None) -> None:
+            assert self._publish is not None
+            with item.context():  # in a task of its own: the announcement continues its event's trace
                 try:
-                    await self._announce(batch[i].envelope, outcome)
+                    if announcement is None:
+                        await self._announce_again(item.envelope)
+                    else:
+                        await self._publish(announcement)
                 except Exception as exc:  # recorded, not announced: its retry announces it
                     log.warning("status change not announced yet", error=f"{type(exc).__name__}: {exc}")
-                    results[i] = RetryLater("the status change could not be announced yet")
+                    raise
+
+        # The batch's announcements all at once, their confirms awaited together; one that fails is retried
+        # alone (RetryLater), the others are acked.
+        errors = await asyncio.gather(*(announce(batch[i], a) for i, a in announcing), return_exceptions=True)
+        for (i, _), error in zip(announcing, errors, strict=True):
+            if isinstance(error, Exception):
+                results[i] = RetryLater("the status change could not be announced yet")
+            elif isinstance(error, BaseException):
+                raise error
         return results
 
 

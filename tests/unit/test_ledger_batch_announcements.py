@@ -1,0 +1,101 @@
+"""How EventRecorder.record_batch announces a batch's status changes (over the in-memory store): all together, each
+in its own event's trace, and an announcement that fails defers only its own event."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import cast
+
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from services.ledger.handlers import EventRecorder
+from services.ledger.store import InMemoryLedgerStore
+from shared.batches import Consumed
+from shared.broker import Delivery, RetryLater
+from shared.events import Envelope, PaymentStatus, PaymentStatusRecorded
+from shared.telemetry import inject_context
+from tests.support.payment_histories import requested
+
+
+def consumed(envelope: Envelope) -> Consumed:
+    """A delivered message whose consumer span is a fresh span context of its own trace."""
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=secrets.randbits(128) or 1,
+            span_id=secrets.randbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    )
+    delivery = Delivery(attempt=1, max_attempts=3, redelivered=False)
+    return Consumed(envelope, delivery, span, cast(AbstractIncomingMessage, object()))
+
+
+def batch_of_requests(count: int) -> list[Consumed]:
+    return [consumed(requested(f"pay_{secrets.token_hex(4)}")) for _ in range(count)]
+
+
+def announced_event(announcement: Envelope) -> str:
+    message = announcement.message()
+    assert isinstance(message, PaymentStatusRecorded)
+    return message.ledger_event_id
+
+
+async def test_a_batchs_announcements_are_all_in_flight_together() -> None:
+    batch = batch_of_requests(5)
+    in_flight: list[Envelope] = []
+    all_in_flight = asyncio.Event()
+
+    async def publish(announcement: Envelope) -> None:
+        in_flight.append(announcement)
+        if len(in_flight) == len(batch):
+            all_in_flight.set()
+        await all_in_flight.wait()  # a publish awaited before the next starts never gets here
+
+    results = await asyncio.wait_for(EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch), 5)
+
+    assert results == [None] * len(batch)
+    assert sorted(announced_event(a) for a in in_flight) == sorted(str(item.envelope.id) for item in batch)
+
+
+async def test_each_announcement_continues_the_trace_of_its_event() -> None:
+    batch = batch_of_requests(4)
+    published: dict[str, tuple[SpanContext, str]] = {}
+
+    async def publish(announcement: Envelope) -> None:
+        await asyncio.sleep(0)  # let the others start: each must still see its own context
+        current = trace.get_current_span().get_span_context()
+        published[announced_event(announcement)] = (current, inject_context({})["traceparent"])
+
+    await EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch)
+
+    for item in batch:
+        context = item.span.get_span_context()
+        current, traceparent = published[str(item.envelope.id)]
+        assert current == context
+        assert traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+
+
+async def test_a_failed_announcement_defers_its_event_alone() -> None:
+    batch = batch_of_requests(4)
+    failing = str(batch[2].envelope.id)
+    published: list[str] = []
+
+    async def publish(announcement: Envelope) -> None:
+        await asyncio.sleep(0)
+        if announced_event(announcement) == failing:
+            raise ConnectionError("broker gone")
+        published.append(announced_event(announcement))
+
+    store = InMemoryLedgerStore()
+    results = await EventRecorder(store, publish).record_batch(batch)
+
+    assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "RetryLater", "NoneType"]
+    assert isinstance(results[2], RetryLater)
+    assert sorted(published) == sorted(str(item.envelope.id) for i, item in enumerate(batch) if i != 2)
+    # Recorded all the same: its retry is a duplicate, which announces it again.
+    assert all(store.state(item.envelope.payment_id) is not None for item in batch)
+    assert store.state(batch[2].envelope.payment_id).status is PaymentStatus.PENDING  # type: ignore[union-attr]
