@@ -6,11 +6,10 @@ import re
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 
 from tests.support.client import IntakeClient
 from tests.support.infra import Servers
-from tests.support.own_stack import own_stack
+from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import free_port
 
 MAX_ATTEMPTS = 3
@@ -50,16 +49,8 @@ async def test_an_unreachable_sandbox_fails_the_payment_with_gateway_error_after
 
         assert (final["status"], final["failure_code"], final["checkout_url"]) == ("FAILED", "gateway_error", None)
         assert await gateway_errors(http, stack.url("gateway_worker"), "transient") == MAX_ATTEMPTS
-        conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-        try:
-            rows = await conn.fetch(
-                "SELECT event_type, source, outcome, to_status FROM ledger.payment_logs"
-                " WHERE payment_request_id = $1 ORDER BY id",
-                payment["id"],
-            )
-        finally:
-            await conn.close()
-        assert [tuple(r) for r in rows] == [
+        rows = await payment_log_rows(stack, payment["id"])
+        assert [(r["event_type"], r["source"], r["outcome"], r["to_status"]) for r in rows] == [
             ("payment.requested", "intake", "applied", "PENDING"),
             ("payment.intent_failed", "gateway", "applied", "FAILED"),
         ]

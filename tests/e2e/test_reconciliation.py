@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
 from tests.support.infra import Servers
-from tests.support.own_stack import own_stack
+from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import Stack, eventually, free_port
 
 SERVICES = ("intake_api", "gateway_worker", "ledger", "sandbox_gateway")
@@ -39,16 +38,12 @@ def intake(webhookless_stack: Stack, http: aiohttp.ClientSession) -> IntakeClien
 
 
 async def status_changes(stack: Stack, payment_id: str) -> list[tuple[str, str, str, str]]:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    try:
-        rows = await conn.fetch(
-            "SELECT source, from_status, to_status, outcome FROM ledger.payment_logs"
-            " WHERE payment_request_id = $1 AND event_type = 'payment.status_changed' ORDER BY id",
-            payment_id,
-        )
-    finally:
-        await conn.close()
-    return [(r["source"], r["from_status"], r["to_status"], r["outcome"]) for r in rows]
+    rows = await payment_log_rows(stack, payment_id)
+    return [
+        (r["source"], r["from_status"], r["to_status"], r["outcome"])
+        for r in rows
+        if r["event_type"] == "payment.status_changed"
+    ]
 
 
 async def webhook_attempts(http: aiohttp.ClientSession, stack: Stack, checkout_url: str) -> list[dict[str, Any]]:

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from tests.support.client import IntakeClient, simulate_card
 from tests.support.infra import Servers
-from tests.support.own_stack import own_stack
+from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import Stack, eventually
 
 FAILED_ATTEMPTS_BEFORE_RESTART = 2
@@ -58,13 +57,6 @@ async def test_a_payment_made_while_the_webhook_receiver_is_down_succeeds_once_i
         assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
         assert len({a["event_id"] for a in attempts}) == 1
         assert all(a["error"] for a in attempts[:-1]) and attempts[-1]["status"] == 200, attempts
-        conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-        try:
-            applied = await conn.fetch(
-                "SELECT to_status FROM ledger.payment_logs WHERE payment_request_id = $1"
-                " AND event_type = 'payment.status_changed' AND outcome = 'applied'",
-                payment["id"],
-            )
-        finally:
-            await conn.close()
+        rows = await payment_log_rows(stack, payment["id"])
+        applied = [r for r in rows if (r["event_type"], r["outcome"]) == ("payment.status_changed", "applied")]
         assert [r["to_status"] for r in applied] == ["SUCCEEDED"]
