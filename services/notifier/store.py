@@ -52,6 +52,29 @@ WHERE d.event_id = $1 AND d.endpoint_id = $2
 """
 
 
+# One attempt and what it changes: the delivery's state, the attempt's row, and the endpoint's failure state
+# ($9: delivered, so it is not failing; else failing since $10 unless it was already). The endpoint's row, which
+# every delivery to it shares, is written only when that state changes: no lock on it to queue behind meanwhile.
+_RECORD_ATTEMPT = """
+WITH delivery AS (
+    UPDATE notifier.deliveries
+    SET attempts = attempts + 1, status = $3, next_attempt_at = $4,
+        delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() ELSE delivered_at END
+    WHERE event_id = $1 AND endpoint_id = $2
+    RETURNING attempts
+), attempt AS (
+    INSERT INTO notifier.delivery_attempts
+        (event_id, endpoint_id, attempt, status_code, error, duration_ms, attempted_at, next_attempt_at)
+    SELECT $1, $2, attempts, $5::integer, $6::text, $7::integer, $8::timestamptz, $4 FROM delivery
+), endpoint AS (
+    UPDATE notifier.webhook_endpoints
+    SET failing_since = CASE WHEN $9::boolean THEN NULL ELSE $10::timestamptz END
+    WHERE id = $2 AND CASE WHEN $9::boolean THEN failing_since IS NOT NULL ELSE failing_since IS NULL END
+)
+SELECT attempts FROM delivery
+"""
+
+
 def _event(row: asyncpg.Record) -> MerchantEvent:
     return MerchantEvent(
         id=row["event_id"] if "event_id" in row else row["id"],
@@ -140,62 +163,38 @@ class PostgresNotifierStore:
     ) -> int:
         next_at = step.next_attempt_at(attempted_at)
         status = {"delivered": "delivered", "retry": "pending", "give_up": "failed", "disable": "failed"}[step.kind]
-        async with self._pool.acquire() as conn, conn.transaction():
-            attempt = await conn.fetchval(
-                """
-                UPDATE notifier.deliveries
-                SET attempts = attempts + 1, status = $3, next_attempt_at = $4,
-                    delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() ELSE delivered_at END
-                WHERE event_id = $1 AND endpoint_id = $2
-                RETURNING attempts
-                """,
-                target.event.id,
-                target.endpoint_id,
-                status,
-                next_at,
+        arguments = (
+            target.event.id,
+            target.endpoint_id,
+            status,
+            next_at,
+            result.status_code,
+            result.error,
+            result.duration_ms,
+            attempted_at,
+        )
+        if step.kind != "disable":
+            # One statement, so atomic without a transaction: one round trip where BEGIN, three statements and
+            # COMMIT were five.
+            return int(
+                await self._pool.fetchval(_RECORD_ATTEMPT, *arguments, step.kind == "delivered", step.failing_since)
             )
+        async with self._pool.acquire() as conn, conn.transaction():
+            attempt = await conn.fetchval(_RECORD_ATTEMPT, *arguments, False, step.failing_since)
             await conn.execute(
                 """
-                INSERT INTO notifier.delivery_attempts
-                    (event_id, endpoint_id, attempt, status_code, error, duration_ms, attempted_at, next_attempt_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                UPDATE notifier.webhook_endpoints
+                SET status = 'disabled', disabled_at = clock_timestamp()
+                WHERE id = $1
                 """,
-                target.event.id,
                 target.endpoint_id,
-                attempt,
-                result.status_code,
-                result.error,
-                result.duration_ms,
-                attempted_at,
-                next_at,
             )
-            if step.kind == "delivered":
-                await conn.execute(
-                    "UPDATE notifier.webhook_endpoints SET failing_since = NULL WHERE id = $1", target.endpoint_id
-                )
-            elif step.kind == "disable":
-                await conn.execute(
-                    """
-                    UPDATE notifier.webhook_endpoints
-                    SET status = 'disabled', disabled_at = clock_timestamp(),
-                        failing_since = coalesce(failing_since, $2)
-                    WHERE id = $1
-                    """,
-                    target.endpoint_id,
-                    step.failing_since,
-                )
-                # Nothing more goes to it: its other deliveries stop counting as waiting.
-                await conn.execute(
-                    "UPDATE notifier.deliveries SET status = 'failed', next_attempt_at = NULL"
-                    " WHERE endpoint_id = $1 AND status = 'pending'",
-                    target.endpoint_id,
-                )
-            else:
-                await conn.execute(
-                    "UPDATE notifier.webhook_endpoints SET failing_since = coalesce(failing_since, $2) WHERE id = $1",
-                    target.endpoint_id,
-                    step.failing_since,
-                )
+            # Nothing more goes to it: its other deliveries stop counting as waiting.
+            await conn.execute(
+                "UPDATE notifier.deliveries SET status = 'failed', next_attempt_at = NULL"
+                " WHERE endpoint_id = $1 AND status = 'pending'",
+                target.endpoint_id,
+            )
         return int(attempt)
 
     async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
