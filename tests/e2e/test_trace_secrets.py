@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
-from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
+from tests.support.infra import Servers
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.support.processes import ALL_SERVICES, Stack, eventually, stack_environment
+from tests.support.own_stack import own_stack
+from tests.support.processes import ALL_SERVICES, eventually
 
 CARD = "4242424242424242"
 DECLINED = "4000000000000002"
@@ -34,44 +35,37 @@ CARELESS_QUERY = f"card_number={CARD}&api_key=sk_test_demo&secret=whsec_sandbox_
 
 @pytest.fixture(scope="module")
 async def exported(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[list[ReceivedSpan]]:
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("pssecret")
-    async with OtlpReceiver() as receiver:
-        env = stack_environment(
-            database_url, servers.amqp_url, namespace, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint
-        )
-        stack = Stack(env, tmp_path_factory.mktemp("secrets"), services=ALL_SERVICES)
-        try:
-            await stack.start()
-            async with aiohttp.ClientSession() as http:
-                intake = IntakeClient(http, stack.url("intake_api"))
-                status, payment, _ = await intake.create(wait=10)
-                assert status == 201 and payment["checkout_url"], payment
-                # The careless client: secrets in the query string of a GET to the hosted page, the API, each
-                # service's health and metrics.
-                async with http.get(f"{payment['checkout_url']}?{CARELESS_QUERY}") as page:
-                    assert page.status == 200
-                async with http.get(
-                    f"{intake.base_url}/v1/payments/{payment['id']}?{CARELESS_QUERY}", headers=intake.headers()
-                ) as read:
-                    assert read.status == 200
-                for name in ALL_SERVICES:
-                    async with http.get(f"{stack.url(name)}/healthz?{CARELESS_QUERY}") as health:
-                        assert health.status == 200
-                await simulate_card(http, payment["checkout_url"], CARD)
-                assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
+    async with (
+        OtlpReceiver() as receiver,
+        own_stack(
+            servers, tmp_path_factory.mktemp("secrets"), ALL_SERVICES, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint
+        ) as stack,
+    ):
+        async with aiohttp.ClientSession() as http:
+            intake = IntakeClient(http, stack.url("intake_api"))
+            status, payment, _ = await intake.create(wait=10)
+            assert status == 201 and payment["checkout_url"], payment
+            # The careless client: secrets in the query string of a GET to the hosted page, the API, each
+            # service's health and metrics.
+            async with http.get(f"{payment['checkout_url']}?{CARELESS_QUERY}") as page:
+                assert page.status == 200
+            async with http.get(
+                f"{intake.base_url}/v1/payments/{payment['id']}?{CARELESS_QUERY}", headers=intake.headers()
+            ) as read:
+                assert read.status == 200
+            for name in ALL_SERVICES:
+                async with http.get(f"{stack.url(name)}/healthz?{CARELESS_QUERY}") as health:
+                    assert health.status == 200
+            await simulate_card(http, payment["checkout_url"], CARD)
+            assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
 
-                async def webhook_traced() -> bool:
-                    return any(s.service == "webhook-receiver" for s in receiver.spans)
+            async def webhook_traced() -> bool:
+                return any(s.service == "webhook-receiver" for s in receiver.spans)
 
-                await eventually(webhook_traced, what="the webhook receiver's spans")
-            # Stopping flushes every process's remaining spans to the receiver.
-            await asyncio.to_thread(stack.stop)
-            yield list(receiver.spans)
-        finally:
-            await asyncio.to_thread(stack.stop)
-            await delete_namespace(servers.amqp_url, namespace)
-            await drop_database(database_url)
+            await eventually(webhook_traced, what="the webhook receiver's spans")
+        # Stopping flushes every process's remaining spans to the receiver.
+        await asyncio.to_thread(stack.stop)
+        yield list(receiver.spans)
 
 
 def test_spans_of_every_service_were_exported(exported: list[ReceivedSpan]) -> None:

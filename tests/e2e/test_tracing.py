@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 
 from tests.support.client import IntakeClient, simulate_card
-from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
+from tests.support.infra import Servers
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, span_tree
-from tests.support.processes import Stack, eventually, stack_environment
+from tests.support.own_stack import own_stack
+from tests.support.processes import Stack, eventually
 
 # The services one payment passes through (as trace service names), and the modules that run them.
 PAYMENT_SERVICES = {"intake-api", "gateway-worker", "sandbox-gateway", "webhook-receiver", "ledger"}
@@ -58,46 +59,38 @@ def _orphans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
 @pytest.fixture(scope="module")
 async def traced(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TracedPayment]:
     """The payment services exporting to a receiver; one payment paid with 4242 until SUCCEEDED; its trace."""
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("pstrace")
-    async with OtlpReceiver() as receiver:
-        env = stack_environment(
-            database_url,
-            servers.amqp_url,
-            namespace,
+    async with (
+        OtlpReceiver() as receiver,
+        own_stack(
+            servers,
+            tmp_path_factory.mktemp("traced"),
+            MODULES,
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
             OTEL_BSP_SCHEDULE_DELAY="200",
-        )
-        stack = Stack(env, tmp_path_factory.mktemp("traced"), services=MODULES)
-        try:
-            await stack.start()
-            async with aiohttp.ClientSession() as http:
-                intake = IntakeClient(http, stack.url("intake_api"))
-                status, payment, _ = await intake.create(wait=10)
-                assert status == 201, payment
-                assert payment["checkout_url"], "no checkout URL within Prefer: wait=10"
-                await simulate_card(http, payment["checkout_url"], CARD)
-                assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
-                payment_id = payment["id"]
-                # The ledger has recorded all three events (a retried one included) before the stack stops.
-                await eventually(
-                    lambda: _all_recorded(intake, payment_id), timeout=20, what="the ledger recording every event"
-                )
-            # Stopping flushes every process's remaining spans (the tracer provider shuts down at exit), so the
-            # receiver then holds all of them: no waiting on export schedules.
-            await asyncio.to_thread(stack.stop)
-            posts = [s for s in receiver.spans if s.service == "intake-api" and s.name == "POST /v1/payments"]
-            assert len(posts) == 1, f"expected one POST /v1/payments span, got {len(posts)}"
-            trace_id = posts[0].trace_id
-            spans = receiver.traces()[trace_id]
-            print(f"\nspan tree of payment {payment_id} (trace {trace_id}, {len(spans)} spans):")
-            print(span_tree(spans))
-            yield TracedPayment(payment_id, trace_id, spans, receiver, stack)
-        finally:
-            # In a thread: the services flush their last spans to the receiver, which runs on this loop.
-            await asyncio.to_thread(stack.stop)
-            await delete_namespace(servers.amqp_url, namespace)
-            await drop_database(database_url)
+        ) as stack,
+    ):
+        async with aiohttp.ClientSession() as http:
+            intake = IntakeClient(http, stack.url("intake_api"))
+            status, payment, _ = await intake.create(wait=10)
+            assert status == 201, payment
+            assert payment["checkout_url"], "no checkout URL within Prefer: wait=10"
+            await simulate_card(http, payment["checkout_url"], CARD)
+            assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
+            payment_id = payment["id"]
+            # The ledger has recorded all three events (a retried one included) before the stack stops.
+            await eventually(
+                lambda: _all_recorded(intake, payment_id), timeout=20, what="the ledger recording every event"
+            )
+        # Stopping flushes every process's remaining spans (the tracer provider shuts down at exit), so the
+        # receiver then holds all of them: no waiting on export schedules.
+        await asyncio.to_thread(stack.stop)
+        posts = [s for s in receiver.spans if s.service == "intake-api" and s.name == "POST /v1/payments"]
+        assert len(posts) == 1, f"expected one POST /v1/payments span, got {len(posts)}"
+        trace_id = posts[0].trace_id
+        spans = receiver.traces()[trace_id]
+        print(f"\nspan tree of payment {payment_id} (trace {trace_id}, {len(spans)} spans):")
+        print(span_tree(spans))
+        yield TracedPayment(payment_id, trace_id, spans, receiver, stack)
 
 
 async def _all_recorded(intake: IntakeClient, payment_id: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,11 @@ from tests.support.processes import Stack, stack_environment
 
 @asynccontextmanager
 async def own_stack(servers: Servers, log_dir: Path, services: Iterable[str], **overrides: str) -> AsyncIterator[Stack]:
-    """Start `services` on a fresh database and namespace with `overrides` in their environment; clean up after."""
+    """Start `services` on a fresh database and namespace with `overrides` in their environment; clean up after.
+
+    The stack stops in a thread: a service may still talk to something on this event loop (an OTLP receiver, a
+    merchant's endpoint) while it shuts down, and a blocked loop would hang its goodbyes until the timeout.
+    """
     database_url = await create_database(servers.database_url, migrations=())
     namespace = unique_name("psgw")
     stack = Stack(stack_environment(database_url, servers.amqp_url, namespace, **overrides), log_dir, services)
@@ -22,7 +27,7 @@ async def own_stack(servers: Servers, log_dir: Path, services: Iterable[str], **
         await stack.start()
         yield stack
     finally:
-        stack.stop()
+        await asyncio.to_thread(stack.stop)
         await delete_namespace(servers.amqp_url, namespace)
         await drop_database(database_url)
 
