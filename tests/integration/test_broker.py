@@ -107,28 +107,21 @@ async def test_a_message_whose_consumer_dies_before_acking_is_delivered_again(
     assert received[0].redelivered
 
 
-async def test_a_message_that_keeps_failing_ends_in_the_dlq(broker: Broker) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RetryLater("never ready"), id="a message that keeps failing ends in the DLQ"),
+        pytest.param(RuntimeError("bug"), id="an unexpected error is retried then dead-lettered"),
+    ],
+)
+async def test_a_handler_that_always_raises_is_retried_then_dead_lettered(broker: Broker, error: Exception) -> None:
     attempts: list[int] = []
 
     async def always_fails(_: Envelope, delivery: Delivery) -> None:
         attempts.append(delivery.attempt)
-        raise RetryLater("never ready")
+        raise error
 
     await broker.consume("ledger", always_fails, retry=FAST)
-    await broker.publish(intent_created())
-
-    await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
-    assert attempts == [1, 2, 3]
-
-
-async def test_an_unexpected_error_is_retried_then_dead_lettered(broker: Broker) -> None:
-    attempts: list[int] = []
-
-    async def crashes(_: Envelope, delivery: Delivery) -> None:
-        attempts.append(delivery.attempt)
-        raise RuntimeError("bug")
-
-    await broker.consume("ledger", crashes, retry=FAST)
     await broker.publish(intent_created())
 
     await eventually(lambda: queue_depth(broker, broker.names.dlq("ledger")), what="the message in the DLQ")
