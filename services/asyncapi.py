@@ -9,6 +9,7 @@ committed file differs from what the code says.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from importlib.metadata import version
@@ -17,8 +18,9 @@ from typing import Any
 
 from services.intake_api.intents import INTAKE_MESSAGES
 from services.topology import CONSUMER_GROUPS
+from shared.broker import REPLY_TO_HEADER
 from shared.events import MESSAGE_TYPES, Envelope, Message
-from shared.topology import Names
+from shared.topology import REPLY_PREFIX, Names
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.json"
 # The document shows the default BROKER_NAMESPACE; every name starts with the deployment's own.
@@ -33,7 +35,8 @@ def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
 
 
 def private_consumers() -> list[tuple[str, tuple[str, ...]]]:
-    """(service, the message types each of its processes hears of on a queue of its own)."""
+    """(service, the message types each of its processes hears of on a queue of its own: the outcomes of the
+    requests waiting in that process, sent to its reply key)."""
     return [(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types)]
 
 
@@ -62,6 +65,15 @@ def _message(cls: type[Message], schemas: dict[str, Any]) -> dict[str, Any]:
                 "traceparent": {"type": "string", "description": "W3C trace context of the payment's trace"},
                 "tracestate": {"type": "string"},
                 "x-paystream-attempt": {"type": "integer", "minimum": 1, "description": "retry attempt"},
+                REPLY_TO_HEADER: {
+                    "type": "string",
+                    "pattern": f"^{re.escape(REPLY_PREFIX)}",
+                    "description": (
+                        "On a payment.requested whose HTTP request waits (Prefer: wait > 0): the reply routing key "
+                        "of the intake process it waits in. The outcome is published to it too, in the same "
+                        "publish (a BCC header, which the broker strips before delivery)."
+                    ),
+                },
             },
         },
         "payload": {
@@ -165,11 +177,14 @@ def asyncapi_document(namespace: str = NAMESPACE) -> dict[str, Any]:
             address=None,
             title=f"private queue of each {group} process",
             description=(
-                f"Exclusive, auto-deleted queue of one {group} process, bound to `{names.exchange}` by "
-                f"{_listed(types)}. Notifications only: nothing is retried or dead-lettered."
+                f"Exclusive, auto-deleted queue of one {group} process, bound to `{names.exchange}` by its own "
+                f"reply key `{Names.reply_key(group, '<token>')}` alone: it receives {_listed(types)} only for "
+                f"the requests waiting in that process (their `{REPLY_TO_HEADER}` header names the key, and the "
+                "outcome is published with it in its `BCC` header). Notifications only: nothing is retried or "
+                "dead-lettered."
             ),
             queue={"durable": False, "exclusive": True, "autoDelete": True},
-            summary=f"Each {group} process hears of these on its own queue.",
+            summary=f"Each {group} process hears of these on its own queue, for the requests waiting in it.",
         )
 
     return {

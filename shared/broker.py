@@ -46,6 +46,7 @@ from shared.topology import (
 __all__ = [
     "ATTEMPT_HEADER",
     "DELIVERY_LIMIT",
+    "REPLY_TO_HEADER",
     "Broker",
     "ConsumerGroup",
     "Delivery",
@@ -61,6 +62,12 @@ log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 ATTEMPT_HEADER = "x-paystream-attempt"
+# On a message whose answer a process waits for: the routing key of that process's reply queue
+# (`Broker.consume_replies`). The consumer sends its answer there too, in the same publish (`also_to`).
+REPLY_TO_HEADER = "x-paystream-reply-to"
+# RabbitMQ's sender-selected distribution: the message is routed by its routing key and, besides, by each
+# routing key listed here; the broker strips this header before delivery (rabbitmq.com/docs/sender-selected).
+_BCC_HEADER = "BCC"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class Delivery:
     redelivered: bool
     # The W3C trace context the message was published with: the same on every redelivery and retry.
     trace_headers: dict[str, str] = field(default_factory=dict)
+    # The reply routing key of the process waiting for this message's outcome, if one waits (REPLY_TO_HEADER).
+    reply_to: str | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -160,6 +169,14 @@ def _consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], atte
         yield
 
 
+def _reply_to(headers: dict[str, Any]) -> str | None:
+    """The reply address a message carries, if it is one (a reply queue's key, never another type's)."""
+    value = headers.get(REPLY_TO_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and Names.is_reply_key(value) else None
+
+
 def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
     headers = message.headers or {}
     return Delivery(
@@ -167,6 +184,7 @@ def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
         max_attempts=retry.max_attempts,
         redelivered=bool(message.redelivered),
         trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
+        reply_to=_reply_to(headers),
     )
 
 
@@ -284,17 +302,29 @@ class Broker:
 
     # --- publishing -------------------------------------------------------------------------------
     async def publish(
-        self, envelope: Envelope, *, headers: dict[str, Any] | None = None, timeout: float = 10.0
+        self,
+        envelope: Envelope,
+        *,
+        headers: dict[str, Any] | None = None,
+        also_to: Sequence[str] = (),
+        timeout: float = 10.0,
     ) -> None:
         """Publish persistently and return only once the broker has confirmed it.
 
-        `headers` may carry a stored W3C trace context (the outbox); otherwise the current one is sent.
-        Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout` seconds,
-        also while the connection is down (aio-pika would otherwise wait for it without limit).
+        `headers` may carry a stored W3C trace context (the outbox); otherwise the current one is sent. A
+        REPLY_TO_HEADER among them goes with the message. `also_to`: reply routing keys the message is routed
+        to as well, in this one publish (a BCC header the broker strips; a key nobody binds any more costs
+        nothing). Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout`
+        seconds, also while the connection is down (aio-pika would otherwise wait for it without limit).
         """
         if self._exchange is None:
             raise RuntimeError("broker not connected")
         with _producer_span(envelope, self.names.exchange, headers):
+            sent = inject_context({})
+            if headers and (reply_to := _reply_to(headers)) is not None:
+                sent[REPLY_TO_HEADER] = reply_to
+            if also_to:
+                sent[_BCC_HEADER] = list(also_to)
             message = aio_pika.Message(
                 body=envelope.to_bytes(),
                 message_id=str(envelope.id),
@@ -302,7 +332,7 @@ class Broker:
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 timestamp=envelope.occurred_at,
-                headers=inject_context({}),
+                headers=sent,
             )
             async with asyncio.timeout(timeout):
                 await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=timeout)
@@ -366,12 +396,29 @@ class Broker:
         notifications only: a handler failure drops the message, nothing is retried or dead-lettered. It is
         declared and consumed on one channel, so a reconnect re-declares it before consuming again.
         """
+        return await self._consume_private(group, secrets.token_hex(6), routing_keys, handler, prefetch)
+
+    async def consume_replies(self, group: str, handler: Handler, *, prefetch: int = 16) -> str:
+        """Consume the answers addressed to this process alone; returns its reply routing key.
+
+        A message that asks for an answer carries this key (REPLY_TO_HEADER); its consumer publishes the
+        answer `also_to` it. The queue is private as in `consume_private`, bound by this key only: the process
+        receives the answers it asked for, and no others.
+        """
+        token = secrets.token_hex(6)
+        key = Names.reply_key(group, token)
+        await self._consume_private(group, token, (key,), handler, prefetch)
+        return key
+
+    async def _consume_private(
+        self, group: str, token: str, routing_keys: Iterable[str], handler: Handler, prefetch: int
+    ) -> str:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer_channels.append(channel)
         await declare_exchanges(channel, self.names)
         exchange = await channel.get_exchange(self.names.exchange, ensure=False)
-        name = self.names.private_queue(group, secrets.token_hex(6))
+        name = self.names.private_queue(group, token)
         queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
         for key in routing_keys:
             await queue.bind(exchange, routing_key=key)

@@ -4,6 +4,8 @@ Names (all under BROKER_NAMESPACE `ns`):
   ns.events                 topic exchange every event and command is published to (routing key = type)
   ns.<group>                durable quorum queue of one consumer group, bound by the types its registry handles
   ns.<group>.dlq            its dead-letter queue (via the ns.dead-letter exchange, at-least-once)
+  ns.<group>.<token>        exclusive queue of one process: bound by message types (`consume_private`) or by
+                            its own reply key `reply.<group>.<token>` alone (`consume_replies`)
   <queue>.delay.<n>         quorum delay queue for retry attempt n of messages consumed from <queue>: they wait
                             out their expiration there, then dead-letter back into <queue> (default exchange)
 
@@ -19,6 +21,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
+
+# Routing keys of reply queues start with this; no message type does (they are `payment.*`, `ledger.*`, `webhook.*`).
+REPLY_PREFIX = "reply."
 
 # A consumer that dies mid-message this many times makes the message poison: it goes to the DLQ.
 DELIVERY_LIMIT = 10
@@ -61,6 +66,15 @@ class Names:
     def private_queue(self, group: str, token: str) -> str:
         """One process's own queue: client-named, so a reconnect re-declares the same queue."""
         return f"{self.namespace}.{group}.{token}"
+
+    @staticmethod
+    def reply_key(group: str, token: str) -> str:
+        """The routing key that reaches one process's reply queue (on the exchange; no message type is `reply.*`)."""
+        return f"{REPLY_PREFIX}{group}.{token}"
+
+    @staticmethod
+    def is_reply_key(key: str) -> bool:
+        return key.startswith(REPLY_PREFIX) and 0 < len(key) <= 255
 
 
 # Quorum queues replicate over the cluster's nodes, honour per-message TTL and dead-letter at least once

@@ -4,13 +4,13 @@ reconciliation. Handlers take the envelope plus their dependencies; the broker a
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from opentelemetry import trace
 
-from shared.broker import PoisonMessage, RetryLater
+from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
     Envelope,
@@ -34,7 +34,16 @@ log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 T = TypeVar("T")
 
-Publish = Callable[[Envelope], Awaitable[None]]
+
+class Publish(Protocol):
+    """The broker's publish: `also_to` names reply routing keys the one publish reaches as well."""
+
+    def __call__(self, envelope: Envelope, *, also_to: Sequence[str] = ...) -> Awaitable[None]: ...
+
+
+def _replies(delivery: Delivery) -> tuple[str, ...]:
+    """Where the outcome goes besides its subscribers: the process waiting for it, if one said so."""
+    return (delivery.reply_to,) if delivery.reply_to else ()
 
 
 async def observe_provider_call(provider: PaymentProvider, operation: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -108,16 +117,17 @@ class GatewayHandlers:
         except TransientGatewayError as exc:
             if not delivery.is_last_attempt:
                 raise RetryLater(str(exc)) from exc
-            await self._intent_failed(envelope, provider.name, f"retries exhausted: {exc}")
+            await self._intent_failed(envelope, delivery, provider.name, f"retries exhausted: {exc}")
             return
         except PermanentGatewayError as exc:
-            await self._intent_failed(envelope, provider.name, str(exc))
+            await self._intent_failed(envelope, delivery, provider.name, str(exc))
             return
         if (intent.amount, intent.currency.upper()) != (message.amount, message.currency.upper()):
             # An intent for another sum must never reach the customer: the payment fails, for review.
             AMOUNT_MISMATCHES.inc()
             await self._intent_failed(
                 envelope,
+                delivery,
                 provider.name,
                 f"the provider opened the intent for {intent.amount} {intent.currency}, "
                 f"not {message.amount} {message.currency}",
@@ -125,7 +135,7 @@ class GatewayHandlers:
             )
             return
         if not intent.checkout_url:
-            await self._intent_failed(envelope, provider.name, "provider returned no checkout URL")
+            await self._intent_failed(envelope, delivery, provider.name, "provider returned no checkout URL")
             return
         created = PaymentIntentCreated(
             provider=provider.name, provider_payment_id=intent.provider_payment_id, checkout_url=intent.checkout_url
@@ -136,12 +146,13 @@ class GatewayHandlers:
                 payment_id=envelope.payment_id,
                 source="gateway",
                 event_id=deterministic_event_id(envelope.payment_id, "intent_created", intent.provider_payment_id),
-            )
+            ),
+            also_to=_replies(delivery),
         )
         log.info("intent created", provider_payment_id=intent.provider_payment_id)
 
     async def _intent_failed(
-        self, envelope: Envelope, provider: str, reason: str, *, failure_code: str = "gateway_error"
+        self, envelope: Envelope, delivery: Delivery, provider: str, reason: str, *, failure_code: str = "gateway_error"
     ) -> None:
         log.warning("intent could not be created", reason=reason, failure_code=failure_code)
         failed = PaymentIntentFailed(provider=provider, failure_code=failure_code, reason=reason[:500])
@@ -151,7 +162,8 @@ class GatewayHandlers:
                 payment_id=envelope.payment_id,
                 source="gateway",
                 event_id=deterministic_event_id(envelope.payment_id, "intent_failed"),
-            )
+            ),
+            also_to=_replies(delivery),
         )
 
     async def close_intent(self, received: Received[CancelPayment | ExpirePayment]) -> None:

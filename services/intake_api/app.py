@@ -46,8 +46,12 @@ def create_app(settings: Settings) -> web.Application:
         ):
             app[routes.POOL] = pool
             relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url.get_secret_value()))
-            waiters = INTAKE_MESSAGES.dispatcher(app[routes.WAITERS])
-            await broker.consume_private(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types, waiters, prefetch=64)
+            waiters = app[routes.WAITERS]
+            # Only the outcomes of requests waiting here reach this queue (their PaymentRequested names it).
+            address = await broker.consume_replies(
+                INTAKE_MESSAGES.name, INTAKE_MESSAGES.dispatcher(waiters), prefetch=64
+            )
+            waiters.listening(address)
             retention = settings.idempotency_retention_hours
             tasks = [
                 asyncio.create_task(relay.run()),

@@ -1,7 +1,10 @@
 """Holding a POST until the gateway has a checkout URL (`Prefer: wait=N`).
 
-Each intake process listens on its own exclusive queue for the gateway's intent outcomes and wakes the
-request waiting for that payment, if any is waiting here.
+A POST that waits stores, with its PaymentRequested outbox row, the reply routing key of the process it
+waits in (`IntentWaiters.address`). The gateway_worker publishes the intent's outcome to its subscribers
+and, in the same publish, to that key. Each intake process listens on an exclusive queue bound by its own
+key alone, so it hears the outcomes of the requests waiting in it and of no others; a POST with `wait=0`
+asks for none.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ class IntentOutcome:
 class IntentWaiters:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[IntentOutcome]] = {}
+        # This process's reply routing key, once its queue is consumed (`listening`); until then nobody
+        # can be answered here, so a POST does not ask to be.
+        self.address: str | None = None
+
+    def listening(self, address: str) -> None:
+        self.address = address
 
     def register(self, payment_id: str) -> asyncio.Future[IntentOutcome]:
         """Register before the payment commits, so an outcome that comes at once is not missed."""
@@ -58,7 +67,7 @@ class IntentWaiters:
         self._wake(received.envelope.payment_id, IntentOutcome(None, received.message.failure_code))
 
 
-# The intake's message registry: intent outcomes, on a queue of each intake process's own.
+# The intake's message registry: intent outcomes, on a queue of each intake process's own (its replies).
 INTAKE_MESSAGES: MessageRegistry[IntentWaiters] = MessageRegistry(
     "intake_api", {PaymentIntentCreated: IntentWaiters.on_created, PaymentIntentFailed: IntentWaiters.on_failed}
 )

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import stamina
 
+from shared.broker import REPLY_TO_HEADER
 from shared.events import Envelope, Message, Source
 from shared.logs import get_logger
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_PUBLISHED
@@ -37,15 +38,20 @@ LISTENER_PING_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class OutboxRow:
-    """An event as the outbox keeps it: the envelope, and the trace context current when it was written
-    (the relay publishes it in that context, so the payment's trace goes on through the broker)."""
+    """An event as the outbox keeps it: the envelope, and the headers it is published with: the trace context
+    current when it was written (the relay publishes it in that context, so the payment's trace goes on
+    through the broker) and, for a request someone waits on, where to send its outcome (REPLY_TO_HEADER)."""
 
     envelope: Envelope
     headers: dict[str, Any]
 
     @classmethod
-    def of(cls, message: Message, *, payment_id: str, source: Source) -> OutboxRow:
-        return cls(Envelope.wrap(message, payment_id=payment_id, source=source), inject_context({}))
+    def of(cls, message: Message, *, payment_id: str, source: Source, reply_to: str | None = None) -> OutboxRow:
+        """`reply_to`: the reply routing key of the process waiting for the message's outcome, if one waits."""
+        headers = inject_context({})
+        if reply_to is not None:
+            headers[REPLY_TO_HEADER] = reply_to
+        return cls(Envelope.wrap(message, payment_id=payment_id, source=source), headers)
 
     def values(self) -> tuple[Any, ...]:
         """The parameters of `insert_sql`, in its order."""

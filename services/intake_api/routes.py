@@ -154,8 +154,11 @@ async def create_payment(request: web.Request) -> web.Response:
 
     payment_id = store.new_payment_id()
     wait_seconds = requested_wait(request.headers.get("Prefer"))
+    # A request that waits asks the gateway to answer this process (its reply address rides with the
+    # outbox row); one that does not wait asks for nothing, and nothing is sent here.
+    reply_to = waiters.address if wait_seconds > 0 else None
     # Registered before the commit, so an intent created at once is not missed.
-    future = waiters.register(payment_id)
+    future = waiters.register(payment_id) if reply_to is not None else None
     try:
         created, existing = await store.accept_payment(
             pool,
@@ -165,6 +168,7 @@ async def create_payment(request: web.Request) -> web.Response:
             request=payment_request,
             fingerprint=fingerprint,
             ttl_seconds=settings.payment_ttl_seconds,
+            reply_to=reply_to,
         )
     except BaseException:
         waiters.forget(payment_id)
@@ -173,7 +177,7 @@ async def create_payment(request: web.Request) -> web.Response:
         bind_payment(payment_id)
         PAYMENTS_CREATED.inc()
         log.info("payment accepted", amount=created.amount, currency=created.currency)
-        outcome = await waiters.wait(payment_id, future, wait_seconds)
+        outcome = await waiters.wait(payment_id, future, wait_seconds) if future is not None else None
         if outcome is not None:
             created = created.model_copy(update={"checkout_url": outcome.checkout_url})
             if outcome.failure_code:

@@ -74,13 +74,15 @@ async def accept_payment(
     request: PaymentCreate,
     fingerprint: str,
     ttl_seconds: int,
+    reply_to: str | None = None,
 ) -> tuple[Payment | None, Existing | None]:
     """Accept a payment under (merchant, key), or find the one already accepted under it.
 
     The idempotency record and the PaymentRequested outbox row are written by ONE statement, so they
     commit together in a single round trip. Returns (the new payment, None), or (None, the existing
     one). A concurrent request holding the same key makes the insert wait on the unique index and then
-    do nothing; the first request's row is then read.
+    do nothing; the first request's row is then read. `reply_to`: the reply routing key of the process
+    waiting for the intent's outcome, if the request waits (it rides with the outbox row).
     """
     now = datetime.now(UTC)
     expires_at = now + timedelta(seconds=ttl_seconds)
@@ -93,7 +95,7 @@ async def accept_payment(
         expires_at=expires_at,
         **body,
     )
-    outbox_row = OutboxRow.of(requested, payment_id=payment_id, source="intake")
+    outbox_row = OutboxRow.of(requested, payment_id=payment_id, source="intake", reply_to=reply_to)
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             _ACCEPT, payment_id, merchant_id, key, fingerprint, body, now, expires_at, *outbox_row.values()

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway_worker.app import create_app as create_worker
 from services.sandbox_gateway.app import create_app as create_sandbox
-from shared.broker import Broker, Delivery
+from shared.broker import REPLY_TO_HEADER, Broker, Delivery
 from shared.config import Settings
 from shared.events import (
     CancelPayment,
@@ -247,6 +247,70 @@ async def test_a_permanent_provider_error_fails_the_intent_after_one_call(
     assert isinstance(outcome, PaymentIntentFailed)
     assert (outcome.failure_code, "401" in outcome.reason) == ("gateway_error", True)
     assert create_requests(fake, envelope.payment_id) == 1
+
+
+# --- answering the intake process that waits ---------------------------------------------------------------
+
+
+async def reply_queues(broker: Broker, count: int) -> list[tuple[str, Observer]]:
+    """`count` private reply queues, as `count` intake processes hold them: (reply key, what it heard)."""
+    queues = []
+    for _ in range(count):
+        heard = Observer()
+        queues.append((await broker.consume_replies("intake_api", heard.handle), heard))
+    return queues
+
+
+async def test_an_intent_outcome_reaches_the_waiting_intake_alone_in_the_publish_its_subscribers_get(
+    broker: Broker, observer: Observer, start_worker: StartWorker, sandbox_url: str
+) -> None:
+    await start_worker(sandbox_url=sandbox_url)
+    [(waiting_key, waiting), (_, other)] = await reply_queues(broker, 2)
+    asked, unasked = payment_requested(), payment_requested()
+    await broker.publish(asked, headers={REPLY_TO_HEADER: waiting_key})
+    await broker.publish(unasked)
+
+    answer = await waiting.first(asked.payment_id)
+    subscribed = await observer.first(asked.payment_id)
+    await observer.first(unasked.payment_id)
+
+    # One publish: the subscribers' copy and the waiting intake's are the same message.
+    assert answer.id == subscribed.id
+    outcome = answer.message()
+    assert isinstance(outcome, PaymentIntentCreated) and outcome.checkout_url
+    # The other intake hears of neither payment; the waiting one of nothing but its own.
+    assert other.received == []
+    assert [e.payment_id for e in waiting.received] == [asked.payment_id]
+
+
+async def test_the_reply_address_survives_the_retries_through_the_delay_queues(
+    broker: Broker, start_worker: StartWorker, stripe_fake: tuple[StripeFake, str]
+) -> None:
+    fake, url = stripe_fake
+    await start_worker(payment_provider="stripe", stripe_api_key="sk_test_x", stripe_api_base=url)
+    fake.fail_next(2, status=503)
+    [(key, waiting)] = await reply_queues(broker, 1)
+    envelope = payment_requested()
+    await broker.publish(envelope, headers={REPLY_TO_HEADER: key})
+
+    outcome = (await waiting.first(envelope.payment_id)).message()
+
+    assert isinstance(outcome, PaymentIntentCreated)
+    assert create_requests(fake, envelope.payment_id) == 3
+
+
+async def test_an_intent_failed_after_its_retries_reaches_the_waiting_intake(
+    broker: Broker, start_worker: StartWorker
+) -> None:
+    await start_worker(sandbox_url=f"http://127.0.0.1:{free_port()}", gateway_max_attempts=3)
+    [(key, waiting)] = await reply_queues(broker, 1)
+    envelope = payment_requested()
+    await broker.publish(envelope, headers={REPLY_TO_HEADER: key})
+
+    outcome = (await waiting.first(envelope.payment_id)).message()
+
+    assert isinstance(outcome, PaymentIntentFailed)
+    assert "retries exhausted" in outcome.reason
 
 
 # --- commands ------------------------------------------------------------------------------------------------

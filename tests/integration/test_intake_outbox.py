@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from services.intake_api import store
 from services.intake_api.models import PaymentCreate
 from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
 from services.topology import CONSUMER_GROUPS
-from shared.broker import Broker
+from shared.broker import REPLY_TO_HEADER, Broker
 from shared.db import connect, create_pool
 from tests.support.brokers import take_all
 from tests.support.infra import Servers, create_database, drop_database
@@ -87,6 +88,38 @@ async def test_the_relay_publishes_unsent_rows_and_marks_them_sent(
 
     assert await unsent(outbox_pool) == 0
     assert sorted(await received_ids(broker, broker.names.queue("ledger"))) == sorted(event_ids)
+
+
+async def test_the_relay_publishes_a_waiting_requests_reply_address_and_none_for_one_that_does_not_wait(
+    outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
+) -> None:
+    await broker.declare_topology(CONSUMER_GROUPS)
+    reply_to = broker.names.reply_key("intake_api", secrets.token_hex(6))
+    waiting, not_waiting = store.new_payment_id(), store.new_payment_id()
+    for payment_id, address in ((waiting, reply_to), (not_waiting, None)):
+        await store.accept_payment(
+            outbox_pool,
+            payment_id=payment_id,
+            merchant_id="demo",
+            key=secrets.token_hex(8),
+            request=PAYMENT,
+            fingerprint=PAYMENT.fingerprint(),
+            ttl_seconds=1800,
+            reply_to=address,
+        )
+
+    assert await relay_for(outbox_pool, broker, outbox_db).publish_batch() == 2
+
+    # What the gateway_worker receives: the address rides with the request it answers.
+    channel = await broker.connection.channel()
+    headers: dict[str, object] = {}
+    try:
+        source = await channel.declare_queue(broker.names.queue("gateway_worker"), passive=True)
+        while (message := await source.get(no_ack=True, fail=False)) is not None:
+            headers[json.loads(message.body)["payment_id"]] = (message.headers or {}).get(REPLY_TO_HEADER)
+    finally:
+        await channel.close()
+    assert headers == {waiting: reply_to, not_waiting: None}
 
 
 async def test_rows_the_broker_does_not_confirm_stay_queued_until_it_does(

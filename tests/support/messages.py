@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from shared.events import Envelope, PaymentRequested
 from shared.providers.base import IntentRequest
 
 
 class Published(list[Envelope]):
-    """Stands in for the broker's publish: keeps every envelope, in order."""
+    """Stands in for the broker's publish: keeps every envelope, in order, and by event id the reply keys
+    each was published to besides (`also_to`)."""
 
-    async def __call__(self, envelope: Envelope) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: dict[UUID, tuple[str, ...]] = {}
+
+    async def __call__(self, envelope: Envelope, *, also_to: Sequence[str] = ()) -> None:
         self.append(envelope)
+        self.replies[envelope.id] = tuple(also_to)
 
 
 def payment_requested(payment_id: str | None = None) -> Envelope:

@@ -76,6 +76,15 @@ def test_the_intakes_private_queue_lists_the_intent_outcomes(document: dict[str,
     assert channel["bindings"]["amqp"]["queue"]["exclusive"] is True
 
 
+def test_the_intakes_private_queue_is_bound_by_its_reply_key_which_the_request_carries(
+    document: dict[str, Any],
+) -> None:
+    channel = document["channels"]["intake_apiPrivateQueue"]
+    assert "`reply.intake_api.<token>` alone" in channel["description"]
+    headers = document["components"]["messages"]["PaymentRequested"]["headers"]["properties"]
+    assert "x-paystream-reply-to" in headers
+
+
 def _payload_validator(document: dict[str, Any], message: type[Message]) -> jsonschema.Validator:
     registry: Registry[Any] = Registry().with_resource(
         "urn:paystream:asyncapi", Resource.from_contents(document, default_specification=DRAFT202012)

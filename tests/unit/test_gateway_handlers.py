@@ -121,6 +121,46 @@ async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
     assert published[0].id == published[1].id
 
 
+WAITING = replace(FIRST, reply_to="reply.intake_api.0123456789ab")
+
+
+async def test_the_intent_created_goes_to_the_waiting_intake_in_the_same_publish(
+    handlers: Handler, published: Published
+) -> None:
+    await handlers(payment_requested(), WAITING)
+
+    sent, message = only(published)
+    assert isinstance(message, PaymentIntentCreated)
+    assert published.replies[sent.id] == ("reply.intake_api.0123456789ab",)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PermanentGatewayError("POST /v1/intents answered 422"), TransientGatewayError("connection refused")],
+    ids=["permanent", "transient-on-the-last-attempt"],
+)
+async def test_a_failed_intent_goes_to_the_waiting_intake_too(
+    handlers: Handler, provider: FakeProvider, published: Published, error: Exception
+) -> None:
+    provider.error = error
+    await handlers(payment_requested(), replace(WAITING, attempt=5))
+
+    sent, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+    assert published.replies[sent.id] == ("reply.intake_api.0123456789ab",)
+
+
+async def test_an_outcome_nobody_waits_for_goes_to_its_subscribers_only(
+    handlers: Handler, provider: FakeProvider, published: Published
+) -> None:
+    payment_id, intent_id = await open_intent(handlers, provider)
+    await handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), WAITING)
+
+    assert [e.type for e in published] == ["payment.intent_created", "payment.status_changed"]
+    # Only an intent outcome answers a waiting intake; a cancel's outcome goes to its subscribers alone.
+    assert [published.replies[e.id] for e in published] == [(), ()]
+
+
 async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:

@@ -9,9 +9,17 @@ from services.ledger.handlers import LEDGER_MESSAGES
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES
 from services.topology import CONSUMER_GROUPS
 from shared.broker import Delivery
-from shared.events import NOTIFICATION_MESSAGE_TYPES, PAYMENT_MESSAGE_TYPES, CancelPayment, Envelope, ExpirePayment
+from shared.events import (
+    MESSAGE_TYPES,
+    NOTIFICATION_MESSAGE_TYPES,
+    PAYMENT_MESSAGE_TYPES,
+    CancelPayment,
+    Envelope,
+    ExpirePayment,
+)
 from shared.registry import MessageRegistry, Received, consumer_groups
 from shared.settlement import PoisonMessage
+from shared.topology import Names
 
 DELIVERY = Delivery(attempt=1, max_attempts=1, redelivered=False)
 
@@ -66,6 +74,15 @@ def test_every_notification_message_has_a_notifier_handler_and_none_reaches_the_
     notified = set(NOTIFIER_MESSAGES.group.routing_keys) | set(NOTIFIER_DELIVERIES.group.routing_keys)
     assert notified == set(NOTIFICATION_MESSAGE_TYPES)
     assert not notified & set(LEDGER_MESSAGES.group.routing_keys)
+
+
+def test_no_message_type_or_group_binding_can_take_a_reply_meant_for_one_intake_process() -> None:
+    # A reply goes to `reply.<group>.<token>` on the exchange: no group queue may be bound to match it.
+    reply = Names.reply_key("intake_api", "0123456789ab")
+    assert Names.is_reply_key(reply)
+    assert not any(Names.is_reply_key(t) for t in MESSAGE_TYPES)
+    keys = [key for group in CONSUMER_GROUPS for key in group.routing_keys]
+    assert keys and not any(Names.is_reply_key(key) or "#" in key or "*" in key for key in keys)
 
 
 def test_every_consumer_group_is_declared_once() -> None:
