@@ -111,14 +111,8 @@ async def test_the_relay_publishes_a_waiting_requests_reply_address_and_none_for
     assert await relay_for(outbox_pool, broker, outbox_db).publish_batch() == 2
 
     # What the gateway_worker receives: the address rides with the request it answers.
-    channel = await broker.connection.channel()
-    headers: dict[str, object] = {}
-    try:
-        source = await channel.declare_queue(broker.names.queue("gateway_worker"), passive=True)
-        while (message := await source.get(no_ack=True, fail=False)) is not None:
-            headers[json.loads(message.body)["payment_id"]] = (message.headers or {}).get(REPLY_TO_HEADER)
-    finally:
-        await channel.close()
+    received = await take_all(broker.connection, broker.names.queue("gateway_worker"))
+    headers = {json.loads(m.body)["payment_id"]: (m.headers or {}).get(REPLY_TO_HEADER) for m in received}
     assert headers == {waiting: reply_to, not_waiting: None}
 
 
