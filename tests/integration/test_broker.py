@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import aiormq
@@ -13,9 +12,10 @@ import pytest
 from services.gateway_worker.handlers import GATEWAY_MESSAGES
 from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy
-from shared.events import Envelope, PaymentIntentCreated, PaymentRequested
+from shared.events import Envelope, PaymentIntentCreated
 from shared.metrics import EVENTS_PROCESSED
 from tests.support.brokers import queue_depth
+from tests.support.messages import payment_requested
 from tests.support.processes import eventually
 
 FAST = RetryPolicy(max_attempts=3, base_seconds=0.05)
@@ -57,22 +57,6 @@ async def test_an_event_published_once_is_handled_once_per_consumer_group(broker
     assert seen["gateway_worker"] == [marker.id]
     # Both settled: no copy is left waiting to be delivered a second time.
     assert await queue_depth(broker, broker.names.queue("ledger")) == 0
-
-
-def payment_requested() -> Envelope:
-    now = datetime.now(UTC)
-    message = PaymentRequested(
-        merchant_id="demo",
-        idempotency_key=uuid.uuid4().hex,
-        request_fingerprint="f" * 64,
-        amount=1999,
-        currency="USD",
-        reference="order-1",
-        return_url="https://shop.example/orders/1",
-        created_at=now,
-        expires_at=now + timedelta(minutes=30),
-    )
-    return Envelope.wrap(message, payment_id=f"pay_{uuid.uuid4().hex}", source="intake")
 
 
 def _handled(group: str, envelope_type: str) -> float:

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from services.ledger.outcomes import status_recorded
 from services.ledger.state_machine import PaymentState, decide
 from shared.events import (
     Envelope,
     PaymentIntentCreated,
-    PaymentRequested,
     PaymentStatus,
     PaymentStatusChanged,
     PaymentStatusRecorded,
 )
+from tests.support.messages import payment_requested
 
-NOW = datetime(2026, 12, 2, tzinfo=UTC)
 PENDING = PaymentState(status=PaymentStatus.PENDING, amount=1999, currency="USD")
-
-
-def request() -> Envelope:
-    message = PaymentRequested(
-        merchant_id="demo",
-        idempotency_key="k",
-        request_fingerprint="f",
-        amount=1999,
-        currency="USD",
-        reference="order-1",
-        return_url="https://shop.example/orders/1",
-        created_at=NOW,
-        expires_at=NOW + timedelta(minutes=30),
-    )
-    return Envelope.wrap(message, payment_id="pay_1", source="intake")
 
 
 def succeeded() -> Envelope:
@@ -40,7 +22,7 @@ def succeeded() -> Envelope:
 
 
 def test_a_new_payment_is_announced_as_recorded_pending() -> None:
-    envelope = request()
+    envelope = payment_requested("pay_1")
     announcement = status_recorded(envelope, "applied", None)
     assert announcement is not None and announcement.type == "ledger.status_recorded"
     message = announcement.message()
@@ -50,7 +32,7 @@ def test_a_new_payment_is_announced_as_recorded_pending() -> None:
 
 
 def test_a_payment_already_recorded_is_not_announced_again_as_new() -> None:
-    assert status_recorded(request(), "ignored: payment already recorded", None) is None
+    assert status_recorded(payment_requested("pay_1"), "ignored: payment already recorded", None) is None
 
 
 def test_a_status_change_is_announced_under_an_id_derived_from_its_event() -> None:
