@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -56,5 +57,9 @@ async def ledger_payment(conn: asyncpg.Connection | asyncpg.Pool, payment_id: st
     )
     if row is None:
         return None
-    fields: dict[str, Any] = {name: row[name] for name in LEDGER_COLUMNS}
-    return row["merchant_id"], Payment(**fields)
+    return row["merchant_id"], payment_of(row)
+
+
+def payment_of(row: Mapping[str, Any], prefix: str = "") -> Payment:
+    """The payment resource from a row that holds LEDGER_COLUMNS, each named `prefix` + the column's name."""
+    return Payment(**{name: row[prefix + name] for name in LEDGER_COLUMNS})

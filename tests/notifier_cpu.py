@@ -20,43 +20,32 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-from pydantic import SecretStr
 from standardwebhooks import Webhook
 
 from shared.broker import Broker
-from shared.config import DEV_WEBHOOK_SECRETS_KEY
 from shared.events import Envelope, PaymentStatus, PaymentStatusRecorded
-from shared.webhook_secrets import SecretBox, new_signing_secret
 from tests.support.cpu import cpu_seconds, profiled, publish_all
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
 from tests.support.merchant_receiver import MerchantReceiver
+from tests.support.notifier_rows import insert_endpoint, insert_payments, set_status
 from tests.support.processes import ServiceProcess, eventually, stack_environment
 
 MERCHANT = "demo"
 
-_INSERT_PAYMENTS = """
-INSERT INTO ledger.payment_requests
-    (id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, metadata, return_url,
-     status, created_at, updated_at, expires_at)
-SELECT id, $2, 'key-' || id, repeat('f', 64), 'order-' || id, 1999, 'USD', '{"cart": "42"}'::jsonb,
-       'https://shop.example/done', 'PENDING', $3, $3, $4
-FROM unnest($1::text[]) AS id
-"""
 
-
-def recorded(
-    previous: PaymentStatus | None, status: PaymentStatus, payment_ids: list[str]
-) -> list[tuple[str, Envelope]]:
-    """What the ledger publishes when it commits `status` for each payment: (merchant event type, envelope)."""
-    found = []
-    for payment_id in payment_ids:
-        message = PaymentStatusRecorded(from_status=previous, status=status, ledger_event_id=str(uuid.uuid4()))
-        found.append((message.merchant_event_type, Envelope.wrap(message, payment_id=payment_id, source="ledger")))
-    return found
+def recorded(previous: PaymentStatus | None, status: PaymentStatus, payment_ids: list[str]) -> list[Envelope]:
+    """What the ledger publishes when it commits `status` for each payment."""
+    return [
+        Envelope.wrap(
+            PaymentStatusRecorded(from_status=previous, status=status, ledger_event_id=str(uuid.uuid4())),
+            payment_id=payment_id,
+            source="ledger",
+        )
+        for payment_id in payment_ids
+    ]
 
 
 def check_deliveries(receiver: MerchantReceiver, secret: str, expected: dict[str, str], payments: int) -> int:
@@ -94,18 +83,9 @@ async def main(payments: int, profile: str | None) -> None:
         pid = notifier.process.pid
         await broker.connect()
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        secret = new_signing_secret()
-        sealed = SecretBox([SecretStr(DEV_WEBHOOK_SECRETS_KEY)]).seal(secret)
-        await pool.execute(
-            "INSERT INTO notifier.webhook_endpoints (id, merchant_id, url, events, secret_sealed)"
-            " VALUES ('we_cpu', $1, $2, '{*}', $3)",
-            MERCHANT,
-            receiver.url,
-            sealed,
-        )
+        secret = await insert_endpoint(pool, "we_cpu", MERCHANT, receiver.url)
         ids = [f"pay_{secrets.token_hex(16)}" for _ in range(payments)]
-        now = datetime.now(UTC)
-        await pool.execute(_INSERT_PAYMENTS, ids, MERCHANT, now, now + timedelta(minutes=30))
+        await insert_payments(pool, ids, MERCHANT)
 
         def delivered(count: int) -> Callable[[], Awaitable[bool]]:
             async def probe() -> bool:
@@ -115,13 +95,9 @@ async def main(payments: int, profile: str | None) -> None:
             return probe
 
         async def succeed() -> None:
-            await pool.execute(
-                "UPDATE ledger.payment_requests SET status = 'SUCCEEDED', updated_at = clock_timestamp(),"
-                " version = version + 1 WHERE id = ANY ($1)",
-                ids,
-            )
+            await set_status(pool, ids, "SUCCEEDED")
 
-        phases: list[tuple[Callable[[], Awaitable[None]] | None, list[tuple[str, Envelope]]]] = [
+        phases: list[tuple[Callable[[], Awaitable[None]] | None, list[Envelope]]] = [
             (None, recorded(None, PaymentStatus.PENDING, ids)),
             (succeed, recorded(PaymentStatus.PENDING, PaymentStatus.SUCCEEDED, ids)),
         ]
@@ -130,7 +106,7 @@ async def main(payments: int, profile: str | None) -> None:
             for n, (before, phase) in enumerate(phases, start=1):
                 if before is not None:
                     await before()
-                await publish_all(broker, [envelope for _, envelope in phase])
+                await publish_all(broker, phase)
                 await eventually(delivered(n * payments), timeout=600, interval=0.2, what=f"phase {n} delivered")
             spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
         duplicates = check_deliveries(

@@ -45,6 +45,9 @@ class DeliveryTarget:
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
     failing_since: datetime | None
+    # The event's payment as the ledger has it now, read with the rest; None: the event has no payment (or the
+    # ledger has it no more), and its object is delivered as recorded.
+    payment: dict[str, Any] | None
 
 
 class NotifierStore(Protocol):
@@ -57,7 +60,8 @@ class NotifierStore(Protocol):
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         """Open the event's deliveries again, to every matching enabled endpoint: the event and their ids."""
 
-    async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None: ...
+    async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
+        """What delivering the event to the endpoint needs, its payment as it stands now included."""
 
     async def record_attempt(
         self, target: DeliveryTarget, result: AttemptResult, step: NextStep, attempted_at: datetime
@@ -138,7 +142,8 @@ async def deliver(notifier: Notifier, command: DeliverWebhook, position: int) ->
         return None
     if target.delivery_status != "pending" and not command.redelivery:
         return None  # delivered, or given up on: a duplicate of a message already handled
-    current = await _current_object(notifier, target.event)
+    # A payment event carries the payment as it is now, so a late or retried delivery is never stale.
+    current = target.payment if target.payment is not None else dict(target.event.data.get("object") or {})
     body = delivery_body(target.event, current)
     secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
     result = await notifier.send(target.url, body, signature_headers(target.event.id, now, body, secrets))
@@ -173,15 +178,6 @@ async def deliver(notifier: Notifier, command: DeliverWebhook, position: int) ->
     if step.kind == "retry":
         raise RetryLater(f"endpoint answered {result.status_code or result.error}", delay_seconds=step.delay_seconds)
     return step
-
-
-async def _current_object(notifier: Notifier, event: MerchantEvent) -> dict[str, Any]:
-    """A payment event carries the payment as it is now, so a late or retried delivery is never stale."""
-    if event.payment_id:
-        found = await notifier.store.payment(event.payment_id)
-        if found is not None:
-            return found[1]
-    return dict(event.data.get("object") or {})
 
 
 async def _endpoint_disabled(notifier: Notifier, endpoint_id: str) -> None:

@@ -9,7 +9,7 @@ import asyncpg
 
 from services.notifier.handlers import DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
-from shared.payment_resource import ledger_payment
+from shared.payment_resource import LEDGER_COLUMNS, ledger_payment, payment_of
 from shared.webhook_secrets import SecretBox
 
 
@@ -40,14 +40,16 @@ UNION
 SELECT endpoint_id FROM notifier.deliveries WHERE event_id = $1 AND status = 'pending'
 """
 
-_TARGET = """
+# What one delivery needs, and the event's payment as it stands now (ledger_*; null if it has none), together.
+_TARGET = f"""
 SELECT e.id AS event_id, e.type, e.merchant_id, e.payment_id, e.data, e.created_at,
        w.id AS endpoint_id, w.url, w.status AS endpoint_status, w.deleted_at, w.secret_sealed,
        w.previous_secret_sealed, w.previous_secret_expires_at, w.failing_since,
-       d.status AS delivery_status
+       d.status AS delivery_status, {", ".join(f"p.{name} AS ledger_{name}" for name in LEDGER_COLUMNS)}
 FROM notifier.deliveries d
 JOIN notifier.events e ON e.id = d.event_id
 JOIN notifier.webhook_endpoints w ON w.id = d.endpoint_id
+LEFT JOIN ledger.payment_requests p ON p.id = e.payment_id
 WHERE d.event_id = $1 AND d.endpoint_id = $2
 """
 
@@ -156,6 +158,7 @@ class PostgresNotifierStore:
             previous_secret=self._box.open(previous) if previous else None,
             previous_secret_expires_at=row["previous_secret_expires_at"],
             failing_since=row["failing_since"],
+            payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
         )
 
     async def record_attempt(

@@ -69,8 +69,10 @@ class FakeStore:
         if status is None:
             return None
         endpoint = self.endpoints[endpoint_id]
+        event = self.events[event_id]
+        payment = self.payments.get(event.payment_id) if event.payment_id else None
         return DeliveryTarget(
-            event=self.events[event_id],
+            event=event,
             endpoint_id=endpoint_id,
             url=endpoint.url,
             endpoint_enabled=endpoint.enabled,
@@ -79,6 +81,7 @@ class FakeStore:
             previous_secret=None,
             previous_secret_expires_at=None,
             failing_since=endpoint.failing_since,
+            payment=None if payment is None else payment[1],
         )
 
     async def record_attempt(

@@ -1,0 +1,183 @@
+"""The notifier's store against the real database: what a delivery reads, and what each attempt records.
+
+The handlers' tests run over a fake store; these check the SQL behind it: the payment read with the delivery
+target is the ledger's row as it stands now, and an attempt's row, its delivery's state and its endpoint's
+failure state are written as the rules decided.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
+from services.notifier.store import PostgresNotifierStore
+from shared.db import migrate
+from tests.support.notifier_rows import DEV_BOX, insert_endpoint, insert_payments, set_status
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+MERCHANT = "shop"
+
+
+@pytest.fixture(scope="module")
+async def notifier_schema(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await migrate(conn, ["notifier"])
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool, notifier_schema: None) -> AsyncIterator[PostgresNotifierStore]:
+    yield PostgresNotifierStore(pool, DEV_BOX)
+
+
+async def an_endpoint(pool: asyncpg.Pool, events: tuple[str, ...] = ("*",)) -> tuple[str, str]:
+    endpoint_id = f"we_{secrets.token_hex(8)}"
+    secret = await insert_endpoint(pool, endpoint_id, MERCHANT, "http://shop.example/hooks", events)
+    return endpoint_id, secret
+
+
+async def a_payment_event(store: PostgresNotifierStore, pool: asyncpg.Pool) -> tuple[MerchantEvent, list[str]]:
+    """A new payment, and its payment.created event recorded: the event and its pending deliveries."""
+    payment_id = f"pay_{secrets.token_hex(8)}"
+    await insert_payments(pool, [payment_id], MERCHANT)
+    found = await store.payment(payment_id)
+    assert found is not None
+    event = MerchantEvent(
+        id=f"evt_{secrets.token_hex(8)}",
+        type="payment.created",
+        merchant_id=found[0],
+        payment_id=payment_id,
+        created=NOW,
+        data={"object": found[1]},
+    )
+    return event, await store.record_event(event)
+
+
+def failed(status: int | None = 500) -> AttemptResult:
+    return AttemptResult(status_code=status, error=None if status else "connection: refused", duration_ms=7)
+
+
+async def failing_since(pool: asyncpg.Pool, endpoint_id: str) -> datetime | None:
+    found: datetime | None = await pool.fetchval(
+        "SELECT failing_since FROM notifier.webhook_endpoints WHERE id = $1", endpoint_id
+    )
+    return found
+
+
+async def test_the_target_carries_the_payment_as_it_stands_now(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    endpoint_id, secret = await an_endpoint(pool)
+    event, pending = await a_payment_event(store, pool)
+    assert endpoint_id in pending
+    await set_status(pool, [event.payment_id or ""], "SUCCEEDED")
+
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+
+    assert target is not None and target.payment is not None
+    assert event.data["object"]["status"] == "PENDING"
+    now = await store.payment(event.payment_id or "")
+    assert now is not None and target.payment == now[1] and target.payment["status"] == "SUCCEEDED"
+    assert (target.secret, target.delivery_status, target.endpoint_enabled) == (secret, "pending", True)
+
+
+async def test_an_event_without_a_payment_has_no_payment_in_its_target(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    endpoint_id, _ = await an_endpoint(pool)
+    event = MerchantEvent(
+        id=f"evt_{secrets.token_hex(8)}",
+        type="webhook_endpoint.disabled",
+        merchant_id=MERCHANT,
+        payment_id=None,
+        created=NOW,
+        data={"object": {"id": "we_other"}},
+    )
+    assert endpoint_id in await store.record_event(event)
+
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+
+    assert target is not None and target.payment is None and target.event.data == event.data
+
+
+async def test_attempts_are_numbered_and_an_endpoint_fails_from_its_first_failure_until_a_success(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    endpoint_id, _ = await an_endpoint(pool)
+    event, _ = await a_payment_event(store, pool)
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert target is not None
+    first, later = NOW, NOW + timedelta(seconds=5)
+
+    assert await store.record_attempt(target, failed(500), NextStep("retry", 5, first), first) == 1
+    assert await store.record_attempt(target, failed(None), NextStep("retry", 60, later), later) == 2
+    assert await failing_since(pool, endpoint_id) == first  # since the first failure, not the latest
+    pending = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert pending is not None and pending.delivery_status == "pending" and pending.failing_since == first
+
+    assert await store.record_attempt(target, AttemptResult(200, None, 3), NextStep("delivered"), later) == 3
+
+    assert await failing_since(pool, endpoint_id) is None
+    rows = await pool.fetch(
+        "SELECT attempt, status_code, error, duration_ms, next_attempt_at FROM notifier.delivery_attempts"
+        " WHERE event_id = $1 ORDER BY id",
+        event.id,
+    )
+    assert [(r["attempt"], r["status_code"], r["next_attempt_at"]) for r in rows] == [
+        (1, 500, first + timedelta(seconds=5)),
+        (2, None, later + timedelta(seconds=60)),
+        (3, 200, None),
+    ]
+    assert rows[1]["error"] == "connection: refused" and rows[0]["duration_ms"] == 7
+    delivery = await pool.fetchrow(
+        "SELECT status, attempts, delivered_at, next_attempt_at FROM notifier.deliveries"
+        " WHERE event_id = $1 AND endpoint_id = $2",
+        event.id,
+        endpoint_id,
+    )
+    assert delivery is not None
+    assert (delivery["status"], delivery["attempts"], delivery["next_attempt_at"]) == ("delivered", 3, None)
+    assert delivery["delivered_at"] is not None
+
+
+async def test_giving_up_fails_the_delivery_and_leaves_the_endpoint_failing(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    endpoint_id, _ = await an_endpoint(pool)
+    event, _ = await a_payment_event(store, pool)
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert target is not None
+
+    assert await store.record_attempt(target, failed(503), NextStep("give_up", failing_since=NOW), NOW) == 1
+
+    after = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert after is not None and after.delivery_status == "failed" and after.endpoint_enabled
+    assert await failing_since(pool, endpoint_id) == NOW
+
+
+async def test_disabling_an_endpoint_fails_its_other_pending_deliveries(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    endpoint_id, _ = await an_endpoint(pool)
+    event, _ = await a_payment_event(store, pool)
+    other, _ = await a_payment_event(store, pool)
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert target is not None
+    since = NOW - timedelta(days=6)
+
+    assert await store.record_attempt(target, failed(500), NextStep("disable", failing_since=since), NOW) == 1
+
+    endpoint = await pool.fetchrow("SELECT * FROM notifier.webhook_endpoints WHERE id = $1", endpoint_id)
+    assert endpoint is not None
+    assert (endpoint["status"], endpoint["failing_since"]) == ("disabled", since)
+    assert endpoint["disabled_at"] is not None
+    statuses = await pool.fetch(
+        "SELECT event_id, status FROM notifier.deliveries WHERE endpoint_id = $1 ORDER BY event_id", endpoint_id
+    )
+    assert {r["event_id"]: r["status"] for r in statuses} == {event.id: "failed", other.id: "failed"}
+    later = await store.delivery_target(other.id, endpoint_id, NOW)
+    assert later is not None and not later.endpoint_enabled
