@@ -334,8 +334,10 @@ class Broker:
                 timestamp=envelope.occurred_at,
                 headers=sent,
             )
+            # The one deadline, for the whole publish and its confirm: a timeout passed to aio-pika would be
+            # carried out by aiormq as an asyncio.wait_for around each of its steps, a task each (Python 3.11).
             async with asyncio.timeout(timeout):
-                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=timeout)
+                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=None)
 
     async def _publish_for_retry(
         self, queue: str, message: AbstractIncomingMessage, attempt: int, delay_seconds: float

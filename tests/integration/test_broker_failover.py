@@ -6,9 +6,12 @@ A real three-node cluster is tests/support's cluster fixture."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 
+import aiormq
 import pytest
 
 from services.topology import CONSUMER_GROUPS
@@ -95,6 +98,27 @@ async def test_when_its_node_goes_away_the_broker_moves_to_another_and_its_consu
         # No count of `before` is asserted: delivery is at least once, and an ack still in flight when the link was
         # cut is lost with it, so the event may come again on the other node (every consumer is idempotent).
     finally:
+        await broker.close()
+
+
+async def test_a_publish_while_no_node_answers_raises_within_its_timeout(
+    amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
+) -> None:
+    # Refused at once on the closed channel, or cut short by its one deadline: never a wait for the reconnect.
+    link = nodes[0]
+    broker = Broker(node_list(amqp_url, link), namespace, name="test-publish-timeout")
+    await broker.connect(timeout=5)
+    try:
+        await broker.declare_topology(CONSUMER_GROUPS)
+        link.cut()
+        await eventually(lambda: _not(broker.is_ready()), what="the broker to notice the cut")
+        started = time.monotonic()
+        # Which error depends on how far the reconnect got; the outer 10 s would be a TimeoutError too late.
+        with pytest.raises((TimeoutError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError)):
+            await asyncio.wait_for(broker.publish(intent_created(), timeout=1), 10)
+        assert time.monotonic() - started < 5
+    finally:
+        link.restore()
         await broker.close()
 
 
