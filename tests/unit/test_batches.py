@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
+import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry.trace import INVALID_SPAN
 
@@ -148,3 +150,24 @@ async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -
         await asyncio.gather(task, return_exceptions=True)
 
     assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
+
+
+async def test_a_messages_context_binds_its_log_context_and_restores_what_was_bound_before() -> None:
+    outer, inner = [await decode(cast(AbstractIncomingMessage, m)) for m in messages(2)]
+    structlog.contextvars.bind_contextvars(service="ledger", event_id="before")
+    try:
+        with outer.context():
+            with inner.context():
+                assert structlog.contextvars.get_contextvars() == {"service": "ledger", **inner.log_context}
+            assert structlog.contextvars.get_contextvars() == {"service": "ledger", **outer.log_context}
+        assert structlog.contextvars.get_contextvars() == {"service": "ledger", "event_id": "before"}
+        with pytest.raises(ValueError), outer.context():
+            raise ValueError("the handler failed")
+        assert structlog.contextvars.get_contextvars() == {"service": "ledger", "event_id": "before"}
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert outer.log_context == {
+        "payment_id": outer.envelope.payment_id,
+        "event_id": str(outer.envelope.id),
+        "event_type": "payment.status_changed",
+    }
