@@ -27,7 +27,7 @@ from services.sandbox_gateway.intents import IntentDraft, IntentStatus, IntentSt
 from services.sandbox_gateway.webhooks import WebhookSender
 from shared.config import Settings
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest
+from shared.providers.base import IntentRequest, WebhookEvent
 from shared.providers.sandbox import SandboxProvider
 
 ADMIN_TOKEN = "sandbox-admin-test-token"
@@ -57,6 +57,13 @@ class WebhookTarget:
         if self.stalls:
             await asyncio.sleep(self.stalls.popleft())
         return web.Response(status=self.answers.popleft() if self.answers else 200)
+
+    async def only_event(self, within: float = 5.0) -> WebhookEvent:
+        """The one webhook received (waited for), as the gateway_worker's sandbox provider reads it."""
+        [delivery] = await eventually(lambda: self.received, within)
+        event = verifier().parse_webhook(delivery.body)
+        assert event is not None
+        return event
 
 
 async def eventually(condition: Callable[[], Any], within: float = 5.0) -> Any:
@@ -254,18 +261,21 @@ async def test_the_sandbox_provider_client_cancel_after_success_reports_succeede
 # --- cancel --------------------------------------------------------------------------------------------
 
 
-async def test_cancel_closes_an_open_intent(sandbox: TestClient) -> None:
+@pytest.mark.parametrize(
+    ("reason", "closed"),
+    [
+        pytest.param(None, ("canceled", None), id="cancel closes an open intent"),
+        pytest.param({"reason": "expired"}, ("expired", "expired"), id="cancel with reason expired expires it"),
+    ],
+)
+async def test_cancel_closes_an_open_intent_as_its_reason_says(
+    sandbox: TestClient, reason: dict[str, str] | None, closed: tuple[str, str | None]
+) -> None:
     intent = await create_intent(sandbox)
-    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
-    assert response.status == 200
-    assert (await response.json())["status"] == "canceled"
-
-
-async def test_cancel_with_reason_expired_expires_the_intent(sandbox: TestClient) -> None:
-    intent = await create_intent(sandbox)
-    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json={"reason": "expired"})
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json=reason)
     body = await response.json()
-    assert (body["status"], body["failure_code"]) == ("expired", "expired")
+    assert response.status == 200
+    assert (body["status"], body["failure_code"]) == closed
 
 
 async def test_cancel_twice_answers_200_unchanged(sandbox: TestClient) -> None:
@@ -288,19 +298,21 @@ async def test_cancel_after_success_is_409(sandbox: TestClient) -> None:
 # --- simulate ------------------------------------------------------------------------------------------
 
 
-async def test_simulate_with_the_4242_card_succeeds_and_keeps_last4(sandbox: TestClient) -> None:
+@pytest.mark.parametrize(
+    ("card_number", "settled"),
+    [
+        pytest.param("4242 4242 4242 4242", ("succeeded", "4242", None), id="4242 succeeds and keeps last4"),
+        pytest.param("4000000000009995", ("failed", "9995", "insufficient_funds"), id="9995 fails, insufficient funds"),
+    ],
+)
+async def test_simulate_with_a_test_card_settles_the_intent_as_the_card_says(
+    sandbox: TestClient, card_number: str, settled: tuple[str, str, str | None]
+) -> None:
     intent = await create_intent(sandbox)
-    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4242 4242 4242 4242"})
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": card_number})
     body = await response.json()
     assert response.status == 200
-    assert (body["status"], body["last4"], body["failure_code"]) == ("succeeded", "4242", None)
-
-
-async def test_simulate_with_the_9995_card_fails_with_insufficient_funds(sandbox: TestClient) -> None:
-    intent = await create_intent(sandbox)
-    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": "4000000000009995"})
-    body = await response.json()
-    assert (body["status"], body["failure_code"]) == ("failed", "insufficient_funds")
+    assert (body["status"], body["last4"], body["failure_code"]) == settled
 
 
 async def test_simulate_with_a_luhn_invalid_number_is_422_and_changes_nothing(sandbox: TestClient) -> None:
@@ -503,9 +515,8 @@ async def test_a_payment_sends_a_webhook_signed_with_the_first_secret(
 async def test_a_cancel_sends_a_canceled_webhook(sandbox: TestClient, webhook_target: WebhookTarget) -> None:
     intent = await create_intent(sandbox)
     await sandbox.post(f"/v1/intents/{intent['id']}/cancel")
-    [delivery] = await eventually(lambda: webhook_target.received)
-    event = verifier().parse_webhook(delivery.body)
-    assert event is not None and event.status is PaymentStatus.CANCELED
+    event = await webhook_target.only_event()
+    assert event.status is PaymentStatus.CANCELED
 
 
 async def test_a_webhook_answered_500_is_retried_until_accepted(
@@ -593,9 +604,8 @@ async def test_autopay_succeed_pays_every_new_intent_with_the_4242_card(
     intent = await create_intent(sandbox)
     after = await fetch_intent(sandbox, intent["id"])
     assert (intent["status"], after["status"], after["last4"]) == ("open", "succeeded", "4242")
-    [delivery] = await eventually(lambda: webhook_target.received)
-    event = verifier().parse_webhook(delivery.body)
-    assert event is not None and event.status is PaymentStatus.SUCCEEDED
+    event = await webhook_target.only_event()
+    assert event.status is PaymentStatus.SUCCEEDED
 
 
 async def test_autopay_fail_declines_every_new_intent(start_sandbox: StartSandbox) -> None:
@@ -614,18 +624,16 @@ async def test_an_intent_past_its_expiry_is_expired_when_read(
     intent = await create_intent(sandbox, expires_at=int(time.time()) - 1)
     after = await fetch_intent(sandbox, intent["id"])
     assert (after["status"], after["failure_code"]) == ("expired", "expired")
-    [delivery] = await eventually(lambda: webhook_target.received)
-    event = verifier().parse_webhook(delivery.body)
-    assert event is not None and event.status is PaymentStatus.EXPIRED
+    event = await webhook_target.only_event()
+    assert event.status is PaymentStatus.EXPIRED
 
 
 async def test_the_sweep_expires_an_intent_and_sends_payment_expired(
     sandbox: TestClient, webhook_target: WebhookTarget
 ) -> None:
     intent = await create_intent(sandbox, expires_at=int(time.time()) + 1)
-    [delivery] = await eventually(lambda: webhook_target.received, within=4.0)
-    event = verifier().parse_webhook(delivery.body)
-    assert event is not None and event.status is PaymentStatus.EXPIRED
+    event = await webhook_target.only_event(within=4.0)
+    assert event.status is PaymentStatus.EXPIRED
     assert event.provider_payment_id == intent["id"]
 
 
