@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 import aiormq
 import pytest
@@ -34,6 +35,17 @@ def node_list(amqp_url: str, *proxies: LinkProxy) -> str:
     return ",".join(through(amqp_url, proxy, query="reconnect_interval=0.2") for proxy in proxies)
 
 
+@asynccontextmanager
+async def connected(amqp_url: str, namespace: str, name: str, *proxies: LinkProxy) -> AsyncIterator[Broker]:
+    """A Broker named `name`, connected through the first of `proxies` that answers; closed on exit."""
+    broker = Broker(node_list(amqp_url, *proxies), namespace, name=name)
+    await broker.connect(timeout=5)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
 def intent_created() -> Envelope:
     message = PaymentIntentCreated(provider="sandbox", provider_payment_id="pi_1", checkout_url="http://x/pay/pi_1")
     return Envelope.wrap(message, payment_id=f"pay_{uuid.uuid4().hex}", source="gateway")
@@ -48,14 +60,10 @@ async def test_the_first_node_that_answers_is_used(
 ) -> None:
     first, second = nodes
     first.cut()
-    broker = Broker(node_list(amqp_url, first, second), namespace, name="test-failover")
-    await broker.connect(timeout=5)
-    try:
+    async with connected(amqp_url, namespace, "test-failover", first, second) as broker:
         assert f":{second.port}" in broker.node
         await broker.declare_topology(CONSUMER_GROUPS)
         await broker.publish(intent_created())
-    finally:
-        await broker.close()
 
 
 async def test_no_node_answering_raises_the_connection_error(
@@ -72,9 +80,7 @@ async def test_when_its_node_goes_away_the_broker_moves_to_another_and_its_consu
     amqp_url: str, namespace: str, nodes: tuple[LinkProxy, LinkProxy]
 ) -> None:
     first, second = nodes
-    broker = Broker(node_list(amqp_url, first, second), namespace, name="test-failover")
-    await broker.connect(timeout=5)
-    try:
+    async with connected(amqp_url, namespace, "test-failover", first, second) as broker:
         assert f":{first.port}" in broker.node
         await broker.declare_topology(CONSUMER_GROUPS)
         received: list[uuid.UUID] = []
@@ -97,8 +103,6 @@ async def test_when_its_node_goes_away_the_broker_moves_to_another_and_its_consu
         await eventually(lambda: _is(after.id in received), what="the consumer resumed on the other node")
         # No count of `before` is asserted: delivery is at least once, and an ack still in flight when the link was
         # cut is lost with it, so the event may come again on the other node (every consumer is idempotent).
-    finally:
-        await broker.close()
 
 
 async def test_a_publish_while_no_node_answers_raises_within_its_timeout(
@@ -106,20 +110,18 @@ async def test_a_publish_while_no_node_answers_raises_within_its_timeout(
 ) -> None:
     # Refused at once on the closed channel, or cut short by its one deadline: never a wait for the reconnect.
     link = nodes[0]
-    broker = Broker(node_list(amqp_url, link), namespace, name="test-publish-timeout")
-    await broker.connect(timeout=5)
-    try:
-        await broker.declare_topology(CONSUMER_GROUPS)
-        link.cut()
-        await eventually(lambda: _not(broker.is_ready()), what="the broker to notice the cut")
-        started = time.monotonic()
-        # Which error depends on how far the reconnect got; the outer 10 s would be a TimeoutError too late.
-        with pytest.raises((TimeoutError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError)):
-            await asyncio.wait_for(broker.publish(intent_created(), timeout=1), 10)
-        assert time.monotonic() - started < 5
-    finally:
-        link.restore()
-        await broker.close()
+    async with connected(amqp_url, namespace, "test-publish-timeout", link) as broker:
+        try:
+            await broker.declare_topology(CONSUMER_GROUPS)
+            link.cut()
+            await eventually(lambda: _not(broker.is_ready()), what="the broker to notice the cut")
+            started = time.monotonic()
+            # Which error depends on how far the reconnect got; the outer 10 s would be a TimeoutError too late.
+            with pytest.raises((TimeoutError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError)):
+                await asyncio.wait_for(broker.publish(intent_created(), timeout=1), 10)
+            assert time.monotonic() - started < 5
+        finally:
+            link.restore()
 
 
 async def _published(broker: Broker, envelope: Envelope) -> bool:
@@ -138,9 +140,7 @@ async def test_a_reconnect_restores_the_private_queue_and_its_consumer_every_tim
     # could restore the consumer first: NOT_FOUND closed the connection, again at every attempt, and the
     # outbox never drained (the broker-outage e2e test failed that way about one run in three).
     link = nodes[0]
-    broker = Broker(node_list(amqp_url, link), namespace, name="test-private-restore")
-    await broker.connect(timeout=5)
-    try:
+    async with connected(amqp_url, namespace, "test-private-restore", link) as broker:
         await broker.declare_topology(CONSUMER_GROUPS)
         heard: list[uuid.UUID] = []
 
@@ -154,8 +154,6 @@ async def test_a_reconnect_restores_the_private_queue_and_its_consumer_every_tim
             link.restore()
             await eventually(broker.is_ready, what="the broker ready again")
             await _published_and_heard(broker, heard)
-    finally:
-        await broker.close()
 
 
 async def _published_and_heard(broker: Broker, heard: list[uuid.UUID]) -> None:
