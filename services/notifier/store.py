@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,7 +108,9 @@ class PostgresNotifierStore:
 
     def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
         self._pool = pool
-        self._box = box
+        # Opened secrets by ciphertext: one Fernet decryption per endpoint secret, not one per delivery. The key
+        # that opens them is in this process anyway; a rotated secret is new ciphertext, the old one ages out.
+        self._open = functools.lru_cache(maxsize=1024)(box.open)
 
     async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
         found = await ledger_payment(self._pool, payment_id)
@@ -154,8 +157,8 @@ class PostgresNotifierStore:
             url=row["url"],
             endpoint_enabled=row["endpoint_status"] == "enabled",
             delivery_status=row["delivery_status"],
-            secret=self._box.open(row["secret_sealed"]),
-            previous_secret=self._box.open(previous) if previous else None,
+            secret=self._open(row["secret_sealed"]),
+            previous_secret=self._open(previous) if previous else None,
             previous_secret_expires_at=row["previous_secret_expires_at"],
             failing_since=row["failing_since"],
             payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
