@@ -150,7 +150,7 @@ async def start_checkout(
     order_id: str,
     idempotency_key: str,
     body: dict[str, Any],
-    bound: structlog.stdlib.BoundLogger,
+    bound: structlog.typing.FilteringBoundLogger,
     *,
     again: tuple[str, dict[str, str]],
 ) -> web.Response:
