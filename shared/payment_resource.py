@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from pydantic import BaseModel, Field
 
 from shared.events import PaymentStatus
@@ -48,16 +47,6 @@ class Payment(BaseModel):
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
-
-
-async def ledger_payment(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str) -> tuple[str, Payment] | None:
-    """(merchant id, the payment as the ledger has it now), or None if the ledger has no such payment."""
-    row = await conn.fetchrow(
-        f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE id = $1", payment_id
-    )
-    if row is None:
-        return None
-    return row["merchant_id"], payment_of(row)
 
 
 def payment_of(row: Mapping[str, Any], prefix: str = "") -> Payment:

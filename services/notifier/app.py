@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish
+from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish, record_batch
 from services.notifier.sender import WebhookSender
 from services.notifier.store import PostgresNotifierStore
 from services.topology import CONSUMER_GROUPS
@@ -21,6 +22,9 @@ from shared.webhook_secrets import SecretBox
 
 EVENTS_GROUP = NOTIFIER_MESSAGES.name
 DELIVERIES_GROUP = NOTIFIER_DELIVERIES.name
+# The most ledger records stored in one batch, and how many the broker may hand out ahead (the next batch).
+EVENTS_BATCH = 64
+EVENTS_PREFETCH = 128
 # Deliveries in flight at once per process: a slow endpoint holds one of these, never the others.
 DELIVERY_CONCURRENCY = 64
 
@@ -54,8 +58,13 @@ def create_app(settings: Settings) -> web.Application:
             notifier = build_notifier(settings, store, session, broker.publish)
 
             schedule = settings.webhook_retry_schedule_seconds
-            await broker.consume(
-                EVENTS_GROUP, NOTIFIER_MESSAGES.dispatcher(notifier), retry=RetryPolicy(8, 0.5), prefetch=32
+            # In batches: the ledger records that queued up meanwhile are stored in two statements for all of them.
+            await broker.consume_batches(
+                EVENTS_GROUP,
+                functools.partial(record_batch, notifier),
+                retry=RetryPolicy(8, 0.5),
+                prefetch=EVENTS_PREFETCH,
+                max_batch=EVENTS_BATCH,
             )
             await broker.consume(
                 DELIVERIES_GROUP,

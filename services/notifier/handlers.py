@@ -1,14 +1,16 @@
 """The notifier's handlers: plain async functions over plain data; the database, the broker and HTTP are ports.
 
-- `record_status`: a ledger record becomes a merchant event, and one delivery command per matching endpoint.
+- `record_status`: a ledger record becomes a merchant event, and one delivery command per matching endpoint;
+  `record_batch` does it for the records that queued up together, in two statements for all of them.
 - `deliver`: one attempt of one (event, endpoint) delivery; a failure asks the broker to try again later.
 - `redeliver`: the merchant asked for an event again: every matching endpoint gets it anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -23,11 +25,13 @@ from services.notifier.rules import (
     signature_headers,
     signing_secrets,
 )
+from shared.batches import Consumed
 from shared.broker import RetryLater
-from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
+from shared.events import DeliverWebhook, Envelope, Message, PaymentStatusRecorded, RedeliverEvent
 from shared.logs import get_logger
 from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 from shared.registry import MessageRegistry, Received
+from shared.settlement import PoisonMessage
 
 log = get_logger(__name__)
 
@@ -51,11 +55,12 @@ class DeliveryTarget:
 
 
 class NotifierStore(Protocol):
-    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
-        """(merchant id, the payment resource as the ledger has it now)."""
+    async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """By payment id, (merchant id, the payment resource as the ledger has it now); the ledger's only."""
 
-    async def record_event(self, event: MerchantEvent) -> list[str]:
-        """Store the event (once) and open a delivery per matching enabled endpoint; the still pending ones."""
+    async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
+        """Store each event (once) and open a delivery per matching enabled endpoint; by event id, the deliveries
+        still pending (their endpoint ids)."""
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         """Open the event's deliveries again, to every matching enabled endpoint: the event and their ids."""
@@ -101,22 +106,95 @@ async def record_status(notifier: Notifier, envelope: Envelope, message: Payment
     Replayed (the ledger announced it again, or this process died before publishing), it publishes the commands
     of the deliveries still pending again: at least once.
     """
-    found = await notifier.store.payment(envelope.payment_id)
-    if found is None:
-        raise RetryLater(f"payment {envelope.payment_id} is not readable in the ledger yet")
-    merchant_id, payment = found
-    event = MerchantEvent(
-        id=merchant_event_id(envelope.id),
-        type=message.merchant_event_type,
-        merchant_id=merchant_id,
-        payment_id=envelope.payment_id,
-        created=envelope.occurred_at,
-        data={"object": payment},
-    )
-    pending = await notifier.store.record_event(event)
+    (outcome,), pending = await _record_statuses(notifier, [(envelope, message)])
+    if isinstance(outcome, RetryLater):
+        raise outcome
+    await _announce(notifier, outcome, pending[outcome.id])
+    return outcome
+
+
+async def _record_statuses(
+    notifier: Notifier, records: Sequence[tuple[Envelope, PaymentStatusRecorded]]
+) -> tuple[list[MerchantEvent | RetryLater], dict[str, list[str]]]:
+    """Per record its merchant event, stored (RetryLater: its payment is not readable yet), and by event id the
+    deliveries still pending: the payments read in one statement, the events and deliveries written in one."""
+    found = await notifier.store.current_payments({envelope.payment_id for envelope, _ in records})
+    outcomes: list[MerchantEvent | RetryLater] = []
+    for envelope, message in records:
+        if envelope.payment_id not in found:
+            outcomes.append(RetryLater(f"payment {envelope.payment_id} is not readable in the ledger yet"))
+            continue
+        merchant_id, payment = found[envelope.payment_id]
+        outcomes.append(
+            MerchantEvent(
+                id=merchant_event_id(envelope.id),
+                type=message.merchant_event_type,
+                merchant_id=merchant_id,
+                payment_id=envelope.payment_id,
+                created=envelope.occurred_at,
+                data={"object": payment},
+            )
+        )
+    events = [outcome for outcome in outcomes if isinstance(outcome, MerchantEvent)]
+    return outcomes, (await notifier.store.record_events(events) if events else {})
+
+
+async def _announce(notifier: Notifier, event: MerchantEvent, pending: Sequence[str]) -> None:
     await _dispatch(notifier, event, pending, redelivery=False)
     log.info("merchant event recorded", merchant_event=event.id, merchant_event_type=event.type, endpoints=len(pending))
-    return event
+
+
+async def record_batch(notifier: Notifier, batch: Sequence[Consumed]) -> list[BaseException | None]:
+    """The events group's batch handler (Broker.consume_batches): per message None once handled, RetryLater if
+    its payment is not readable yet, PoisonMessage if it is no message the registry knows, or the error that
+    kept its delivery commands from being published (retried: a replay publishes the pending ones again).
+
+    The ledger records of the batch are stored together (`_record_statuses`), then their commands published
+    all at once, each in its record's trace; any other message is handled alone. Raises only if storing the
+    records failed (the broker then hands the batch's messages over one at a time).
+    """
+    results: list[BaseException | None] = [None] * len(batch)
+    records: list[tuple[int, PaymentStatusRecorded]] = []
+    others: list[tuple[int, Message]] = []
+    for i, item in enumerate(batch):
+        try:
+            message = item.envelope.message()
+        except ValueError as exc:
+            results[i] = PoisonMessage(f"invalid {item.envelope.type!r} payload: {exc}")
+            continue
+        if isinstance(message, PaymentStatusRecorded):
+            records.append((i, message))
+        elif type(message) in NOTIFIER_MESSAGES.handlers:
+            others.append((i, message))
+        else:
+            results[i] = PoisonMessage(f"notifier has no handler for {item.envelope.type!r}")
+    if records:
+        outcomes, pending = await _record_statuses(notifier, [(batch[i].envelope, m) for i, m in records])
+
+        async def announce(item: Consumed, event: MerchantEvent) -> None:
+            with item.context():  # the delivery commands continue the record's trace
+                await _announce(notifier, event, pending[event.id])
+
+        announcing: list[tuple[int, MerchantEvent]] = []
+        for (i, _), outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, RetryLater):
+                results[i] = outcome
+            else:
+                announcing.append((i, outcome))
+        errors = await asyncio.gather(*(announce(batch[i], e) for i, e in announcing), return_exceptions=True)
+        for (i, _), error in zip(announcing, errors, strict=True):
+            if isinstance(error, BaseException):
+                results[i] = error
+    for i, message in others:
+        item = batch[i]
+        with item.context():
+            try:
+                await NOTIFIER_MESSAGES.handlers[type(message)](
+                    notifier, Received(item.envelope, message, item.delivery)
+                )
+            except Exception as exc:
+                results[i] = exc
+    return results
 
 
 async def redeliver(notifier: Notifier, message: RedeliverEvent) -> list[str]:
@@ -191,7 +269,7 @@ async def _endpoint_disabled(notifier: Notifier, endpoint_id: str) -> None:
         created=notifier.clock(),
         data={"object": endpoint},
     )
-    pending = await notifier.store.record_event(event)
+    pending = (await notifier.store.record_events([event]))[event.id]
     await _dispatch(notifier, event, pending, redelivery=False)
     log.warning("webhook endpoint disabled after failing too long", endpoint_id=endpoint_id)
 
@@ -211,7 +289,8 @@ async def on_delivery_due(notifier: Notifier, received: Received[DeliverWebhook]
     await deliver(notifier, received.message, received.delivery.attempt)
 
 
-# Ledger records and merchants' redelivery requests become merchant events and delivery commands.
+# Ledger records and merchants' redelivery requests become merchant events and delivery commands (consumed in
+# batches: `record_batch`).
 NOTIFIER_MESSAGES: MessageRegistry[Notifier] = MessageRegistry(
     "notifier", {PaymentStatusRecorded: on_status_recorded, RedeliverEvent: on_redelivery_requested}
 )

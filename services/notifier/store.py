@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.notifier.handlers import DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
-from shared.payment_resource import LEDGER_COLUMNS, ledger_payment, payment_of
+from shared.payment_resource import LEDGER_COLUMNS, payment_of
 from shared.webhook_secrets import SecretBox
 
 
@@ -23,23 +25,29 @@ def _matching_endpoints(merchant: str, event_type: str) -> str:
     """
 
 
-# The event once, then a pending delivery per matching endpoint; answers the deliveries still pending.
-_RECORD_EVENT = f"""
-WITH event AS (
+# Each event once (in the order given: their listing order), then a pending delivery per matching endpoint;
+# answers every delivery of these events still pending. $5: each event's data as JSON text.
+_RECORD_EVENTS = f"""
+WITH given AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+        WITH ORDINALITY AS given (id, merchant_id, type, payment_id, data, created_at, position)
+), event AS (
     INSERT INTO notifier.events (id, merchant_id, type, payment_id, data, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    SELECT id, merchant_id, type, payment_id, data::jsonb, created_at FROM given ORDER BY position
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING id, merchant_id, type
 ), opened AS (
     INSERT INTO notifier.deliveries (event_id, endpoint_id, status, pending_since)
     SELECT event.id, endpoint.id, 'pending', clock_timestamp()
-    FROM event, ({_matching_endpoints("$2", "$3")}) endpoint
-    RETURNING endpoint_id
+    FROM event, LATERAL ({_matching_endpoints("event.merchant_id", "event.type")}) endpoint
+    RETURNING event_id, endpoint_id
 )
-SELECT endpoint_id FROM opened
+SELECT event_id, endpoint_id FROM opened
 UNION
-SELECT endpoint_id FROM notifier.deliveries WHERE event_id = $1 AND status = 'pending'
+SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) AND status = 'pending'
 """
+
+_PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE id = ANY ($1)"
 
 # What one delivery needs, and the event's payment as it stands now (ledger_*; null if it has none), together.
 _TARGET = f"""
@@ -112,18 +120,25 @@ class PostgresNotifierStore:
         # that opens them is in this process anyway; a rotated secret is new ciphertext, the old one ages out.
         self._open = functools.lru_cache(maxsize=1024)(box.open)
 
-    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
-        found = await ledger_payment(self._pool, payment_id)
-        if found is None:
-            return None
-        merchant_id, payment = found
-        return merchant_id, payment.model_dump(mode="json")
+    async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        rows = await self._pool.fetch(_PAYMENTS, list(payment_ids))
+        return {row["id"]: (row["merchant_id"], payment_of(row).model_dump(mode="json")) for row in rows}
 
-    async def record_event(self, event: MerchantEvent) -> list[str]:
+    async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
+        unique = list({event.id: event for event in events}.values())  # a message delivered twice in a batch
         rows = await self._pool.fetch(
-            _RECORD_EVENT, event.id, event.merchant_id, event.type, event.payment_id, event.data, event.created
+            _RECORD_EVENTS,
+            [e.id for e in unique],
+            [e.merchant_id for e in unique],
+            [e.type for e in unique],
+            [e.payment_id for e in unique],
+            [orjson.dumps(e.data).decode() for e in unique],
+            [e.created for e in unique],
         )
-        return sorted(r["endpoint_id"] for r in rows)
+        pending: dict[str, list[str]] = {event.id: [] for event in unique}
+        for row in rows:
+            pending[row["event_id"]].append(row["endpoint_id"])
+        return {event_id: sorted(endpoints) for event_id, endpoints in pending.items()}
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -44,8 +44,7 @@ async def a_payment_event(store: PostgresNotifierStore, pool: asyncpg.Pool) -> t
     """A new payment, and its payment.created event recorded: the event and its pending deliveries."""
     payment_id = f"pay_{secrets.token_hex(8)}"
     await insert_payments(pool, [payment_id], MERCHANT)
-    found = await store.payment(payment_id)
-    assert found is not None
+    found = (await store.current_payments([payment_id]))[payment_id]
     event = MerchantEvent(
         id=f"evt_{secrets.token_hex(8)}",
         type="payment.created",
@@ -54,7 +53,7 @@ async def a_payment_event(store: PostgresNotifierStore, pool: asyncpg.Pool) -> t
         created=NOW,
         data={"object": found[1]},
     )
-    return event, await store.record_event(event)
+    return event, (await store.record_events([event]))[event.id]
 
 
 def failed(status: int | None = 500) -> AttemptResult:
@@ -80,9 +79,48 @@ async def test_the_target_carries_the_payment_as_it_stands_now(
 
     assert target is not None and target.payment is not None
     assert event.data["object"]["status"] == "PENDING"
-    now = await store.payment(event.payment_id or "")
-    assert now is not None and target.payment == now[1] and target.payment["status"] == "SUCCEEDED"
+    _, now = (await store.current_payments([event.payment_id or ""]))[event.payment_id or ""]
+    assert target.payment == now and target.payment["status"] == "SUCCEEDED"
     assert (target.secret, target.delivery_status, target.endpoint_enabled) == (secret, "pending", True)
+
+
+async def test_events_are_stored_together_once_each_in_order_with_a_delivery_per_matching_endpoint(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    merchant = f"shop_{secrets.token_hex(4)}"
+    every_id, paid_id = f"we_{secrets.token_hex(8)}", f"we_{secrets.token_hex(8)}"
+    await insert_endpoint(pool, every_id, merchant, "http://a.example/hooks")
+    await insert_endpoint(pool, paid_id, merchant, "http://b.example/hooks", ("payment.succeeded",))
+    payment_ids = [f"pay_{secrets.token_hex(8)}" for _ in range(3)]
+    await insert_payments(pool, payment_ids, merchant)
+    payments = await store.current_payments([*payment_ids, "pay_unknown"])
+    assert sorted(payments) == sorted(payment_ids) and {m for m, _ in payments.values()} == {merchant}
+    events = [
+        MerchantEvent(
+            id=f"evt_{secrets.token_hex(8)}",
+            type=event_type,
+            merchant_id=merchant,
+            payment_id=payment_id,
+            created=NOW,
+            data={"object": payments[payment_id][1]},
+        )
+        for payment_id, event_type in zip(
+            payment_ids, ["payment.created", "payment.succeeded", "payment.failed"], strict=True
+        )
+    ]
+
+    pending = await store.record_events([*events, events[0]])  # one of them twice, as a redelivery brings it
+
+    assert pending == {
+        events[0].id: [every_id],
+        events[1].id: sorted([every_id, paid_id]),
+        events[2].id: [every_id],
+    }
+    listed = await pool.fetch("SELECT id, data FROM notifier.events WHERE merchant_id = $1 ORDER BY seq", merchant)
+    assert [r["id"] for r in listed] == [e.id for e in events]
+    assert [r["data"] for r in listed] == [e.data for e in events]
+    # Replayed: the same events, nothing new, the deliveries still pending answered again.
+    assert await store.record_events(events) == pending
 
 
 async def test_an_event_without_a_payment_has_no_payment_in_its_target(
@@ -97,7 +135,7 @@ async def test_an_event_without_a_payment_has_no_payment_in_its_target(
         created=NOW,
         data={"object": {"id": "we_other"}},
     )
-    assert endpoint_id in await store.record_event(event)
+    assert endpoint_id in (await store.record_events([event]))[event.id]
 
     target = await store.delivery_target(event.id, endpoint_id, NOW)
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from shared.batches import Consumed
+from shared.broker import Delivery
 from shared.events import Envelope, PaymentRequested
 from shared.providers.base import IntentRequest
 
@@ -59,3 +64,18 @@ def intent_request(**overrides: Any) -> IntentRequest:
     }
     fields.update(overrides)
     return IntentRequest(**fields)
+
+
+def consumed(envelope: Envelope) -> Consumed:
+    """A delivered message, as a batch handler gets it, whose consumer span is a fresh span context of its own
+    trace."""
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=secrets.randbits(128) or 1,
+            span_id=secrets.randbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    )
+    delivery = Delivery(attempt=1, max_attempts=3, redelivered=False)
+    return Consumed(envelope, delivery, span, cast(AbstractIncomingMessage, object()))

@@ -5,33 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import cast
 
-from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext
 
 from services.ledger.handlers import EventRecorder
 from services.ledger.store import InMemoryLedgerStore
 from shared.batches import Consumed
-from shared.broker import Delivery, RetryLater
+from shared.broker import RetryLater
 from shared.events import Envelope, PaymentStatus, PaymentStatusRecorded
 from shared.telemetry import inject_context
+from tests.support.messages import consumed
 from tests.support.payment_histories import requested
-
-
-def consumed(envelope: Envelope) -> Consumed:
-    """A delivered message whose consumer span is a fresh span context of its own trace."""
-    span = NonRecordingSpan(
-        SpanContext(
-            trace_id=secrets.randbits(128) or 1,
-            span_id=secrets.randbits(64) or 1,
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        )
-    )
-    delivery = Delivery(attempt=1, max_attempts=3, redelivered=False)
-    return Consumed(envelope, delivery, span, cast(AbstractIncomingMessage, object()))
 
 
 def batch_of_requests(count: int) -> list[Consumed]:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
-from services.notifier.handlers import DeliveryTarget, Notifier, deliver, record_status, redeliver
-from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, subscribes
-from shared.broker import RetryLater
+from services.notifier.handlers import DeliveryTarget, Notifier, deliver, record_batch, record_status, redeliver
+from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, merchant_event_id, subscribes
+from shared.batches import Consumed
+from shared.broker import PoisonMessage, RetryLater
 from shared.events import DeliverWebhook, Envelope, PaymentStatus, PaymentStatusRecorded, RedeliverEvent
 from shared.webhook_secrets import new_signing_secret
+from tests.support.messages import consumed
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -38,8 +43,11 @@ class FakeStore:
     deliveries: dict[tuple[str, str], str] = field(default_factory=dict)
     attempts: list[tuple[str, str, int | None, str]] = field(default_factory=list)
 
-    async def payment(self, payment_id: str) -> tuple[str, dict[str, Any]] | None:
-        return self.payments.get(payment_id)
+    calls: list[str] = field(default_factory=list)
+
+    async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        self.calls.append("current_payments")
+        return {p: self.payments[p] for p in payment_ids if p in self.payments}
 
     def _matching(self, event: MerchantEvent) -> list[str]:
         return sorted(
@@ -48,12 +56,17 @@ class FakeStore:
             if e.merchant_id == event.merchant_id and e.enabled and subscribes(e.events, event.type)
         )
 
-    async def record_event(self, event: MerchantEvent) -> list[str]:
-        if event.id not in self.events:
-            self.events[event.id] = event
-            for endpoint_id in self._matching(event):
-                self.deliveries[(event.id, endpoint_id)] = "pending"
-        return sorted(e for (ev, e), status in self.deliveries.items() if ev == event.id and status == "pending")
+    async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
+        self.calls.append("record_events")
+        for event in events:
+            if event.id not in self.events:
+                self.events[event.id] = event
+                for endpoint_id in self._matching(event):
+                    self.deliveries[(event.id, endpoint_id)] = "pending"
+        return {
+            event.id: sorted(e for (ev, e), status in self.deliveries.items() if ev == event.id and status == "pending")
+            for event in events
+        }
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         event = self.events.get(event_id)
@@ -145,11 +158,11 @@ def a_store() -> FakeStore:
     return store
 
 
-def succeeded() -> tuple[Envelope, PaymentStatusRecorded]:
+def succeeded(payment_id: str = "pay_1") -> tuple[Envelope, PaymentStatusRecorded]:
     message = PaymentStatusRecorded(
         from_status=PaymentStatus.PENDING, status=PaymentStatus.SUCCEEDED, ledger_event_id=str(uuid.uuid4())
     )
-    return Envelope.wrap(message, payment_id="pay_1", source="ledger"), message
+    return Envelope.wrap(message, payment_id=payment_id, source="ledger"), message
 
 
 def commands(published: list[Envelope]) -> list[DeliverWebhook]:
@@ -279,3 +292,81 @@ async def test_a_slow_endpoint_does_not_hold_the_delivery_to_another() -> None:
     assert fast_done == ["http://b.example/hook"] and not slow.done()
     release.set()
     assert (await slow) is not None
+
+
+def a_batch_store(payments: int) -> tuple[FakeStore, list[Consumed]]:
+    """A store knowing `payments` payments of the shop, and a batch of one succeeded record for each."""
+    store = a_store()
+    batch = []
+    for n in range(payments):
+        payment_id = f"pay_batch_{n}"
+        store.payments[payment_id] = ("shop", {"id": payment_id, "status": "SUCCEEDED"})
+        batch.append(consumed(succeeded(payment_id)[0]))
+    return store, batch
+
+
+async def test_a_batch_of_records_is_read_and_stored_at_once_and_each_gets_its_deliveries() -> None:
+    store, batch = a_batch_store(4)
+    notifier, published = make_notifier(store, Sender())
+
+    results = await record_batch(notifier, batch)
+
+    assert results == [None] * 4
+    assert store.calls == ["current_payments", "record_events"]
+    by_event = {merchant_event_id(item.envelope.id): item.envelope.payment_id for item in batch}
+    assert sorted((by_event[c.event_id], c.endpoint_id) for c in commands(published)) == sorted(
+        (payment_id, endpoint) for payment_id in by_event.values() for endpoint in ("we_all", "we_paid")
+    )
+    assert {e.data["object"]["id"] for e in store.events.values()} == set(by_event.values())
+
+
+async def test_in_a_batch_only_the_record_of_a_payment_not_readable_yet_is_retried() -> None:
+    store, batch = a_batch_store(3)
+    del store.payments[batch[1].envelope.payment_id]
+    notifier, published = make_notifier(store, Sender())
+
+    results = await record_batch(notifier, batch)
+
+    assert results[0] is None and results[2] is None and isinstance(results[1], RetryLater)
+    assert {c.event_id for c in commands(published)} == {merchant_event_id(batch[i].envelope.id) for i in (0, 2)}
+
+
+async def test_in_a_batch_a_redelivery_request_is_handled_and_an_unknown_message_is_poison() -> None:
+    store, batch = a_batch_store(1)
+    notifier, published = make_notifier(store, Sender())
+    event = await record_status(notifier, *succeeded())
+    published.clear()
+    redelivery = Envelope.wrap(RedeliverEvent(event_id=event.id, merchant_id="shop"), payment_id="", source="merchant")
+    unknown = Envelope.wrap(DeliverWebhook(event_id=event.id, endpoint_id="we_all"), payment_id="", source="notifier")
+
+    results = await record_batch(notifier, [consumed(redelivery), *batch, consumed(unknown)])
+
+    assert results[:2] == [None, None] and isinstance(results[2], PoisonMessage)
+    redelivered = [c for c in commands(published) if c.redelivery]
+    assert sorted(c.endpoint_id for c in redelivered) == ["we_all", "we_paid"]
+    assert all(c.event_id == event.id for c in redelivered)
+
+
+async def test_each_records_commands_continue_its_trace_and_a_failed_publish_retries_its_record_alone() -> None:
+    store, batch = a_batch_store(3)
+    failing = merchant_event_id(batch[1].envelope.id)
+    seen: dict[str, SpanContext] = {}
+
+    async def publish(envelope: Envelope) -> None:
+        await asyncio.sleep(0)  # let the others start: each must still see its own context
+        command = envelope.message()
+        assert isinstance(command, DeliverWebhook)
+        if command.event_id == failing:
+            raise ConnectionError("broker gone")
+        seen[command.event_id] = trace.get_current_span().get_span_context()
+
+    notifier, _ = make_notifier(store, Sender())
+    notifier.publish = publish
+
+    results = await record_batch(notifier, batch)
+
+    assert results[0] is None and results[2] is None and isinstance(results[1], ConnectionError)
+    for i in (0, 2):
+        assert seen[merchant_event_id(batch[i].envelope.id)] == batch[i].span.get_span_context()
+    # Stored all the same: its retry is a replay, which publishes its pending deliveries again.
+    assert failing in store.events
