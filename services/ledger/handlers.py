@@ -96,7 +96,11 @@ class _PaymentPlan:
 
 
 async def record_events(
-    store: LedgerStore, envelopes: Sequence[Envelope], publish: Publish | None = None
+    store: LedgerStore,
+    envelopes: Sequence[Envelope],
+    publish: Publish | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
 ) -> list[Recorded | RetryLater]:
     """Record a batch of events, each exactly once, in a few statements; per event, what it did, or RetryLater
     if its payment is not known yet (or kept changing while it was decided).
@@ -107,10 +111,14 @@ async def record_events(
     a compare-and-set on its version: a payment another ledger changed meanwhile gets nothing written and
     its events are decided again on the new state. A follow-up command (closing an intent the payment's end
     left open) is published before the write commits, so it is never lost: if publishing fails, nothing is
-    written, the events are retried and the command is sent again under the same id.
+    written, the events are retried and the command is sent again under the same id. `messages`, if given,
+    are the envelopes' payloads already validated (else validated here).
     """
     results: dict[int, Recorded | RetryLater] = {}
-    messages = [envelope.message() for envelope in envelopes]
+    if messages is None:
+        messages = [envelope.message() for envelope in envelopes]
+    elif len(messages) != len(envelopes):
+        raise ValueError(f"{len(messages)} messages for {len(envelopes)} envelopes")
     requests = [(i, envelopes[i]) for i, m in enumerate(messages) if isinstance(m, PaymentRequested)]
     await _record_requests(store, requests, results)
     pending = [i for i, m in enumerate(messages) if not isinstance(m, PaymentRequested)]
@@ -264,6 +272,7 @@ class EventRecorder:
         failed (the broker then hands its messages over one at a time)."""
         results: list[BaseException | None] = [None] * len(batch)
         valid: list[int] = []
+        messages: list[Message] = []
         for i, item in enumerate(batch):
             try:
                 message = item.envelope.message()
@@ -274,6 +283,7 @@ class EventRecorder:
                 results[i] = PoisonMessage(f"ledger has no handler for {item.envelope.type!r}")
                 continue
             valid.append(i)
+            messages.append(message)
         by_payment = {batch[i].envelope.payment_id: batch[i] for i in valid}
 
         async def publish_in_its_context(command: Envelope) -> None:
@@ -283,7 +293,7 @@ class EventRecorder:
                 await self._publish(command)
 
         publish = None if self._publish is None else publish_in_its_context
-        recorded = await record_events(self._store, [batch[i].envelope for i in valid], publish)
+        recorded = await record_events(self._store, [batch[i].envelope for i in valid], publish, messages=messages)
         # Per event to announce, its announcement, or None for a duplicate's (looked up in the log).
         announcing: list[tuple[int, Envelope | None]] = []
         for i, outcome in zip(valid, recorded, strict=True):

@@ -28,7 +28,7 @@ def _announcement(envelope: Envelope, from_status: PaymentStatus | None, status:
 
 def status_recorded(envelope: Envelope, outcome: str, decision: Decision | None) -> Envelope | None:
     """The announcement of what recording `envelope` changed: a new payment or a new status; else None."""
-    if outcome == "applied" and isinstance(envelope.message(), PaymentRequested):
+    if outcome == "applied" and envelope.type == PaymentRequested.TYPE:  # its payload was validated when recorded
         return _announcement(envelope, None, PaymentStatus.PENDING)
     if decision is None or not decision.applied or decision.after.status == decision.before.status:
         return None
