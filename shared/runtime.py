@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -241,6 +242,10 @@ async def serving(
     app[READINESS_CHECKS].append(broker.is_ready)
     if pool is not None:
         app[READINESS_CHECKS].append(lambda: pool_ready(pool))
+    # What start-up made (modules, models, schemas, connections) lives as long as the process: frozen out of
+    # the collector, a full collection no longer walks it all again (60 ms each, four in 6000 ledger events).
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
