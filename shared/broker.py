@@ -33,7 +33,7 @@ from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
 from shared.settlement import Action, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
-from shared.telemetry import extract_context, inject_context
+from shared.telemetry import extract_context, inject_context, recording
 from shared.topology import (
     DELIVERY_LIMIT,
     ConsumerGroup,
@@ -139,6 +139,9 @@ def _node_urls(amqp_url: str | Sequence[str], connection_name: str) -> tuple[URL
     return tuple(URL(u) if "name" in URL(u).query else URL(u).update_query(name=connection_name) for u in urls)
 
 
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
 # --- tracing: our own spans, not opentelemetry-instrumentation-aio-pika -----------------------------------
 # Tried (0.66b1 with aio-pika 9.6.2): its Exchange.publish wrapper overwrites the traceparent a message already
 # carries with its own span's, so a retry re-published to a delay queue would reach the handler with another
@@ -146,7 +149,18 @@ def _node_urls(amqp_url: str | Sequence[str], connection_name: str) -> tuple[URL
 # under one Idempotency-Key: Stripe refuses a reused key whose parameters changed). It also names spans
 # "<exchange>,<routing key> send" / "<exchange> receive", with no hook for our names or payment.* attributes.
 @contextmanager
-def _producer_span(envelope: Envelope, exchange: str, stored_headers: dict[str, Any] | None) -> Iterator[None]:
+def _producer_span(
+    envelope: Envelope, exchange: str, stored_headers: dict[str, Any] | None
+) -> Iterator[dict[str, Any]]:
+    """The publish's span; yields the trace headers the message goes with (its context)."""
+    if not recording():
+        # Nothing would record the span: the message goes on in the context it was stored in (or the current
+        # one), the same trace, without extracting it, making a span's ids for nobody and injecting them.
+        if stored_headers:
+            yield {k: stored_headers[k] for k in _TRACE_HEADERS if k in stored_headers}
+        else:
+            yield inject_context({})
+        return
     parent = extract_context(stored_headers) if stored_headers else None
     with _tracer.start_as_current_span(
         f"publish {envelope.type}",
@@ -160,7 +174,7 @@ def _producer_span(envelope: Envelope, exchange: str, stored_headers: dict[str, 
             "paystream.event_type": envelope.type,
         },
     ):
-        yield
+        yield inject_context({})
 
 
 @contextmanager
@@ -319,8 +333,7 @@ class Broker:
         """
         if self._exchange is None:
             raise RuntimeError("broker not connected")
-        with _producer_span(envelope, self.names.exchange, headers):
-            sent = inject_context({})
+        with _producer_span(envelope, self.names.exchange, headers) as sent:
             if headers and (reply_to := _reply_to(headers)) is not None:
                 sent[REPLY_TO_HEADER] = reply_to
             if also_to:

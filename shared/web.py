@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import MultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from shared.logs import get_logger
 from shared.metrics import HTTP_REQUEST_DURATION
 from shared.strict_json import StrictJSONError, loads_strict
+from shared.telemetry import request_span_middleware
 
 log = get_logger(__name__)
 access_log = get_logger("paystream.access")
@@ -307,7 +309,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_base_app(*, client_max_size: int = 1024**2) -> web.Application:
     """An application with the request edge and the three operational routes."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=client_max_size)
+    # The request's span, when one is made here (shared/telemetry.py), encloses everything, the access line too.
+    span = request_span_middleware()
+    middlewares: list[Middleware] = [problem_middleware] if span is None else [span, problem_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[READINESS_CHECKS] = []
     app[BODY_LIMIT] = client_max_size
     app.on_response_prepare.append(_stamp_response)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import structlog
 from opentelemetry import trace
@@ -11,6 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.telemetry import LogContextSpanProcessor, extract_context, inject_context, trace_parent
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -81,3 +87,76 @@ def test_a_webhook_carrying_no_trace_context_stays_in_the_requests_trace() -> No
     provider, _ = _provider()
     with provider.get_tracer("test").start_as_current_span("POST /webhooks/stripe"):
         assert trace_parent({"payment_id": "pay_1"}) == (None, [])
+
+
+# With nothing to export to, a request's span comes from shared/telemetry.py's own middleware instead of the
+# aiohttp server instrumentation, and a publish sends the context it was stored with: both process-wide, so in
+# a child process.
+_UNRECORDED_SCRIPT = """
+import asyncio, json
+import aiohttp
+from aiohttp import web
+from opentelemetry import trace
+from shared.broker import _producer_span
+from shared.logs import configure_logging, get_logger
+from shared.telemetry import configure_tracing, recording
+from shared.web import create_base_app
+from tests.support.messages import payment_requested
+
+configure_logging("intake_api")
+configure_tracing("intake-api", None)
+log = get_logger("test")
+
+
+async def handler(request):
+    span = trace.get_current_span()
+    ids = span.get_span_context()
+    log.info("handled")
+    return web.json_response(
+        {"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x"),
+         "recording": span.is_recording()}
+    )
+
+
+async def main():
+    app = create_base_app()
+    app.router.add_get("/v1/x", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    answers = []
+    async with aiohttp.ClientSession() as http:
+        for headers in ({"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}, {}):
+            async with http.get(f"http://127.0.0.1:{port}/v1/x", headers=headers) as response:
+                answers.append(await response.json())
+    await runner.cleanup()
+    stored = {"traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-01", "x-paystream-reply-to": "reply.intake_api.t"}
+    with _producer_span(payment_requested(), "ex", stored) as sent:
+        pass
+    print(json.dumps({"answers": answers, "sent": sent, "recording": recording()}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_unrecorded_requests_get_a_span_continuing_the_callers_trace_and_publishes_keep_the_stored_context() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _UNRECORDED_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    *logs, outcome = (json.loads(line) for line in result.stdout.splitlines())
+    continued, fresh = outcome["answers"]
+
+    assert outcome["recording"] is False
+    assert continued["trace_id"] == "a" * 32 and continued["span_id"] not in ("b" * 16, "0" * 16)
+    assert fresh["trace_id"] != "0" * 32 and fresh["trace_id"] != "a" * 32
+    assert not continued["recording"] and not fresh["recording"]
+    # The log lines of each request carry its trace, the access line too.
+    for answer in (continued, fresh):
+        lines = [line for line in logs if line.get("trace_id") == answer["trace_id"]]
+        assert {line["event"] for line in lines} == {"handled", "request"}, logs
+    # The message goes with the trace context it was stored with, and no other header of the row.
+    assert outcome["sent"] == {"traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-01"}
