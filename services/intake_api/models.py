@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import pycountry
@@ -112,9 +113,15 @@ class PaymentCreate(BaseModel):
         json_schema_extra=_metadata_schema,
     )
 
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The validated request as JSON data: dumped once, for the fingerprint and the stored request both.
+        Read it, never change it."""
+        return self.model_dump(mode="json")
+
     def fingerprint(self) -> str:
         """A canonical digest of the validated request: key order and whitespace make no difference."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -86,7 +86,7 @@ async def accept_payment(
     """
     now = datetime.now(UTC)
     expires_at = now + timedelta(seconds=ttl_seconds)
-    body = request.model_dump(mode="json")
+    body = request.document
     requested = PaymentRequested(
         merchant_id=merchant_id,
         idempotency_key=key,
