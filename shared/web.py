@@ -10,9 +10,10 @@ sent twice that must be single, a body too slow or too large, a malformed form o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -146,9 +147,10 @@ def _route_label(request: web.Request) -> str:
 
 
 def _request_id(request: web.Request) -> str:
-    """The caller's Request-Id when it is a sane token (it goes into logs), else a new one."""
+    """The caller's Request-Id when it is a sane token (it goes into logs), else a new one: 128 random bits in
+    hex, as unguessable as a uuid4's (122) without building a UUID object (1 µs a request against 7 µs)."""
     offered = request.headers.get("Request-Id", "")
-    return offered if _REQUEST_ID.fullmatch(offered) else f"req_{uuid.uuid4().hex}"
+    return offered if _REQUEST_ID.fullmatch(offered) else f"req_{os.urandom(16).hex()}"
 
 
 def check_request_framing(request: web.BaseRequest) -> None:
@@ -241,8 +243,10 @@ async def read_body(request: web.Request, *, limit: int | None = None) -> bytes:
     limit = request.app[BODY_LIMIT] if limit is None else limit
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    # A body that came with the headers (most do) is read without waiting: no timer to arm and cancel.
+    waiting = contextlib.nullcontext() if request.content.is_eof() else asyncio.timeout(_body_timeout(request))
     try:
-        async with asyncio.timeout(_body_timeout(request)):
+        async with waiting:
             body = await request.read()
     except web.HTTPRequestEntityTooLarge:  # a chunked or compressed body, with no length to check first
         raise _too_large(limit) from None
