@@ -5,9 +5,11 @@ ledger's table and one merchant endpoint (every event type) served by a receiver
 publishes, through the real broker, what the ledger announces of each payment: every `payment.created`, then (the
 payments marked succeeded first, as the ledger commits before it announces) every `payment.succeeded`, each phase
 awaited until every delivery is recorded delivered. Prints the CPU seconds the notifier process spent (utime +
-stime from /proc/<pid>/stat) divided by the payments, and checks that each delivery the receiver got verifies
-with the endpoint's secret and carries the payment as it stood then. With --profile, py-spy samples the notifier
-meanwhile and writes its collapsed stacks there. A diagnostic, like `python -m tests.ledger_cpu`; not a test.
+stime from /proc/<pid>/stat) divided by the payments, the same of the PostgreSQL processes serving its connections
+(when the server runs on this machine; its background writers are not counted), and checks that each delivery
+the receiver got verifies with the endpoint's secret and carries the payment as it stood then. With --profile,
+py-spy samples the notifier meanwhile and writes its collapsed stacks there. A diagnostic, like
+`python -m tests.ledger_cpu`; not a test.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ from tests.support.notifier_rows import insert_endpoint, insert_payments, set_st
 from tests.support.processes import ServiceProcess, eventually, stack_environment
 
 MERCHANT = "demo"
+HARNESS = "notifier-cpu"  # the application_name of this harness's own connections
+
+
+async def notifier_backends(pool: asyncpg.Pool) -> list[int]:
+    """The PostgreSQL server processes serving the notifier's connections (every one to this database but ours)."""
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+        " AND application_name <> $1",
+        HARNESS,
+    )
+    return [int(r["pid"]) for r in rows]
 
 
 def recorded(previous: PaymentStatus | None, status: PaymentStatus, payment_ids: list[str]) -> list[Envelope]:
@@ -82,7 +95,9 @@ async def main(payments: int, profile: str | None) -> None:
         assert notifier.process is not None
         pid = notifier.process.pid
         await broker.connect()
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(
+            database_url, min_size=1, max_size=2, server_settings={"application_name": HARNESS}
+        )
         secret = await insert_endpoint(pool, "we_cpu", MERCHANT, receiver.url)
         ids = [f"pay_{secrets.token_hex(16)}" for _ in range(payments)]
         await insert_payments(pool, ids, MERCHANT)
@@ -103,12 +118,16 @@ async def main(payments: int, profile: str | None) -> None:
         ]
         async with profiled(pid, profile):
             started_cpu, started = cpu_seconds(pid), time.perf_counter()
+            backends_before = {p: cpu_seconds(p) for p in await notifier_backends(pool)}
             for n, (before, phase) in enumerate(phases, start=1):
                 if before is not None:
                     await before()
                 await publish_all(broker, phase)
                 await eventually(delivered(n * payments), timeout=600, interval=0.2, what=f"phase {n} delivered")
             spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
+            backends = await notifier_backends(pool)
+            database_spent = sum(cpu_seconds(p) - backends_before.get(p, 0.0) for p in backends)
+            gone = len(set(backends_before) - set(backends))
         duplicates = check_deliveries(
             receiver, secret, {"payment.created": "PENDING", "payment.succeeded": "SUCCEEDED"}, payments
         )
@@ -118,7 +137,16 @@ async def main(payments: int, profile: str | None) -> None:
             f" POSTs) in {elapsed:.1f} s, {spent:.2f} CPU s, {spent / payments * 1000:.3f} ms CPU per payment,"
             f" {payments / elapsed:.0f} payments/s"
         )
-        print(json.dumps({"payments": payments, "cpu_ms_per_payment": round(spent / payments * 1000, 3)}))
+        print(
+            f"its PostgreSQL backends: {database_spent:.2f} CPU s, {database_spent / payments * 1000:.3f} ms CPU per"
+            f" payment ({len(backends)} backends{f', {gone} gone meanwhile, not counted' if gone else ''})"
+        )
+        figures = {
+            "payments": payments,
+            "cpu_ms_per_payment": round(spent / payments * 1000, 3),
+            "postgres_cpu_ms_per_payment": round(database_spent / payments * 1000, 3),
+        }
+        print(json.dumps(figures))
     finally:
         notifier.stop()
         await receiver.stop()
