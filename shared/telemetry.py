@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry import context, propagate, trace
+from opentelemetry.instrumentation import aiohttp_server
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -105,14 +106,13 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerPro
 
 def _instrument_libraries(recording: bool) -> None:
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
     # The server's span is where a request's trace (and its log lines' trace_id) starts. Unrecorded, the
     # instrumentation's span costs a tenth of a POST in attributes nobody reads: `request_span_middleware`
     # gives the request its (unrecorded) span instead.
     if recording:
-        AioHttpServerInstrumentor().instrument()
+        aiohttp_server.AioHttpServerInstrumentor().instrument()
         AioHttpClientInstrumentor().instrument(url_filter=lambda url: without_query(str(url)))
         AsyncPGInstrumentor().instrument()
 
@@ -128,9 +128,9 @@ async def _unrecorded_request_span(
 ) -> web.StreamResponse:
     """The request's span, continuing the caller's trace if its headers carry one: ids for the log lines and
     for what the request publishes, and nothing else (it is not recorded)."""
-    with _tracer.start_as_current_span(
-        request.method, context=propagate.extract(request.headers), kind=SpanKind.SERVER
-    ):
+    # The headers read as the instrumentation reads them: every copy of a header (a tracestate may be split).
+    parent = propagate.extract(request, getter=aiohttp_server.getter)
+    with _tracer.start_as_current_span(request.method, context=parent, kind=SpanKind.SERVER):
         return await handler(request)
 
 

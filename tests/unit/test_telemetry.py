@@ -114,7 +114,7 @@ async def handler(request):
     log.info("handled")
     return web.json_response(
         {"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x"),
-         "recording": span.is_recording()}
+         "tracestate": ids.trace_state.to_header(), "recording": span.is_recording()}
     )
 
 
@@ -128,7 +128,10 @@ async def main():
     port = site._server.sockets[0].getsockname()[1]
     answers = []
     async with aiohttp.ClientSession() as http:
-        for headers in ({"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}, {}):
+        # W3C: a tracestate split over two headers is one list, in order.
+        traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+        caller = [("traceparent", traceparent), ("tracestate", "x=1"), ("tracestate", "y=2")]
+        for headers in (caller, []):
             async with http.get(f"http://127.0.0.1:{port}/v1/x", headers=headers) as response:
                 answers.append(await response.json())
     await runner.cleanup()
@@ -152,6 +155,7 @@ def test_unrecorded_requests_get_a_span_continuing_the_callers_trace_and_publish
 
     assert outcome["recording"] is False
     assert continued["trace_id"] == "a" * 32 and continued["span_id"] not in ("b" * 16, "0" * 16)
+    assert continued["tracestate"] == "x=1,y=2"
     assert fresh["trace_id"] != "0" * 32 and fresh["trace_id"] != "a" * 32
     assert not continued["recording"] and not fresh["recording"]
     # The log lines of each request carry its trace, the access line too.
