@@ -21,7 +21,9 @@ _provider: TracerProvider | None = None
 # Whether spans are recorded in this process. True until `configure_tracing` finds nothing to export to (a test
 # that installs its own provider records).
 _recording = True
-_tracer = trace.get_tracer(__name__)
+# The request span's tracer: the provider's own once configured. A proxy (what `trace.get_tracer` gives before a
+# provider is set) wraps each span in one more context manager, twice the 7 us an unrecorded span costs.
+_tracer: trace.Tracer = trace.get_tracer(__name__)
 
 # Log context (bound through contextvars) copied onto every span started while it is bound.
 SPAN_ATTRIBUTES_FROM_LOG_CONTEXT = {"payment_id": "payment.id", "event_type": "paystream.event_type"}
@@ -83,7 +85,7 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerPro
     `OTEL_TRACES_SAMPLER`, when set, decides sampling instead (the SDK reads it), and then everything is
     instrumented.
     """
-    global _provider, _recording
+    global _provider, _recording, _tracer
     if _provider is not None:
         return _provider
     recording = bool(otlp_endpoint or os.environ.get("OTEL_TRACES_SAMPLER"))
@@ -99,6 +101,7 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> TracerPro
             BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
         )
     trace.set_tracer_provider(provider)
+    _tracer = provider.get_tracer(__name__)
     _instrument_libraries(recording)
     _provider = provider
     return provider
