@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import re
 import time
@@ -23,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import MultiDictProxy
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Histogram, generate_latest
 
 from shared.logs import get_logger
 from shared.metrics import HTTP_REQUEST_DURATION
@@ -146,6 +148,13 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+@functools.lru_cache(maxsize=1024)
+def _duration_series(method: str, route: str, status: int) -> Histogram:
+    """The request-duration series of a method, route and status: `.labels()` builds and hashes its key and takes
+    a lock for every request (1.4 us against 0.1 us for this cache). Bounded, as a client may send any method."""
+    return HTTP_REQUEST_DURATION.labels(method, route, str(status))
+
+
 def _request_id(request: web.Request) -> str:
     """The caller's Request-Id when it is a sane token (it goes into logs), else a new one: 128 random bits in
     hex, as unguessable as a uuid4's (122) without building a UUID object (1 µs a request against 7 µs)."""
@@ -199,9 +208,10 @@ async def problem_middleware(
     finally:
         elapsed = time.perf_counter() - started
         route = _route_label(request)
-        HTTP_REQUEST_DURATION.labels(request.method, route, str(status)).observe(elapsed)
-        if request.path not in OPERATIONAL_PATHS:
-            # Never the body, the query string or a header value: the route template names the endpoint.
+        _duration_series(request.method, route, status).observe(elapsed)
+        if request.path not in OPERATIONAL_PATHS and access_log.is_enabled_for(logging.INFO):
+            # Never the body, the query string or a header value: the route template names the endpoint. Below
+            # INFO (as `make bench` runs) the line is not written, and its fields are not gathered either.
             access_log.info(
                 "request",
                 method=request.method,
