@@ -1,15 +1,15 @@
-"""`python -m tests.notifier_cpu [--payments N] [--profile out.txt]`: the notifier's CPU per payment, measured.
+"""`python -m tests.notifier_cpu [--payments N] [--rate R] [--profile out.txt]`: the notifier's CPU per payment.
 
 Starts one notifier process on a database and namespace of its own, with N payments written straight into the
 ledger's table and one merchant endpoint (every event type) served by a receiver in this process. It then
 publishes, through the real broker, what the ledger announces of each payment: every `payment.created`, then (the
 payments marked succeeded first, as the ledger commits before it announces) every `payment.succeeded`, each phase
-awaited until every delivery is recorded delivered. Prints the CPU seconds the notifier process spent (utime +
-stime from /proc/<pid>/stat) divided by the payments, the same of the PostgreSQL processes serving its connections
-(when the server runs on this machine; its background writers are not counted), and checks that each delivery
-the receiver got verifies with the endpoint's secret and carries the payment as it stood then. With --profile,
-py-spy samples the notifier meanwhile and writes its collapsed stacks there. A diagnostic, like
-`python -m tests.ledger_cpu`; not a test.
+at once (or R records a second, a steady stream like `make bench`'s) and awaited until every delivery is recorded
+delivered. Prints the CPU seconds the notifier process spent (utime + stime from /proc/<pid>/stat) divided by the
+payments, the same of the PostgreSQL processes serving its connections (when the server runs on this machine;
+its background writers are not counted), and checks that each delivery the receiver got verifies with the
+endpoint's secret and carries the payment as it stood then. With --profile, py-spy samples the notifier meanwhile
+and writes its collapsed stacks there. A diagnostic, like `python -m tests.ledger_cpu`; not a test.
 """
 
 from __future__ import annotations
@@ -78,7 +78,21 @@ def check_deliveries(receiver: MerchantReceiver, secret: str, expected: dict[str
     return duplicates
 
 
-async def main(payments: int, profile: str | None) -> None:
+async def publish_at(broker: Broker, envelopes: list[Envelope], rate: float | None) -> None:
+    """All at once (rate None: a burst, the most a batch can gather), or `rate` a second, as a steady stream."""
+    if rate is None:
+        await publish_all(broker, envelopes)
+        return
+    tick = 0.05
+    per_tick = max(1, round(rate * tick))
+    next_at = time.perf_counter()
+    for start in range(0, len(envelopes), per_tick):
+        await publish_all(broker, envelopes[start : start + per_tick])
+        next_at += per_tick / rate
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+
+async def main(payments: int, profile: str | None, rate: float | None) -> None:
     servers = find_servers()
     database_url = await create_database(servers.database_url, migrations=("ledger",))
     namespace = unique_name("pscpu")
@@ -122,7 +136,7 @@ async def main(payments: int, profile: str | None) -> None:
             for n, (before, phase) in enumerate(phases, start=1):
                 if before is not None:
                     await before()
-                await publish_all(broker, phase)
+                await publish_at(broker, phase, rate)
                 await eventually(delivered(n * payments), timeout=600, interval=0.2, what=f"phase {n} delivered")
             spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
             backends = await notifier_backends(pool)
@@ -162,5 +176,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m tests.notifier_cpu")
     parser.add_argument("--payments", type=int, default=1000)
     parser.add_argument("--profile", help="write py-spy's collapsed stacks of the notifier here")
+    parser.add_argument(
+        "--rate", type=float, help="publish this many records a second (default: each phase at once, a burst)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.payments, args.profile))
+    asyncio.run(main(args.payments, args.profile, args.rate))
