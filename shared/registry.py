@@ -14,7 +14,7 @@ logged and dead-lettered, never acked silently.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -58,19 +58,37 @@ class MessageRegistry(Generic[D]):
     def message_types(self) -> tuple[str, ...]:
         return self.group.routing_keys
 
+    def decode(self, envelope: Envelope) -> Message:
+        """The envelope's payload, one of this registry's types; PoisonMessage if it is invalid or not ours."""
+        try:
+            message = envelope.message()
+        except ValueError as exc:
+            raise PoisonMessage(f"invalid {envelope.type!r} payload: {exc}") from exc
+        if type(message) not in self.handlers:
+            # Bound to this queue by mistake or by an old binding: no retry makes a handler appear.
+            raise PoisonMessage(f"{self.name} has no handler for {envelope.type!r}")
+        return message
+
+    def decode_batch(
+        self, envelopes: Sequence[Envelope]
+    ) -> tuple[list[BaseException | None], list[tuple[int, Message]]]:
+        """A batch's payloads (`decode` each): per envelope None or its PoisonMessage, and (index, message) of
+        those decoded, in batch order. The starting point of a batch handler's results."""
+        results: list[BaseException | None] = [None] * len(envelopes)
+        decoded: list[tuple[int, Message]] = []
+        for i, envelope in enumerate(envelopes):
+            try:
+                decoded.append((i, self.decode(envelope)))
+            except PoisonMessage as exc:
+                results[i] = exc
+        return results, decoded
+
     def dispatcher(self, deps: D) -> Handler:
         """The broker-facing handler: decode the payload, find its handler, call it with `deps`."""
 
         async def dispatch(envelope: Envelope, delivery: Delivery) -> None:
-            try:
-                message = envelope.message()
-            except ValueError as exc:
-                raise PoisonMessage(f"invalid {envelope.type!r} payload: {exc}") from exc
-            handler = self.handlers.get(type(message))
-            if handler is None:
-                # Bound to this queue by mistake or by an old binding: no retry makes a handler appear.
-                raise PoisonMessage(f"{self.name} has no handler for {envelope.type!r}")
-            await handler(deps, Received(envelope, message, delivery))
+            message = self.decode(envelope)
+            await self.handlers[type(message)](deps, Received(envelope, message, delivery))
 
         return dispatch
 

@@ -17,7 +17,7 @@ from services.ledger.outcomes import Announce, status_recorded
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
-from shared.broker import Delivery, PoisonMessage, RetryLater
+from shared.broker import Delivery, RetryLater
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
     Envelope,
@@ -270,20 +270,9 @@ class EventRecorder:
         """Record a batch (the broker's batch handler): per message None once recorded, RetryLater if its payment
         is not known yet, PoisonMessage if it is no message the registry knows. Raises only if the whole batch
         failed (the broker then hands its messages over one at a time)."""
-        results: list[BaseException | None] = [None] * len(batch)
-        valid: list[int] = []
-        messages: list[Message] = []
-        for i, item in enumerate(batch):
-            try:
-                message = item.envelope.message()
-            except ValueError as exc:
-                results[i] = PoisonMessage(f"invalid {item.envelope.type!r} payload: {exc}")
-                continue
-            if type(message) not in LEDGER_MESSAGES.handlers:
-                results[i] = PoisonMessage(f"ledger has no handler for {item.envelope.type!r}")
-                continue
-            valid.append(i)
-            messages.append(message)
+        results, decoded = LEDGER_MESSAGES.decode_batch([item.envelope for item in batch])
+        valid = [i for i, _ in decoded]
+        messages = [message for _, message in decoded]
         by_payment = {batch[i].envelope.payment_id: batch[i] for i in valid}
 
         async def publish_in_its_context(command: Envelope) -> None:

@@ -27,11 +27,10 @@ from services.notifier.rules import (
 )
 from shared.batches import Consumed
 from shared.broker import RetryLater
-from shared.events import DeliverWebhook, Envelope, Message, PaymentStatusRecorded, RedeliverEvent
+from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
 from shared.logs import get_logger
 from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 from shared.registry import MessageRegistry, Received
-from shared.settlement import PoisonMessage
 
 log = get_logger(__name__)
 
@@ -153,21 +152,9 @@ async def record_batch(notifier: Notifier, batch: Sequence[Consumed]) -> list[Ba
     all at once, each in its record's trace; any other message is handled alone. Raises only if storing the
     records failed (the broker then hands the batch's messages over one at a time).
     """
-    results: list[BaseException | None] = [None] * len(batch)
-    records: list[tuple[int, PaymentStatusRecorded]] = []
-    others: list[tuple[int, Message]] = []
-    for i, item in enumerate(batch):
-        try:
-            message = item.envelope.message()
-        except ValueError as exc:
-            results[i] = PoisonMessage(f"invalid {item.envelope.type!r} payload: {exc}")
-            continue
-        if isinstance(message, PaymentStatusRecorded):
-            records.append((i, message))
-        elif type(message) in NOTIFIER_MESSAGES.handlers:
-            others.append((i, message))
-        else:
-            results[i] = PoisonMessage(f"notifier has no handler for {item.envelope.type!r}")
+    results, decoded = NOTIFIER_MESSAGES.decode_batch([item.envelope for item in batch])
+    records = [(i, message) for i, message in decoded if isinstance(message, PaymentStatusRecorded)]
+    others = [(i, message) for i, message in decoded if not isinstance(message, PaymentStatusRecorded)]
     if records:
         outcomes, pending = await _record_statuses(notifier, [(batch[i].envelope, m) for i, m in records])
 
