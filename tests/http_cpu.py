@@ -16,15 +16,11 @@ import argparse
 import asyncio
 import json
 import secrets
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
-from tests.support.cpu import cpu_seconds, profiled
-from tests.support.infra import delete_namespace, find_servers, unique_name
-from tests.support.processes import ServiceProcess, stack_environment
+from tests.support.cpu import cpu_seconds, measured_service, profiled
 from tests.support.sandbox_webhooks import encode, sandbox_event, signed
 
 SECRET = "whsec_http_cpu"
@@ -46,19 +42,9 @@ async def send_all(url: str, webhooks: list[bytes], concurrency: int) -> None:
 
 
 async def main(webhooks: int, concurrency: int, rounds: int, profile: str | None) -> None:
-    servers = find_servers()
-    namespace = unique_name("pscpu")
-    env = stack_environment(
-        servers.database_url, servers.amqp_url, namespace, LOG_LEVEL="WARNING", SANDBOX_WEBHOOK_SECRET=SECRET
-    )
-    receiver = ServiceProcess("webhook_receiver", env, Path(tempfile.mkdtemp(prefix="http-cpu-")))
-    url = f"{receiver.url}/webhooks/sandbox"
     bodies = [encode(sandbox_event(f"pay_{secrets.token_hex(16)}")) for _ in range(webhooks)]
-    try:
-        receiver.start()
-        await receiver.wait_ready()
-        assert receiver.process is not None
-        pid = receiver.process.pid
+    async with measured_service("webhook_receiver", LOG_LEVEL="WARNING", SANDBOX_WEBHOOK_SECRET=SECRET) as receiver:
+        pid, url = receiver.pid, f"{receiver.service.url}/webhooks/sandbox"
         # A first round outside the measure: connections opened, code paths and caches warm.
         await send_all(url, bodies[: 2 * concurrency], concurrency)
         measured = bodies[2 * concurrency :]
@@ -76,10 +62,6 @@ async def main(webhooks: int, concurrency: int, rounds: int, profile: str | None
                 )
         # The least a round cost is the least disturbed by whatever else this machine runs meanwhile.
         print(json.dumps({"webhooks": count, "rounds": rounds, "min_cpu_ms_per_webhook": round(min(per_webhook), 3)}))
-    finally:
-        receiver.stop()
-        await delete_namespace(servers.amqp_url, namespace)
-        servers.stop()
 
 
 if __name__ == "__main__":

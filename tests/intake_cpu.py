@@ -16,17 +16,13 @@ import argparse
 import asyncio
 import json
 import secrets
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
-import asyncpg
 
 from tests.support.client import payment_body
-from tests.support.cpu import cpu_seconds, profiled
-from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
-from tests.support.processes import ServiceProcess, eventually, stack_environment
+from tests.support.cpu import cpu_seconds, measured_service, profiled
+from tests.support.processes import eventually
 
 API_KEY = "sk_test_demo"
 
@@ -49,19 +45,9 @@ async def post_all(url: str, posts: int, concurrency: int, wait: float) -> None:
 
 
 async def main(posts: int, concurrency: int, wait: float, profile: str | None) -> None:
-    servers = find_servers()
-    database_url = await create_database(servers.database_url, migrations=("ledger",))
-    namespace = unique_name("pscpu")
     # As `make bench` runs it: logging at WARNING, so what is measured is the work, not the log lines.
-    env = stack_environment(database_url, servers.amqp_url, namespace, LOG_LEVEL="WARNING")
-    intake = ServiceProcess("intake_api", env, Path(tempfile.mkdtemp(prefix="intake-cpu-")))
-    pool = None
-    try:
-        intake.start()
-        await intake.wait_ready()
-        assert intake.process is not None
-        pid = intake.process.pid
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    async with measured_service("intake_api", migrations=("ledger",), LOG_LEVEL="WARNING") as measured:
+        intake, pid, pool = measured.service, measured.pid, measured.pool
         await post_all(intake.url, 20, 4, wait)  # warm-up: connections, caches, prepared statements
 
         async def relayed() -> bool:
@@ -74,18 +60,12 @@ async def main(posts: int, concurrency: int, wait: float, profile: str | None) -
             answered = time.perf_counter() - started
             await eventually(relayed, timeout=600, interval=0.1, what="every row relayed")
             spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
-        print(
-            f"intake_api: {posts} POSTs (wait={wait:g}, {concurrency} clients) answered in {answered:.1f} s"
-            f" ({posts / answered:.0f}/s), relayed in {elapsed:.1f} s; {spent:.2f} CPU s,"
-            f" {spent / posts * 1000:.3f} ms CPU per POST"
-        )
-        print(json.dumps({"posts": posts, "cpu_ms_per_post": round(spent / posts * 1000, 3)}))
-    finally:
-        intake.stop()
-        if pool is not None:
-            await asyncio.wait_for(pool.close(), 10)
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
+    print(
+        f"intake_api: {posts} POSTs (wait={wait:g}, {concurrency} clients) answered in {answered:.1f} s"
+        f" ({posts / answered:.0f}/s), relayed in {elapsed:.1f} s; {spent:.2f} CPU s,"
+        f" {spent / posts * 1000:.3f} ms CPU per POST"
+    )
+    print(json.dumps({"posts": posts, "cpu_ms_per_post": round(spent / posts * 1000, 3)}))
 
 
 if __name__ == "__main__":

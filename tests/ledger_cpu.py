@@ -13,36 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-import asyncpg
-
-from shared.broker import Broker
 from shared.events import PaymentStatus
-from tests.support.cpu import cpu_seconds, profiled, publish_all
-from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
+from tests.support.cpu import cpu_seconds, measured_service, profiled, publish_all
 from tests.support.payment_histories import intent_created, requested, status_changed
-from tests.support.processes import ServiceProcess, eventually, stack_environment
+from tests.support.processes import eventually
 
 
 async def main(payments: int, profile: str | None) -> None:
-    servers = find_servers()
-    database_url = await create_database(servers.database_url, migrations=())
-    namespace = unique_name("pscpu")
-    env = stack_environment(database_url, servers.amqp_url, namespace, EXPIRY_SWEEP_INTERVAL_SECONDS="5")
-    ledger = ServiceProcess("ledger", env, Path(tempfile.mkdtemp(prefix="ledger-cpu-")))
-    broker = Broker(servers.amqp_url, namespace, name="ledger-cpu")
-    pool = None
-    try:
-        ledger.start()
-        await ledger.wait_ready()
-        assert ledger.process is not None
-        pid = ledger.process.pid
-        await broker.connect()
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    async with measured_service("ledger", application_name="ledger-cpu", EXPIRY_SWEEP_INTERVAL_SECONDS="5") as measured:
+        pid, pool = measured.pid, measured.pool
         ids = [f"pay_{secrets.token_hex(8)}" for _ in range(payments)]
         query = "SELECT count(*) FROM ledger.payment_logs"
 
@@ -60,22 +42,14 @@ async def main(payments: int, profile: str | None) -> None:
                 [status_changed(p, PaymentStatus.SUCCEEDED, "webhook", "paid") for p in ids],
             ]
             for n, phase in enumerate(phases, start=1):
-                await publish_all(broker, phase)
+                await publish_all(measured.broker, phase)
                 await eventually(recorded(n * payments), timeout=600, interval=0.2, what=f"phase {n} recorded")
             spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
-        events = 3 * payments
-        print(
-            f"ledger: {events} events in {elapsed:.1f} s, {spent:.2f} CPU s,"
-            f" {spent / events * 1000:.3f} ms CPU per event, {events / elapsed:.0f} events/s"
-        )
-    finally:
-        ledger.stop()
-        await broker.close()
-        if pool is not None:
-            await pool.close()
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
-        servers.stop()
+    events = 3 * payments
+    print(
+        f"ledger: {events} events in {elapsed:.1f} s, {spent:.2f} CPU s,"
+        f" {spent / events * 1000:.3f} ms CPU per event, {events / elapsed:.0f} events/s"
+    )
 
 
 if __name__ == "__main__":

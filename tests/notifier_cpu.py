@@ -18,22 +18,19 @@ import argparse
 import asyncio
 import json
 import secrets
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 from standardwebhooks import Webhook
 
 from shared.broker import Broker
 from shared.events import Envelope, PaymentStatus, PaymentStatusRecorded
-from tests.support.cpu import cpu_seconds, profiled, publish_all
-from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
+from tests.support.cpu import cpu_seconds, measured_service, profiled, publish_all
 from tests.support.merchant_receiver import MerchantReceiver
 from tests.support.notifier_rows import insert_endpoint, insert_payments, set_status
-from tests.support.processes import ServiceProcess, eventually, stack_environment
+from tests.support.processes import eventually
 
 MERCHANT = "demo"
 HARNESS = "notifier-cpu"  # the application_name of this harness's own connections
@@ -93,83 +90,66 @@ async def publish_at(broker: Broker, envelopes: list[Envelope], rate: float | No
 
 
 async def main(payments: int, profile: str | None, rate: float | None) -> None:
-    servers = find_servers()
-    database_url = await create_database(servers.database_url, migrations=("ledger",))
-    namespace = unique_name("pscpu")
-    # As `make bench` runs it: logging at WARNING, so what is measured is the work, not the log lines.
-    env = stack_environment(database_url, servers.amqp_url, namespace, LOG_LEVEL="WARNING")
-    notifier = ServiceProcess("notifier", env, Path(tempfile.mkdtemp(prefix="notifier-cpu-")))
-    broker = Broker(servers.amqp_url, namespace, name="notifier-cpu")
     receiver = MerchantReceiver()
-    pool = None
+    await receiver.start()
     try:
-        await receiver.start()
-        notifier.start()
-        await notifier.wait_ready()
-        assert notifier.process is not None
-        pid = notifier.process.pid
-        await broker.connect()
-        pool = await asyncpg.create_pool(
-            database_url, min_size=1, max_size=2, server_settings={"application_name": HARNESS}
-        )
-        secret = await insert_endpoint(pool, "we_cpu", MERCHANT, receiver.url)
-        ids = [f"pay_{secrets.token_hex(16)}" for _ in range(payments)]
-        await insert_payments(pool, ids, MERCHANT)
+        # As `make bench` runs it: logging at WARNING, so what is measured is the work, not the log lines.
+        async with measured_service(
+            "notifier", migrations=("ledger",), application_name=HARNESS, LOG_LEVEL="WARNING"
+        ) as measured:
+            pid, pool = measured.pid, measured.pool
+            secret = await insert_endpoint(pool, "we_cpu", MERCHANT, receiver.url)
+            ids = [f"pay_{secrets.token_hex(16)}" for _ in range(payments)]
+            await insert_payments(pool, ids, MERCHANT)
 
-        def delivered(count: int) -> Callable[[], Awaitable[bool]]:
-            async def probe() -> bool:
-                query = "SELECT count(*) FROM notifier.deliveries WHERE status = 'delivered'"
-                return int(await pool.fetchval(query)) >= count
+            def delivered(count: int) -> Callable[[], Awaitable[bool]]:
+                async def probe() -> bool:
+                    query = "SELECT count(*) FROM notifier.deliveries WHERE status = 'delivered'"
+                    return int(await pool.fetchval(query)) >= count
 
-            return probe
+                return probe
 
-        async def succeed() -> None:
-            await set_status(pool, ids, "SUCCEEDED")
+            async def succeed() -> None:
+                await set_status(pool, ids, "SUCCEEDED")
 
-        phases: list[tuple[Callable[[], Awaitable[None]] | None, list[Envelope]]] = [
-            (None, recorded(None, PaymentStatus.PENDING, ids)),
-            (succeed, recorded(PaymentStatus.PENDING, PaymentStatus.SUCCEEDED, ids)),
-        ]
-        async with profiled(pid, profile):
-            started_cpu, started = cpu_seconds(pid), time.perf_counter()
-            backends_before = {p: cpu_seconds(p) for p in await notifier_backends(pool)}
-            for n, (before, phase) in enumerate(phases, start=1):
-                if before is not None:
-                    await before()
-                await publish_at(broker, phase, rate)
-                await eventually(delivered(n * payments), timeout=600, interval=0.2, what=f"phase {n} delivered")
-            spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
-            backends = await notifier_backends(pool)
-            database_spent = sum(cpu_seconds(p) - backends_before.get(p, 0.0) for p in backends)
-            gone = len(set(backends_before) - set(backends))
-        duplicates = check_deliveries(
-            receiver, secret, {"payment.created": "PENDING", "payment.succeeded": "SUCCEEDED"}, payments
-        )
-        attempts = int(await pool.fetchval("SELECT count(*) FROM notifier.delivery_attempts"))
-        print(
-            f"notifier: {payments} payments ({2 * payments} events, {attempts} attempts, {duplicates} duplicate"
-            f" POSTs) in {elapsed:.1f} s, {spent:.2f} CPU s, {spent / payments * 1000:.3f} ms CPU per payment,"
-            f" {payments / elapsed:.0f} payments/s"
-        )
-        print(
-            f"its PostgreSQL backends: {database_spent:.2f} CPU s, {database_spent / payments * 1000:.3f} ms CPU per"
-            f" payment ({len(backends)} backends{f', {gone} gone meanwhile, not counted' if gone else ''})"
-        )
-        figures = {
-            "payments": payments,
-            "cpu_ms_per_payment": round(spent / payments * 1000, 3),
-            "postgres_cpu_ms_per_payment": round(database_spent / payments * 1000, 3),
-        }
-        print(json.dumps(figures))
+            phases: list[tuple[Callable[[], Awaitable[None]] | None, list[Envelope]]] = [
+                (None, recorded(None, PaymentStatus.PENDING, ids)),
+                (succeed, recorded(PaymentStatus.PENDING, PaymentStatus.SUCCEEDED, ids)),
+            ]
+            async with profiled(pid, profile):
+                started_cpu, started = cpu_seconds(pid), time.perf_counter()
+                backends_before = {p: cpu_seconds(p) for p in await notifier_backends(pool)}
+                for n, (before, phase) in enumerate(phases, start=1):
+                    if before is not None:
+                        await before()
+                    await publish_at(measured.broker, phase, rate)
+                    await eventually(delivered(n * payments), timeout=600, interval=0.2, what=f"phase {n} delivered")
+                spent, elapsed = cpu_seconds(pid) - started_cpu, time.perf_counter() - started
+                backends = await notifier_backends(pool)
+                database_spent = sum(cpu_seconds(p) - backends_before.get(p, 0.0) for p in backends)
+                gone = len(set(backends_before) - set(backends))
+            duplicates = check_deliveries(
+                receiver, secret, {"payment.created": "PENDING", "payment.succeeded": "SUCCEEDED"}, payments
+            )
+            attempts = int(await pool.fetchval("SELECT count(*) FROM notifier.delivery_attempts"))
+            print(
+                f"notifier: {payments} payments ({2 * payments} events, {attempts} attempts, {duplicates} duplicate"
+                f" POSTs) in {elapsed:.1f} s, {spent:.2f} CPU s, {spent / payments * 1000:.3f} ms CPU per payment,"
+                f" {payments / elapsed:.0f} payments/s"
+            )
+            print(
+                f"its PostgreSQL backends: {database_spent:.2f} CPU s,"
+                f" {database_spent / payments * 1000:.3f} ms CPU per payment"
+                f" ({len(backends)} backends{f', {gone} gone meanwhile, not counted' if gone else ''})"
+            )
+            figures = {
+                "payments": payments,
+                "cpu_ms_per_payment": round(spent / payments * 1000, 3),
+                "postgres_cpu_ms_per_payment": round(database_spent / payments * 1000, 3),
+            }
+            print(json.dumps(figures))
     finally:
-        notifier.stop()
         await receiver.stop()
-        await broker.close()
-        if pool is not None:
-            await pool.close()
-        await delete_namespace(servers.amqp_url, namespace)
-        await drop_database(database_url)
-        servers.stop()
 
 
 if __name__ == "__main__":
