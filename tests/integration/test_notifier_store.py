@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from services.notifier.handlers import DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
 from services.notifier.store import PostgresNotifierStore
 from shared.db import migrate
@@ -54,6 +55,17 @@ async def a_payment_event(store: PostgresNotifierStore, pool: asyncpg.Pool) -> t
         data={"object": found[1]},
     )
     return event, (await store.record_events([event]))[event.id]
+
+
+async def a_pending_delivery(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> tuple[str, MerchantEvent, DeliveryTarget]:
+    """A new endpoint and a payment event for it: the endpoint's id, the event and its pending delivery's target."""
+    endpoint_id, _ = await an_endpoint(pool)
+    event, _ = await a_payment_event(store, pool)
+    target = await store.delivery_target(event.id, endpoint_id, NOW)
+    assert target is not None
+    return endpoint_id, event, target
 
 
 def failed(status: int | None = 500) -> AttemptResult:
@@ -145,10 +157,7 @@ async def test_an_event_without_a_payment_has_no_payment_in_its_target(
 async def test_attempts_are_numbered_and_an_endpoint_fails_from_its_first_failure_until_a_success(
     store: PostgresNotifierStore, pool: asyncpg.Pool
 ) -> None:
-    endpoint_id, _ = await an_endpoint(pool)
-    event, _ = await a_payment_event(store, pool)
-    target = await store.delivery_target(event.id, endpoint_id, NOW)
-    assert target is not None
+    endpoint_id, event, target = await a_pending_delivery(store, pool)
     first, later = NOW, NOW + timedelta(seconds=5)
 
     assert await store.record_attempt(target, failed(500), NextStep("retry", 5, first), first) == 1
@@ -185,10 +194,7 @@ async def test_attempts_are_numbered_and_an_endpoint_fails_from_its_first_failur
 async def test_giving_up_fails_the_delivery_and_leaves_the_endpoint_failing(
     store: PostgresNotifierStore, pool: asyncpg.Pool
 ) -> None:
-    endpoint_id, _ = await an_endpoint(pool)
-    event, _ = await a_payment_event(store, pool)
-    target = await store.delivery_target(event.id, endpoint_id, NOW)
-    assert target is not None
+    endpoint_id, event, target = await a_pending_delivery(store, pool)
 
     assert await store.record_attempt(target, failed(503), NextStep("give_up", failing_since=NOW), NOW) == 1
 
@@ -200,11 +206,8 @@ async def test_giving_up_fails_the_delivery_and_leaves_the_endpoint_failing(
 async def test_disabling_an_endpoint_fails_its_other_pending_deliveries(
     store: PostgresNotifierStore, pool: asyncpg.Pool
 ) -> None:
-    endpoint_id, _ = await an_endpoint(pool)
-    event, _ = await a_payment_event(store, pool)
+    endpoint_id, event, target = await a_pending_delivery(store, pool)
     other, _ = await a_payment_event(store, pool)
-    target = await store.delivery_target(event.id, endpoint_id, NOW)
-    assert target is not None
     since = NOW - timedelta(days=6)
 
     assert await store.record_attempt(target, failed(500), NextStep("disable", failing_since=since), NOW) == 1
