@@ -197,7 +197,7 @@ def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
         attempt=int(str(headers.get(ATTEMPT_HEADER, 1))),
         max_attempts=retry.max_attempts,
         redelivered=bool(message.redelivered),
-        trace_headers={k: str(headers[k]) for k in ("traceparent", "tracestate") if k in headers},
+        trace_headers={k: str(headers[k]) for k in _TRACE_HEADERS if k in headers},
         reply_to=_reply_to(headers),
     )
 
