@@ -29,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
+from shared.cancellation import being_cancelled
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import EVENT_PROCESSING_SECONDS
@@ -125,6 +126,14 @@ class BatchConsumer:
                 self._arrived.clear()
             try:
                 await self.handle(batch)
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                # Not a stop: aiormq failed an ack or publish of the batch with CancelledError as its channel
+                # closed (shared/cancellation.py). Ending here would leave every message this consumer is sent
+                # from now on unacknowledged for as long as the process lives.
+                log.warning("batch interrupted by its channel closing; requeueing it", consumer=self._group)
+                await _requeue(batch)
             except Exception:
                 # A fault of this layer, not of a message: hand the batch back rather than hold it unacked.
                 log.exception("batch could not be settled; requeueing it", consumer=self._group, size=len(batch))
@@ -180,7 +189,9 @@ class BatchConsumer:
         for message in acks_together(acked):
             try:
                 await message.ack(multiple=True)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    raise
                 # The channel went away with the batch unacked: the broker delivers it again (recorded once).
                 log.warning("could not ack a batch; it will be redelivered", consumer=self._group, error=str(exc))
 
@@ -189,7 +200,9 @@ async def _requeue(messages: Sequence[AbstractIncomingMessage]) -> None:
     for message in messages:
         try:
             await message.nack(requeue=True)
-        except Exception as exc:  # settled already, or its channel is gone (the broker then redelivers it)
+        except (Exception, asyncio.CancelledError) as exc:  # settled already, or its channel is gone (redelivered)
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                raise
             log.warning("could not requeue a message", message_id=message.message_id, error=str(exc))
 
 

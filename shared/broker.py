@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from shared.batches import BatchConsumer, BatchHandler, Consumed, consumer_span
+from shared.cancellation import ChannelLost, being_cancelled
 from shared.config import split_amqp_urls
 from shared.events import Envelope
 from shared.logs import get_logger
@@ -48,6 +49,7 @@ __all__ = [
     "DELIVERY_LIMIT",
     "REPLY_TO_HEADER",
     "Broker",
+    "ChannelLost",
     "ConsumerGroup",
     "Delivery",
     "FailoverConnection",
@@ -254,6 +256,11 @@ class Broker:
         return self._connection
 
     @property
+    def consumer_tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The tasks of this broker's batch consumers (they run until it closes)."""
+        return tuple(self._batch_consumers)
+
+    @property
     def node(self) -> str:
         """The node in use (password hidden), for logs and tests."""
         return str(self._connection) if self._connection is not None else ""
@@ -329,7 +336,8 @@ class Broker:
         REPLY_TO_HEADER among them goes with the message. `also_to`: reply routing keys the message is routed
         to as well, in this one publish (a BCC header the broker strips; a key nobody binds any more costs
         nothing). Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout`
-        seconds, also while the connection is down (aio-pika would otherwise wait for it without limit).
+        seconds, also while the connection is down (aio-pika would otherwise wait for it without limit), and
+        raises ChannelLost if the channel closes before the confirm (shared/cancellation.py).
         """
         if self._exchange is None:
             raise RuntimeError("broker not connected")
@@ -349,8 +357,13 @@ class Broker:
             )
             # The one deadline, for the whole publish and its confirm: a timeout passed to aio-pika would be
             # carried out by aiormq as an asyncio.wait_for around each of its steps, a task each (Python 3.11).
-            async with asyncio.timeout(timeout):
-                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=None)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=None)
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                raise ChannelLost(f"the broker channel closed before it confirmed {envelope.type}") from None
 
     async def _publish_for_retry(
         self, queue: str, message: AbstractIncomingMessage, attempt: int, delay_seconds: float
@@ -368,10 +381,15 @@ class Broker:
             headers=headers,
             expiration=max(0.001, delay_seconds),
         )
-        async with asyncio.timeout(10):
-            await self._channel.default_exchange.publish(
-                retry, routing_key=Names.retry_queue(queue, attempt), mandatory=True, timeout=10
-            )
+        try:
+            async with asyncio.timeout(10):
+                await self._channel.default_exchange.publish(
+                    retry, routing_key=Names.retry_queue(queue, attempt), mandatory=True, timeout=10
+                )
+        except asyncio.CancelledError:
+            if being_cancelled():
+                raise
+            raise ChannelLost("the broker channel closed before it confirmed a retry") from None
 
     # --- consuming --------------------------------------------------------------------------------
     async def consume(

@@ -19,6 +19,7 @@ import uvloop
 from aiohttp import web
 
 from shared.broker import Broker, ConsumerGroup
+from shared.cancellation import being_cancelled
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
 from shared.db import MigrationChanged, create_pool, prepare_database, schemas_missing
 from shared.http_server import EdgeRunner, claim_port
@@ -30,6 +31,14 @@ from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, READI
 T = TypeVar("T")
 # How long a stopping service lets requests in flight finish (deploy/kubernetes waits longer before SIGKILL).
 DRAIN_SECONDS = 5.0
+
+
+class BackgroundTaskEnded(RuntimeError):
+    """A task meant to run as long as the service ended (its error, or a stray cancellation): the service stops."""
+
+
+# Failed (BackgroundTaskEnded) when the service must stop although nobody asked it to (see `serving`).
+SERVICE_FAILED: web.AppKey[asyncio.Future[None]] = web.AppKey("service_failed")
 
 
 class DependencyError(RuntimeError):
@@ -76,6 +85,9 @@ def run_service(
         raise SystemExit(1) from None
     except (web.GracefulExit, KeyboardInterrupt):
         pass
+    except BackgroundTaskEnded as exc:
+        sys.stderr.write(f"paystream: {exc}\n")
+        raise SystemExit(1) from None
     except MigrationChanged as exc:
         log.error("schema does not match the code; stopping", error=str(exc))
         sys.stderr.write(f"paystream: {exc}\n")
@@ -102,11 +114,12 @@ async def _serve(app: web.Application, sock: socket.socket, settings: Settings, 
         error_page=app.get(ERROR_PAGE, problem_page),
         max_connections=settings.http_max_connections,
     )
+    failed = app[SERVICE_FAILED] = asyncio.get_running_loop().create_future()
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
         log.info("service ready", port=sock.getsockname()[1])
-        await asyncio.Event().wait()
+        await failed  # until SIGTERM/SIGINT (GracefulExit), or until a background task ended
     finally:
         await runner.cleanup()
 
@@ -242,6 +255,23 @@ async def serving(
     app[READINESS_CHECKS].append(broker.is_ready)
     if pool is not None:
         app[READINESS_CHECKS].append(lambda: pool_ready(pool))
+    tasks = list(tasks)
+    stopping = False
+
+    def ended(task: asyncio.Task[Any]) -> None:
+        # Every background task (and consumer loop) runs as long as the service: one that ends before the stop
+        # leaves its work undone (a consumer its prefetched messages unacknowledged) while the process still
+        # looks alive, so the service stops, with an exit status that says so, and its supervisor restarts it.
+        if stopping:
+            return
+        reason = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
+        get_logger(__name__).error("a background task ended; the service stops", task=task.get_name(), reason=reason)
+        failed = app.get(SERVICE_FAILED)
+        if failed is not None and not failed.done():
+            failed.set_exception(BackgroundTaskEnded(f"background task {task.get_name()} ended: {reason}"))
+
+    for task in (*tasks, *broker.consumer_tasks):
+        task.add_done_callback(ended)
     # What start-up made (modules, models, schemas, connections) lives as long as the process: frozen out of
     # the collector, a full collection no longer walks it all again (60 ms each, four in 6000 ledger events).
     gc.collect()
@@ -249,6 +279,7 @@ async def serving(
     try:
         yield
     finally:
+        stopping = True
         await cancel_tasks(tasks)
 
 
@@ -258,7 +289,9 @@ async def run_periodically(name: str, interval: float, work: Callable[[], Awaita
         try:
             await work()
         except asyncio.CancelledError:
-            raise
+            if being_cancelled():
+                raise
+            get_logger(__name__).warning("periodic task interrupted by a closing channel", task=name)
         except Exception as exc:
             get_logger(__name__).warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(interval)

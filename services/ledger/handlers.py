@@ -316,7 +316,8 @@ class EventRecorder:
         # alone (RetryLater), the others are acked.
         errors = await asyncio.gather(*(announce(batch[i], a) for i, a in announcing), return_exceptions=True)
         for (i, _), error in zip(announcing, errors, strict=True):
-            if isinstance(error, Exception):
+            # A CancelledError here is one announcement's, not this task's (gather raises that itself).
+            if isinstance(error, Exception | asyncio.CancelledError):
                 results[i] = RetryLater("the status change could not be announced yet")
             elif isinstance(error, BaseException):
                 raise error

@@ -269,7 +269,12 @@ async def _run(stack: ScaledStack, load: Load) -> None:
         query = "SELECT count(*) FROM ledger.payment_requests WHERE id = ANY($1::text[]) AND status = ANY($2)"
         return int(await stack.pool.fetchval(query, ids, list(TERMINAL))) == len(ids)
 
-    await eventually(all_terminal, timeout=240, interval=0.5, what="every accepted payment terminal")
+    try:
+        await eventually(all_terminal, timeout=240, interval=0.5, what="every accepted payment terminal")
+    except AssertionError:
+        print(f"\nfault timeline ({stack.namespace}):\n{timeline}")
+        await _print_stuck(stack, ids)
+        raise
     timeline.note("every accepted payment terminal in the ledger")
 
     rows = {
@@ -342,6 +347,44 @@ async def _run(stack: ScaledStack, load: Load) -> None:
     for name, kind, members in durable:  # an intake's own reply queue is exclusive: it lives and dies with it
         assert kind == "quorum", f"{name} is {kind}: a message waiting there is lost with its node"
         assert members.count("@") == len(stack.cluster.nodes), f"{name} has members {members}"
+
+
+async def _print_stuck(stack: ScaledStack, ids: list[str]) -> None:
+    """What a failed wait needs to be read: the payments not terminal, their log rows, the queues, each log's tail."""
+    stuck = await stack.pool.fetch(
+        "SELECT id, status, provider_payment_id FROM ledger.payment_requests WHERE id = ANY($1::text[])"
+        " AND NOT status = ANY($2)",
+        ids,
+        list(TERMINAL),
+    )
+    known = {
+        r["id"]
+        for r in await stack.pool.fetch("SELECT id FROM ledger.payment_requests WHERE id = ANY($1::text[])", ids)
+    }
+    print(f"not terminal: {len(stuck)}; not in the ledger at all: {sorted(set(ids) - known)[:10]}")
+    for row in stuck[:5]:
+        logs = await stack.pool.fetch(
+            "SELECT event_type, from_status, to_status, source, outcome, recorded_at FROM ledger.payment_logs"
+            " WHERE payment_request_id = $1 ORDER BY id",
+            row["id"],
+        )
+        print(f"  {dict(row)}: {[dict(log) for log in logs]}")
+        if row["provider_payment_id"]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+                url = f"{stack.sandbox.url}/v1/intents/{row['provider_payment_id']}/webhooks"
+                async with http.get(url) as r:
+                    print(f"    sandbox webhook attempts: {r.status} {await r.text()}")
+        for process in stack.all():
+            hits = [line for line in process.log_text().splitlines() if row["id"] in line]
+            if hits:
+                print(f"    {process.name} ({process.log_path.parent.name}): {len(hits)} lines, last: {hits[-3:]}")
+    for row in (
+        stack.cluster.nodes[1]
+        .ctl("list_queues", "name", "messages", "messages_unacknowledged", "--no-table-headers", "--quiet")
+        .splitlines()
+    ):
+        if row.startswith(stack.namespace + "."):
+            print(f"  queue {row}")
 
 
 @pytest.mark.timeout(600)

@@ -152,6 +152,57 @@ async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -
     assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
 
 
+async def test_a_channel_closing_under_a_batch_gives_it_back_and_the_consumer_goes_on() -> None:
+    """aiormq fails a closing channel's pending futures with CancelledError, though nobody cancelled the consumer:
+    taken for a stop, the consumer would end and leave every message sent to it unacknowledged for good."""
+    first, second = messages(2), messages(1)
+    handled: asyncio.Queue[int] = asyncio.Queue()
+    calls = 0
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        nonlocal calls
+        calls += 1
+        handled.put_nowait(len(items))
+        if calls == 1:
+            raise asyncio.CancelledError()  # what awaiting a confirm of a closed channel raises
+        return [None] * len(items)
+
+    running = consumer(handler)
+    task = asyncio.create_task(running.run())
+    try:
+        for message in first:
+            await running.on_message(cast(AbstractIncomingMessage, message))
+        assert await asyncio.wait_for(handled.get(), 5) == 2
+        await running.on_message(cast(AbstractIncomingMessage, second[0]))
+        assert await asyncio.wait_for(handled.get(), 5) == 1
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
+    assert second[0].calls == [("ack", True)]
+
+
+async def test_cancelling_the_consumer_stops_it_in_the_middle_of_a_batch() -> None:
+    batch = messages(1)
+    entered = asyncio.Event()
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    running = consumer(handler)
+    task = asyncio.create_task(running.run())
+    await running.on_message(cast(AbstractIncomingMessage, batch[0]))
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert batch[0].calls == []  # not acked: the broker delivers it again
+
+
 async def test_a_messages_context_binds_its_log_context_and_restores_what_was_bound_before() -> None:
     outer, inner = [await decode(cast(AbstractIncomingMessage, m)) for m in messages(2)]
     structlog.contextvars.bind_contextvars(service="ledger", event_id="before")
