@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -128,6 +128,28 @@ async def test_a_batch_whose_handler_raises_is_handled_one_message_at_a_time() -
     ]
 
 
+async def still_running_after_two_batches(
+    handler: Callable[[Sequence[Consumed]], Awaitable[list[BaseException | None]]],
+    first: list[FakeMessage],
+    second: list[FakeMessage],
+    handled: asyncio.Queue[int],
+) -> bool:
+    """Runs a consumer, feeds it `first`, waits for its handler to take it, then one message of `second`:
+    whether the consumer was still running once that second batch was handled."""
+    running = consumer(handler)
+    task = asyncio.create_task(running.run())
+    try:
+        for message in first:
+            await running.on_message(cast(AbstractIncomingMessage, message))
+        assert await asyncio.wait_for(handled.get(), 5) == len(first)
+        await running.on_message(cast(AbstractIncomingMessage, second[0]))
+        assert await asyncio.wait_for(handled.get(), 5) == 1
+        return not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -> None:
     first, second = messages(2), messages(1)
     handled: asyncio.Queue[int] = asyncio.Queue()
@@ -136,19 +158,8 @@ async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -
         handled.put_nowait(len(items))
         return []  # a handler bug: no result per message
 
-    running = consumer(handler)
-    task = asyncio.create_task(running.run())
-    try:
-        for message in first:
-            await running.on_message(cast(AbstractIncomingMessage, message))
-        assert await asyncio.wait_for(handled.get(), 5) == 2
-        await running.on_message(cast(AbstractIncomingMessage, second[0]))
-        # The consumer took the next batch, so it survived the first, which it handed back.
-        assert await asyncio.wait_for(handled.get(), 5) == 1
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
+    # The consumer takes the next batch, so it survived the first, which it handed back.
+    assert await still_running_after_two_batches(handler, first, second, handled)
     assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
 
 
@@ -167,19 +178,7 @@ async def test_a_channel_closing_under_a_batch_gives_it_back_and_the_consumer_go
             raise asyncio.CancelledError()  # what awaiting a confirm of a closed channel raises
         return [None] * len(items)
 
-    running = consumer(handler)
-    task = asyncio.create_task(running.run())
-    try:
-        for message in first:
-            await running.on_message(cast(AbstractIncomingMessage, message))
-        assert await asyncio.wait_for(handled.get(), 5) == 2
-        await running.on_message(cast(AbstractIncomingMessage, second[0]))
-        assert await asyncio.wait_for(handled.get(), 5) == 1
-        assert not task.done()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
+    assert await still_running_after_two_batches(handler, first, second, handled)
     assert [m.calls for m in first] == [[("nack", True)], [("nack", True)]]
     assert second[0].calls == [("ack", True)]
 
