@@ -42,7 +42,7 @@ def broker_with(exchange: ClosingExchange) -> Broker:
 
 
 async def test_a_channel_closing_under_a_publish_raises_channel_lost_not_a_cancellation() -> None:
-    with pytest.raises(ChannelLost, match="before it confirmed payment.requested"):
+    with pytest.raises(ChannelLost, match=r"before it confirmed payment\.requested"):
         await broker_with(ClosingExchange()).publish(requested("pay_closing"))
 
 
