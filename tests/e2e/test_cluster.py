@@ -246,7 +246,9 @@ async def _inject_faults(stack: ScaledStack, load: Load, timeline: Timeline, acc
         await more_accepted()
         timeline.note(f"starting broker node {node.name} again, {accepted['accepted']} accepted")
         await asyncio.to_thread(_start_node, stack.cluster, node.name)
-        timeline.note(f"broker node {node.name} back: running nodes {stack.cluster.running_nodes(1).split()}")
+        running = stack.cluster.running_nodes(1)
+        assert node.name in running, f"{node.name} booted but did not rejoin the cluster: running {running}"
+        timeline.note(f"broker node {node.name} back: running nodes {', '.join(running)}")
         await more_accepted()  # the load goes on a while on the healed cluster
     finally:
         load.faults_done.set()

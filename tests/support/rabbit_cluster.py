@@ -8,6 +8,7 @@ The machine's default node (5672, rabbit@localhost) is never touched: every comm
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -126,8 +127,10 @@ class RabbitCluster:
                 rows.append((parts[0], parts[1], parts[2], parts[3]))
         return rows
 
-    def running_nodes(self, node: int = 0) -> str:
-        return self.nodes[node].ctl("eval", "lists:sort(rabbit_nodes:all_running()).", timeout=30)
+    def running_nodes(self, node: int = 0) -> list[str]:
+        """The names of the nodes running, as node `node` sees them (from the Erlang list it prints)."""
+        listed = self.nodes[node].ctl("eval", "lists:sort(rabbit_nodes:all_running()).", timeout=30)
+        return re.findall(r"'([^']+)'", listed)
 
 
 def _run(command: list[str], env: dict[str, str], *, timeout: float, check: bool = True) -> str:
