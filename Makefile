@@ -17,10 +17,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 install: $(VENV)/.installed
 
-## lock: re-resolve every dependency from pyproject.toml into requirements.lock (commit both).
+## lock: resolve what pyproject.toml added into requirements.lock, keeping every pin already there (commit both);
+## `make lock LOCK_ARGS=--upgrade` re-resolves everything to today's releases.
+LOCK_ARGS ?=
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
-		--python-version 3.11 --upgrade -o requirements.lock
+		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
 ## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (shared/stack.py).

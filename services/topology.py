@@ -1,6 +1,6 @@
 """Every consumer group of Paystream, derived from the services' message registries.
 
-Each service declares all of them at start (CONTRACT §1), so a message published before its consumer
+Each service declares all of them at start (docs/reference/commands.md), so a message published before its consumer
 first runs waits in that consumer's queue instead of being returned as unroutable. A new consuming service
 adds its registry here.
 """

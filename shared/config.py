@@ -1,4 +1,5 @@
-"""Settings every service reads (CONTRACT §2): one class, the same names everywhere, read once in main()."""
+"""Settings every service reads (docs/reference/configuration.md): one class, the same names everywhere, read once in
+main()."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ class Service:
     """One Paystream service: the one list every runner, test and manifest reads (never write it again)."""
 
     name: str  # the package under services/, the Procfile entry and the process name
-    trace_name: str  # service.name in traces and logs (CONTRACT §8)
-    port_variable: str  # the setting holding its HTTP port (CONTRACT §2)
+    trace_name: str  # service.name in traces and logs (docs/reference/observability.md)
+    port_variable: str  # the setting holding its HTTP port (docs/reference/configuration.md)
     replicated: bool = True  # `make run REPLICAS=N` runs N of it (the sandbox stands in for one provider)
 
     @property

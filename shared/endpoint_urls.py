@@ -1,4 +1,5 @@
-"""The guard on merchant webhook URLs (CONTRACT §9): http(s) only, and no loopback, link-local or private
+"""The guard on merchant webhook URLs (docs/reference/merchant-webhooks.md): http(s) only, and no loopback, link-local
+or private
 address unless WEBHOOK_ALLOW_PRIVATE_URLS is set, so an endpoint cannot make Paystream call into its own network.
 """
 

@@ -1,4 +1,4 @@
-"""The payment resource (CONTRACT §3): what the intake API answers and what merchant webhooks carry."""
+"""The payment resource (docs/reference/intake-api.md): what the intake API answers and what merchant webhooks carry."""
 
 from __future__ import annotations
 

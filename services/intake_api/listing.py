@@ -1,4 +1,5 @@
-"""Lists with cursor pagination (CONTRACT §9): `limit`, `starting_after`, `ending_before`, `has_more`.
+"""Lists with cursor pagination (docs/reference/merchant-webhooks.md): `limit`, `starting_after`, `ending_before`,
+`has_more`.
 
 Newest first. A page after a cursor holds only what is older than the cursor, so payments or events created
 while a client pages through never make it skip or repeat an item. Given both cursors, a page holds what lies

@@ -216,7 +216,7 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
     return result
 
 
-# --- merchant webhooks and lists (CONTRACT §9) -----------------------------------------------------------------
+# --- merchant webhooks and lists (docs/reference/merchant-webhooks.md) -------------------------------------------
 
 _SUBSCRIBABLE = (*MERCHANT_EVENT_TYPES, ALL_EVENTS)
 

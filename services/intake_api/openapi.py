@@ -180,7 +180,7 @@ _EVENT_ID = _path_id("event_id", "The event's id (`evt_...`).")
 
 
 def _webhook_paths() -> dict[str, Any]:
-    """Merchant webhooks, events and the payment list (CONTRACT §9)."""
+    """Merchant webhooks, events and the payment list (docs/reference/merchant-webhooks.md)."""
     with_secret = _json("WebhookEndpointWithSecret", "The endpoint, with its signing secret (shown only here).")
     return {
         "/v1/webhook_endpoints": {

@@ -1,4 +1,5 @@
-"""The intake API's HTTP handlers (CONTRACT §3): authentication, idempotency, validation, reads, cancel."""
+"""The intake API's HTTP handlers (docs/reference/intake-api.md): authentication, idempotency, validation, reads,
+cancel."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Merchant webhooks on the intake API (CONTRACT §9): endpoints, their secrets, events, deliveries, lists."""
+"""Merchant webhooks on the intake API (docs/reference/merchant-webhooks.md): endpoints, their secrets, events,
+deliveries, lists."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def _event(row: asyncpg.Record) -> MerchantEvent:
 
 
 def endpoint_resource(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """The webhook endpoint resource (CONTRACT §9), without its secret."""
+    """The webhook endpoint resource (docs/reference/merchant-webhooks.md), without its secret."""
     return {
         "id": row["id"],
         "url": row["url"],

@@ -49,7 +49,7 @@ def new_event_id() -> str:
 
 
 def build_event(intent: Intent, *, created: int, event_id: str | None = None) -> dict[str, Any]:
-    """The webhook body announcing that a closed intent reached its status (CONTRACT §4)."""
+    """The webhook body announcing that a closed intent reached its status (docs/reference/provider-webhooks.md)."""
     return {
         "id": event_id or new_event_id(),
         "type": EVENT_TYPES[intent.status],

@@ -1,4 +1,4 @@
-"""The storefront: a demo shop showing how a merchant integrates with Paystream (CONTRACT §6).
+"""The storefront: a demo shop showing how a merchant integrates with Paystream (docs/reference/storefront.md).
 
 Its server, never the browser, holds the API key and sets the amount; it creates each payment through the intake
 API with the order id as the Idempotency-Key, sends the customer to the hosted checkout page, and on their return

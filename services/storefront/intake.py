@@ -1,4 +1,5 @@
-"""The shop's client of the intake API (CONTRACT §3): create a payment, read it; failures become typed errors."""
+"""The shop's client of the intake API (docs/reference/intake-api.md): create a payment, read it; failures become
+typed errors."""
 
 from __future__ import annotations
 

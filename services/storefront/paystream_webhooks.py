@@ -1,4 +1,5 @@
-"""How the shop hears about its payments without the customer: Paystream's signed webhooks (CONTRACT §9).
+"""How the shop hears about its payments without the customer: Paystream's signed webhooks
+(docs/reference/merchant-webhooks.md).
 
 The shop registers its endpoint at start (or is given its secret by STOREFRONT_WEBHOOK_SECRET) and verifies each
 delivery with the `standardwebhooks` library before believing a word of it. A verified `payment.succeeded` marks

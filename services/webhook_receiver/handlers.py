@@ -39,7 +39,7 @@ async def receive_webhook(
     body: bytes,
     publish: Callable[[Envelope], Awaitable[None]],
 ) -> WebhookResult:
-    """The whole rule of CONTRACT §4; raises WebhookRejected or BrokerUnavailable."""
+    """The whole rule of docs/reference/provider-webhooks.md; raises WebhookRejected or BrokerUnavailable."""
     try:
         provider.verify_webhook_source(headers, body)
     except SignatureError as exc:

@@ -32,7 +32,7 @@ from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster
 # the intake, so its replicas prove nothing the intake's do not, and the machine has two cores.
 REPLICATED = tuple(s.name for s in SERVICES if s.replicated and s.name != "storefront")
 REPLICAS = 2
-# Card → (status, failure_code) the payment must end in (CONTRACT §5).
+# Card → (status, failure_code) the payment must end in (docs/reference/sandbox.md).
 CARDS = {
     "4242424242424242": ("SUCCEEDED", None),
     "4000000000000002": ("FAILED", "card_declined"),

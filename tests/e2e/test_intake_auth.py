@@ -1,4 +1,4 @@
-"""Intake API keys and merchant isolation (CONTRACT §3), against the running stack."""
+"""Intake API keys and merchant isolation (docs/reference/intake-api.md), against the running stack."""
 
 from __future__ import annotations
 

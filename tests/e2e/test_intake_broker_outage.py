@@ -1,5 +1,6 @@
 """The intake while RabbitMQ is cut off from it (by a proxy), as real processes: POSTs still answer 201, every
-payment accepted meanwhile reaches the ledger once the broker is back, even across a crash (CONTRACT §3)."""
+payment accepted meanwhile reaches the ledger once the broker is back, even across a crash
+(docs/reference/intake-api.md)."""
 
 from __future__ import annotations
 

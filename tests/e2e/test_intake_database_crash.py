@@ -1,5 +1,6 @@
 """The intake while its PostgreSQL crashes (`pg_ctl stop -m immediate`) and restarts under load: every answer to
-`POST /v1/payments` is a 201, or a 503 with Retry-After while the database is away; never a 500 (CONTRACT §3).
+`POST /v1/payments` is a 201, or a 503 with Retry-After while the database is away; never a 500
+(docs/reference/intake-api.md).
 
 A cut link (test_intake_database_outage.py) only ever refuses connections. A crash also kills connections in the
 middle of a statement, and the restarting server answers "starting up" and "in recovery": the errors that once

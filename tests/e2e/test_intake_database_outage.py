@@ -1,5 +1,5 @@
 """The intake while PostgreSQL is cut off from it (by a proxy), as a real process: 503 with Retry-After, then
-recovery by itself once the database is back (CONTRACT §3)."""
+recovery by itself once the database is back (docs/reference/intake-api.md)."""
 
 from __future__ import annotations
 

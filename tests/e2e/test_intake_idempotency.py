@@ -1,4 +1,4 @@
-"""The Idempotency-Key table of CONTRACT §3, row by row, against the running stack."""
+"""The Idempotency-Key table of docs/reference/intake-api.md, row by row, against the running stack."""
 
 from __future__ import annotations
 

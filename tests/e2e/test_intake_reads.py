@@ -1,4 +1,5 @@
-"""`Prefer: wait=N`, reading a payment and its log, and cancelling it (CONTRACT §3), against the running stack."""
+"""`Prefer: wait=N`, reading a payment and its log, and cancelling it (docs/reference/intake-api.md), against the
+running stack."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Two intake processes on one database, as real processes: one outbox shared by two relays gets every payment
 to the ledger; the gateway's answer to a POST that waits reaches the intake it waits in and no other, and a POST
-that does not wait is answered to nobody; a starting intake purges idempotency keys past retention (CONTRACT §3)."""
+that does not wait is answered to nobody; a starting intake purges idempotency keys past retention
+(docs/reference/intake-api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What the intake refuses, and how (CONTRACT §3): 400, 413, 415, 422, 404, 405, all RFC 9457 problem JSON."""
+"""What the intake refuses, and how (docs/reference/intake-api.md): 400, 413, 415, 422, 404, 405, all RFC 9457 problem
+JSON."""
 
 from __future__ import annotations
 

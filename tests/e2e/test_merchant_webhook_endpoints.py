@@ -1,4 +1,5 @@
-"""Merchant webhook endpoints end to end (issue 11, CONTRACT §9): a failing endpoint is disabled and stops
+"""Merchant webhook endpoints end to end (issue 11, docs/reference/merchant-webhooks.md): a failing endpoint is
+disabled and stops
 receiving; a URL into a private network is refused."""
 
 from __future__ import annotations

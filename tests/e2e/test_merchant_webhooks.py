@@ -1,4 +1,5 @@
-"""Merchant webhooks end to end (issue 11, CONTRACT §9): signed, retried through an outage, recorded, rotated.
+"""Merchant webhooks end to end (issue 11, docs/reference/merchant-webhooks.md): signed, retried through an outage,
+recorded, rotated.
 
 A stack of its own with a retry schedule in seconds. The merchant's receiver runs in the test; every request it
 receives is checked with the `standardwebhooks` library, the way a shop would check it.

@@ -1,4 +1,5 @@
-"""Every running service's GET /metrics (CONTRACT §8, issue 6): after one payment, each metric is exported by
+"""Every running service's GET /metrics (docs/reference/observability.md, issue 6): after one payment, each metric is
+exported by
 the service that owns it, and the counters of that payment's path have grown."""
 
 from __future__ import annotations

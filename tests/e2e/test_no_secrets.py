@@ -1,4 +1,5 @@
-"""A customer pays in a real browser, typing a card on the hosted page (issue 6, CONTRACT §5, §6, §7, §8).
+"""A customer pays in a real browser, typing a card on the hosted page (issue 6, docs/reference/sandbox.md,
+docs/reference/storefront.md, docs/reference/records.md, docs/reference/observability.md).
 
 The order page must then show SUCCEEDED, and the card number, the API keys and the webhook secret must appear in
 no log line of any service and no row of the database.

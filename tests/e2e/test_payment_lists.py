@@ -1,4 +1,5 @@
-"""GET /v1/payments and GET /v1/events pages (issue 11, CONTRACT §9): newest first, cursor pagination that never
+"""GET /v1/payments and GET /v1/events pages (issue 11, docs/reference/merchant-webhooks.md): newest first, cursor
+pagination that never
 skips or repeats an item while new ones are created, filters, and one merchant's items only."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The demo shop hears of its payments by Paystream's signed webhooks (issue 11, CONTRACT §6, §9).
+"""The demo shop hears of its payments by Paystream's signed webhooks (issue 11, docs/reference/storefront.md,
+docs/reference/merchant-webhooks.md).
 
 A customer who closes the tab right after paying never comes back to the shop; the order is paid anyway, from
 the verified webhook. An unsigned or forged webhook changes nothing.

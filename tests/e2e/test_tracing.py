@@ -1,4 +1,4 @@
-"""One trace per payment (issue 6, CONTRACT §8).
+"""One trace per payment (issue 6, docs/reference/observability.md).
 
 Every service exports its spans over OTLP/HTTP to a receiver written for the test; one payment, from
 POST /v1/payments to the ledger recording the webhook's outcome, must be one trace with correct parent links.

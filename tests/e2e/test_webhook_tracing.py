@@ -1,4 +1,5 @@
-"""A merchant webhook delivery joins its payment's trace (issue 11, CONTRACT §8): POST /v1/payments, the ledger
+"""A merchant webhook delivery joins its payment's trace (issue 11, docs/reference/observability.md): POST
+/v1/payments, the ledger
 recording it, the notifier's delivery and its HTTP POST to the shop are one trace."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The sandbox gateway over HTTP (CONTRACT §5), with a small aiohttp server standing in for the webhook receiver."""
+"""The sandbox gateway over HTTP (docs/reference/sandbox.md), with a small aiohttp server standing in for the webhook
+receiver."""
 
 from __future__ import annotations
 

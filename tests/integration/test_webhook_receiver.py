@@ -1,4 +1,5 @@
-"""The webhook receiver (CONTRACT §4) against the real broker: what is refused publishes nothing, what is
+"""The webhook receiver (docs/reference/provider-webhooks.md) against the real broker: what is refused publishes
+nothing, what is
 accepted is on the broker before the 200, and one webhook delivered ten times at once moves the ledger once.
 
 "Nothing published" is proven without waiting: after the refused webhook a valid one is sent; the receiver

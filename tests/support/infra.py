@@ -1,6 +1,6 @@
 """Where the tests find a real RabbitMQ and PostgreSQL, and how each run gets its own database and namespace.
 
-Order (CONTRACT §1): TEST_AMQP_URL / TEST_DATABASE_URL if set; else the defaults if they answer; else
+Order (docs/reference/commands.md): TEST_AMQP_URL / TEST_DATABASE_URL if set; else the defaults if they answer; else
 containers via testcontainers when a Docker engine runs; else the run fails loudly — never skips.
 """
 

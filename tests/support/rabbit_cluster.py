@@ -113,7 +113,7 @@ class RabbitCluster:
     events: list[str] = field(default_factory=list)
 
     def amqp_url(self, *order: int) -> str:
-        """AMQP_URL naming the nodes in `order` (indexes), comma-separated (CONTRACT §2)."""
+        """AMQP_URL naming the nodes in `order` (indexes), comma-separated (docs/reference/configuration.md)."""
         return ",".join(self.nodes[i].amqp_url for i in (order or range(len(self.nodes))))
 
     def list_queues(self, node: int = 0) -> list[tuple[str, str, str, str]]:

@@ -1,4 +1,5 @@
-"""Sandbox webhooks as the sandbox gateway sends them (CONTRACT §4), signed or deliberately not."""
+"""Sandbox webhooks as the sandbox gateway sends them (docs/reference/provider-webhooks.md), signed or deliberately
+not."""
 
 from __future__ import annotations
 

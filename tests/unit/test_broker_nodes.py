@@ -1,4 +1,5 @@
-"""AMQP_URL naming several cluster nodes (CONTRACT §2): parsing, and the node each connection attempt goes to."""
+"""AMQP_URL naming several cluster nodes (docs/reference/configuration.md): parsing, and the node each connection
+attempt goes to."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""docker-compose.yml and the monitoring config agree with each other and with CONTRACT §1/§2.
+"""docker-compose.yml and the monitoring config agree with each other and with docs/reference/commands.md,
+docs/reference/configuration.md.
 
 No Docker engine is needed: the files are read as YAML and cross-checked.
 """

@@ -1,4 +1,4 @@
-"""Settings (CONTRACT §2): defaults, parsing, and one clear line naming a bad variable."""
+"""Settings (docs/reference/configuration.md): defaults, parsing, and one clear line naming a bad variable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which database errors the intake answers with 503 + Retry-After (retry) rather than 500 (CONTRACT §3)."""
+"""Which database errors the intake answers with 503 + Retry-After (retry) rather than 500
+(docs/reference/intake-api.md)."""
 
 from __future__ import annotations
 

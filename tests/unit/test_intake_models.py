@@ -1,4 +1,4 @@
-"""The POST /v1/payments body rules (CONTRACT §3) and the request fingerprint behind idempotency."""
+"""The POST /v1/payments body rules (docs/reference/intake-api.md) and the request fingerprint behind idempotency."""
 
 from __future__ import annotations
 

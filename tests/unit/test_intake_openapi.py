@@ -1,4 +1,5 @@
-"""/openapi.json: OpenAPI 3.1, generated from the models that validate, listing every status of CONTRACT §3."""
+"""/openapi.json: OpenAPI 3.1, generated from the models that validate, listing every status of
+docs/reference/intake-api.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Structured logs (CONTRACT §8): one JSON object a line with `service`, `trace_id`, `span_id`, and `payment_id`
+"""Structured logs (docs/reference/observability.md): one JSON object a line with `service`, `trace_id`, `span_id`,
+and `payment_id`
 bound through contextvars; sensitive keys never written.
 
 `configure_logging` rewires the process's logging, so the lines come from a child process running a script.

@@ -1,4 +1,5 @@
-"""The demo shop (CONTRACT §6) against a fake intake API: who sets the price, idempotent Buy, and an order page
+"""The demo shop (docs/reference/storefront.md) against a fake intake API: who sets the price, idempotent Buy, and an
+order page
 that believes only the API."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
--- The ledger's records (CONTRACT §7): each payment's current state, and every event that touched it.
+-- The ledger's records (docs/reference/records.md): each payment's current state, and every event that touched it.
 CREATE SCHEMA IF NOT EXISTS ledger;
 
 CREATE TABLE ledger.payment_requests (

@@ -1,4 +1,4 @@
--- The notifier's records (CONTRACT §9): merchants' webhook endpoints, the events they are told about, and
+-- The notifier's records (docs/reference/merchant-webhooks.md): merchants' webhook endpoints, the events they are told about, and
 -- every delivery attempt. Endpoints are configured through the intake API, which writes their rows; the
 -- notifier writes the rest (and an endpoint's failure state).
 CREATE SCHEMA IF NOT EXISTS notifier;
