@@ -26,6 +26,7 @@ LEDGER_COLUMNS = (
     "created_at",
     "updated_at",
     "expires_at",
+    "amount_refunded",
 )
 
 
@@ -47,6 +48,7 @@ class Payment(BaseModel):
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
+    amount_refunded: int = Field(default=0, description="The sum of the payment's succeeded refunds (minor units).")
 
 
 def payment_of(row: Mapping[str, Any], prefix: str = "") -> Payment:

@@ -10,7 +10,14 @@ from aiohttp import web
 from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
-from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
+from services.ledger.refunds import RefundRecorder
+from services.ledger.sweeps import (
+    measure_pending,
+    measure_pending_refunds,
+    request_expirations,
+    request_reconciliations,
+    request_refund_reconciliations,
+)
 from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
@@ -37,7 +44,10 @@ def create_app(settings: Settings) -> web.Application:
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             recorder = EventRecorder(
-                PostgresLedgerStore(pool), broker.publish, lambda envelope: status_recorded_before(pool, envelope)
+                PostgresLedgerStore(pool),
+                broker.publish,
+                lambda envelope: status_recorded_before(pool, envelope),
+                refunds=RefundRecorder(pool, broker.publish),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
@@ -66,7 +76,22 @@ def create_app(settings: Settings) -> web.Application:
                         ),
                     )
                 ),
+                asyncio.create_task(
+                    runtime.run_periodically(
+                        "refund reconciliation",
+                        interval,
+                        lambda: request_refund_reconciliations(
+                            pool,
+                            broker,
+                            older_than_seconds=settings.reconcile_after_seconds,
+                            every_seconds=settings.reconcile_interval_seconds,
+                        ),
+                    )
+                ),
                 asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
+                asyncio.create_task(
+                    runtime.run_periodically("pending refunds gauge", 15, lambda: measure_pending_refunds(pool))
+                ),
                 asyncio.create_task(broker.watch_dlq(GROUP)),
             ]
             async with runtime.serving(app, tasks, broker, pool):

@@ -27,7 +27,7 @@ from services.notifier.rules import (
 )
 from shared.batches import Consumed
 from shared.broker import RetryLater
-from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
+from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent, RefundStatusRecorded
 from shared.logs import get_logger
 from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 from shared.registry import MessageRegistry, Received
@@ -48,14 +48,19 @@ class DeliveryTarget:
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
     failing_since: datetime | None
-    # The event's payment as the ledger has it now, read with the rest; None: the event has no payment (or the
+    # The event's payment as the ledger has it now, read with the rest; None: the event is no payment's (or the
     # ledger has it no more), and its object is delivered as recorded.
     payment: dict[str, Any] | None
+    # Likewise the refund of a refund's event, as the ledger has it now.
+    refund: dict[str, Any] | None = None
 
 
 class NotifierStore(Protocol):
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """By payment id, (merchant id, the payment resource as the ledger has it now); the ledger's only."""
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """By refund id, (merchant id, the refund resource as the ledger has it now)."""
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         """Store each event (once) and open a delivery per matching enabled endpoint; by event id, the deliveries
@@ -138,6 +143,26 @@ async def _record_statuses(
     return outcomes, (await notifier.store.record_events(events) if events else {})
 
 
+async def record_refund(notifier: Notifier, envelope: Envelope, message: RefundStatusRecorded) -> MerchantEvent:
+    """Make the merchant event for a ledger's refund record (refund.created, refund.succeeded, refund.failed) and
+    send one delivery command per matching endpoint; replayed, it sends the pending ones again."""
+    found = await notifier.store.current_refunds([message.refund_id])
+    if message.refund_id not in found:
+        raise RetryLater(f"refund {message.refund_id} is not readable in the ledger yet")
+    merchant_id, refund = found[message.refund_id]
+    event = MerchantEvent(
+        id=merchant_event_id(envelope.id),
+        type=message.merchant_event_type,
+        merchant_id=merchant_id,
+        payment_id=envelope.payment_id,
+        created=envelope.occurred_at,
+        data={"object": refund},
+    )
+    pending = await notifier.store.record_events([event])
+    await _announce(notifier, event, pending[event.id])
+    return event
+
+
 async def _announce(notifier: Notifier, event: MerchantEvent, pending: Sequence[str]) -> None:
     await _dispatch(notifier, event, pending, redelivery=False)
     log.info("merchant event recorded", merchant_event=event.id, merchant_event_type=event.type, endpoints=len(pending))
@@ -207,8 +232,8 @@ async def deliver(notifier: Notifier, command: DeliverWebhook, position: int) ->
         return None
     if target.delivery_status != "pending" and not command.redelivery:
         return None  # delivered, or given up on: a duplicate of a message already handled
-    # A payment event carries the payment as it is now, so a late or retried delivery is never stale.
-    current = target.payment if target.payment is not None else dict(target.event.data.get("object") or {})
+    # A payment or refund event carries its object as it is now, so a late or retried delivery is never stale.
+    current = target.refund or target.payment or dict(target.event.data.get("object") or {})
     body = delivery_body(target.event, current)
     secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
     result = await notifier.send(target.url, body, signature_headers(target.event.id, now, body, secrets))
@@ -268,6 +293,10 @@ async def on_status_recorded(notifier: Notifier, received: Received[PaymentStatu
     await record_status(notifier, received.envelope, received.message)
 
 
+async def on_refund_recorded(notifier: Notifier, received: Received[RefundStatusRecorded]) -> None:
+    await record_refund(notifier, received.envelope, received.message)
+
+
 async def on_redelivery_requested(notifier: Notifier, received: Received[RedeliverEvent]) -> None:
     await redeliver(notifier, received.message)
 
@@ -279,7 +308,12 @@ async def on_delivery_due(notifier: Notifier, received: Received[DeliverWebhook]
 # Ledger records and merchants' redelivery requests become merchant events and delivery commands (consumed in
 # batches: `record_batch`).
 NOTIFIER_MESSAGES: MessageRegistry[Notifier] = MessageRegistry(
-    "notifier", {PaymentStatusRecorded: on_status_recorded, RedeliverEvent: on_redelivery_requested}
+    "notifier",
+    {
+        PaymentStatusRecorded: on_status_recorded,
+        RefundStatusRecorded: on_refund_recorded,
+        RedeliverEvent: on_redelivery_requested,
+    },
 )
 # One message per (event, endpoint) delivery, in a queue of their own: a slow endpoint holds only its own.
 NOTIFIER_DELIVERIES: MessageRegistry[Notifier] = MessageRegistry(

@@ -17,6 +17,9 @@ MERCHANT_EVENT_TYPES = (
     "payment.failed",
     "payment.canceled",
     "payment.expired",
+    "refund.created",
+    "refund.succeeded",
+    "refund.failed",
     "webhook_endpoint.disabled",
 )
 ALL_EVENTS = "*"

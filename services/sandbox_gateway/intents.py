@@ -89,6 +89,8 @@ class Intent:
     # The only card data ever kept.
     last4: str | None = None
     merchant_name: str | None = None
+    # Set by the card that paid: every refund of this intent fails with it (None: refunds succeed).
+    refund_failure_code: str | None = None
 
     @property
     def payment_id(self) -> str | None:
@@ -199,7 +201,9 @@ class IntentStore:
             intent.failure_code = "expired"
         return due
 
-    def settle(self, intent_id: str, *, last4: str, failure_code: str | None) -> Intent:
+    def settle(
+        self, intent_id: str, *, last4: str, failure_code: str | None, refund_failure_code: str | None = None
+    ) -> Intent:
         """Record a card payment: succeeded without a failure code, failed with one."""
         intent = self.get(intent_id)
         if intent.status.is_closed:
@@ -207,6 +211,7 @@ class IntentStore:
         intent.status = IntentStatus.FAILED if failure_code else IntentStatus.SUCCEEDED
         intent.failure_code = failure_code
         intent.last4 = last4
+        intent.refund_failure_code = refund_failure_code
         return intent
 
     def close(self, intent_id: str, reason: CloseReason) -> tuple[Intent, bool]:

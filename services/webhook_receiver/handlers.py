@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from shared.events import Envelope, PaymentStatusChanged, deterministic_event_id
+from shared.events import Envelope, Message, PaymentStatusChanged, RefundStatusChanged, deterministic_event_id
 from shared.logs import bind_payment, get_logger
 from shared.metrics import WEBHOOKS_RECEIVED
-from shared.providers.base import PaymentProvider
+from shared.providers.base import PaymentProvider, RefundWebhookEvent, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.telemetry import trace_parent
 
@@ -31,6 +31,30 @@ class WebhookResult:
     outcome: str  # accepted | ignored
     event_id: str | None = None
     payment_id: str | None = None
+
+
+def status_change(provider: str, event: WebhookEvent | RefundWebhookEvent) -> Message:
+    """The provider's event as ours: a payment's or a refund's status change."""
+    if isinstance(event, RefundWebhookEvent):
+        return RefundStatusChanged(
+            refund_id=event.refund_id,
+            status=event.status,
+            provider=provider,
+            provider_refund_id=event.provider_refund_id,
+            provider_event_id=event.provider_event_id,
+            failure_code=event.failure_code,
+            amount=event.amount,
+            currency=event.currency,
+        )
+    return PaymentStatusChanged(
+        status=event.status,
+        provider=provider,
+        provider_payment_id=event.provider_payment_id,
+        provider_event_id=event.provider_event_id,
+        failure_code=event.failure_code,
+        amount=event.amount,
+        currency=event.currency,
+    )
 
 
 async def receive_webhook(
@@ -54,15 +78,7 @@ async def receive_webhook(
         WEBHOOKS_RECEIVED.labels(provider.name, "ignored").inc()
         return WebhookResult(outcome="ignored")
 
-    changed = PaymentStatusChanged(
-        status=event.status,
-        provider=provider.name,
-        provider_payment_id=event.provider_payment_id,
-        provider_event_id=event.provider_event_id,
-        failure_code=event.failure_code,
-        amount=event.amount,
-        currency=event.currency,
-    )
+    changed = status_change(provider.name, event)
     envelope = Envelope.wrap(
         changed,
         payment_id=event.payment_id,
@@ -74,8 +90,9 @@ async def receive_webhook(
     bind_payment(event.payment_id)
     # The payment's trace context travelled through the provider in the intent's metadata.
     parent, links = trace_parent(event.metadata)
+    kind = "refund " if isinstance(event, RefundWebhookEvent) else ""
     with _tracer.start_as_current_span(
-        f"webhook {provider.name} {event.status.value}",
+        f"webhook {provider.name} {kind}{event.status.value}",
         context=parent,
         links=links,
         attributes={

@@ -10,7 +10,14 @@ class TransientGatewayError(GatewayError):
 
 
 class PermanentGatewayError(GatewayError):
-    """Retrying cannot help: the provider refused the request (4xx)."""
+    """Retrying cannot help: the provider refused the request (4xx).
+
+    `code`, when the provider named one, says why (its error code), e.g. the failure code of a refused refund.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SignatureError(Exception):

@@ -1,0 +1,147 @@
+"""The sandbox's refunds: pending when asked for, then succeeded or failed (asynchronously, announced by webhook).
+
+A refund gives back part or all of a succeeded intent, never more in total than the intent's amount (failed
+refunds do not count). A refund of an intent paid with a refund-failing test card fails with that card's code.
+In memory, on one event loop, like the intents: each operation is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from services.sandbox_gateway.intents import Intent, IntentStatus
+
+
+class RefundStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RefundRefusedError(Exception):
+    """The refund cannot be made: `slug` names why (it becomes the problem type, and the caller's failure code)."""
+
+    def __init__(self, status: int, slug: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+
+
+class RefundKeyReusedError(Exception):
+    """An Idempotency-Key already made a refund of another intent or amount."""
+
+
+class RefundNotFoundError(Exception):
+    """No refund has this id."""
+
+
+def new_refund_id() -> str:
+    return "rf_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class RefundDraft:
+    intent_id: str
+    amount: int | None
+    reason: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SandboxRefund:
+    id: str
+    intent_id: str
+    amount: int
+    currency: str
+    reason: str | None
+    metadata: dict[str, str]
+    created: int
+    status: RefundStatus = RefundStatus.PENDING
+    failure_code: str | None = None
+
+    @property
+    def payment_id(self) -> str | None:
+        return self.metadata.get("payment_id")
+
+    def to_json(self) -> dict[str, Any]:
+        """The refund as the API answers it and as webhooks carry it."""
+        return {
+            "id": self.id,
+            "object": "refund",
+            "intent_id": self.intent_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "status": str(self.status),
+            "reason": self.reason,
+            "failure_code": self.failure_code,
+            "metadata": dict(self.metadata),
+            "created": self.created,
+        }
+
+
+class RefundStore:
+    """Every refund, by id and by the Idempotency-Key that made it."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, SandboxRefund] = {}
+        self._by_key: dict[str, str] = {}
+        self._by_intent: dict[str, list[str]] = {}
+
+    def get(self, refund_id: str) -> SandboxRefund:
+        try:
+            return self._by_id[refund_id]
+        except KeyError:
+            raise RefundNotFoundError(refund_id) from None
+
+    def refundable(self, intent: Intent) -> int:
+        """What is left to refund of a succeeded intent: its amount less its refunds that have not failed."""
+        taken = sum(
+            r.amount for r in (self._by_id[i] for i in self._by_intent.get(intent.id, [])) if r.status != "failed"
+        )
+        return intent.amount - taken
+
+    def create(
+        self, intent: Intent, draft: RefundDraft, idempotency_key: str | None, now: int
+    ) -> tuple[SandboxRefund, bool]:
+        """The refund for this key (made now if the key is new); True when it was made now."""
+        if idempotency_key is not None and idempotency_key in self._by_key:
+            existing = self._by_id[self._by_key[idempotency_key]]
+            if existing.intent_id != intent.id or (draft.amount is not None and draft.amount != existing.amount):
+                raise RefundKeyReusedError(idempotency_key)
+            return existing, False
+        if intent.status is not IntentStatus.SUCCEEDED:
+            raise RefundRefusedError(
+                409, "intent-not-paid", f"Only a succeeded intent can be refunded: {intent.status}."
+            )
+        left = self.refundable(intent)
+        amount = draft.amount if draft.amount is not None else left
+        if left <= 0 or amount > left:
+            raise RefundRefusedError(422, "amount-too-large", f"At most {max(left, 0)} of this intent is refundable.")
+        refund = SandboxRefund(
+            id=new_refund_id(),
+            intent_id=intent.id,
+            amount=amount,
+            currency=intent.currency,
+            reason=draft.reason,
+            metadata=dict(draft.metadata),
+            created=now,
+        )
+        self._by_id[refund.id] = refund
+        self._by_intent.setdefault(intent.id, []).append(refund.id)
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = refund.id
+        return refund, True
+
+    def settle(self, refund_id: str, failure_code: str | None) -> SandboxRefund | None:
+        """Give a pending refund its outcome; None if it already had one."""
+        refund = self.get(refund_id)
+        if refund.status is not RefundStatus.PENDING:
+            return None
+        refund.status = RefundStatus.FAILED if failure_code else RefundStatus.SUCCEEDED
+        refund.failure_code = failure_code
+        return refund
