@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shared.events import PaymentStatus
-from shared.providers.base import PaymentProvider, ProviderIntent, signature_header
+from shared.providers.base import PaymentProvider, ProviderIntent, WebhookEvent, signature_header
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import StripeProvider
@@ -145,7 +145,7 @@ class ProviderContract:
         harness.provider.verify_webhook_source(headers, body)
         event = harness.provider.parse_webhook(body)
 
-        assert event is not None
+        assert isinstance(event, WebhookEvent)
         assert (event.payment_id, event.provider_payment_id, event.status) == (
             request.payment_id,
             created.provider_payment_id,

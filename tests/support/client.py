@@ -70,7 +70,6 @@ class IntakeClient:
 
         return await eventually(done, timeout=timeout, interval=0.2, what=f"{payment_id} terminal")
 
-
     async def refund(
         self, payment_id: str, body: dict[str, Any] | None = None, *, key: str | None = None
     ) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:

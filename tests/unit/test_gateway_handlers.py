@@ -22,6 +22,8 @@ from shared.events import (
     PaymentStatus,
     PaymentStatusChanged,
     ReconcilePayment,
+    ReconcileRefund,
+    RefundRequested,
     Source,
 )
 from shared.providers.base import ProviderIntent
@@ -445,4 +447,6 @@ def test_the_gateway_worker_queue_is_bound_to_exactly_the_types_it_handles() -> 
         CancelPayment.TYPE,
         ExpirePayment.TYPE,
         ReconcilePayment.TYPE,
+        RefundRequested.TYPE,
+        ReconcileRefund.TYPE,
     }
