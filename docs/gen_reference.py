@@ -92,6 +92,8 @@ MEANINGS: dict[str, str] = {
     "`$STOREFRONT_PUBLIC_URL/webhooks/paystream`)",
     "STOREFRONT_WEBHOOK_SECRET": "with a secret set, the shop uses that endpoint's secret instead of registering one "
     "at start",
+    "SCHEMA_WAIT_SECONDS": "how long a service waits at start for a schema it reads to be deployed by its owner; "
+    "then it stops with one line naming the service or command that deploys it",
     "HTTP_HOST": "the address the services listen on (the sandbox: `SANDBOX_HOST`)",
     "HTTP_HEADER_TIMEOUT_SECONDS": "a connection that has not sent a complete request head this long after opening "
     "(or after its last answer) is closed",
