@@ -3,6 +3,7 @@ warning of any kind fails), and its generated reference holds what the code says
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -77,3 +78,10 @@ def test_the_api_reference_lists_every_operation_of_the_openapi_document(site: P
     for path, operations in openapi_document()["paths"].items():
         for method in operations:
             assert f"{method.upper()} {path}" in built, f"{method.upper()} {path} is missing"
+
+
+def test_the_messages_reference_lists_every_message_of_the_asyncapi_document(site: Path) -> None:
+    document = json.loads((DOCS / "asyncapi.json").read_text())
+    built = page_text(site, "reference/messages.md")
+    for name, message in document["components"]["messages"].items():
+        assert f"<code>{name}</code>" in built and f"<code>{message['name']}</code>" in built, name
