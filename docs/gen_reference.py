@@ -23,7 +23,6 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from services.intake_api.openapi import openapi_document
-from shared.config import Settings
 
 DOCS = Path(__file__).resolve().parent
 
@@ -173,8 +172,20 @@ def _kind(annotation: Any) -> str:
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+def settings_markdown() -> str:
+    """The configuration reference: from the per-service settings classes when their renderer exists
+    (`tools.settings_reference`), else from the one settings class of `shared/config.py`."""
+    try:
+        from tools.settings_reference import render_markdown
+    except ImportError:
+        return settings_table()
+    return str(render_markdown())
+
+
 def settings_table() -> str:
     """One row per environment variable of the settings class: default, type and bounds, meaning."""
+    from shared.config import Settings
+
     fields = Settings.model_fields
     variables = {name.upper(): field for name, field in fields.items()}
     missing = sorted(set(variables) - set(MEANINGS))
@@ -253,7 +264,7 @@ def asyncapi_tables() -> str:
 
 
 GENERATED: dict[str, tuple[str, Callable[[], str]]] = {
-    "reference/configuration.md": ("<!-- generated: settings -->", settings_table),
+    "reference/configuration.md": ("<!-- generated: settings -->", settings_markdown),
     "reference/intake-api.md": ("<!-- generated: openapi -->", openapi_tables),
     "reference/messages.md": ("<!-- generated: asyncapi -->", asyncapi_tables),
 }

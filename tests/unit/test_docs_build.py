@@ -3,6 +3,7 @@ warning of any kind fails), and its generated reference holds what the code says
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -11,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from shared.config import Settings
+from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -65,10 +65,34 @@ def test_the_generated_pages_keep_their_marker_in_the_repository_and_their_table
         assert "<table>" in built, f"{page}: no generated table"
 
 
+def every_settings_class() -> list[type[BaseSettings]]:
+    """Every settings class of the project: the shared bases and each service's own (`settings` modules)."""
+    for module in ["shared.config", *sorted(_settings_modules())]:
+        importlib.import_module(module)
+    found, pending = [], list(BaseSettings.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith(("shared.", "services.")):
+            found.append(cls)
+    return found
+
+
+def _settings_modules() -> set[str]:
+    return {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for package in ("services", "shared")
+        for path in (ROOT / package).rglob("settings.py")
+    }
+
+
 def test_the_configuration_reference_lists_every_setting(site: Path) -> None:
     built = page_text(site, "reference/configuration.md")
-    for name in Settings.model_fields:
-        assert f"<code>{name.upper()}</code>" in built, f"{name.upper()} is missing from the configuration page"
+    classes = every_settings_class()
+    variables = {name.upper() for cls in classes for name in cls.model_fields}
+    assert "DATABASE_URL" in variables, f"no settings class found among {classes}"
+    for variable in sorted(variables):
+        assert f"<code>{variable}</code>" in built, f"{variable} is missing from the configuration page"
 
 
 def test_the_api_reference_lists_every_operation_of_the_openapi_document(site: Path) -> None:
