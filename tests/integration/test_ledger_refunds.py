@@ -11,11 +11,11 @@ import asyncpg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.refunds import RefundRecorder
 from shared.events import Envelope, PaymentStatus, RefundStatus
 from shared.settlement import RetryLater
+from tests.support.ledger import record_event
 from tests.support.payment_histories import intent_created, requested, status_changed
 from tests.support.refund_histories import (
     AMOUNT,
