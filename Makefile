@@ -25,21 +25,21 @@ lock: install
 		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
-## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (shared/stack.py).
+## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (tools/stack.py).
 REPLICAS ?= 1
 # The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
 run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
 run: install
-	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
-	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
+	@$(BIN)/python -m tools.stack prepare --print-urls --replicas $(REPLICAS)
+	@$(BIN)/python -m tools.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
 	@# honcho under a wrapper that makes a handled Ctrl-C or SIGTERM stop exit 0 (honcho itself says 130/143).
-	@exec $(BIN)/python -m shared.stack foreground $(VENV)/Procfile.run $(CURDIR)
+	@exec $(BIN)/python -m tools.stack foreground $(VENV)/Procfile.run $(CURDIR)
 
 ## observe: Prometheus and Alertmanager (Debian's packages) watching the services of `make run` on this machine.
 ## The scrape targets become localhost ports (REPLICAS as for make run); files and data go to .observe/.
 RUNBOOK_BASE_URL ?= file://$(CURDIR)/docs/runbooks
 observe: install
-	@$(BIN)/python -m shared.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
+	@$(BIN)/python -m tools.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
 	@# As for make run: a Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly.
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
@@ -50,7 +50,7 @@ test: install
 
 ## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
 asyncapi: install
-	$(BIN)/python -m services.asyncapi
+	$(BIN)/python -m tools.asyncapi
 
 ## test-cluster: the full scale-out run: 500 payments, two replicas of every service, a three-node RabbitMQ
 ## cluster, a node stopped and started and a replica of each service SIGKILLed under load (tests/e2e/test_cluster.py).
@@ -60,7 +60,8 @@ test-cluster: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services tests
+	$(BIN)/mypy shared services tools tests
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

@@ -268,7 +268,7 @@ async def _wait_for_schemas(url: str, owners: list[str], within: float) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise RuntimeError(
                 f"the schema of {', '.join(missing)} is not deployed: start that service once"
-                " (or run `python -m shared.stack prepare`)"
+                " (or run `python -m tools.stack prepare`)"
             )
         get_logger(__name__).warning("waiting for a schema this service reads", owners=missing)
         await asyncio.sleep(0.5)

@@ -38,7 +38,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from services.topology import CONSUMER_GROUPS
+from shared.consumers import CONSUMER_GROUPS
 from shared.topology import Names
 from tests.support.client import payment_body
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name

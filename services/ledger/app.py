@@ -10,10 +10,10 @@ from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.web import create_base_app
 
 GROUP = LEDGER_MESSAGES.name

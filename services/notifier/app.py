@@ -11,10 +11,10 @@ from aiohttp import web
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish, record_batch
 from services.notifier.sender import WebhookSender
 from services.notifier.store import PostgresNotifierStore
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
