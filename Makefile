@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -52,6 +52,15 @@ test: install
 asyncapi: install
 	$(BIN)/python -m tools.asyncapi
 
+## docs: the documentation site (mkdocs.yml, docs/) served with live reload; the storefront has port 8000.
+DOCS_ADDRESS ?= 127.0.0.1:8001
+docs: install
+	$(BIN)/mkdocs serve --dev-addr $(DOCS_ADDRESS)
+
+## docs-build: the site into site/, strict: a broken link, a missing page or a stale anchor fails (make test runs it too).
+docs-build: install
+	$(BIN)/mkdocs build --strict --site-dir $(CURDIR)/site
+
 ## test-cluster: the full scale-out run: 500 payments, two replicas of every service, a three-node RabbitMQ
 ## cluster, a node stopped and started and a replica of each service SIGKILLed under load (tests/e2e/test_cluster.py).
 test-cluster: install
@@ -74,4 +83,4 @@ bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site
