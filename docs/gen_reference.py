@@ -35,10 +35,11 @@ MEANINGS: dict[str, str] = {
     "next when its node goes away (see [Messaging](../explanation/messaging.md#broker-nodes-and-queues))",
     "BROKER_NAMESPACE": "prefix of every exchange and queue, so deployments or test runs can share a broker",
     "AMQP_HEARTBEAT_SECONDS": "the AMQP heartbeat asked of the broker (a `heartbeat` in `AMQP_URL` wins): a connection "
-    "silent for 3 × (heartbeat + 1) s is dropped and the next node tried ([Failure detection]"
+    "silent for 3 x (heartbeat + 1) s is dropped and the next node tried ([Failure detection]"
     "(../explanation/failure-detection.md))",
     "DATABASE_STATEMENT_TIMEOUT_SECONDS": "a PostgreSQL statement not answered in this time fails, client-side and "
-    "server-side (`statement_timeout`); migrations get 600 s ([Failure detection](../explanation/failure-detection.md))",
+    "server-side (`statement_timeout`); migrations get 600 s "
+    "([Failure detection](../explanation/failure-detection.md))",
     "DATABASE_CONNECT_TIMEOUT_SECONDS": "a PostgreSQL connection not made in this time fails",
     "DATABASE_TCP_TIMEOUT_SECONDS": "TCP keepalive and `TCP_USER_TIMEOUT` on PostgreSQL connections, on both ends: a "
     "connection whose peer is gone is dropped after about this time",
