@@ -37,7 +37,7 @@ class SandboxGateway:
         self.rng = rng
         self.autopay = autopay
         self.faults = Faults()
-        self.refunds = RefundStore()
+        self.refunds = RefundStore(store.storage)
 
     def open_intent(self, draft: IntentDraft, idempotency_key: str | None) -> tuple[dict[str, object], bool]:
         """The intent for this key as it stands when opened; True when it was opened now.
@@ -95,12 +95,24 @@ class SandboxGateway:
         refund, created = self.refunds.create(intent, draft, idempotency_key, self.store.now())
         if created:
             log.info("refund opened", refund_id=refund.id, intent_id=intent.id, amount=refund.amount)
-            delay = REFUND_SETTLE_SECONDS + self.faults.refund_delay_seconds
-            asyncio.get_running_loop().call_later(delay, self._settle_refund, refund.id, intent.refund_failure_code)
+            self._settle_later(refund)
         return refund.to_json(), created
 
-    def _settle_refund(self, refund_id: str, failure_code: str | None) -> None:
-        refund = self.refunds.settle(refund_id, failure_code)
+    def resume_refunds(self) -> int:
+        """Settle anew the refunds a stop left pending (at start); how many."""
+        pending = self.refunds.pending()
+        for refund in pending:
+            self._settle_later(refund)
+        return len(pending)
+
+    def _settle_later(self, refund: SandboxRefund) -> None:
+        delay = REFUND_SETTLE_SECONDS + self.faults.refund_delay_seconds
+        asyncio.get_running_loop().call_later(delay, self._settle_refund, refund.id)
+
+    def _settle_refund(self, refund_id: str) -> None:
+        # The card that paid decides, as at Stripe: 5126's refunds fail, every other's succeed.
+        intent = self.store.get(self.refunds.get(refund_id).intent_id)
+        refund = self.refunds.settle(refund_id, intent.refund_failure_code)
         if refund is not None:
             self._announce_refund(refund)
 

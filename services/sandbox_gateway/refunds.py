@@ -2,18 +2,20 @@
 
 A refund gives back part or all of a succeeded intent, never more in total than the intent's amount (failed
 refunds do not count). A refund of an intent paid with a refund-failing test card fails with that card's code.
-In memory, on one event loop, like the intents: each operation is atomic without locks.
+In memory, on one event loop, like the intents: each operation is atomic without locks; written through to the
+sandbox's storage (SANDBOX_DATA_DIR) when it has one, and read back at start.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from services.sandbox_gateway.intents import Intent, IntentStatus
+from services.sandbox_gateway.storage import SandboxStorage
 
 
 class RefundStatus(StrEnum):
@@ -68,6 +70,10 @@ class SandboxRefund:
     def payment_id(self) -> str | None:
         return self.metadata.get("payment_id")
 
+    @classmethod
+    def from_record(cls, body: dict[str, Any]) -> SandboxRefund:
+        return cls(**{**body, "status": RefundStatus(body["status"])})
+
     def to_json(self) -> dict[str, Any]:
         """The refund as the API answers it and as webhooks carry it."""
         return {
@@ -87,10 +93,31 @@ class SandboxRefund:
 class RefundStore:
     """Every refund, by id and by the Idempotency-Key that made it."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: SandboxStorage | None = None) -> None:
+        self._storage = storage
         self._by_id: dict[str, SandboxRefund] = {}
         self._by_key: dict[str, str] = {}
+        self._key_by_id: dict[str, str] = {}
         self._by_intent: dict[str, list[str]] = {}
+        if storage is not None:
+            for record in storage.all("refund"):
+                self._index(SandboxRefund.from_record(record.body), record.key)
+
+    def _index(self, refund: SandboxRefund, idempotency_key: str | None) -> None:
+        self._by_id[refund.id] = refund
+        self._by_intent.setdefault(refund.intent_id, []).append(refund.id)
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = refund.id
+            self._key_by_id[refund.id] = idempotency_key
+
+    def _keep(self, refund: SandboxRefund) -> None:
+        if self._storage is not None:
+            key = self._key_by_id.get(refund.id)
+            self._storage.put("refund", refund.id, asdict(refund), key=key, parent=refund.intent_id)
+
+    def pending(self) -> list[SandboxRefund]:
+        """The refunds still waiting for their outcome (after a restart, they are settled anew)."""
+        return [r for r in self._by_id.values() if r.status is RefundStatus.PENDING]
 
     def get(self, refund_id: str) -> SandboxRefund:
         try:
@@ -131,10 +158,8 @@ class RefundStore:
             metadata=dict(draft.metadata),
             created=now,
         )
-        self._by_id[refund.id] = refund
-        self._by_intent.setdefault(intent.id, []).append(refund.id)
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = refund.id
+        self._index(refund, idempotency_key)
+        self._keep(refund)
         return refund, True
 
     def settle(self, refund_id: str, failure_code: str | None) -> SandboxRefund | None:
@@ -144,4 +169,5 @@ class RefundStore:
             return None
         refund.status = RefundStatus.FAILED if failure_code else RefundStatus.SUCCEEDED
         refund.failure_code = failure_code
+        self._keep(refund)
         return refund

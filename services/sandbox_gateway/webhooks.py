@@ -23,6 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from services.sandbox_gateway.faults import Faults, delay_before_first_attempt, delivery_copies
 from services.sandbox_gateway.intents import Intent, IntentStatus
 from services.sandbox_gateway.refunds import RefundStatus, SandboxRefund
+from services.sandbox_gateway.storage import SandboxStorage
 from shared.logs import get_logger
 from shared.metrics import SANDBOX_WEBHOOK_ATTEMPTS
 from shared.providers.base import signature_header
@@ -107,6 +108,13 @@ class _OutgoingEvent:
     body: bytes
     trace_carrier: dict[str, str]
 
+    def to_record(self) -> dict[str, Any]:
+        return {**asdict(self), "body": self.body.decode()}
+
+    @classmethod
+    def from_record(cls, body: dict[str, Any]) -> _OutgoingEvent:
+        return cls(**{**body, "body": body["body"].encode()})
+
 
 def _utc_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -125,7 +133,9 @@ class WebhookSender:
         rng: random.Random,
         tracer: trace.Tracer | None = None,
         attempt_timeout_seconds: float = ATTEMPT_TIMEOUT_SECONDS,
+        storage: SandboxStorage | None = None,
     ) -> None:
+        """`storage`: where the events still to deliver are kept, so a restart resumes them (SANDBOX_DATA_DIR)."""
         self._url = url
         self._secret = secret
         self._retry_base = retry_base_seconds
@@ -136,14 +146,25 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._log: dict[str, list[DeliveryAttempt]] = {}
+        self._storage = storage
+        # Copies of each kept event still being delivered: its record goes once the last one is done.
+        self._copies_left: dict[str, int] = {}
 
     async def start(self) -> None:
+        """Open the HTTP session and resume the deliveries a stop interrupted (those kept in the storage)."""
         self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._storage is not None:
+            pending = [_OutgoingEvent.from_record(record.body) for record in self._storage.all("webhook")]
+            if pending:
+                log.info("webhook deliveries resumed after a restart", pending=len(pending))
+            for outgoing in pending:
+                self._schedule(outgoing, copies=1, delay=0.0)
 
     async def close(self) -> None:
-        """Stop pending deliveries (the sandbox keeps nothing across restarts) and release the session."""
+        """Stop pending deliveries (kept in the storage, if any, for the next start) and release the session."""
         if self._tasks:
-            log.info("webhook deliveries dropped at shutdown", pending=len(self._tasks))
+            kept = "kept for the next start" if self._storage is not None else "dropped"
+            log.info(f"webhook deliveries {kept} at shutdown", pending=len(self._tasks))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -156,7 +177,7 @@ class WebhookSender:
     def send(self, intent: Intent, *, created: int, faults: Faults) -> str:
         """Schedule the event announcing the intent's status, under the faults in force; returns its id."""
         event = build_event(intent, created=created)
-        return self._schedule(event, intent.id, intent.payment_id, intent.metadata, faults)
+        return self._send_event(event, intent.id, intent.payment_id, intent.metadata, faults)
 
     def send_refund(self, refund: SandboxRefund, *, created: int, faults: Faults) -> str:
         """Schedule the event announcing a refund's outcome (logged under its intent); returns its id."""
@@ -166,9 +187,9 @@ class WebhookSender:
             "created": created,
             "data": {"object": refund.to_json()},
         }
-        return self._schedule(event, refund.intent_id, refund.payment_id, refund.metadata, faults)
+        return self._send_event(event, refund.intent_id, refund.payment_id, refund.metadata, faults)
 
-    def _schedule(
+    def _send_event(
         self,
         event: dict[str, Any],
         intent_id: str,
@@ -185,11 +206,32 @@ class WebhookSender:
             body=json.dumps(event, separators=(",", ":")).encode(),
             trace_carrier={k: metadata[k] for k in _TRACE_KEYS if k in metadata},
         )
-        for _ in range(delivery_copies(faults, self._rng)):
-            task = asyncio.create_task(self._deliver(outgoing, delay_before_first_attempt(faults, self._rng)))
+        copies = delivery_copies(faults, self._rng)
+        if self._storage is not None:
+            self._storage.put("webhook", outgoing.event_id, outgoing.to_record(), parent=intent_id)
+        self._schedule(outgoing, copies=copies, delay=None, faults=faults)
+        return outgoing.event_id
+
+    def _schedule(
+        self, outgoing: _OutgoingEvent, *, copies: int, delay: float | None, faults: Faults | None = None
+    ) -> None:
+        """Deliver `copies` of the event, each after `delay` (None: the faults' own delay)."""
+        self._copies_left[outgoing.event_id] = self._copies_left.get(outgoing.event_id, 0) + copies
+        for _ in range(copies):
+            wait = delay if delay is not None else delay_before_first_attempt(faults or Faults(), self._rng)
+            task = asyncio.create_task(self._deliver(outgoing, wait))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return outgoing.event_id
+
+    def _copy_done(self, event_id: str) -> None:
+        """A copy was delivered or abandoned: the event is forgotten once every copy is."""
+        left = self._copies_left.get(event_id, 1) - 1
+        if left > 0:
+            self._copies_left[event_id] = left
+            return
+        self._copies_left.pop(event_id, None)
+        if self._storage is not None:
+            self._storage.delete("webhook", event_id)
 
     async def _deliver(self, event: _OutgoingEvent, delay: float) -> None:
         bound = log.bind(
@@ -217,12 +259,15 @@ class WebhookSender:
                         raise WebhookUndelivered(outcome.error)
                     SANDBOX_WEBHOOK_ATTEMPTS.labels("delivered").inc()
                     bound.info("webhook delivered", attempt=attempt.num, status=outcome.status)
+            self._copy_done(event.event_id)
         except WebhookUndelivered:
             bound.warning("webhook abandoned", attempts=self._max_attempts)
+            self._copy_done(event.event_id)
         except asyncio.CancelledError:
-            raise
+            raise  # a stop: the kept event is delivered after the next start
         except Exception:
             bound.exception("webhook delivery crashed")
+            self._copy_done(event.event_id)
         finally:
             otel_context.detach(token)
 

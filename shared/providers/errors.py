@@ -10,14 +10,19 @@ class TransientGatewayError(GatewayError):
 
 
 class PermanentGatewayError(GatewayError):
-    """Retrying cannot help: the provider refused the request (4xx).
+    """Retrying cannot help: the provider refused the request (4xx); `status` is its HTTP status, if it sent one.
 
     `code`, when the provider named one, says why (its error code), e.g. the failure code of a refused refund.
     """
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
+        self.status = status
         self.code = code
+
+
+class NoSuchIntentError(PermanentGatewayError):
+    """The provider has no intent of this id: a final answer (nothing can be paid through it), not a refusal."""
 
 
 class SignatureError(Exception):

@@ -54,7 +54,9 @@ async def request_json(
                 if advice == "true" or (transient and advice != "false"):
                     raise TransientGatewayError(f"{method} {url} answered {response.status}")
                 raise PermanentGatewayError(
-                    f"{method} {url} answered {response.status}: {text[:300]}", code=_problem_code(text)
+                    f"{method} {url} answered {response.status}: {text[:300]}",
+                    status=response.status,
+                    code=_problem_code(text),
                 )
             try:
                 payload = await response.json(content_type=None)
