@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/paystream")
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # How soon a silent partition is noticed (docs/explanation/failure-detection.md). A broker connection that
+    # stays silent 3 x (heartbeat + 1) s is dropped and another node tried: 33-38 s with 10.
+    amqp_heartbeat_seconds: int = Field(default=10, ge=1, le=600)
+    # A PostgreSQL statement that has not answered in this time fails (client-side, and server-side as
+    # statement_timeout); a connection not made in the connect timeout fails; an idle or half-sent connection
+    # whose peer is gone is dropped by TCP keepalive / TCP_USER_TIMEOUT after about the TCP timeout.
+    database_statement_timeout_seconds: float = Field(default=15.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_tcp_timeout_seconds: int = Field(default=15, ge=3)
     intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
         default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
     )
@@ -129,6 +138,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [SecretStr("whsec_sandbox_dev")]
     )
     sandbox_autopay: Literal["succeed", "fail"] | None = None
+    # Where the sandbox keeps its intents and webhook schedule across restarts (a SQLite file); unset, in memory.
+    sandbox_data_dir: str | None = None
     sandbox_webhook_retry_base_seconds: float = Field(default=1.0, gt=0)
     sandbox_webhook_max_attempts: int = Field(default=10, ge=8)
     # The sandbox takes fault-injection orders and test cards: it listens on loopback unless opened on purpose.
@@ -223,7 +234,12 @@ class Settings(BaseSettings):
         return _schedule(v)
 
     @field_validator(
-        "sandbox_autopay", "stripe_api_key", "sandbox_admin_token", "storefront_webhook_secret", mode="before"
+        "sandbox_autopay",
+        "stripe_api_key",
+        "sandbox_admin_token",
+        "storefront_webhook_secret",
+        "sandbox_data_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
