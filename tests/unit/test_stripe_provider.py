@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from shared.config import Settings
 from shared.events import PaymentStatus
 from shared.providers import build_provider
 from shared.providers.base import IntentRequest
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
+from shared.providers.settings import ProviderSettings
 from shared.providers.stripe import (
     CLOCK_MARGIN_SECONDS,
     STRIPE_EVENT_MAP,
@@ -402,9 +402,9 @@ def test_form_encoding_uses_brackets_and_skips_none() -> None:
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _settings(**values: Any) -> Settings:
+def _settings(**values: Any) -> ProviderSettings:
     """Settings from these values only (init arguments win over the environment; no .env file)."""
-    return Settings(**{"_env_file": None, **values})
+    return ProviderSettings(**{"_env_file": None, **values})
 
 
 def test_from_settings_requires_the_api_key() -> None:
