@@ -192,6 +192,16 @@ class BrokerSettings(CommonSettings):
         " broker without seeing each other's messages",
     )
 
+    # How soon a silent partition is noticed (docs/explanation/failure-detection.md). A broker connection that
+    # stays silent 3 x (heartbeat + 1) s is dropped and another node tried: 33-38 s with 10.
+    amqp_heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=600,
+        description="the AMQP heartbeat asked of the broker (a `heartbeat` in `AMQP_URL` wins): a connection silent"
+        " for 3 x (heartbeat + 1) s is dropped and the next node tried",
+    )
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, v: SecretStr) -> SecretStr:
@@ -210,6 +220,25 @@ class DatabaseSettings(CommonSettings):
         gt=0,
         description="how long a service waits at start for a schema it reads to be deployed by its owner, before"
         " it stops naming the service that deploys it",
+    )
+
+    # A PostgreSQL statement that has not answered in this time fails (client-side, and server-side as
+    # statement_timeout); a connection not made in the connect timeout fails; an idle or half-sent connection
+    # whose peer is gone is dropped by TCP keepalive / TCP_USER_TIMEOUT after about the TCP timeout.
+    database_statement_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="a PostgreSQL statement not answered in this time fails, client-side and server-side"
+        " (`statement_timeout`); migrations get 600 s",
+    )
+    database_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="a PostgreSQL connection not made in this time fails"
+    )
+    database_tcp_timeout_seconds: int = Field(
+        default=15,
+        ge=3,
+        description="TCP keepalive and `TCP_USER_TIMEOUT` on PostgreSQL connections, on both ends: a connection"
+        " whose peer is gone is dropped after about this time",
     )
 
     @field_validator("database_url")
