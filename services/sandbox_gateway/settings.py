@@ -45,13 +45,18 @@ class SandboxGatewaySettings(CommonSettings, SandboxWebhookSettings):
         description="the Bearer token of the sandbox's `/_sandbox/*` endpoints (fault injection); unset, they answer"
         " 403",
     )
+    sandbox_data_dir: str | None = Field(
+        default=None,
+        description="where the sandbox keeps its intents and webhook schedule across restarts (a SQLite file in"
+        " this directory); unset: in memory",
+    )
 
     @field_validator("sandbox_public_url", "sandbox_webhook_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         return http_url(v)
 
-    @field_validator("sandbox_autopay", "sandbox_admin_token", mode="before")
+    @field_validator("sandbox_autopay", "sandbox_admin_token", "sandbox_data_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return empty_is_unset(v)
