@@ -378,6 +378,14 @@ class StripeProvider(PaymentProvider):
             failure_code=failure_code,
         )
 
+    @staticmethod
+    def _session_metadata(request: IntentRequest) -> dict[str, str]:
+        # Our payment id first, so that no cut to Stripe's limits can drop it; the trace context after it, cut to
+        # those limits, so that it can never be why Stripe refuses the create.
+        metadata = {"payment_id": request.payment_id}
+        metadata.update((key, value) for key, value in request.metadata.items() if key != "payment_id")
+        return stripe_metadata(metadata)
+
     def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
         """The create-session parameters for a request, before form encoding (depends on it and now only)."""
         return {
@@ -395,8 +403,7 @@ class StripeProvider(PaymentProvider):
             "success_url": with_payment_id(request.return_url, request.payment_id),
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
-            # Trace context rides here; cut to Stripe's limits, it can never be why Stripe refuses the create.
-            "metadata": stripe_metadata({**request.metadata, "payment_id": request.payment_id}),
+            "metadata": self._session_metadata(request),
             "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),
