@@ -24,7 +24,7 @@ from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.providers.settings import ProviderSettings, StripeWebhookSettings
 
 log = get_logger(__name__)
 
@@ -287,7 +287,7 @@ class StripeProvider(PaymentProvider):
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StripeProvider:
+    def from_settings(cls, settings: ProviderSettings) -> StripeProvider:
         """Configured from STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE."""
         if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value():
             raise ValueError("STRIPE_API_KEY must be set when the stripe provider is used")
@@ -300,11 +300,10 @@ class StripeProvider(PaymentProvider):
         )
 
     @classmethod
-    def for_webhooks(cls, settings: Settings) -> StripeProvider:
+    def for_webhooks(cls, settings: StripeWebhookSettings) -> StripeProvider:
         """Only the webhook half (verify, parse): the receiver needs the secrets, not the API key."""
-        key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
         return cls(
-            key, [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
+            "", [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
         )
 
     def _client(self) -> aiohttp.ClientSession:

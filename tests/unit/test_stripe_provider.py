@@ -14,11 +14,11 @@ import pytest
 import stripe
 from structlog.testing import capture_logs
 
-from shared.config import Settings
 from shared.events import PaymentStatus
 from shared.providers import build_provider
 from shared.providers.base import IntentRequest
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
+from shared.providers.settings import ProviderSettings
 from shared.providers.stripe import (
     CLOCK_MARGIN_SECONDS,
     METADATA_MAX_VALUE_LENGTH,
@@ -550,9 +550,9 @@ def test_form_encoding_uses_brackets_and_skips_none() -> None:
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _settings(**values: Any) -> Settings:
+def _settings(**values: Any) -> ProviderSettings:
     """Settings from these values only (init arguments win over the environment; no .env file)."""
-    return Settings(**{"_env_file": None, **values})
+    return ProviderSettings(**{"_env_file": None, **values})
 
 
 def test_from_settings_requires_the_api_key() -> None:
