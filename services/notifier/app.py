@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish, record_batch
-from services.notifier.sender import WebhookSender
+from services.notifier.sender import WebhookSender, delivery_session
 from services.notifier.store import PostgresNotifierStore
 from services.topology import CONSUMER_GROUPS
 from shared import runtime
@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
         async with (
             runtime.database(settings, ["notifier"], reads=["ledger"], max_size=4) as pool,
             runtime.broker(settings, EVENTS_GROUP, CONSUMER_GROUPS) as broker,
-            aiohttp.ClientSession() as session,
+            delivery_session() as session,
         ):
             store = PostgresNotifierStore(pool, SecretBox(settings.webhook_secrets_key))
             notifier = build_notifier(settings, store, session, broker.publish)

@@ -17,7 +17,14 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
+from shared.providers.base import (
+    IntentRequest,
+    PaymentProvider,
+    ProviderIntent,
+    WebhookEvent,
+    event_time,
+    webhook_envelope,
+)
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -320,6 +327,6 @@ class StripeProvider(PaymentProvider):
             amount=session.amount_total,
             currency=session.currency.upper() if session.currency else None,
             failure_code=failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=metadata,
         )
