@@ -11,9 +11,13 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
+<<<<<<< HEAD
 from services.notifier.rules import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
+=======
+>>>>>>> main
 from shared.events import PaymentStatus
+from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
 
 __all__ = ["Payment", "PaymentCreate", "PaymentEvent", "PaymentEventList", "ProblemDetails", "field_errors"]
