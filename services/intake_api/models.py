@@ -11,11 +11,7 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
-<<<<<<< HEAD
-from services.notifier.rules import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
-=======
->>>>>>> main
 from shared.events import PaymentStatus
 from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
