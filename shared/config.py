@@ -138,6 +138,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [SecretStr("whsec_sandbox_dev")]
     )
     sandbox_autopay: Literal["succeed", "fail"] | None = None
+    # Where the sandbox keeps its intents and webhook schedule across restarts (a SQLite file); unset, in memory.
+    sandbox_data_dir: str | None = None
     sandbox_webhook_retry_base_seconds: float = Field(default=1.0, gt=0)
     sandbox_webhook_max_attempts: int = Field(default=10, ge=8)
     # The sandbox takes fault-injection orders and test cards: it listens on loopback unless opened on purpose.
@@ -232,7 +234,12 @@ class Settings(BaseSettings):
         return _schedule(v)
 
     @field_validator(
-        "sandbox_autopay", "stripe_api_key", "sandbox_admin_token", "storefront_webhook_secret", mode="before"
+        "sandbox_autopay",
+        "stripe_api_key",
+        "sandbox_admin_token",
+        "storefront_webhook_secret",
+        "sandbox_data_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:

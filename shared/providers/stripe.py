@@ -18,6 +18,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
+from shared.logs import get_logger
 from shared.providers.base import (
     IntentRequest,
     PaymentProvider,
@@ -31,6 +32,8 @@ from shared.providers.http import request_json
 
 if TYPE_CHECKING:
     from shared.config import Settings
+
+log = get_logger(__name__)
 
 # The one API version every request is made with (the `Stripe-Version` header). The webhook endpoint must be
 # created with the same version (docs/how-to/stripe.md): an event's shape follows its endpoint's version, not this.
@@ -238,6 +241,8 @@ class _Event(BaseModel):
     type: StrictStr
     created: StrictInt
     data: _EventData
+    # The version the event is written in: its webhook endpoint's, which should be STRIPE_API_VERSION.
+    api_version: str | None = None
 
 
 # Every Stripe object the adapter reads, by Stripe's name for it, with the model it is read through. The provider
@@ -451,6 +456,15 @@ class StripeProvider(PaymentProvider):
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
+        if event.api_version not in (None, STRIPE_API_VERSION):
+            # Still read (the session fields we use have kept their shape), but an operator should hear of it:
+            # the endpoint's version decides every event's shape, and ours is pinned for a reason.
+            log.warning(
+                "stripe event written in another API version; create the webhook endpoint with the pinned one",
+                event_api_version=event.api_version,
+                pinned_api_version=STRIPE_API_VERSION,
+                provider_event_id=event.id,
+            )
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:
@@ -459,6 +473,12 @@ class StripeProvider(PaymentProvider):
             raise InvalidWebhookError(
                 f"{event.type} does not carry a checkout session ({exc.error_count()} errors)"
             ) from None
+        metadata = session.metadata or {}
+        payment_id = session.client_reference_id or metadata.get("payment_id")
+        if not payment_id:
+            # Every session we open carries our payment id in both. One with neither was opened by something
+            # else on the same account (a Payment Link, another integration): acknowledged, not ours to act on.
+            return None
         key = (event.type, session.payment_status or "")
         if key in STRIPE_EVENT_MAP:
             outcome = STRIPE_EVENT_MAP[key]
@@ -469,12 +489,6 @@ class StripeProvider(PaymentProvider):
         if outcome is None:
             return None
         status, failure_code = outcome
-        metadata = session.metadata or {}
-        payment_id = session.client_reference_id or metadata.get("payment_id")
-        if not payment_id:
-            # Every session we open carries our payment id in both. One with neither was opened by something
-            # else on the same account (a Payment Link, another integration): acknowledged, not ours to act on.
-            return None
         if metadata.get("payment_id") not in (None, payment_id):
             raise InvalidWebhookError("client_reference_id and metadata.payment_id disagree")
         return WebhookEvent(

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import stripe
+from structlog.testing import capture_logs
 
 from shared.config import Settings
 from shared.events import PaymentStatus
@@ -20,6 +21,7 @@ from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, 
 from shared.providers.stripe import (
     CLOCK_MARGIN_SECONDS,
     METADATA_MAX_VALUE_LENGTH,
+    STRIPE_API_VERSION,
     STRIPE_EVENT_MAP,
     STRIPE_EVENT_TYPES,
     STRIPE_SESSION_STATUS_MAP,
@@ -188,6 +190,21 @@ def test_a_session_we_did_not_open_is_acknowledged_and_ignored(event_type: str) 
     foreign.update(status="complete", payment_status="paid")
     assert (foreign["client_reference_id"], foreign["metadata"]) == (None, {})
     assert _provider().parse_webhook(_event(event_type, foreign)) is None
+
+
+def test_an_event_in_another_api_version_is_read_and_the_endpoints_version_is_logged() -> None:
+    body = _event("checkout.session.completed", api_version="2024-06-20")
+    with capture_logs() as logs:
+        event = _provider().parse_webhook(body)
+    assert event is not None and event.status is PaymentStatus.SUCCEEDED
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert (warning["event_api_version"], warning["pinned_api_version"]) == ("2024-06-20", STRIPE_API_VERSION)
+
+
+def test_an_event_in_the_pinned_api_version_logs_nothing() -> None:
+    with capture_logs() as logs:
+        assert _provider().parse_webhook(_event("checkout.session.completed", api_version=STRIPE_API_VERSION))
+    assert logs == []
 
 
 def test_disagreeing_payment_ids_are_invalid() -> None:
