@@ -11,10 +11,10 @@ from opentelemetry import trace
 from services.sandbox_gateway import api, checkout
 from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
 from services.sandbox_gateway.intents import IntentStore
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from services.sandbox_gateway.storage import SandboxStorage
 from services.sandbox_gateway.webhooks import WebhookSender
 from shared import runtime
-from shared.config import Settings
 from shared.logs import get_logger
 from shared.supervisor import Supervisor
 from shared.web import ERROR_PAGE, create_base_app
@@ -26,7 +26,7 @@ EXPIRY_SWEEP_SECONDS = 1.0
 
 
 def create_app(
-    settings: Settings, *, rng: random.Random | None = None, tracer: trace.Tracer | None = None
+    settings: SandboxGatewaySettings, *, rng: random.Random | None = None, tracer: trace.Tracer | None = None
 ) -> web.Application:
     """The sandbox gateway; `rng` and `tracer` let tests make faults reproducible and observe spans."""
     app = create_base_app(client_max_size=api.MAX_BODY_BYTES)

@@ -14,15 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.sandbox_gateway.app import create_app
 from services.sandbox_gateway.intents import IntentDraft, IntentStatus, IntentStore
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from services.sandbox_gateway.storage import SandboxStorage
-from shared.config import Settings
 from tests.support.processes import eventually
 
 ADMIN = {"Authorization": "Bearer sandbox-admin-persistence"}
 
 
-def settings(data_dir: Path, webhook_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+def settings(data_dir: Path, webhook_url: str) -> SandboxGatewaySettings:
+    return SandboxGatewaySettings(  # type: ignore[call-arg]
         _env_file=None,
         sandbox_data_dir=str(data_dir),
         sandbox_webhook_url=webhook_url,
