@@ -57,6 +57,21 @@ def status_change(provider: str, event: WebhookEvent | RefundWebhookEvent) -> Me
     )
 
 
+def _our_event(provider: PaymentProvider, event: WebhookEvent | RefundWebhookEvent) -> Envelope:
+    """The provider's event as ours, already serialised once: content that cannot travel (a lone surrogate,
+    say) is the sender's error and raises ValueError here, before the publish, whose failures mean an outage."""
+    envelope = Envelope.wrap(
+        status_change(provider.name, event),
+        payment_id=event.payment_id,
+        source="webhook",
+        # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
+        event_id=deterministic_event_id(provider.name, event.provider_event_id),
+        occurred_at=event.occurred_at,
+    )
+    envelope.to_bytes()
+    return envelope
+
+
 async def receive_webhook(
     provider: PaymentProvider,
     headers: Mapping[str, str],
@@ -78,15 +93,11 @@ async def receive_webhook(
         WEBHOOKS_RECEIVED.labels(provider.name, "ignored").inc()
         return WebhookResult(outcome="ignored")
 
-    changed = status_change(provider.name, event)
-    envelope = Envelope.wrap(
-        changed,
-        payment_id=event.payment_id,
-        source="webhook",
-        # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
-        event_id=deterministic_event_id(provider.name, event.provider_event_id),
-        occurred_at=event.occurred_at,
-    )
+    try:
+        envelope = _our_event(provider, event)
+    except ValueError as exc:
+        WEBHOOKS_RECEIVED.labels(provider.name, "invalid_event").inc()
+        raise WebhookRejected(f"not a valid event: {exc}") from exc
     bind_payment(event.payment_id)
     # The payment's trace context travelled through the provider in the intent's metadata.
     parent, links = trace_parent(event.metadata)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -18,6 +17,7 @@ from shared.providers.base import (
     RefundRequest,
     RefundWebhookEvent,
     WebhookEvent,
+    event_time,
     webhook_envelope,
 )
 from shared.providers.errors import InvalidWebhookError, NoSuchIntentError, PermanentGatewayError
@@ -236,7 +236,7 @@ class SandboxProvider(PaymentProvider):
             amount=obj.amount,
             currency=obj.currency,
             failure_code=obj.failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=obj.metadata,
         )
 
@@ -258,6 +258,6 @@ class SandboxProvider(PaymentProvider):
             amount=obj.amount,
             currency=obj.currency,
             failure_code=obj.failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=obj.metadata,
         )
