@@ -35,6 +35,7 @@ SERVICES = (
     Service("notifier", "notifier", "NOTIFIER_PORT"),
     Service("sandbox_gateway", "sandbox-gateway", "SANDBOX_PORT", replicated=False),
     Service("storefront", "storefront", "STOREFRONT_PORT"),
+    Service("console", "console", "CONSOLE_PORT"),
 )
 SERVICES_BY_NAME = {service.name: service for service in SERVICES}
 SERVICE_NAMES = tuple(SERVICES_BY_NAME)
@@ -67,6 +68,8 @@ def split_amqp_urls(value: str) -> tuple[str, ...]:
     return urls
 
 
+# The development key that encrypts the console's session cookies; production sets CONSOLE_SESSION_KEY.
+DEV_CONSOLE_SESSION_KEY = "cGF5c3RyZWFtLWRldi1jb25zb2xlLXNlc3Npb24ta3k="
 # The development key that encrypts webhook endpoint secrets at rest; production sets WEBHOOK_SECRETS_KEY.
 DEV_WEBHOOK_SECRETS_KEY = "cGF5c3RyZWFtLWRldi13ZWJob29rLXNlY3JldC1rZXk="
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -158,6 +161,15 @@ class Settings(BaseSettings):
     notifier_port: int = Field(default=8084, ge=0, le=65535)
     sandbox_port: int = Field(default=8090, ge=0, le=65535)
     storefront_port: int = Field(default=8000, ge=0, le=65535)
+    console_port: int = Field(default=8070, ge=0, le=65535)
+    # Where staff reach the console; an https URL makes its session cookie Secure.
+    console_public_url: str | None = None
+    # Encrypts and signs the console's session cookie (a Fernet key); the first encrypts, any decrypts (rotation).
+    console_session_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_CONSOLE_SESSION_KEY)]
+    )
+    # A console session ends this long after sign-in, whatever the staff member was doing.
+    console_session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
     webhook_allow_private_urls: bool = False
     webhook_secret_grace_seconds: int = Field(default=86400, ge=0)
     webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
@@ -199,6 +211,7 @@ class Settings(BaseSettings):
         "intake_url",
         "storefront_public_url",
         "storefront_webhook_url",
+        "console_public_url",
         "otel_exporter_otlp_endpoint",
     )
     @classmethod
@@ -210,7 +223,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("webhook_secrets_key", mode="before")
+    @field_validator("webhook_secrets_key", "console_session_key", mode="before")
     @classmethod
     def _webhook_keys(cls, v: object) -> list[SecretStr]:
         return _fernet_keys(v)
@@ -293,6 +306,10 @@ class Settings(BaseSettings):
     @property
     def storefront_base_url(self) -> str:
         return (self.storefront_public_url or f"http://localhost:{self.storefront_port}").rstrip("/")
+
+    @property
+    def console_base_url(self) -> str:
+        return (self.console_public_url or f"http://localhost:{self.console_port}").rstrip("/")
 
     @property
     def storefront_key(self) -> str:

@@ -114,6 +114,9 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     if status is not None and status not in PaymentStatus.__members__:
         raise invalid("status", f"must be one of {', '.join(PaymentStatus.__members__)}")
     reference = text_filter(query, "reference")
+    # Customers type their address in any case; a search finds it however it was typed (RFC 5321 allows a
+    # case-sensitive local part, but no real mailbox depends on it).
+    customer_email = text_filter(query, "customer_email", 254)
     created_gte, created_lte = time_filter(query, "created[gte]"), time_filter(query, "created[lte]")
 
     args: list[Any] = [merchant_id]
@@ -126,6 +129,7 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     for sql, value in (
         ("status = ?", status),
         ("reference = ?", reference),
+        ("lower(customer_email) = lower(?)", customer_email),
         ("created_at >= ?", created_gte),
         ("created_at <= ?", created_lte),
     ):
