@@ -94,6 +94,8 @@ def urls(settings: Settings, replicas: int = 1) -> str:
         [
             "Paystream is starting:",
             f"  storefront (the demo shop)   {settings.storefront_base_url}/{ports('storefront')}",
+            f"  console (merchant dashboard) {settings.console_base_url}/{ports('console')}"
+            f"  sign in with {settings.intake_api_keys[0][1].get_secret_value()}",
             f"  intake API                   {settings.intake_base_url}/openapi.json{ports('intake_api')}",
             f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
             f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz{ports('webhook_receiver')}",

@@ -12,6 +12,7 @@ from aiohttp_session import get_session
 from multidict import MultiDictProxy
 from wtforms import Form, HiddenField, PasswordField, SelectField, SelectMultipleField, StringField
 from wtforms.csrf.session import SessionCSRF
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
@@ -23,10 +24,10 @@ CSRF_SECRET = web.AppKey("csrf_secret", bytes)
 CSRF_TIME_LIMIT = web.AppKey("csrf_time_limit", timedelta)
 
 REFUND_REASONS = [
-    ("", "No reason given"),
-    ("requested_by_customer", "Requested by the customer"),
-    ("duplicate", "Duplicate payment"),
-    ("fraudulent", "Fraudulent"),
+    SelectChoice("", "No reason given"),
+    SelectChoice("requested_by_customer", "Requested by the customer"),
+    SelectChoice("duplicate", "Duplicate payment"),
+    SelectChoice("fraudulent", "Fraudulent"),
 ]
 # The merchant event types a webhook endpoint can subscribe to (docs/reference/merchant-webhooks.md).
 EVENT_TYPES = [
@@ -120,7 +121,7 @@ class EndpointForm(ConsoleForm):
     )
     events = SelectMultipleField(
         "Events to send (none ticked: every event)",
-        choices=[(name, name) for name in EVENT_TYPES],
+        choices=[SelectChoice(name) for name in EVENT_TYPES],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
         validators=[Optional()],

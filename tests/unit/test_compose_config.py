@@ -25,6 +25,7 @@ PORTS = {
     "notifier": Settings.model_fields["notifier_port"].default,
     "sandbox_gateway": Settings.model_fields["sandbox_port"].default,
     "storefront": Settings.model_fields["storefront_port"].default,
+    "console": Settings.model_fields["console_port"].default,
 }
 
 SHARED_ENVIRONMENT = {
