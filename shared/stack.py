@@ -22,6 +22,7 @@ from shared.runtime import authentication_refused, redact_url
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
 DEPENDENCY_TIMEOUT = 6.0
+DEMO_API_KEY = "sk_test_demo"  # the default of INTAKE_API_KEYS (docs/reference/configuration.md)
 REPLICA_PORT_STEP = 1000  # replica k of a service listens on its port + 1000 * (k - 1): 8080, 9080, 10080...
 
 
@@ -95,7 +96,7 @@ def urls(settings: Settings, replicas: int = 1) -> str:
             "Paystream is starting:",
             f"  storefront (the demo shop)   {settings.storefront_base_url}/{ports('storefront')}",
             f"  console (merchant dashboard) {settings.console_base_url}/{ports('console')}"
-            f"  sign in with {settings.intake_api_keys[0][1].get_secret_value()}",
+            f"  ({_console_key_hint(settings)})",
             f"  intake API                   {settings.intake_base_url}/openapi.json{ports('intake_api')}",
             f"  sandbox gateway              {settings.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
             f"  webhook receiver             http://localhost:{settings.webhook_port}/healthz{ports('webhook_receiver')}",
@@ -106,6 +107,12 @@ def urls(settings: Settings, replicas: int = 1) -> str:
             "Pay with card 4242 4242 4242 4242 (any future expiry, any CVC). Ctrl-C stops everything.",
         ]
     )
+
+
+def _console_key_hint(settings: Settings) -> str:
+    """The demo key, printed for signing in to the console; a key of one's own is never printed."""
+    key = settings.intake_api_keys[0][1].get_secret_value()
+    return f"sign in with {key}" if key == DEMO_API_KEY else "sign in with an API key of INTAKE_API_KEYS"
 
 
 # What honcho exits with after it stopped every process on a SIGINT or SIGTERM it received.
