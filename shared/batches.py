@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -33,10 +33,8 @@ from shared.cancellation import being_cancelled
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import EVENT_PROCESSING_SECONDS
+from shared.settlement import Delivery
 from shared.telemetry import extract_context
-
-if TYPE_CHECKING:  # shared.broker imports this module
-    from shared.broker import Delivery
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)

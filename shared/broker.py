@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -33,7 +32,7 @@ from shared.config import split_amqp_urls
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
-from shared.settlement import Action, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
+from shared.settlement import Action, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
 from shared.telemetry import extract_context, inject_context, recording
 from shared.topology import (
     DELIVERY_LIMIT,
@@ -70,26 +69,6 @@ REPLY_TO_HEADER = "x-paystream-reply-to"
 # RabbitMQ's sender-selected distribution: the message is routed by its routing key and, besides, by each
 # routing key listed here; the broker strips this header before delivery (rabbitmq.com/docs/sender-selected).
 _BCC_HEADER = "BCC"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What a handler may know about the delivery besides the envelope."""
-
-    attempt: int
-    max_attempts: int
-    redelivered: bool
-    # The W3C trace context the message was published with: the same on every redelivery and retry.
-    trace_headers: dict[str, str] = field(default_factory=dict)
-    # The reply routing key of the process waiting for this message's outcome, if one waits (REPLY_TO_HEADER).
-    reply_to: str | None = None
-
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
-
-
-Handler = Callable[[Envelope, Delivery], Awaitable[None]]
 
 
 # --- connecting over several nodes --------------------------------------------------------------------

@@ -182,6 +182,8 @@ class Settings(BaseSettings):
     )
     storefront_webhook_url: str | None = None
     storefront_webhook_secret: SecretStr | None = None
+    # How long a service waits at start for a schema it reads to be deployed by its owner before it stops.
+    schema_wait_seconds: float = Field(default=60.0, gt=0)
     http_host: str = "0.0.0.0"
     # The slow-client limits of every HTTP port (README "HTTP limits").
     http_header_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -45,6 +45,10 @@ class DependencyError(RuntimeError):
     """RabbitMQ or PostgreSQL cannot be used (unreachable, or refusing our credentials): the service stops."""
 
 
+class SchemaNotDeployed(DependencyError):
+    """A schema this service reads was not deployed by its owner in time: the service stops, naming the deployer."""
+
+
 def run_service(
     name: str,
     build_app: Callable[[Settings], web.Application],
@@ -191,17 +195,17 @@ async def database(
     migrations: Iterable[str],
     *,
     reads: Iterable[str] = (),
-    schema_wait_seconds: float = 60.0,
     **pool_args: Any,
 ) -> AsyncIterator[asyncpg.Pool]:
     """The database ready for this service: created if missing, its own migrations applied, pooled; closed on exit.
 
     Each schema has one deployer, the service that owns it. A service that also reads another's schema
-    (`reads`) waits, up to `schema_wait_seconds`, until its owner has deployed it.
+    (`reads`) waits, up to SCHEMA_WAIT_SECONDS, until its owner has deployed it, then stops with one line naming
+    the service (or command) that deploys it.
     """
     url = settings.database_url.get_secret_value()
     await retry_until_up("PostgreSQL", url, lambda: prepare_database(url, migrations))
-    await _wait_for_schemas(url, list(reads), schema_wait_seconds)
+    await _wait_for_schemas(url, list(reads), settings.schema_wait_seconds)
     pool = await create_pool(url, **pool_args)
     try:
         yield pool
@@ -222,15 +226,23 @@ async def broker(settings: Settings, name: str, groups: Iterable[ConsumerGroup])
         await instance.close()
 
 
+def deployers(owners: Iterable[str]) -> str:
+    """Who deploys the schemas of `owners`: each owning service's start command, or the one that deploys them all."""
+    services = ", ".join(f"`python -m services.{owner}`" for owner in owners)
+    return f"start {services} (its owner deploys it) or run `python -m tools.stack prepare`"
+
+
 async def _wait_for_schemas(url: str, owners: list[str], within: float) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while missing := await schemas_missing(url, owners):
         if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(
-                f"the schema of {', '.join(missing)} is not deployed: start that service once"
-                " (or run `python -m shared.stack prepare`)"
+            # A DependencyError: one line on stderr and exit 1, no traceback (run_service).
+            raise SchemaNotDeployed(
+                f"the schema of {', '.join(missing)} is not deployed after {within:g} s: {deployers(missing)}"
             )
-        get_logger(__name__).warning("waiting for a schema this service reads", owners=missing)
+        get_logger(__name__).warning(
+            "waiting for a schema this service reads", owners=missing, deployed_by=deployers(missing)
+        )
         await asyncio.sleep(0.5)
 
 

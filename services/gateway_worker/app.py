@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
 from shared.web import create_base_app

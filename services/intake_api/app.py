@@ -11,9 +11,9 @@ from services.intake_api import routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox

@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
+from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.web import create_base_app
 
 GROUP = LEDGER_MESSAGES.name
@@ -36,12 +36,16 @@ def create_app(settings: Settings) -> web.Application:
             runtime.database(settings, ["ledger"]) as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
-            recorder = EventRecorder(
+            handlers = LedgerHandlers(
                 PostgresLedgerStore(pool), broker.publish, lambda envelope: status_recorded_before(pool, envelope)
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
-                GROUP, recorder.record_batch, retry=retry_policy(settings), prefetch=LEDGER_PREFETCH, max_batch=BATCH
+                GROUP,
+                LEDGER_MESSAGES.dispatcher(handlers),
+                retry=retry_policy(settings),
+                prefetch=LEDGER_PREFETCH,
+                max_batch=BATCH,
             )
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)

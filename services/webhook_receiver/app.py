@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.topology import CONSUMER_GROUPS
 from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejected, receive_webhook
 from shared import runtime
 from shared.broker import Broker
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider

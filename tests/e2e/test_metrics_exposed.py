@@ -186,7 +186,8 @@ def test_every_metric_the_contract_names_is_exported_with_its_labels(scrapes: Be
     assert webhooks.has("paystream_webhooks_received_total", provider="sandbox", outcome="accepted")
 
 
-# The README's metric-by-service table: the only paystream_* families each service may declare (issue 13 §4).
+# The metric-by-service table of docs/reference/observability.md: the only paystream_* families each service may
+# declare (issue 13 §4).
 OWNED: Mapping[str, set[str]] = {
     "intake_api": {
         "paystream_payments_created",

@@ -15,8 +15,8 @@ import pytest
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
 from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
-from services.topology import CONSUMER_GROUPS
 from shared.broker import REPLY_TO_HEADER, Broker
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect, create_pool
 from tests.support.brokers import take_all
 from tests.support.infra import Servers, create_database, drop_database

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 
-from services.ledger.handlers import EventRecorder
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.store import InMemoryLedgerStore
 from shared import runtime
 from shared.broker import Broker, ChannelLost, RetryLater
@@ -64,7 +64,7 @@ async def test_an_announcement_cut_off_by_its_channel_defers_its_event_alone() -
         if announcement.payment_id == lost:
             raise asyncio.CancelledError()  # an announcement's own, as gather returns it
 
-    results = await asyncio.wait_for(EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch), 5)
+    results = await asyncio.wait_for(LedgerHandlers(InMemoryLedgerStore(), publish).record_batch(batch), 5)
 
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], RetryLater)

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from shared.config import SERVICE_NAMES, SERVICES_BY_NAME, Settings
-from shared.observe import DEFAULT_RUNBOOK_BASE_URL, RULES, write
-from shared.stack import REPLICA_PORT_STEP
+from tools.observe import DEFAULT_RUNBOOK_BASE_URL, RULES, write
+from tools.stack import REPLICA_PORT_STEP
 
 PROGRAMS = {"prometheus": "/usr/bin/prometheus", "prometheus-alertmanager": "/usr/bin/prometheus-alertmanager"}
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/not-a-real-one"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import honcho.command
 import pytest
 
-from shared.stack import run_foreground
+from tools.stack import run_foreground
 
 
 @pytest.mark.parametrize(("honcho_exit", "expected"), [(130, 0), (143, 0), (0, 0), (1, 1), (2, 2)])

@@ -1,9 +1,9 @@
-"""`python -m shared.stack prepare`: what `make run` and `make test` do before starting anything.
+"""`python -m tools.stack prepare`: what `make run` and `make test` do before starting anything.
 
 Checks that PostgreSQL and RabbitMQ answer (failing fast, naming the URL tried and how to start one),
 creates the database if missing, applies every service's migrations and declares the broker topology.
 
-`python -m shared.stack procfile --replicas N` writes the Procfile honcho runs: N processes of every
+`python -m tools.stack procfile --replicas N` writes the Procfile honcho runs: N processes of every
 service but the sandbox, replica k listening on its service's port + 1000 * (k - 1).
 """
 
@@ -14,9 +14,9 @@ import asyncio
 import sys
 from urllib.parse import urlsplit
 
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import MigrationChanged, prepare_database
 from shared.runtime import authentication_refused, redact_url
 
@@ -136,9 +136,9 @@ def run_foreground(procfile_path: str, directory: str) -> int:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["foreground"]:  # python -m shared.stack foreground <procfile> <directory>
+    if sys.argv[1:2] == ["foreground"]:  # python -m tools.stack foreground <procfile> <directory>
         raise SystemExit(run_foreground(sys.argv[2], sys.argv[3]))
-    parser = argparse.ArgumentParser(prog="python -m shared.stack")
+    parser = argparse.ArgumentParser(prog="python -m tools.stack")
     parser.add_argument("command", choices=["prepare", "procfile"])
     parser.add_argument("--print-urls", action="store_true")
     parser.add_argument("--replicas", type=int, default=1, help="processes of each service but the sandbox")
