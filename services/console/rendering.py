@@ -101,7 +101,11 @@ def error_page(request: web.BaseRequest, problem: Problem) -> web.StreamResponse
         title, message = problem_title(problem)
     else:
         title, message = problem.title, problem.detail
-    env = aiohttp_jinja2.get_env(request.app)  # type: ignore[arg-type]
+    # The error page of a request aiohttp's parser refused has no application: it is rendered without one.
+    app = getattr(request, "app", None)
+    if app is None:
+        return problem_page(request, problem)
+    env = aiohttp_jinja2.get_env(app)
     html = env.get_template("error.html").render(
         title=title, message=message, status=problem.status, signed_in=False, key_hint="", current_path=request.path
     )
