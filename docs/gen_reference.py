@@ -77,6 +77,13 @@ MEANINGS: dict[str, str] = {
     "NOTIFIER_PORT": "HTTP port of the notifier (health and metrics)",
     "SANDBOX_PORT": "HTTP port of the sandbox gateway",
     "STOREFRONT_PORT": "HTTP port of the storefront",
+    "CONSOLE_PORT": "HTTP port of the console, the merchant's dashboard ([Console](console.md))",
+    "CONSOLE_PUBLIC_URL": "where staff reach the console (default `http://localhost:CONSOLE_PORT`); an `https://` "
+    "URL makes its session cookie `Secure`",
+    "CONSOLE_SESSION_KEY": "comma-separated Fernet keys sealing the console's session cookie and CSRF tokens: the "
+    "first seals, any opens (rotation). The default is a public development key: set your own wherever anyone "
+    "else can reach the console",
+    "CONSOLE_SESSION_MAX_AGE_SECONDS": "a console session ends this long after sign-in",
     "WEBHOOK_ALLOW_PRIVATE_URLS": "let merchant webhook endpoints point at loopback, link-local or private addresses "
     "(development only: it is the SSRF guard; `true` under `make run` and in tests)",
     "WEBHOOK_SECRET_GRACE_SECONDS": "after `rotate_secret`, how long the old secret keeps signing beside the new one",
