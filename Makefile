@@ -24,7 +24,8 @@ lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
 		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
 
-## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
+## run: every service in the foreground, each log line prefixed by its service; one that exits is restarted with
+## backoff while the others keep running (tools/runner.py); Ctrl-C stops them all and exits 0.
 ## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (tools/stack.py).
 REPLICAS ?= 1
 # The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
@@ -32,7 +33,6 @@ run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
 run: install
 	@$(BIN)/python -m tools.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m tools.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
-	@# honcho under a wrapper that makes a handled Ctrl-C or SIGTERM stop exit 0 (honcho itself says 130/143).
 	@exec $(BIN)/python -m tools.stack foreground $(VENV)/Procfile.run $(CURDIR)
 
 ## observe: Prometheus and Alertmanager (Debian's packages) watching the services of `make run` on this machine.
@@ -40,7 +40,7 @@ run: install
 RUNBOOK_BASE_URL ?= file://$(CURDIR)/docs/runbooks
 observe: install
 	@$(BIN)/python -m tools.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
-	@# As for make run: a Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly.
+	@# A Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly: exit 0.
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 

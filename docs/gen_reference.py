@@ -34,6 +34,15 @@ MEANINGS: dict[str, str] = {
     "`amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/`): a service connects to the first that answers and moves to the "
     "next when its node goes away (see [Messaging](../explanation/messaging.md#broker-nodes-and-queues))",
     "BROKER_NAMESPACE": "prefix of every exchange and queue, so deployments or test runs can share a broker",
+    "AMQP_HEARTBEAT_SECONDS": "the AMQP heartbeat asked of the broker (a `heartbeat` in `AMQP_URL` wins): a connection "
+    "silent for 3 x (heartbeat + 1) s is dropped and the next node tried ([Failure detection]"
+    "(../explanation/failure-detection.md))",
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": "a PostgreSQL statement not answered in this time fails, client-side and "
+    "server-side (`statement_timeout`); migrations get 600 s "
+    "([Failure detection](../explanation/failure-detection.md))",
+    "DATABASE_CONNECT_TIMEOUT_SECONDS": "a PostgreSQL connection not made in this time fails",
+    "DATABASE_TCP_TIMEOUT_SECONDS": "TCP keepalive and `TCP_USER_TIMEOUT` on PostgreSQL connections, on both ends: a "
+    "connection whose peer is gone is dropped after about this time",
     "INTAKE_API_KEYS": "comma-separated `merchant_id:api_key` pairs; a merchant may hold several keys (rotation)",
     "MERCHANT_NAMES": "comma-separated `merchant_id:name` pairs: the shop's name on the hosted payment page (read by "
     "the gateway_worker; a merchant without one is shown by its id)",

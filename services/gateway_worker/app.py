@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -39,8 +38,8 @@ def create_app(settings: Settings) -> web.Application:
                 )
                 retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
                 await broker.consume(GROUP, GATEWAY_MESSAGES.dispatcher(handlers), retry=retry, prefetch=32)
-                dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))
-                async with runtime.serving(app, [dlq_watch], broker):
+                broker.watch_dlq(GROUP)
+                async with runtime.serving(app, broker):
                     yield
         finally:
             for provider in providers.values():

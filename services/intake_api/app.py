@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -45,7 +44,13 @@ def create_app(settings: Settings) -> web.Application:
             runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
-            relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url.get_secret_value()))
+            relay = OutboxRelay(
+                pool,
+                broker.publish,
+                connect=lambda: connect(
+                    settings.database_url.get_secret_value(), timeouts=runtime.database_timeouts(settings)
+                ),
+            )
             waiters = app[routes.WAITERS]
             # Only the outcomes of requests waiting here reach this queue (their PaymentRequested names it).
             address = await broker.consume_replies(
@@ -53,17 +58,12 @@ def create_app(settings: Settings) -> web.Application:
             )
             waiters.listening(address)
             retention = settings.idempotency_retention_hours
-            tasks = [
-                asyncio.create_task(relay.run()),
-                # Measured on its own clock, so the backlog gauges keep moving while the broker is down.
-                asyncio.create_task(runtime.run_periodically("outbox gauges", 5, relay.measure)),
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)
-                    )
-                ),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            loops = broker.supervisor
+            relay.start(loops)
+            # Measured on its own clock, so the backlog gauges keep moving while the broker is down.
+            loops.every("outbox gauges", 5, relay.measure)
+            loops.every("idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention))
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

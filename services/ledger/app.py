@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -50,30 +49,23 @@ def create_app(settings: Settings) -> web.Application:
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds
-            tasks = [
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "expiry",
-                        interval,
-                        lambda: request_expirations(pool, broker, resend_after_seconds=resend_after),
-                    )
+            loops = broker.supervisor
+            loops.every(
+                "expiry sweep", interval, lambda: request_expirations(pool, broker, resend_after_seconds=resend_after)
+            )
+            loops.every(
+                "reconciliation sweep",
+                interval,
+                lambda: request_reconciliations(
+                    pool,
+                    broker,
+                    older_than_seconds=settings.reconcile_after_seconds,
+                    every_seconds=settings.reconcile_interval_seconds,
                 ),
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "reconciliation",
-                        interval,
-                        lambda: request_reconciliations(
-                            pool,
-                            broker,
-                            older_than_seconds=settings.reconcile_after_seconds,
-                            every_seconds=settings.reconcile_interval_seconds,
-                        ),
-                    )
-                ),
-                asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
-                asyncio.create_task(broker.watch_dlq(GROUP)),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            )
+            loops.every("pending gauge", 15, lambda: measure_pending(pool))
+            broker.watch_dlq(GROUP)
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

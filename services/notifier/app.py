@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -75,12 +74,10 @@ def create_app(settings: Settings) -> web.Application:
             async def measure() -> None:
                 WEBHOOK_OLDEST_UNDELIVERED_AGE.set(await store.oldest_undelivered_age())
 
-            tasks = [
-                asyncio.create_task(runtime.run_periodically("undelivered gauge", 5, measure)),
-                asyncio.create_task(broker.watch_dlq(EVENTS_GROUP)),
-                asyncio.create_task(broker.watch_dlq(DELIVERIES_GROUP)),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            broker.supervisor.every("undelivered gauge", 5, measure)
+            broker.watch_dlq(EVENTS_GROUP)
+            broker.watch_dlq(DELIVERIES_GROUP)
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS) as broker:
             app[BROKER] = broker
-            async with runtime.serving(app, [], broker):
+            async with runtime.serving(app, broker):
                 yield
         for provider in app[PROVIDERS].values():
             await provider.close()

@@ -239,7 +239,8 @@ OWNED: Mapping[str, set[str]] = {
 @pytest.mark.parametrize("service", ALL_SERVICES)
 def test_each_service_exports_only_the_metrics_it_owns(scrapes: BeforeAndAfter, service: str) -> None:
     # The text parser reports each counter's and histogram's `_created` timestamps as a family of their own.
-    allowed = OWNED[service] | {"paystream_http_request_duration_seconds"}
+    # Every process times its requests and counts its loops' restarts (shared/supervisor.py).
+    allowed = OWNED[service] | {"paystream_http_request_duration_seconds", "paystream_loop_restarts"}
     declared = {
         name if name in allowed else name.removesuffix("_created")
         for name in scrapes.after[service].families
