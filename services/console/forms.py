@@ -16,10 +16,11 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from shared.web import read_form
+from shared.web import Problem, read_form
 
 F = TypeVar("F", bound="ConsoleForm")
 
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 CSRF_SECRET = web.AppKey("csrf_secret", bytes)
 CSRF_TIME_LIMIT = web.AppKey("csrf_time_limit", timedelta)
 
@@ -80,6 +81,8 @@ async def build_form(request: web.Request, form_class: type[F], *, submitted: bo
         "csrf_context": session,
         "csrf_time_limit": request.app[CSRF_TIME_LIMIT],
     }
+    if submitted and request.content_type not in FORM_TYPES:
+        raise Problem(415, "unsupported-media-type", "The console takes HTML forms only.")
     formdata = _SubmittedForm(await read_form(request)) if submitted else None
     return form_class(formdata=formdata, meta=meta, data=data or None)
 

@@ -88,7 +88,8 @@ def to_sign_in(request: web.Request, next_path: str | None = None) -> web.Respon
 @web.middleware
 async def signed_in_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every page but sign-in needs a session holding a key; an expired one goes back to sign-in."""
-    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
+    unrouted = request.match_info.http_exception is not None  # no such page (404) or method (405): said as such
+    if unrouted or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     session = await get_session(request)
     if not isinstance(session.get(API_KEY), str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -64,16 +65,30 @@ def pretty_json(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
+_ENVIRONMENT = {
+    "autoescape": True,
+    "undefined": jinja2.StrictUndefined,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+}
+_FILTERS = {"money": _money, "major": _major, "iso_utc": iso_utc, "utc_text": utc_text, "pretty_json": pretty_json}
+
+
+def _loader() -> jinja2.BaseLoader:
+    return jinja2.PackageLoader("services.console", "templates")
+
+
 def setup_templates(app: web.Application) -> jinja2.Environment:
-    env = aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.PackageLoader("services.console", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(money=_money, major=_major, iso_utc=iso_utc, utc_text=utc_text, pretty_json=pretty_json)
+    env = aiohttp_jinja2.setup(app, loader=_loader(), **_ENVIRONMENT)  # type: ignore[arg-type]
+    env.filters.update(_FILTERS)
+    return env
+
+
+@functools.cache
+def _error_environment() -> jinja2.Environment:
+    """Templates for the error page of a request that never reached the application (its HTTP was refused)."""
+    env = jinja2.Environment(loader=_loader(), **_ENVIRONMENT)  # type: ignore[arg-type]
+    env.filters.update(_FILTERS)
     return env
 
 
@@ -101,11 +116,7 @@ def error_page(request: web.BaseRequest, problem: Problem) -> web.StreamResponse
         title, message = problem_title(problem)
     else:
         title, message = problem.title, problem.detail
-    # The error page of a request aiohttp's parser refused has no application: it is rendered without one.
-    app = getattr(request, "app", None)
-    if app is None:
-        return problem_page(request, problem)
-    env = aiohttp_jinja2.get_env(app)
+    env = _error_environment()
     html = env.get_template("error.html").render(
         title=title, message=message, status=problem.status, signed_in=False, key_hint="", current_path=request.path
     )

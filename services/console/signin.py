@@ -41,7 +41,9 @@ async def sign_in(request: web.Request) -> web.Response:
     form = await build_form(request, SignInForm, submitted=True)
     if csrf_failed(form):
         form.csrf_token.errors = []
-        return await _sign_in_page(request, form, message="The sign-in form had expired. Please sign in again.")
+        return await _sign_in_page(
+            request, form, message="The sign-in form had expired. Please sign in again.", status=403
+        )
     if not form.validate():
         return await _sign_in_page(request, form, status=422)
     api_key = str(form.api_key.data).strip()
