@@ -30,6 +30,8 @@ lock: install
 REPLICAS ?= 1
 # The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
 run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
+# The sandbox keeps its intents and webhook schedule here across restarts, as a real provider would.
+run: export SANDBOX_DATA_DIR ?= $(CURDIR)/.sandbox
 run: install
 	@$(BIN)/python -m tools.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m tools.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run

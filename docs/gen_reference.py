@@ -54,6 +54,9 @@ MEANINGS: dict[str, str] = {
     "sandbox signs with the first",
     "SANDBOX_AUTOPAY": "`succeed` or `fail`: the sandbox completes every new intent by itself (benchmarks, headless "
     "demos)",
+    "SANDBOX_DATA_DIR": "a folder where the sandbox keeps its intents and the webhooks it has still to deliver "
+    "(`sandbox.sqlite3`), so a restart forgets none, as at a real provider; unset, it keeps them in memory. `make run` "
+    "sets `.sandbox/`",
     "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "first webhook retry delay of the sandbox (doubles each attempt, capped at "
     "60 s)",
     "SANDBOX_WEBHOOK_MAX_ATTEMPTS": "how often the sandbox tries to deliver one webhook",
@@ -86,13 +89,6 @@ MEANINGS: dict[str, str] = {
     "NOTIFIER_PORT": "HTTP port of the notifier (health and metrics)",
     "SANDBOX_PORT": "HTTP port of the sandbox gateway",
     "STOREFRONT_PORT": "HTTP port of the storefront",
-    "CONSOLE_PORT": "HTTP port of the console, the merchant's dashboard ([Console](console.md))",
-    "CONSOLE_PUBLIC_URL": "where staff reach the console (default `http://localhost:CONSOLE_PORT`); an `https://` "
-    "URL makes its session cookie `Secure`",
-    "CONSOLE_SESSION_KEY": "comma-separated Fernet keys sealing the console's session cookie and CSRF tokens: the "
-    "first seals, any opens (rotation). The default is a public development key: set your own wherever anyone "
-    "else can reach the console",
-    "CONSOLE_SESSION_MAX_AGE_SECONDS": "a console session ends this long after sign-in",
     "WEBHOOK_ALLOW_PRIVATE_URLS": "let merchant webhook endpoints point at loopback, link-local or private addresses "
     "(development only: it is the SSRF guard; `true` under `make run` and in tests)",
     "WEBHOOK_SECRET_GRACE_SECONDS": "after `rotate_secret`, how long the old secret keeps signing beside the new one",

@@ -19,7 +19,7 @@ from services.console.forms import CSRF_SECRET, CSRF_TIME_LIMIT
 from services.console.intake import intake_alive
 from services.console.merchant import HTTP, INTAKE_URL, intake_errors
 from services.console.rendering import error_page, setup_templates
-from shared.config import Settings
+from services.console.settings import ConsoleSettings
 from shared.logs import get_logger
 from shared.web import ERROR_PAGE, READINESS_CHECKS, create_base_app
 
@@ -39,7 +39,7 @@ class RotatingCookieStorage(EncryptedCookieStorage):
         self._fernet = MultiFernet([Fernet(key) for key in keys])  # type: ignore[assignment]
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: ConsoleSettings) -> web.Application:
     """The console, reaching the intake API at `settings.intake_base_url` with each signed-in merchant's key."""
     app = create_base_app(client_max_size=MAX_FORM_BYTES)
     app[ERROR_PAGE] = error_page

@@ -27,7 +27,7 @@ from shared.events import (
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
-from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from shared.registry import MessageRegistry, Received
 
 log = get_logger(__name__)
@@ -195,6 +195,12 @@ class GatewayHandlers:
             intent = await retrying_provider_call(
                 provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
             )
+        except NoSuchIntentError as exc:
+            # A final answer, not a refusal: the provider has no such intent (it lost it, or never made it), so
+            # nothing can be paid through it and the payment closes on our side, recorded as asked.
+            log.info("the provider has no such intent; the payment closes on our side", error=str(exc)[:300])
+            await self._status(envelope.payment_id, source, wanted, provider.name, provider_payment_id, None)
+            return
         except PermanentGatewayError as exc:
             if wanted is PaymentStatus.EXPIRED:
                 # The TTL is ours to enforce: with no answer from the provider the payment still expires

@@ -9,10 +9,10 @@ from aiohttp import web
 from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
+from services.ledger.settings import LedgerSettings
 from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
 from shared import runtime
 from shared.broker import RetryPolicy
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.web import create_base_app
 
@@ -22,12 +22,12 @@ BATCH = 100
 LEDGER_PREFETCH = 300
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
+def retry_policy(settings: LedgerSettings) -> RetryPolicy:
     """How long an event for a payment not yet known waits (LEDGER_RETRY_*) before it is dead-lettered."""
     return RetryPolicy(settings.ledger_retry_attempts, settings.ledger_retry_base_seconds)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: LedgerSettings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -18,12 +18,15 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
+from shared.logs import get_logger
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.providers.settings import ProviderSettings, StripeWebhookSettings
+
+log = get_logger(__name__)
 
 # The one API version every request is made with (the `Stripe-Version` header). The webhook endpoint must be
 # created with the same version (docs/how-to/stripe.md): an event's shape follows its endpoint's version, not this.
@@ -231,6 +234,8 @@ class _Event(BaseModel):
     type: StrictStr
     created: StrictInt
     data: _EventData
+    # The version the event is written in: its webhook endpoint's, which should be STRIPE_API_VERSION.
+    api_version: str | None = None
 
 
 # Every Stripe object the adapter reads, by Stripe's name for it, with the model it is read through. The provider
@@ -282,7 +287,7 @@ class StripeProvider(PaymentProvider):
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StripeProvider:
+    def from_settings(cls, settings: ProviderSettings) -> StripeProvider:
         """Configured from STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE."""
         if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value():
             raise ValueError("STRIPE_API_KEY must be set when the stripe provider is used")
@@ -295,11 +300,10 @@ class StripeProvider(PaymentProvider):
         )
 
     @classmethod
-    def for_webhooks(cls, settings: Settings) -> StripeProvider:
+    def for_webhooks(cls, settings: StripeWebhookSettings) -> StripeProvider:
         """Only the webhook half (verify, parse): the receiver needs the secrets, not the API key."""
-        key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
         return cls(
-            key, [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
+            "", [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
         )
 
     def _client(self) -> aiohttp.ClientSession:
@@ -374,6 +378,14 @@ class StripeProvider(PaymentProvider):
             failure_code=failure_code,
         )
 
+    @staticmethod
+    def _session_metadata(request: IntentRequest) -> dict[str, str]:
+        # Our payment id first, so that no cut to Stripe's limits can drop it; the trace context after it, cut to
+        # those limits, so that it can never be why Stripe refuses the create.
+        metadata = {"payment_id": request.payment_id}
+        metadata.update((key, value) for key, value in request.metadata.items() if key != "payment_id")
+        return stripe_metadata(metadata)
+
     def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
         """The create-session parameters for a request, before form encoding (depends on it and now only)."""
         return {
@@ -391,8 +403,7 @@ class StripeProvider(PaymentProvider):
             "success_url": with_payment_id(request.return_url, request.payment_id),
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
-            # Trace context rides here; cut to Stripe's limits, it can never be why Stripe refuses the create.
-            "metadata": stripe_metadata({**request.metadata, "payment_id": request.payment_id}),
+            "metadata": self._session_metadata(request),
             "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),
@@ -444,6 +455,15 @@ class StripeProvider(PaymentProvider):
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
+        if event.api_version not in (None, STRIPE_API_VERSION):
+            # Still read (the session fields we use have kept their shape), but an operator should hear of it:
+            # the endpoint's version decides every event's shape, and ours is pinned for a reason.
+            log.warning(
+                "stripe event written in another API version; create the webhook endpoint with the pinned one",
+                event_api_version=event.api_version,
+                pinned_api_version=STRIPE_API_VERSION,
+                provider_event_id=event.id,
+            )
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:
@@ -452,6 +472,12 @@ class StripeProvider(PaymentProvider):
             raise InvalidWebhookError(
                 f"{event.type} does not carry a checkout session ({exc.error_count()} errors)"
             ) from None
+        metadata = session.metadata or {}
+        payment_id = session.client_reference_id or metadata.get("payment_id")
+        if not payment_id:
+            # Every session we open carries our payment id in both. One with neither was opened by something
+            # else on the same account (a Payment Link, another integration): acknowledged, not ours to act on.
+            return None
         key = (event.type, session.payment_status or "")
         if key in STRIPE_EVENT_MAP:
             outcome = STRIPE_EVENT_MAP[key]
@@ -462,12 +488,6 @@ class StripeProvider(PaymentProvider):
         if outcome is None:
             return None
         status, failure_code = outcome
-        metadata = session.metadata or {}
-        payment_id = session.client_reference_id or metadata.get("payment_id")
-        if not payment_id:
-            # Every session we open carries our payment id in both. One with neither was opened by something
-            # else on the same account (a Payment Link, another integration): acknowledged, not ours to act on.
-            return None
         if metadata.get("payment_id") not in (None, payment_id):
             raise InvalidWebhookError("client_reference_id and metadata.payment_id disagree")
         return WebhookEvent(

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
 
 from services.console.app import SESSION_COOKIE, create_app
-from shared.config import Settings
+from services.console.settings import ConsoleSettings
 
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 DEMO_KEY = "sk_test_demo"
@@ -31,7 +31,7 @@ def csrf_token(page: str) -> str:
 class ConsoleVisitor:
     """One person at the console: a session of cookies, pages fetched and forms posted from them."""
 
-    def __init__(self, client: TestClient, settings: Settings) -> None:
+    def __init__(self, client: TestClient, settings: ConsoleSettings) -> None:
         self.client = client
         self.settings = settings
 
@@ -72,6 +72,6 @@ class ConsoleVisitor:
 @asynccontextmanager
 async def console_visitor(intake_url: str, **settings: Any) -> AsyncIterator[ConsoleVisitor]:
     """The console application in this process, reaching the intake API at `intake_url`, and a visitor of it."""
-    configured = Settings(intake_url=intake_url, **settings)
+    configured = ConsoleSettings(intake_url=intake_url, **settings)
     async with TestClient(TestServer(create_app(configured))) as client:
         yield ConsoleVisitor(client, configured)

@@ -11,21 +11,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from shared.config import SERVICE_NAMES, Settings
+from shared.config import SERVICE_NAMES, SERVICES_BY_NAME
+from tools.settings_reference import settings_classes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
+SETTINGS_CLASSES = dict(settings_classes())
 PORTS = {
-    "intake_api": Settings.model_fields["intake_port"].default,
-    "webhook_receiver": Settings.model_fields["webhook_port"].default,
-    "ledger": Settings.model_fields["ledger_port"].default,
-    "gateway_worker": Settings.model_fields["gateway_worker_port"].default,
-    "notifier": Settings.model_fields["notifier_port"].default,
-    "sandbox_gateway": Settings.model_fields["sandbox_port"].default,
-    "storefront": Settings.model_fields["storefront_port"].default,
-    "console": Settings.model_fields["console_port"].default,
+    name: SETTINGS_CLASSES[name].model_fields[SERVICES_BY_NAME[name].port_setting].default for name in SERVICE_NAMES
 }
 
 SHARED_ENVIRONMENT = {
@@ -73,7 +68,7 @@ def test_each_service_reads_the_documented_environment(name: str) -> None:
     environment = SERVICES[name]["environment"]
     for variable, value in SHARED_ENVIRONMENT.items():
         assert environment.get(variable) == value, f"{name}: {variable}"
-    Settings.model_validate({k.lower(): v for k, v in environment.items()})
+    SETTINGS_CLASSES[name].model_validate({k.lower(): v for k, v in environment.items()})
 
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)
