@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] | None = None
     stripe_api_base: str = "https://api.stripe.com"
     payment_ttl_seconds: int = Field(default=1800, gt=0)
+    # How long a manual-capture payment's hold lasts once AUTHORIZED before it is voided (7 days, as card holds).
+    authorization_ttl_seconds: int = Field(default=604800, gt=0)
     expiry_sweep_interval_seconds: float = Field(default=5, gt=0)
     reconcile_after_seconds: int = Field(default=600, gt=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)

@@ -10,7 +10,12 @@ from aiohttp import web
 from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
-from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
+from services.ledger.sweeps import (
+    measure_authorizations,
+    measure_pending,
+    request_expirations,
+    request_reconciliations,
+)
 from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
@@ -37,7 +42,9 @@ def create_app(settings: Settings) -> web.Application:
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             recorder = EventRecorder(
-                PostgresLedgerStore(pool), broker.publish, lambda envelope: status_recorded_before(pool, envelope)
+                PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
+                broker.publish,
+                lambda envelope: status_recorded_before(pool, envelope),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
@@ -67,6 +74,9 @@ def create_app(settings: Settings) -> web.Application:
                     )
                 ),
                 asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
+                asyncio.create_task(
+                    runtime.run_periodically("authorization gauges", 15, lambda: measure_authorizations(pool))
+                ),
                 asyncio.create_task(broker.watch_dlq(GROUP)),
             ]
             async with runtime.serving(app, tasks, broker, pool):

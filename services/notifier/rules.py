@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 
 MERCHANT_EVENT_TYPES = (
     "payment.created",
+    "payment.authorized",
     "payment.succeeded",
     "payment.failed",
     "payment.canceled",

@@ -62,6 +62,7 @@ async def receive_webhook(
         failure_code=event.failure_code,
         amount=event.amount,
         currency=event.currency,
+        amount_captured=event.amount_captured,
     )
     envelope = Envelope.wrap(
         changed,

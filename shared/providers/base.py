@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
@@ -66,11 +66,14 @@ class IntentRequest:
     merchant_name: str | None = None
     # Carried through the provider and back in its webhooks (payment id, W3C trace context).
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # "manual": the customer's payment only holds the money, a capture takes it (a CapturingProvider's business).
+    capture_method: CaptureMethod = "automatic"
 
 
 @dataclass(frozen=True)
 class ProviderIntent:
-    """The provider's view of an intent, its status already mapped onto ours (PENDING while open)."""
+    """The provider's view of an intent, its status already mapped onto ours (PENDING while open, AUTHORIZED
+    while the money is held); `amount_captured` is what it took, when it says."""
 
     provider_payment_id: str
     status: PaymentStatus
@@ -78,6 +81,7 @@ class ProviderIntent:
     currency: str
     checkout_url: str | None = None
     failure_code: str | None = None
+    amount_captured: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class WebhookEvent:
     failure_code: str | None
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+    amount_captured: int | None = None
 
 
 def sign_payload(secret: str, timestamp: int, body: bytes) -> str:
@@ -123,6 +128,23 @@ def parse_signature_header(value: str) -> tuple[int, list[str]]:
     if timestamp is None or not signatures:
         raise SignatureError("signature header lacks t or v1")
     return timestamp, signatures
+
+
+@runtime_checkable
+class CapturingProvider(Protocol):
+    """A provider that can hold money and take it later (docs/reference/capture.md): an optional capability.
+
+    Its `create_intent` honours `IntentRequest.capture_method == "manual"` (the customer's payment leaves the
+    intent AUTHORIZED), and its `cancel_intent` voids a hold. A provider without it refuses manual payments.
+    """
+
+    name: str
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        """Take `amount` (at most the held amount) of an AUTHORIZED intent and release the rest; the same
+        `idempotency_key` never captures twice. Returns what is true afterwards: SUCCEEDED with `amount_captured`,
+        or whatever ended the hold first (voided, lapsed). Raises PermanentGatewayError when the provider refuses."""
+        ...
 
 
 class PaymentProvider(ABC):
