@@ -13,6 +13,8 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY shared ./shared
 COPY services ./services
+# The migration job runs `python -m tools.stack prepare` (deploy/kubernetes).
+COPY tools ./tools
 RUN pip install . \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /app paystream
 

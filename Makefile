@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -24,23 +24,23 @@ lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
 		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
 
-## run: every service in the foreground, each log line prefixed by its service; Ctrl-C stops them all.
-## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (shared/stack.py).
+## run: every service in the foreground, each log line prefixed by its service; one that exits is restarted with
+## backoff while the others keep running (tools/runner.py); Ctrl-C stops them all and exits 0.
+## REPLICAS=N runs N of each service but the sandbox, replica k on its port + 1000*(k-1) (tools/stack.py).
 REPLICAS ?= 1
 # The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
 run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
 run: install
-	@$(BIN)/python -m shared.stack prepare --print-urls --replicas $(REPLICAS)
-	@$(BIN)/python -m shared.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
-	@# honcho under a wrapper that makes a handled Ctrl-C or SIGTERM stop exit 0 (honcho itself says 130/143).
-	@exec $(BIN)/python -m shared.stack foreground $(VENV)/Procfile.run $(CURDIR)
+	@$(BIN)/python -m tools.stack prepare --print-urls --replicas $(REPLICAS)
+	@$(BIN)/python -m tools.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
+	@exec $(BIN)/python -m tools.stack foreground $(VENV)/Procfile.run $(CURDIR)
 
 ## observe: Prometheus and Alertmanager (Debian's packages) watching the services of `make run` on this machine.
 ## The scrape targets become localhost ports (REPLICAS as for make run); files and data go to .observe/.
 RUNBOOK_BASE_URL ?= file://$(CURDIR)/docs/runbooks
 observe: install
-	@$(BIN)/python -m shared.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
-	@# As for make run: a Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly.
+	@$(BIN)/python -m tools.observe --dir $(CURDIR)/.observe --replicas $(REPLICAS) --runbook-base-url '$(RUNBOOK_BASE_URL)'
+	@# A Ctrl-C or SIGTERM that honcho handled (exit 130/143) stopped both cleanly: exit 0.
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
@@ -50,7 +50,19 @@ test: install
 
 ## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
 asyncapi: install
-	$(BIN)/python -m services.asyncapi
+	$(BIN)/python -m tools.asyncapi
+
+## docs: the documentation site (mkdocs.yml, docs/) served with live reload; the storefront has port 8000.
+DOCS_ADDRESS ?= 127.0.0.1:8001
+# Material prints a notice about a future MkDocs 2 on every build; it says nothing about this site.
+docs docs-build: export NO_MKDOCS_2_WARNING = 1
+docs docs-build: export DISABLE_MKDOCS_2_WARNING = true
+docs: install
+	$(BIN)/mkdocs serve --dev-addr $(DOCS_ADDRESS)
+
+## docs-build: the site into site/, strict: a broken link, a missing page or a stale anchor fails (make test runs it too).
+docs-build: install
+	$(BIN)/mkdocs build --strict --site-dir $(CURDIR)/site
 
 ## test-cluster: the full scale-out run: 500 payments, two replicas of every service, a three-node RabbitMQ
 ## cluster, a node stopped and started and a replica of each service SIGKILLed under load (tests/e2e/test_cluster.py).
@@ -60,7 +72,8 @@ test-cluster: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services tests
+	$(BIN)/mypy shared services tools tests
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
@@ -73,4 +86,4 @@ bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

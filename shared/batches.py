@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -33,10 +33,8 @@ from shared.cancellation import being_cancelled
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import EVENT_PROCESSING_SECONDS
+from shared.settlement import Delivery
 from shared.telemetry import extract_context
-
-if TYPE_CHECKING:  # shared.broker imports this module
-    from shared.broker import Delivery
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -118,7 +116,11 @@ class BatchConsumer:
         self._arrived.set()
 
     async def run(self) -> None:
-        """Handle batches until cancelled (a cancelled batch is not acked: the broker delivers it again)."""
+        """Handle batches, one at a time, as long as the supervisor runs this (shared/supervisor.py).
+
+        A batch that cannot be settled (a fault of this layer, or its channel closing under an ack: a stray
+        CancelledError) is handed back to the broker, requeued, and the failure raised: the supervisor starts
+        this again. A stop (a real cancellation) does not ack the batch: the broker delivers it again."""
         while True:
             await self._arrived.wait()
             batch, self._buffer = self._buffer[: self._max_batch], self._buffer[self._max_batch :]
@@ -126,18 +128,11 @@ class BatchConsumer:
                 self._arrived.clear()
             try:
                 await self.handle(batch)
-            except asyncio.CancelledError:
-                if being_cancelled():
-                    raise
-                # Not a stop: aiormq failed an ack or publish of the batch with CancelledError as its channel
-                # closed (shared/cancellation.py). Ending here would leave every message this consumer is sent
-                # from now on unacknowledged for as long as the process lives.
-                log.warning("batch interrupted by its channel closing; requeueing it", consumer=self._group)
-                await _requeue(batch)
-            except Exception:
-                # A fault of this layer, not of a message: hand the batch back rather than hold it unacked.
-                log.exception("batch could not be settled; requeueing it", consumer=self._group, size=len(batch))
-                await _requeue(batch)
+            except BaseException:
+                if not being_cancelled():
+                    log.warning("batch not settled; requeueing it", consumer=self._group, size=len(batch))
+                    await _requeue(batch)
+                raise
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         consumed = [c for c in [await self._decode(m) for m in messages] if c is not None]

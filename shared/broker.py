@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -33,7 +32,8 @@ from shared.config import split_amqp_urls
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
-from shared.settlement import Action, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
+from shared.settlement import Action, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
+from shared.supervisor import Supervisor
 from shared.telemetry import extract_context, inject_context, recording
 from shared.topology import (
     DELIVERY_LIMIT,
@@ -70,26 +70,6 @@ REPLY_TO_HEADER = "x-paystream-reply-to"
 # RabbitMQ's sender-selected distribution: the message is routed by its routing key and, besides, by each
 # routing key listed here; the broker strips this header before delivery (rabbitmq.com/docs/sender-selected).
 _BCC_HEADER = "BCC"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What a handler may know about the delivery besides the envelope."""
-
-    attempt: int
-    max_attempts: int
-    redelivered: bool
-    # The W3C trace context the message was published with: the same on every redelivery and retry.
-    trace_headers: dict[str, str] = field(default_factory=dict)
-    # The reply routing key of the process waiting for this message's outcome, if one waits (REPLY_TO_HEADER).
-    reply_to: str | None = None
-
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
-
-
-Handler = Callable[[Envelope, Delivery], Awaitable[None]]
 
 
 # --- connecting over several nodes --------------------------------------------------------------------
@@ -135,10 +115,19 @@ class FailoverConnection(aio_pika.RobustConnection):
         return str(url.with_password("******") if url.password else url)
 
 
-def _node_urls(amqp_url: str | Sequence[str], connection_name: str) -> tuple[URL, ...]:
+def _node_urls(amqp_url: str | Sequence[str], connection_name: str, heartbeat: int | None = None) -> tuple[URL, ...]:
     urls = split_amqp_urls(amqp_url) if isinstance(amqp_url, str) else tuple(amqp_url)
-    # The name shows in the management UI's connection list; a name in the URL wins.
-    return tuple(URL(u) if "name" in URL(u).query else URL(u).update_query(name=connection_name) for u in urls)
+    # The name shows in the management UI's connection list; a name (or heartbeat) in the URL wins.
+    # A lost connection is tried again on the next node after 1 s, not aio-pika's 5 s: the cluster's other nodes
+    # are up, and the consumers' prefetched messages wait meanwhile.
+    defaults: dict[str, str] = {"name": connection_name, "reconnect_interval": "1"}
+    if heartbeat is not None:
+        defaults["heartbeat"] = str(heartbeat)
+    nodes = []
+    for url in map(URL, urls):
+        missing = {key: value for key, value in defaults.items() if key not in url.query}
+        nodes.append(url.update_query(missing) if missing else url)
+    return tuple(nodes)
 
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
@@ -211,15 +200,26 @@ class Broker:
     to the first that answers and moves to another when its node goes away (see FailoverConnection).
     """
 
-    def __init__(self, amqp_url: str | Sequence[str], namespace: str, *, name: str) -> None:
-        self._nodes = _node_urls(amqp_url, name)
+    def __init__(
+        self,
+        amqp_url: str | Sequence[str],
+        namespace: str,
+        *,
+        name: str,
+        heartbeat_seconds: int | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """`heartbeat_seconds`: the AMQP heartbeat asked of every node (a `heartbeat` in a URL wins); a connection
+        silent for 3 x (heartbeat + 1) seconds is taken for lost and the next node tried (AMQP_HEARTBEAT_SECONDS).
+        `supervisor` runs this broker's loops (batch consumers, DLQ watches) and those the service adds."""
+        self._nodes = _node_urls(amqp_url, name, heartbeat_seconds)
         self.names = Names(namespace)
         self._name = name
+        self.supervisor = supervisor or Supervisor()
         self._connection: FailoverConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consumer_channels: list[AbstractChannel] = []
-        self._batch_consumers: list[asyncio.Task[None]] = []
 
     async def connect(self, *, timeout: float = 10.0) -> None:
         """Connect to the first node that answers, in the order given; raise the last error if none does."""
@@ -256,11 +256,6 @@ class Broker:
         return self._connection
 
     @property
-    def consumer_tasks(self) -> tuple[asyncio.Task[None], ...]:
-        """The tasks of this broker's batch consumers (they run until it closes)."""
-        return tuple(self._batch_consumers)
-
-    @property
     def node(self) -> str:
         """The node in use (password hidden), for logs and tests."""
         return str(self._connection) if self._connection is not None else ""
@@ -275,9 +270,7 @@ class Broker:
         )
 
     async def close(self) -> None:
-        for task in self._batch_consumers:
-            task.cancel()
-        await asyncio.gather(*self._batch_consumers, return_exceptions=True)
+        await self.supervisor.stop()  # its loops use the channels closed below
         for channel in self._consumer_channels:
             if not channel.is_closed:
                 await channel.close()
@@ -583,7 +576,7 @@ class Broker:
             return await self._carry_out(settlement, group, name, item.message, item.envelope, ack=False)
 
         consumer = BatchConsumer(group, handler, max_batch=max_batch, decode=decode, settle_one=settle_one)
-        self._batch_consumers.append(asyncio.create_task(consumer.run()))
+        self.supervisor.start(f"{group} batches", consumer.run)
         await queue.consume(consumer.on_message)
 
     # --- dead letters -----------------------------------------------------------------------------
@@ -595,11 +588,12 @@ class Broker:
         finally:
             await channel.close()
 
-    async def watch_dlq(self, group: str, *, interval: float = 15.0) -> None:
-        """Keep the DLQ depth gauge current (runs until cancelled)."""
-        while True:
-            try:
-                DLQ_MESSAGES.labels(self.names.dlq(group)).set(await self.dlq_depth(group))
-            except Exception as exc:
-                log.warning("could not read DLQ depth", queue=self.names.dlq(group), error=str(exc))
-            await asyncio.sleep(interval)
+    def watch_dlq(self, group: str, *, interval: float = 15.0) -> asyncio.Task[None]:
+        """Keep the DLQ depth gauge current, a loop of this broker's supervisor (a read that fails, or hangs on a
+        silent connection for 10 s, restarts it after a backoff)."""
+        queue = self.names.dlq(group)
+
+        async def measure() -> None:
+            DLQ_MESSAGES.labels(queue).set(await self.dlq_depth(group))
+
+        return self.supervisor.every(f"dlq depth {queue}", interval, measure, timeout=10.0)

@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/paystream")
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # How soon a silent partition is noticed (docs/explanation/failure-detection.md). A broker connection that
+    # stays silent 3 x (heartbeat + 1) s is dropped and another node tried: 33-38 s with 10.
+    amqp_heartbeat_seconds: int = Field(default=10, ge=1, le=600)
+    # A PostgreSQL statement that has not answered in this time fails (client-side, and server-side as
+    # statement_timeout); a connection not made in the connect timeout fails; an idle or half-sent connection
+    # whose peer is gone is dropped by TCP keepalive / TCP_USER_TIMEOUT after about the TCP timeout.
+    database_statement_timeout_seconds: float = Field(default=15.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_tcp_timeout_seconds: int = Field(default=15, ge=3)
     intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
         default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
     )
@@ -172,6 +181,8 @@ class Settings(BaseSettings):
     )
     storefront_webhook_url: str | None = None
     storefront_webhook_secret: SecretStr | None = None
+    # How long a service waits at start for a schema it reads to be deployed by its owner before it stops.
+    schema_wait_seconds: float = Field(default=60.0, gt=0)
     http_host: str = "0.0.0.0"
     # The slow-client limits of every HTTP port (README "HTTP limits").
     http_header_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -61,6 +63,58 @@ def _dump_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """How soon a silent PostgreSQL is noticed (docs/explanation/failure-detection.md; DATABASE_*_TIMEOUT_SECONDS).
+
+    asyncpg has no heartbeat: without these, a statement sent into a partition waits until the kernel gives up
+    on the connection, many minutes later, holding its pool slot (and the batch or request behind it).
+    """
+
+    # A statement not answered in this time fails, client-side (asyncpg's command_timeout; it then cancels it
+    # on a second connection, and drops the connection if that fails too) and server-side (statement_timeout).
+    statement: float = 15.0
+    # A connection (TCP, TLS, start-up) not made in this time fails.
+    connect: float = 5.0
+    # TCP: an idle connection whose peer is gone is found by keepalive probes, one with data unacknowledged by
+    # TCP_USER_TIMEOUT; both drop it after about this many seconds. Set on both ends: PostgreSQL's backend
+    # lets go of a vanished client's locks and transaction as soon.
+    tcp: int = 15
+
+    @property
+    def server_settings(self) -> dict[str, str]:
+        probe = max(1, self.tcp // 3)
+        return {
+            "statement_timeout": str(int(self.statement * 1000)),
+            "tcp_keepalives_idle": str(probe),
+            "tcp_keepalives_interval": str(probe),
+            "tcp_keepalives_count": "3",
+            "tcp_user_timeout": str(self.tcp * 1000),
+        }
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+# A migration may rewrite a large table, and a service starting meanwhile waits for it (an advisory lock).
+MIGRATION_TIMEOUTS = Timeouts(statement=600.0)
+
+
+def _keep_alive(conn: asyncpg.Connection, timeouts: Timeouts) -> None:
+    """TCP keepalive and TCP_USER_TIMEOUT on the client's socket (asyncpg has no option for them)."""
+    sock = conn._transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket: no network to lose
+    probe = max(1, timeouts.tcp // 3)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", probe),
+        ("TCP_KEEPINTVL", probe),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", timeouts.tcp * 1000),
+    ):
+        if hasattr(socket, option):  # Linux has all four; others some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # orjson: every event's payload and headers go through these, several times a payment.
     await conn.set_type_codec("jsonb", encoder=_dump_json, decoder=orjson.loads, schema="pg_catalog")
@@ -74,22 +128,35 @@ async def _reset_if_needed(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, timeouts: Timeouts = DEFAULT_TIMEOUTS
+) -> asyncpg.Pool:
+    """A pool whose connections notice a silent server within `timeouts`."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        _keep_alive(conn, timeouts)
+        await _init_connection(conn)
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
-        timeout=timeout,
-        command_timeout=30,
+        init=init,
+        timeout=timeouts.connect,
+        command_timeout=timeouts.statement,
+        server_settings=timeouts.server_settings,
         reset=_reset_if_needed,
     )
     assert pool is not None
     return pool
 
 
-async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
-    conn = await asyncpg.connect(url, timeout=timeout)
+async def connect(url: str, *, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> asyncpg.Connection:
+    """One connection (not pooled) that notices a silent server within `timeouts`."""
+    conn = await asyncpg.connect(
+        url, timeout=timeouts.connect, command_timeout=timeouts.statement, server_settings=timeouts.server_settings
+    )
+    _keep_alive(conn, timeouts)
     await _init_connection(conn)
     return conn
 
@@ -180,7 +247,7 @@ async def schemas_missing(url: str, services: Iterable[str]) -> list[str]:
 async def prepare_database(url: str, services: Iterable[str]) -> list[str]:
     """Create the database if missing and apply the services' migrations: what every service does at start."""
     await ensure_database(url)
-    conn = await connect(url)
+    conn = await connect(url, timeouts=MIGRATION_TIMEOUTS)
     try:
         return await migrate(conn, services)
     finally:

@@ -76,6 +76,12 @@ EVENT_PROCESSING_SECONDS = Histogram(
 MESSAGE_RETRIES = Counter(
     "paystream_message_retries", "Messages sent to a delay queue for a later retry.", ["consumer", "event_type"]
 )
+LOOP_RESTARTS = Counter(
+    "paystream_loop_restarts",
+    "Long-running loops (consumers, relays, sweeps, watchers) restarted by their process's supervisor after a "
+    "failure, by loop (shared/supervisor.py).",
+    ["loop"],
+)
 DLQ_MESSAGES = Gauge("paystream_dlq_messages", "Messages waiting in a dead-letter queue.", ["queue"])
 GATEWAY_REQUEST_DURATION = Histogram(
     "paystream_gateway_request_duration_seconds",
@@ -169,7 +175,14 @@ SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
     "storefront": (),
 }
 # Every HTTP service times its requests, and every process reports its own CPU, memory and GC.
-_EVERY_SERVICE: tuple[Collector, ...] = (HTTP_REQUEST_DURATION, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+# Every process supervises its loops and counts their restarts.
+_EVERY_SERVICE: tuple[Collector, ...] = (
+    HTTP_REQUEST_DURATION,
+    LOOP_RESTARTS,
+    PROCESS_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    GC_COLLECTOR,
+)
 
 
 def service_registry(service: str) -> CollectorRegistry:

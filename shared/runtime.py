@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,12 +20,12 @@ import uvloop
 from aiohttp import web
 
 from shared.broker import Broker, ConsumerGroup
-from shared.cancellation import being_cancelled
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
-from shared.db import MigrationChanged, create_pool, prepare_database, schemas_missing
+from shared.db import MigrationChanged, Timeouts, create_pool, prepare_database, schemas_missing
 from shared.http_server import EdgeRunner, claim_port
 from shared.logs import configure_logging, get_logger
 from shared.metrics import service_registry
+from shared.supervisor import Supervisor
 from shared.telemetry import configure_tracing, shutdown_tracing
 from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, READINESS_CHECKS, problem_page
 
@@ -34,15 +35,20 @@ DRAIN_SECONDS = 5.0
 
 
 class BackgroundTaskEnded(RuntimeError):
-    """A task meant to run as long as the service ended (its error, or a stray cancellation): the service stops."""
+    """A loop meant to run as long as the service ended for good (shared/supervisor.py): the service stops."""
 
 
-# Failed (BackgroundTaskEnded) when the service must stop although nobody asked it to (see `serving`).
+# Done when the service is to stop: its result on SIGTERM/SIGINT, failed (BackgroundTaskEnded) when it must stop
+# although nobody asked it to (see `serving`).
 SERVICE_FAILED: web.AppKey[asyncio.Future[None]] = web.AppKey("service_failed")
 
 
 class DependencyError(RuntimeError):
     """RabbitMQ or PostgreSQL cannot be used (unreachable, or refusing our credentials): the service stops."""
+
+
+class SchemaNotDeployed(DependencyError):
+    """A schema this service reads was not deployed by its owner in time: the service stops, naming the deployer."""
 
 
 def run_service(
@@ -103,7 +109,9 @@ async def _serve(app: web.Application, sock: socket.socket, settings: Settings, 
     connections on the claimed socket until SIGTERM/SIGINT."""
     runner = EdgeRunner(
         app,
-        handle_signals=True,
+        # Not aiohttp's handlers: they raise GracefulExit out of the event loop, so the loops were cancelled
+        # by asyncio.run's teardown, before the application's cleanup, each looking like a loop that died.
+        handle_signals=False,
         access_log=None,
         shutdown_timeout=DRAIN_SECONDS,
         # aiohttp's keep-alive timer also runs from the start of each connection: a client still sending
@@ -115,13 +123,29 @@ async def _serve(app: web.Application, sock: socket.socket, settings: Settings, 
         max_connections=settings.http_max_connections,
     )
     failed = app[SERVICE_FAILED] = asyncio.get_running_loop().create_future()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(stop_signal, _stop_requested, failed, log)
     try:
-        await runner.setup()
+        # Start-up may wait a while for its dependencies: a stop asked meanwhile ends that wait.
+        starting = asyncio.ensure_future(runner.setup())
+        await asyncio.wait([starting, failed], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            failed.result()  # raises if the service failed rather than was asked to stop
+            return
+        starting.result()
         await web.SockSite(runner, sock).start()
         log.info("service ready", port=sock.getsockname()[1])
-        await failed  # until SIGTERM/SIGINT (GracefulExit), or until a background task ended
+        await failed  # until SIGTERM/SIGINT, or until a loop ended for good
     finally:
         await runner.cleanup()
+
+
+def _stop_requested(failed: asyncio.Future[None], log: Any) -> None:
+    if not failed.done():
+        log.info("stop requested; draining")
+        failed.set_result(None)
 
 
 # The longest request line or header accepted (aiohttp's default): past it, 431.
@@ -163,6 +187,11 @@ async def retry_until_up(what: str, url: str, connect: Callable[[], Awaitable[T]
     raise AssertionError("unreachable: stamina either returns or raises")
 
 
+def cannot_recover(exc: BaseException) -> bool:
+    """A failure no restart of a loop mends: refused credentials, a schema that is not what the code expects."""
+    return isinstance(exc, MigrationChanged) or authentication_refused(exc)
+
+
 def _worth_waiting_for(exc: Exception) -> bool:
     """A dependency still starting is waited for; a changed migration or refused credentials are not."""
     # The hook sees every exception, cancellation too: only errors (not a shutdown) are retried.
@@ -191,29 +220,44 @@ async def database(
     migrations: Iterable[str],
     *,
     reads: Iterable[str] = (),
-    schema_wait_seconds: float = 60.0,
     **pool_args: Any,
 ) -> AsyncIterator[asyncpg.Pool]:
     """The database ready for this service: created if missing, its own migrations applied, pooled; closed on exit.
 
     Each schema has one deployer, the service that owns it. A service that also reads another's schema
-    (`reads`) waits, up to `schema_wait_seconds`, until its owner has deployed it.
+    (`reads`) waits, up to SCHEMA_WAIT_SECONDS, until its owner has deployed it, then stops with one line naming
+    the service (or command) that deploys it.
     """
     url = settings.database_url.get_secret_value()
     await retry_until_up("PostgreSQL", url, lambda: prepare_database(url, migrations))
-    await _wait_for_schemas(url, list(reads), schema_wait_seconds)
-    pool = await create_pool(url, **pool_args)
+    await _wait_for_schemas(url, list(reads), settings.schema_wait_seconds)
+    pool = await create_pool(url, timeouts=database_timeouts(settings), **pool_args)
     try:
         yield pool
     finally:
         await pool.close()
 
 
+def database_timeouts(settings: Settings) -> Timeouts:
+    """How soon this service's PostgreSQL connections notice a silent server (DATABASE_*_TIMEOUT_SECONDS)."""
+    return Timeouts(
+        statement=settings.database_statement_timeout_seconds,
+        connect=settings.database_connect_timeout_seconds,
+        tcp=settings.database_tcp_timeout_seconds,
+    )
+
+
 @asynccontextmanager
 async def broker(settings: Settings, name: str, groups: Iterable[ConsumerGroup]) -> AsyncIterator[Broker]:
     """A connected broker with these consumer groups declared (services pass them all); closed on exit."""
     url = settings.amqp_url.get_secret_value()
-    instance = Broker(url, settings.broker_namespace, name=name)
+    instance = Broker(
+        url,
+        settings.broker_namespace,
+        name=name,
+        heartbeat_seconds=settings.amqp_heartbeat_seconds,
+        supervisor=Supervisor(unrecoverable=cannot_recover),
+    )
     await retry_until_up("RabbitMQ", url, instance.connect)
     try:
         await instance.declare_topology(groups)
@@ -222,15 +266,23 @@ async def broker(settings: Settings, name: str, groups: Iterable[ConsumerGroup])
         await instance.close()
 
 
+def deployers(owners: Iterable[str]) -> str:
+    """Who deploys the schemas of `owners`: each owning service's start command, or the one that deploys them all."""
+    services = ", ".join(f"`python -m services.{owner}`" for owner in owners)
+    return f"start {services} (its owner deploys it) or run `python -m tools.stack prepare`"
+
+
 async def _wait_for_schemas(url: str, owners: list[str], within: float) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while missing := await schemas_missing(url, owners):
         if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(
-                f"the schema of {', '.join(missing)} is not deployed: start that service once"
-                " (or run `python -m shared.stack prepare`)"
+            # A DependencyError: one line on stderr and exit 1, no traceback (run_service).
+            raise SchemaNotDeployed(
+                f"the schema of {', '.join(missing)} is not deployed after {within:g} s: {deployers(missing)}"
             )
-        get_logger(__name__).warning("waiting for a schema this service reads", owners=missing)
+        get_logger(__name__).warning(
+            "waiting for a schema this service reads", owners=missing, deployed_by=deployers(missing)
+        )
         await asyncio.sleep(0.5)
 
 
@@ -247,51 +299,36 @@ async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
 
 
 @asynccontextmanager
-async def serving(
-    app: web.Application, tasks: Iterable[asyncio.Task[Any]], broker: Broker, pool: asyncpg.Pool | None = None
-) -> AsyncIterator[None]:
-    """The service at work: ready while its broker (and pool, if it has one) answer; its background tasks
-    are cancelled on exit, before the broker and pool they use are closed."""
+async def serving(app: web.Application, broker: Broker, pool: asyncpg.Pool | None = None) -> AsyncIterator[None]:
+    """The service at work: ready while its broker (and pool, if it has one) answer, its loops run by the
+    broker's supervisor (see `supervising`)."""
     app[READINESS_CHECKS].append(broker.is_ready)
     if pool is not None:
         app[READINESS_CHECKS].append(lambda: pool_ready(pool))
-    tasks = list(tasks)
-    stopping = False
-
-    def ended(task: asyncio.Task[Any]) -> None:
-        # Every background task (and consumer loop) runs as long as the service: one that ends before the stop
-        # leaves its work undone (a consumer its prefetched messages unacknowledged) while the process still
-        # looks alive, so the service stops, with an exit status that says so, and its supervisor restarts it.
-        if stopping:
-            return
-        reason = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
-        get_logger(__name__).error("a background task ended; the service stops", task=task.get_name(), reason=reason)
-        failed = app.get(SERVICE_FAILED)
-        if failed is not None and not failed.done():
-            failed.set_exception(BackgroundTaskEnded(f"background task {task.get_name()} ended: {reason}"))
-
-    for task in (*tasks, *broker.consumer_tasks):
-        task.add_done_callback(ended)
     # What start-up made (modules, models, schemas, connections) lives as long as the process: frozen out of
     # the collector, a full collection no longer walks it all again (60 ms each, four in 6000 ledger events).
     gc.collect()
     gc.freeze()
-    try:
+    async with supervising(app, broker.supervisor):
         yield
+
+
+@asynccontextmanager
+async def supervising(app: web.Application, supervisor: Supervisor) -> AsyncIterator[Supervisor]:
+    """The service's loops under `supervisor` (shared/supervisor.py): a loop that ends for good stops the
+    service; on exit every loop is stopped, before what they use (broker, pool) is closed."""
+
+    def loop_ended(ended: asyncio.Future[None]) -> None:
+        # No restart mends it: the process stops, with an exit status that says so, and its own supervisor
+        # (make run, systemd, Kubernetes) starts it again.
+        failed = app.get(SERVICE_FAILED)
+        error = None if ended.cancelled() else ended.exception()
+        if failed is not None and not failed.done() and error is not None:
+            failed.set_exception(BackgroundTaskEnded(str(error)))
+
+    supervisor.failed.add_done_callback(loop_ended)
+    try:
+        yield supervisor
     finally:
-        stopping = True
-        await cancel_tasks(tasks)
-
-
-async def run_periodically(name: str, interval: float, work: Callable[[], Awaitable[object]]) -> None:
-    """Run `work` every `interval` seconds until cancelled; a failed round is logged and retried next time."""
-    while True:
-        try:
-            await work()
-        except asyncio.CancelledError:
-            if being_cancelled():
-                raise
-            get_logger(__name__).warning("periodic task interrupted by a closing channel", task=name)
-        except Exception as exc:
-            get_logger(__name__).warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(interval)
+        supervisor.failed.remove_done_callback(loop_ended)
+        await supervisor.stop()

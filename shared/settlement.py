@@ -4,8 +4,31 @@ the I/O that carries it out (shared/broker.py)."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+from shared.events import Envelope
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may know about the delivery besides the envelope."""
+
+    attempt: int
+    max_attempts: int
+    redelivered: bool
+    # The W3C trace context the message was published with: the same on every redelivery and retry.
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    # The reply routing key of the process waiting for this message's outcome, if one waits (REPLY_TO_HEADER).
+    reply_to: str | None = None
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+Handler = Callable[[Envelope, Delivery], Awaitable[None]]
 
 
 class RetryLater(Exception):

@@ -10,7 +10,7 @@ Names (all under BROKER_NAMESPACE `ns`):
                             out their expiration there, then dead-letter back into <queue> (default exchange)
 
 Which group consumes which types is not written here: each service's message registry says it
-(shared/registry.py), and services/topology.py gathers them.
+(shared/registry.py), and shared/consumers.py writes down which types reach which group.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from services.topology import CONSUMER_GROUPS
+from shared.consumers import CONSUMER_GROUPS
 from shared.topology import Names
 from tests.support.client import payment_body
 from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
@@ -403,7 +403,8 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README's benchmark tables, from a run's results (`--markdown` prints them from .bench/results.json)."""
+    """The benchmark tables of a dated page (docs/benchmarks/), from a run's results (`--markdown` prints them
+    from .bench/results.json)."""
     phases = results["phases"]
     raw_pg = phases["raw: PostgreSQL one-row INSERT commits"]["per_second"]
     lines = [
@@ -541,7 +542,9 @@ if __name__ == "__main__":
         help="record py-spy stacks of every service during the saturating POSTs into this folder (skews the figures)",
     )
     parser.add_argument(
-        "--markdown", action="store_true", help="print the README's tables from the last run's .bench/results.json"
+        "--markdown",
+        action="store_true",
+        help="print the tables of a docs/benchmarks/ page from the last run's .bench/results.json",
     )
     args = parser.parse_args()
     if args.markdown:

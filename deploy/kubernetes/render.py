@@ -397,7 +397,7 @@ def migration_job(environment: str) -> dict[str, Any]:
     container = template["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle", "ports"):
         container.pop(probe)
-    container.update(name="migrate", command=["python", "-m", "shared.stack", "prepare"])
+    container.update(name="migrate", command=["python", "-m", "tools.stack", "prepare"])
     template["spec"].pop("topologySpreadConstraints")
     template["spec"]["restartPolicy"] = "Never"
     template["metadata"] = {"labels": {"app.kubernetes.io/name": "migrate", "app.kubernetes.io/part-of": PART_OF}}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
 from shared.web import create_base_app
@@ -39,8 +38,8 @@ def create_app(settings: Settings) -> web.Application:
                 )
                 retry = RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
                 await broker.consume(GROUP, GATEWAY_MESSAGES.dispatcher(handlers), retry=retry, prefetch=32)
-                dlq_watch = asyncio.create_task(broker.watch_dlq(GROUP))
-                async with runtime.serving(app, [dlq_watch], broker):
+                broker.watch_dlq(GROUP)
+                async with runtime.serving(app, broker):
                     yield
         finally:
             for provider in providers.values():

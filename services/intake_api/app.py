@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,9 +10,9 @@ from services.intake_api import routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
@@ -46,7 +45,13 @@ def create_app(settings: Settings) -> web.Application:
             runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
-            relay = OutboxRelay(pool, broker.publish, connect=lambda: connect(settings.database_url.get_secret_value()))
+            relay = OutboxRelay(
+                pool,
+                broker.publish,
+                connect=lambda: connect(
+                    settings.database_url.get_secret_value(), timeouts=runtime.database_timeouts(settings)
+                ),
+            )
             waiters = app[routes.WAITERS]
             # Only the outcomes of requests waiting here reach this queue (their PaymentRequested names it).
             address = await broker.consume_replies(
@@ -54,17 +59,12 @@ def create_app(settings: Settings) -> web.Application:
             )
             waiters.listening(address)
             retention = settings.idempotency_retention_hours
-            tasks = [
-                asyncio.create_task(relay.run()),
-                # Measured on its own clock, so the backlog gauges keep moving while the broker is down.
-                asyncio.create_task(runtime.run_periodically("outbox gauges", 5, relay.measure)),
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention)
-                    )
-                ),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            loops = broker.supervisor
+            relay.start(loops)
+            # Measured on its own clock, so the backlog gauges keep moving while the broker is down.
+            loops.every("outbox gauges", 5, relay.measure)
+            loops.every("idempotency purge", 3600, lambda: store.purge_expired_keys(pool, retention))
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
-from services.notifier.rules import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.events import CaptureMethod, PaymentStatus
+from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
 
 __all__ = [

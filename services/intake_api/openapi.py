@@ -21,8 +21,8 @@ from services.intake_api.models import (
     WebhookEndpointList,
     WebhookEndpointWithSecret,
 )
-from services.notifier.rules import MERCHANT_EVENT_TYPES
 from shared.events import PaymentStatus
+from shared.merchant_events import MERCHANT_EVENT_TYPES
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM_TYPES = "https://paystream.dev/problems/"

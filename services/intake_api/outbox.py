@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import stamina
 
 from shared.broker import REPLY_TO_HEADER
 from shared.events import Envelope, Message, Source
 from shared.logs import get_logger
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, OUTBOX_PUBLISHED
+from shared.supervisor import Backoff, Supervisor
 from shared.telemetry import inject_context
 
 log = get_logger(__name__)
@@ -31,9 +31,8 @@ CHANNEL = "paystream_outbox"
 Publish = Callable[..., Awaitable[None]]
 # After a failed round the relay waits 0.5 s, then twice as long each time, at most 5 s: it drains soon
 # after the broker is back without hammering it while it is away.
-MIN_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 5.0
-LISTENER_PING_SECONDS = 30.0
+RELAY_BACKOFF = Backoff(initial=0.5, maximum=5.0)
+LISTENER_PING_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -148,21 +147,24 @@ class OutboxRelay:
         OUTBOX_PENDING.set(row["pending"])
         OUTBOX_OLDEST_AGE.set(float(row["oldest"]))
 
-    async def _listen(self) -> None:
-        """Hold a LISTEN connection, re-opening it whenever it drops (polling covers the gaps)."""
-        while True:
+    def start(self, supervisor: Supervisor) -> None:
+        """Run the relay and its listener as loops of the process's supervisor (shared/supervisor.py)."""
+        supervisor.start("outbox relay", self.run, backoff=RELAY_BACKOFF)
+        supervisor.start("outbox listener", self.listen)
+
+    async def listen(self) -> None:
+        """Hold a LISTEN connection, so a commit wakes the relay at once. Raises when the connection drops or
+        stops answering: the supervisor opens another after its backoff (polling covers the gap)."""
+        conn = await self._connect()
+        try:
+            await self._hold_listener(conn)
+        finally:
             try:
-                conn = await self._connect()
-                try:
-                    await self._hold_listener(conn)
-                finally:
-                    if not conn.is_closed():
-                        await conn.close(timeout=5)
-            except asyncio.CancelledError:
+                await conn.close(timeout=5)
+            except (Exception, asyncio.CancelledError):
+                conn.terminate()  # a silent connection does not answer a goodbye either
                 raise
-            except Exception as exc:
-                log.warning("outbox listener down; polling meanwhile", error=type(exc).__name__)
-                await asyncio.sleep(2)
+        raise ConnectionError("the outbox listener's connection closed")
 
     async def _hold_listener(self, conn: asyncpg.Connection) -> None:
         """LISTEN on `conn` until it terminates."""
@@ -178,38 +180,26 @@ class OutboxRelay:
                 await conn.execute("SELECT 1", timeout=5)
 
     async def run(self) -> None:
-        listener = asyncio.create_task(self._listen())
-        try:
-            while True:
-                self._wake.clear()
-                await self._drain()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
-                except TimeoutError:
-                    pass
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+        """Publish committed rows, woken by the listener or every `poll_interval`. A round that fails (the broker
+        away) raises, its rows still queued: the supervisor runs this again after RELAY_BACKOFF."""
+        while True:
+            self._wake.clear()
+            await self._drain()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+            except TimeoutError:
+                pass
 
     async def _drain(self) -> None:
-        """Publish batches until a partial one; a failed round is tried again after a backoff, as long as it takes."""
-        async for attempt in stamina.retry_context(
-            on=Exception,
-            attempts=None,
-            timeout=None,
-            wait_initial=MIN_BACKOFF_SECONDS,
-            wait_max=MAX_BACKOFF_SECONDS,
-            wait_jitter=0.1,
-        ):
-            with attempt:
-                try:
-                    while await self.publish_batch() == self._batch_size:
-                        pass
-                except Exception as exc:
-                    cause = exc.__cause__ or exc
-                    log.warning(
-                        "outbox relay round failed; rows stay queued",
-                        error=f"{type(exc).__name__}: {exc}",
-                        cause=f"{type(cause).__name__}: {cause}",
-                    )
-                    raise
+        """Publish batches until a partial one."""
+        try:
+            while await self.publish_batch() == self._batch_size:
+                pass
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            log.warning(
+                "outbox relay round failed; rows stay queued",
+                error=f"{type(exc).__name__}: {exc}",
+                cause=f"{type(cause).__name__}: {cause}",
+            )
+            raise

@@ -26,10 +26,10 @@ from services.intake_api.models import (
 )
 from services.intake_api.outbox import OutboxRow, enqueue
 from services.intake_api.routes import MAX_BODY_BYTES, POOL, SETTINGS, Handler, validated
-from services.notifier.rules import MERCHANT_EVENT_TYPES
 from shared.endpoint_urls import UnsafeUrlError, check_public_url
 from shared.events import RedeliverEvent
 from shared.logs import get_logger
+from shared.merchant_events import MERCHANT_EVENT_TYPES
 from shared.web import MERCHANT, Problem, read_json
 from shared.webhook_secrets import SecretBox, new_signing_secret
 

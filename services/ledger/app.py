@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.ledger.handlers import LEDGER_MESSAGES, EventRecorder
+from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import (
@@ -16,10 +15,10 @@ from services.ledger.sweeps import (
     request_expirations,
     request_reconciliations,
 )
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.web import create_base_app
 
 GROUP = LEDGER_MESSAGES.name
@@ -41,45 +40,40 @@ def create_app(settings: Settings) -> web.Application:
             runtime.database(settings, ["ledger"]) as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
-            recorder = EventRecorder(
+            handlers = LedgerHandlers(
                 PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
                 broker.publish,
                 lambda envelope: status_recorded_before(pool, envelope),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
-                GROUP, recorder.record_batch, retry=retry_policy(settings), prefetch=LEDGER_PREFETCH, max_batch=BATCH
+                GROUP,
+                LEDGER_MESSAGES.dispatcher(handlers),
+                retry=retry_policy(settings),
+                prefetch=LEDGER_PREFETCH,
+                max_batch=BATCH,
             )
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)
             interval = settings.expiry_sweep_interval_seconds
-            tasks = [
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "expiry",
-                        interval,
-                        lambda: request_expirations(pool, broker, resend_after_seconds=resend_after),
-                    )
+            loops = broker.supervisor
+            loops.every(
+                "expiry sweep", interval, lambda: request_expirations(pool, broker, resend_after_seconds=resend_after)
+            )
+            loops.every(
+                "reconciliation sweep",
+                interval,
+                lambda: request_reconciliations(
+                    pool,
+                    broker,
+                    older_than_seconds=settings.reconcile_after_seconds,
+                    every_seconds=settings.reconcile_interval_seconds,
                 ),
-                asyncio.create_task(
-                    runtime.run_periodically(
-                        "reconciliation",
-                        interval,
-                        lambda: request_reconciliations(
-                            pool,
-                            broker,
-                            older_than_seconds=settings.reconcile_after_seconds,
-                            every_seconds=settings.reconcile_interval_seconds,
-                        ),
-                    )
-                ),
-                asyncio.create_task(runtime.run_periodically("pending gauge", 15, lambda: measure_pending(pool))),
-                asyncio.create_task(
-                    runtime.run_periodically("authorization gauges", 15, lambda: measure_authorizations(pool))
-                ),
-                asyncio.create_task(broker.watch_dlq(GROUP)),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            )
+            loops.every("pending gauge", 15, lambda: measure_pending(pool))
+            loops.every("authorization gauges", 15, lambda: measure_authorizations(pool))
+            broker.watch_dlq(GROUP)
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -17,7 +17,7 @@ from services.ledger.outcomes import Announce, status_recorded
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
-from shared.broker import Delivery, RetryLater
+from shared.broker import RetryLater
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
     Envelope,
@@ -37,7 +37,7 @@ from shared.metrics import (
     PAYMENT_COMPLETION_SECONDS,
     PAYMENTS_COMPLETED,
 )
-from shared.registry import MessageRegistry, Received
+from shared.registry import BatchRegistry
 
 log = get_logger(__name__)
 
@@ -166,14 +166,6 @@ async def record_events(
     return [results[i] for i in range(len(envelopes))]
 
 
-async def record_event(store: LedgerStore, envelope: Envelope, publish: Publish | None = None) -> Recorded:
-    """Record one event exactly once and apply it (a batch of one); RetryLater if its payment is not known yet."""
-    (recorded,) = await record_events(store, [envelope], publish)
-    if isinstance(recorded, RetryLater):
-        raise recorded
-    return recorded
-
-
 async def _record_requests(
     store: LedgerStore, requests: list[tuple[int, Envelope]], results: dict[int, Recorded | RetryLater]
 ) -> None:
@@ -247,48 +239,17 @@ def _observe(recorded: Recorded) -> None:
             AMOUNT_CAPTURED.labels(decision.after.currency).inc(decision.after.amount_captured)
 
 
-class EventRecorder:
-    """The ledger's consumer: records each event, then lets the broker ack it."""
+class LedgerHandlers:
+    """The ledger's handlers (docs/explanation/handlers.md): every payment message is recorded by `record_batch`."""
 
     def __init__(
         self, store: LedgerStore, publish: Publish | None = None, announced_before: Announce | None = None
     ) -> None:
         self._store = store
+        # Where follow-up commands and PaymentStatusRecorded announcements go; None records without telling anyone.
         self._publish = publish
         # For an event recorded on an earlier delivery: the announcement of what it changed then.
         self._announced_before = announced_before
-
-    async def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        recorded = await record_event(self._store, envelope, self._publish)
-        _observe(recorded)
-        log.info("event recorded", outcome=recorded.outcome, attempt=delivery.attempt)
-        await self._announce(envelope, recorded)
-
-    async def _announce(self, envelope: Envelope, recorded: Recorded) -> None:
-        """After the commit, tell the rest of the system what changed (PaymentStatusRecorded).
-
-        If this fails the event is retried; its redelivery is a duplicate, announced again from its log row.
-        """
-        if self._publish is None:
-            return
-        if recorded.outcome == DUPLICATE.outcome:
-            await self._announce_again(envelope)
-            return
-        announcement = status_recorded(envelope, recorded.outcome, recorded.decision)
-        if announcement is not None:
-            await self._publish(announcement)
-
-    async def _announce_again(self, envelope: Envelope) -> None:
-        """For an event recorded on an earlier delivery: announce again what it changed then, if anything."""
-        if self._publish is None or self._announced_before is None:
-            return
-        announcement = await self._announced_before(envelope)
-        if announcement is not None:
-            await self._publish(announcement)
-
-    async def record(self, received: Received[Message]) -> None:
-        """The registry's handler: every message type is recorded the same way."""
-        await self(received.envelope, received.delivery)
 
     async def record_batch(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
         """Record a batch (the broker's batch handler): per message None once recorded, RetryLater if its payment
@@ -325,12 +286,16 @@ class EventRecorder:
                 announcing.append((i, announcement))
 
         async def announce(item: Consumed, announcement: Envelope | None) -> None:
+            # After the commit, tell the rest of the system what changed (PaymentStatusRecorded). A duplicate (an
+            # event recorded on an earlier delivery) announces again what it changed then, from its log row: if
+            # the announcement failed then, this is its retry.
             assert self._publish is not None
             with item.context():  # in a task of its own: the announcement continues its event's trace
                 try:
                     if announcement is None:
-                        await self._announce_again(item.envelope)
-                    else:
+                        assert self._announced_before is not None
+                        announcement = await self._announced_before(item.envelope)
+                    if announcement is not None:
                         await self._publish(announcement)
                 except Exception as exc:  # recorded, not announced: its retry announces it
                     log.warning("status change not announced yet", error=f"{type(exc).__name__}: {exc}")
@@ -348,8 +313,8 @@ class EventRecorder:
         return results
 
 
-# The ledger's message registry: it records every payment event and command (its log is the audit trail);
-# the notification messages it announces are not its own to record.
-LEDGER_MESSAGES: MessageRegistry[EventRecorder] = MessageRegistry(
-    "ledger", dict.fromkeys(PAYMENT_MESSAGE_TYPES.values(), EventRecorder.record)
+# The ledger's message registry: it records every payment event and command (its log is the audit trail), in
+# batches; the notification messages it announces are not its own to record.
+LEDGER_MESSAGES: BatchRegistry[LedgerHandlers] = BatchRegistry(
+    "ledger", PAYMENT_MESSAGE_TYPES.values(), LedgerHandlers.record_batch
 )

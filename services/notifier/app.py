@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, Notifier, Publish, record_batch
+from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, NotifierHandlers, Publish
 from services.notifier.sender import WebhookSender
 from services.notifier.store import PostgresNotifierStore
-from services.topology import CONSUMER_GROUPS
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
@@ -31,12 +29,12 @@ DELIVERY_CONCURRENCY = 64
 
 def build_notifier(
     settings: Settings, store: PostgresNotifierStore, session: aiohttp.ClientSession, publish: Publish
-) -> Notifier:
-    """The handlers' dependencies, the real ones."""
+) -> NotifierHandlers:
+    """The notifier's handlers over the real dependencies."""
     sender = WebhookSender(
         session, timeout_seconds=settings.webhook_timeout_seconds, allow_private=settings.webhook_allow_private_urls
     )
-    return Notifier(
+    return NotifierHandlers(
         store=store,
         send=sender,
         publish=publish,
@@ -55,20 +53,20 @@ def create_app(settings: Settings) -> web.Application:
             aiohttp.ClientSession() as session,
         ):
             store = PostgresNotifierStore(pool, SecretBox(settings.webhook_secrets_key))
-            notifier = build_notifier(settings, store, session, broker.publish)
+            handlers = build_notifier(settings, store, session, broker.publish)
 
             schedule = settings.webhook_retry_schedule_seconds
             # In batches: the ledger records that queued up meanwhile are stored in two statements for all of them.
             await broker.consume_batches(
                 EVENTS_GROUP,
-                functools.partial(record_batch, notifier),
+                NOTIFIER_MESSAGES.dispatcher(handlers),
                 retry=RetryPolicy(8, 0.5),
                 prefetch=EVENTS_PREFETCH,
                 max_batch=EVENTS_BATCH,
             )
             await broker.consume(
                 DELIVERIES_GROUP,
-                NOTIFIER_DELIVERIES.dispatcher(notifier),
+                NOTIFIER_DELIVERIES.dispatcher(handlers),
                 retry=RetryPolicy(len(schedule), max(1.0, schedule[1] if len(schedule) > 1 else 1.0)),
                 prefetch=DELIVERY_CONCURRENCY,
             )
@@ -76,12 +74,10 @@ def create_app(settings: Settings) -> web.Application:
             async def measure() -> None:
                 WEBHOOK_OLDEST_UNDELIVERED_AGE.set(await store.oldest_undelivered_age())
 
-            tasks = [
-                asyncio.create_task(runtime.run_periodically("undelivered gauge", 5, measure)),
-                asyncio.create_task(broker.watch_dlq(EVENTS_GROUP)),
-                asyncio.create_task(broker.watch_dlq(DELIVERIES_GROUP)),
-            ]
-            async with runtime.serving(app, tasks, broker, pool):
+            broker.supervisor.every("undelivered gauge", 5, measure)
+            broker.watch_dlq(EVENTS_GROUP)
+            broker.watch_dlq(DELIVERIES_GROUP)
+            async with runtime.serving(app, broker, pool):
                 yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -11,25 +11,15 @@ from typing import Any, Literal
 
 from standardwebhooks import Webhook
 
-MERCHANT_EVENT_TYPES = (
-    "payment.created",
-    "payment.authorized",
-    "payment.succeeded",
-    "payment.failed",
-    "payment.canceled",
-    "payment.expired",
-    "webhook_endpoint.disabled",
-)
-ALL_EVENTS = "*"
+# The catalogue of event types is shared with the intake, which validates subscriptions against it.
+from shared.merchant_events import ALL_EVENTS as ALL_EVENTS
+from shared.merchant_events import MERCHANT_EVENT_TYPES as MERCHANT_EVENT_TYPES
+from shared.merchant_events import subscribes as subscribes
 
 
 def merchant_event_id(cause: uuid.UUID | str) -> str:
     """The merchant event's id, derived from what caused it: a replayed cause is the same event."""
     return "evt_" + uuid.uuid5(uuid.NAMESPACE_URL, f"paystream:merchant-event:{cause}").hex
-
-
-def subscribes(events: Sequence[str], event_type: str) -> bool:
-    return ALL_EVENTS in events or event_type in events
 
 
 @dataclass(frozen=True)

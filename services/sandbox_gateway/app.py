@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 
@@ -14,8 +12,10 @@ from services.sandbox_gateway import api, checkout
 from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
 from services.sandbox_gateway.intents import IntentStore
 from services.sandbox_gateway.webhooks import WebhookSender
+from shared import runtime
 from shared.config import Settings
 from shared.logs import get_logger
+from shared.supervisor import Supervisor
 from shared.web import ERROR_PAGE, create_base_app
 
 log = get_logger(__name__)
@@ -60,17 +60,11 @@ async def _webhook_delivery(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _expiry_sweep(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_sweep_forever(app[GATEWAY]))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    gateway = app[GATEWAY]
 
+    async def expire_due() -> None:
+        gateway.expire_due()
 
-async def _sweep_forever(gateway: SandboxGateway) -> None:
-    while True:
-        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
-        try:
-            gateway.expire_due()
-        except Exception:
-            log.exception("expiry sweep failed")
+    async with runtime.supervising(app, Supervisor()) as loops:
+        loops.every("expiry sweep", EXPIRY_SWEEP_SECONDS, expire_due)
+        yield

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.topology import CONSUMER_GROUPS
 from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejected, receive_webhook
 from shared import runtime
 from shared.broker import Broker
 from shared.config import Settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOKS_RECEIVED
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS) as broker:
             app[BROKER] = broker
-            async with runtime.serving(app, [], broker):
+            async with runtime.serving(app, broker):
                 yield
         for provider in app[PROVIDERS].values():
             await provider.close()

@@ -22,7 +22,13 @@ from shared.events import CaptureMethod, PaymentStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
+# How old a signature may be: Stripe's own default, and as long as a captured delivery can be replayed.
 SIGNATURE_TOLERANCE_SECONDS = 300
+# How far ahead of our clock a signature may be dated: the provider's clock and ours disagree a little.
+# Stripe's SDK sets no bound here; we keep one, because a timestamp that is far ahead stays inside the window
+# above for as long as it is ahead (a captured delivery could be replayed all that time), and such a timestamp
+# means a clock that is wrong by minutes, which an operator should hear of.
+SIGNATURE_CLOCK_SKEW_SECONDS = 300
 _Envelope = TypeVar("_Envelope", bound=BaseModel)
 _PLAIN_TIMESTAMP = re.compile(r"(?:0|[1-9][0-9]{0,11})")
 
@@ -209,8 +215,14 @@ class PaymentProvider(ABC):
         """Check the signature on the raw bytes, before any parsing; raise SignatureError if it fails."""
         timestamp, candidates = self.extract_signature(headers)
         current = time.time() if now is None else now
-        if abs(current - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
-            raise SignatureError("timestamp outside the tolerance window")
+        if current - timestamp > SIGNATURE_TOLERANCE_SECONDS:
+            raise SignatureError(f"timestamp older than the {SIGNATURE_TOLERANCE_SECONDS} s tolerance")
+        if timestamp - current > SIGNATURE_CLOCK_SKEW_SECONDS:
+            # Named apart from a stale one: the fix is a clock (ours or the provider's), not the sender.
+            raise SignatureError(
+                f"timestamp {int(timestamp - current)} s in the future, past the {SIGNATURE_CLOCK_SKEW_SECONDS} s"
+                " allowed for clock skew"
+            )
         message = self.signed_message(timestamp, body)
         for secret in self.webhook_secrets():
             expected = self.expected_signature(secret, message).encode()

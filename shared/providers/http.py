@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -9,14 +10,29 @@ import aiohttp
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 
 
-async def request_json(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    """One request; JSON answer on 2xx, TransientGatewayError on 5xx/429/network, Permanent on other 4xx."""
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    transient_statuses: Collection[int] = (),
+    retry_advice_header: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """One request; JSON answer on 2xx, TransientGatewayError on 5xx/429/network, Permanent on other 4xx.
+
+    `transient_statuses` adds the 4xx a provider uses for "try again" (Stripe's 409: the same Idempotency-Key
+    is still being worked on). `retry_advice_header` names a header in which the provider says itself whether a
+    retry can succeed ("true"/"false", Stripe's `Stripe-Should-Retry`); its word beats the status code.
+    """
     try:
         async with session.request(method, url, **kwargs) as response:
             text = await response.text()
-            if response.status == 429 or response.status >= 500:
-                raise TransientGatewayError(f"{method} {url} answered {response.status}")
             if response.status >= 400:
+                advice = response.headers.get(retry_advice_header) if retry_advice_header else None
+                transient = response.status == 429 or response.status >= 500 or response.status in transient_statuses
+                if advice == "true" or (transient and advice != "false"):
+                    raise TransientGatewayError(f"{method} {url} answered {response.status}")
                 raise PermanentGatewayError(f"{method} {url} answered {response.status}: {text[:300]}")
             try:
                 payload = await response.json(content_type=None)

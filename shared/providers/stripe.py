@@ -1,6 +1,7 @@
 """The Stripe provider: Checkout Sessions over Stripe's REST API (aiohttp, no SDK), both halves.
 
-Calling: form-encoded requests in Stripe's bracket notation, Bearer auth, JSON answers.
+Calling: form-encoded requests in Stripe's bracket notation, Bearer auth, JSON answers, every request pinned to
+STRIPE_API_VERSION so that the shapes we read do not follow the account's default version.
 Reading webhooks: `Stripe-Signature` (`t=`, one or more `v1=`), checked by the base class.
 """
 
@@ -17,12 +18,26 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from shared.events import PaymentStatus
+from shared.logs import get_logger
 from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
 if TYPE_CHECKING:
     from shared.config import Settings
+
+log = get_logger(__name__)
+
+# The one API version every request is made with (the `Stripe-Version` header). The webhook endpoint must be
+# created with the same version (docs/how-to/stripe.md): an event's shape follows its endpoint's version, not this.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+# Stripe's limits on metadata: 50 keys, key names of at most 40 characters, values of at most 500.
+METADATA_MAX_KEYS = 50
+METADATA_MAX_KEY_LENGTH = 40
+METADATA_MAX_VALUE_LENGTH = 500
+# W3C Trace Context: a tracestate list-member longer than this is the first to go when the header is cut down.
+TRACESTATE_MEMBER_MAX_LENGTH = 128
 
 # Stands for "whatever the session's payment_status is" in the tables below.
 ANY = "*"
@@ -38,6 +53,22 @@ STRIPE_SESSION_STATUS_MAP: dict[tuple[str, str], PaymentStatus] = {
     ("expired", ANY): PaymentStatus.EXPIRED,
 }
 
+# A complete session whose payment_status is `unpaid` is settled by its PaymentIntent (read with
+# `expand[]=payment_intent`): an asynchronous method that failed leaves the session `complete`/`unpaid` for good
+# (payment_status has no failed value), and only the PaymentIntent says it failed.
+STRIPE_INTENT_STATUS_MAP: dict[str, PaymentStatus] = {
+    "processing": PaymentStatus.PENDING,
+    "requires_action": PaymentStatus.PENDING,
+    "requires_confirmation": PaymentStatus.PENDING,
+    # Authorized, not yet captured: the money is held, not taken.
+    "requires_capture": PaymentStatus.PENDING,
+    # The attempt failed and the completed session cannot take another one.
+    "requires_payment_method": PaymentStatus.FAILED,
+    "canceled": PaymentStatus.FAILED,
+    # The session's payment_status lags its PaymentIntent by a moment.
+    "succeeded": PaymentStatus.SUCCEEDED,
+}
+
 # (event type, session payment_status) → (our status, failure code), or None: acknowledged, not acted on.
 # Event types not listed at all are acknowledged and ignored; a listed type with an unlisted
 # payment_status is not an event we understand (InvalidWebhookError).
@@ -51,6 +82,9 @@ STRIPE_EVENT_MAP: dict[tuple[str, str], tuple[PaymentStatus, str | None] | None]
     ("checkout.session.expired", ANY): (PaymentStatus.EXPIRED, "expired"),
 }
 STRIPE_EVENT_TYPES = frozenset(event_type for event_type, _ in STRIPE_EVENT_MAP)
+
+# Every read of a session brings its PaymentIntent along (see STRIPE_INTENT_STATUS_MAP).
+SESSION_READ_PARAMS: dict[str, Any] = {"expand": ["payment_intent"]}
 
 # Stripe accepts a session `expires_at` between 30 minutes and 24 hours after its own "now".
 SESSION_MIN_LIFETIME_SECONDS = 30 * 60
@@ -125,6 +159,54 @@ def encode_form(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
+def stripe_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """`metadata` cut to what Stripe accepts, so that carrying it can never fail the payment.
+
+    Stripe refuses the whole request (400) over one value longer than 500 characters, a key longer than 40 or
+    more than 50 keys. A too long `tracestate` loses list-members as W3C Trace Context allows (members over 128
+    characters first, then from the end); any other key or value over the limits is left out, and so are keys
+    past the 50th. The result depends on the input alone, so retries of one create send identical parameters.
+    """
+    kept: dict[str, str] = {}
+    for key, value in metadata.items():
+        if len(kept) == METADATA_MAX_KEYS:
+            break
+        if len(key) > METADATA_MAX_KEY_LENGTH or "[" in key or "]" in key:
+            continue
+        if key == "tracestate" and len(value) > METADATA_MAX_VALUE_LENGTH:
+            value = _shortened_tracestate(value)
+        if value and len(value) <= METADATA_MAX_VALUE_LENGTH:
+            kept[key] = value
+    return kept
+
+
+def _shortened_tracestate(value: str) -> str:
+    members = [m.strip() for m in value.split(",") if m.strip()]
+    members = [m for m in members if len(m) <= TRACESTATE_MEMBER_MAX_LENGTH]
+    while members and len(",".join(members)) > METADATA_MAX_VALUE_LENGTH:
+        members.pop()
+    return ",".join(members)
+
+
+class _PaymentError(BaseModel):
+    """A PaymentIntent's `last_payment_error`: why its latest attempt failed."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    code: str | None = None
+    decline_code: str | None = None
+
+
+class _PaymentIntent(BaseModel):
+    """The fields of a PaymentIntent we read, when a session is fetched with `expand[]=payment_intent`."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["payment_intent"]
+    status: str
+    last_payment_error: _PaymentError | None = None
+
+
 class _Session(BaseModel):
     """The fields of a Checkout Session we read; Stripe sends many more."""
 
@@ -138,6 +220,8 @@ class _Session(BaseModel):
     url: str | None = None
     client_reference_id: str | None = None
     metadata: dict[str, str] | None = None
+    # An id, or the object itself when expanded; null until the customer confirms the payment.
+    payment_intent: _PaymentIntent | str | None = None
 
 
 class _EventData(BaseModel):
@@ -150,6 +234,36 @@ class _Event(BaseModel):
     type: StrictStr
     created: StrictInt
     data: _EventData
+    # The version the event is written in: its webhook endpoint's, which should be STRIPE_API_VERSION.
+    api_version: str | None = None
+
+
+# Every Stripe object the adapter reads, by Stripe's name for it, with the model it is read through. The provider
+# contract suite holds each model to Stripe's published shape: a field read here that Stripe does not send fails it.
+STRIPE_OBJECT_MODELS: dict[str, type[BaseModel]] = {
+    "checkout.session": _Session,
+    "payment_intent": _PaymentIntent,
+    "event": _Event,
+}
+
+
+def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
+    """A session's status and failure code, its PaymentIntent deciding when the session is complete but unpaid."""
+    status = map_session_status(session.status, session.payment_status)
+    if status is PaymentStatus.EXPIRED:
+        return status, "expired"
+    intent = session.payment_intent
+    if status is not PaymentStatus.PENDING or session.status != "complete" or not isinstance(intent, _PaymentIntent):
+        return status, None
+    mapped = STRIPE_INTENT_STATUS_MAP.get(intent.status)
+    if mapped is None:
+        raise PermanentGatewayError(f"unknown stripe payment_intent status {intent.status!r} of session {session.id}")
+    if mapped is not PaymentStatus.FAILED:
+        return mapped, None
+    if intent.status == "canceled":
+        return mapped, "canceled"
+    error = intent.last_payment_error
+    return mapped, (error.decline_code or error.code if error else None) or "payment_failed"
 
 
 class StripeProvider(PaymentProvider):
@@ -196,7 +310,8 @@ class StripeProvider(PaymentProvider):
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"Authorization": f"Bearer {self._api_key}"}
+                timeout=self._timeout,
+                headers={"Authorization": f"Bearer {self._api_key}", "Stripe-Version": STRIPE_API_VERSION},
             )
         return self._session
 
@@ -204,8 +319,41 @@ class StripeProvider(PaymentProvider):
         if self._session is not None:
             await self._session.close()
 
-    def _session_url(self, session_id: str, action: str = "") -> str:
-        return f"{self._base_url}/v1/checkout/sessions/{quote(session_id, safe='')}{action}"
+    async def call(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """One request to Stripe's API (`path` like `/v1/refunds`), pinned to STRIPE_API_VERSION; its JSON answer.
+
+        `params` go form-encoded (the body of a POST, the query of a GET). A POST must carry an
+        `idempotency_key`, so that its retries are one request to Stripe. A 409 (a request with the same key
+        is still running) is transient, and `Stripe-Should-Retry` overrides the status either way, as in
+        Stripe's own SDK. Raises TransientGatewayError or PermanentGatewayError.
+        """
+        fields = encode_form(params or {})
+        extra: dict[str, Any] = {}
+        if method == "POST":
+            if not idempotency_key:
+                raise ValueError("every POST to Stripe carries an Idempotency-Key")
+            extra = {"data": fields, "headers": {"Idempotency-Key": idempotency_key}}
+        elif fields:
+            extra = {"params": fields}
+        return await request_json(
+            self._client(),
+            method,
+            f"{self._base_url}{path}",
+            transient_statuses=(409,),
+            retry_advice_header="Stripe-Should-Retry",
+            **extra,
+        )
+
+    @staticmethod
+    def _session_path(session_id: str, action: str = "") -> str:
+        return f"/v1/checkout/sessions/{quote(session_id, safe='')}{action}"
 
     @staticmethod
     def _parse_session(payload: dict[str, Any]) -> _Session:
@@ -219,7 +367,7 @@ class StripeProvider(PaymentProvider):
     @classmethod
     def _intent(cls, payload: dict[str, Any]) -> ProviderIntent:
         session = cls._parse_session(payload)
-        status = map_session_status(session.status, session.payment_status)
+        status, failure_code = session_outcome(session)
         if session.amount_total is None or session.currency is None:
             raise PermanentGatewayError(f"stripe checkout session {session.id} has no amount_total/currency")
         return ProviderIntent(
@@ -228,7 +376,7 @@ class StripeProvider(PaymentProvider):
             amount=session.amount_total,
             currency=session.currency.upper(),
             checkout_url=session.url,
-            failure_code="expired" if status is PaymentStatus.EXPIRED else None,
+            failure_code=failure_code,
         )
 
     def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
@@ -248,34 +396,47 @@ class StripeProvider(PaymentProvider):
             "success_url": with_payment_id(request.return_url, request.payment_id),
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
-            "metadata": {**request.metadata, "payment_id": request.payment_id},
+            # Trace context rides here; cut to Stripe's limits, it can never be why Stripe refuses the create.
+            "metadata": stripe_metadata({**request.metadata, "payment_id": request.payment_id}),
             "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),
         }
 
     async def create_intent(self, request: IntentRequest) -> ProviderIntent:
-        payload = await request_json(
-            self._client(),
+        payload = await self.call(
             "POST",
-            f"{self._base_url}/v1/checkout/sessions",
-            data=encode_form(self.checkout_session_params(request)),
-            headers={"Idempotency-Key": request.payment_id},
+            "/v1/checkout/sessions",
+            self.checkout_session_params(request),
+            idempotency_key=request.payment_id,
         )
         return self._intent(payload)
 
     async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
-        payload = await request_json(self._client(), "GET", self._session_url(provider_payment_id))
+        # With its PaymentIntent: a complete session that is still `unpaid` may have failed, and only the
+        # PaymentIntent says so.
+        payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
         return self._intent(payload)
+
+    # No find_intent: Stripe cannot be asked for a session by our payment id (Checkout Sessions are listed by
+    # payment_intent, customer or payment link, never by client_reference_id, and Search does not cover them), and
+    # an open session has no PaymentIntent to search for yet. A cancel that names no session closes the payment on
+    # our side; the session is then expired by the id the ledger records for it (intent_left_open in
+    # services/ledger/state_machine.py), whichever of the two arrives first.
 
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
         try:
-            payload = await request_json(self._client(), "POST", self._session_url(provider_payment_id, "/expire"))
+            payload = await self.call(
+                "POST",
+                self._session_path(provider_payment_id, "/expire"),
+                SESSION_READ_PARAMS,
+                idempotency_key=f"expire-{provider_payment_id}",
+            )
         except PermanentGatewayError:
             # Only an open session can be expired: the truth is whatever the session now says (maybe paid).
-            payload = await request_json(self._client(), "GET", self._session_url(provider_payment_id))
+            payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
         intent = self._intent(payload)
         if intent.status is PaymentStatus.EXPIRED and reason == "canceled":
             # Stripe only knows "expired"; closed at the merchant's request it is, for us, CANCELED.
@@ -288,6 +449,15 @@ class StripeProvider(PaymentProvider):
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
+        if event.api_version not in (None, STRIPE_API_VERSION):
+            # Still read (the session fields we use have kept their shape), but an operator should hear of it:
+            # the endpoint's version decides every event's shape, and ours is pinned for a reason.
+            log.warning(
+                "stripe event written in another API version; create the webhook endpoint with the pinned one",
+                event_api_version=event.api_version,
+                pinned_api_version=STRIPE_API_VERSION,
+                provider_event_id=event.id,
+            )
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:
@@ -296,6 +466,12 @@ class StripeProvider(PaymentProvider):
             raise InvalidWebhookError(
                 f"{event.type} does not carry a checkout session ({exc.error_count()} errors)"
             ) from None
+        metadata = session.metadata or {}
+        payment_id = session.client_reference_id or metadata.get("payment_id")
+        if not payment_id:
+            # Every session we open carries our payment id in both. One with neither was opened by something
+            # else on the same account (a Payment Link, another integration): acknowledged, not ours to act on.
+            return None
         key = (event.type, session.payment_status or "")
         if key in STRIPE_EVENT_MAP:
             outcome = STRIPE_EVENT_MAP[key]
@@ -306,10 +482,6 @@ class StripeProvider(PaymentProvider):
         if outcome is None:
             return None
         status, failure_code = outcome
-        metadata = session.metadata or {}
-        payment_id = session.client_reference_id or metadata.get("payment_id")
-        if not payment_id:
-            raise InvalidWebhookError("event carries neither client_reference_id nor metadata.payment_id")
         if metadata.get("payment_id") not in (None, payment_id):
             raise InvalidWebhookError("client_reference_id and metadata.payment_id disagree")
         return WebhookEvent(

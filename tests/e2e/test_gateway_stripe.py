@@ -156,3 +156,57 @@ async def test_canceling_a_stripe_payment_expires_its_session_and_ends_canceled(
 
     assert final["status"] == "CANCELED"
     assert session_of(stripe, payment["id"])["status"] == "expired"
+
+
+async def test_a_cancel_sent_while_stripe_is_still_opening_the_session_expires_it_once_it_is_recorded(
+    intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    # Stripe offers no lookup of a session by our payment id (no list filter on client_reference_id, no Search for
+    # Checkout Sessions), so the gateway cannot find one for a cancel that names none. The session is closed by
+    # the id the ledger records: when it records a session for a payment already canceled, it asks the gateway to
+    # expire that session (services/ledger/state_machine.py, intent_left_open).
+    stripe, _ = fake
+    stripe.stall()
+    try:
+        status, payment, _ = await intake.create()
+        assert status == 201 and payment["checkout_url"] is None, payment
+
+        async def create_reached_stripe() -> bool:
+            return any(r.headers.get("Idempotency-Key") == payment["id"] for r in stripe.requests)
+
+        await eventually(create_reached_stripe, what="the create to reach Stripe")
+        async with intake.session.post(
+            f"{intake.base_url}/v1/payments/{payment['id']}/cancel", headers=intake.headers()
+        ) as response:
+            assert response.status == 202, await response.text()
+        assert not await intent_recorded(intake, payment["id"])
+    finally:
+        stripe.heal()
+    final = await intake.terminal(payment["id"])
+    assert final["status"] == "CANCELED"
+
+    async def session_closed() -> str | None:
+        sessions = [s for s in stripe.sessions.values() if s["client_reference_id"] == payment["id"]]
+        return sessions[0]["status"] if sessions and sessions[0]["status"] != "open" else None
+
+    assert await eventually(session_closed, timeout=20, what="the session to be closed at Stripe") == "expired"
+    session = session_of(stripe, payment["id"])
+    assert any(r.path == f"/v1/checkout/sessions/{session['id']}/expire" for r in stripe.requests)
+
+
+async def test_a_payment_link_session_completing_is_answered_200_ignored(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    # A session another integration (a Payment Link) opened on the same account: Stripe publishes such a session
+    # with no client_reference_id and empty metadata. A 400 would make Stripe resend it for days.
+    stripe, _ = fake
+    session = stripe.foreign_session(status="complete", payment_status="paid", amount_total=500, currency="usd")
+    body, headers = stripe.event("checkout.session.completed", stripe.served(session))
+    async with intake.session.post(
+        f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe",
+        data=body,
+        headers={**headers, "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+    assert answer["outcome"] == "ignored"

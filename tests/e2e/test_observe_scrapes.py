@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from shared.config import SERVICE_NAMES, SERVICES, Settings
-from shared.observe import PROMETHEUS_CONFIG, local_prometheus_config
 from tests.support.processes import ProcessExited, Stack, eventually, free_port
+from tools.observe import PROMETHEUS_CONFIG, local_prometheus_config
 
 
 async def test_prometheus_with_the_observe_config_finds_every_service_up(stack: Stack, tmp_path: Path) -> None:

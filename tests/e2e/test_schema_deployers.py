@@ -3,6 +3,7 @@ a fresh database it waits until the ledger (their deployer) has, and only then i
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from shared.db import prepare_database, schemas_missing
@@ -28,6 +29,30 @@ async def test_an_intake_on_a_fresh_database_waits_for_the_ledger_to_deploy_its_
         await prepare_database(url, ["ledger"])  # what the ledger does at its start
 
         await intake.wait_ready()
+    finally:
+        intake.stop()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(url)
+
+
+async def test_an_intake_alone_on_a_fresh_database_stops_with_one_line_naming_the_schemas_deployer(
+    servers: Servers, tmp_path: Path
+) -> None:
+    url = await create_database(servers.database_url, migrations=())
+    namespace = unique_name("psdeploy")
+    env = stack_environment(url, servers.amqp_url, namespace, SCHEMA_WAIT_SECONDS="1")
+    intake = ServiceProcess("intake_api", env, tmp_path)
+    try:
+        intake.start()
+        assert intake.process is not None
+        code = await asyncio.wait_for(asyncio.to_thread(intake.process.wait), 30)
+        lines = intake.log_text().splitlines()
+        assert code == 1
+        assert [line for line in lines if line.startswith("paystream:")] == [
+            "paystream: the schema of ledger is not deployed after 1 s: start `python -m services.ledger`"
+            " (its owner deploys it) or run `python -m tools.stack prepare`"
+        ]
+        assert not any("Traceback" in line for line in lines), lines
     finally:
         intake.stop()
         await delete_namespace(servers.amqp_url, namespace)

@@ -4,10 +4,12 @@ once with one line that says so, no traceback; the port is claimed before anythi
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
 
 from tests.support.infra import Servers, delete_namespace, unique_name
+from tests.support.own_stack import own_stack
 from tests.support.processes import ServiceProcess, stack_environment
 
 # Nothing listens here: a service that tried to connect would log "waiting for dependency" and retry.
@@ -77,3 +79,18 @@ async def test_a_service_stopped_with_sigterm_exits_zero_without_a_traceback(ser
         await delete_namespace(servers.amqp_url, namespace)
     assert code == 0
     assert not any("Traceback" in line for line in service.log_text().splitlines())
+
+
+async def test_services_with_loops_stopped_with_sigterm_log_no_error(servers: Servers, tmp_path: Path) -> None:
+    """A SIGTERM stops the service's loops (consumers, relays, sweeps, DLQ watches) as a stop, not as loops that
+    died: the stop is quiet, exit 0 (it once logged "a background task ended" at error level for each)."""
+    services = ("ledger", "intake_api", "gateway_worker", "notifier")
+    async with own_stack(servers, tmp_path, services) as stack:
+        codes = {name: await asyncio.to_thread(stack[name].stop) for name in services}
+        logs = {name: stack[name].log_text() for name in services}
+    assert codes == dict.fromkeys(services, 0)
+    for name, text in logs.items():
+        records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert any(record.get("event") == "service stopped" for record in records), name
+        errors = [record for record in records if record.get("level") in ("error", "critical")]
+        assert errors == [], (name, errors)

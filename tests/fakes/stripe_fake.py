@@ -1,41 +1,58 @@
 """A local fake of the part of Stripe's API the stripe adapter uses: Checkout Sessions and their webhooks.
 
 It speaks Stripe's wire format (Bearer auth, form-encoded bodies in bracket notation, JSON answers,
-errors as {"error": {"type", "message", ...}}, Idempotency-Key replay) and is written independently of
-the adapter, so a test that passes proves the adapter against the format, not against itself.
+errors as {"error": {"type", "message", ...}}, Idempotency-Key replay, 409 for a key still in flight,
+`Stripe-Should-Retry`, `expand[]`) and is written independently of the adapter, so a test that passes proves the
+adapter against the format, not against itself. Every object it serves (sessions, PaymentIntents, events) is
+built on Stripe's published example of that object (tests/fakes/stripe_shapes.py): it can set no field Stripe
+does not have. Webhooks are signed by the official SDK's `stripe.WebhookSignature`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import hmac
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import stripe
 from aiohttp import web
+
+from tests.fakes.stripe_shapes import nested, shaped
 
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
 
 MIN_EXPIRY_SECONDS = 30 * 60
 MAX_EXPIRY_SECONDS = 24 * 60 * 60
+# Stripe's limits on metadata.
+METADATA_MAX_KEYS = 50
+METADATA_MAX_KEY_LENGTH = 40
+METADATA_MAX_VALUE_LENGTH = 500
 
 
 class StripeRequestError(Exception):
     """Answered as Stripe does: an HTTP status and {"error": {...}}."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", **extra: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        should_retry: bool | None = None,
+        **extra: str,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = {"error": {"type": type_, "message": message, **extra}}
+        self.headers = {} if should_retry is None else {"Stripe-Should-Retry": "true" if should_retry else "false"}
 
 
 def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -90,6 +107,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     form: list[tuple[str, str]]
+    query: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -104,17 +122,23 @@ class StripeFake:
     webhook_secret: str = "whsec_test_fake"
     checkout_base: str = "https://checkout.stripe.test"
     clock: Callable[[], float] = time.time
+    # The API version events are rendered in: the webhook endpoint's, which must be the adapter's pinned one.
+    api_version: str = stripe.api_version
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Idempotency keys whose first request Stripe is still working on: a request reusing one answers 409.
+    in_flight: set[str] = field(default_factory=set)
     _idempotent: dict[str, tuple[list[tuple[str, str]], int, dict[str, Any]]] = field(default_factory=dict)
-    _failures: list[int] = field(default_factory=list)
+    _failures: list[tuple[int, bool | None]] = field(default_factory=list)
     # While set, every request waits for it before being answered: a Stripe that does not answer in time.
     _stalled: asyncio.Event | None = None
 
     # --- controls for tests -------------------------------------------------------------------
-    def fail_next(self, count: int, status: int = 500) -> None:
-        """The next `count` requests answer `status` unprocessed (leaving no idempotent result)."""
-        self._failures.extend([status] * count)
+    def fail_next(self, count: int, status: int = 500, *, should_retry: bool | None = None) -> None:
+        """The next `count` requests answer `status` unprocessed (leaving no idempotent result), with a
+        `Stripe-Should-Retry` header when `should_retry` is given."""
+        self._failures.extend([(status, should_retry)] * count)
 
     def stall(self) -> None:
         """Requests from now on get no answer until `heal()`."""
@@ -130,15 +154,50 @@ class StripeFake:
     def complete_session(self, session_id: str, payment_status: str = "paid") -> dict[str, Any]:
         """The customer finished Checkout: paid at once, or `unpaid` while an async method settles."""
         session = self.sessions[session_id]
+        intent_id = f"pi_test_{secrets.token_hex(12)}"
+        self.payment_intents[intent_id] = shaped(
+            "payment_intent",
+            id=intent_id,
+            amount=session["amount_total"],
+            amount_capturable=0,
+            amount_received=session["amount_total"] if payment_status == "paid" else 0,
+            currency=session["currency"],
+            status="succeeded" if payment_status == "paid" else "processing",
+            metadata=dict(session["_payment_intent_metadata"]),
+            last_payment_error=None,
+            canceled_at=None,
+            created=int(self.clock()),
+            client_secret=f"{intent_id}_secret_{secrets.token_hex(8)}",
+            next_action=None,
+            processing=None,
+            transfer_data=None,
+            latest_charge=f"ch_test_{secrets.token_hex(12)}",
+        )
         session["status"] = "complete"
         session["payment_status"] = payment_status
-        session["payment_intent"] = f"pi_test_{secrets.token_hex(12)}"
+        session["payment_intent"] = intent_id
         session["url"] = None
         return session
 
     def settle_async_payment(self, session_id: str, *, succeeded: bool) -> dict[str, Any]:
+        """The asynchronous method settled: the session is paid, or stays `unpaid` (Stripe has no failed value
+        for payment_status) while its PaymentIntent falls back to requires_payment_method with the error."""
         session = self.sessions[session_id]
-        session["payment_status"] = "paid" if succeeded else "unpaid"
+        intent = self.payment_intents[session["payment_intent"]]
+        if succeeded:
+            session["payment_status"] = "paid"
+            intent.update(status="succeeded", amount_received=intent["amount"])
+        else:
+            intent.update(
+                status="requires_payment_method",
+                last_payment_error=nested(
+                    stripe.PaymentIntent.LastPaymentError,
+                    type="card_error",
+                    code="card_declined",
+                    decline_code="insufficient_funds",
+                    message="Your card has insufficient funds.",
+                ),
+            )
         return session
 
     def expire_session(self, session_id: str) -> dict[str, Any]:
@@ -146,6 +205,19 @@ class StripeFake:
         session["status"] = "expired"
         session["url"] = None
         return session
+
+    def foreign_session(self, **fields: Any) -> dict[str, Any]:
+        """A session someone else opened on the account (a Payment Link): no client_reference_id, no metadata."""
+        session = shaped("checkout.session", id=f"cs_test_{secrets.token_hex(24)}", **fields)
+        self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}}
+        return self.sessions[session["id"]]
+
+    def served(self, session: dict[str, Any], *, expand: Sequence[str] = ()) -> dict[str, Any]:
+        """A session as Stripe serves it: without the fake's own bookkeeping, its PaymentIntent expanded if asked."""
+        shown = {key: copy.deepcopy(value) for key, value in session.items() if not key.startswith("_")}
+        if "payment_intent" in expand and shown["payment_intent"] is not None:
+            shown["payment_intent"] = copy.deepcopy(self.payment_intents[shown["payment_intent"]])
+        return shown
 
     def webhook(
         self,
@@ -157,25 +229,41 @@ class StripeFake:
         event_id: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
         """A Stripe event about the session as it is now, and the headers that sign it correctly."""
+        return self.event(
+            event_type, self.served(self.sessions[session_id]), timestamp=timestamp, secret=secret, event_id=event_id
+        )
+
+    def event(
+        self,
+        event_type: str,
+        obj: dict[str, Any],
+        *,
+        timestamp: int | None = None,
+        secret: str | None = None,
+        event_id: str | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """An event of `event_type` about `obj`, as Stripe sends it to a webhook endpoint, and its signed headers."""
         created = int(self.clock()) if timestamp is None else timestamp
-        event = {
-            "id": event_id or f"evt_test_{secrets.token_hex(12)}",
-            "object": "event",
-            "api_version": "2024-06-20",
-            "created": created,
-            "livemode": False,
-            "pending_webhooks": 1,
-            "type": event_type,
-            "data": {"object": copy.deepcopy(self.sessions[session_id])},
-        }
+        event = shaped(
+            "event",
+            id=event_id or f"evt_test_{secrets.token_hex(12)}",
+            api_version=self.api_version,
+            created=created,
+            livemode=False,
+            pending_webhooks=1,
+            request={"id": f"req_{secrets.token_hex(7)}", "idempotency_key": None},
+            type=event_type,
+            data={"object": obj},
+        )
         body = json.dumps(event).encode()
         return body, {"Stripe-Signature": self.signature(body, timestamp=created, secret=secret)}
 
     def signature(self, body: bytes, *, timestamp: int, secret: str | None = None) -> str:
-        key = (secret or self.webhook_secret).encode()
-        v1 = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+        header = stripe.WebhookSignature.generate_signature_header(
+            body.decode(), secret or self.webhook_secret, timestamp=timestamp
+        )
         # Stripe's test mode adds a v0 entry; receivers must ignore schemes they do not know.
-        return f"t={timestamp},v1={v1},v0={secrets.token_hex(32)}"
+        return f"{header},v0={secrets.token_hex(32)}"
 
     # --- the HTTP side ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -188,18 +276,25 @@ class StripeFake:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         form = await _form(request)
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), form))
+        self.requests.append(
+            RecordedRequest(request.method, request.path, dict(request.headers), form, list(request.query.items()))
+        )
         if self._stalled is not None:
             await self._stalled.wait()
         try:
             if self._failures:
-                status = self._failures.pop(0)
-                raise StripeRequestError(status, "An error occurred with our connection to Stripe.", type_="api_error")
+                status, should_retry = self._failures.pop(0)
+                raise StripeRequestError(
+                    status,
+                    "An error occurred with our connection to Stripe.",
+                    type_="api_error",
+                    should_retry=should_retry,
+                )
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 raise StripeRequestError(401, "Invalid API Key provided.")
             return await handler(request)
         except StripeRequestError as exc:
-            return web.json_response(exc.body, status=exc.status)
+            return web.json_response(exc.body, status=exc.status, headers=exc.headers)
         except web.HTTPNotFound:
             return web.json_response(
                 {
@@ -222,6 +317,14 @@ class StripeFake:
     async def _create(self, request: web.Request) -> web.Response:
         form = await _form(request)
         key = request.headers.get("Idempotency-Key")
+        if key is not None and key in self.in_flight:
+            # Nothing is stored for such a request, so the retry it asks for is answered afresh.
+            raise StripeRequestError(
+                409,
+                "There is currently another in-progress request using this Idempotent Key (that probably means "
+                "you submitted twice, and the other request is still going through). Please try again later.",
+                type_="idempotency_error",
+            )
         if key is not None and key in self._idempotent:
             first_form, status, body = self._idempotent[key]
             if sorted(first_form) != sorted(form):
@@ -233,9 +336,10 @@ class StripeFake:
             return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
         session = self._new_session(decode_form(form))
         self.sessions[session["id"]] = session
+        served = self.served(session)
         if key is not None:
-            self._idempotent[key] = (form, 200, copy.deepcopy(session))
-        return web.json_response(session)
+            self._idempotent[key] = (form, 200, copy.deepcopy(served))
+        return web.json_response(served)
 
     def _new_session(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("mode") != "payment":
@@ -273,37 +377,77 @@ class StripeFake:
                     "from Checkout Session creation.",
                     param="expires_at",
                 )
+        metadata = _metadata(params.get("metadata"), "metadata")
+        intent_data = params.get("payment_intent_data") or {}
+        intent_metadata = _metadata(intent_data.get("metadata"), "payment_intent_data[metadata]")
         session_id = f"cs_test_{secrets.token_hex(24)}"
-        return {
-            "id": session_id,
-            "object": "checkout.session",
-            "mode": "payment",
-            "url": f"{self.checkout_base}/c/pay/{session_id}",
-            "status": "open",
-            "payment_status": "unpaid",
-            "amount_subtotal": total,
-            "amount_total": total,
-            "currency": currencies.pop(),
-            "client_reference_id": params.get("client_reference_id"),
-            "customer_email": params.get("customer_email"),
-            "metadata": params.get("metadata") or {},
-            "payment_intent": None,
-            "created": now,
-            "expires_at": expires_at,
-            "success_url": params["success_url"],
-            "cancel_url": params.get("cancel_url"),
-            "livemode": False,
-        }
+        session = shaped(
+            "checkout.session",
+            id=session_id,
+            mode="payment",
+            url=f"{self.checkout_base}/c/pay/{session_id}",
+            status="open",
+            payment_status="unpaid",
+            amount_subtotal=total,
+            amount_total=total,
+            currency=currencies.pop(),
+            client_reference_id=params.get("client_reference_id"),
+            customer_email=params.get("customer_email"),
+            customer_details=None,
+            metadata=metadata,
+            # Since 2022-08-01 a session in payment mode has no PaymentIntent until the customer confirms.
+            payment_intent=None,
+            created=now,
+            expires_at=expires_at,
+            success_url=params["success_url"],
+            cancel_url=params.get("cancel_url"),
+            livemode=False,
+            shipping_address_collection=None,
+            shipping_cost=None,
+            currency_conversion=None,
+        )
+        # Kept for the PaymentIntent the customer's confirmation creates; never served.
+        session["_payment_intent_metadata"] = intent_metadata
+        return session
+
+    def _expand(self, request: web.Request, form: list[tuple[str, str]]) -> list[str]:
+        """The `expand[]` of a request (query of a GET, body of a POST), in either bracket spelling."""
+        pairs = list(request.query.items()) if request.method == "GET" else form
+        wanted = [value for key, value in pairs if re.fullmatch(r"expand\[\d*\]", key)]
+        for path in wanted:
+            if path != "payment_intent":
+                raise StripeRequestError(400, f"This property cannot be expanded ({path}).", param="expand")
+        return wanted
 
     async def _retrieve(self, request: web.Request) -> web.Response:
-        return web.json_response(self._session(request.match_info["id"]))
+        session = self._session(request.match_info["id"])
+        return web.json_response(self.served(session, expand=self._expand(request, [])))
 
     async def _expire(self, request: web.Request) -> web.Response:
         session = self._session(request.match_info["id"])
+        expand = self._expand(request, await _form(request))
         if session["status"] != "open":
             raise StripeRequestError(
                 400,
                 f'Only Checkout Sessions with a status in ["open"] can be expired. '
                 f'This Checkout Session has a status of "{session["status"]}".',
             )
-        return web.json_response(self.expire_session(session["id"]))
+        return web.json_response(self.served(self.expire_session(session["id"]), expand=expand))
+
+
+def _metadata(value: Any, param: str) -> dict[str, str]:
+    """Metadata as Stripe checks it: at most 50 keys, keys of at most 40 characters, values of at most 500."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StripeRequestError(400, f"Invalid object: {param}", param=param)
+    if len(value) > METADATA_MAX_KEYS:
+        raise StripeRequestError(400, f"Invalid {param}: at most 50 keys", param=param)
+    for key, item in value.items():
+        if len(key) > METADATA_MAX_KEY_LENGTH:
+            raise StripeRequestError(400, f"Invalid {param}: keys can be at most 40 characters", param=param)
+        if not isinstance(item, str) or len(item) > METADATA_MAX_VALUE_LENGTH:
+            raise StripeRequestError(
+                400, f"Invalid {param}[{key}]: values can be at most 500 characters", param=f"{param}[{key}]"
+            )
+    return dict(value)

@@ -10,8 +10,8 @@ import aiormq
 import pytest
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy
+from shared.consumers import CONSUMER_GROUPS
 from shared.events import Envelope, PaymentIntentCreated
 from shared.metrics import EVENTS_PROCESSED
 from tests.support.brokers import queue_depth

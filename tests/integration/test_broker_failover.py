@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 import aiormq
 import pytest
 
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker, Delivery, RetryPolicy
+from shared.consumers import CONSUMER_GROUPS
 from shared.events import Envelope, PaymentIntentCreated
 from tests.support.intake_deployment import proxy_to, through
 from tests.support.link_proxy import LinkProxy

@@ -199,6 +199,31 @@ async def test_a_transient_provider_error_is_retried_until_the_intent_is_created
     assert len(fake.sessions) == 1
 
 
+async def test_a_create_stripe_answers_409_while_the_same_key_is_in_flight_is_retried_not_failed(
+    broker: Broker, observer: Observer, start_worker: StartWorker, stripe_fake: tuple[StripeFake, str]
+) -> None:
+    # Stripe's 409: a request with the same Idempotency-Key (our payment id) is still being worked on. The payment's
+    # session will be payable, so failing the payment here would be wrong; the worker asks again later.
+    fake, url = stripe_fake
+    await start_worker(
+        payment_provider="stripe", stripe_api_key="sk_test_x", stripe_api_base=url, gateway_max_attempts=10
+    )
+    envelope = payment_requested()
+    fake.in_flight.add(envelope.payment_id)
+    await broker.publish(envelope)
+    await eventually(lambda: _creates_were(fake, envelope.payment_id, 2), what="the create to be retried")
+    fake.in_flight.clear()
+
+    outcome = (await observer.first(envelope.payment_id)).message()
+
+    assert isinstance(outcome, PaymentIntentCreated)
+    assert len(fake.sessions) == 1
+
+
+async def _creates_were(fake: StripeFake, payment_id: str, at_least: int) -> bool:
+    return create_requests(fake, payment_id) >= at_least
+
+
 async def test_a_message_awaiting_its_retry_waits_in_a_delay_queue_not_in_the_consumer(
     broker: Broker, observer: Observer, start_worker: StartWorker, stripe_fake: tuple[StripeFake, str]
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -15,9 +14,10 @@ import pytest
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
 from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
-from services.topology import CONSUMER_GROUPS
 from shared.broker import REPLY_TO_HEADER, Broker
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect, create_pool
+from shared.supervisor import Supervisor
 from tests.support.brokers import take_all
 from tests.support.infra import Servers, create_database, drop_database
 from tests.support.processes import eventually
@@ -169,7 +169,8 @@ async def test_the_relay_wakes_on_notify_without_waiting_for_the_poll(
 ) -> None:
     await broker.declare_topology(CONSUMER_GROUPS)
     relay = RecordingRelay(outbox_pool, broker.publish, connect=lambda: connect(outbox_db), poll_interval=3600)
-    running = asyncio.create_task(relay.run())
+    loops = Supervisor()
+    relay.start(loops)
     try:
 
         async def listening() -> bool:
@@ -184,9 +185,7 @@ async def test_the_relay_wakes_on_notify_without_waiting_for_the_poll(
 
         await eventually(drained_on_notify, timeout=10, what="a NOTIFY to wake the relay and the row to go out")
     finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await loops.stop()
 
 
 async def test_two_relays_sharing_one_outbox_publish_every_row(

@@ -12,11 +12,11 @@ import pytest
 
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
 from tests.support.infra import Servers, create_database, drop_database
+from tests.support.ledger import record_event
 
 RETENTION_HOURS = 24
 

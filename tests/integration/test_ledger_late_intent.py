@@ -7,9 +7,9 @@ import secrets
 import asyncpg
 import pytest
 
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from shared.events import CancelPayment, ExpirePayment, PaymentStatus
+from tests.support.ledger import record_event
 from tests.support.messages import Published
 from tests.support.payment_histories import intent_created, intent_id_of, requested, status_changed
 

@@ -1,4 +1,4 @@
-"""The order-independence property against the real database, through handlers.record_event.
+"""The order-independence property against the real database, through record_events (tests/support/ledger.py).
 
 Fewer examples than the pure tests (each one writes real rows): a random history of one payment, delivered in
 a random order with duplicates, an event arriving before its payment deferred behind the request (RetryLater,
@@ -16,10 +16,10 @@ import asyncpg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.store import InMemoryLedgerStore
 from shared.events import Envelope, PaymentStatus
+from tests.support.ledger import record_event
 from tests.support.payment_histories import LogRow, Truth, build_history, deliver, deliveries, log_rows, truths
 
 

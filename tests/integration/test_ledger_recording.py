@@ -1,4 +1,4 @@
-"""The ledger's recording rules against the real database, through handlers.record_event and EventRecorder."""
+"""The ledger's recording rules against the real database, through record_events and the ledger's batch handler."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from services.ledger.handlers import EventRecorder, record_event
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.store import BeforeCommit, PaymentWrite, StoredPayment, WriteResult
 from shared.broker import Delivery, RetryLater
 from shared.events import Envelope, PaymentStatus
+from tests.support.ledger import consume, record_event
 from tests.support.payment_histories import intent_created, requested, status_changed
 
 S, F, E = PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED
@@ -149,11 +150,11 @@ async def test_a_failure_after_a_success_is_logged_as_ignored_and_not_applied(po
 
 async def test_a_late_success_is_applied_flagged_in_the_log_and_counted(pool: asyncpg.Pool) -> None:
     payment_id = await known_payment(pool)
-    recorder = EventRecorder(PostgresLedgerStore(pool))
-    await recorder(status_changed(payment_id, E, "expiry", "expired"), DELIVERY)
+    ledger = LedgerHandlers(PostgresLedgerStore(pool))
+    await consume(ledger, status_changed(payment_id, E, "expiry", "expired"))
     late_before = counter("paystream_late_successes_total")
 
-    await recorder(status_changed(payment_id, S, "webhook", "paid"), DELIVERY)
+    await consume(ledger, status_changed(payment_id, S, "webhook", "paid"))
 
     row = await payment(pool, payment_id)
     assert (row["status"], row["failure_code"]) == ("SUCCEEDED", None)
@@ -182,8 +183,8 @@ async def test_an_outcome_for_another_amount_is_logged_not_applied_and_counted(
     payment_id = await known_payment(pool)
     mismatches_before = counter("paystream_amount_mismatches_total")
 
-    await EventRecorder(PostgresLedgerStore(pool))(
-        status_changed(payment_id, S, "webhook", "forged", **mismatch), DELIVERY
+    await consume(
+        LedgerHandlers(PostgresLedgerStore(pool)), status_changed(payment_id, S, "webhook", "forged", **mismatch)
     )
 
     assert (await payment(pool, payment_id))["status"] == "PENDING"

@@ -1,6 +1,6 @@
 """Order through the real broker: an event before its payment is retried via the delay queues, never dropped,
 and dead-lettered only once its budget (LEDGER_RETRY_ATTEMPTS) is spent. The ledger's consumer runs in-process:
-Broker.consume_batches with EventRecorder.record_batch and the ledger's own retry policy, as the ledger runs it."""
+Broker.consume_batches with LedgerHandlers.record_batch and the ledger's own retry policy, as the ledger runs it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aio_pika
 import asyncpg
 
 from services.ledger.app import GROUP, retry_policy
-from services.ledger.handlers import EventRecorder
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.postgres_store import PostgresLedgerStore
 from shared.batches import Consumed
 from shared.broker import Broker
@@ -22,10 +22,10 @@ from tests.support.processes import eventually
 
 
 class CountingRecorder:
-    """The ledger's EventRecorder, noting every attempt it is given."""
+    """The ledger's LedgerHandlers, noting every attempt it is given."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._recorder = EventRecorder(PostgresLedgerStore(pool))
+        self._recorder = LedgerHandlers(PostgresLedgerStore(pool))
         self.attempts: list[tuple[str, int]] = []
 
     async def __call__(self, batch: Sequence[Consumed]) -> list[BaseException | None]:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.sweeps import request_expirations, request_reconciliations
 from shared.broker import Broker
@@ -18,6 +17,7 @@ from shared.db import create_pool
 from shared.events import Envelope, PaymentStatus
 from tests.support.brokers import connected_broker, take_all
 from tests.support.infra import Servers, create_database, drop_database
+from tests.support.ledger import record_event
 from tests.support.payment_histories import intent_created, requested, status_changed
 
 

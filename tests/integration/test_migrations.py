@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from shared.config import SERVICE_NAMES
 from shared.db import (
@@ -26,6 +25,7 @@ from shared.db import (
 )
 from shared.events import PaymentStatus
 from tests.support.infra import create_database, drop_database, unique_name
+from tests.support.ledger import record_event
 from tests.support.payment_histories import intent_created, status_changed
 from tests.support.processes import ROOT, stack_environment
 

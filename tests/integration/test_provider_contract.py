@@ -2,7 +2,8 @@
 
 `ProviderContract` holds the tests; each subclass supplies a `harness` that plays the provider's side:
 - the sandbox adapter against a real sandbox_gateway process (webhooks caught by a local receiver),
-- the Stripe adapter against the wire-format fake of Stripe (tests/fakes/stripe_fake.py),
+- the Stripe adapter against the wire-format fake of Stripe (tests/fakes/stripe_fake.py), whose objects are built on
+  Stripe's published examples and signed by Stripe's SDK; it is also held to Stripe's shapes field by field,
 - the unit tests' FakeProvider (tests/fakes/provider.py), so the fake the handlers are tested with behaves the same.
 """
 
@@ -20,16 +21,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import BaseModel
 
 from shared.events import PaymentStatus
 from shared.providers.base import PaymentProvider, ProviderIntent, signature_header
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
-from shared.providers.stripe import StripeProvider
+from shared.providers.stripe import STRIPE_OBJECT_MODELS, StripeProvider
 from tests.fakes.provider import FakeProvider
 from tests.fakes.stripe_fake import StripeFake
+from tests.fakes.stripe_shapes import SDK_CLASSES, fields_stripe_does_not_send, published, sdk_object
 from tests.support.messages import intent_request
 from tests.support.processes import ServiceProcess, eventually, free_port
 
@@ -341,8 +345,12 @@ class StripeHarness(ProviderHarness):
 
 
 class TestStripeAdapter(ProviderContract):
+    """The contract, plus Stripe's own word on the shapes: the fake serves objects built on Stripe's published
+    examples (tests/schemas/stripe-fixtures3.json) and signs with the official SDK, and every field the adapter
+    reads must be one that Stripe's SDK types and examples have."""
+
     @pytest.fixture
-    async def harness(self) -> AsyncIterator[ProviderHarness]:
+    async def harness(self) -> AsyncIterator[StripeHarness]:
         fake = StripeFake()
         server = TestServer(fake.app())
         await server.start_server()
@@ -353,6 +361,70 @@ class TestStripeAdapter(ProviderContract):
             fake.heal()
             await harness.provider.close()
             await server.close()
+
+    @pytest.mark.parametrize("name", sorted(STRIPE_OBJECT_MODELS))
+    def test_every_field_the_adapter_reads_is_one_stripe_sends(self, name: str) -> None:
+        assert fields_stripe_does_not_send(STRIPE_OBJECT_MODELS[name], SDK_CLASSES[name]) == []
+
+    def test_a_field_stripe_does_not_send_fails_the_shape_check(self) -> None:
+        # The check above must be able to fail: an invented field, at the top or inside an expanded object.
+        class InventedIntent(BaseModel):
+            id: str
+            failure_reason: str | None = None
+
+        class InventedSession(BaseModel):
+            id: str
+            payment_reference: str | None = None
+            payment_intent: InventedIntent | str | None = None
+
+        assert fields_stripe_does_not_send(InventedSession, stripe.checkout.Session) == [
+            "Session.payment_reference",
+            "PaymentIntent.failure_reason",
+        ]
+
+    async def test_what_the_fake_serves_is_stripes_published_shape_and_stripes_sdk_reads_it(
+        self, harness: StripeHarness
+    ) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        await harness.pay(created)
+        served = harness.fake.served(harness.fake.sessions[created.provider_payment_id], expand=["payment_intent"])
+        body, headers = await harness.webhook_of_payment(created)
+
+        event = stripe.Webhook.construct_event(body, headers["Stripe-Signature"], harness.fake.webhook_secret)
+        session = event.data.object
+        assert isinstance(event, stripe.Event) and isinstance(session, stripe.checkout.Session)
+        assert (session.id, session.client_reference_id, session.amount_total) == (
+            created.provider_payment_id,
+            created_payment_id(harness, created),
+            1999,
+        )
+        assert set(json.loads(body)) == set(published("event"))
+        assert set(served) == set(published("checkout.session"))
+        assert set(served["payment_intent"]) == set(published("payment_intent"))
+        assert isinstance(sdk_object(served)["payment_intent"], stripe.PaymentIntent)
+
+    async def test_a_webhook_signed_by_stripes_sdk_verifies_and_one_it_refuses_fails(
+        self, harness: StripeHarness
+    ) -> None:
+        created = await harness.provider.create_intent(intent_request())
+        await harness.pay(created)
+        body, _ = await harness.webhook_of_payment(created)
+        secret = harness.fake.webhook_secret
+        signed = stripe.WebhookSignature.generate_signature_header(body.decode(), secret)
+        harness.provider.verify_webhook_source({"Stripe-Signature": signed}, body)
+
+        stale_t = int(time.time()) - 301
+        stale = stripe.WebhookSignature.generate_signature_header(body.decode(), secret, timestamp=stale_t)
+        for refused in (stale, signed.replace("v1=", "v1=0")):
+            with pytest.raises(stripe.SignatureVerificationError):
+                stripe.WebhookSignature.verify_header(body, refused, secret, tolerance=300)
+            with pytest.raises(SignatureError):
+                harness.provider.verify_webhook_source({"Stripe-Signature": refused}, body)
+
+
+def created_payment_id(harness: StripeHarness, intent: ProviderIntent) -> str:
+    """Our payment id, as the fake's session for the intent carries it."""
+    return str(harness.fake.sessions[intent.provider_payment_id]["client_reference_id"])
 
 
 # --- the unit tests' FakeProvider ----------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import stripe
 from aiohttp.test_utils import TestServer
 
 from shared.events import PaymentStatus
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
-from shared.providers.stripe import StripeProvider
+from shared.providers.stripe import STRIPE_API_VERSION, StripeProvider
 from tests.fakes.stripe_fake import StripeFake
 from tests.support.messages import intent_request
 
@@ -198,3 +199,107 @@ async def test_a_webhook_signed_like_stripe_verifies_and_maps(provider: StripePr
     assert event.provider_payment_id == created.provider_payment_id
     assert (event.amount, event.currency) == (1999, "USD")
     assert event.metadata["traceparent"] == request.metadata["traceparent"]
+
+
+# --- Stripe's behaviours a shop meets in earnest (issue: the adapter against Stripe's published API) ---------------
+
+
+async def test_a_409_for_an_idempotency_key_still_in_flight_is_transient_and_the_retry_opens_one_session(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    # A create that timed out on our side and was retried while Stripe still worked on the first.
+    request = intent_request()
+    fake.in_flight.add(request.payment_id)
+    with pytest.raises(TransientGatewayError, match="409"):
+        await provider.create_intent(request)
+    fake.in_flight.clear()
+    intent = await provider.create_intent(request)
+    assert intent.status is PaymentStatus.PENDING
+    assert len(fake.sessions) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "should_retry", "error"),
+    [
+        (500, False, PermanentGatewayError),  # Stripe says a retry would only replay this answer
+        (400, True, TransientGatewayError),  # e.g. a lock timeout: Stripe says to try again
+        (409, False, PermanentGatewayError),
+    ],
+)
+async def test_stripe_should_retry_overrides_the_status_code(
+    provider: StripeProvider, fake: StripeFake, status: int, should_retry: bool, error: type[Exception]
+) -> None:
+    fake.fail_next(1, status=status, should_retry=should_retry)
+    with pytest.raises(error, match=str(status)):
+        await provider.create_intent(intent_request())
+
+
+async def test_every_request_pins_the_api_version_stripes_sdk_is_built_for(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    created = await provider.create_intent(intent_request())
+    await provider.retrieve_intent(created.provider_payment_id)
+    await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    await provider.cancel_intent(created.provider_payment_id, reason="canceled")  # expire refused, then a GET
+
+    assert STRIPE_API_VERSION == stripe.api_version == "2026-10-28.endive"
+    assert [(r.method, r.headers.get("Stripe-Version")) for r in fake.requests] == [
+        ("POST", STRIPE_API_VERSION),
+        ("GET", STRIPE_API_VERSION),
+        ("POST", STRIPE_API_VERSION),
+        ("POST", STRIPE_API_VERSION),
+        ("GET", STRIPE_API_VERSION),
+    ]
+    assert all(r.headers.get("Idempotency-Key") for r in fake.requests if r.method == "POST")
+
+
+async def test_after_an_async_payment_failed_the_lookup_reads_the_payment_intent_and_reports_failed(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    # After checkout.session.async_payment_failed the session stays complete/unpaid for good: reconciliation
+    # would log "still open" forever. Its PaymentIntent says what happened.
+    created = await provider.create_intent(intent_request())
+    fake.complete_session(created.provider_payment_id, payment_status="unpaid")
+    still_settling = await provider.retrieve_intent(created.provider_payment_id)
+    fake.settle_async_payment(created.provider_payment_id, succeeded=False)
+    failed = await provider.retrieve_intent(created.provider_payment_id)
+
+    assert still_settling.status is PaymentStatus.PENDING
+    assert (failed.status, failed.failure_code) == (PaymentStatus.FAILED, "insufficient_funds")
+    assert fake.requests[-1].method == "GET"
+    assert ("expand[0]", "payment_intent") in fake.requests[-1].query
+    assert fake.sessions[created.provider_payment_id]["status"] == "complete"
+
+
+async def test_a_cancel_after_an_async_payment_failed_reports_failed_not_pending(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    created = await provider.create_intent(intent_request())
+    fake.complete_session(created.provider_payment_id, payment_status="unpaid")
+    fake.settle_async_payment(created.provider_payment_id, succeeded=False)
+    closed = await provider.cancel_intent(created.provider_payment_id, reason="canceled")
+    assert closed.status is PaymentStatus.FAILED
+
+
+async def test_an_async_payment_that_succeeded_reads_succeeded(provider: StripeProvider, fake: StripeFake) -> None:
+    created = await provider.create_intent(intent_request())
+    fake.complete_session(created.provider_payment_id, payment_status="unpaid")
+    fake.settle_async_payment(created.provider_payment_id, succeeded=True)
+    intent = await provider.retrieve_intent(created.provider_payment_id)
+    assert (intent.status, intent.failure_code) == (PaymentStatus.SUCCEEDED, None)
+
+
+async def test_a_tracestate_longer_than_stripes_metadata_limit_does_not_fail_the_create(
+    provider: StripeProvider, fake: StripeFake
+) -> None:
+    # The fake refuses, as Stripe does, a metadata value over 500 characters with a 400 (which failed the payment).
+    traceparent = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
+    tracestate = ",".join(f"vendor{i}=" + "s" * 90 for i in range(8))  # 8 members of 98 characters
+    request = intent_request(metadata={"traceparent": traceparent, "tracestate": tracestate})
+
+    intent = await provider.create_intent(request)
+
+    sent = fake.requests[-1].params["metadata"]
+    assert intent.status is PaymentStatus.PENDING
+    assert sent["traceparent"] == traceparent
+    assert tracestate.startswith(sent["tracestate"]) and len(sent["tracestate"]) <= 500

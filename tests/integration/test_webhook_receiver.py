@@ -21,12 +21,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.ledger.app import GROUP
-from services.ledger.handlers import record_event
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.webhook_receiver.app import MAX_WEBHOOK_BYTES, create_app
 from shared.broker import Broker, Delivery, RetryPolicy
 from shared.config import Settings
 from shared.events import Envelope, deterministic_event_id
+from tests.support.ledger import record_event
 from tests.support.payment_histories import intent_created, requested
 from tests.support.processes import eventually
 from tests.support.sandbox_webhooks import encode, sandbox_event, signed

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
+from shared.consumers import CONSUMER_GROUPS
 
 
 async def connected_broker(amqp_url: str, namespace: str, name: str) -> Broker:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 
-from services.topology import CONSUMER_GROUPS
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect, migrate, with_database
 from shared.topology import Names
 

@@ -1,5 +1,5 @@
-"""A TCP proxy a test can cut and restore, to take a dependency (the broker) away from a service process; with
-several upstreams, a round-robin load balancer in front of replicas."""
+"""A TCP proxy a test can cut, blackhole and restore, to take a dependency (the broker, PostgreSQL) away from a
+service process; with several upstreams, a round-robin load balancer in front of replicas."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ class LinkProxy:
 
     While cut, every open connection is closed at once and new ones are closed as soon as they are accepted,
     so the client sees the dependency go away (not a silent hang).
+
+    While blackholed (`blackhole()`), nothing moves and nothing is closed: open connections stay open, silent,
+    in both directions, and new ones are accepted but never reach the upstream, as when a network path drops
+    every packet. What was sent meanwhile is held, not lost, and goes on after `restore()`, as TCP would
+    retransmit it once the path is back (by then the client has usually given the connection up).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *more_upstream_ports: int) -> None:
@@ -22,6 +27,12 @@ class LinkProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.cut_off = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @property
+    def blackholed(self) -> bool:
+        return not self._flowing.is_set()
 
     @property
     def port(self) -> int:
@@ -46,13 +57,19 @@ class LinkProxy:
             writer.close()
         self._writers.clear()
 
+    def blackhole(self) -> None:
+        """Drop the path silently: no byte moves either way until `restore()`, and no connection closes."""
+        self._flowing.clear()
+
     def restore(self) -> None:
         self.cut_off = False
+        self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_off:
             writer.close()
             return
+        await self._flowing.wait()  # a blackholed path: the connection is accepted, and nothing answers
         for _ in self._upstreams:
             upstream = self._upstreams[self._turn % len(self._upstreams)]
             self._turn += 1
@@ -73,6 +90,7 @@ class LinkProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
+                await self._flowing.wait()  # held while blackholed, as the network would
                 if self.cut_off:
                     break
                 sink.write(data)

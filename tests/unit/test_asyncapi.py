@@ -11,7 +11,6 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from services.asyncapi import DOCUMENT_PATH, asyncapi_document, consumer_groups, render
 from shared.events import (
     MESSAGE_TYPES,
     CancelPayment,
@@ -21,6 +20,7 @@ from shared.events import (
     PaymentStatusChanged,
 )
 from tests.support.messages import payment_requested
+from tools.asyncapi import DOCUMENT_PATH, asyncapi_document, consumer_groups, render
 
 ASYNCAPI_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "asyncapi-3.0.0.json"
 

@@ -1,6 +1,7 @@
 """The batch consumer's rules without a broker (shared/batches.py): which acks a batch sends, a failing batch handled
 one message at a time, nothing acked before the handler returned, and a fault of the layer itself handing the
-batch back instead of stopping the consumer. The real broker's side is tests/integration/test_broker_batches.py."""
+batch back while its supervisor runs the consumer again. The real broker's side is
+tests/integration/test_broker_batches.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from opentelemetry.trace import INVALID_SPAN
 from shared.batches import BatchConsumer, Consumed, acks_together
 from shared.broker import Delivery, RetryLater
 from shared.events import Envelope, PaymentStatus
+from shared.supervisor import Backoff, Supervisor
 from tests.support.payment_histories import status_changed
 
 
@@ -137,17 +139,17 @@ async def still_running_after_two_batches(
     """Runs a consumer, feeds it `first`, waits for its handler to take it, then one message of `second`:
     whether the consumer was still running once that second batch was handled."""
     running = consumer(handler)
-    task = asyncio.create_task(running.run())
+    supervisor = Supervisor(backoff=Backoff(initial=0.01))
+    task = supervisor.start("test batches", running.run)
     try:
         for message in first:
             await running.on_message(cast(AbstractIncomingMessage, message))
         assert await asyncio.wait_for(handled.get(), 5) == len(first)
         await running.on_message(cast(AbstractIncomingMessage, second[0]))
         assert await asyncio.wait_for(handled.get(), 5) == 1
-        return not task.done()
+        return not task.done() and not supervisor.failed.done()
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await supervisor.stop()
 
 
 async def test_a_fault_of_the_layer_gives_the_batch_back_and_keeps_consuming() -> None:

@@ -1,7 +1,7 @@
 """A broker channel closing under an operation (shared/cancellation.py): aiormq fails the operation's futures with
 CancelledError although nothing cancelled the task. The publish turns that into ChannelLost, the ledger's batch
-defers the announcement it cost, and a background task that ends anyway stops the service instead of leaving it
-alive with its work undone. A real cancellation still cancels."""
+defers the announcement it cost. A real cancellation still cancels. (A loop that meets one goes on: its supervisor
+restarts it, tests/unit/test_supervisor.py.)"""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import asyncio
 from typing import Any, cast
 
 import pytest
-from aiohttp import web
 
-from services.ledger.handlers import EventRecorder
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.store import InMemoryLedgerStore
-from shared import runtime
 from shared.broker import Broker, ChannelLost, RetryLater
 from shared.events import Envelope
-from shared.web import create_base_app
 from tests.support.messages import consumed
 from tests.support.payment_histories import requested
 
@@ -64,59 +61,7 @@ async def test_an_announcement_cut_off_by_its_channel_defers_its_event_alone() -
         if announcement.payment_id == lost:
             raise asyncio.CancelledError()  # an announcement's own, as gather returns it
 
-    results = await asyncio.wait_for(EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch), 5)
+    results = await asyncio.wait_for(LedgerHandlers(InMemoryLedgerStore(), publish).record_batch(batch), 5)
 
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], RetryLater)
-
-
-class IdleBroker:
-    def __init__(self, consumer_tasks: tuple[asyncio.Task[None], ...] = ()) -> None:
-        self.consumer_tasks = consumer_tasks
-
-    async def is_ready(self) -> bool:
-        return True
-
-
-def app_with_failure_future() -> web.Application:
-    app = create_base_app()
-    app[runtime.SERVICE_FAILED] = asyncio.get_running_loop().create_future()
-    return app
-
-
-async def test_a_consumer_task_that_ends_stops_the_service() -> None:
-    app = app_with_failure_future()
-
-    async def consumer_loop() -> None:
-        raise asyncio.CancelledError()  # a stray cancellation that ended a consumer loop
-
-    consumer = asyncio.create_task(consumer_loop(), name="ledger batches")
-    async with runtime.serving(app, [], cast(Broker, IdleBroker((consumer,)))):
-        with pytest.raises(runtime.BackgroundTaskEnded, match="ledger batches ended: cancelled"):
-            await asyncio.wait_for(app[runtime.SERVICE_FAILED], 5)
-
-
-async def test_a_background_task_that_fails_stops_the_service_but_a_stop_does_not() -> None:
-    app = app_with_failure_future()
-    release = asyncio.Event()
-
-    async def relay() -> None:
-        await release.wait()
-        raise RuntimeError("relay broke")
-
-    async def gauge() -> None:
-        await asyncio.Event().wait()
-
-    async with runtime.serving(
-        app, [asyncio.create_task(relay(), name="relay"), asyncio.create_task(gauge())], cast(Broker, IdleBroker())
-    ):
-        assert not app[runtime.SERVICE_FAILED].done()
-        release.set()
-        with pytest.raises(runtime.BackgroundTaskEnded, match="relay ended: RuntimeError"):
-            await asyncio.wait_for(app[runtime.SERVICE_FAILED], 5)
-
-    quiet = app_with_failure_future()
-    async with runtime.serving(quiet, [asyncio.create_task(gauge())], cast(Broker, IdleBroker())):
-        pass
-    await asyncio.sleep(0)  # the cancelled task's done-callbacks have run
-    assert not quiet[runtime.SERVICE_FAILED].done()

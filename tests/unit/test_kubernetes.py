@@ -196,7 +196,7 @@ def test_scaling_budgets_and_the_backing_clusters(environment: str) -> None:
     assert rabbit["spec"]["replicas"] == 3 and postgres["spec"]["instances"] == 3
     assert postgres["spec"]["postgresql"]["synchronous"]["number"] >= 1
     (job,) = of_kind(environment, "Job")
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "shared.stack", "prepare"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "tools.stack", "prepare"]
 
 
 def test_every_service_has_a_deployment_locally_and_every_one_but_the_demo_in_production() -> None:

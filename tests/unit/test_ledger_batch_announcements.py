@@ -1,4 +1,4 @@
-"""How EventRecorder.record_batch announces a batch's status changes (over the in-memory store): all together, each
+"""How LedgerHandlers.record_batch announces a batch's status changes (over the in-memory store): all together, each
 in its own event's trace, and an announcement that fails defers only its own event."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import secrets
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from services.ledger.handlers import EventRecorder
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.store import InMemoryLedgerStore
 from shared.batches import Consumed
 from shared.broker import RetryLater
@@ -40,7 +40,7 @@ async def test_a_batchs_announcements_are_all_in_flight_together() -> None:
             all_in_flight.set()
         await all_in_flight.wait()  # a publish awaited before the next starts never gets here
 
-    results = await asyncio.wait_for(EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch), 5)
+    results = await asyncio.wait_for(LedgerHandlers(InMemoryLedgerStore(), publish).record_batch(batch), 5)
 
     assert results == [None] * len(batch)
     assert sorted(announced_event(a) for a in in_flight) == sorted(str(item.envelope.id) for item in batch)
@@ -55,7 +55,7 @@ async def test_each_announcement_continues_the_trace_of_its_event() -> None:
         current = trace.get_current_span().get_span_context()
         published[announced_event(announcement)] = (current, inject_context({})["traceparent"])
 
-    await EventRecorder(InMemoryLedgerStore(), publish).record_batch(batch)
+    await LedgerHandlers(InMemoryLedgerStore(), publish).record_batch(batch)
 
     for item in batch:
         context = item.span.get_span_context()
@@ -76,7 +76,7 @@ async def test_a_failed_announcement_defers_its_event_alone() -> None:
         published.append(announced_event(announcement))
 
     store = InMemoryLedgerStore()
-    results = await EventRecorder(store, publish).record_batch(batch)
+    results = await LedgerHandlers(store, publish).record_batch(batch)
 
     assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "RetryLater", "NoneType"]
     assert isinstance(results[2], RetryLater)

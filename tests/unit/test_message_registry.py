@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES
+from services.intake_api.intents import INTAKE_MESSAGES
 from services.ledger.handlers import LEDGER_MESSAGES
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Delivery
+from shared.consumers import CONSUMER_GROUPS, PRIVATE_CONSUMERS
 from shared.events import (
     MESSAGE_TYPES,
     NOTIFICATION_MESSAGE_TYPES,
@@ -88,6 +89,14 @@ def test_no_message_type_or_group_binding_can_take_a_reply_meant_for_one_intake_
 def test_every_consumer_group_is_declared_once() -> None:
     assert [g.name for g in CONSUMER_GROUPS] == ["gateway_worker", "ledger", "notifier", "notifier_deliveries"]
     assert consumer_groups([GATEWAY_MESSAGES, GATEWAY_MESSAGES]) == (GATEWAY_MESSAGES.group,)
+
+
+def test_the_shared_routing_is_exactly_what_each_service_registry_handles() -> None:
+    # Every service declares every group from shared/consumers.py without loading the others' handlers: the data
+    # must say what the registries handle, type for type and in the same order.
+    registries = (GATEWAY_MESSAGES, LEDGER_MESSAGES, NOTIFIER_MESSAGES, NOTIFIER_DELIVERIES)
+    assert consumer_groups(registries) == CONSUMER_GROUPS
+    assert PRIVATE_CONSUMERS == ((INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types),)
 
 
 def test_two_registries_may_not_claim_one_group_with_different_types() -> None:

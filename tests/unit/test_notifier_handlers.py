@@ -13,7 +13,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from services.notifier.handlers import DeliveryTarget, Notifier, deliver, record_batch, record_status, redeliver
+from services.notifier.handlers import DeliveryTarget, NotifierHandlers
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, merchant_event_id, subscribes
 from shared.batches import Consumed
 from shared.broker import PoisonMessage, RetryLater
@@ -128,13 +128,15 @@ class Sender:
         return AttemptResult(status, None if status else "connection: refused", 5)
 
 
-def make_notifier(store: FakeStore, sender: Sender, *, disable_after: float = 3600) -> tuple[Notifier, list[Envelope]]:
+def make_notifier(
+    store: FakeStore, sender: Sender, *, disable_after: float = 3600
+) -> tuple[NotifierHandlers, list[Envelope]]:
     published: list[Envelope] = []
 
     async def publish(envelope: Envelope) -> None:
         published.append(envelope)
 
-    notifier = Notifier(
+    notifier = NotifierHandlers(
         store=store,
         send=sender,
         publish=publish,
@@ -165,6 +167,19 @@ def succeeded(payment_id: str = "pay_1") -> tuple[Envelope, PaymentStatusRecorde
     return Envelope.wrap(message, payment_id=payment_id, source="ledger"), message
 
 
+async def record_status(
+    notifier: NotifierHandlers, envelope: Envelope, message: PaymentStatusRecorded
+) -> MerchantEvent:
+    """One ledger record through the production path, the events group's batch handler, as a batch of one: its
+    merchant event, or the exception that would settle its message raised."""
+    assert envelope.message() == message
+    (result,) = await notifier.record_batch([consumed(envelope)])
+    if result is not None:
+        raise result
+    assert isinstance(notifier.store, FakeStore)
+    return notifier.store.events[merchant_event_id(envelope.id)]
+
+
 def commands(published: list[Envelope]) -> list[DeliverWebhook]:
     return [m for m in (e.message() for e in published) if isinstance(m, DeliverWebhook)]
 
@@ -184,7 +199,7 @@ async def test_a_replayed_record_is_the_same_event_and_resends_only_what_is_pend
     notifier, published = make_notifier(store, Sender())
     envelope, message = succeeded()
     first = await record_status(notifier, envelope, message)
-    await deliver(notifier, commands(published)[0], position=1)
+    await notifier.deliver(commands(published)[0], position=1)
     published.clear()
     again = await record_status(notifier, envelope, message)
     assert again.id == first.id and len(store.events) == 1
@@ -205,7 +220,7 @@ async def test_a_delivery_posts_the_payment_as_it_stands_now_and_is_recorded_del
     notifier, published = make_notifier(store, sender)
     await record_status(notifier, *succeeded())
     store.payments["pay_1"] = ("shop", {"id": "pay_1", "status": "SUCCEEDED", "note": "changed since"})
-    step = await deliver(notifier, commands(published)[0], position=1)
+    step = await notifier.deliver(commands(published)[0], position=1)
     assert step is not None and step.kind == "delivered"
     _, body, headers = sender.sent[0]
     assert '"note":"changed since"' in body and headers["webhook-signature"].startswith("v1,")
@@ -218,12 +233,12 @@ async def test_a_failed_attempt_asks_the_broker_for_the_schedules_next_delay() -
     await record_status(notifier, *succeeded())
     command = next(c for c in commands(published) if c.endpoint_id == "we_all")
     with pytest.raises(RetryLater) as first:
-        await deliver(notifier, command, position=1)
+        await notifier.deliver(command, position=1)
     assert first.value.delay_seconds == 5
     with pytest.raises(RetryLater) as second:
-        await deliver(notifier, command, position=2)
+        await notifier.deliver(command, position=2)
     assert second.value.delay_seconds == 60
-    step = await deliver(notifier, command, position=3)
+    step = await notifier.deliver(command, position=3)
     assert step is not None and step.kind == "delivered"
     assert [a[2] for a in store.attempts if a[1] == "we_all"] == [500, None, 200]
 
@@ -234,10 +249,10 @@ async def test_a_delivery_already_made_or_to_a_disabled_endpoint_is_not_sent() -
     notifier, published = make_notifier(store, sender)
     await record_status(notifier, *succeeded())
     command = commands(published)[0]
-    await deliver(notifier, command, position=1)
-    assert await deliver(notifier, command, position=1) is None  # a duplicate message
+    await notifier.deliver(command, position=1)
+    assert await notifier.deliver(command, position=1) is None  # a duplicate message
     store.endpoints["we_paid"].enabled = False
-    assert await deliver(notifier, commands(published)[1], position=1) is None
+    assert await notifier.deliver(commands(published)[1], position=1) is None
     assert len(sender.sent) == 1
 
 
@@ -247,14 +262,14 @@ async def test_a_redelivery_sends_a_delivered_event_again() -> None:
     notifier, published = make_notifier(store, sender)
     event = await record_status(notifier, *succeeded())
     for command in commands(published):
-        await deliver(notifier, command, position=1)
+        await notifier.deliver(command, position=1)
     published.clear()
-    assert await redeliver(notifier, RedeliverEvent(event_id=event.id, merchant_id="shop")) == ["we_all", "we_paid"]
+    assert await notifier.redeliver(RedeliverEvent(event_id=event.id, merchant_id="shop")) == ["we_all", "we_paid"]
     assert all(c.redelivery for c in commands(published))
     for command in commands(published):
-        await deliver(notifier, command, position=1)
+        await notifier.deliver(command, position=1)
     assert len(sender.sent) == 4
-    assert await redeliver(notifier, RedeliverEvent(event_id=event.id, merchant_id="another-shop")) == []
+    assert await notifier.redeliver(RedeliverEvent(event_id=event.id, merchant_id="another-shop")) == []
 
 
 async def test_an_endpoint_failing_too_long_is_disabled_and_the_others_hear_of_it() -> None:
@@ -264,7 +279,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_the_others_hear_of_i
     await record_status(notifier, *succeeded())
     command = next(c for c in commands(published) if c.endpoint_id == "we_paid")
     published.clear()
-    step = await deliver(notifier, command, position=1)
+    step = await notifier.deliver(command, position=1)
     assert step is not None and step.kind == "disable"
     assert not store.endpoints["we_paid"].enabled
     (notice,) = [e for e in store.events.values() if e.type == "webhook_endpoint.disabled"]
@@ -287,8 +302,8 @@ async def test_a_slow_endpoint_does_not_hold_the_delivery_to_another() -> None:
     notifier, published = make_notifier(store, Sender())
     notifier.send = send
     await record_status(notifier, *succeeded())
-    slow = asyncio.create_task(deliver(notifier, next(c for c in commands(published) if c.endpoint_id == "we_all"), 1))
-    await deliver(notifier, next(c for c in commands(published) if c.endpoint_id == "we_paid"), 1)
+    slow = asyncio.create_task(notifier.deliver(next(c for c in commands(published) if c.endpoint_id == "we_all"), 1))
+    await notifier.deliver(next(c for c in commands(published) if c.endpoint_id == "we_paid"), 1)
     assert fast_done == ["http://b.example/hook"] and not slow.done()
     release.set()
     assert (await slow) is not None
@@ -309,7 +324,7 @@ async def test_a_batch_of_records_is_read_and_stored_at_once_and_each_gets_its_d
     store, batch = a_batch_store(4)
     notifier, published = make_notifier(store, Sender())
 
-    results = await record_batch(notifier, batch)
+    results = await notifier.record_batch(batch)
 
     assert results == [None] * 4
     assert store.calls == ["current_payments", "record_events"]
@@ -325,7 +340,7 @@ async def test_in_a_batch_only_the_record_of_a_payment_not_readable_yet_is_retri
     del store.payments[batch[1].envelope.payment_id]
     notifier, published = make_notifier(store, Sender())
 
-    results = await record_batch(notifier, batch)
+    results = await notifier.record_batch(batch)
 
     assert results[0] is None and results[2] is None and isinstance(results[1], RetryLater)
     assert {c.event_id for c in commands(published)} == {merchant_event_id(batch[i].envelope.id) for i in (0, 2)}
@@ -339,7 +354,7 @@ async def test_in_a_batch_a_redelivery_request_is_handled_and_an_unknown_message
     redelivery = Envelope.wrap(RedeliverEvent(event_id=event.id, merchant_id="shop"), payment_id="", source="merchant")
     unknown = Envelope.wrap(DeliverWebhook(event_id=event.id, endpoint_id="we_all"), payment_id="", source="notifier")
 
-    results = await record_batch(notifier, [consumed(redelivery), *batch, consumed(unknown)])
+    results = await notifier.record_batch([consumed(redelivery), *batch, consumed(unknown)])
 
     assert results[:2] == [None, None] and isinstance(results[2], PoisonMessage)
     redelivered = [c for c in commands(published) if c.redelivery]
@@ -363,7 +378,7 @@ async def test_each_records_commands_continue_its_trace_and_a_failed_publish_ret
     notifier, _ = make_notifier(store, Sender())
     notifier.publish = publish
 
-    results = await record_batch(notifier, batch)
+    results = await notifier.record_batch(batch)
 
     assert results[0] is None and results[2] is None and isinstance(results[1], ConnectionError)
     for i in (0, 2):

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from shared.config import SERVICE_NAMES, SERVICES_BY_NAME, Settings
-from shared.observe import DEFAULT_RUNBOOK_BASE_URL, RULES, write
-from shared.stack import REPLICA_PORT_STEP
+from tools.observe import DEFAULT_RUNBOOK_BASE_URL, RULES, write
+from tools.stack import REPLICA_PORT_STEP
 
 PROGRAMS = {"prometheus": "/usr/bin/prometheus", "prometheus-alertmanager": "/usr/bin/prometheus-alertmanager"}
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/not-a-real-one"
@@ -60,7 +60,7 @@ def test_the_generated_prometheus_config_passes_promtool_and_scrapes_every_servi
     assert result.returncode == 0, result.stdout + result.stderr
     # Every rule of deploy/prometheus/alerts.yml (eight before issue 11 added WebhookDeliveriesFailing).
     rules = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
-    assert rules == 9 and f"{rules} rules found" in result.stdout, result.stdout
+    assert rules == 10 and f"{rules} rules found" in result.stdout, result.stdout
 
     targets = scrape_targets(files["prometheus.yml"])
     settings = Settings(_env_file=None)  # type: ignore[call-arg]

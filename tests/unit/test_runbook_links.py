@@ -1,5 +1,6 @@
 """Every runbook link leads to a runbook: the alerts' runbook_url under the deploy-time base URL, and every link
-of the README (and of the runbooks) to a file of the repository (issue 13, item 6)."""
+of the README and of the documentation pages (the runbooks among them) to a file of the repository (issue 13,
+item 6; the pages moved from the README to docs/ in issue 19)."""
 
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def runbook_urls() -> dict[str, str]:
     return {f"{r['alert']} ({r['labels']['severity']})": r["annotations"]["runbook_url"] for r in rules}
 
 
-MARKDOWN_FILES = [ROOT / "README.md", *sorted(RUNBOOKS.glob("*.md"))]
+MARKDOWN_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 @pytest.mark.parametrize("markdown_file", MARKDOWN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_local_link_of_the_docs_resolves_to_a_file_or_heading(markdown_file: Path) -> None:
     links = local_links(markdown_file)
-    if markdown_file.name == "README.md":
-        assert any("runbooks/" in link for link in links), "the README links no runbook: is the parser broken?"
+    if markdown_file.name == "README.md" or markdown_file == ROOT / "docs" / "how-to" / "alerts.md":
+        assert any("runbooks/" in link for link in links), f"{markdown_file.name} links no runbook: parser broken?"
     for link in links:
         path, _, fragment = link.partition("#")
         target = (markdown_file.parent / unquote(path)).resolve() if path else markdown_file
@@ -94,3 +95,10 @@ def test_the_link_parser_sees_local_links_and_skips_urls_and_code() -> None:
     assert found == ["docs/x.md", "img.png", "#the-flow"]
     assert "the-flow" in anchors_of(sample.read_text())
     assert github_anchor("Payment providers: the sandbox and Stripe") == "payment-providers-the-sandbox-and-stripe"
+
+
+def test_the_runbooks_page_of_the_site_links_every_alerts_runbook() -> None:
+    links = local_links(ROOT / "docs" / "how-to" / "runbooks.md")
+    for alert, url in runbook_urls().items():
+        page = url.removeprefix(BASE_TEMPLATE + "/")
+        assert f"../runbooks/{page}" in links, f"{alert}: docs/how-to/runbooks.md does not link {page}"

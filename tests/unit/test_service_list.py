@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from shared.config import SERVICE_NAMES, SERVICES, Settings
-from shared.stack import procfile, replica_ports
 from tests.support.processes import PORT_VARIABLES, ROOT
+from tools.stack import procfile, replica_ports
 
 
 def test_every_service_package_is_listed_once() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.handlers import record_event
 from services.ledger.store import InMemoryLedgerStore
 from shared.events import Envelope, PaymentStatus
+from tests.support.ledger import record_event
 from tests.support.payment_histories import (
     History,
     LogRow,
@@ -31,7 +31,7 @@ PAYMENT_ID = "pay_property"
 
 
 class Ledger:
-    """The ledger's recording rules (handlers.record_event) over the in-memory store, for one payment."""
+    """The ledger's recording rules (record_events) over the in-memory store, for one payment."""
 
     def __init__(self) -> None:
         self.store = InMemoryLedgerStore()

@@ -7,8 +7,11 @@ import hmac
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
+import stripe
+from structlog.testing import capture_logs
 
 from shared.config import Settings
 from shared.events import PaymentStatus
@@ -17,14 +20,19 @@ from shared.providers.base import IntentRequest
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
 from shared.providers.stripe import (
     CLOCK_MARGIN_SECONDS,
+    METADATA_MAX_VALUE_LENGTH,
+    STRIPE_API_VERSION,
     STRIPE_EVENT_MAP,
+    STRIPE_EVENT_TYPES,
     STRIPE_SESSION_STATUS_MAP,
     StripeProvider,
     encode_form,
     map_session_status,
     session_expires_at,
+    stripe_metadata,
     with_payment_id,
 )
+from tests.fakes.stripe_shapes import published
 
 NOW = datetime(2026, 11, 23, 19, 0, tzinfo=UTC)
 SECRET = "whsec_current"
@@ -174,10 +182,29 @@ def test_payment_id_comes_from_client_reference_id_without_metadata() -> None:
     assert event is not None and event.payment_id == "pay_1"
 
 
-def test_an_event_with_no_payment_id_is_invalid() -> None:
-    body = _event("checkout.session.completed", _session(client_reference_id=None, metadata={}))
-    with pytest.raises(InvalidWebhookError, match="payment_id"):
-        _provider().parse_webhook(body)
+@pytest.mark.parametrize("event_type", sorted(STRIPE_EVENT_TYPES))
+def test_a_session_we_did_not_open_is_acknowledged_and_ignored(event_type: str) -> None:
+    # A Payment Link's session, or another integration's on the same account, as Stripe publishes one:
+    # no client_reference_id, empty metadata. Refusing it (400) would make Stripe resend it for days.
+    foreign = published("checkout.session")
+    foreign.update(status="complete", payment_status="paid")
+    assert (foreign["client_reference_id"], foreign["metadata"]) == (None, {})
+    assert _provider().parse_webhook(_event(event_type, foreign)) is None
+
+
+def test_an_event_in_another_api_version_is_read_and_the_endpoints_version_is_logged() -> None:
+    body = _event("checkout.session.completed", api_version="2024-06-20")
+    with capture_logs() as logs:
+        event = _provider().parse_webhook(body)
+    assert event is not None and event.status is PaymentStatus.SUCCEEDED
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert (warning["event_api_version"], warning["pinned_api_version"]) == ("2024-06-20", STRIPE_API_VERSION)
+
+
+def test_an_event_in_the_pinned_api_version_logs_nothing() -> None:
+    with capture_logs() as logs:
+        assert _provider().parse_webhook(_event("checkout.session.completed", api_version=STRIPE_API_VERSION))
+    assert logs == []
 
 
 def test_disagreeing_payment_ids_are_invalid() -> None:
@@ -242,11 +269,35 @@ def test_a_signature_with_an_unknown_secret_fails() -> None:
         _verify(_provider(), f"t={T},v1={_v1('whsec_stranger', T, BODY)}")
 
 
-@pytest.mark.parametrize("skew", [301, -301, 3600])
-def test_a_timestamp_more_than_300_seconds_away_fails(skew: int) -> None:
-    stale = T - skew
-    with pytest.raises(SignatureError, match="tolerance"):
+@pytest.mark.parametrize("age", [301, 3600])
+def test_a_timestamp_more_than_300_seconds_old_fails(age: int) -> None:
+    stale = T - age
+    with pytest.raises(SignatureError, match="older than the 300 s tolerance"):
         _verify(_provider(), f"t={stale},v1={_v1(SECRET, stale, BODY)}")
+
+
+def _stripes_sdk_accepts(header: str) -> None:
+    """Stripe's own check, at our test's "now", with its default tolerance (it raises if it refuses)."""
+    with mock.patch("time.time", return_value=float(T)):
+        stripe.WebhookSignature.verify_header(BODY, header, SECRET, tolerance=stripe.Webhook.DEFAULT_TOLERANCE)
+
+
+def test_a_timestamp_in_the_future_within_the_clock_skew_passes_as_in_stripes_sdk() -> None:
+    ahead = T + 300
+    header = f"t={ahead},v1={_v1(SECRET, ahead, BODY)}"
+    _stripes_sdk_accepts(header)
+    _verify(_provider(), header)
+
+
+@pytest.mark.parametrize("ahead", [301, 3600])
+def test_a_timestamp_further_in_the_future_than_the_clock_skew_fails_naming_the_clock(ahead: int) -> None:
+    # Stripe's SDK accepts any future timestamp; we bound it (SIGNATURE_CLOCK_SKEW_SECONDS): such a timestamp
+    # stays "fresh" for as long as it is ahead, and it means a clock that is off by minutes.
+    future = T + ahead
+    header = f"t={future},v1={_v1(SECRET, future, BODY)}"
+    _stripes_sdk_accepts(header)
+    with pytest.raises(SignatureError, match=f"{ahead} s in the future, past the 300 s allowed for clock skew"):
+        _verify(_provider(), header)
 
 
 def test_a_timestamp_300_seconds_old_still_passes() -> None:
@@ -387,6 +438,37 @@ def test_without_description_cancel_url_or_email_the_request_falls_back() -> Non
     assert fields["line_items[0][price_data][product_data][name]"] == "order-42"
     assert fields["cancel_url"] == "https://shop.example/orders/42?x=1&payment_id=pay_1"
     assert "customer_email" not in fields
+
+
+def test_a_tracestate_past_stripes_500_character_limit_is_cut_at_its_members_and_never_fails_the_create() -> None:
+    members = [f"vendor{i}=" + "x" * 60 for i in range(12)]  # 12 members of 68 characters: 827 in all
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    request = _request(metadata={"traceparent": traceparent, "tracestate": ",".join(members)})
+    metadata = _provider().checkout_session_params(request)["metadata"]
+    assert metadata["traceparent"] == traceparent
+    assert metadata["tracestate"] == ",".join(members[:7])  # 7 members of 68 + 6 commas = 482; an 8th would pass 500
+    assert all(len(value) <= METADATA_MAX_VALUE_LENGTH for value in metadata.values())
+
+
+def test_a_tracestate_member_over_128_characters_goes_first() -> None:
+    members = ["big=" + "y" * 200, *[f"v{i}=" + "z" * 100 for i in range(4)]]
+    kept = stripe_metadata({"tracestate": ",".join(members)})["tracestate"]
+    assert kept == ",".join(members[1:5])
+
+
+def test_metadata_stripe_would_refuse_is_left_out_not_sent() -> None:
+    metadata = stripe_metadata(
+        {
+            "payment_id": "pay_1",
+            "k" * 41: "a key over 40 characters",
+            "baggage": "v" * 501,
+            "a[b]": "brackets would nest the form field",
+            **{f"extra{i}": "x" for i in range(60)},
+        }
+    )
+    assert metadata["payment_id"] == "pay_1"
+    assert len(metadata) == 50
+    assert all(len(k) <= 40 and "[" not in k and len(v) <= 500 for k, v in metadata.items())
 
 
 def test_metadata_cannot_override_the_payment_id() -> None:

@@ -2,8 +2,8 @@
 
 Every message type comes from `shared.events.MESSAGE_TYPES` (its pydantic model is the payload schema), the
 exchange and queue names from the broker's `Names`, and which queue receives which types from the consumer
-groups. `python -m services.asyncapi` (or `make asyncapi`) rewrites docs/asyncapi.json; a test fails while the
-committed file differs from what the code says.
+groups (shared/consumers.py). `python -m tools.asyncapi` (or `make asyncapi`) rewrites docs/asyncapi.json; a test
+fails while the committed file differs from what the code says.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from services.intake_api.intents import INTAKE_MESSAGES
-from services.topology import CONSUMER_GROUPS
 from shared.broker import REPLY_TO_HEADER
+from shared.consumers import CONSUMER_GROUPS, PRIVATE_CONSUMERS
 from shared.events import MESSAGE_TYPES, Envelope, Message
 from shared.topology import REPLY_PREFIX, Names
 
@@ -37,7 +36,7 @@ def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
 def private_consumers() -> list[tuple[str, tuple[str, ...]]]:
     """(service, the message types each of its processes hears of on a queue of its own: the outcomes of the
     requests waiting in that process, sent to its reply key)."""
-    return [(INTAKE_MESSAGES.name, INTAKE_MESSAGES.message_types)]
+    return list(PRIVATE_CONSUMERS)
 
 
 def _summary(cls: type[Any]) -> str:

@@ -1,4 +1,4 @@
-"""`python -m shared.observe`: what `make observe` runs, Prometheus and Alertmanager without Docker.
+"""`python -m tools.observe`: what `make observe` runs, Prometheus and Alertmanager without Docker.
 
 Debian's `prometheus` and `prometheus-alertmanager` packages run the project's own monitoring config
 (deploy/prometheus, deploy/alertmanager) against the services of `make run` on this machine: the compose
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from shared.config import SERVICES_BY_NAME, Settings, load_settings
-from shared.stack import replica_ports
+from tools.stack import replica_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -144,7 +144,7 @@ def write(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.observe")
+    parser = argparse.ArgumentParser(prog="python -m tools.observe")
     parser.add_argument("--dir", type=Path, default=ROOT / ".observe", help="where the generated files go")
     parser.add_argument("--replicas", type=int, default=1, help="as given to `make run REPLICAS=N`")
     parser.add_argument("--runbook-base-url", default=os.environ.get("RUNBOOK_BASE_URL") or DEFAULT_RUNBOOK_BASE_URL)

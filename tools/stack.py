@@ -1,10 +1,13 @@
-"""`python -m shared.stack prepare`: what `make run` and `make test` do before starting anything.
+"""`python -m tools.stack prepare`: what `make run` and `make test` do before starting anything.
 
 Checks that PostgreSQL and RabbitMQ answer (failing fast, naming the URL tried and how to start one),
 creates the database if missing, applies every service's migrations and declares the broker topology.
 
-`python -m shared.stack procfile --replicas N` writes the Procfile honcho runs: N processes of every
+`python -m tools.stack procfile --replicas N` writes the Procfile `make run` runs: N processes of every
 service but the sandbox, replica k listening on its service's port + 1000 * (k - 1).
+
+`python -m tools.stack foreground <procfile> <directory>` runs it (tools/runner.py): a process that exits is
+restarted, the others keep running; Ctrl-C stops them all and exits 0.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import asyncio
 import sys
 from urllib.parse import urlsplit
 
-from services.topology import CONSUMER_GROUPS
 from shared.broker import Broker
 from shared.config import SERVICE_NAMES, SERVICES, Settings, load_settings
+from shared.consumers import CONSUMER_GROUPS
 from shared.db import MigrationChanged, prepare_database
 from shared.runtime import authentication_refused, redact_url
+from tools import runner
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
 DEPENDENCY_TIMEOUT = 6.0
@@ -106,30 +110,10 @@ def urls(settings: Settings, replicas: int = 1) -> str:
     )
 
 
-# What honcho exits with after it stopped every process on a SIGINT or SIGTERM it received.
-HANDLED_STOP_CODES = (130, 143)
-
-
-def run_foreground(procfile_path: str, directory: str) -> int:
-    """Run the Procfile's processes under honcho until one stops or we are told to stop.
-
-    A stop that honcho handled (Ctrl-C, SIGTERM: every process was stopped in order) is a success, exit 0, so
-    `make run` says nothing alarming; any other exit code is passed on.
-    """
-    from honcho.command import main as honcho
-
-    try:
-        honcho(["start", "--no-colour", "-f", procfile_path, "-d", directory])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-        return 0 if code in HANDLED_STOP_CODES else code
-    return 0
-
-
 def main() -> None:
-    if sys.argv[1:2] == ["foreground"]:  # python -m shared.stack foreground <procfile> <directory>
-        raise SystemExit(run_foreground(sys.argv[2], sys.argv[3]))
-    parser = argparse.ArgumentParser(prog="python -m shared.stack")
+    if sys.argv[1:2] == ["foreground"]:  # python -m tools.stack foreground <procfile> <directory>
+        raise SystemExit(runner.run_foreground(sys.argv[2], sys.argv[3]))
+    parser = argparse.ArgumentParser(prog="python -m tools.stack")
     parser.add_argument("command", choices=["prepare", "procfile"])
     parser.add_argument("--print-urls", action="store_true")
     parser.add_argument("--replicas", type=int, default=1, help="processes of each service but the sandbox")
