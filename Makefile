@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build image-check
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -17,12 +17,16 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 install: $(VENV)/.installed
 
-## lock: resolve what pyproject.toml added into requirements.lock, keeping every pin already there (commit both);
+## lock: resolve what pyproject.toml added into requirements.lock (and the image's requirements-runtime.lock), keeping
+## every pin already there (commit all three);
 ## `make lock LOCK_ARGS=--upgrade` re-resolves everything to today's releases.
 LOCK_ARGS ?=
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
 		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
+	@# The image's lock: the runtime dependencies alone, at exactly the versions requirements.lock pins.
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+		--constraint requirements.lock -o requirements-runtime.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; one that exits is restarted with
 ## backoff while the others keep running (tools/runner.py); Ctrl-C stops them all and exits 0.
@@ -30,6 +34,8 @@ lock: install
 REPLICAS ?= 1
 # The demo shop registers its webhook endpoint on localhost: development allows private webhook URLs.
 run: export WEBHOOK_ALLOW_PRIVATE_URLS ?= true
+# The sandbox keeps its intents and webhook schedule here across restarts, as a real provider would.
+run: export SANDBOX_DATA_DIR ?= $(CURDIR)/.sandbox
 run: install
 	@$(BIN)/python -m tools.stack prepare --print-urls --replicas $(REPLICAS)
 	@$(BIN)/python -m tools.stack procfile --replicas $(REPLICAS) > $(VENV)/Procfile.run
@@ -45,8 +51,18 @@ observe: install
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
+## Then the container image (make image-check) wherever podman is installed; CI installs it, and IMAGE_CHECK=required
+## (set by .ci/run) makes a missing podman a failure rather than a skipped check.
+IMAGE_CHECK ?= auto
 test: install
 	$(BIN)/python -m pytest
+	@if command -v podman >/dev/null 2>&1 || [ "$(IMAGE_CHECK)" = required ]; then $(MAKE) --no-print-directory image-check; \
+	else echo "make test: podman is not installed here, so the image was not built (make image-check; apt-get install podman runc)"; fi
+
+## image-check: build the Dockerfile with podman and run a payment through the image, as the manifests run it
+## (read-only, uid 10001, no capabilities), against the local PostgreSQL and RabbitMQ (tools/image_check.py).
+image-check: install
+	$(BIN)/python -m tools.image_check
 
 ## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
 asyncapi: install

@@ -54,6 +54,9 @@ MEANINGS: dict[str, str] = {
     "sandbox signs with the first",
     "SANDBOX_AUTOPAY": "`succeed` or `fail`: the sandbox completes every new intent by itself (benchmarks, headless "
     "demos)",
+    "SANDBOX_DATA_DIR": "a folder where the sandbox keeps its intents and the webhooks it has still to deliver "
+    "(`sandbox.sqlite3`), so a restart forgets none, as at a real provider; unset, it keeps them in memory. `make run` "
+    "sets `.sandbox/`",
     "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "first webhook retry delay of the sandbox (doubles each attempt, capped at "
     "60 s)",
     "SANDBOX_WEBHOOK_MAX_ATTEMPTS": "how often the sandbox tries to deliver one webhook",

@@ -1,15 +1,21 @@
-"""Settings every service reads (docs/reference/configuration.md): one class, the same names everywhere, read once in
-main()."""
+"""The small common base of every service's settings, and the one list of services.
+
+Each service reads only its own variables and secrets: its class is `services/<name>/settings.py`, built on the bases
+here (`CommonSettings` for every process; `BrokerSettings` and `DatabaseSettings` for those that use RabbitMQ or
+PostgreSQL). A variable keeps one name everywhere, so one `.env` serves every service. The configuration reference
+(docs/reference/configuration.md) is generated from these classes by `tools/settings_reference.py`: every field
+says what it means in its `description`.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,8 @@ SERVICES_BY_NAME = {service.name: service for service in SERVICES}
 SERVICE_NAMES = tuple(SERVICES_BY_NAME)
 
 
-def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+def check_url(value: str, schemes: tuple[str, ...]) -> str:
+    """`value` if it is a URL of one of `schemes` with a host; else ValueError, the URL shown without its password."""
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
         # The value is shown without its password: this line goes to a terminal or a log.
@@ -67,16 +74,11 @@ def split_amqp_urls(value: str) -> tuple[str, ...]:
     return urls
 
 
-# The development key that encrypts webhook endpoint secrets at rest; production sets WEBHOOK_SECRETS_KEY.
-DEV_WEBHOOK_SECRETS_KEY = "cGF5c3RyZWFtLWRldi13ZWJob29rLXNlY3JldC1rZXk="
-DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-
-
-def _fernet_keys(value: object) -> list[SecretStr]:
+def fernet_keys(value: object) -> list[SecretStr]:
     """Comma-separated Fernet keys (32 url-safe base64 bytes each): the first encrypts, any decrypts (rotation)."""
     from cryptography.fernet import Fernet
 
-    keys = _secret_list(value)
+    keys = secret_list(value)
     for key in keys:
         try:
             Fernet(key.get_secret_value())
@@ -85,7 +87,8 @@ def _fernet_keys(value: object) -> list[SecretStr]:
     return keys
 
 
-def _schedule(value: object) -> list[float]:
+def seconds_list(value: object) -> list[float]:
+    """Comma-separated seconds (a schedule of delays), none negative, at least one."""
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     try:
         schedule = [float(str(item).strip()) for item in items if str(item).strip()]
@@ -96,7 +99,8 @@ def _schedule(value: object) -> list[float]:
     return schedule
 
 
-def _secret_list(value: object) -> list[SecretStr]:
+def secret_list(value: object) -> list[SecretStr]:
+    """Comma-separated secrets (a rotation list: the first is used, any is accepted), at least one."""
     if isinstance(value, list):
         items = [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
     else:
@@ -107,96 +111,96 @@ def _secret_list(value: object) -> list[SecretStr]:
     return secrets
 
 
-class Settings(BaseSettings):
-    """Configuration from the environment (and `.env`); an invalid value stops the service at start."""
+def http_url(value: str | None) -> str | None:
+    """An optional http(s) URL: unset or empty is None."""
+    return None if value is None or value == "" else check_url(value, ("http", "https"))
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    # Secrets: they may hold passwords (shown redacted in logs, errors and reprs).
-    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/paystream")
-    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
-    broker_namespace: str = Field(default="paystream", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+def empty_is_unset(value: object) -> object:
+    """An empty variable (`FOO=`) is the same as an unset one."""
+    return None if value == "" else value
+
+
+# Every settings class and mixin says this: from the environment and `.env`, and another service's variable (in
+# the same `.env`) is ignored, not refused. (A mixin left at BaseSettings' default would forbid it.)
+SETTINGS_CONFIG = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+
+class CommonSettings(BaseSettings):
+    """What every Paystream process reads: where it listens, its HTTP limits, its logs and traces.
+
+    From the environment (and `.env`); an invalid value stops the service at start with one line naming the
+    variable (`load_settings`). Variables of other services are ignored, not refused: one `.env` serves them all.
+    """
+
+    model_config = SETTINGS_CONFIG
+
+    http_host: str = Field(
+        default="0.0.0.0", description="the address the services listen on (the sandbox: `SANDBOX_HOST`)"
+    )
+    # The slow-client limits of every HTTP port (docs/reference/intake-api.md, "HTTP limits").
+    http_header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a connection that has not sent a complete request head this long after opening (or after its"
+        " last answer) is closed: slow-header clients cannot pile up, and idle keep-alive connections end",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a body (JSON, webhook, form) not fully received this long after its handler starts reading gets"
+        " 408",
+    )
+    http_max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="open connections per service process; the next one is answered 503 (`Retry-After: 1`) and"
+        " closed at once",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint traces are exported to, e.g. `http://localhost:4318`; unset: no export",
+    )
+    log_format: Literal["json", "console"] = Field(default="json", description="`json` or `console`")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`"
+    )
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, v: str | None) -> str | None:
+        return http_url(v)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+
+class BrokerSettings(CommonSettings):
+    """A service that publishes or consumes messages: where RabbitMQ is, and the namespace of its names."""
+
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@localhost:5672/"),
+        description="RabbitMQ; several comma-separated URLs (nodes of one cluster): a service uses the first that"
+        " answers and moves on when its node goes away",
+    )
+    broker_namespace: str = Field(
+        default="paystream",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="prefix of every exchange and queue name, so several deployments or test runs can share one"
+        " broker without seeing each other's messages",
+    )
+
     # How soon a silent partition is noticed (docs/explanation/failure-detection.md). A broker connection that
     # stays silent 3 x (heartbeat + 1) s is dropped and another node tried: 33-38 s with 10.
-    amqp_heartbeat_seconds: int = Field(default=10, ge=1, le=600)
-    # A PostgreSQL statement that has not answered in this time fails (client-side, and server-side as
-    # statement_timeout); a connection not made in the connect timeout fails; an idle or half-sent connection
-    # whose peer is gone is dropped by TCP keepalive / TCP_USER_TIMEOUT after about the TCP timeout.
-    database_statement_timeout_seconds: float = Field(default=15.0, gt=0)
-    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    database_tcp_timeout_seconds: int = Field(default=15, ge=3)
-    intake_api_keys: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(
-        default_factory=lambda: [("demo", SecretStr("sk_test_demo"))]
+    amqp_heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=600,
+        description="the AMQP heartbeat asked of the broker (a `heartbeat` in `AMQP_URL` wins): a connection silent"
+        " for 3 x (heartbeat + 1) s is dropped and the next node tried",
     )
-    # merchant_id -> the shop's name as customers know it, shown on the hosted payment page.
-    merchant_names: Annotated[dict[str, str], NoDecode] = Field(default_factory=lambda: {"demo": "Paystream demo shop"})
-    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
-    sandbox_url: str = "http://localhost:8090"
-    sandbox_public_url: str | None = None
-    sandbox_webhook_url: str = "http://localhost:8081/webhooks/sandbox"
-    sandbox_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=lambda: [SecretStr("whsec_sandbox_dev")]
-    )
-    sandbox_autopay: Literal["succeed", "fail"] | None = None
-    sandbox_webhook_retry_base_seconds: float = Field(default=1.0, gt=0)
-    sandbox_webhook_max_attempts: int = Field(default=10, ge=8)
-    # The sandbox takes fault-injection orders and test cards: it listens on loopback unless opened on purpose.
-    sandbox_host: str = "127.0.0.1"
-    # Bearer token of /_sandbox/* (fault injection); unset, those endpoints are refused.
-    sandbox_admin_token: SecretStr | None = None
-    stripe_api_key: SecretStr | None = None
-    stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] | None = None
-    stripe_api_base: str = "https://api.stripe.com"
-    payment_ttl_seconds: int = Field(default=1800, gt=0)
-    # How long a manual-capture payment's hold lasts once AUTHORIZED before it is voided (7 days, as card holds).
-    authorization_ttl_seconds: int = Field(default=604800, gt=0)
-    expiry_sweep_interval_seconds: float = Field(default=5, gt=0)
-    reconcile_after_seconds: int = Field(default=600, gt=0)
-    reconcile_interval_seconds: int = Field(default=300, gt=0)
-    gateway_max_attempts: int = Field(default=5, ge=1)
-    gateway_retry_base_seconds: float = Field(default=4.0, gt=0)
-    gateway_timeout_seconds: float = Field(default=10.0, gt=0)
-    ledger_retry_attempts: int = Field(default=8, ge=1)
-    ledger_retry_base_seconds: float = Field(default=1.0, gt=0)
-    idempotency_retention_hours: float = Field(default=24, ge=24)
-    intake_url: str | None = None
-    storefront_api_key: SecretStr | None = None
-    storefront_public_url: str | None = None
-    intake_port: int = Field(default=8080, ge=0, le=65535)
-    webhook_port: int = Field(default=8081, ge=0, le=65535)
-    ledger_port: int = Field(default=8082, ge=0, le=65535)
-    gateway_worker_port: int = Field(default=8083, ge=0, le=65535)
-    notifier_port: int = Field(default=8084, ge=0, le=65535)
-    sandbox_port: int = Field(default=8090, ge=0, le=65535)
-    storefront_port: int = Field(default=8000, ge=0, le=65535)
-    webhook_allow_private_urls: bool = False
-    webhook_secret_grace_seconds: int = Field(default=86400, ge=0)
-    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE)
-    )
-    webhook_disable_after_seconds: float = Field(default=432000, gt=0)
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    webhook_secrets_key: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=lambda: [SecretStr(DEV_WEBHOOK_SECRETS_KEY)]
-    )
-    storefront_webhook_url: str | None = None
-    storefront_webhook_secret: SecretStr | None = None
-    # How long a service waits at start for a schema it reads to be deployed by its owner before it stops.
-    schema_wait_seconds: float = Field(default=60.0, gt=0)
-    http_host: str = "0.0.0.0"
-    # The slow-client limits of every HTTP port (README "HTTP limits").
-    http_header_timeout_seconds: float = Field(default=5.0, gt=0)
-    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
-    http_max_connections: int = Field(default=512, ge=1)
-    otel_exporter_otlp_endpoint: str | None = None
-    log_format: Literal["json", "console"] = "json"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, v: SecretStr) -> SecretStr:
-        _check_url(v.get_secret_value(), ("postgresql", "postgres"))
-        return v
 
     @field_validator("amqp_url")
     @classmethod
@@ -204,123 +208,59 @@ class Settings(BaseSettings):
         split_amqp_urls(v.get_secret_value())
         return v
 
-    @field_validator(
-        "sandbox_url",
-        "sandbox_webhook_url",
-        "stripe_api_base",
-        "sandbox_public_url",
-        "intake_url",
-        "storefront_public_url",
-        "storefront_webhook_url",
-        "otel_exporter_otlp_endpoint",
+
+class DatabaseSettings(CommonSettings):
+    """A service that owns a schema in PostgreSQL (docs/explanation/ownership.md)."""
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@localhost:5432/paystream"), description="PostgreSQL"
     )
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        return None if v is None or v == "" else _check_url(v, ("http", "https"))
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, v: object) -> object:
-        return v.upper() if isinstance(v, str) else v
-
-    @field_validator("webhook_secrets_key", mode="before")
-    @classmethod
-    def _webhook_keys(cls, v: object) -> list[SecretStr]:
-        return _fernet_keys(v)
-
-    @field_validator("webhook_retry_schedule_seconds", mode="before")
-    @classmethod
-    def _retry_schedule(cls, v: object) -> list[float]:
-        return _schedule(v)
-
-    @field_validator(
-        "sandbox_autopay", "stripe_api_key", "sandbox_admin_token", "storefront_webhook_secret", mode="before"
+    schema_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long a service waits at start for a schema it reads to be deployed by its owner, before"
+        " it stops naming the service that deploys it",
     )
+
+    # A PostgreSQL statement that has not answered in this time fails (client-side, and server-side as
+    # statement_timeout); a connection not made in the connect timeout fails; an idle or half-sent connection
+    # whose peer is gone is dropped by TCP keepalive / TCP_USER_TIMEOUT after about the TCP timeout.
+    database_statement_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="a PostgreSQL statement not answered in this time fails, client-side and server-side"
+        " (`statement_timeout`); migrations get 600 s",
+    )
+    database_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="a PostgreSQL connection not made in this time fails"
+    )
+    database_tcp_timeout_seconds: int = Field(
+        default=15,
+        ge=3,
+        description="TCP keepalive and `TCP_USER_TIMEOUT` on PostgreSQL connections, on both ends: a connection"
+        " whose peer is gone is dropped after about this time",
+    )
+
+    @field_validator("database_url")
     @classmethod
-    def _empty_is_unset(cls, v: object) -> object:
-        return None if v == "" else v
-
-    @field_validator("intake_api_keys", mode="before")
-    @classmethod
-    def _api_keys(cls, v: object) -> object:
-        """`merchant_id:api_key,...` → [(merchant_id, key)]; a merchant may hold several keys (rotation)."""
-        if isinstance(v, list):
-            return v
-        pairs: list[tuple[str, SecretStr]] = []
-        seen: set[str] = set()
-        for pair in str(v).split(","):
-            merchant, sep, key = pair.strip().partition(":")
-            if not sep or not merchant.strip() or not key.strip():
-                raise ValueError("expected comma-separated merchant_id:api_key pairs")
-            if key.strip() in seen:
-                raise ValueError("an API key is listed twice")
-            seen.add(key.strip())
-            pairs.append((merchant.strip(), SecretStr(key.strip())))
-        return pairs
-
-    @field_validator("merchant_names", mode="before")
-    @classmethod
-    def _merchant_names(cls, v: object) -> object:
-        """`merchant_id:Shop name,...` → {merchant_id: name}; an empty value names nobody."""
-        if isinstance(v, dict):
-            return v
-        names: dict[str, str] = {}
-        for pair in filter(str.strip, str(v).split(",")):
-            merchant, sep, name = pair.strip().partition(":")
-            if not sep or not merchant.strip() or not name.strip():
-                raise ValueError("expected comma-separated merchant_id:name pairs")
-            if len(name.strip()) > 100:
-                raise ValueError(f"the name of {merchant.strip()!r} is longer than 100 characters")
-            names[merchant.strip()] = name.strip()
-        return names
-
-    @field_validator("sandbox_webhook_secret", mode="before")
-    @classmethod
-    def _secrets(cls, v: object) -> list[SecretStr]:
-        return _secret_list(v)
-
-    @field_validator("stripe_webhook_secret", mode="before")
-    @classmethod
-    def _optional_secrets(cls, v: object) -> list[SecretStr] | None:
-        return None if v in (None, "") else _secret_list(v)
-
-    @model_validator(mode="after")
-    def _stripe_needs_a_key(self) -> Settings:
-        if self.payment_provider == "stripe" and self.stripe_api_key is None:
-            raise ValueError("must be set when PAYMENT_PROVIDER is stripe")
-        return self
-
-    # Derived values: where other processes are reached, defaulting to this machine's ports.
-    @property
-    def merchants_by_key(self) -> dict[str, str]:
-        return {key.get_secret_value(): merchant for merchant, key in self.intake_api_keys}
-
-    @property
-    def sandbox_checkout_base(self) -> str:
-        return (self.sandbox_public_url or f"http://localhost:{self.sandbox_port}").rstrip("/")
-
-    @property
-    def intake_base_url(self) -> str:
-        return (self.intake_url or f"http://localhost:{self.intake_port}").rstrip("/")
-
-    @property
-    def storefront_base_url(self) -> str:
-        return (self.storefront_public_url or f"http://localhost:{self.storefront_port}").rstrip("/")
-
-    @property
-    def storefront_key(self) -> str:
-        if self.storefront_api_key is not None:
-            return self.storefront_api_key.get_secret_value()
-        return self.intake_api_keys[0][1].get_secret_value()
+    def _database_url(cls, v: SecretStr) -> SecretStr:
+        check_url(v.get_secret_value(), ("postgresql", "postgres"))
+        return v
 
 
-def load_settings() -> Settings:
-    """Read the settings, or stop the process with one line naming the offending variable."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read a service's settings, or stop the process with one line naming the offending variable."""
     try:
-        return Settings()
+        return cls()
     except ValidationError as exc:
         first = exc.errors()[0]
-        variable = str(first["loc"][0]).upper() if first["loc"] else "STRIPE_API_KEY"
         message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:
+            variable = str(first["loc"][0]).upper()
+        else:  # a check of several variables together says which it blames first: "VARIABLE: message"
+            variable, _, message = message.partition(": ")
         sys.stderr.write(f"paystream: invalid configuration: {variable}: {message}\n")
         raise SystemExit(2) from None

@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 
 from shared.broker import Broker, ConsumerGroup
-from shared.config import SERVICES_BY_NAME, Settings, load_settings
+from shared.config import SERVICES_BY_NAME, BrokerSettings, CommonSettings, DatabaseSettings, load_settings
 from shared.db import MigrationChanged, Timeouts, create_pool, prepare_database, schemas_missing
 from shared.http_server import EdgeRunner, claim_port
 from shared.logs import configure_logging, get_logger
@@ -30,6 +30,7 @@ from shared.telemetry import configure_tracing, shutdown_tracing
 from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, READINESS_CHECKS, problem_page
 
 T = TypeVar("T")
+S = TypeVar("S", bound=CommonSettings)
 # How long a stopping service lets requests in flight finish (deploy/kubernetes waits longer before SIGKILL).
 DRAIN_SECONDS = 5.0
 
@@ -53,23 +54,23 @@ class SchemaNotDeployed(DependencyError):
 
 def run_service(
     name: str,
-    build_app: Callable[[Settings], web.Application],
-    port: Callable[[Settings], int] | None = None,
-    host: Callable[[Settings], str] = lambda settings: settings.http_host,
+    settings_class: type[S],
+    build_app: Callable[[S], web.Application],
+    host: Callable[[S], str] = lambda settings: settings.http_host,
 ) -> None:
     """Run one service in the foreground; every service's `__main__` is this one call.
 
-    It listens on `host(settings)` (HTTP_HOST unless the service says) and on the port its entry in
-    `shared.config.SERVICES` names, unless `port` says otherwise. The port is claimed before anything else, so
-    a port in use stops the service with one line before it has connected to (or consumed from) anything; then
-    the application starts (broker, database) and serves.
+    It reads its own settings (`settings_class`, services/<name>/settings.py) and listens on `host(settings)`
+    (HTTP_HOST unless the service says) and on the port its entry in `shared.config.SERVICES` names. The port is
+    claimed before anything else, so a port in use stops the service with one line before it has connected to (or
+    consumed from) anything; then the application starts (broker, database) and serves.
     """
     service = SERVICES_BY_NAME[name]
-    settings = load_settings()
+    settings = load_settings(settings_class)
     configure_logging(service.trace_name, fmt=settings.log_format, level=settings.log_level)
     configure_tracing(service.trace_name, settings.otel_exporter_otlp_endpoint)
     log = get_logger(name)
-    listen_port = port(settings) if port is not None else int(getattr(settings, service.port_setting))
+    listen_port = int(getattr(settings, service.port_setting))
     listen_host = host(settings)
     try:
         sock = claim_port(listen_host, listen_port)
@@ -104,7 +105,7 @@ def run_service(
         log.info("service stopped")
 
 
-async def _serve(app: web.Application, sock: socket.socket, settings: Settings, log: Any) -> None:
+async def _serve(app: web.Application, sock: socket.socket, settings: CommonSettings, log: Any) -> None:
     """Start the application (its cleanup contexts connect to the broker and database), then accept
     connections on the claimed socket until SIGTERM/SIGINT."""
     runner = EdgeRunner(
@@ -216,7 +217,7 @@ def _redact_one(url: str) -> str:
 
 @asynccontextmanager
 async def database(
-    settings: Settings,
+    settings: DatabaseSettings,
     migrations: Iterable[str],
     *,
     reads: Iterable[str] = (),
@@ -238,7 +239,7 @@ async def database(
         await pool.close()
 
 
-def database_timeouts(settings: Settings) -> Timeouts:
+def database_timeouts(settings: DatabaseSettings) -> Timeouts:
     """How soon this service's PostgreSQL connections notice a silent server (DATABASE_*_TIMEOUT_SECONDS)."""
     return Timeouts(
         statement=settings.database_statement_timeout_seconds,
@@ -248,7 +249,7 @@ def database_timeouts(settings: Settings) -> Timeouts:
 
 
 @asynccontextmanager
-async def broker(settings: Settings, name: str, groups: Iterable[ConsumerGroup]) -> AsyncIterator[Broker]:
+async def broker(settings: BrokerSettings, name: str, groups: Iterable[ConsumerGroup]) -> AsyncIterator[Broker]:
     """A connected broker with these consumer groups declared (services pass them all); closed on exit."""
     url = settings.amqp_url.get_secret_value()
     instance = Broker(

@@ -10,11 +10,34 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Sequence
+from typing import Annotated
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode
+
+from shared.config import SETTINGS_CONFIG, fernet_keys
 
 SECRET_PREFIX = "whsec_"
+# The development key that encrypts webhook endpoint secrets at rest; production sets WEBHOOK_SECRETS_KEY.
+DEV_WEBHOOK_SECRETS_KEY = "cGF5c3RyZWFtLWRldi13ZWJob29rLXNlY3JldC1rZXk="
+
+
+class SecretsAtRestSettings(BaseSettings):
+    """The key of the endpoint secrets at rest: of the two services that hold it, the intake and the notifier."""
+
+    model_config = SETTINGS_CONFIG
+
+    webhook_secrets_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_WEBHOOK_SECRETS_KEY)],
+        description="comma-separated Fernet keys that encrypt webhook endpoint secrets at rest: the first encrypts,"
+        " any decrypts (rotation); the default is a development key, production sets its own",
+    )
+
+    @field_validator("webhook_secrets_key", mode="before")
+    @classmethod
+    def _webhook_keys(cls, v: object) -> list[SecretStr]:
+        return fernet_keys(v)
 
 
 def new_signing_secret() -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from shared.config import SERVICES_BY_NAME, Settings, load_settings
-from tools.stack import replica_ports
+from shared.config import SERVICES_BY_NAME
+from tools.stack import Stack, replica_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -40,7 +40,7 @@ def _targets(job: dict[str, Any]) -> list[str]:
 
 def local_prometheus_config(
     compose_config: dict[str, Any],
-    settings: Settings,
+    stack: Stack,
     *,
     replicas: int = 1,
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
@@ -64,7 +64,7 @@ def local_prometheus_config(
     for job in config["scrape_configs"]:
         name = job["job_name"]
         if name in SERVICES_BY_NAME:
-            ports = replica_ports(settings, name, replicas)
+            ports = replica_ports(stack, name, replicas)
         elif name == "prometheus":
             ports = [PROMETHEUS_PORT]
         elif name == "alertmanager":
@@ -115,7 +115,7 @@ def find_programs() -> dict[str, str]:
 
 def write(
     directory: Path,
-    settings: Settings,
+    stack: Stack,
     *,
     replicas: int,
     runbook_base_url: str,
@@ -130,7 +130,7 @@ def write(
     slack_url_file.chmod(0o600)
     slack_url_file.write_text(slack_webhook_url)
     prometheus = local_prometheus_config(
-        yaml.safe_load(PROMETHEUS_CONFIG.read_text()), settings, replicas=replicas, runbook_base_url=runbook_base_url
+        yaml.safe_load(PROMETHEUS_CONFIG.read_text()), stack, replicas=replicas, runbook_base_url=runbook_base_url
     )
     alertmanager = local_alertmanager_config(yaml.safe_load(ALERTMANAGER_CONFIG.read_text()), slack_url_file)
     files = {
@@ -152,12 +152,12 @@ def main() -> None:
     if args.replicas < 1:
         parser.error("--replicas must be 1 or more")
     programs = find_programs()
-    settings = load_settings()
+    stack = Stack.from_environment()
     directory = args.dir.resolve()
     slack = os.environ.get("SLACK_WEBHOOK_URL", "")
     write(
         directory,
-        settings,
+        stack,
         replicas=args.replicas,
         runbook_base_url=args.runbook_base_url,
         programs=programs,

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.config import SERVICES_BY_NAME, Settings  # noqa: E402
+from shared.config import SERVICES_BY_NAME  # noqa: E402
+from tools.settings_reference import settings_classes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENVIRONMENTS = ("local", "production")
@@ -154,7 +155,8 @@ def dns_name(service: str) -> str:
 def port_of(workload: Workload) -> int:
     if workload.port is not None:
         return workload.port
-    return int(Settings.model_fields[SERVICES_BY_NAME[workload.service].port_setting].default)
+    settings = dict(settings_classes())[workload.service]
+    return int(settings.model_fields[SERVICES_BY_NAME[workload.service].port_setting].default)
 
 
 def labels(workload: Workload) -> dict[str, str]:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
+from services.gateway_worker.settings import GatewayWorkerSettings
 from shared import runtime
 from shared.broker import RetryPolicy
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.providers import build_provider
 from shared.providers.base import PaymentProvider
@@ -18,7 +18,7 @@ from shared.web import create_base_app
 GROUP = GATEWAY_MESSAGES.name
 
 
-def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
+def build_providers(settings: GatewayWorkerSettings) -> dict[str, PaymentProvider]:
     """The configured provider, plus the sandbox always (payments made before a switch still close)."""
     providers = {"sandbox": build_provider(settings, "sandbox")}
     if settings.payment_provider != "sandbox":
@@ -26,7 +26,7 @@ def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
     return providers
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: GatewayWorkerSettings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

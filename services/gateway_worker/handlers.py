@@ -29,7 +29,7 @@ from shared.events import (
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
 from shared.providers.base import CapturingProvider, IntentRequest, PaymentProvider, ProviderIntent
-from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from shared.registry import MessageRegistry, Received
 
 log = get_logger(__name__)
@@ -211,6 +211,13 @@ class GatewayHandlers:
             intent = await retrying_provider_call(
                 provider, "cancel_intent", lambda: provider.cancel_intent(intent_id, reason=close_as)
             )
+        except NoSuchIntentError as exc:
+            # A final answer, not a refusal: the provider has no such intent (it lost it, or never made it), so
+            # nothing can be paid through it and the payment closes on our side, recorded as asked.
+            log.info("the provider has no such intent; the payment closes on our side", error=str(exc)[:300])
+            failure_code = AUTHORIZATION_EXPIRED if hold else None
+            await self._status(envelope.payment_id, source, wanted, provider.name, provider_payment_id, failure_code)
+            return
         except PermanentGatewayError as exc:
             if hold:
                 # A hold the provider will not void is still money held: our record follows the provider, so the
@@ -247,11 +254,15 @@ class GatewayHandlers:
             # The intake asks only for an AUTHORIZED payment, whose intent the ledger knows: a bug, for an operator.
             raise PoisonMessage("a capture must name the intent it takes the money of")
         capturing = provider
-        intent = await retrying_provider_call(
-            provider,
-            "capture",
-            lambda: capturing.capture(intent_id, command.amount_to_capture, command.idempotency_key),
-        )
+        try:
+            intent = await retrying_provider_call(
+                provider,
+                "capture",
+                lambda: capturing.capture(intent_id, command.amount_to_capture, command.idempotency_key),
+            )
+        except PermanentGatewayError as exc:
+            # Neither taken nor answered (no such intent, a refusal without a truth to read): for an operator.
+            raise PoisonMessage(f"the provider refused the capture: {exc}") from exc
         if intent.status is PaymentStatus.AUTHORIZED:
             # Still held after a capture: the provider refused it. Nothing changes; an operator looks at it.
             raise PoisonMessage("the provider refused the capture and still holds the payment")

@@ -10,8 +10,8 @@ from services.intake_api import routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
+from services.intake_api.settings import IntakeSettings
 from shared import runtime
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect
 from shared.web import create_base_app
@@ -22,7 +22,7 @@ async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: IntakeSettings) -> web.Application:
     app = create_base_app(client_max_size=routes.MAX_BODY_BYTES)
     app.middlewares.extend([routes.auth_middleware, routes.database_middleware])
     app[routes.SETTINGS] = settings

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from services.intake_api import store
 from services.intake_api.intents import IntentOutcome, IntentWaiters
 from services.intake_api.models import CaptureCreate, Payment, PaymentCreate, PaymentEventList, field_errors
-from shared.config import Settings
+from services.intake_api.settings import IntakeSettings
 from shared.events import PaymentStatus
 from shared.logs import bind_payment, get_logger
 from shared.metrics import PAYMENTS_CREATED
@@ -23,7 +23,7 @@ from shared.web import MERCHANT, Problem, read_json
 
 log = get_logger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", IntakeSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WAITERS = web.AppKey("waiters", IntentWaiters)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

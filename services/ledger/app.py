@@ -9,6 +9,7 @@ from aiohttp import web
 from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
+from services.ledger.settings import LedgerSettings
 from services.ledger.sweeps import (
     measure_authorizations,
     measure_pending,
@@ -17,7 +18,6 @@ from services.ledger.sweeps import (
 )
 from shared import runtime
 from shared.broker import RetryPolicy
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.web import create_base_app
 
@@ -27,12 +27,12 @@ BATCH = 100
 LEDGER_PREFETCH = 300
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
+def retry_policy(settings: LedgerSettings) -> RetryPolicy:
     """How long an event for a payment not yet known waits (LEDGER_RETRY_*) before it is dead-lettered."""
     return RetryPolicy(settings.ledger_retry_attempts, settings.ledger_retry_base_seconds)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: LedgerSettings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

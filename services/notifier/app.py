@@ -9,10 +9,10 @@ from aiohttp import web
 
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, NotifierHandlers, Publish
 from services.notifier.sender import WebhookSender
+from services.notifier.settings import NotifierSettings
 from services.notifier.store import PostgresNotifierStore
 from shared import runtime
 from shared.broker import RetryPolicy
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
 from shared.web import create_base_app
@@ -28,7 +28,7 @@ DELIVERY_CONCURRENCY = 64
 
 
 def build_notifier(
-    settings: Settings, store: PostgresNotifierStore, session: aiohttp.ClientSession, publish: Publish
+    settings: NotifierSettings, store: PostgresNotifierStore, session: aiohttp.ClientSession, publish: Publish
 ) -> NotifierHandlers:
     """The notifier's handlers over the real dependencies."""
     sender = WebhookSender(
@@ -43,7 +43,7 @@ def build_notifier(
     )
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: NotifierSettings) -> web.Application:
     app = create_base_app()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -3,9 +3,9 @@
 An intent opened with capture_method "manual" is paid into `authorized` instead: the money is held until a
 capture takes all or part of it (succeeded), a cancel voids the hold (canceled) or the hold lapses (expired).
 
-The store is in memory on purpose: the sandbox is a stand-in provider for development, tests and
-benchmarks, and forgets everything when it stops. It is plain synchronous code on one event loop, so each
-operation is atomic without locks.
+The store works in memory: plain synchronous code on one event loop, so each operation is atomic without locks.
+With a SandboxStorage (SANDBOX_DATA_DIR) it also keeps every intent across restarts, as a real provider does:
+each change is written through (`_keep`) before it is answered, and the intents are read back at start.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
+
+from services.sandbox_gateway.storage import SandboxStorage
 
 CloseReason = Literal["canceled", "expired"]
 CaptureMethod = Literal["automatic", "manual"]
@@ -118,6 +120,11 @@ class Intent:
             return 0
         return self.amount if self.captured is None else self.captured
 
+    @classmethod
+    def from_record(cls, body: dict[str, Any]) -> Intent:
+        """The intent as `asdict` kept it (fields added since take their defaults)."""
+        return cls(**{**body, "status": IntentStatus(body["status"])})
+
     def to_json(self) -> dict[str, Any]:
         """The intent as the API answers it and as webhooks carry it."""
         body: dict[str, Any] = {
@@ -145,18 +152,50 @@ class Intent:
 
 
 class IntentStore:
-    """Every intent, by id and by the Idempotency-Key that opened it."""
+    """Every intent, by id and by the Idempotency-Key that opened it; kept in `storage` if given (a method that
+    changes an intent calls `_keep` before it returns)."""
 
     DEFAULT_LIFETIME_SECONDS = 3600
 
-    def __init__(self, checkout_base: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        checkout_base: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        storage: SandboxStorage | None = None,
+    ) -> None:
         self._checkout_base = checkout_base.rstrip("/")
         self._clock = clock
+        self._storage = storage
         self._by_id: dict[str, Intent] = {}
         self._by_key: dict[str, str] = {}
+        self._key_by_id: dict[str, str] = {}
         self._by_payment: dict[str, list[str]] = {}
         # Idempotency-Key of a capture → (intent id, amount): a retried capture answers, never captures again.
         self._captures: dict[str, tuple[str, int]] = {}
+        if storage is not None:
+            for record in storage.all("intent"):
+                self._index(Intent.from_record(record.body), record.key)
+            for record in storage.all("capture"):
+                self._captures[record.id] = (record.body["intent_id"], record.body["amount"])
+
+    def _index(self, intent: Intent, idempotency_key: str | None) -> None:
+        self._by_id[intent.id] = intent
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = intent.id
+            self._key_by_id[intent.id] = idempotency_key
+        if intent.payment_id is not None:
+            self._by_payment.setdefault(intent.payment_id, []).append(intent.id)
+
+    def _keep(self, intent: Intent, idempotency_key: str | None = None) -> None:
+        """Write the intent as it is now through to the storage (nothing without one)."""
+        if self._storage is not None:
+            key = idempotency_key if idempotency_key is not None else self._key_by_id.get(intent.id)
+            self._storage.put("intent", intent.id, asdict(intent), key=key)
+
+    @property
+    def storage(self) -> SandboxStorage | None:
+        return self._storage
 
     def now(self) -> int:
         return int(self._clock())
@@ -195,11 +234,8 @@ class IntentStore:
             created=created,
             expires_at=draft.expires_at if draft.expires_at is not None else created + self.DEFAULT_LIFETIME_SECONDS,
         )
-        self._by_id[intent_id] = intent
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = intent_id
-        if intent.payment_id is not None:
-            self._by_payment.setdefault(intent.payment_id, []).append(intent_id)
+        self._keep(intent, idempotency_key)
+        self._index(intent, idempotency_key)
         return intent, True
 
     def get(self, intent_id: str) -> Intent:
@@ -218,6 +254,7 @@ class IntentStore:
         if intent.status is IntentStatus.OPEN and self.now() >= intent.expires_at:
             intent.status = IntentStatus.EXPIRED
             intent.failure_code = "expired"
+            self._keep(intent)
             return True
         return False
 
@@ -228,6 +265,7 @@ class IntentStore:
         for intent in due:
             intent.status = IntentStatus.EXPIRED
             intent.failure_code = "expired"
+            self._keep(intent)
         return due
 
     def settle(self, intent_id: str, *, last4: str, failure_code: str | None) -> Intent:
@@ -244,6 +282,7 @@ class IntentStore:
             intent.status = IntentStatus.SUCCEEDED
         intent.failure_code = failure_code
         intent.last4 = last4
+        self._keep(intent)
         return intent
 
     def capture(self, intent_id: str, amount: int | None, idempotency_key: str) -> tuple[Intent, bool]:
@@ -266,6 +305,9 @@ class IntentStore:
         intent.status = IntentStatus.SUCCEEDED
         intent.captured = wanted
         self._captures[idempotency_key] = (intent_id, wanted)
+        if self._storage is not None:
+            self._storage.put("capture", idempotency_key, {"intent_id": intent_id, "amount": wanted}, parent=intent_id)
+        self._keep(intent)
         return intent, True
 
     def close(self, intent_id: str, reason: CloseReason) -> tuple[Intent, bool]:
@@ -284,4 +326,5 @@ class IntentStore:
             intent.failure_code = "authorization_expired" if held else "expired"
         else:
             intent.failure_code = None
+        self._keep(intent)
         return intent, True

@@ -22,6 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from services.sandbox_gateway.faults import Faults, delay_before_first_attempt, delivery_copies
 from services.sandbox_gateway.intents import Intent, IntentStatus
+from services.sandbox_gateway.storage import SandboxStorage
 from shared.logs import get_logger
 from shared.metrics import SANDBOX_WEBHOOK_ATTEMPTS
 from shared.providers.base import signature_header
@@ -108,6 +109,13 @@ class _OutgoingEvent:
     body: bytes
     trace_carrier: dict[str, str]
 
+    def to_record(self) -> dict[str, Any]:
+        return {**asdict(self), "body": self.body.decode()}
+
+    @classmethod
+    def from_record(cls, body: dict[str, Any]) -> _OutgoingEvent:
+        return cls(**{**body, "body": body["body"].encode()})
+
 
 def _utc_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -126,7 +134,9 @@ class WebhookSender:
         rng: random.Random,
         tracer: trace.Tracer | None = None,
         attempt_timeout_seconds: float = ATTEMPT_TIMEOUT_SECONDS,
+        storage: SandboxStorage | None = None,
     ) -> None:
+        """`storage`: where the events still to deliver are kept, so a restart resumes them (SANDBOX_DATA_DIR)."""
         self._url = url
         self._secret = secret
         self._retry_base = retry_base_seconds
@@ -137,14 +147,25 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._log: dict[str, list[DeliveryAttempt]] = {}
+        self._storage = storage
+        # Copies of each kept event still being delivered: its record goes once the last one is done.
+        self._copies_left: dict[str, int] = {}
 
     async def start(self) -> None:
+        """Open the HTTP session and resume the deliveries a stop interrupted (those kept in the storage)."""
         self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._storage is not None:
+            pending = [_OutgoingEvent.from_record(record.body) for record in self._storage.all("webhook")]
+            if pending:
+                log.info("webhook deliveries resumed after a restart", pending=len(pending))
+            for outgoing in pending:
+                self._schedule(outgoing, copies=1, delay=0.0)
 
     async def close(self) -> None:
-        """Stop pending deliveries (the sandbox keeps nothing across restarts) and release the session."""
+        """Stop pending deliveries (kept in the storage, if any, for the next start) and release the session."""
         if self._tasks:
-            log.info("webhook deliveries dropped at shutdown", pending=len(self._tasks))
+            kept = "kept for the next start" if self._storage is not None else "dropped"
+            log.info(f"webhook deliveries {kept} at shutdown", pending=len(self._tasks))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -166,11 +187,32 @@ class WebhookSender:
             body=json.dumps(event, separators=(",", ":")).encode(),
             trace_carrier={k: intent.metadata[k] for k in _TRACE_KEYS if k in intent.metadata},
         )
-        for _ in range(delivery_copies(faults, self._rng)):
-            task = asyncio.create_task(self._deliver(outgoing, delay_before_first_attempt(faults, self._rng)))
+        copies = delivery_copies(faults, self._rng)
+        if self._storage is not None:
+            self._storage.put("webhook", outgoing.event_id, outgoing.to_record(), parent=intent.id)
+        self._schedule(outgoing, copies=copies, delay=None, faults=faults)
+        return outgoing.event_id
+
+    def _schedule(
+        self, outgoing: _OutgoingEvent, *, copies: int, delay: float | None, faults: Faults | None = None
+    ) -> None:
+        """Deliver `copies` of the event, each after `delay` (None: the faults' own delay)."""
+        self._copies_left[outgoing.event_id] = self._copies_left.get(outgoing.event_id, 0) + copies
+        for _ in range(copies):
+            wait = delay if delay is not None else delay_before_first_attempt(faults or Faults(), self._rng)
+            task = asyncio.create_task(self._deliver(outgoing, wait))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return outgoing.event_id
+
+    def _copy_done(self, event_id: str) -> None:
+        """A copy was delivered or abandoned: the event is forgotten once every copy is."""
+        left = self._copies_left.get(event_id, 1) - 1
+        if left > 0:
+            self._copies_left[event_id] = left
+            return
+        self._copies_left.pop(event_id, None)
+        if self._storage is not None:
+            self._storage.delete("webhook", event_id)
 
     async def _deliver(self, event: _OutgoingEvent, delay: float) -> None:
         bound = log.bind(
@@ -198,12 +240,15 @@ class WebhookSender:
                         raise WebhookUndelivered(outcome.error)
                     SANDBOX_WEBHOOK_ATTEMPTS.labels("delivered").inc()
                     bound.info("webhook delivered", attempt=attempt.num, status=outcome.status)
+            self._copy_done(event.event_id)
         except WebhookUndelivered:
             bound.warning("webhook abandoned", attempts=self._max_attempts)
+            self._copy_done(event.event_id)
         except asyncio.CancelledError:
-            raise
+            raise  # a stop: the kept event is delivered after the next start
         except Exception:
             bound.exception("webhook delivery crashed")
+            self._copy_done(event.event_id)
         finally:
             otel_context.detach(token)
 

@@ -12,8 +12,8 @@ from services.storefront import paystream_webhooks, routes
 from services.storefront.intake import IntakeClient
 from services.storefront.orders import OrderBook
 from services.storefront.pages import render_problem
+from services.storefront.settings import StorefrontSettings
 from shared import runtime
-from shared.config import Settings
 from shared.logs import get_logger
 from shared.web import ERROR_PAGE, READINESS_CHECKS, Problem, create_base_app, problem_page
 
@@ -23,7 +23,9 @@ MAX_FORM_BYTES = 16 * 1024
 _OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def create_app(settings: Settings, *, confirm_wait_seconds: float = routes.CONFIRM_WAIT_SECONDS) -> web.Application:
+def create_app(
+    settings: StorefrontSettings, *, confirm_wait_seconds: float = routes.CONFIRM_WAIT_SECONDS
+) -> web.Application:
     """The demo shop; it holds the merchant's API key (`settings.storefront_key`), which no page or log shows.
 
     `confirm_wait_seconds`: how long an order page reached from the gateway waits for the outcome.
@@ -49,7 +51,7 @@ def create_app(settings: Settings, *, confirm_wait_seconds: float = routes.CONFI
     return app
 
 
-def _intake_client(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+def _intake_client(settings: StorefrontSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def open_session(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
             intake = app[routes.INTAKE] = IntakeClient(session, settings.intake_base_url, settings.storefront_key)

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.webhook_receiver.handlers import BrokerUnavailable, WebhookRejected, receive_webhook
+from services.webhook_receiver.settings import WebhookReceiverSettings
 from shared import runtime
 from shared.broker import Broker
-from shared.config import Settings
 from shared.consumers import CONSUMER_GROUPS
 from shared.metrics import WEBHOOKS_RECEIVED
-from shared.providers import build_provider
+from shared.providers import sandbox_provider
 from shared.providers.base import PaymentProvider
 from shared.web import Problem, create_base_app, read_body
 
@@ -21,8 +21,8 @@ PROVIDERS = web.AppKey("providers", dict[str, PaymentProvider])
 BROKER = web.AppKey("broker", Broker)
 
 
-def _providers(settings: Settings) -> dict[str, PaymentProvider]:
-    providers = {"sandbox": build_provider(settings, "sandbox")}
+def _providers(settings: WebhookReceiverSettings) -> dict[str, PaymentProvider]:
+    providers: dict[str, PaymentProvider] = {"sandbox": sandbox_provider(settings)}
     if settings.stripe_webhook_secret:
         from shared.providers.stripe import StripeProvider
 
@@ -58,7 +58,7 @@ async def webhook(request: web.Request) -> web.Response:
     return web.json_response({"received": True, "outcome": result.outcome, "event_id": result.event_id})
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: WebhookReceiverSettings) -> web.Application:
     app = create_base_app(client_max_size=MAX_WEBHOOK_BYTES)
     app[PROVIDERS] = _providers(settings)
     app.router.add_post("/webhooks/{provider}", webhook)

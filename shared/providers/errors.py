@@ -10,7 +10,15 @@ class TransientGatewayError(GatewayError):
 
 
 class PermanentGatewayError(GatewayError):
-    """Retrying cannot help: the provider refused the request (4xx)."""
+    """Retrying cannot help: the provider refused the request (4xx); `status` is its HTTP status, if it sent one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NoSuchIntentError(PermanentGatewayError):
+    """The provider has no intent of this id: a final answer (nothing can be paid through it), not a refusal."""
 
 
 class SignatureError(Exception):

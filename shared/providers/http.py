@@ -33,7 +33,9 @@ async def request_json(
                 transient = response.status == 429 or response.status >= 500 or response.status in transient_statuses
                 if advice == "true" or (transient and advice != "false"):
                     raise TransientGatewayError(f"{method} {url} answered {response.status}")
-                raise PermanentGatewayError(f"{method} {url} answered {response.status}: {text[:300]}")
+                raise PermanentGatewayError(
+                    f"{method} {url} answered {response.status}: {text[:300]}", status=response.status
+                )
             try:
                 payload = await response.json(content_type=None)
             except ValueError as exc:

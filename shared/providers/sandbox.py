@@ -18,7 +18,7 @@ from shared.providers.base import (
     WebhookEvent,
     webhook_envelope,
 )
-from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
+from shared.providers.errors import InvalidWebhookError, NoSuchIntentError, PermanentGatewayError
 from shared.providers.http import request_json
 
 # The sandbox's intent statuses mapped onto ours; anything else is unknown and refused loudly.
@@ -139,7 +139,13 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
         return self._intent(payload)
 
     async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
-        payload = await request_json(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
+        """The intent as the sandbox has it; NoSuchIntentError if it has none of this id (404)."""
+        try:
+            payload = await request_json(self._client(), "GET", f"{self._base_url}/v1/intents/{provider_payment_id}")
+        except PermanentGatewayError as exc:
+            if exc.status == 404:
+                raise NoSuchIntentError(f"the sandbox has no intent {provider_payment_id}: {exc}") from exc
+            raise
         return self._intent(payload)
 
     async def find_intent(self, payment_id: str) -> ProviderIntent | None:

@@ -24,7 +24,7 @@ from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.providers.settings import ProviderSettings, StripeWebhookSettings
 
 log = get_logger(__name__)
 
@@ -287,7 +287,7 @@ class StripeProvider(PaymentProvider):
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StripeProvider:
+    def from_settings(cls, settings: ProviderSettings) -> StripeProvider:
         """Configured from STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE."""
         if settings.stripe_api_key is None or not settings.stripe_api_key.get_secret_value():
             raise ValueError("STRIPE_API_KEY must be set when the stripe provider is used")
@@ -300,11 +300,10 @@ class StripeProvider(PaymentProvider):
         )
 
     @classmethod
-    def for_webhooks(cls, settings: Settings) -> StripeProvider:
+    def for_webhooks(cls, settings: StripeWebhookSettings) -> StripeProvider:
         """Only the webhook half (verify, parse): the receiver needs the secrets, not the API key."""
-        key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
         return cls(
-            key, [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
+            "", [s.get_secret_value() for s in settings.stripe_webhook_secret or []], api_base=settings.stripe_api_base
         )
 
     def _client(self) -> aiohttp.ClientSession:
@@ -379,6 +378,14 @@ class StripeProvider(PaymentProvider):
             failure_code=failure_code,
         )
 
+    @staticmethod
+    def _session_metadata(request: IntentRequest) -> dict[str, str]:
+        # Our payment id first, so that no cut to Stripe's limits can drop it; the trace context after it, cut to
+        # those limits, so that it can never be why Stripe refuses the create.
+        metadata = {"payment_id": request.payment_id}
+        metadata.update((key, value) for key, value in request.metadata.items() if key != "payment_id")
+        return stripe_metadata(metadata)
+
     def checkout_session_params(self, request: IntentRequest) -> dict[str, Any]:
         """The create-session parameters for a request, before form encoding (depends on it and now only)."""
         return {
@@ -396,8 +403,7 @@ class StripeProvider(PaymentProvider):
             "success_url": with_payment_id(request.return_url, request.payment_id),
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
-            # Trace context rides here; cut to Stripe's limits, it can never be why Stripe refuses the create.
-            "metadata": stripe_metadata({**request.metadata, "payment_id": request.payment_id}),
+            "metadata": self._session_metadata(request),
             "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),

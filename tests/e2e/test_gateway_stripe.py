@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.fakes.stripe_fake import StripeFake
 from tests.support.client import IntakeClient
 from tests.support.infra import Servers
-from tests.support.own_stack import own_stack
+from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import Stack, eventually, free_port
 
 API_KEY = "sk_test_x"
@@ -51,6 +51,9 @@ async def stripe_stack(
         STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         GATEWAY_MAX_ATTEMPTS="3",
         GATEWAY_RETRY_BASE_SECONDS="0.1",
+        # A payment whose webhook never came is asked about after a second (the async-failure test relies on it).
+        RECONCILE_AFTER_SECONDS="1",
+        RECONCILE_INTERVAL_SECONDS="1",
     ) as stack:
         yield stack
 
@@ -210,3 +213,25 @@ async def test_a_payment_link_session_completing_is_answered_200_ignored(
         assert response.status == 200, await response.text()
         answer = await response.json()
     assert answer["outcome"] == "ignored"
+
+
+async def test_an_async_payment_that_failed_without_a_webhook_ends_failed_by_reconciliation(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    # The session stays complete/unpaid for good once an asynchronous method fails; only its PaymentIntent says
+    # so. Reconciliation used to find it "still open" at every sweep.
+    stripe, _ = fake
+    payment = await paid_with_stripe(intake)
+    session = session_of(stripe, payment["id"])
+    stripe.complete_session(session["id"], payment_status="unpaid")
+    stripe.settle_async_payment(session["id"], succeeded=False)  # and checkout.session.async_payment_failed is lost
+
+    final = await intake.terminal(payment["id"])
+
+    assert (final["status"], final["failure_code"]) == ("FAILED", "insufficient_funds")
+    changes = [
+        (row["source"], row["to_status"])
+        for row in await payment_log_rows(stripe_stack, payment["id"])
+        if row["event_type"] == "payment.status_changed" and row["outcome"] == "applied"
+    ]
+    assert changes == [("reconciliation", "FAILED")]

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 import yaml
 
-from shared.config import SERVICE_NAMES, SERVICES, Settings
+from shared.config import SERVICE_NAMES, SERVICES
 from tests.support.processes import ProcessExited, Stack, eventually, free_port
+from tools import stack as tools_stack
 from tools.observe import PROMETHEUS_CONFIG, local_prometheus_config
 
 
@@ -24,7 +25,7 @@ async def test_prometheus_with_the_observe_config_finds_every_service_up(stack: 
     ports: dict[str, Any] = {
         s.port_setting: int(stack.env[s.port_variable]) for s in SERVICES if s.port_variable in stack.env
     }
-    settings = Settings(_env_file=None, **ports)  # type: ignore[call-arg]
+    settings = tools_stack.Stack.of(_env_file=None, **ports)
     config = local_prometheus_config(yaml.safe_load(PROMETHEUS_CONFIG.read_text()), settings, scrape_interval="1s")
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))

@@ -17,9 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from services.gateway_worker.app import create_app as create_worker
+from services.gateway_worker.settings import GatewayWorkerSettings
 from services.sandbox_gateway.app import create_app as create_sandbox
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from shared.broker import REPLY_TO_HEADER, Broker, Delivery
-from shared.config import Settings
 from shared.events import (
     CancelPayment,
     Envelope,
@@ -80,7 +81,7 @@ async def http_servers() -> AsyncIterator[list[TestServer]]:
 
 @pytest.fixture
 async def sandbox_url(http_servers: list[TestServer]) -> str:
-    settings = Settings(_env_file=None, sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox")  # type: ignore[call-arg]
+    settings = SandboxGatewaySettings(_env_file=None, sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox")  # type: ignore[call-arg]
     server = await _serve(create_sandbox(settings))
     http_servers.append(server)
     return str(server.make_url("")).rstrip("/")
@@ -108,7 +109,7 @@ def start_worker(amqp_url: str, namespace: str, http_servers: list[TestServer]) 
             "gateway_timeout_seconds": 5,
             **overrides,
         }
-        http_servers.append(await _serve(create_worker(Settings(_env_file=None, **fields))))  # type: ignore[call-arg]
+        http_servers.append(await _serve(create_worker(GatewayWorkerSettings(_env_file=None, **fields))))  # type: ignore[call-arg]
 
     return start
 

@@ -13,9 +13,9 @@ import asyncpg
 from services.ledger.app import GROUP, retry_policy
 from services.ledger.handlers import LedgerHandlers
 from services.ledger.postgres_store import PostgresLedgerStore
+from services.ledger.settings import LedgerSettings
 from shared.batches import Consumed
 from shared.broker import Broker
-from shared.config import Settings
 from shared.events import PaymentStatus
 from tests.support.payment_histories import requested, status_changed
 from tests.support.processes import eventually
@@ -33,8 +33,8 @@ class CountingRecorder:
         return await self._recorder.record_batch(batch)
 
 
-def settings(attempts: int) -> Settings:
-    return Settings(_env_file=None, ledger_retry_attempts=attempts, ledger_retry_base_seconds=0.05)  # type: ignore[call-arg]
+def settings(attempts: int) -> LedgerSettings:
+    return LedgerSettings(_env_file=None, ledger_retry_attempts=attempts, ledger_retry_base_seconds=0.05)  # type: ignore[call-arg]
 
 
 async def test_a_status_change_before_its_payment_request_is_applied_once_the_request_arrives(

@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.sandbox_gateway.app import create_app
 from services.sandbox_gateway.faults import Faults
 from services.sandbox_gateway.intents import IntentDraft, IntentStatus, IntentStore
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from services.sandbox_gateway.webhooks import WebhookSender
-from shared.config import Settings
 from shared.events import PaymentStatus
 from shared.providers.base import IntentRequest, WebhookEvent
 from shared.providers.sandbox import SandboxProvider
@@ -110,7 +110,7 @@ async def start_sandbox(webhook_target: WebhookTarget) -> AsyncIterator[StartSan
             "sandbox_admin_token": ADMIN_TOKEN,
             **overrides,
         }
-        settings = Settings(_env_file=None, **settings_fields)  # type: ignore[call-arg]
+        settings = SandboxGatewaySettings(_env_file=None, **settings_fields)  # type: ignore[call-arg]
         client = TestClient(TestServer(create_app(settings, rng=rng, tracer=tracer)))
         await client.start_server()
         clients.append(client)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.sandbox_gateway.app import create_app
-from shared.config import Settings
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from shared.events import PaymentStatus
 from shared.providers.base import ProviderIntent
 from shared.providers.sandbox import SandboxProvider
@@ -23,7 +23,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[TestClient]:
-    settings = Settings(
+    settings = SandboxGatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
         sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox",
         sandbox_admin_token=ADMIN_TOKEN,

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.ledger.app import GROUP
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.webhook_receiver.app import MAX_WEBHOOK_BYTES, create_app
+from services.webhook_receiver.settings import WebhookReceiverSettings
 from shared.broker import Broker, Delivery, RetryPolicy
-from shared.config import Settings
 from shared.events import Envelope, deterministic_event_id
 from tests.support.ledger import record_event
 from tests.support.payment_histories import intent_created, requested
@@ -37,7 +37,7 @@ CURRENT, PREVIOUS = "whsec_current", "whsec_previous"
 @pytest.fixture
 async def receiver(amqp_url: str, namespace: str) -> AsyncIterator[TestClient]:
     """The webhook_receiver application in-process, with a rotation in progress (two secrets)."""
-    settings = Settings(  # type: ignore[call-arg]
+    settings = WebhookReceiverSettings(  # type: ignore[call-arg]
         _env_file=None, amqp_url=amqp_url, broker_namespace=namespace, sandbox_webhook_secret=f"{CURRENT},{PREVIOUS}"
     )
     client = TestClient(TestServer(create_app(settings)))

@@ -11,8 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from pydantic import SecretStr
 
-from shared.config import DEV_WEBHOOK_SECRETS_KEY
-from shared.webhook_secrets import SecretBox, new_signing_secret
+from shared.webhook_secrets import DEV_WEBHOOK_SECRETS_KEY, SecretBox, new_signing_secret
 
 # The box the notifier opens secrets with when WEBHOOK_SECRETS_KEY is not set.
 DEV_BOX = SecretBox([SecretStr(DEV_WEBHOOK_SECRETS_KEY)])

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -71,6 +72,8 @@ def stack_environment(database_url: str, amqp_url: str, namespace: str, **overri
         "SANDBOX_PUBLIC_URL": f"http://127.0.0.1:{ports['sandbox_gateway']}",
         "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{ports['webhook_receiver']}/webhooks/sandbox",
         "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        # The sandbox keeps its intents across restarts, in a folder of this stack's own.
+        "SANDBOX_DATA_DIR": tempfile.mkdtemp(prefix="paystream-sandbox-"),
         # /_sandbox/* (fault injection) answers only with this token: see Stack.sandbox_admin_headers.
         "SANDBOX_ADMIN_TOKEN": "sbx_admin_" + secrets.token_hex(12),
         "INTAKE_URL": f"http://127.0.0.1:{ports['intake_api']}",

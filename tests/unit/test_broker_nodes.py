@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
+from services.ledger.settings import LedgerSettings
 from shared.broker import FailoverConnection, _node_urls
-from shared.config import Settings, split_amqp_urls
+from shared.config import split_amqp_urls
 
 A, B, C = (f"amqp://guest:s3cret@node-{n}:5672/" for n in "abc")
 
@@ -37,7 +38,7 @@ def test_a_bad_list_is_refused_naming_the_entry_but_never_its_password(value: st
 
 
 def test_the_settings_accept_a_list_of_nodes() -> None:
-    settings = Settings(_env_file=None, amqp_url=f"{A},{B}")  # type: ignore[call-arg]
+    settings = LedgerSettings(_env_file=None, amqp_url=f"{A},{B}")  # type: ignore[call-arg]
     assert split_amqp_urls(settings.amqp_url.get_secret_value()) == (A, B)
 
 

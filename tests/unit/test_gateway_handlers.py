@@ -26,7 +26,7 @@ from shared.events import (
     Source,
 )
 from shared.providers.base import ProviderIntent
-from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from tests.fakes.provider import FakeCapturingProvider, FakeProvider
 from tests.support.messages import Published, payment_requested
 
@@ -368,7 +368,7 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
     ("error", "outcome"),
     [
         pytest.param(TransientGatewayError("timeout"), RetryLater, id="transient error asks for a retry"),
-        pytest.param(PermanentGatewayError("answered 404"), PoisonMessage, id="refusal is dead-lettered"),
+        pytest.param(PermanentGatewayError("answered 409"), PoisonMessage, id="refusal is dead-lettered"),
     ],
 )
 async def test_a_cancel_the_provider_does_not_carry_out_publishes_nothing(
@@ -382,11 +382,37 @@ async def test_a_cancel_the_provider_does_not_carry_out_publishes_nothing(
     assert published == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "status", "source"),
+    [
+        pytest.param(CancelPayment, PaymentStatus.CANCELED, "gateway", id="cancel"),
+        pytest.param(ExpirePayment, PaymentStatus.EXPIRED, "expiry", id="expiration due"),
+    ],
+)
+async def test_a_provider_with_no_such_intent_is_a_final_answer_that_closes_the_payment(
+    handlers: Handler,
+    provider: FakeProvider,
+    published: Published,
+    kind: type[CancelPayment] | type[ExpirePayment],
+    status: PaymentStatus,
+    source: str,
+) -> None:
+    """A provider that lost the intent (a sandbox restarted without its data) answers 404: nothing can be paid
+    through it, so the payment closes as asked, recorded by the ledger, instead of a dead letter."""
+    payment_id, intent_id = await open_intent(handlers, provider, published)
+    provider.error = NoSuchIntentError("answered 404", status=404)
+
+    await handlers(closing(kind, payment_id, intent_id), FIRST)
+
+    sent, message = only_change(published)
+    assert (message.status, message.provider_payment_id, sent.source) == (status, intent_id, source)
+
+
 async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider, published)
-    provider.error = PermanentGatewayError("answered 404")
+    provider.error = PermanentGatewayError("answered 409")
 
     await handlers(closing(ExpirePayment, payment_id, intent_id), FIRST)
 

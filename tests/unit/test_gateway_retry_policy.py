@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 
+from services.gateway_worker.settings import GatewayWorkerSettings
 from shared.broker import RetryPolicy
-from shared.config import Settings
 
 
 def default_policy() -> RetryPolicy:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = GatewayWorkerSettings(_env_file=None)  # type: ignore[call-arg]
     return RetryPolicy(settings.gateway_max_attempts, settings.gateway_retry_base_seconds)
 
 

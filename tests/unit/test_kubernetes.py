@@ -19,19 +19,22 @@ import yaml
 from aiohttp import web
 from pydantic import SecretStr
 
-from shared.config import SERVICES, Settings
+from services.intake_api.settings import IntakeSettings
+from shared.config import SERVICES
 from shared.runtime import DRAIN_SECONDS
 from tests.support.processes import ROOT
+from tools.settings_reference import settings_classes, variables
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the oldest release we support: preStop `sleep` is beta (on) from 1.30
 ENVIRONMENTS = ("local", "production")
 # Settings holding a credential, or a URL that carries one: only ever from a Secret.
 SECRET_SETTINGS = {
-    name.upper()
-    for name, info in Settings.model_fields.items()
-    if "SecretStr" in str(info.annotation) or name in ("database_url", "amqp_url")
+    name
+    for name, (info, _) in variables().items()
+    if "SecretStr" in str(info.annotation) or name in ("DATABASE_URL", "AMQP_URL")
 }
+SETTINGS_CLASSES = dict(settings_classes())
 
 
 def _render_module() -> ModuleType:
@@ -100,7 +103,7 @@ def test_each_kustomization_lists_every_manifest_but_the_migration_job(environme
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_every_variable_a_manifest_sets_is_a_setting_the_services_read(environment: str) -> None:
-    settings = {name.upper() for name in Settings.model_fields}
+    settings = set(variables())
     (config,) = of_kind(environment, "ConfigMap")
     assert set(config["data"]) <= settings, set(config["data"]) - settings
     for name, container in containers(environment):
@@ -128,7 +131,7 @@ def test_no_secret_is_inlined(environment: str) -> None:
 
 def _routes(service: str) -> set[str]:
     module = importlib.import_module(f"services.{service}.app")
-    app: web.Application = module.create_app(Settings())  # builds routes; nothing connects before startup
+    app: web.Application = module.create_app(SETTINGS_CLASSES[service]())  # builds routes; nothing connects yet
     return {r.canonical for r in app.router.resources()}
 
 
@@ -140,7 +143,7 @@ def test_every_probe_names_a_path_and_port_the_service_serves(environment: str) 
         service = by_name[doc["metadata"]["name"]]  # every Deployment is a service of shared/config.py
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"http": Settings.model_fields[service.port_setting].default}
+        assert ports == {"http": SETTINGS_CLASSES[service.name].model_fields[service.port_setting].default}
         routes = _routes(service.name)
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             check = container[probe]["httpGet"]
@@ -210,4 +213,4 @@ def test_every_service_has_a_deployment_locally_and_every_one_but_the_demo_in_pr
 
 def test_secret_settings_are_known() -> None:
     assert {"INTAKE_API_KEYS", "DATABASE_URL", "AMQP_URL", "STRIPE_API_KEY"} <= SECRET_SETTINGS
-    assert isinstance(Settings().intake_api_keys[0][1], SecretStr)
+    assert isinstance(IntakeSettings().intake_api_keys[0][1], SecretStr)

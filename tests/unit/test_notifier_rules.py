@@ -20,9 +20,8 @@ from services.notifier.rules import (
     signing_secrets,
     subscribes,
 )
-from shared.config import DEV_WEBHOOK_SECRETS_KEY
 from shared.events import PaymentStatus, PaymentStatusRecorded
-from shared.webhook_secrets import SecretBox, new_signing_secret
+from shared.webhook_secrets import DEV_WEBHOOK_SECRETS_KEY, SecretBox, new_signing_secret
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 SCHEDULE = (0.0, 5.0, 300.0)

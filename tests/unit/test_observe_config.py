@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared.config import SERVICE_NAMES, SERVICES_BY_NAME, Settings
+from shared.config import SERVICE_NAMES, SERVICES_BY_NAME
 from tools.observe import DEFAULT_RUNBOOK_BASE_URL, RULES, write
-from tools.stack import REPLICA_PORT_STEP
+from tools.stack import REPLICA_PORT_STEP, Stack
 
 PROGRAMS = {"prometheus": "/usr/bin/prometheus", "prometheus-alertmanager": "/usr/bin/prometheus-alertmanager"}
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/not-a-real-one"
@@ -31,10 +31,10 @@ def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([executable, *args], capture_output=True, text=True, timeout=60)
 
 
-def generate(directory: Path, replicas: int = 1, settings: Settings | None = None) -> dict[str, Path]:
+def generate(directory: Path, replicas: int = 1, settings: Stack | None = None) -> dict[str, Path]:
     files = write(
         directory,
-        settings or Settings(_env_file=None),  # type: ignore[call-arg]
+        settings or Stack.of(_env_file=None),
         replicas=replicas,
         runbook_base_url=DEFAULT_RUNBOOK_BASE_URL,
         programs=PROGRAMS,
@@ -63,10 +63,10 @@ def test_the_generated_prometheus_config_passes_promtool_and_scrapes_every_servi
     assert rules == 10 and f"{rules} rules found" in result.stdout, result.stdout
 
     targets = scrape_targets(files["prometheus.yml"])
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Stack.of(_env_file=None)
     for name in SERVICE_NAMES:
         service = SERVICES_BY_NAME[name]
-        port = getattr(settings, service.port_setting)
+        port = settings.port(name)
         count = replicas if service.replicated else 1
         assert targets[name] == [f"localhost:{port + REPLICA_PORT_STEP * k}" for k in range(count)], name
     assert targets["prometheus"] == ["localhost:9090"] and targets["alertmanager"] == ["localhost:9093"]
@@ -75,7 +75,7 @@ def test_the_generated_prometheus_config_passes_promtool_and_scrapes_every_servi
 
 
 def test_the_ports_follow_the_settings_of_make_run(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, intake_port=18080, storefront_port=18000)  # type: ignore[call-arg]
+    settings = Stack.of(_env_file=None, intake_port=18080, storefront_port=18000)
     targets = scrape_targets(generate(tmp_path, settings=settings)["prometheus.yml"])
     assert targets["intake_api"] == ["localhost:18080"] and targets["storefront"] == ["localhost:18000"]
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import Settings
 from tools.runner import Entry, parse_procfile
-from tools.stack import procfile
+from tools.stack import Stack, procfile
 
 
 def test_the_procfile_of_two_replicas_reads_back_as_its_processes() -> None:
-    entries = parse_procfile(procfile(Settings(), replicas=2))
+    entries = parse_procfile(procfile(Stack.of(), replicas=2))
 
     assert Entry("ledger", {}, ["python", "-m", "services.ledger"]) in entries
     assert Entry("ledger-2", {"LEDGER_PORT": "9082"}, ["python", "-m", "services.ledger"]) in entries

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from shared.config import SERVICE_NAMES, SERVICES, Settings
+from shared.config import SERVICE_NAMES, SERVICES
 from tests.support.processes import PORT_VARIABLES, ROOT
-from tools.stack import procfile, replica_ports
+from tools.settings_reference import settings_classes
+from tools.stack import Stack, procfile, replica_ports
 
 
 def test_every_service_package_is_listed_once() -> None:
@@ -14,19 +15,19 @@ def test_every_service_package_is_listed_once() -> None:
 
 
 def test_every_port_variable_is_a_setting_with_its_own_default() -> None:
-    fields = Settings.model_fields
-    defaults = [fields[s.port_setting].default for s in SERVICES]
-    assert all(s.port_setting in fields for s in SERVICES)
+    classes = dict(settings_classes())
+    assert all(s.port_setting in classes[s.name].model_fields for s in SERVICES)
+    defaults = [classes[s.name].model_fields[s.port_setting].default for s in SERVICES]
     assert len(set(defaults)) == len(defaults)
     assert PORT_VARIABLES == {s.name: s.port_variable for s in SERVICES}
 
 
 def test_the_checked_in_procfile_is_the_generated_one_for_one_replica() -> None:
-    assert (ROOT / "Procfile").read_text() == procfile(Settings(), 1)
+    assert (ROOT / "Procfile").read_text() == procfile(Stack.of(), 1)
 
 
 def test_replicas_get_ports_a_thousand_apart_and_the_sandbox_stays_single() -> None:
-    settings = Settings(intake_port=8080, sandbox_port=8090)
+    settings = Stack.of(intake_port=8080, sandbox_port=8090)
     text = procfile(settings, 3)
     assert "intake_api: python -m services.intake_api" in text
     assert "intake_api-2: INTAKE_PORT=9080 python -m services.intake_api" in text

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from services.storefront.app import create_app
-from shared.config import Settings
+from services.storefront.settings import StorefrontSettings
 
 API_KEY = "sk_test_shop_8d1f"
 SHOP_URL = "http://shop.test"
@@ -122,8 +122,10 @@ class FakeIntake:
         self.payments[payment_id].update(status=status, failure_code=failure_code)
 
 
-def settings_for(intake_url: str) -> Settings:
-    return Settings(intake_url=intake_url, storefront_api_key=SecretStr(API_KEY), storefront_public_url=SHOP_URL)
+def settings_for(intake_url: str) -> StorefrontSettings:
+    return StorefrontSettings(
+        intake_url=intake_url, storefront_api_key=SecretStr(API_KEY), storefront_public_url=SHOP_URL
+    )
 
 
 @pytest.fixture

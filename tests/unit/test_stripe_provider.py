@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import typing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -13,17 +14,18 @@ import pytest
 import stripe
 from structlog.testing import capture_logs
 
-from shared.config import Settings
 from shared.events import PaymentStatus
 from shared.providers import build_provider
 from shared.providers.base import IntentRequest
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
+from shared.providers.settings import ProviderSettings
 from shared.providers.stripe import (
     CLOCK_MARGIN_SECONDS,
     METADATA_MAX_VALUE_LENGTH,
     STRIPE_API_VERSION,
     STRIPE_EVENT_MAP,
     STRIPE_EVENT_TYPES,
+    STRIPE_INTENT_STATUS_MAP,
     STRIPE_SESSION_STATUS_MAP,
     StripeProvider,
     encode_form,
@@ -228,6 +230,64 @@ def test_disagreeing_payment_ids_are_invalid() -> None:
 def test_a_body_that_is_not_a_valid_event_is_invalid(body: bytes) -> None:
     with pytest.raises(InvalidWebhookError):
         _provider().parse_webhook(body)
+
+
+# --- a complete but unpaid session, settled by its PaymentIntent (read with expand[]=payment_intent) -------------
+
+DECLINED = {"type": "card_error", "code": "card_declined", "decline_code": "lost_card"}
+UNACTIVATED = {"type": "invalid_request_error", "code": "payment_method_unactivated"}
+INTENT_ROWS = [
+    ("processing", None, PaymentStatus.PENDING, None),
+    ("requires_action", None, PaymentStatus.PENDING, None),
+    ("requires_confirmation", None, PaymentStatus.PENDING, None),
+    ("requires_capture", None, PaymentStatus.PENDING, None),
+    ("succeeded", None, PaymentStatus.SUCCEEDED, None),
+    (
+        "requires_payment_method",
+        {"type": "card_error", "code": "card_declined", "decline_code": "lost_card"},
+        PaymentStatus.FAILED,
+        "lost_card",
+    ),
+    (
+        "requires_payment_method",
+        {"type": "invalid_request_error", "code": "payment_method_unactivated"},
+        PaymentStatus.FAILED,
+        "payment_method_unactivated",
+    ),
+    ("requires_payment_method", None, PaymentStatus.FAILED, "payment_failed"),
+    ("canceled", None, PaymentStatus.FAILED, "canceled"),
+]
+
+
+def _with_intent(session_status: str, intent_status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    intent = published("payment_intent")
+    intent.update(status=intent_status, last_payment_error=error)
+    return _session(status=session_status, payment_status="unpaid", payment_intent=intent)
+
+
+@pytest.mark.parametrize(("intent_status", "error", "expected", "failure_code"), INTENT_ROWS)
+def test_a_complete_unpaid_session_takes_its_payment_intents_word(
+    intent_status: str, error: dict[str, Any] | None, expected: PaymentStatus, failure_code: str | None
+) -> None:
+    intent = StripeProvider._intent(_with_intent("complete", intent_status, error))
+    assert (intent.status, intent.failure_code) == (expected, failure_code)
+
+
+def test_every_payment_intent_status_stripe_has_is_mapped() -> None:
+    statuses = typing.get_args(typing.get_args(stripe.PaymentIntent.__annotations__["status"])[0])
+    assert set(statuses) == set(STRIPE_INTENT_STATUS_MAP) == {row[0] for row in INTENT_ROWS}
+
+
+def test_an_open_session_whose_card_was_declined_stays_pending_for_another_try() -> None:
+    # On an open session a failed attempt leaves the PaymentIntent requires_payment_method, but the customer can
+    # still pay with another card on the same page.
+    declined = _with_intent("open", "requires_payment_method", {"type": "card_error", "code": "card_declined"})
+    assert StripeProvider._intent(declined).status is PaymentStatus.PENDING
+
+
+def test_an_unknown_payment_intent_status_is_refused_not_guessed() -> None:
+    with pytest.raises(PermanentGatewayError, match="payment_intent status"):
+        StripeProvider._intent(_with_intent("complete", "requires_reauthorization"))
 
 
 # --- webhook signatures (checked by the base class with Stripe's header) ------------------------
@@ -471,6 +531,12 @@ def test_metadata_stripe_would_refuse_is_left_out_not_sent() -> None:
     assert all(len(k) <= 40 and "[" not in k and len(v) <= 500 for k, v in metadata.items())
 
 
+def test_the_payment_id_survives_any_cut_of_the_metadata() -> None:
+    request = _request(metadata={f"header{i}": "x" for i in range(60)})
+    metadata = _provider().checkout_session_params(request)["metadata"]
+    assert (len(metadata), metadata["payment_id"]) == (50, "pay_1")
+
+
 def test_metadata_cannot_override_the_payment_id() -> None:
     request = _request(metadata={"payment_id": "pay_forged"})
     assert _provider().checkout_session_params(request)["metadata"]["payment_id"] == "pay_1"
@@ -484,9 +550,9 @@ def test_form_encoding_uses_brackets_and_skips_none() -> None:
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _settings(**values: Any) -> Settings:
+def _settings(**values: Any) -> ProviderSettings:
     """Settings from these values only (init arguments win over the environment; no .env file)."""
-    return Settings(**{"_env_file": None, **values})
+    return ProviderSettings(**{"_env_file": None, **values})
 
 
 def test_from_settings_requires_the_api_key() -> None:

@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 from services.intake_api.outbox import OutboxRelay
 from services.sandbox_gateway.app import create_app as create_sandbox
 from services.sandbox_gateway.gateway import GATEWAY
+from services.sandbox_gateway.settings import SandboxGatewaySettings
 from shared import runtime
 from shared.broker import Broker
-from shared.config import Settings
 from shared.metrics import DLQ_MESSAGES
 from shared.supervisor import Backoff, LoopCannotContinue, LoopEnded, Supervisor
 from shared.web import create_base_app
@@ -210,7 +210,7 @@ async def test_the_outbox_listener_goes_on_after_a_stray_cancellation(monkeypatc
 
 
 async def test_the_sandbox_expiry_sweep_goes_on_after_a_stray_cancellation() -> None:
-    app = create_sandbox(Settings(sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox"))
+    app = create_sandbox(SandboxGatewaySettings(sandbox_webhook_url="http://127.0.0.1:9/webhooks/sandbox"))
     sweep = StrayOnce(answer=0)
     expire_due = app[GATEWAY].expire_due
 
