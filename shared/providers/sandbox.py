@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -16,6 +15,7 @@ from shared.providers.base import (
     PaymentProvider,
     ProviderIntent,
     WebhookEvent,
+    event_time,
     webhook_envelope,
 )
 from shared.providers.errors import InvalidWebhookError, NoSuchIntentError, PermanentGatewayError
@@ -210,7 +210,7 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
             amount=obj.amount,
             currency=obj.currency,
             failure_code=obj.failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=obj.metadata,
             amount_captured=obj.amount_captured if status is PaymentStatus.SUCCEEDED else None,
         )
