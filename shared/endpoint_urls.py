@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from pydantic import AnyUrl, TypeAdapter, ValidationError
 from yarl import URL
@@ -28,6 +29,7 @@ _WHATWG: TypeAdapter[AnyUrl] = TypeAdapter(AnyUrl)
 # The WHATWG "ends in a number" test: such a host is an IPv4 address to a browser, in any of its legacy
 # spellings (2130706433, 0x7f.1, 127.1), while yarl and the resolver may read it as a name or not at all.
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
+_BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 # Ranges that Python 3.11's `is_global` still calls global, from IANA's special-purpose registries.
 _NOT_GLOBAL = tuple(
@@ -86,8 +88,15 @@ def _browser_disagrees(text: str, url: URL) -> bool:
         seen = _WHATWG.validate_python(text)
     except ValidationError:
         return True
-    ours = (url.scheme, url.raw_host, url.port, url.raw_path or "/", url.raw_query_string or None)
-    theirs = (seen.scheme, (seen.host or "").strip("[]"), seen.port, seen.path or "/", seen.query or None)
+    # Paths and queries compared decoded: yarl re-spells escapes (%7E as ~, %2f as %2F) that mean the same.
+    ours = (url.scheme, url.raw_host, url.port, unquote(url.raw_path or "/"), unquote(url.raw_query_string))
+    theirs = (
+        seen.scheme,
+        (seen.host or "").strip("[]"),
+        seen.port,
+        unquote(seen.path or "/"),
+        unquote(seen.query or ""),
+    )
     return ours != theirs
 
 
@@ -105,6 +114,8 @@ def parse_endpoint_url(text: str) -> EndpointUrl:
         )
     if "\\" in text:
         raise UnsafeUrlError("must not contain a backslash (a browser reads it as a slash, other parsers do not)")
+    if _BROKEN_ESCAPE.search(text):
+        raise UnsafeUrlError("must follow each % with two hex digits (a parser would send it as %25 or as is)")
     scheme = text.split(":", 1)[0].lower()
     if scheme not in ("http", "https") or not text[len(scheme) :].startswith("://"):
         raise UnsafeUrlError("must be an absolute http or https URL, such as https://shop.example/webhooks")

@@ -312,6 +312,11 @@ _LIST_PAYMENTS_PARAMETERS = [
     *_PAGE_PARAMETERS,
     _query("status", "Only payments in this status.", {"type": "string", "enum": [s.value for s in PaymentStatus]}),
     _query("reference", "Only payments with this reference.", {"type": "string", "minLength": 1, "maxLength": 128}),
+    _query(
+        "customer_email",
+        "Only payments whose customer e-mail is this address (compared without regard to case).",
+        {"type": "string", "minLength": 1, "maxLength": 254},
+    ),
     _query("created[gte]", "Only payments created at or after this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
     _query("created[lte]", "Only payments created at or before this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
 ]

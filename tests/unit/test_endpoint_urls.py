@@ -16,6 +16,9 @@ PLAIN = {
     "https://[2606:2800:220:1::]/hook": ("2606:2800:220:1::", 443),
     "https://xn--bcher-kva.example/": ("xn--bcher-kva.example", 443),
     "HTTPS://Shop.Example/Hooks": ("shop.example", 443),
+    # Escapes yarl re-spells (%7E as ~, lower-case hex in upper case) mean the same to both parsers.
+    "https://shop.example/hooks/%7Euser?q=%e2%82%ac": ("shop.example", 443),
+    "https://shop.example/a%2fb;v=1?next=https://shop.example/x#part": ("shop.example", 443),
 }
 
 
@@ -51,6 +54,7 @@ DIVERGENT = {
     "a Unicode host": "https://bücher.example/",
     "a fullwidth dot": "https://shop\uff0eexample/",
     "a malformed percent escape in the path": "https://shop.example/%zz",
+    "a lone percent sign in the query": "https://shop.example/?discount=5%",
     "one slash": "http:/shop.example/",
     "no slash": "http:shop.example",
     "no host": "http:///hooks",
