@@ -14,6 +14,7 @@ from __future__ import annotations
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
     CancelPayment,
+    CapturePayment,
     DeliverWebhook,
     ExpirePayment,
     PaymentIntentCreated,
@@ -38,6 +39,7 @@ CONSUMER_GROUPS: tuple[ConsumerGroup, ...] = (
             CancelPayment.TYPE,
             ExpirePayment.TYPE,
             ReconcilePayment.TYPE,
+            CapturePayment.TYPE,
             RefundRequested.TYPE,
             ReconcileRefund.TYPE,
         ),

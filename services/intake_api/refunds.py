@@ -115,7 +115,7 @@ async def accept_refund(
         if existing is not None:
             return None, existing["id"] if hmac.compare_digest(existing["request_fingerprint"], fingerprint) else ""
         payment = await conn.fetchrow(
-            "SELECT status, amount, currency, provider, provider_payment_id FROM ledger.payment_requests"
+            "SELECT status, amount_captured, currency, provider, provider_payment_id FROM ledger.payment_requests"
             " WHERE id = $1 AND merchant_id = $2",
             payment_id,
             merchant_id,
@@ -130,8 +130,8 @@ async def accept_refund(
         status = PaymentStatus(payment["status"])
         if status is not PaymentStatus.SUCCEEDED:
             raise RefundRefused(_not_refundable(status))
-        # What was taken: the whole amount of a payment that succeeded.
-        captured = int(payment["amount"])
+        # What was taken: the whole amount of an automatic payment, what the capture took of a manual one.
+        captured = int(payment["amount_captured"])
         left = captured - int(await conn.fetchval(_RESERVED, payment_id))
         amount = body.amount if body.amount is not None else left
         if left <= 0 or amount > left:

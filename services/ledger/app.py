@@ -12,6 +12,7 @@ from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.refunds import RefundRecorder
 from services.ledger.settings import LedgerSettings
 from services.ledger.sweeps import (
+    measure_authorizations,
     measure_pending,
     measure_pending_refunds,
     request_expirations,
@@ -43,7 +44,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             handlers = LedgerHandlers(
-                PostgresLedgerStore(pool),
+                PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
                 broker.publish,
                 lambda envelope: status_recorded_before(pool, envelope),
                 refunds=RefundRecorder(pool, broker.publish),
@@ -85,6 +86,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
                 ),
             )
             loops.every("pending gauge", 15, lambda: measure_pending(pool))
+            loops.every("authorization gauges", 15, lambda: measure_authorizations(pool))
             loops.every("pending refunds gauge", 15, lambda: measure_pending_refunds(pool))
             broker.watch_dlq(GROUP)
             async with runtime.serving(app, broker, pool):

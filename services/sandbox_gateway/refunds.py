@@ -126,11 +126,12 @@ class RefundStore:
             raise RefundNotFoundError(refund_id) from None
 
     def refundable(self, intent: Intent) -> int:
-        """What is left to refund of a succeeded intent: its amount less its refunds that have not failed."""
+        """What is left to refund of a succeeded intent: what it took (its amount, or what a capture took of a
+        held one) less its refunds that have not failed."""
         taken = sum(
             r.amount for r in (self._by_id[i] for i in self._by_intent.get(intent.id, [])) if r.status != "failed"
         )
-        return intent.amount - taken
+        return (intent.amount if intent.captured is None else intent.captured) - taken
 
     def create(
         self, intent: Intent, draft: RefundDraft, idempotency_key: str | None, now: int

@@ -54,6 +54,7 @@ def status_change(provider: str, event: WebhookEvent | RefundWebhookEvent) -> Me
         failure_code=event.failure_code,
         amount=event.amount,
         currency=event.currency,
+        amount_captured=event.amount_captured,
     )
 
 
