@@ -10,8 +10,8 @@ rabbitmq_detailed_channel_messages_published_total{channel="<0.1.0>",vhost="/",e
 rabbitmq_detailed_channel_messages_published_total{channel="<0.2.0>",vhost="/",exchange="run1.events"} 3
 rabbitmq_detailed_channel_messages_published_total{channel="<0.3.0>",vhost="/",exchange="run10.events"} 500
 rabbitmq_detailed_channel_messages_published_total{channel="<0.3.0>",vhost="/",exchange=""} 7
-rabbitmq_detailed_queue_messages_published_total{channel="<0.1.0>",queue_vhost="/",queue="run1.ledger",exchange_vhost="/",exchange="run1.events"} 15
-rabbitmq_detailed_queue_messages_published_total{channel="<0.3.0>",queue_vhost="/",queue="run1.ledger.delay.2",exchange_vhost="/",exchange=""} 2
+rabbitmq_detailed_queue_messages_published_total{channel="<0.1.0>",queue="run1.ledger",exchange="run1.events"} 15
+rabbitmq_detailed_queue_messages_published_total{channel="<0.3.0>",queue="run1.ledger.delay.2",exchange=""} 2
 rabbitmq_detailed_channel_messages_delivered_ack_total{channel="<0.4.0>",vhost="/",queue="run1.ledger"} 14
 rabbitmq_detailed_channel_messages_delivered_ack_total{channel="<0.5.0>",vhost="/",queue="other.ledger"} 99
 rabbitmq_detailed_channel_messages_acked_total{channel="<0.4.0>",vhost="/",queue="run1.ledger"} 13
