@@ -68,8 +68,8 @@ RABBITMQ = "rabbitmq (whole node, shared)"
 COUNT_TARGETS = {
     "rabbitmq: published to this run's exchanges": 5.0,
     "rabbitmq: delivered from this run's queues": 6.0,
-    "postgresql: commits in this run's database": 6.0,
-    "http: requests our services served": 3.0,
+    "postgresql: commits in this run's database": 5.0,
+    "http: requests our services served": 2.0,
     "http: requests to the provider": 1.0,
     "http: requests to merchants (webhook attempts)": 1.0,
 }
