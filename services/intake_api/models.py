@@ -11,11 +11,20 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
-from shared.events import PaymentStatus
+from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
+from shared.events import CaptureMethod, PaymentStatus
 from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
 
-__all__ = ["Payment", "PaymentCreate", "PaymentEvent", "PaymentEventList", "ProblemDetails", "field_errors"]
+__all__ = [
+    "CaptureCreate",
+    "Payment",
+    "PaymentCreate",
+    "PaymentEvent",
+    "PaymentEventList",
+    "ProblemDetails",
+    "field_errors",
+]
 
 MAX_AMOUNT = 99_999_999
 MAX_METADATA_KEYS = 20
@@ -61,6 +70,25 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_http_url)]
+
+
+def _webhook_url(value: str) -> str:
+    """A URL Paystream will POST to: read by the sender's own parser, and refused if a browser reads it otherwise."""
+    try:
+        parse_endpoint_url(value)
+    except UnsafeUrlError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+# For clients and fuzzers reading /openapi.json: http(s), then printable ASCII without a backslash.
+_WEBHOOK_URL_FORM = r"^[hH][tT][tT][pP][sS]?://[!-\[\]-~]+$"
+# The host-level checks (public address) need DNS and run in the handler; this is the URL's form alone.
+WebhookUrl = Annotated[
+    str,
+    Field(max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri", "pattern": _WEBHOOK_URL_FORM}),
+    AfterValidator(_webhook_url),
+]
 
 
 # ISO 4217 codes that no customer pays in: precious metals (XAU, XAG, XPD, XPT), bond-market units (XBA-XBD),
@@ -112,16 +140,45 @@ class PaymentCreate(BaseModel):
         description="At most 20 string keys (1-40 chars) with string values of at most 500 chars.",
         json_schema_extra=_metadata_schema,
     )
+    capture_method: CaptureMethod = Field(
+        default="automatic",
+        description='"automatic" (default): the money is taken when the customer pays. "manual": it is only held '
+        "(the payment becomes AUTHORIZED) until POST /v1/payments/{id}/capture takes it or cancel voids it.",
+    )
 
     @cached_property
     def document(self) -> dict[str, Any]:
         """The validated request as JSON data: dumped once, for the fingerprint and the stored request both.
         Read it, never change it."""
-        return self.model_dump(mode="json")
+        document = self.model_dump(mode="json")
+        if document["capture_method"] == "automatic":
+            # The default is left out, so a request from before capture_method existed keeps its fingerprint.
+            del document["capture_method"]
+        return document
 
     def fingerprint(self) -> str:
         """A canonical digest of the validated request: key order and whitespace make no difference."""
         canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CaptureCreate(BaseModel):
+    """POST /v1/payments/{id}/capture body (optional: without it, the whole hold is taken)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount_to_capture: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_AMOUNT,
+        strict=True,
+        description="Minor units to take, at most the amount held (`amount_capturable`); the rest is released. "
+        "Omitted: all of it.",
+    )
+
+    def fingerprint(self, payment_id: str) -> str:
+        """The capture's identity under its Idempotency-Key: which payment, how much."""
+        canonical = json.dumps({"payment_id": payment_id, "amount_to_capture": self.amount_to_capture})
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -170,7 +227,7 @@ def _message(error: Any, field: str) -> str:
     if kind == "missing":
         return "Field required"
     if kind == "extra_forbidden":
-        return "is not a field of a payment request"
+        return "is not a field of this request"
     if kind == "model_type":
         return "the body must be a JSON object"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -237,11 +294,14 @@ class WebhookEndpointCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl = Field(description="Where events are POSTed: an absolute http(s) URL on a public address.")
+    url: WebhookUrl = Field(
+        description="Where events are POSTed: an absolute http(s) URL on a public address, in plain form"
+        " (printable ASCII; no backslash, user name or percent-encoded host)."
+    )
     events: list[WebhookEventType] | None = Field(
         default=None,
         min_length=1,
-        max_length=7,
+        max_length=len(_SUBSCRIBABLE),
         description='The event types to send; omitted or `["*"]`: all of them.',
     )
 

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
 
 from services.sandbox_gateway.cards import check_card_simulation
 from services.sandbox_gateway.faults import Faults, FaultsUpdate, create_intent_fault
 from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
 from services.sandbox_gateway.intents import (
+    CaptureAmountError,
+    CaptureMethod,
     IdempotencyKeyReusedError,
     Intent,
     IntentClosedError,
@@ -74,6 +76,14 @@ def _absolute_http_url(value: str | None) -> str | None:
     return value
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class NewIntent(BaseModel):
     """The body of POST /v1/intents (what shared.providers.sandbox sends)."""
 
@@ -87,7 +97,9 @@ class NewIntent(BaseModel):
     description: StrictStr | None = Field(default=None, max_length=1000)
     customer_email: StrictStr | None = Field(default=None, max_length=254)
     merchant_name: StrictStr | None = Field(default=None, max_length=100)
-    expires_at: int | None = Field(default=None, strict=True, gt=0)
+    # Unix seconds no later than 9999-12-31, the last a datetime holds.
+    expires_at: int | None = Field(default=None, strict=True, gt=0, le=253_402_300_799)
+    capture_method: CaptureMethod = "automatic"
     metadata: dict[
         Annotated[StrictStr, Field(min_length=1, max_length=100)],
         Annotated[StrictStr, Field(max_length=1000)],
@@ -98,6 +110,15 @@ class NewIntent(BaseModel):
     def _urls(cls, value: str | None) -> str | None:
         return _absolute_http_url(value)
 
+    @model_validator(mode="after")
+    def _holdable_text(self) -> NewIntent:
+        # What Stripe refuses too, and what would come back to us in webhooks: NUL and lone surrogates.
+        texts = [value for value in self.__dict__.values() if isinstance(value, str)]
+        for text in [*texts, *self.metadata, *self.metadata.values()]:
+            if "\x00" in text or not _encodable(text):
+                raise ValueError("text must not contain NUL characters or lone surrogates")
+        return self
+
     def draft(self) -> IntentDraft:
         return IntentDraft(**self.model_dump())
 
@@ -106,6 +127,14 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Literal["canceled", "expired"] = "canceled"
+
+
+class CaptureRequest(BaseModel):
+    """The body of POST /v1/intents/{id}/capture: how much of the hold to take (all of it when omitted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int | None = Field(default=None, strict=True, gt=0, le=99_999_999)
 
 
 class SimulateRequest(BaseModel):
@@ -224,10 +253,33 @@ async def get_intent(request: web.Request) -> web.Response:
 
 
 async def cancel_intent(request: web.Request) -> web.Response:
-    """Cancel (or expire) an open intent; again is a no-op; 409 once it succeeded or failed."""
+    """Cancel (or expire) an open intent, or void a held one; again is a no-op; 409 once it succeeded or failed."""
     gateway, intent = _addressed(request)
     reason = _validated(CancelRequest, await _json_body(request, required=False)).reason
     return _changed(lambda: gateway.close(intent.id, reason))
+
+
+async def capture_intent(request: web.Request) -> web.Response:
+    """Take all or part of a held (authorized) intent, releasing the rest; Idempotency-Key required.
+
+    409 unless the intent is held (captured already, voided, lapsed or never paid); 422 for more than it holds.
+    """
+    gateway, intent = _addressed(request)
+    key = _idempotency_key(request)
+    if key is None:
+        raise Problem(400, "idempotency-key-missing", "A capture needs an Idempotency-Key header.")
+    amount = _validated(CaptureRequest, await _json_body(request, required=False)).amount
+    try:
+        captured = gateway.capture(intent.id, amount, key)
+    except IntentClosedError as exc:
+        raise _closed_problem(exc) from None
+    except CaptureAmountError as exc:
+        raise Problem(422, "amount-exceeds-capturable", f"The intent holds less: {exc}.") from None
+    except IdempotencyKeyReusedError:
+        raise Problem(
+            422, "idempotency-key-reuse", "This Idempotency-Key already captured another intent or amount."
+        ) from None
+    return web.json_response(captured.to_json())
 
 
 async def simulate_payment(request: web.Request) -> web.Response:
@@ -273,6 +325,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/intents", list_intents)
     router.add_get("/v1/intents/{intent_id}", get_intent)
     router.add_post("/v1/intents/{intent_id}/cancel", cancel_intent)
+    router.add_post("/v1/intents/{intent_id}/capture", capture_intent)
     router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)
     router.add_get("/v1/intents/{intent_id}/webhooks", list_webhook_attempts)
     router.add_get("/_sandbox/faults", get_faults)

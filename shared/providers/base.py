@@ -13,12 +13,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
@@ -72,11 +72,14 @@ class IntentRequest:
     merchant_name: str | None = None
     # Carried through the provider and back in its webhooks (payment id, W3C trace context).
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # "manual": the customer's payment only holds the money, a capture takes it (a CapturingProvider's business).
+    capture_method: CaptureMethod = "automatic"
 
 
 @dataclass(frozen=True)
 class ProviderIntent:
-    """The provider's view of an intent, its status already mapped onto ours (PENDING while open)."""
+    """The provider's view of an intent, its status already mapped onto ours (PENDING while open, AUTHORIZED
+    while the money is held); `amount_captured` is what it took, when it says."""
 
     provider_payment_id: str
     status: PaymentStatus
@@ -84,11 +87,32 @@ class ProviderIntent:
     currency: str
     checkout_url: str | None = None
     failure_code: str | None = None
+    amount_captured: int | None = None
+
+
+# What each field of a provider's event must look like before it becomes ours; a field outside its rule is
+# the provider's (or a forger's) error, refused with 400, never an input the broker or database chokes on.
+PAYMENT_ID_RULE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as the intake API's routes accept a payment id
+_PROVIDER_ID_RULE = re.compile(r"[!-~]{1,255}")  # printable ASCII: no NUL, space, control or surrogate
+_CURRENCY_RULE = re.compile(r"[A-Za-z]{3}")
+_MAX_AMOUNT = 2**63 - 1  # what a PostgreSQL bigint holds
+_EARLIEST_EVENT = 0
+_LATEST_EVENT = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a datetime (and our tables) hold
+
+
+def event_time(created: int) -> datetime:
+    """A provider's Unix `created` as an aware datetime; InvalidWebhookError outside 1970 to 9999."""
+    if not _EARLIEST_EVENT <= created <= _LATEST_EVENT:
+        raise InvalidWebhookError(f"created {created} is not a time from 1970 to 9999")
+    return datetime.fromtimestamp(created, UTC)
 
 
 @dataclass(frozen=True)
 class WebhookEvent:
-    """A verified provider event about one payment, mapped onto our statuses."""
+    """A verified provider event about one payment, mapped onto our statuses.
+
+    Its fields are checked when it is made (InvalidWebhookError), so every adapter keeps the same rules.
+    """
 
     provider_event_id: str
     provider_payment_id: str
@@ -99,6 +123,24 @@ class WebhookEvent:
     failure_code: str | None
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+    amount_captured: int | None = None
+
+    def __post_init__(self) -> None:
+        if not PAYMENT_ID_RULE.fullmatch(self.payment_id):
+            raise InvalidWebhookError("the payment id is not one of ours (1-64 letters, digits, _ or -)")
+        for name, value in (("event id", self.provider_event_id), ("object id", self.provider_payment_id)):
+            if not _PROVIDER_ID_RULE.fullmatch(value):
+                raise InvalidWebhookError(f"the {name} must be 1-255 printable ASCII characters")
+        if self.failure_code is not None and not _PROVIDER_ID_RULE.fullmatch(self.failure_code):
+            raise InvalidWebhookError("the failure code must be 1-255 printable ASCII characters")
+        if self.amount is not None and not 0 <= self.amount <= _MAX_AMOUNT:
+            raise InvalidWebhookError(f"the amount must be from 0 to {_MAX_AMOUNT} minor units")
+        if self.amount_captured is not None and not 0 <= self.amount_captured <= _MAX_AMOUNT:
+            raise InvalidWebhookError(f"the captured amount must be from 0 to {_MAX_AMOUNT} minor units")
+        if self.currency is not None and not _CURRENCY_RULE.fullmatch(self.currency):
+            raise InvalidWebhookError("the currency must be a three-letter code")
+        if self.occurred_at.tzinfo is None:
+            raise InvalidWebhookError("the event's time names no time zone")
 
 
 def sign_payload(secret: str, timestamp: int, body: bytes) -> str:
@@ -129,6 +171,23 @@ def parse_signature_header(value: str) -> tuple[int, list[str]]:
     if timestamp is None or not signatures:
         raise SignatureError("signature header lacks t or v1")
     return timestamp, signatures
+
+
+@runtime_checkable
+class CapturingProvider(Protocol):
+    """A provider that can hold money and take it later (docs/reference/capture.md): an optional capability.
+
+    Its `create_intent` honours `IntentRequest.capture_method == "manual"` (the customer's payment leaves the
+    intent AUTHORIZED), and its `cancel_intent` voids a hold. A provider without it refuses manual payments.
+    """
+
+    name: str
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        """Take `amount` (at most the held amount) of an AUTHORIZED intent and release the rest; the same
+        `idempotency_key` never captures twice. Returns what is true afterwards: SUCCEEDED with `amount_captured`,
+        or whatever ended the hold first (voided, lapsed). Raises PermanentGatewayError when the provider refuses."""
+        ...
 
 
 class PaymentProvider(ABC):
