@@ -1,6 +1,7 @@
 """A shop's staff member at the console in a real browser (issue 22): signs in, finds a paid storefront order by its
-reference, refunds part of it and sees the history update, registers a webhook endpoint and sees its secret once, redelivers an event, and signs out, with no error
-in the browser's console, no serious or critical axe finding, and every control reachable by keyboard.
+reference, refunds part of it and sees the history update, registers a webhook endpoint and sees its secret once,
+redelivers an event, and signs out, with no error in the browser's console, no serious or critical axe finding,
+and every control reachable by keyboard.
 
 Screenshots of every page, at a desktop and a phone-sized viewport, and axe's findings (axe-report.json) go to
 test-output/console/ in the repository.
