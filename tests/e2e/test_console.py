@@ -391,3 +391,37 @@ async def test_part_of_a_payment_is_refunded_once_and_more_than_is_left_is_refus
 
     final = await eventually(settled, timeout=30, what="the refund succeeded")
     assert "refund <code>re_" in final  # the history shows the refund's events
+
+
+async def test_an_authorized_payment_is_captured_in_part_or_voided_from_its_page(
+    signed_in: ConsoleVisitor, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    held = []
+    for _ in range(2):
+        status, payment, _ = await intake.create(payment_body(amount=1999, capture_method="manual"), wait=5)
+        assert status == 201 and payment["checkout_url"], payment
+        await simulate_card(http, payment["checkout_url"], "4242424242424242")
+        held.append(payment["id"])
+
+    async def shown(path: str, text: str) -> str | None:
+        page = await signed_in.page(path)
+        return page if text in page else None
+
+    capture_path, void_path = (f"/payments/{payment_id}" for payment_id in held)
+    page = await eventually(lambda: shown(capture_path, "AUTHORIZED"), timeout=30, what="the payment AUTHORIZED")
+    assert "Capture or void" in page and ">Capture</button>" in page and ">Void</button>" in page
+    key = re.search(r'name="idempotency_key" value="(console_[0-9a-f]+)"', page.split("capture-title")[1])
+    assert key
+    form = {"csrf_token": csrf_token(page), "idempotency_key": key.group(1)}
+    too_much = await signed_in.post(f"{capture_path}/capture", {**form, "amount_to_capture": "20.00"})
+    text = await too_much.text()
+    assert too_much.status == 422 and 'id="capture-error"' in text and "captured" in text
+    captured = await signed_in.post(f"{capture_path}/capture", {**form, "amount_to_capture": "15"})
+    assert (captured.status, captured.headers["Location"]) == (303, f"{capture_path}?done=capture#main")
+    done = await eventually(lambda: shown(capture_path, "SUCCEEDED"), timeout=30, what="the capture")
+    assert "15.00 USD" in done  # captured, and what a refund may give back
+
+    page = await eventually(lambda: shown(void_path, "AUTHORIZED"), timeout=30, what="the second hold")
+    voided = await signed_in.post(f"{void_path}/void", {"csrf_token": csrf_token(page)})
+    assert voided.status == 303
+    await eventually(lambda: shown(void_path, "CANCELED"), timeout=30, what="the void")
