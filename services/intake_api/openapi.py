@@ -195,8 +195,9 @@ def _webhook_paths() -> dict[str, Any]:
                     "413": _problem("The body is over 64 KiB."),
                     "415": _problem("The body is not JSON."),
                     "422": _problem(
-                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), or a URL that is not http(s) or "
-                        f"points into a private network (type {_PROBLEM_TYPES}url-not-allowed)."
+                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), a URL a browser would read "
+                        "differently (backslash, user name, spaces or control characters, percent-encoded host), "
+                        f"or one whose host is not a public address (type {_PROBLEM_TYPES}url-not-allowed)."
                     ),
                     "503": _DATABASE_DOWN,
                 },

@@ -12,7 +12,14 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.intake_api.listing import cursor_not_found, invalid, keyset_page, list_payments, parse_page, text_filter
+from services.intake_api.listing import (
+    choice_filter,
+    cursor_not_found,
+    keyset_page,
+    list_payments,
+    parse_page,
+    text_filter,
+)
 from services.intake_api.models import (
     DeliveryAttempt,
     Event,
@@ -38,6 +45,8 @@ log = get_logger(__name__)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 # Enough for any real shop; bounds the fan-out of every payment event.
 MAX_ENDPOINTS_PER_MERCHANT = 20
+# The first key of the advisory lock that serialises one merchant's registrations (the second is the merchant).
+_ENDPOINT_CAP_LOCK = 0x77656270  # "webp"
 _ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{24}$")
 _EVENT_ID = re.compile(r"^evt_[0-9a-f]{32}$")
 _EVENT_TYPES = frozenset(MERCHANT_EVENT_TYPES)
@@ -91,20 +100,24 @@ async def create_endpoint(request: web.Request) -> web.Response:
         events = ["*"]
     secret = new_signing_secret()
     endpoint_id = "we_" + secrets.token_hex(12)
-    row = await request.app[POOL].fetchrow(
-        f"""
-        INSERT INTO notifier.webhook_endpoints (id, merchant_id, url, events, secret_sealed)
-        SELECT $1, $2, $3, $4, $5
-        WHERE (SELECT count(*) FROM notifier.webhook_endpoints WHERE merchant_id = $2 AND deleted_at IS NULL) < $6
-        RETURNING {_ENDPOINT_COLUMNS}
-        """,
-        endpoint_id,
-        request[MERCHANT],
-        body.url,
-        events,
-        request.app[SECRET_BOX].seal(secret),
-        MAX_ENDPOINTS_PER_MERCHANT,
-    )
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        # Registrations of one merchant take turns until commit, so each counts the others' rows: under READ
+        # COMMITTED a bare count would let concurrent requests all see 19 and all insert.
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ENDPOINT_CAP_LOCK, request[MERCHANT])
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO notifier.webhook_endpoints (id, merchant_id, url, events, secret_sealed)
+            SELECT $1, $2, $3, $4, $5
+            WHERE (SELECT count(*) FROM notifier.webhook_endpoints WHERE merchant_id = $2 AND deleted_at IS NULL) < $6
+            RETURNING {_ENDPOINT_COLUMNS}
+            """,
+            endpoint_id,
+            request[MERCHANT],
+            body.url,
+            events,
+            request.app[SECRET_BOX].seal(secret),
+            MAX_ENDPOINTS_PER_MERCHANT,
+        )
     if row is None:
         raise Problem(
             409, "too-many-endpoints", f"A merchant may have at most {MAX_ENDPOINTS_PER_MERCHANT} webhook endpoints."
@@ -187,9 +200,7 @@ async def list_events(request: web.Request) -> web.Response:
     """The merchant's events newest first, optionally of one type or one payment."""
     query = request.query
     page = parse_page(query)
-    event_type = text_filter(query, "type")
-    if event_type is not None and event_type not in _EVENT_TYPES:
-        raise invalid("type", f"must be one of {', '.join(sorted(_EVENT_TYPES))}")
+    event_type = choice_filter(query, "type", sorted(_EVENT_TYPES))
     payment_id = text_filter(query, "payment_id", 64)
     args: list[Any] = [request[MERCHANT]]
     conditions = ["merchant_id = $1"]
