@@ -135,6 +135,7 @@ class BatchConsumer:
         self._unsubscribe = unsubscribe
         self._buffer: list[AbstractIncomingMessage] = []
         self._arrived = asyncio.Event()
+        self._paused = False
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.append(message)
@@ -149,6 +150,9 @@ class BatchConsumer:
         if not await self._ready():
             await self._pause([])
             raise DependencyUnavailable(f"{self._group}: its database does not answer; not consuming meanwhile")
+        if self._paused:
+            log.warning("consuming resumed", consumer=self._group)
+            self._paused = False
         await self._subscribe()
         while True:
             await self._arrived.wait()
@@ -169,6 +173,7 @@ class BatchConsumer:
     async def _pause(self, batch: Sequence[AbstractIncomingMessage]) -> None:
         """Stop consuming and hand back `batch` and whatever is buffered, for the group's other replicas."""
         await self._unsubscribe()
+        self._paused = True
         held, self._buffer = [*batch, *self._buffer], []
         self._arrived.clear()
         if held:

@@ -33,7 +33,7 @@ from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
 from shared.settlement import Action, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
-from shared.supervisor import Supervisor
+from shared.supervisor import Backoff, Supervisor
 from shared.telemetry import extract_context, inject_context, recording
 from shared.topology import (
     DELIVERY_LIMIT,
@@ -74,6 +74,9 @@ _BCC_HEADER = "BCC"
 
 async def _always_ready() -> bool:
     return True
+
+
+CONSUMER_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 
 
 # --- connecting over several nodes --------------------------------------------------------------------
@@ -614,7 +617,8 @@ class Broker:
         )
         buffered.append(consumer)
         await subscribe()
-        self.supervisor.start(f"{group} batches", consumer.run)
+        # Back within 5 s of its database: a paused consumer's restart costs one round trip.
+        self.supervisor.start(f"{group} batches", consumer.run, backoff=CONSUMER_BACKOFF)
 
     # --- dead letters -----------------------------------------------------------------------------
     async def dlq_depth(self, group: str) -> int:

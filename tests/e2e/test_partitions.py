@@ -173,6 +173,8 @@ async def ride_out(partitioned: Partitioned, http: aiohttp.ClientSession, blackh
         partitioned.assert_alive()
     restored = time.time()
     timings["database: ready again after the path came back (s)"] = await ready(partitioned, 60) - restored
+    resumed = await first_line(partitioned, offset, ("consuming resumed",), 30)
+    timings["database: consuming again after the path came back (s)"] = resumed - restored
     paid += during
 
     after = await pay(http, partitioned, 3)
