@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build image-check
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build image-check \
+	console-assets
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -50,11 +51,22 @@ observe: install
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
+## node_modules: the browser files package-lock.json pins (axe-core for the console's accessibility test, htmx),
+## installed with `npm ci` whenever the lock changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## console-assets: copy htmx from the locked npm package into the console's static files (commit the copy;
+## tests/unit/test_console_assets.py checks they match). No build step: the file is served as npm ships it.
+console-assets: node_modules/.package-lock.json
+	cp node_modules/htmx.org/dist/htmx.min.js services/console/static/vendor/htmx.min.js
+
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
 ## Then the container image (make image-check) wherever podman is installed; CI installs it, and IMAGE_CHECK=required
 ## (set by .ci/run) makes a missing podman a failure rather than a skipped check.
 IMAGE_CHECK ?= auto
-test: install
+test: install node_modules/.package-lock.json
 	$(BIN)/python -m pytest
 	@if command -v podman >/dev/null 2>&1 || [ "$(IMAGE_CHECK)" = required ]; then $(MAKE) --no-print-directory image-check; \
 	else echo "make test: podman is not installed here, so the image was not built (make image-check; apt-get install podman runc)"; fi
@@ -102,4 +114,4 @@ bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info node_modules test-output site

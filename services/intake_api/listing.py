@@ -140,6 +140,9 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     page = parse_page(query)
     status = choice_filter(query, "status", tuple(PaymentStatus.__members__))
     reference = text_filter(query, "reference")
+    # Customers type their address in any case; a search finds it however it was typed (RFC 5321 allows a
+    # case-sensitive local part, but no real mailbox depends on it).
+    customer_email = text_filter(query, "customer_email", 254)
     created_gte, created_lte = time_filter(query, "created[gte]"), time_filter(query, "created[lte]")
 
     args: list[Any] = [merchant_id]
@@ -152,6 +155,7 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     for sql, value in (
         ("status = ?", status),
         ("reference = ?", reference),
+        ("lower(customer_email) = lower(?)", customer_email),
         ("created_at >= ?", created_gte),
         ("created_at <= ?", created_lte),
     ):

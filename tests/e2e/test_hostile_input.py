@@ -36,11 +36,12 @@ POST_TARGETS = {
     "webhook_receiver": "/webhooks/sandbox",
     "sandbox_gateway": "/v1/intents",
     "storefront": "/buy",
+    "console": "/sign-in",
     "gateway_worker": "/healthz",
     "ledger": "/healthz",
     "notifier": "/healthz",  # it takes no body: its work comes from the broker
 }
-HTML_SERVICES = {"storefront"}
+HTML_SERVICES = {"storefront", "console"}
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,10 @@ OWNED: Mapping[str, set[str]] = {
         "paystream_amount_mismatches",
         "paystream_expirations_requested",
         "paystream_reconciliations_requested",
+        "paystream_authorizations_open",
+        "paystream_authorizations_expiring_soon",
+        "paystream_authorizations_closed",
+        "paystream_authorization_amount_captured",
         "paystream_events_processed",
         "paystream_event_processing_seconds",
         "paystream_message_retries",
@@ -233,6 +237,7 @@ OWNED: Mapping[str, set[str]] = {
     },
     "sandbox_gateway": {"paystream_sandbox_webhook_attempts"},
     "storefront": set(),
+    "console": set(),
 }
 
 
