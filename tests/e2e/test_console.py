@@ -385,3 +385,20 @@ async def test_an_authorized_payment_is_captured_in_part_or_voided_from_its_page
     voided = await signed_in.post(f"{void_path}/void", {"csrf_token": csrf_token(page)})
     assert voided.status == 303
     await eventually(lambda: shown(void_path, "CANCELED"), timeout=30, what="the void")
+
+
+async def test_the_session_cookie_is_sealed_httponly_and_samesite_and_pages_refuse_framing(
+    visitor: ConsoleVisitor, stack: Stack
+) -> None:
+    response = await visitor.sign_in()
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("paystream_console=gAAAAA")  # a Fernet token: encrypted and signed
+    assert DEMO_KEY not in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    for path in ("/", "/sign-in", "/payments", "/static/console.css", "/no-such-page"):
+        page = await visitor.get(path)
+        policy = page.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert page.headers["X-Frame-Options"] == "DENY"
+    async with console_visitor(stack.url("intake_api"), console_public_url="https://console.shop.example") as secure:
+        signed = await secure.client.get("/sign-in")
+        assert "Secure" in signed.headers["Set-Cookie"]
