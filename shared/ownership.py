@@ -1,0 +1,95 @@
+"""Who owns which schema, and what each owner publishes to whom: the ownership map as data
+(docs/explanation/ownership.md).
+
+Every service that keeps records owns one schema and connects to PostgreSQL as its own role, which owns that schema
+and nothing else. Only the owner writes its tables. Another service reads them only through an interface the owner
+publishes and versions (a view `<schema>.<name>_v<N>`, or a function for the few changes another service may ask
+for), granted to exactly the services listed here. `shared/db.py` creates the roles and applies these grants; a
+query outside them fails with "permission denied" in the tests, not in review.
+
+A new reader, or a new interface, is added here and in the owner's migration that creates the interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A schema, the service that owns it, and the interfaces it publishes: {qualified name: reader services}."""
+
+    name: str
+    owner: str
+    views: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Functions that change the owner's records on another service's behalf (SECURITY DEFINER, the owner's code).
+    functions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def interfaces(self) -> dict[str, tuple[str, ...]]:
+        return {**self.views, **self.functions}
+
+
+SCHEMAS: tuple[Schema, ...] = (
+    # The intake's idempotency records and its outbox: nobody else reads them.
+    Schema("intake", "intake_api"),
+    # The record of truth of every payment and its audit log.
+    Schema(
+        "ledger",
+        "ledger",
+        views={
+            # Payments as merchants see them (the payment resource), with what reads by merchant need.
+            "ledger.payments_v1": ("intake_api", "notifier"),
+            # Each payment's log, as GET /v1/payments/{id}/events shows it.
+            "ledger.payment_events_v1": ("intake_api",),
+        },
+    ),
+    # Merchants' webhook endpoints, their events and every delivery attempt.
+    Schema(
+        "notifier",
+        "notifier",
+        views={
+            "notifier.webhook_endpoints_v1": ("intake_api",),
+            "notifier.events_v1": ("intake_api",),
+            "notifier.delivery_attempts_v1": ("intake_api",),
+        },
+        functions={
+            # The intake API is where merchants manage their endpoints; the notifier's code writes them.
+            "notifier.register_webhook_endpoint_v1": ("intake_api",),
+            "notifier.delete_webhook_endpoint_v1": ("intake_api",),
+            "notifier.rotate_webhook_endpoint_secret_v1": ("intake_api",),
+        },
+    ),
+)
+SCHEMAS_BY_OWNER = {schema.owner: schema for schema in SCHEMAS}
+SCHEMAS_BY_NAME = {schema.name: schema for schema in SCHEMAS}
+# The services with a database role: the owners of a schema.
+DATABASE_SERVICES = tuple(SCHEMAS_BY_OWNER)
+
+
+def reads(service: str) -> list[str]:
+    """The interfaces of other services' schemas that `service` may use (what it declares it reads)."""
+    return [
+        interface
+        for schema in SCHEMAS
+        if schema.owner != service
+        for interface, readers in schema.interfaces().items()
+        if service in readers
+    ]
+
+
+def owner_of(interface: str) -> str:
+    """The service that owns the schema of `interface` (`schema.name`)."""
+    return SCHEMAS_BY_NAME[interface.split(".", 1)[0]].owner
+
+
+def role_name(database: str, service: str) -> str:
+    """The PostgreSQL role `service` connects as in `database`.
+
+    Roles are global to a PostgreSQL server and several databases (test runs, deployments) may share one: the name
+    carries the database's, so no two share a role. Past PostgreSQL's 63 characters, a digest stands in."""
+    name = f"{database}_{service}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{database[: 63 - len(service) - 12]}_{digest}_{service}"
