@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build
+.PHONY: run observe test test-cluster lint format bench install lock clean asyncapi docs docs-build image-check \
+	console-assets
 
 # The venv holds exactly what requirements.lock pins (hash-checked), with the stock pip of a new venv:
 # nothing is resolved at install time, so an install does not depend on the day it runs.
@@ -17,12 +18,16 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 install: $(VENV)/.installed
 
-## lock: resolve what pyproject.toml added into requirements.lock, keeping every pin already there (commit both);
+## lock: resolve what pyproject.toml added into requirements.lock (and the image's requirements-runtime.lock), keeping
+## every pin already there (commit all three);
 ## `make lock LOCK_ARGS=--upgrade` re-resolves everything to today's releases.
 LOCK_ARGS ?=
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --generate-hashes --universal \
 		--python-version 3.11 $(LOCK_ARGS) -o requirements.lock
+	@# The image's lock: the runtime dependencies alone, at exactly the versions requirements.lock pins.
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+		--constraint requirements.lock -o requirements-runtime.lock
 
 ## run: every service in the foreground, each log line prefixed by its service; one that exits is restarted with
 ## backoff while the others keep running (tools/runner.py); Ctrl-C stops them all and exits 0.
@@ -46,9 +51,30 @@ observe: install
 	@trap '' INT TERM; $(BIN)/honcho start --no-colour -f $(CURDIR)/.observe/Procfile -d $(CURDIR); rc=$$?; \
 		if [ $$rc -eq 130 ] || [ $$rc -eq 143 ]; then exit 0; fi; exit $$rc
 
+## node_modules: the browser files package-lock.json pins (axe-core for the console's accessibility test, htmx),
+## installed with `npm ci` whenever the lock changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## console-assets: copy htmx from the locked npm package into the console's static files (commit the copy;
+## tests/unit/test_console_assets.py checks they match). No build step: the file is served as npm ships it.
+console-assets: node_modules/.package-lock.json
+	cp node_modules/htmx.org/dist/htmx.min.js services/console/static/vendor/htmx.min.js
+
 ## test: the whole suite against a real RabbitMQ and PostgreSQL (see tests/conftest.py for which ones).
-test: install
+## Then the container image (make image-check) wherever podman is installed; CI installs it, and IMAGE_CHECK=required
+## (set by .ci/run) makes a missing podman a failure rather than a skipped check.
+IMAGE_CHECK ?= auto
+test: install node_modules/.package-lock.json
 	$(BIN)/python -m pytest
+	@if command -v podman >/dev/null 2>&1 || [ "$(IMAGE_CHECK)" = required ]; then $(MAKE) --no-print-directory image-check; \
+	else echo "make test: podman is not installed here, so the image was not built (make image-check; apt-get install podman runc)"; fi
+
+## image-check: build the Dockerfile with podman and run a payment through the image, as the manifests run it
+## (read-only, uid 10001, no capabilities), against the local PostgreSQL and RabbitMQ (tools/image_check.py).
+image-check: install
+	$(BIN)/python -m tools.image_check
 
 ## asyncapi: regenerate docs/asyncapi.json from the message models and consumer groups (commit it; a test checks).
 asyncapi: install
@@ -88,4 +114,4 @@ bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info node_modules test-output site

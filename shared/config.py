@@ -41,6 +41,7 @@ SERVICES = (
     Service("notifier", "notifier", "NOTIFIER_PORT"),
     Service("sandbox_gateway", "sandbox-gateway", "SANDBOX_PORT", replicated=False),
     Service("storefront", "storefront", "STOREFRONT_PORT"),
+    Service("console", "console", "CONSOLE_PORT"),
 )
 SERVICES_BY_NAME = {service.name: service for service in SERVICES}
 SERVICE_NAMES = tuple(SERVICES_BY_NAME)

@@ -23,15 +23,38 @@ def _no_constant(name: str) -> Any:
     raise StrictJSONError(f"{name} is not a JSON value")
 
 
+# No number we read needs more digits; the bound applies before conversion (int() of 4,301 digits raises
+# ValueError, and converting thousands costs quadratic time).
+MAX_NUMBER_CHARACTERS = 100
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARACTERS:
+        raise StrictJSONError(f"a number has more than {MAX_NUMBER_CHARACTERS} digits")
+    return int(text)
+
+
+def _real(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARACTERS:
+        raise StrictJSONError(f"a number has more than {MAX_NUMBER_CHARACTERS} digits")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise StrictJSONError(f"the number {text} is too large for a double")
+    return value
+
+
 def loads_strict(raw: bytes) -> Any:
     """Parse `raw` refusing what a lenient parser would guess at: other encodings (Python's json would
-    sniff UTF-16), duplicate keys (the last would silently win), NaN/Infinity, and nesting past the parser."""
+    sniff UTF-16), duplicate keys (the last would silently win), NaN/Infinity, numbers of more than
+    MAX_NUMBER_CHARACTERS characters or beyond a double's range, and nesting past the parser."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise StrictJSONError("it is not UTF-8 text") from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(
+            text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_integer, parse_float=_real
+        )
     except StrictJSONError:
         raise
     except RecursionError:

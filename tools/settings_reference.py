@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
+from services.console.settings import ConsoleSettings
 from services.gateway_worker.settings import GatewayWorkerSettings
 from services.intake_api.settings import IntakeSettings
 from services.ledger.settings import LedgerSettings
@@ -30,9 +31,10 @@ _BY_SERVICE: dict[str, type[CommonSettings]] = {
     "notifier": NotifierSettings,
     "sandbox_gateway": SandboxGatewaySettings,
     "storefront": StorefrontSettings,
+    "console": ConsoleSettings,
 }
 # Defaults better said in words than shown (a key that must not be copied into production).
-SHOWN_DEFAULTS = {"webhook_secrets_key": "a development key"}
+SHOWN_DEFAULTS = {"webhook_secrets_key": "a development key", "console_session_key": "a development key"}
 
 
 def settings_classes() -> list[tuple[str, type[CommonSettings]]]:

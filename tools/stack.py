@@ -30,6 +30,7 @@ from tools.settings_reference import settings_classes
 
 HOW_TO_START = "start them with `docker compose up -d rabbitmq postgres` (or your system's services)"
 DEPENDENCY_TIMEOUT = 6.0
+DEMO_API_KEY = "sk_test_demo"  # the default of INTAKE_API_KEYS (docs/reference/configuration.md)
 REPLICA_PORT_STEP = 1000  # replica k of a service listens on its port + 1000 * (k - 1): 8080, 9080, 10080...
 S = TypeVar("S", bound=CommonSettings)
 
@@ -133,12 +134,22 @@ def procfile(stack: Stack, replicas: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _console_key_hint(stack: Stack) -> str:
+    """The demo key, printed for signing in to the console; a key of one's own is never printed."""
+    from services.intake_api.settings import IntakeSettings
+
+    key = stack.settings("intake_api", IntakeSettings).intake_api_keys[0][1].get_secret_value()
+    return f"sign in with {key}" if key == DEMO_API_KEY else "sign in with an API key of INTAKE_API_KEYS"
+
+
 def urls(stack: Stack, replicas: int = 1) -> str:
     """What `make run` prints: where each service is reached."""
+    from services.console.settings import ConsoleSettings
     from services.sandbox_gateway.settings import SandboxGatewaySettings
     from services.storefront.settings import StorefrontSettings
 
     shop = stack.settings("storefront", StorefrontSettings)
+    console = stack.settings("console", ConsoleSettings)
     sandbox = stack.settings("sandbox_gateway", SandboxGatewaySettings)
 
     def ports(name: str) -> str:
@@ -149,6 +160,8 @@ def urls(stack: Stack, replicas: int = 1) -> str:
         [
             "Paystream is starting:",
             f"  storefront (the demo shop)   {shop.storefront_base_url}/{ports('storefront')}",
+            f"  console (merchant dashboard) {console.console_base_url}/{ports('console')}"
+            f"  ({_console_key_hint(stack)})",
             f"  intake API                   {shop.intake_base_url}/openapi.json{ports('intake_api')}",
             f"  sandbox gateway              {sandbox.sandbox_checkout_base}/healthz  (hosted pages at /pay/<intent>)",
             f"  webhook receiver             http://localhost:{stack.port('webhook_receiver')}/healthz"

@@ -108,6 +108,13 @@ WORKLOADS = (
         size=Size("250m", "1"),
     ),
     Workload("notifier", {"local": 2, "production": 2}, database=True, broker=True),
+    # The merchant's dashboard: a client of the intake API only (no database, no broker).
+    Workload(
+        "console",
+        {"local": 1, "production": 2},
+        secrets={"CONSOLE_SESSION_KEY": ("paystream-console", "session-key")},
+        env={"local": {"CONSOLE_PUBLIC_URL": "http://localhost:8070"}, "production": {}},
+    ),
     # The demo: a provider stand-in and a shop, for a local cluster only.
     Workload(
         "sandbox_gateway",

@@ -8,6 +8,7 @@ between them (older than `starting_after`, newer than `ending_before`), from the
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,8 @@ from shared.payment_resource import LEDGER_COLUMNS
 from shared.web import Problem
 
 _ID_MAX = 64
+# The longest ISO 8601 date-time worth reading: 2026-01-01T00:00:00.123456789+01:00 is 35 characters.
+_TIME_MAX = 40
 _DATE_TIME = TypeAdapter(datetime)
 
 
@@ -48,17 +51,37 @@ def invalid(field: str, message: str) -> Problem:
     )
 
 
-def _single(query: MultiMapping[str], name: str) -> str | None:
+def query_value(query: MultiMapping[str], name: str, *, max_length: int, rule: str) -> str | None:
+    """The one gate of every list parameter: given at most once, and its length bounded before anything
+    converts it (Python's int() alone would take 4,300 digits, then raise). `rule` says what the parameter
+    must be; it is the message of every refusal, so a client learns the rule, not which check tripped."""
     values = query.getall(name, [])
     if len(values) > 1:
         raise invalid(name, "must be given at most once")
-    return values[0] if values else None
+    if not values:
+        return None
+    value = values[0]
+    if not 0 < len(value) <= max_length or "\x00" in value:
+        raise invalid(name, rule)
+    return value
+
+
+def integer_parameter(query: MultiMapping[str], name: str, low: int, high: int) -> int | None:
+    """A whole number from `low` to `high` (non-negative bounds), written in plain decimal digits."""
+    rule = f"must be an integer from {low} to {high}"
+    raw = query_value(query, name, max_length=len(str(high)), rule=rule)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise invalid(name, rule)
+    return int(raw)
 
 
 def _cursor(query: MultiMapping[str], name: str) -> str | None:
-    value = _single(query, name)
-    if value is not None and not (0 < len(value) <= _ID_MAX and value.isascii() and value.isprintable()):
-        raise invalid(name, "must be the id of an item of this list")
+    rule = "must be the id of an item of this list"
+    value = query_value(query, name, max_length=_ID_MAX, rule=rule)
+    if value is not None and not (value.isascii() and value.isprintable() and " " not in value):
+        raise invalid(name, rule)
     return value
 
 
@@ -68,34 +91,39 @@ def cursor_not_found(name: str, what: str) -> Problem:
 
 
 def parse_page(query: MultiMapping[str]) -> Page:
-    raw = _single(query, "limit")
-    limit = DEFAULT_LIST_LIMIT
-    if raw is not None:
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
-            raise invalid("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
-        limit = int(raw)
-    return Page(limit, _cursor(query, "starting_after"), _cursor(query, "ending_before"))
+    limit = integer_parameter(query, "limit", 1, MAX_LIST_LIMIT)
+    page_size = DEFAULT_LIST_LIMIT if limit is None else limit
+    return Page(page_size, _cursor(query, "starting_after"), _cursor(query, "ending_before"))
 
 
-def text_filter(query: MultiMapping[str], name: str, max_length: int = 128) -> str | None:
-    value = _single(query, name)
-    if value is not None and (not value or len(value) > max_length or "\x00" in value):
-        raise invalid(name, f"must be 1 to {max_length} characters")
+def choice_filter(query: MultiMapping[str], name: str, choices: Collection[str]) -> str | None:
+    """One of `choices`, spelt exactly."""
+    rule = f"must be one of {', '.join(choices)}"
+    value = query_value(query, name, max_length=max(map(len, choices)), rule=rule)
+    if value is not None and value not in choices:
+        raise invalid(name, rule)
     return value
 
 
+def text_filter(query: MultiMapping[str], name: str, max_length: int = 128) -> str | None:
+    """Text to match exactly: 1 to `max_length` characters, none of them NUL (which PostgreSQL cannot hold)."""
+    return query_value(query, name, max_length=max_length, rule=f"must be 1 to {max_length} characters")
+
+
 def time_filter(query: MultiMapping[str], name: str) -> datetime | None:
-    """An ISO 8601 date-time (UTC if it names no offset) or Unix seconds."""
-    value = _single(query, name)
+    """An ISO 8601 date-time (UTC if it names no offset) or Unix seconds, within what the database can hold:
+    0001-01-01 to 9999-12-31 once converted to UTC (the driver converts, and fails outside those years)."""
+    rule = "must be an ISO 8601 date-time or Unix seconds, from 0001-01-01 to 9999-12-31 in UTC"
+    value = query_value(query, name, max_length=_TIME_MAX, rule=rule)
     if value is None:
         return None
     try:
         if value.isascii() and value.isdigit():
             return datetime.fromtimestamp(int(value), UTC)
         parsed = _DATE_TIME.validate_python(value)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError, OSError):
-        raise invalid(name, "must be an ISO 8601 date-time or Unix seconds") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise invalid(name, rule) from None
 
 
 def keyset_page(rows: list[asyncpg.Record], page: Page) -> tuple[list[asyncpg.Record], bool]:
@@ -111,10 +139,11 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     """The merchant's payments newest first, through ledger.payments_v1 (the ledger's (merchant_id, created_at, id)
     index serves it)."""
     page = parse_page(query)
-    status = _single(query, "status")
-    if status is not None and status not in PaymentStatus.__members__:
-        raise invalid("status", f"must be one of {', '.join(PaymentStatus.__members__)}")
+    status = choice_filter(query, "status", tuple(PaymentStatus.__members__))
     reference = text_filter(query, "reference")
+    # Customers type their address in any case; a search finds it however it was typed (RFC 5321 allows a
+    # case-sensitive local part, but no real mailbox depends on it).
+    customer_email = text_filter(query, "customer_email", 254)
     created_gte, created_lte = time_filter(query, "created[gte]"), time_filter(query, "created[lte]")
 
     args: list[Any] = [merchant_id]
@@ -127,6 +156,7 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     for sql, value in (
         ("status = ?", status),
         ("reference = ?", reference),
+        ("lower(customer_email) = lower(?)", customer_email),
         ("created_at >= ?", created_gte),
         ("created_at <= ?", created_lte),
     ):

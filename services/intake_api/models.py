@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
+from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
 from shared.events import PaymentStatus
 from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
@@ -61,6 +62,25 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_http_url)]
+
+
+def _webhook_url(value: str) -> str:
+    """A URL Paystream will POST to: read by the sender's own parser, and refused if a browser reads it otherwise."""
+    try:
+        parse_endpoint_url(value)
+    except UnsafeUrlError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+# For clients and fuzzers reading /openapi.json: http(s), then printable ASCII without a backslash.
+_WEBHOOK_URL_FORM = r"^[hH][tT][tT][pP][sS]?://[!-\[\]-~]+$"
+# The host-level checks (public address) need DNS and run in the handler; this is the URL's form alone.
+WebhookUrl = Annotated[
+    str,
+    Field(max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri", "pattern": _WEBHOOK_URL_FORM}),
+    AfterValidator(_webhook_url),
+]
 
 
 # ISO 4217 codes that no customer pays in: precious metals (XAU, XAG, XPD, XPT), bond-market units (XBA-XBD),
@@ -237,7 +257,10 @@ class WebhookEndpointCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl = Field(description="Where events are POSTed: an absolute http(s) URL on a public address.")
+    url: WebhookUrl = Field(
+        description="Where events are POSTed: an absolute http(s) URL on a public address, in plain form"
+        " (printable ASCII; no backslash, user name or percent-encoded host)."
+    )
     events: list[WebhookEventType] | None = Field(
         default=None,
         min_length=1,

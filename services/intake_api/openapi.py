@@ -195,8 +195,9 @@ def _webhook_paths() -> dict[str, Any]:
                     "413": _problem("The body is over 64 KiB."),
                     "415": _problem("The body is not JSON."),
                     "422": _problem(
-                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), or a URL that is not http(s) or "
-                        f"points into a private network (type {_PROBLEM_TYPES}url-not-allowed)."
+                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), a URL a browser would read "
+                        "differently (backslash, user name, spaces or control characters, percent-encoded host), "
+                        f"or one whose host is not a public address (type {_PROBLEM_TYPES}url-not-allowed)."
                     ),
                     "503": _DATABASE_DOWN,
                 },
@@ -309,6 +310,11 @@ _LIST_PAYMENTS_PARAMETERS = [
     *_PAGE_PARAMETERS,
     _query("status", "Only payments in this status.", {"type": "string", "enum": [s.value for s in PaymentStatus]}),
     _query("reference", "Only payments with this reference.", {"type": "string", "minLength": 1, "maxLength": 128}),
+    _query(
+        "customer_email",
+        "Only payments whose customer e-mail is this address (compared without regard to case).",
+        {"type": "string", "minLength": 1, "maxLength": 254},
+    ),
     _query("created[gte]", "Only payments created at or after this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
     _query("created[lte]", "Only payments created at or before this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
 ]

@@ -12,7 +12,14 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.intake_api.listing import cursor_not_found, invalid, keyset_page, list_payments, parse_page, text_filter
+from services.intake_api.listing import (
+    choice_filter,
+    cursor_not_found,
+    keyset_page,
+    list_payments,
+    parse_page,
+    text_filter,
+)
 from services.intake_api.models import (
     DeliveryAttempt,
     Event,
@@ -175,9 +182,7 @@ async def list_events(request: web.Request) -> web.Response:
     """The merchant's events newest first, optionally of one type or one payment."""
     query = request.query
     page = parse_page(query)
-    event_type = text_filter(query, "type")
-    if event_type is not None and event_type not in _EVENT_TYPES:
-        raise invalid("type", f"must be one of {', '.join(sorted(_EVENT_TYPES))}")
+    event_type = choice_filter(query, "type", sorted(_EVENT_TYPES))
     payment_id = text_filter(query, "payment_id", 64)
     args: list[Any] = [request[MERCHANT]]
     conditions = ["merchant_id = $1"]

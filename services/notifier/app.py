@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from services.notifier.handlers import NOTIFIER_DELIVERIES, NOTIFIER_MESSAGES, NotifierHandlers, Publish
-from services.notifier.sender import WebhookSender
+from services.notifier.sender import WebhookSender, delivery_session
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import PostgresNotifierStore
 from shared import runtime
@@ -52,7 +52,7 @@ def create_app(settings: NotifierSettings) -> web.Application:
         async with (
             runtime.database(settings, "notifier", waits_for=NOTIFIER_READS, max_size=4) as pool,
             runtime.broker(settings, EVENTS_GROUP, CONSUMER_GROUPS) as broker,
-            aiohttp.ClientSession() as session,
+            delivery_session() as session,
         ):
             store = PostgresNotifierStore(pool, SecretBox(settings.webhook_secrets_key))
             handlers = build_notifier(settings, store, session, broker.publish)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
 
 from services.sandbox_gateway.cards import check_card_simulation
 from services.sandbox_gateway.faults import Faults, FaultsUpdate, create_intent_fault
@@ -74,6 +74,14 @@ def _absolute_http_url(value: str | None) -> str | None:
     return value
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class NewIntent(BaseModel):
     """The body of POST /v1/intents (what shared.providers.sandbox sends)."""
 
@@ -87,7 +95,8 @@ class NewIntent(BaseModel):
     description: StrictStr | None = Field(default=None, max_length=1000)
     customer_email: StrictStr | None = Field(default=None, max_length=254)
     merchant_name: StrictStr | None = Field(default=None, max_length=100)
-    expires_at: int | None = Field(default=None, strict=True, gt=0)
+    # Unix seconds no later than 9999-12-31, the last a datetime holds.
+    expires_at: int | None = Field(default=None, strict=True, gt=0, le=253_402_300_799)
     metadata: dict[
         Annotated[StrictStr, Field(min_length=1, max_length=100)],
         Annotated[StrictStr, Field(max_length=1000)],
@@ -97,6 +106,15 @@ class NewIntent(BaseModel):
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _absolute_http_url(value)
+
+    @model_validator(mode="after")
+    def _holdable_text(self) -> NewIntent:
+        # What Stripe refuses too, and what would come back to us in webhooks: NUL and lone surrogates.
+        texts = [value for value in self.__dict__.values() if isinstance(value, str)]
+        for text in [*texts, *self.metadata, *self.metadata.values()]:
+            if "\x00" in text or not _encodable(text):
+                raise ValueError("text must not contain NUL characters or lone surrogates")
+        return self
 
     def draft(self) -> IntentDraft:
         return IntentDraft(**self.model_dump())

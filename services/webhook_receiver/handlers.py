@@ -10,7 +10,7 @@ from opentelemetry import trace
 from shared.events import Envelope, PaymentStatusChanged, deterministic_event_id
 from shared.logs import bind_payment, get_logger
 from shared.metrics import WEBHOOKS_RECEIVED
-from shared.providers.base import PaymentProvider
+from shared.providers.base import PaymentProvider, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.telemetry import trace_parent
 
@@ -31,6 +31,30 @@ class WebhookResult:
     outcome: str  # accepted | ignored
     event_id: str | None = None
     payment_id: str | None = None
+
+
+def _our_event(provider: PaymentProvider, event: WebhookEvent) -> Envelope:
+    """The provider's event as ours, already serialised once: content that cannot travel (a lone surrogate,
+    say) is the sender's error and raises ValueError here, before the publish, whose failures mean an outage."""
+    changed = PaymentStatusChanged(
+        status=event.status,
+        provider=provider.name,
+        provider_payment_id=event.provider_payment_id,
+        provider_event_id=event.provider_event_id,
+        failure_code=event.failure_code,
+        amount=event.amount,
+        currency=event.currency,
+    )
+    envelope = Envelope.wrap(
+        changed,
+        payment_id=event.payment_id,
+        source="webhook",
+        # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
+        event_id=deterministic_event_id(provider.name, event.provider_event_id),
+        occurred_at=event.occurred_at,
+    )
+    envelope.to_bytes()
+    return envelope
 
 
 async def receive_webhook(
@@ -54,23 +78,11 @@ async def receive_webhook(
         WEBHOOKS_RECEIVED.labels(provider.name, "ignored").inc()
         return WebhookResult(outcome="ignored")
 
-    changed = PaymentStatusChanged(
-        status=event.status,
-        provider=provider.name,
-        provider_payment_id=event.provider_payment_id,
-        provider_event_id=event.provider_event_id,
-        failure_code=event.failure_code,
-        amount=event.amount,
-        currency=event.currency,
-    )
-    envelope = Envelope.wrap(
-        changed,
-        payment_id=event.payment_id,
-        source="webhook",
-        # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
-        event_id=deterministic_event_id(provider.name, event.provider_event_id),
-        occurred_at=event.occurred_at,
-    )
+    try:
+        envelope = _our_event(provider, event)
+    except ValueError as exc:
+        WEBHOOKS_RECEIVED.labels(provider.name, "invalid_event").inc()
+        raise WebhookRejected(f"not a valid event: {exc}") from exc
     bind_payment(event.payment_id)
     # The payment's trace context travelled through the provider in the intent's metadata.
     parent, links = trace_parent(event.metadata)

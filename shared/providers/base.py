@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -86,9 +86,29 @@ class ProviderIntent:
     failure_code: str | None = None
 
 
+# What each field of a provider's event must look like before it becomes ours; a field outside its rule is
+# the provider's (or a forger's) error, refused with 400, never an input the broker or database chokes on.
+PAYMENT_ID_RULE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as the intake API's routes accept a payment id
+_PROVIDER_ID_RULE = re.compile(r"[!-~]{1,255}")  # printable ASCII: no NUL, space, control or surrogate
+_CURRENCY_RULE = re.compile(r"[A-Za-z]{3}")
+_MAX_AMOUNT = 2**63 - 1  # what a PostgreSQL bigint holds
+_EARLIEST_EVENT = 0
+_LATEST_EVENT = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a datetime (and our tables) hold
+
+
+def event_time(created: int) -> datetime:
+    """A provider's Unix `created` as an aware datetime; InvalidWebhookError outside 1970 to 9999."""
+    if not _EARLIEST_EVENT <= created <= _LATEST_EVENT:
+        raise InvalidWebhookError(f"created {created} is not a time from 1970 to 9999")
+    return datetime.fromtimestamp(created, UTC)
+
+
 @dataclass(frozen=True)
 class WebhookEvent:
-    """A verified provider event about one payment, mapped onto our statuses."""
+    """A verified provider event about one payment, mapped onto our statuses.
+
+    Its fields are checked when it is made (InvalidWebhookError), so every adapter keeps the same rules.
+    """
 
     provider_event_id: str
     provider_payment_id: str
@@ -99,6 +119,21 @@ class WebhookEvent:
     failure_code: str | None
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not PAYMENT_ID_RULE.fullmatch(self.payment_id):
+            raise InvalidWebhookError("the payment id is not one of ours (1-64 letters, digits, _ or -)")
+        for name, value in (("event id", self.provider_event_id), ("object id", self.provider_payment_id)):
+            if not _PROVIDER_ID_RULE.fullmatch(value):
+                raise InvalidWebhookError(f"the {name} must be 1-255 printable ASCII characters")
+        if self.failure_code is not None and not _PROVIDER_ID_RULE.fullmatch(self.failure_code):
+            raise InvalidWebhookError("the failure code must be 1-255 printable ASCII characters")
+        if self.amount is not None and not 0 <= self.amount <= _MAX_AMOUNT:
+            raise InvalidWebhookError(f"the amount must be from 0 to {_MAX_AMOUNT} minor units")
+        if self.currency is not None and not _CURRENCY_RULE.fullmatch(self.currency):
+            raise InvalidWebhookError("the currency must be a three-letter code")
+        if self.occurred_at.tzinfo is None:
+            raise InvalidWebhookError("the event's time names no time zone")
 
 
 def sign_payload(secret: str, timestamp: int, body: bytes) -> str:

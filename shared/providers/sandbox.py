@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
+from shared.providers.base import (
+    IntentRequest,
+    PaymentProvider,
+    ProviderIntent,
+    WebhookEvent,
+    event_time,
+    webhook_envelope,
+)
 from shared.providers.errors import InvalidWebhookError, NoSuchIntentError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -175,6 +181,6 @@ class SandboxProvider(PaymentProvider):
             amount=obj.amount,
             currency=obj.currency,
             failure_code=obj.failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=obj.metadata,
         )

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from shared.events import PaymentStatus
 from shared.logs import get_logger
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, webhook_envelope
+from shared.providers.base import (
+    IntentRequest,
+    PaymentProvider,
+    ProviderIntent,
+    WebhookEvent,
+    event_time,
+    webhook_envelope,
+)
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.http import request_json
 
@@ -498,6 +505,6 @@ class StripeProvider(PaymentProvider):
             amount=session.amount_total,
             currency=session.currency.upper() if session.currency else None,
             failure_code=failure_code,
-            occurred_at=datetime.fromtimestamp(event.created, UTC),
+            occurred_at=event_time(event.created),
             metadata=metadata,
         )

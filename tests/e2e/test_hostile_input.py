@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import secrets
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -22,6 +24,7 @@ from tests.support.client import IntakeClient, payment_body
 from tests.support.infra import Servers
 from tests.support.own_stack import own_stack
 from tests.support.processes import ALL_SERVICES, Stack, eventually
+from tests.support.sandbox_webhooks import encode, sandbox_event, signed
 
 KEY = "sk_test_demo"
 JSON_BODY = json.dumps(payment_body()).encode()
@@ -33,11 +36,12 @@ POST_TARGETS = {
     "webhook_receiver": "/webhooks/sandbox",
     "sandbox_gateway": "/v1/intents",
     "storefront": "/buy",
+    "console": "/sign-in",
     "gateway_worker": "/healthz",
     "ledger": "/healthz",
     "notifier": "/healthz",  # it takes no body: its work comes from the broker
 }
-HTML_SERVICES = {"storefront"}
+HTML_SERVICES = {"storefront", "console"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,19 @@ def assert_refused_in_format(service: str, answer: Answer, path: str = "") -> No
         assert problem["detail"] and "Please install" not in problem["detail"], problem
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+# JSON that parses, whose content cannot be stored or published: each of the payment body's texts in turn.
+UNHOLDABLE_JSON = {
+    "a lone surrogate": JSON_BODY.replace(b'"reference": "', b'"reference": "\\ud800'),
+    "a NUL": JSON_BODY.replace(b'"reference": "', b'"reference": "\\u0000'),
+    "a number of 4,301 digits": JSON_BODY.replace(b'"amount": ', b'"amount": ' + b"9" * 4301 + b', "was": '),
+    "a number past a double": JSON_BODY.replace(b'"amount": ', b'"amount": 1e999, "was": '),
+    "nesting 100,000 deep": JSON_BODY.replace(
+        b'"reference": ', b'"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b', "reference": '
+    ),
+}
+
+
 def hostile_requests(path: str) -> dict[str, bytes]:
     """Every hostile request of the issue, aimed at one endpoint that takes a body."""
     form = b"product_id=book&order_id=ord_1"
@@ -152,6 +169,8 @@ def hostile_requests(path: str) -> dict[str, bytes]:
         "two Content-Lengths": post(path, JSON_BODY, extra="Content-Length: 3\r\n"),
         "a body shorter than its Content-Length, then silence": post(path, JSON_BODY, length=len(JSON_BODY) + 50),
         "garbage instead of HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+        # Content no store or broker can hold (issue 24 §3): refused as the client's error, never a 5xx.
+        **{f"JSON with {name}": post(path, body) for name, body in UNHOLDABLE_JSON.items()},
     }
 
 
@@ -160,6 +179,10 @@ class Hostile:
     stack: Stack
     pool: asyncpg.Pool
     intent_path: str
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.stack.env["SANDBOX_WEBHOOK_SECRET"]
 
 
 async def written_rows(pool: asyncpg.Pool) -> dict[str, int]:
@@ -175,11 +198,14 @@ async def accepted_webhooks(http: aiohttp.ClientSession, stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 async def hostile(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hostile]:
-    """A stack with short slow-client limits, and one open hosted page to aim forms at."""
+    """A stack with short slow-client limits, private webhook URLs refused as in production, and one open hosted
+    page to aim forms at."""
     async with own_stack(
         servers,
         tmp_path_factory.mktemp("hostile"),
         ALL_SERVICES,
+        WEBHOOK_ALLOW_PRIVATE_URLS="false",
+        SANDBOX_WEBHOOK_SECRET="whsec_hostile_" + secrets.token_hex(8),
         HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
         HTTP_BODY_TIMEOUT_SECONDS="1",
         HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
@@ -200,7 +226,7 @@ async def hostile(servers: Servers, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def targets(hostile: Hostile) -> list[tuple[str, str]]:
-    return [*POST_TARGETS.items(), ("sandbox_gateway", hostile.intent_path)]
+    return [*POST_TARGETS.items(), ("sandbox_gateway", hostile.intent_path), ("intake_api", "/v1/webhook_endpoints")]
 
 
 async def test_every_hostile_request_to_every_service_is_refused_in_its_format_and_changes_nothing(
@@ -291,3 +317,129 @@ async def test_a_lying_gzip_on_a_signed_webhook_publishes_nothing(hostile: Hosti
 def test_the_module_covers_every_http_service() -> None:
     """A new service must say here where it takes a body, so it is attacked too."""
     assert set(POST_TARGETS) == set(ALL_SERVICES)
+
+
+# --- issue 24: list parameters, time filters, webhook content, webhook URLs, the endpoint cap ---------------------
+
+
+async def problem(response: aiohttp.ClientResponse) -> dict[str, object]:
+    assert response.headers["Content-Type"].startswith("application/problem+json"), response.headers
+    body: dict[str, object] = await response.json()
+    assert body["status"] == response.status
+    return body
+
+
+def named_field(body: dict[str, object]) -> str:
+    errors = body.get("errors")
+    assert isinstance(errors, list) and errors, body
+    return str(errors[0]["field"])
+
+
+LIST_ROUTES = ("/v1/payments", "/v1/events")
+OUT_OF_BOUNDS = {
+    "limit": ["9" * 4301, "0", "101", "-1", "1e2"],
+    "starting_after": ["x" * 65, "pay_\x00"],
+}
+TIME_EDGES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+00:31", "9" * 4301]
+
+
+async def test_a_list_parameter_out_of_bounds_is_refused_naming_it_on_every_list(hostile: Hostile) -> None:
+    base = hostile.stack.url("intake_api")
+    cases = [
+        (route, name, value) for route in LIST_ROUTES for name, values in OUT_OF_BOUNDS.items() for value in values
+    ]
+    cases += [("/v1/payments", name, value) for name in ("created[gte]", "created[lte]") for value in TIME_EDGES]
+    cases += [("/v1/payments", "status", "S" * 5000), ("/v1/payments", "reference", "r" * 5000)]
+    cases += [("/v1/events", "type", "t" * 5000), ("/v1/events", "payment_id", "p" * 5000)]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for route, name, value in cases:
+            async with http.get(f"{base}{route}", params={name: value}) as response:
+                body = await problem(response)
+                assert response.status in (400, 422), (route, name, value[:40], body)
+                assert named_field(body) == name, (route, name, body)
+
+
+async def test_a_time_filter_at_the_calendars_edge_inside_utc_is_answered(hostile: Hostile) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        url = f"{hostile.stack.url('intake_api')}/v1/payments"
+        params = {"created[gte]": "0001-01-01T00:00:00Z", "created[lte]": "9999-12-31T23:59:59Z"}
+        async with http.get(url, params=params) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["data"], "the set-up payment lies between the two"
+
+
+HOSTILE_WEBHOOK_OBJECTS: dict[str, dict[str, Any]] = {
+    "a lone surrogate in the payment id (issue 24 §3)": {"metadata": {"payment_id": "pay_\ud800x"}},
+    "a NUL in the payment id": {"metadata": {"payment_id": "pay_\x00"}},
+    "a lone surrogate in the intent id": {"id": "pi_\udfff"},
+    "a NUL in the failure code": {"failure_code": "declined\x00"},
+    "an amount beyond a bigint": {"amount": 10**40},
+}
+
+
+async def test_a_signed_webhook_whose_content_cannot_become_our_event_is_400_and_publishes_nothing(
+    hostile: Hostile,
+) -> None:
+    stack = hostile.stack
+    url = f"{stack.url('webhook_receiver')}/webhooks/sandbox"
+    bodies = {
+        name: encode(
+            sandbox_event("pay_" + "0" * 32, event_type="payment.failed", **{"failure_code": "declined", **fields})
+        )
+        for name, fields in HOSTILE_WEBHOOK_OBJECTS.items()
+    }
+    good = encode(sandbox_event("pay_" + "0" * 32))
+    bodies["a number of 4,301 digits"] = good.replace(b'"amount":1999', b'"amount":' + b"9" * 4301)
+    bodies["a time past the year 9999"] = good.replace(b'"created":', b'"created":' + b"9" * 20 + b',"was":')
+    bodies["nesting 100,000 deep"] = good.replace(
+        b'"data":', b'"deep":' + b"[" * 100_000 + b"]" * 100_000 + b',"data":'
+    )
+    async with aiohttp.ClientSession() as http:
+        before_rows, before_webhooks = await written_rows(hostile.pool), await accepted_webhooks(http, stack)
+        for name, body in bodies.items():
+            async with http.post(url, data=body, headers=signed(body, hostile.webhook_secret)) as response:
+                answer = await problem(response)
+                assert response.status == 400, (name, answer)
+                assert str(answer["type"]).endswith("invalid-webhook"), (name, answer)
+        assert await accepted_webhooks(http, stack) == before_webhooks
+        assert await written_rows(hostile.pool) == before_rows
+
+
+DIVERGENT_URLS = [
+    "http://127.0.0.1:80\\@93.184.216.34/",
+    "http://localhost:80\\@93.184.216.34/",
+    "http://[::1]:80\\@93.184.216.34/",
+    "https://user:pass@93.184.216.34/",
+    "http://%31%32%37.0.0.1/",
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "https://93.184.216.34/\thooks",
+    "https://93.184.216.34/hooks ",
+]
+NOT_GLOBAL_URLS = [
+    "http://100.64.0.1/",
+    "http://[2002:7f00:1::]/",
+    "http://192.0.0.8/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://localhost:5672/",
+]
+
+
+async def registered_endpoints(pool: asyncpg.Pool, merchant: str) -> int:
+    query = "SELECT count(*) FROM notifier.webhook_endpoints WHERE merchant_id = $1 AND deleted_at IS NULL"
+    return int(await pool.fetchval(query, merchant))
+
+
+async def test_a_webhook_url_read_otherwise_by_a_browser_or_not_global_is_refused_and_not_stored(
+    hostile: Hostile,
+) -> None:
+    url = f"{hostile.stack.url('intake_api')}/v1/webhook_endpoints"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        before = await registered_endpoints(hostile.pool, "demo")
+        for target in DIVERGENT_URLS + NOT_GLOBAL_URLS:
+            async with http.post(url, json={"url": target}) as response:
+                body = await problem(response)
+                assert response.status == 422, (target, body)
+                assert named_field(body) == "url", (target, body)
+        assert await registered_endpoints(hostile.pool, "demo") == before

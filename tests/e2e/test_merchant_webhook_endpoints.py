@@ -4,9 +4,11 @@ receiving; a URL into a private network is refused."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.e2e.test_merchant_webhooks import call, holds, payment_events, register
@@ -122,3 +124,27 @@ async def test_a_url_that_is_not_http_is_refused(guarded_stack: Stack, http: aio
     api = IntakeClient(http, guarded_stack.url("intake_api"))
     async with http.post(f"{api.base_url}/v1/webhook_endpoints", json={"url": url}, headers=api.headers()) as answer:
         await problem_of(answer, 422)
+
+
+async def test_64_concurrent_registrations_leave_exactly_the_cap_of_20(guarded_stack: Stack) -> None:
+    """Issue 24 §6: 64 at once from zero (the cap is counted under a per-merchant lock, not by each alone)."""
+    url = f"{guarded_stack.url('intake_api')}/v1/webhook_endpoints"
+    pool = await asyncpg.create_pool(guarded_stack.env["DATABASE_URL"], min_size=1, max_size=1)
+    live = "SELECT count(*) FROM notifier.webhook_endpoints WHERE merchant_id = 'other' AND deleted_at IS NULL"
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk_test_other"}) as http:
+            assert await pool.fetchval(live) == 0
+
+            async def register(n: int) -> int:
+                # A public address that needs no DNS; nothing is ever delivered (no event for this merchant).
+                async with http.post(url, json={"url": f"https://93.184.216.34/hooks/{n}"}) as response:
+                    answer = await response.text()
+                    assert response.status in (201, 409), answer
+                    return response.status
+
+            statuses = await asyncio.gather(*(register(n) for n in range(64)))
+        assert (statuses.count(201), statuses.count(409)) == (20, 44)
+        assert await pool.fetchval(live) == 20
+    finally:
+        await pool.execute("UPDATE notifier.webhook_endpoints SET deleted_at = now() WHERE merchant_id = 'other'")
+        await pool.close()

@@ -233,6 +233,7 @@ OWNED: Mapping[str, set[str]] = {
     },
     "sandbox_gateway": {"paystream_sandbox_webhook_attempts"},
     "storefront": set(),
+    "console": set(),
 }
 
 

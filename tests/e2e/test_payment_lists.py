@@ -93,6 +93,30 @@ async def test_filters_select_by_status_reference_and_creation_time(intake: Inta
     assert len((await page(intake, "/v1/payments", reference=reference, limit=2))["data"]) == 2
 
 
+async def test_customer_email_finds_a_customers_payments_whatever_the_case_typed(
+    intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    customer = f"Ada.{secrets.token_hex(4)}@Example.COM"
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    created = [await intake.create(payment_body(customer_email=customer), wait=0) for _ in range(2)]
+    assert all(status == 201 for status, _, _ in created)
+    ids = [payment["id"] for _, payment, _ in created]
+    others = await create_many(intake, 1)  # a payment of another customer (none given) is never found
+    await recorded(intake, ids + others, since)
+    for typed in (customer, customer.lower(), customer.upper()):
+        found = await page(intake, "/v1/payments", customer_email=typed)
+        assert sorted(p["id"] for p in found["data"]) == sorted(ids), typed
+        assert all(p["customer_email"] == customer for p in found["data"])
+    assert (await page(intake, "/v1/payments", customer_email="nobody@example.com"))["data"] == []
+    other = IntakeClient(http, intake.base_url, api_key="sk_test_other")
+    assert (await page(other, "/v1/payments", customer_email=customer))["data"] == []
+    for bad in ("", "a" * 255):
+        async with http.get(
+            f"{intake.base_url}/v1/payments?{urlencode({'customer_email': bad})}", headers=intake.headers()
+        ) as r:
+            await problem_of(r, 422, "validation-error")
+
+
 async def test_a_merchant_lists_only_its_own_payments(intake: IntakeClient, http: aiohttp.ClientSession) -> None:
     reference = f"order-{secrets.token_hex(6)}"
     since = datetime.now(UTC) - timedelta(seconds=1)

@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import pkgutil
 import secrets
 import time
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
+import shared.providers
 from shared.events import PaymentStatus
 from shared.providers.base import PaymentProvider, ProviderIntent, signature_header
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
@@ -366,6 +370,11 @@ class TestStripeAdapter(ProviderContract):
     def test_every_field_the_adapter_reads_is_one_stripe_sends(self, name: str) -> None:
         assert fields_stripe_does_not_send(STRIPE_OBJECT_MODELS[name], SDK_CLASSES[name]) == []
 
+    def test_every_model_the_stripe_adapter_reads_through_is_held_to_a_stripe_shape(self) -> None:
+        # A model added for a new Stripe object (a refund, a charge) must be registered in STRIPE_OBJECT_MODELS,
+        # directly or inside a registered one, or the shape check above would silently pass it by.
+        assert stripe_adapter_models() - reachable_models(STRIPE_OBJECT_MODELS.values()) == set()
+
     def test_a_field_stripe_does_not_send_fails_the_shape_check(self) -> None:
         # The check above must be able to fail: an invented field, at the top or inside an expanded object.
         class InventedIntent(BaseModel):
@@ -420,6 +429,41 @@ class TestStripeAdapter(ProviderContract):
                 stripe.WebhookSignature.verify_header(body, refused, secret, tolerance=300)
             with pytest.raises(SignatureError):
                 harness.provider.verify_webhook_source({"Stripe-Signature": refused}, body)
+
+
+def stripe_adapter_models() -> set[type[BaseModel]]:
+    """Every pydantic model defined in the Stripe adapter's modules (shared/providers/stripe*.py)."""
+    found: set[type[BaseModel]] = set()
+    for module_info in pkgutil.iter_modules(shared.providers.__path__, "shared.providers."):
+        if not module_info.name.rpartition(".")[2].startswith("stripe"):
+            continue
+        module = importlib.import_module(module_info.name)
+        found |= {
+            value
+            for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__
+        }
+    return found
+
+
+def reachable_models(roots: Iterable[type[BaseModel]]) -> set[type[BaseModel]]:
+    """The models `roots` read through, with every model nested in their fields."""
+    seen: set[type[BaseModel]] = set()
+    pending = list(roots)
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for info in model.model_fields.values():
+            pending.extend(models_in(info.annotation))
+    return seen
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in models_in(arg)]
 
 
 def created_payment_id(harness: StripeHarness, intent: ProviderIntent) -> str:

@@ -99,3 +99,107 @@ async def test_an_event_type_the_provider_does_not_act_on_is_acknowledged_unpubl
 
     assert result.outcome == "ignored"
     assert published == []
+
+
+# --- content that cannot become our event: 400 (WebhookRejected), never BrokerUnavailable (issue 24 §3) -------------
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def _sandbox_body(**changes: object) -> bytes:
+    """A signed-able sandbox event with `changes` applied: top-level keys, or `object.<key>` inside the intent."""
+    event = sandbox_event("pay_1", event_type="payment.failed", failure_code="card_declined")
+    for key, value in changes.items():
+        if key.startswith("object."):
+            event["data"]["object"][key.removeprefix("object.")] = value
+        else:
+            event[key] = value
+    return encode(event)
+
+
+HOSTILE_SANDBOX_EVENTS = {
+    "a lone surrogate in the payment id": _sandbox_body(**{"object.metadata": {"payment_id": "pay_\ud800x"}}),
+    "a NUL in the payment id": _sandbox_body(**{"object.metadata": {"payment_id": "pay_\x00x"}}),
+    "a payment id that is not one of ours": _sandbox_body(**{"object.metadata": {"payment_id": "pay 1; drop"}}),
+    "a lone surrogate in the event id": _sandbox_body(id="evt_\udfff"),
+    "a NUL in the intent id": _sandbox_body(**{"object.id": "pi_\x00"}),
+    "a lone surrogate in the failure code": _sandbox_body(**{"object.failure_code": "declined_\ud800"}),
+    "a NUL in the currency": _sandbox_body(**{"object.currency": "U\x00D"}),
+    "an amount beyond a bigint": _sandbox_body(**{"object.amount": 10**40}),
+    "a negative amount": _sandbox_body(**{"object.amount": -1}),
+    "an amount of 4,301 digits": _sandbox_body().replace(b'"amount":1999', b'"amount":' + b"9" * 4301),
+    "a time past the year 9999": _sandbox_body(created=10**15),
+    "a time of 120 digits": _sandbox_body().replace(b'"created":', b'"created":' + b"9" * 120 + b',"was":'),
+    "nesting 5,000 deep": _sandbox_body().replace(b'"data":', b'"deep":' + DEEP.encode() + b',"data":'),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_SANDBOX_EVENTS.values(), ids=HOSTILE_SANDBOX_EVENTS.keys())
+async def test_a_signed_sandbox_event_that_cannot_become_ours_is_refused_and_nothing_published(body: bytes) -> None:
+    published = Published()
+    before = count("invalid_event")
+
+    with pytest.raises(WebhookRejected):
+        await receive_webhook(SANDBOX, signed(body, SECRET), body, published)
+
+    assert published == []
+    assert count("invalid_event") == before + 1
+
+
+def _stripe_body(session: dict[str, object], **event: object) -> bytes:
+    document: dict[str, object] = {
+        "id": "evt_s1",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": 1795460000,
+        "data": {
+            "object": {
+                "id": "cs_test_1",
+                "object": "checkout.session",
+                "status": "complete",
+                "payment_status": "paid",
+                "amount_total": 1999,
+                "currency": "usd",
+                "client_reference_id": "pay_1",
+                "metadata": {"payment_id": "pay_1"},
+                **session,
+            }
+        },
+        **event,
+    }
+    return json.dumps(document).encode()
+
+
+HOSTILE_STRIPE_EVENTS = {
+    "a lone surrogate in client_reference_id": _stripe_body(
+        {"client_reference_id": "pay_\ud800x", "metadata": {"payment_id": "pay_\ud800x"}}
+    ),
+    "a NUL in the payment id": _stripe_body({"client_reference_id": "pay_\x00", "metadata": {}}),
+    "a lone surrogate in the session id": _stripe_body({"id": "cs_\udc00"}),
+    "a lone surrogate in the event id": _stripe_body({}, id="evt_\ud800"),
+    "an amount beyond a bigint": _stripe_body({"amount_total": 10**30}),
+    "a time past the year 9999": _stripe_body({}, created=10**14),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_STRIPE_EVENTS.values(), ids=HOSTILE_STRIPE_EVENTS.keys())
+async def test_a_signed_stripe_event_that_cannot_become_ours_is_refused_and_nothing_published(body: bytes) -> None:
+    stripe = StripeProvider("sk_test_unused", [SECRET])
+    headers = {"Stripe-Signature": signed(body, SECRET)["Paystream-Signature"]}
+    published = Published()
+
+    with pytest.raises(WebhookRejected):
+        await receive_webhook(stripe, headers, body, published)
+
+    assert published == []
+
+
+async def test_content_errors_are_refused_even_with_the_broker_down() -> None:
+    """The order that made issue 24's 503: the event is made (and serialised) before the publish is tried."""
+    body = HOSTILE_SANDBOX_EVENTS["a lone surrogate in the payment id"]
+    before = count("broker_unavailable")
+
+    with pytest.raises(WebhookRejected):
+        await receive_webhook(SANDBOX, signed(body, SECRET), body, broker_down)
+
+    assert count("broker_unavailable") == before

@@ -1,0 +1,151 @@
+"""Developers: webhook endpoints (add, showing the secret once; rotate; delete) and events with their deliveries
+and a Redeliver button."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from services.console.forms import ActionForm, EndpointForm, build_form, csrf_failed
+from services.console.intake import NotFoundError, RequestRefusedError, path
+from services.console.merchant import merchant_api
+from services.console.rendering import render
+from services.console.signin import csrf_refused
+
+EVENTS_PAGE_SIZE = 25
+_ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{1,60}$")
+_EVENT_ID = re.compile(r"^evt_[0-9a-f]{1,60}$")
+DONE = {
+    "deleted": "Endpoint deleted. Nothing more is sent to it.",
+    "redelivered": "Redelivery queued: the event is sent again to every enabled endpoint subscribed to it.",
+}
+
+
+def _matched(request: web.Request, name: str, pattern: re.Pattern[str]) -> str:
+    value = request.match_info[name]
+    if not pattern.fullmatch(value):
+        raise NotFoundError(value)
+    return value
+
+
+async def _endpoints_page(
+    request: web.Request,
+    *,
+    form: EndpointForm | None = None,
+    revealed: dict[str, Any] | None = None,
+    problem: str = "",
+    status: int = 200,
+) -> web.Response:
+    api = await merchant_api(request)
+    endpoints = (await api.get("/v1/webhook_endpoints")).get("data", [])
+    context = {
+        "endpoints": endpoints,
+        "form": form or await build_form(request, EndpointForm),
+        "action_form": await build_form(request, ActionForm),
+        "revealed": revealed,
+        "problem": problem,
+        "done": DONE.get(request.query.get("done", ""), ""),
+    }
+    response = await render(request, "endpoints.html", context, status=status)
+    return response
+
+
+async def show_endpoints(request: web.Request) -> web.Response:
+    return await _endpoints_page(request)
+
+
+async def add_endpoint(request: web.Request) -> web.Response:
+    """Register the endpoint; the answer is the one page that ever shows its secret (never stored, never cached)."""
+    form = await build_form(request, EndpointForm, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    if not form.validate():
+        return await _endpoints_page(request, form=form, status=422)
+    body: dict[str, Any] = {"url": str(form.url.data).strip()}
+    if form.events.data:
+        body["events"] = list(form.events.data)
+    api = await merchant_api(request)
+    try:
+        created = await api.post("/v1/webhook_endpoints", body)
+    except RequestRefusedError as refused:
+        messages = refused.field_messages()
+        if "url" in messages:
+            form.url.errors = [messages["url"]]
+            return await _endpoints_page(request, form=form, status=refused.status)
+        return await _endpoints_page(request, form=form, problem=refused.detail, status=refused.status)
+    return await _endpoints_page(request, revealed={"endpoint": created, "rotated": False}, status=201)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
+    form = await build_form(request, ActionForm, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    api = await merchant_api(request)
+    rotated = await api.post(path("/v1/webhook_endpoints/{}/rotate_secret", endpoint_id))
+    return await _endpoints_page(request, revealed={"endpoint": rotated, "rotated": True})
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
+    form = await build_form(request, ActionForm, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    api = await merchant_api(request)
+    await api.delete(path("/v1/webhook_endpoints/{}", endpoint_id))
+    return web.Response(status=303, headers={"Location": "/developers/webhooks?done=deleted"})
+
+
+async def list_events(request: web.Request) -> web.Response:
+    query = {"limit": str(EVENTS_PAGE_SIZE)}
+    payment_id = request.query.get("payment_id", "").strip()
+    if payment_id:
+        query["payment_id"] = payment_id[:64]
+    for cursor in ("starting_after", "ending_before"):
+        if request.query.get(cursor):
+            query[cursor] = request.query[cursor]
+    api = await merchant_api(request)
+    problem = ""
+    events: list[dict[str, Any]] = []
+    has_more = False
+    try:
+        listed = await api.get("/v1/events", query)
+        events, has_more = list(listed.get("data", [])), bool(listed.get("has_more"))
+    except (RequestRefusedError, NotFoundError):
+        problem = "That page of events is no longer there. Start again from the newest events."
+    backwards = "ending_before" in query and "starting_after" not in query
+    keep = {"payment_id": payment_id} if payment_id else {}
+    newer = older = None
+    if events:
+        if (backwards and has_more) or (not backwards and "starting_after" in query):
+            newer = {**keep, "ending_before": events[0]["id"]}
+        if (not backwards and has_more) or backwards:
+            older = {**keep, "starting_after": events[-1]["id"]}
+    links = {"newer": newer, "older": older}
+    context = {"events": events, "problem": problem, "links": links, "payment_id": payment_id}
+    return await render(request, "events.html", context)
+
+
+async def show_event(request: web.Request) -> web.Response:
+    event_id = _matched(request, "event_id", _EVENT_ID)
+    api = await merchant_api(request)
+    event = await api.get(path("/v1/events/{}", event_id))
+    context = {
+        "event": event,
+        "deliveries": event.get("deliveries", []),
+        "redeliver_form": await build_form(request, ActionForm),
+        "done": DONE.get(request.query.get("done", ""), ""),
+    }
+    return await render(request, "event.html", context)
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    event_id = _matched(request, "event_id", _EVENT_ID)
+    form = await build_form(request, ActionForm, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    api = await merchant_api(request)
+    await api.post(path("/v1/events/{}/redeliver", event_id))
+    return web.Response(status=303, headers={"Location": f"/developers/events/{event_id}?done=redelivered"})
