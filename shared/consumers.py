@@ -14,6 +14,7 @@ from __future__ import annotations
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
     CancelPayment,
+    CapturePayment,
     DeliverWebhook,
     ExpirePayment,
     PaymentIntentCreated,
@@ -29,7 +30,8 @@ from shared.topology import ConsumerGroup
 CONSUMER_GROUPS: tuple[ConsumerGroup, ...] = (
     # Opens, closes and looks up payment intents at the provider.
     ConsumerGroup(
-        "gateway_worker", (PaymentRequested.TYPE, CancelPayment.TYPE, ExpirePayment.TYPE, ReconcilePayment.TYPE)
+        "gateway_worker",
+        (PaymentRequested.TYPE, CancelPayment.TYPE, ExpirePayment.TYPE, ReconcilePayment.TYPE, CapturePayment.TYPE),
     ),
     # Records every payment message: its log is the audit trail.
     ConsumerGroup("ledger", tuple(PAYMENT_MESSAGE_TYPES)),

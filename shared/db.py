@@ -277,6 +277,32 @@ async def _hand_over(conn: asyncpg.Connection, schema: str, role: str) -> None:
         await conn.execute(f"ALTER FUNCTION {function['name']} OWNER TO {quoted_role}")
 
 
+async def _define_views(conn: asyncpg.Connection, schema: Schema) -> None:
+    """Create each view the schema publishes, or append the columns declared since (shared/ownership.py).
+
+    Columns only ever come at the end (PostgreSQL's CREATE OR REPLACE VIEW allows no other change): a reader's
+    query keeps working whatever was added after it was written."""
+    for name, view in schema.views.items():
+        existing = [
+            r["attname"]
+            for r in await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
+                name,
+            )
+        ]
+        declared = view.expressions()
+        added = [column for column in declared if column not in existing]
+        if existing and not added:
+            continue
+        columns = [*existing, *added]
+        select = ", ".join(
+            column if declared.get(column, column) == column else f"{declared[column]} AS {column}"
+            for column in columns
+        )
+        await conn.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM {view.source}")
+
+
 async def _publish(conn: asyncpg.Connection, schema: Schema, database: str) -> None:
     """As the owner: grant each interface the schema publishes to the roles of its readers (those that exist)."""
     readers = {reader for readers in schema.interfaces().values() for reader in readers}
@@ -293,9 +319,9 @@ async def _publish(conn: asyncpg.Connection, schema: Schema, database: str) -> N
 
     if everyone := await roles_of(readers):
         await conn.execute(f"GRANT USAGE ON SCHEMA {await _quoted(conn, schema.name)} TO {everyone}")
-    for view, services in schema.views.items():
-        if (grantees := await roles_of(services)) and await conn.fetchval("SELECT to_regclass($1)", view):
-            await conn.execute(f"GRANT SELECT ON {view} TO {grantees}")
+    for name, view in schema.views.items():
+        if (grantees := await roles_of(view.readers)) and await conn.fetchval("SELECT to_regclass($1)", name):
+            await conn.execute(f"GRANT SELECT ON {name} TO {grantees}")
     for function, services in schema.functions.items():
         name = function.split(".", 1)[1]
         found = await conn.fetchval(
@@ -308,9 +334,9 @@ async def _publish(conn: asyncpg.Connection, schema: Schema, database: str) -> N
 async def migrate(conn: asyncpg.Connection, services: Iterable[str], *, password: str | None = None) -> list[str]:
     """Apply every pending migration of `services`, then grant what each publishes; returns the names applied now.
 
-    A connection that may manage roles first creates them (`provision`), applies the migrations itself and hands
-    what they made to the schema's owner; a service's own role (a deployment that gives each service its own
-    DATABASE_URL) applies its migrations as itself."""
+    A connection that may manage roles first creates them (`provision`), applies the migrations itself (and the
+    views the owner publishes) and hands what they made to the schema's owner; a service's own role (a deployment
+    that gives each service its own DATABASE_URL) applies its migrations as itself."""
     applied_now: list[str] = []
     database = str(await conn.fetchval("SELECT current_database()"))
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
@@ -325,6 +351,7 @@ async def migrate(conn: asyncpg.Connection, services: Iterable[str], *, password
             schema = SCHEMAS_BY_OWNER.get(service)
             if schema is None:
                 continue
+            await _define_views(conn, schema)
             if manager:  # what the migrations made is the owner's, like the schema
                 await _hand_over(conn, schema.name, role_name(database, service))
             await _publish(conn, schema, database)

@@ -28,6 +28,8 @@ def utcnow() -> datetime:
 
 class PaymentStatus(StrEnum):
     PENDING = "PENDING"
+    # Paid by the customer with capture_method "manual": the money is held, not taken (docs/reference/capture.md).
+    AUTHORIZED = "AUTHORIZED"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
@@ -35,7 +37,11 @@ class PaymentStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self is not PaymentStatus.PENDING
+        return self not in (PaymentStatus.PENDING, PaymentStatus.AUTHORIZED)
+
+
+# When the money is taken: at once ("automatic"), or held at payment and taken by a capture ("manual").
+CaptureMethod = Literal["automatic", "manual"]
 
 
 Source = Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant", "ledger", "notifier"]
@@ -66,6 +72,7 @@ class PaymentRequested(Message):
     cancel_url: str | None = None
     created_at: datetime
     expires_at: datetime
+    capture_method: CaptureMethod = "automatic"
 
 
 class PaymentIntentCreated(Message):
@@ -87,7 +94,11 @@ class PaymentIntentFailed(Message):
 
 
 class PaymentStatusChanged(Message):
-    """The provider says the payment reached `status` (source: webhook, reconciliation, expiry or gateway)."""
+    """The provider says the payment reached `status` (source: webhook, reconciliation, expiry or gateway).
+
+    `amount` is what the intent was opened (authorized) for; `amount_captured` what the provider took, when it says
+    (a partial capture takes less than `amount`).
+    """
 
     TYPE = "payment.status_changed"
     status: PaymentStatus
@@ -97,10 +108,11 @@ class PaymentStatusChanged(Message):
     failure_code: str | None = None
     amount: int | None = None
     currency: str | None = None
+    amount_captured: int | None = None
 
 
 class CancelPayment(Message):
-    """The merchant asked to cancel a PENDING payment (source: merchant)."""
+    """The merchant asked to cancel a PENDING payment, or to void an AUTHORIZED one's hold (source: merchant)."""
 
     TYPE = "payment.cancel_requested"
     reason: str = "requested_by_merchant"
@@ -109,9 +121,25 @@ class CancelPayment(Message):
 
 
 class ExpirePayment(Message):
-    """The payment outlived its TTL: close it at the provider (source: expiry)."""
+    """The payment outlived its TTL, or its authorization outlived AUTHORIZATION_TTL_SECONDS (`authorization`):
+    close it at the provider, voiding the hold (source: expiry)."""
 
     TYPE = "payment.expiration_due"
+    provider: str | None = None
+    provider_payment_id: str | None = None
+    authorization: bool = False
+
+
+class CapturePayment(Message):
+    """The merchant asked to take `amount_to_capture` of an AUTHORIZED payment's hold (source: merchant).
+
+    The gateway_worker asks the provider with `idempotency_key` (a retry never captures twice) and publishes what
+    the provider then says is true; the rest of the hold is released.
+    """
+
+    TYPE = "payment.capture_requested"
+    amount_to_capture: int = Field(gt=0)
+    idempotency_key: str
     provider: str | None = None
     provider_payment_id: str | None = None
 
@@ -169,6 +197,7 @@ PAYMENT_MESSAGE_TYPES: dict[str, type[Message]] = {
         CancelPayment,
         ExpirePayment,
         ReconcilePayment,
+        CapturePayment,
     )
 }
 # What the ledger announces and the notifier consumes: outside `payment.`, so the ledger never records them.

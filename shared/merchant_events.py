@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 MERCHANT_EVENT_TYPES = (
     "payment.created",
+    "payment.authorized",
     "payment.succeeded",
     "payment.failed",
     "payment.canceled",

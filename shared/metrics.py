@@ -94,6 +94,24 @@ GATEWAY_ERRORS = Counter(
     "Failed provider calls by provider, operation and kind.",
     ["provider", "operation", "kind"],
 )
+AUTHORIZATIONS_OPEN = Gauge(
+    "paystream_authorizations_open", "Manual-capture payments AUTHORIZED in the ledger: money held, not yet taken."
+)
+AUTHORIZATIONS_EXPIRING_SOON = Gauge(
+    "paystream_authorizations_expiring_soon",
+    "AUTHORIZED payments in the last seventh of their hold (the last day of the default 7): capture or void them "
+    "before AUTHORIZATION_TTL_SECONDS voids them.",
+)
+AUTHORIZATIONS_CLOSED = Counter(
+    "paystream_authorizations_closed",
+    "Holds the ledger saw end, by outcome (captured, voided, expired).",
+    ["outcome"],
+)
+AMOUNT_CAPTURED = Counter(
+    "paystream_authorization_amount_captured",
+    "Minor units taken by captures of held payments, by currency (beside the amount held, it shows partial captures).",
+    ["currency"],
+)
 EXPIRATIONS_REQUESTED = Counter("paystream_expirations_requested", "Expiration commands sent by the sweep.")
 RECONCILIATIONS_REQUESTED = Counter(
     "paystream_reconciliations_requested", "Reconciliation commands sent for payments with no outcome."
@@ -140,6 +158,10 @@ SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
         AMOUNT_MISMATCHES,
         EXPIRATIONS_REQUESTED,
         RECONCILIATIONS_REQUESTED,
+        AUTHORIZATIONS_OPEN,
+        AUTHORIZATIONS_EXPIRING_SOON,
+        AUTHORIZATIONS_CLOSED,
+        AMOUNT_CAPTURED,
         *_RETRYING_CONSUMER,
     ),
     "notifier": (

@@ -1,11 +1,12 @@
-"""The gateway_worker's rules: open intents, and ask the provider for the truth on cancel, expiry and
-reconciliation. Handlers take the envelope plus their dependencies; the broker and provider stay at the edge."""
+"""The gateway_worker's rules: open intents, capture and void holds, and ask the provider for the truth on cancel,
+expiry and reconciliation. The provider is always asked first; what is published is what it then says is true.
+Handlers take the envelope plus their dependencies; the broker and provider stay at the edge."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeVar
 
 from opentelemetry import trace
@@ -13,6 +14,7 @@ from opentelemetry import trace
 from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
+    CapturePayment,
     Envelope,
     ExpirePayment,
     PaymentIntentCreated,
@@ -26,11 +28,12 @@ from shared.events import (
 )
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent
+from shared.providers.base import CapturingProvider, IntentRequest, PaymentProvider, ProviderIntent
 from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from shared.registry import MessageRegistry, Received
 
 log = get_logger(__name__)
+AUTHORIZATION_EXPIRED = "authorization_expired"
 _tracer = trace.get_tracer(__name__)
 T = TypeVar("T")
 
@@ -111,7 +114,18 @@ class GatewayHandlers:
             # The trace context rides with the intent, so the provider's webhook joins this trace. It is the
             # message's own (not this attempt's span), so a retry sends the provider identical parameters.
             metadata=delivery.trace_headers,
+            capture_method=message.capture_method,
         )
+        if message.capture_method == "manual" and not isinstance(provider, CapturingProvider):
+            # Opening an intent that takes the money at once would break the shop's promise to its customer.
+            await self._intent_failed(
+                envelope,
+                delivery,
+                provider.name,
+                f"the {provider.name} provider cannot hold a payment for a later capture",
+                failure_code="capture_method_unsupported",
+            )
+            return
         try:
             intent = await observe_provider_call(provider, "create_intent", lambda: provider.create_intent(request))
         except TransientGatewayError as exc:
@@ -167,9 +181,11 @@ class GatewayHandlers:
         )
 
     async def close_intent(self, received: Received[CancelPayment | ExpirePayment]) -> None:
-        """Cancel or expire: ask the provider to close the intent, then publish what it says is true."""
+        """Cancel or expire: ask the provider to close the intent (voiding a hold), then publish what it says is
+        true."""
         envelope, command = received.envelope, received.message
         expiring = isinstance(command, ExpirePayment)
+        hold = isinstance(command, ExpirePayment) and command.authorization
         source: Source = "expiry" if expiring else "gateway"
         wanted = PaymentStatus.EXPIRED if expiring else PaymentStatus.CANCELED
         close_as: Literal["canceled", "expired"] = "expired" if expiring else "canceled"
@@ -199,9 +215,14 @@ class GatewayHandlers:
             # A final answer, not a refusal: the provider has no such intent (it lost it, or never made it), so
             # nothing can be paid through it and the payment closes on our side, recorded as asked.
             log.info("the provider has no such intent; the payment closes on our side", error=str(exc)[:300])
-            await self._status(envelope.payment_id, source, wanted, provider.name, provider_payment_id, None)
+            failure_code = AUTHORIZATION_EXPIRED if hold else None
+            await self._status(envelope.payment_id, source, wanted, provider.name, provider_payment_id, failure_code)
             return
         except PermanentGatewayError as exc:
+            if hold:
+                # A hold the provider will not void is still money held: our record follows the provider, so the
+                # payment stays AUTHORIZED and an operator looks at the dead-lettered command.
+                raise PoisonMessage(f"the provider refused to void the expired hold: {exc}") from exc
             if wanted is PaymentStatus.EXPIRED:
                 # The TTL is ours to enforce: with no answer from the provider the payment still expires
                 # (a success the provider reports later wins anyway, as money moved).
@@ -212,7 +233,48 @@ class GatewayHandlers:
             raise PoisonMessage(f"the provider refused to cancel: {exc}") from exc
         if intent.status is PaymentStatus.PENDING:
             raise RetryLater("the provider still shows the intent open")
+        if intent.status is PaymentStatus.AUTHORIZED:
+            raise RetryLater("the provider still holds the payment")
+        if hold and intent.status is PaymentStatus.EXPIRED and intent.failure_code in (None, "expired"):
+            # A lapsed hold says so, whatever words the provider has for it.
+            intent = replace(intent, failure_code=AUTHORIZATION_EXPIRED)
         await self._publish_truth(envelope.payment_id, source, provider.name, intent)
+
+    async def capture(self, received: Received[CapturePayment]) -> None:
+        """Take all or part of a hold: the provider is asked first (with the capture's idempotency key, so a retry
+        never takes twice), then what it says is true is published. A void or an expiry that reached the provider
+        first is that truth; a second capture finds the first one's.
+        """
+        envelope, command = received.envelope, received.message
+        provider = self._provider(command.provider)
+        if not isinstance(provider, CapturingProvider):
+            raise PoisonMessage(f"the {provider.name} provider cannot capture")
+        intent_id = command.provider_payment_id
+        if intent_id is None:
+            # The intake asks only for an AUTHORIZED payment, whose intent the ledger knows: a bug, for an operator.
+            raise PoisonMessage("a capture must name the intent it takes the money of")
+        capturing = provider
+        try:
+            intent = await retrying_provider_call(
+                provider,
+                "capture",
+                lambda: capturing.capture(intent_id, command.amount_to_capture, command.idempotency_key),
+            )
+        except PermanentGatewayError as exc:
+            # Neither taken nor answered (no such intent, a refusal without a truth to read): for an operator.
+            raise PoisonMessage(f"the provider refused the capture: {exc}") from exc
+        if intent.status is PaymentStatus.AUTHORIZED:
+            # Still held after a capture: the provider refused it. Nothing changes; an operator looks at it.
+            raise PoisonMessage("the provider refused the capture and still holds the payment")
+        if intent.status is PaymentStatus.PENDING:
+            raise PoisonMessage("the provider shows the payment unpaid: there is nothing to capture")
+        log.info(
+            "capture answered",
+            status=intent.status.value,
+            amount_to_capture=command.amount_to_capture,
+            amount_captured=intent.amount_captured,
+        )
+        await self._publish_truth(envelope.payment_id, "gateway", provider.name, intent)
 
     async def reconcile(self, received: Received[ReconcilePayment]) -> None:
         envelope, message = received.envelope, received.message
@@ -238,6 +300,7 @@ class GatewayHandlers:
             intent.failure_code,
             amount=intent.amount,
             currency=intent.currency,
+            amount_captured=intent.amount_captured if intent.status is PaymentStatus.SUCCEEDED else None,
         )
 
     async def _status(
@@ -251,6 +314,7 @@ class GatewayHandlers:
         *,
         amount: int | None = None,
         currency: str | None = None,
+        amount_captured: int | None = None,
     ) -> None:
         changed = PaymentStatusChanged(
             status=status,
@@ -259,6 +323,7 @@ class GatewayHandlers:
             failure_code=failure_code,
             amount=amount,
             currency=currency,
+            amount_captured=amount_captured,
         )
         # One id per (payment, source, status): repeating the question never records the answer twice.
         await self.publish(
@@ -280,5 +345,6 @@ GATEWAY_MESSAGES: MessageRegistry[GatewayHandlers] = MessageRegistry(
         CancelPayment: GatewayHandlers.close_intent,
         ExpirePayment: GatewayHandlers.close_intent,
         ReconcilePayment: GatewayHandlers.reconcile,
+        CapturePayment: GatewayHandlers.capture,
     },
 )

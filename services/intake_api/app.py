@@ -50,6 +50,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app.router.add_get("/v1/payments/{payment_id}", routes.get_payment)
     app.router.add_get("/v1/payments/{payment_id}/events", routes.get_payment_events)
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
+    app.router.add_post("/v1/payments/{payment_id}/capture", routes.capture_payment)
     webhooks.add_routes(app.router)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -12,11 +12,19 @@ import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
 from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
-from shared.events import PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus
 from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
 
-__all__ = ["Payment", "PaymentCreate", "PaymentEvent", "PaymentEventList", "ProblemDetails", "field_errors"]
+__all__ = [
+    "CaptureCreate",
+    "Payment",
+    "PaymentCreate",
+    "PaymentEvent",
+    "PaymentEventList",
+    "ProblemDetails",
+    "field_errors",
+]
 
 MAX_AMOUNT = 99_999_999
 MAX_METADATA_KEYS = 20
@@ -132,16 +140,45 @@ class PaymentCreate(BaseModel):
         description="At most 20 string keys (1-40 chars) with string values of at most 500 chars.",
         json_schema_extra=_metadata_schema,
     )
+    capture_method: CaptureMethod = Field(
+        default="automatic",
+        description='"automatic" (default): the money is taken when the customer pays. "manual": it is only held '
+        "(the payment becomes AUTHORIZED) until POST /v1/payments/{id}/capture takes it or cancel voids it.",
+    )
 
     @cached_property
     def document(self) -> dict[str, Any]:
         """The validated request as JSON data: dumped once, for the fingerprint and the stored request both.
         Read it, never change it."""
-        return self.model_dump(mode="json")
+        document = self.model_dump(mode="json")
+        if document["capture_method"] == "automatic":
+            # The default is left out, so a request from before capture_method existed keeps its fingerprint.
+            del document["capture_method"]
+        return document
 
     def fingerprint(self) -> str:
         """A canonical digest of the validated request: key order and whitespace make no difference."""
         canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CaptureCreate(BaseModel):
+    """POST /v1/payments/{id}/capture body (optional: without it, the whole hold is taken)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount_to_capture: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_AMOUNT,
+        strict=True,
+        description="Minor units to take, at most the amount held (`amount_capturable`); the rest is released. "
+        "Omitted: all of it.",
+    )
+
+    def fingerprint(self, payment_id: str) -> str:
+        """The capture's identity under its Idempotency-Key: which payment, how much."""
+        canonical = json.dumps({"payment_id": payment_id, "amount_to_capture": self.amount_to_capture})
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -190,7 +227,7 @@ def _message(error: Any, field: str) -> str:
     if kind == "missing":
         return "Field required"
     if kind == "extra_forbidden":
-        return "is not a field of a payment request"
+        return "is not a field of this request"
     if kind == "model_type":
         return "the body must be a JSON object"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -264,7 +301,7 @@ class WebhookEndpointCreate(BaseModel):
     events: list[WebhookEventType] | None = Field(
         default=None,
         min_length=1,
-        max_length=7,
+        max_length=len(_SUBSCRIBABLE),
         description='The event types to send; omitted or `["*"]`: all of them.',
     )
 

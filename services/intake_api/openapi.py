@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from services.intake_api.models import (
     MAX_LIST_LIMIT,
+    CaptureCreate,
     EventList,
     EventWithDeliveries,
     Payment,
@@ -105,6 +106,7 @@ _PAYMENT_LINKS = {
         ("GetPayment", "getPayment"),
         ("ListPaymentEvents", "listPaymentEvents"),
         ("CancelPayment", "cancelPayment"),
+        ("CapturePayment", "capturePayment"),
     )
 }
 
@@ -329,9 +331,10 @@ def openapi_document() -> dict[str, Any]:
     """The whole document; the request schema is the validation schema of `PaymentCreate` itself."""
     _, schemas = models_json_schema(
         [
-            (model, "validation" if model in (PaymentCreate, WebhookEndpointCreate) else "serialization")
+            (model, "validation" if model in (PaymentCreate, WebhookEndpointCreate, CaptureCreate) else "serialization")
             for model in (
                 PaymentCreate,
+                CaptureCreate,
                 Payment,
                 PaymentEventList,
                 ProblemDetails,
@@ -353,10 +356,37 @@ def openapi_document() -> dict[str, Any]:
         "503": _DATABASE_DOWN,
     }
     cancel = {
-        "202": _json("Payment", "Cancel requested; the payment becomes CANCELED once the gateway confirms."),
+        "202": _json(
+            "Payment",
+            "Cancel requested (for an AUTHORIZED payment: the hold is voided); the payment becomes CANCELED once "
+            "the gateway confirms.",
+        ),
         "401": _UNAUTHORIZED,
         "404": _NOT_FOUND,
         "409": _problem("The payment is already terminal."),
+        "503": _DATABASE_DOWN,
+    }
+    capture = {
+        "202": _json(
+            "Payment",
+            "Capture requested (or, with `Idempotent-Replayed: true`, the one first made with this key); the payment "
+            "becomes SUCCEEDED with `amount_captured` once the provider has taken the money.",
+            {
+                "Location": _header("/v1/payments/{id}", required=True),
+                "Idempotent-Replayed": _header("`true` on a replay.", {"type": "string", "enum": ["true"]}),
+            },
+        ),
+        "400": _problem("Missing or invalid Idempotency-Key, or malformed JSON."),
+        "401": _UNAUTHORIZED,
+        "404": _NOT_FOUND,
+        "409": _problem(f"The payment is not AUTHORIZED (type {_PROBLEM_TYPES}payment-not-capturable)."),
+        "413": _problem("The body is over 64 KiB."),
+        "415": _problem("The body is not JSON."),
+        "422": _problem(
+            f"Invalid fields (type {_PROBLEM_TYPES}validation-error), more than the hold "
+            f"(type {_PROBLEM_TYPES}amount-exceeds-capturable), or the key was used with another capture "
+            f"(type {_PROBLEM_TYPES}idempotency-key-reuse)."
+        ),
         "503": _DATABASE_DOWN,
     }
     return {
@@ -401,7 +431,24 @@ def openapi_document() -> dict[str, Any]:
                 ),
             },
             "/v1/payments/{payment_id}/cancel": {
-                "post": _operation("cancelPayment", "Cancel a PENDING payment", cancel, parameters=[_PAYMENT_ID]),
+                "post": _operation(
+                    "cancelPayment",
+                    "Cancel a PENDING payment, or void an AUTHORIZED one",
+                    cancel,
+                    parameters=[_PAYMENT_ID],
+                ),
+            },
+            "/v1/payments/{payment_id}/capture": {
+                "post": _operation(
+                    "capturePayment",
+                    "Take all or part of an AUTHORIZED payment's hold (idempotent by Idempotency-Key)",
+                    capture,
+                    parameters=[_PAYMENT_ID, _CREATE_PARAMETERS[0]],
+                    requestBody={
+                        "required": False,
+                        "content": {"application/json": {"schema": {"$ref": _REF.format(model="CaptureCreate")}}},
+                    },
+                ),
             },
             **_webhook_paths(),
         },

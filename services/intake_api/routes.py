@@ -1,5 +1,5 @@
 """The intake API's HTTP handlers (docs/reference/intake-api.md): authentication, idempotency, validation, reads,
-cancel."""
+cancel, and capture (docs/reference/capture.md)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 from services.intake_api import store
 from services.intake_api.intents import IntentOutcome, IntentWaiters
-from services.intake_api.models import Payment, PaymentCreate, PaymentEventList, field_errors
+from services.intake_api.models import CaptureCreate, Payment, PaymentCreate, PaymentEventList, field_errors
 from services.intake_api.settings import IntakeSettings
+from shared.events import PaymentStatus
 from shared.logs import bind_payment, get_logger
 from shared.metrics import PAYMENTS_CREATED
 from shared.web import MERCHANT, Problem, read_json
@@ -140,8 +141,7 @@ async def _read_request(request: web.Request) -> PaymentCreate:
     return validated(PaymentCreate, await read_json(request, limit=MAX_BODY_BYTES), "payment request")
 
 
-async def create_payment(request: web.Request) -> web.Response:
-    merchant = request[MERCHANT]
+def _idempotency_key(request: web.Request) -> str:
     key = request.headers.get("Idempotency-Key")
     if key is None or not _IDEMPOTENCY_KEY.fullmatch(key):
         raise Problem(
@@ -149,6 +149,12 @@ async def create_payment(request: web.Request) -> web.Response:
             "idempotency-key-missing" if key is None else "idempotency-key-invalid",
             "An Idempotency-Key header of 1-255 printable ASCII characters is required.",
         )
+    return key
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    merchant = request[MERCHANT]
+    key = _idempotency_key(request)
     payment_request = await _read_request(request)
     fingerprint = payment_request.fingerprint()
     pool, settings, waiters = request.app[POOL], request.app[SETTINGS], request.app[WAITERS]
@@ -237,9 +243,58 @@ async def get_payment_events(request: web.Request) -> web.Response:
 
 
 async def cancel_payment(request: web.Request) -> web.Response:
+    """Cancel a PENDING payment, or void an AUTHORIZED one's hold: 202, then CANCELED once the provider agrees."""
     view = await _owned(request)
     if view.payment.status.is_terminal:
         raise Problem(409, "payment-terminal", f"The payment is already {view.payment.status.value}.")
     await store.request_cancel(request.app[POOL], view)
-    log.info("cancel requested", payment_id=view.payment.id)
+    log.info("cancel requested", payment_id=view.payment.id, status=view.payment.status.value)
     return _payment_response(view.payment, 202)
+
+
+async def _capture_request(request: web.Request) -> CaptureCreate:
+    # The body is optional: none (or an empty one) takes the whole hold.
+    if not request.can_read_body:
+        return CaptureCreate()
+    return validated(CaptureCreate, await read_json(request, limit=MAX_BODY_BYTES), "capture request")
+
+
+async def capture_payment(request: web.Request) -> web.Response:
+    """Take all or part of an AUTHORIZED payment's hold (docs/reference/capture.md): 202, then SUCCEEDED with
+    `amount_captured` once the provider has taken it. Idempotent by Idempotency-Key, like creating a payment."""
+    merchant = request[MERCHANT]
+    key = _idempotency_key(request)
+    view = await _owned(request)
+    capture = await _capture_request(request)
+    fingerprint = capture.fingerprint(view.payment.id)
+    pool = request.app[POOL]
+    existing = await store.find_capture(pool, merchant, key)
+    if existing is None:
+        payment = view.payment
+        if payment.status is not PaymentStatus.AUTHORIZED:
+            raise Problem(
+                409,
+                "payment-not-capturable",
+                f"Only an AUTHORIZED payment can be captured; this one is {payment.status.value}.",
+            )
+        amount = payment.amount_capturable if capture.amount_to_capture is None else capture.amount_to_capture
+        if amount > payment.amount_capturable:
+            raise Problem(
+                422,
+                "amount-exceeds-capturable",
+                f"At most {payment.amount_capturable} can be captured, not {amount}.",
+                amount_capturable=payment.amount_capturable,
+            )
+        existing = await store.request_capture(
+            pool, view, merchant_id=merchant, key=key, fingerprint=fingerprint, amount=amount
+        )
+        if existing is None:
+            log.info("capture requested", amount_to_capture=amount, amount_capturable=payment.amount_capturable)
+            return _payment_response(payment, 202, {"Location": f"/v1/payments/{payment.id}"})
+    if not hmac.compare_digest(existing.fingerprint, fingerprint):
+        raise Problem(
+            422, "idempotency-key-reuse", "This Idempotency-Key was already used with a different capture request."
+        )
+    return _payment_response(
+        view.payment, 202, {"Idempotent-Replayed": "true", "Location": f"/v1/payments/{view.payment.id}"}
+    )

@@ -8,16 +8,22 @@ payment just accepted.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 
 from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
 from services.intake_api.outbox import OutboxRow, enqueue, insert_sql
-from shared.events import CancelPayment, PaymentRequested, PaymentStatus
+from shared.events import CancelPayment, CapturePayment, Message, PaymentRequested, PaymentStatus
 from shared.payment_resource import LEDGER_COLUMNS
+from shared.telemetry import trace_parent
+
+_tracer = trace.get_tracer(__name__)
 
 # The payment resource's columns, and what the intake needs besides to cancel it at the provider.
 _LEDGER_FIELDS = (*LEDGER_COLUMNS, "provider", "provider_payment_id")
@@ -41,6 +47,8 @@ class PaymentView:
     payment: Payment
     provider: str | None = None
     provider_payment_id: str | None = None
+    # The trace context of the request that created it (W3C headers), for the commands that follow.
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 _ACCEPT = f"""
@@ -51,8 +59,9 @@ WITH existing AS (
     SELECT id, request_fingerprint FROM ledger.payments_v1 WHERE merchant_id = $2 AND idempotency_key = $3
     LIMIT 1
 ), payment AS (
-    INSERT INTO intake.payments (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at)
-    SELECT $1, $2, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz
+    INSERT INTO intake.payments
+        (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at, trace_headers)
+    SELECT $1, $2, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz, $13::jsonb
     WHERE NOT EXISTS (SELECT 1 FROM existing)
     ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
     RETURNING id
@@ -98,8 +107,18 @@ async def accept_payment(
     )
     outbox_row = OutboxRow.of(requested, payment_id=payment_id, source="intake", reply_to=reply_to)
     async with pool.acquire() as conn:
+        trace_headers = {k: v for k, v in outbox_row.headers.items() if k in ("traceparent", "tracestate")}
         row = await conn.fetchrow(
-            _ACCEPT, payment_id, merchant_id, key, fingerprint, body, now, expires_at, *outbox_row.values()
+            _ACCEPT,
+            payment_id,
+            merchant_id,
+            key,
+            fingerprint,
+            body,
+            now,
+            expires_at,
+            *outbox_row.values(),
+            trace_headers,
         )
         assert row is not None
         if row["existing_id"] is not None:
@@ -148,7 +167,7 @@ async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> 
         f"""
         SELECT {_LEDGER_SELECT}, p.id AS intake_id, p.request, p.checkout_url AS intake_checkout_url,
                p.failure_code AS intake_failure_code, p.created_at AS intake_created_at,
-               p.expires_at AS intake_expires_at
+               p.expires_at AS intake_expires_at, p.trace_headers
         FROM (SELECT $1::text AS id) wanted
         LEFT JOIN ledger.payments_v1 l ON l.id = wanted.id AND l.merchant_id = $2
         LEFT JOIN intake.payments p ON p.id = wanted.id AND p.merchant_id = $2
@@ -163,10 +182,10 @@ async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> 
         provider, provider_payment_id = fields.pop("provider"), fields.pop("provider_payment_id")
         if fields["checkout_url"] is None:
             fields["checkout_url"] = row["intake_checkout_url"]
-        return PaymentView(Payment(**fields), provider, provider_payment_id)
+        return PaymentView(Payment(**fields), provider, provider_payment_id, row["trace_headers"] or {})
     if row["intake_id"] is None:
         return None
-    return PaymentView(_from_intake(row))
+    return PaymentView(_from_intake(row), trace_headers=row["trace_headers"] or {})
 
 
 async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]:
@@ -180,11 +199,80 @@ async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]
     return [PaymentEvent(**dict(r)) for r in rows]
 
 
+@contextmanager
+def in_payment_trace(view: PaymentView, name: str) -> Iterator[None]:
+    """A span continuing the payment's trace (linked to the current request's), so that a command written inside
+    it carries the payment's trace context: a capture or void days later joins the trace its payment began."""
+    parent, links = trace_parent(view.trace_headers)
+    with _tracer.start_as_current_span(name, context=parent, links=links, attributes={"payment.id": view.payment.id}):
+        yield
+
+
+def _command_row(view: PaymentView, command: Message, span: str) -> OutboxRow:
+    with in_payment_trace(view, span):
+        return OutboxRow.of(command, payment_id=view.payment.id, source="merchant")
+
+
 async def request_cancel(pool: asyncpg.Pool, view: PaymentView) -> None:
-    """Queue the cancel command: one statement, so it commits on its own."""
+    """Queue the cancel (or, for a held payment, void) command: one statement, so it commits on its own."""
+    command = CancelPayment(provider=view.provider, provider_payment_id=view.provider_payment_id)
     async with pool.acquire() as conn:
-        command = CancelPayment(provider=view.provider, provider_payment_id=view.provider_payment_id)
-        await enqueue(conn, OutboxRow.of(command, payment_id=view.payment.id, source="merchant"))
+        await enqueue(conn, _command_row(view, command, "cancel requested"))
+
+
+@dataclass(frozen=True)
+class CaptureRecord:
+    """A capture accepted under an Idempotency-Key."""
+
+    payment_id: str
+    fingerprint: str
+    amount_to_capture: int
+
+
+async def find_capture(pool: asyncpg.Pool, merchant_id: str, key: str) -> CaptureRecord | None:
+    """The capture the merchant already asked for under this key, if any."""
+    row = await pool.fetchrow(
+        "SELECT payment_id, request_fingerprint, amount_to_capture FROM intake.captures"
+        " WHERE merchant_id = $1 AND idempotency_key = $2",
+        merchant_id,
+        key,
+    )
+    return (
+        None if row is None else CaptureRecord(row["payment_id"], row["request_fingerprint"], row["amount_to_capture"])
+    )
+
+
+_ACCEPT_CAPTURE = f"""
+WITH capture AS (
+    INSERT INTO intake.captures (merchant_id, idempotency_key, payment_id, request_fingerprint, amount_to_capture)
+    VALUES ($6, $7, $2, $8, $9)
+    ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
+    RETURNING payment_id
+), outbox AS (
+    {insert_sql(1)} FROM capture
+    RETURNING payment_id
+)
+SELECT (SELECT payment_id FROM outbox) AS accepted
+"""
+
+
+async def request_capture(
+    pool: asyncpg.Pool, view: PaymentView, *, merchant_id: str, key: str, fingerprint: str, amount: int
+) -> CaptureRecord | None:
+    """Record the capture under (merchant, key) and queue its command, in one statement; None when accepted now,
+    else the capture a concurrent request with the same key recorded first."""
+    command = CapturePayment(
+        amount_to_capture=amount,
+        # The provider's idempotency key: ours per merchant and key, so a retried command never takes twice.
+        idempotency_key=f"{view.payment.id}:{merchant_id}:{key}",
+        provider=view.provider,
+        provider_payment_id=view.provider_payment_id,
+    )
+    row = _command_row(view, command, "capture requested")
+    accepted = await pool.fetchval(_ACCEPT_CAPTURE, *row.values(), merchant_id, key, fingerprint, amount)
+    if accepted is not None:
+        return None
+    return await find_capture(pool, merchant_id, key)
 
 
 async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str | None, failure: str | None) -> None:
@@ -200,13 +288,17 @@ async def remember_intent(pool: asyncpg.Pool, payment_id: str, checkout_url: str
 
 async def purge_expired_keys(pool: asyncpg.Pool, retention_hours: float) -> int:
     """Forget idempotency records past retention once the ledger holds their payment (it answers for them)."""
+    # A held payment's record stays until the hold ends: its capture or void continues the trace it keeps.
     result = await pool.execute(
         """
         DELETE FROM intake.payments p
         WHERE p.created_at < now() - make_interval(secs => $1)
-          AND EXISTS (SELECT 1 FROM ledger.payments_v1 l WHERE l.id = p.id)
+          AND EXISTS (SELECT 1 FROM ledger.payments_v1 l WHERE l.id = p.id AND l.status <> 'AUTHORIZED')
         """,
         retention_hours * 3600,
+    )
+    await pool.execute(
+        "DELETE FROM intake.captures WHERE created_at < now() - make_interval(secs => $1)", retention_hours * 3600
     )
     await pool.execute(
         "DELETE FROM intake.outbox WHERE published_at < now() - make_interval(secs => $1)", retention_hours * 3600

@@ -10,7 +10,12 @@ from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.settings import LedgerSettings
-from services.ledger.sweeps import measure_pending, request_expirations, request_reconciliations
+from services.ledger.sweeps import (
+    measure_authorizations,
+    measure_pending,
+    request_expirations,
+    request_reconciliations,
+)
 from shared import runtime
 from shared.broker import RetryPolicy
 from shared.consumers import CONSUMER_GROUPS
@@ -36,7 +41,9 @@ def create_app(settings: LedgerSettings) -> web.Application:
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             handlers = LedgerHandlers(
-                PostgresLedgerStore(pool), broker.publish, lambda envelope: status_recorded_before(pool, envelope)
+                PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
+                broker.publish,
+                lambda envelope: status_recorded_before(pool, envelope),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
@@ -64,6 +71,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
                 ),
             )
             loops.every("pending gauge", 15, lambda: measure_pending(pool))
+            loops.every("authorization gauges", 15, lambda: measure_authorizations(pool))
             broker.watch_dlq(GROUP)
             async with runtime.serving(app, broker, pool):
                 yield

@@ -24,11 +24,19 @@ from shared.events import (
     ExpirePayment,
     Message,
     PaymentRequested,
+    PaymentStatus,
     Source,
     deterministic_event_id,
 )
 from shared.logs import get_logger
-from shared.metrics import AMOUNT_MISMATCHES, LATE_SUCCESSES, PAYMENT_COMPLETION_SECONDS, PAYMENTS_COMPLETED
+from shared.metrics import (
+    AMOUNT_CAPTURED,
+    AMOUNT_MISMATCHES,
+    AUTHORIZATIONS_CLOSED,
+    LATE_SUCCESSES,
+    PAYMENT_COMPLETION_SECONDS,
+    PAYMENTS_COMPLETED,
+)
 from shared.registry import BatchRegistry
 
 log = get_logger(__name__)
@@ -197,6 +205,15 @@ def _follow_up_envelope(envelope: Envelope, follow_up: Message) -> Envelope:
     )
 
 
+# How a hold ended, by the status it ended in.
+_HOLD_OUTCOMES = {
+    PaymentStatus.SUCCEEDED: "captured",
+    PaymentStatus.CANCELED: "voided",
+    PaymentStatus.EXPIRED: "expired",
+    PaymentStatus.FAILED: "failed",
+}
+
+
 def _observe(recorded: Recorded) -> None:
     decision = recorded.decision
     if decision is None:
@@ -207,12 +224,19 @@ def _observe(recorded: Recorded) -> None:
     if decision.late_success:
         LATE_SUCCESSES.inc()
         log.warning("late success applied over a terminal status; review", from_status=decision.before.status)
+    before, after = decision.before.status, decision.after.status
     if decision.completed:
-        PAYMENTS_COMPLETED.labels(decision.after.status.value).inc()
-        if recorded.created_at is not None:
-            PAYMENT_COMPLETION_SECONDS.labels(decision.after.status.value).observe(
-                (datetime.now(UTC) - recorded.created_at).total_seconds()
-            )
+        PAYMENTS_COMPLETED.labels(after.value).inc()
+    # The customer's part ends when the payment is paid or held: how long a shop keeps a hold is its own business.
+    customer_done = decision.completed or (decision.applied and after is PaymentStatus.AUTHORIZED)
+    if customer_done and before is not PaymentStatus.AUTHORIZED and recorded.created_at is not None:
+        PAYMENT_COMPLETION_SECONDS.labels(after.value).observe(
+            (datetime.now(UTC) - recorded.created_at).total_seconds()
+        )
+    if decision.completed and before is PaymentStatus.AUTHORIZED:
+        AUTHORIZATIONS_CLOSED.labels(_HOLD_OUTCOMES[after]).inc()
+        if after is PaymentStatus.SUCCEEDED:
+            AMOUNT_CAPTURED.labels(decision.after.currency).inc(decision.after.amount_captured)
 
 
 class LedgerHandlers:

@@ -26,16 +26,18 @@ _RECORD_REQUESTS = f"""
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
                          $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[],
-                         $14::timestamptz[], $15::uuid[], $16::text[], $17::text[], $18::text[], $19::timestamptz[])
+                         $14::timestamptz[], $15::uuid[], $16::text[], $17::text[], $18::text[], $19::timestamptz[],
+                         $20::text[])
         WITH ORDINALITY AS r(id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency,
                              description, customer_email, metadata, return_url, cancel_url, created_at, expires_at,
-                             event_id, event_type, source, payload, occurred_at, n)
+                             event_id, event_type, source, payload, occurred_at, capture_method, n)
 ), created AS (
     INSERT INTO ledger.payment_requests
         (id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
-         customer_email, metadata, return_url, cancel_url, status, created_at, updated_at, expires_at)
+         customer_email, metadata, return_url, cancel_url, status, created_at, updated_at, expires_at, capture_method)
     SELECT id, merchant_id, idempotency_key, request_fingerprint, reference, amount, currency, description,
-           customer_email, metadata::jsonb, return_url, cancel_url, 'PENDING', created_at, created_at, expires_at
+           customer_email, metadata::jsonb, return_url, cancel_url, 'PENDING', created_at, created_at, expires_at,
+           capture_method
     FROM incoming ORDER BY id
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -53,7 +55,7 @@ RETURNING event_id, outcome
 # The payments' state and version, with which of the asked events each has logged (one round trip).
 _READ = """
 SELECT p.id, p.status, p.amount, p.currency, p.provider, p.provider_payment_id, p.checkout_url, p.failure_code,
-       p.created_at, p.version,
+       p.capture_method, p.amount_captured, p.created_at, p.version,
        ARRAY(SELECT l.event_id FROM ledger.payment_logs l
              WHERE l.payment_request_id = p.id AND l.event_id = ANY($2::uuid[])) AS seen
 FROM ledger.payment_requests p WHERE p.id = ANY($1::text[])
@@ -62,7 +64,8 @@ FROM ledger.payment_requests p WHERE p.id = ANY($1::text[])
 # The compare-and-set of a batch, in one statement: lock each payment only if it is still at the version its
 # decisions were made on (a row that another ledger changed meanwhile is re-checked after its lock and
 # skipped), write the log rows of the locked payments, then apply the new state of those whose log rows were
-# new, bumping the version. Locks are taken in id order, so concurrent batches do not deadlock.
+# new, bumping the version. Locks are taken in id order, so concurrent batches do not deadlock. A payment entering
+# AUTHORIZED starts its hold now: it lapses $20 seconds later (AUTHORIZATION_TTL_SECONDS), which expires_at says.
 _APPLY_IF_UNCHANGED = f"""
 WITH expected AS (
     SELECT * FROM unnest($1::text[], $2::bigint[]) AS e(id, version)
@@ -85,11 +88,19 @@ WITH expected AS (
 ), changed AS (
     UPDATE ledger.payment_requests p
     SET status = c.status, provider = c.provider, provider_payment_id = c.provider_payment_id,
-        checkout_url = c.checkout_url, failure_code = c.failure_code, version = p.version + 1,
+        checkout_url = c.checkout_url, failure_code = c.failure_code, amount_captured = c.amount_captured,
+        version = p.version + 1,
         completed_at = CASE WHEN c.completed THEN clock_timestamp() ELSE p.completed_at END,
+        authorized_at = CASE WHEN c.status = 'AUTHORIZED' AND p.status <> 'AUTHORIZED'
+                             THEN c.at ELSE p.authorized_at END,
+        expires_at = CASE WHEN c.status = 'AUTHORIZED' AND p.status <> 'AUTHORIZED'
+                          THEN c.at + make_interval(secs => $20) ELSE p.expires_at END,
         updated_at = clock_timestamp()
-    FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bool[])
-        AS c(id, status, provider, provider_payment_id, checkout_url, failure_code, completed)
+    FROM (SELECT *, clock_timestamp() AS at
+          FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bool[],
+                      $21::bigint[])
+              AS u(id, status, provider, provider_payment_id, checkout_url, failure_code, completed, amount_captured)
+         ) AS c
     WHERE p.id = c.id AND p.id IN (SELECT payment_request_id FROM logged)
     RETURNING p.id
 )
@@ -97,14 +108,21 @@ SELECT ARRAY(SELECT id FROM unchanged) AS matched, ARRAY(SELECT event_id FROM lo
 """
 
 
-class PostgresLedgerStore:
-    """LedgerStore over an asyncpg pool."""
+# How long a hold lasts unless the ledger is told otherwise (AUTHORIZATION_TTL_SECONDS' default: 7 days).
+DEFAULT_AUTHORIZATION_TTL_SECONDS = 604800
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+class PostgresLedgerStore:
+    """LedgerStore over an asyncpg pool; `authorization_ttl_seconds`: how long a hold lasts once AUTHORIZED."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, authorization_ttl_seconds: float = DEFAULT_AUTHORIZATION_TTL_SECONDS
+    ) -> None:
         self._pool = pool
+        self._authorization_ttl = float(authorization_ttl_seconds)
 
     async def record_requests(self, requests: Sequence[Envelope]) -> dict[uuid.UUID, str]:
-        columns: list[list[object]] = [[] for _ in range(19)]
+        columns: list[list[object]] = [[] for _ in range(20)]
         for envelope in requests:
             request = envelope.message()
             assert isinstance(request, PaymentRequested)
@@ -128,6 +146,7 @@ class PostgresLedgerStore:
                 envelope.source,
                 envelope.model_dump_json(),
                 envelope.occurred_at,
+                request.capture_method,
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -146,6 +165,8 @@ class PostgresLedgerStore:
                     provider_payment_id=row["provider_payment_id"],
                     checkout_url=row["checkout_url"],
                     failure_code=row["failure_code"],
+                    capture_method=row["capture_method"],
+                    amount_captured=row["amount_captured"],
                 ),
                 version=row["version"],
                 created_at=row["created_at"],
@@ -157,7 +178,7 @@ class PostgresLedgerStore:
     async def apply_if_unchanged(
         self, writes: Sequence[PaymentWrite], *, before_commit: BeforeCommit | None = None
     ) -> WriteResult:
-        arguments = _write_arguments(writes)
+        arguments = _write_arguments(writes, self._authorization_ttl)
         async with self._pool.acquire() as conn:
             if before_commit is None:
                 row = await conn.fetchrow(_APPLY_IF_UNCHANGED, *arguments)
@@ -175,10 +196,10 @@ def _result(row: asyncpg.Record) -> WriteResult:
     return WriteResult(frozenset(row["matched"]), frozenset(row["logged"]))
 
 
-def _write_arguments(writes: Sequence[PaymentWrite]) -> list[list[object]]:
+def _write_arguments(writes: Sequence[PaymentWrite], authorization_ttl: float) -> list[object]:
     expected: list[list[object]] = [[], []]
     logs: list[list[object]] = [[] for _ in range(10)]
-    changes: list[list[object]] = [[] for _ in range(7)]
+    changes: list[list[object]] = [[] for _ in range(8)]
     for write in writes:
         expected[0].append(write.payment_id)
         expected[1].append(write.version)
@@ -207,7 +228,8 @@ def _write_arguments(writes: Sequence[PaymentWrite]) -> list[list[object]]:
                 after.checkout_url,
                 after.failure_code,
                 write.completed,
+                after.amount_captured,
             )
-            for column, value in zip(changes, values_after, strict=True):
-                column.append(value)
-    return [*expected, *logs, *changes]
+            for column, change in zip(changes, values_after, strict=True):
+                column.append(change)
+    return [*expected, *logs, *changes[:7], authorization_ttl, changes[7]]

@@ -14,6 +14,12 @@ class LedgerSettings(DatabaseSettings, BrokerSettings):
     expiry_sweep_interval_seconds: float = Field(
         default=5, gt=0, description="how often the ledger looks for payments past their TTL"
     )
+    authorization_ttl_seconds: int = Field(
+        default=604800,
+        gt=0,
+        description="how long a manual-capture payment stays AUTHORIZED before its hold is voided at the provider and"
+        " it becomes EXPIRED (`authorization_expired`): 7 days, as card networks hold",
+    )
     reconcile_after_seconds: int = Field(
         default=600,
         gt=0,

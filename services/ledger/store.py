@@ -120,7 +120,12 @@ class LedgerStore(Protocol):
 
 
 def new_payment_state(request: PaymentRequested) -> PaymentState:
-    return PaymentState(status=PaymentStatus.PENDING, amount=request.amount, currency=request.currency)
+    return PaymentState(
+        status=PaymentStatus.PENDING,
+        amount=request.amount,
+        currency=request.currency,
+        capture_method=request.capture_method,
+    )
 
 
 @dataclass

@@ -17,6 +17,8 @@ from services.sandbox_gateway.cards import check_card_simulation
 from services.sandbox_gateway.faults import Faults, FaultsUpdate, create_intent_fault
 from services.sandbox_gateway.gateway import GATEWAY, SandboxGateway
 from services.sandbox_gateway.intents import (
+    CaptureAmountError,
+    CaptureMethod,
     IdempotencyKeyReusedError,
     Intent,
     IntentClosedError,
@@ -97,6 +99,7 @@ class NewIntent(BaseModel):
     merchant_name: StrictStr | None = Field(default=None, max_length=100)
     # Unix seconds no later than 9999-12-31, the last a datetime holds.
     expires_at: int | None = Field(default=None, strict=True, gt=0, le=253_402_300_799)
+    capture_method: CaptureMethod = "automatic"
     metadata: dict[
         Annotated[StrictStr, Field(min_length=1, max_length=100)],
         Annotated[StrictStr, Field(max_length=1000)],
@@ -124,6 +127,14 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Literal["canceled", "expired"] = "canceled"
+
+
+class CaptureRequest(BaseModel):
+    """The body of POST /v1/intents/{id}/capture: how much of the hold to take (all of it when omitted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int | None = Field(default=None, strict=True, gt=0, le=99_999_999)
 
 
 class SimulateRequest(BaseModel):
@@ -242,10 +253,33 @@ async def get_intent(request: web.Request) -> web.Response:
 
 
 async def cancel_intent(request: web.Request) -> web.Response:
-    """Cancel (or expire) an open intent; again is a no-op; 409 once it succeeded or failed."""
+    """Cancel (or expire) an open intent, or void a held one; again is a no-op; 409 once it succeeded or failed."""
     gateway, intent = _addressed(request)
     reason = _validated(CancelRequest, await _json_body(request, required=False)).reason
     return _changed(lambda: gateway.close(intent.id, reason))
+
+
+async def capture_intent(request: web.Request) -> web.Response:
+    """Take all or part of a held (authorized) intent, releasing the rest; Idempotency-Key required.
+
+    409 unless the intent is held (captured already, voided, lapsed or never paid); 422 for more than it holds.
+    """
+    gateway, intent = _addressed(request)
+    key = _idempotency_key(request)
+    if key is None:
+        raise Problem(400, "idempotency-key-missing", "A capture needs an Idempotency-Key header.")
+    amount = _validated(CaptureRequest, await _json_body(request, required=False)).amount
+    try:
+        captured = gateway.capture(intent.id, amount, key)
+    except IntentClosedError as exc:
+        raise _closed_problem(exc) from None
+    except CaptureAmountError as exc:
+        raise Problem(422, "amount-exceeds-capturable", f"The intent holds less: {exc}.") from None
+    except IdempotencyKeyReusedError:
+        raise Problem(
+            422, "idempotency-key-reuse", "This Idempotency-Key already captured another intent or amount."
+        ) from None
+    return web.json_response(captured.to_json())
 
 
 async def simulate_payment(request: web.Request) -> web.Response:
@@ -291,6 +325,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/intents", list_intents)
     router.add_get("/v1/intents/{intent_id}", get_intent)
     router.add_post("/v1/intents/{intent_id}/cancel", cancel_intent)
+    router.add_post("/v1/intents/{intent_id}/capture", capture_intent)
     router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)
     router.add_get("/v1/intents/{intent_id}/webhooks", list_webhook_attempts)
     router.add_get("/_sandbox/faults", get_faults)

@@ -70,8 +70,17 @@ class SandboxGateway:
         self._announce(intent)
         return intent
 
+    def capture(self, intent_id: str, amount: int | None, idempotency_key: str) -> Intent:
+        """Take all or part of a held intent (raises IntentClosedError, CaptureAmountError,
+        IdempotencyKeyReusedError); a retry with the same key answers without capturing again."""
+        self.intent(intent_id)
+        intent, changed = self.store.capture(intent_id, amount, idempotency_key)
+        if changed:
+            self._announce(intent)
+        return intent
+
     def close(self, intent_id: str, reason: CloseReason) -> Intent:
-        """Cancel or expire an intent; again changes nothing (raises IntentClosedError once paid)."""
+        """Cancel or expire an intent, voiding a hold; again changes nothing (raises IntentClosedError once paid)."""
         self.intent(intent_id)
         intent, changed = self.store.close(intent_id, reason)
         if changed:
@@ -88,11 +97,12 @@ class SandboxGateway:
     def _announce(self, intent: Intent) -> None:
         event_id = self.webhooks.send(intent, created=self.store.now(), faults=self.faults)
         log.info(
-            "intent closed",
+            "intent changed",
             intent_id=intent.id,
             payment_id=intent.payment_id,
             status=str(intent.status),
             failure_code=intent.failure_code,
+            amount_captured=intent.amount_captured,
             event_id=event_id,
         )
 

@@ -1,5 +1,8 @@
 """Payment intents and their life: open, then succeeded, failed, canceled or expired, once.
 
+An intent opened with capture_method "manual" is paid into `authorized` instead: the money is held until a
+capture takes all or part of it (succeeded), a cancel voids the hold (canceled) or the hold lapses (expired).
+
 The store works in memory: plain synchronous code on one event loop, so each operation is atomic without locks.
 With a SandboxStorage (SANDBOX_DATA_DIR) it also keeps every intent across restarts, as a real provider does:
 each change is written through (`_keep`) before it is answered, and the intents are read back at start.
@@ -17,10 +20,12 @@ from typing import Any, Literal
 from services.sandbox_gateway.storage import SandboxStorage
 
 CloseReason = Literal["canceled", "expired"]
+CaptureMethod = Literal["automatic", "manual"]
 
 
 class IntentStatus(StrEnum):
     OPEN = "open"
+    AUTHORIZED = "authorized"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -28,6 +33,7 @@ class IntentStatus(StrEnum):
 
     @property
     def is_closed(self) -> bool:
+        """No longer payable on its page (a held intent is paid already: it waits for a capture or a void)."""
         return self is not IntentStatus.OPEN
 
     @property
@@ -42,6 +48,10 @@ class IntentNotFoundError(Exception):
 
 class IdempotencyKeyReusedError(Exception):
     """An Idempotency-Key already opened an intent for another amount, currency or reference."""
+
+
+class CaptureAmountError(ValueError):
+    """A capture of more than the intent holds."""
 
 
 class IntentClosedError(Exception):
@@ -70,6 +80,7 @@ class IntentDraft:
     merchant_name: str | None = None
     expires_at: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    capture_method: CaptureMethod = "automatic"
 
 
 @dataclass
@@ -91,10 +102,23 @@ class Intent:
     # The only card data ever kept.
     last4: str | None = None
     merchant_name: str | None = None
+    capture_method: CaptureMethod = "automatic"
+    # What a capture took of a held intent (None until then).
+    captured: int | None = None
 
     @property
     def payment_id(self) -> str | None:
         return self.metadata.get("payment_id")
+
+    @property
+    def amount_capturable(self) -> int:
+        return self.amount if self.status is IntentStatus.AUTHORIZED else 0
+
+    @property
+    def amount_captured(self) -> int:
+        if self.status is not IntentStatus.SUCCEEDED:
+            return 0
+        return self.amount if self.captured is None else self.captured
 
     @classmethod
     def from_record(cls, body: dict[str, Any]) -> Intent:
@@ -118,6 +142,9 @@ class Intent:
             "metadata": dict(self.metadata),
             "created": self.created,
             "expires_at": self.expires_at,
+            "capture_method": self.capture_method,
+            "amount_capturable": self.amount_capturable,
+            "amount_captured": self.amount_captured,
         }
         if self.last4 is not None:
             body["last4"] = self.last4
@@ -144,9 +171,13 @@ class IntentStore:
         self._by_key: dict[str, str] = {}
         self._key_by_id: dict[str, str] = {}
         self._by_payment: dict[str, list[str]] = {}
+        # Idempotency-Key of a capture → (intent id, amount): a retried capture answers, never captures again.
+        self._captures: dict[str, tuple[str, int]] = {}
         if storage is not None:
             for record in storage.all("intent"):
                 self._index(Intent.from_record(record.body), record.key)
+            for record in storage.all("capture"):
+                self._captures[record.id] = (record.body["intent_id"], record.body["amount"])
 
     def _index(self, intent: Intent, idempotency_key: str | None) -> None:
         self._by_id[intent.id] = intent
@@ -177,10 +208,11 @@ class IntentStore:
         """
         if idempotency_key is not None and idempotency_key in self._by_key:
             existing = self._by_id[self._by_key[idempotency_key]]
-            if (existing.amount, existing.currency, existing.reference) != (
+            if (existing.amount, existing.currency, existing.reference, existing.capture_method) != (
                 draft.amount,
                 draft.currency,
                 draft.reference,
+                draft.capture_method,
             ):
                 raise IdempotencyKeyReusedError(idempotency_key)
             return existing, False
@@ -196,6 +228,7 @@ class IntentStore:
             description=draft.description,
             customer_email=draft.customer_email,
             merchant_name=draft.merchant_name,
+            capture_method=draft.capture_method,
             metadata=dict(draft.metadata),
             checkout_url=f"{self._checkout_base}/pay/{intent_id}",
             created=created,
@@ -236,27 +269,62 @@ class IntentStore:
         return due
 
     def settle(self, intent_id: str, *, last4: str, failure_code: str | None) -> Intent:
-        """Record a card payment: succeeded without a failure code, failed with one."""
+        """Record a card payment: succeeded (authorized, for a manual intent) without a failure code, failed
+        with one."""
         intent = self.get(intent_id)
         if intent.status.is_closed:
             raise IntentClosedError(intent)
-        intent.status = IntentStatus.FAILED if failure_code else IntentStatus.SUCCEEDED
+        if failure_code:
+            intent.status = IntentStatus.FAILED
+        elif intent.capture_method == "manual":
+            intent.status = IntentStatus.AUTHORIZED
+        else:
+            intent.status = IntentStatus.SUCCEEDED
         intent.failure_code = failure_code
         intent.last4 = last4
         self._keep(intent)
         return intent
 
-    def close(self, intent_id: str, reason: CloseReason) -> tuple[Intent, bool]:
-        """Cancel or expire an open intent; True when it changed now.
+    def capture(self, intent_id: str, amount: int | None, idempotency_key: str) -> tuple[Intent, bool]:
+        """Take `amount` (all of it when None) of a held intent and release the rest; True when it changed now.
 
-        An intent already canceled or expired stays as it is; a paid or refused one cannot be closed.
+        The same key again answers the intent as it stands (another intent or amount under it is a caller's
+        bug: IdempotencyKeyReusedError); a capture of more than is held is CaptureAmountError; an intent that is
+        not held (captured under another key, voided, lapsed, never paid) is IntentClosedError.
+        """
+        intent = self.get(intent_id)
+        wanted = intent.amount if amount is None else amount
+        if idempotency_key in self._captures:
+            if self._captures[idempotency_key] != (intent_id, wanted):
+                raise IdempotencyKeyReusedError(idempotency_key)
+            return intent, False
+        if intent.status is not IntentStatus.AUTHORIZED:
+            raise IntentClosedError(intent)
+        if not 0 < wanted <= intent.amount:
+            raise CaptureAmountError(f"at most {intent.amount} can be captured, not {wanted}")
+        intent.status = IntentStatus.SUCCEEDED
+        intent.captured = wanted
+        self._captures[idempotency_key] = (intent_id, wanted)
+        if self._storage is not None:
+            self._storage.put("capture", idempotency_key, {"intent_id": intent_id, "amount": wanted}, parent=intent_id)
+        self._keep(intent)
+        return intent, True
+
+    def close(self, intent_id: str, reason: CloseReason) -> tuple[Intent, bool]:
+        """Cancel or expire an open intent, or void a held one; True when it changed now.
+
+        An intent already canceled or expired stays as it is; a paid (captured) or refused one cannot be closed.
         """
         intent = self.get(intent_id)
         if intent.status.is_settled:
             raise IntentClosedError(intent)
-        if intent.status.is_closed:
+        if intent.status.is_closed and intent.status is not IntentStatus.AUTHORIZED:
             return intent, False
+        held = intent.status is IntentStatus.AUTHORIZED
         intent.status = IntentStatus(reason)
-        intent.failure_code = "expired" if reason == "expired" else None
+        if reason == "expired":
+            intent.failure_code = "authorization_expired" if held else "expired"
+        else:
+            intent.failure_code = None
         self._keep(intent)
         return intent, True

@@ -56,6 +56,7 @@ border-radius:4px}
 button{font-size:1rem;padding:.7rem 1rem;border-radius:4px;border:0;cursor:pointer}
 button.pay{width:100%;background:#2453d4;color:#fff;font-weight:600}
 button.link{background:none;color:#2453d4;text-decoration:underline;padding:.5rem 0}
+.hold{border:1px solid #e0b24a;background:#fff8e6;padding:.6rem 1rem;border-radius:4px}
 .note{font-size:.85rem;color:#5a6275;border-top:1px solid #e3e5ea;margin-top:1.2rem;padding-top:.8rem}
 a.button{display:inline-block;background:#2453d4;color:#fff;padding:.6rem 1rem;border-radius:4px;
 text-decoration:none}
@@ -136,6 +137,15 @@ def render_checkout(
     if "card_number" in errors:
         kept["card_number"] = ""
     amount = format_amount(intent.amount, intent.currency)
+    # A manual-capture intent only holds the money: the customer is told so before paying, in the button too.
+    manual = intent.capture_method == "manual"
+    verb = "Authorize" if manual else "Pay"
+    hold_note = (
+        '<p class="hold" id="hold-note">Your card is authorized now, not yet charged: '
+        f"{escape(amount)} is held, and the shop takes it (or less) when your order ships.</p>"
+        if manual
+        else ""
+    )
     alert = ""
     if errors:
         items = "".join(
@@ -152,7 +162,7 @@ def render_checkout(
         + [f"<code>{_grouped(n)}</code> fails ({escape(code)})" for n, code in DECLINING_CARDS.items()]
     )
     body = (
-        f"{_merchant(intent)}<h1>Pay {escape(amount)}</h1>{_summary(intent)}{alert}"
+        f"{_merchant(intent)}<h1>{verb} {escape(amount)}</h1>{_summary(intent)}{hold_note}{alert}"
         f'<form method="post" action="/pay/{escape(intent.id)}" autocomplete="on">'
         + _field(
             "name",
@@ -181,16 +191,17 @@ def render_checkout(
             attributes='type="text" inputmode="numeric" autocomplete="cc-csc" required maxlength="4" placeholder="123"',
         )
         + "</div>"
-        f'<button type="submit" class="pay">Pay {escape(amount)}</button></form>'
+        f'<button type="submit" class="pay">{verb} {escape(amount)}</button></form>'
         f'<form method="post" action="/pay/{escape(intent.id)}/cancel">'
         '<button type="submit" class="link">Cancel and return to the shop</button></form>'
         '<p class="note">Sandbox: no money moves. Any future expiry date and any 3- or 4-digit CVC work. '
         f"Test cards: {test_cards}; any other valid number succeeds.</p>"
     )
-    return _document(f"Pay {amount}", body)
+    return _document(f"{verb} {amount}", body)
 
 
 _CLOSED_TITLES = {
+    IntentStatus.AUTHORIZED: "Payment authorized, not yet charged",
     IntentStatus.SUCCEEDED: "This payment is already complete",
     IntentStatus.FAILED: "This payment has already failed",
     IntentStatus.CANCELED: "This payment was canceled",
@@ -202,10 +213,16 @@ def render_closed(intent: Intent, back_url: str | None) -> str:
     """What a customer sees on an intent that can no longer be paid; nothing was changed."""
     title = _CLOSED_TITLES.get(intent.status, "This payment is closed")
     back = f'<p><a class="button" href="{escape(back_url)}">Return to the shop</a></p>' if back_url else ""
+    if intent.status is IntentStatus.AUTHORIZED:
+        state = (
+            f"{escape(format_amount(intent.amount, intent.currency))} is held on your card: authorized, not yet "
+            "charged. The shop takes it when your order ships, or releases it."
+        )
+    else:
+        state = "Nothing was charged by this visit."
     body = (
         f"{_merchant(intent)}<h1>{escape(title)}</h1>{_summary(intent)}"
-        f"<p>Status: <strong>{escape(str(intent.status))}</strong>. "
-        f"Nothing was charged by this visit.</p>{back}"
+        f"<p>Status: <strong>{escape(str(intent.status))}</strong>. {state}</p>{back}"
     )
     return _document(title, body)
 

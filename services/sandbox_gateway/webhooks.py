@@ -1,4 +1,4 @@
-"""Webhook delivery: one signed event per closed intent, sent in the background, retried with backoff.
+"""Webhook delivery: one signed event per change of an intent's status, sent in the background, retried with backoff.
 
 Each attempt runs in a span whose parent is the payment's trace context (carried in the intent's metadata),
 so the delivery and everything the receiver does join the payment's trace.
@@ -38,6 +38,7 @@ _JITTER_SHARE = 0.1
 _TRACE_KEYS = ("traceparent", "tracestate")
 
 EVENT_TYPES: dict[IntentStatus, str] = {
+    IntentStatus.AUTHORIZED: "payment.authorized",
     IntentStatus.SUCCEEDED: "payment.succeeded",
     IntentStatus.FAILED: "payment.failed",
     IntentStatus.CANCELED: "payment.canceled",
@@ -49,11 +50,18 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_hex(12)
 
 
+def event_type(intent: Intent) -> str:
+    """What an intent's new status is announced as: a held intent's capture is `payment.captured`."""
+    if intent.status is IntentStatus.SUCCEEDED and intent.capture_method == "manual":
+        return "payment.captured"
+    return EVENT_TYPES[intent.status]
+
+
 def build_event(intent: Intent, *, created: int, event_id: str | None = None) -> dict[str, Any]:
-    """The webhook body announcing that a closed intent reached its status (docs/reference/provider-webhooks.md)."""
+    """The webhook body announcing that an intent reached its status (docs/reference/provider-webhooks.md)."""
     return {
         "id": event_id or new_event_id(),
-        "type": EVENT_TYPES[intent.status],
+        "type": event_type(intent),
         "created": created,
         "data": {"object": intent.to_json()},
     }

@@ -44,6 +44,7 @@ def _our_event(provider: PaymentProvider, event: WebhookEvent) -> Envelope:
         failure_code=event.failure_code,
         amount=event.amount,
         currency=event.currency,
+        amount_captured=event.amount_captured,
     )
     envelope = Envelope.wrap(
         changed,

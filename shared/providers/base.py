@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
@@ -72,11 +72,14 @@ class IntentRequest:
     merchant_name: str | None = None
     # Carried through the provider and back in its webhooks (payment id, W3C trace context).
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # "manual": the customer's payment only holds the money, a capture takes it (a CapturingProvider's business).
+    capture_method: CaptureMethod = "automatic"
 
 
 @dataclass(frozen=True)
 class ProviderIntent:
-    """The provider's view of an intent, its status already mapped onto ours (PENDING while open)."""
+    """The provider's view of an intent, its status already mapped onto ours (PENDING while open, AUTHORIZED
+    while the money is held); `amount_captured` is what it took, when it says."""
 
     provider_payment_id: str
     status: PaymentStatus
@@ -84,6 +87,7 @@ class ProviderIntent:
     currency: str
     checkout_url: str | None = None
     failure_code: str | None = None
+    amount_captured: int | None = None
 
 
 # What each field of a provider's event must look like before it becomes ours; a field outside its rule is
@@ -119,6 +123,7 @@ class WebhookEvent:
     failure_code: str | None
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+    amount_captured: int | None = None
 
     def __post_init__(self) -> None:
         if not PAYMENT_ID_RULE.fullmatch(self.payment_id):
@@ -130,6 +135,8 @@ class WebhookEvent:
             raise InvalidWebhookError("the failure code must be 1-255 printable ASCII characters")
         if self.amount is not None and not 0 <= self.amount <= _MAX_AMOUNT:
             raise InvalidWebhookError(f"the amount must be from 0 to {_MAX_AMOUNT} minor units")
+        if self.amount_captured is not None and not 0 <= self.amount_captured <= _MAX_AMOUNT:
+            raise InvalidWebhookError(f"the captured amount must be from 0 to {_MAX_AMOUNT} minor units")
         if self.currency is not None and not _CURRENCY_RULE.fullmatch(self.currency):
             raise InvalidWebhookError("the currency must be a three-letter code")
         if self.occurred_at.tzinfo is None:
@@ -164,6 +171,23 @@ def parse_signature_header(value: str) -> tuple[int, list[str]]:
     if timestamp is None or not signatures:
         raise SignatureError("signature header lacks t or v1")
     return timestamp, signatures
+
+
+@runtime_checkable
+class CapturingProvider(Protocol):
+    """A provider that can hold money and take it later (docs/reference/capture.md): an optional capability.
+
+    Its `create_intent` honours `IntentRequest.capture_method == "manual"` (the customer's payment leaves the
+    intent AUTHORIZED), and its `cancel_intent` voids a hold. A provider without it refuses manual payments.
+    """
+
+    name: str
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        """Take `amount` (at most the held amount) of an AUTHORIZED intent and release the rest; the same
+        `idempotency_key` never captures twice. Returns what is true afterwards: SUCCEEDED with `amount_captured`,
+        or whatever ended the hold first (voided, lapsed). Raises PermanentGatewayError when the provider refuses."""
+        ...
 
 
 class PaymentProvider(ABC):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from shared.events import PaymentStatus
 from shared.providers.base import (
+    CapturingProvider,
     IntentRequest,
     PaymentProvider,
     ProviderIntent,
@@ -23,6 +24,7 @@ from shared.providers.http import request_json
 # The sandbox's intent statuses mapped onto ours; anything else is unknown and refused loudly.
 SANDBOX_STATUS_MAP: dict[str, PaymentStatus] = {
     "open": PaymentStatus.PENDING,
+    "authorized": PaymentStatus.AUTHORIZED,
     "succeeded": PaymentStatus.SUCCEEDED,
     "failed": PaymentStatus.FAILED,
     "canceled": PaymentStatus.CANCELED,
@@ -30,6 +32,8 @@ SANDBOX_STATUS_MAP: dict[str, PaymentStatus] = {
 }
 
 SANDBOX_EVENT_TYPES: dict[str, PaymentStatus] = {
+    "payment.authorized": PaymentStatus.AUTHORIZED,
+    "payment.captured": PaymentStatus.SUCCEEDED,
     "payment.succeeded": PaymentStatus.SUCCEEDED,
     "payment.failed": PaymentStatus.FAILED,
     "payment.canceled": PaymentStatus.CANCELED,
@@ -52,6 +56,7 @@ class _Object(BaseModel):
     currency: StrictStr
     metadata: dict[str, str]
     failure_code: str | None = None
+    amount_captured: StrictInt | None = None
 
 
 class _Data(BaseModel):
@@ -66,7 +71,14 @@ class _Event(BaseModel):
     data: _Data
 
 
-class SandboxProvider(PaymentProvider):
+def _captured(payload: dict[str, Any]) -> int | None:
+    value = payload.get("amount_captured")
+    return None if value is None else int(value)
+
+
+class SandboxProvider(PaymentProvider, CapturingProvider):
+    """Both halves of the sandbox, and manual capture (it holds, captures and voids)."""
+
     name = "sandbox"
     signature_header_name = "Paystream-Signature"
 
@@ -97,6 +109,7 @@ class SandboxProvider(PaymentProvider):
                 currency=str(payload["currency"]),
                 checkout_url=payload.get("checkout_url"),
                 failure_code=payload.get("failure_code"),
+                amount_captured=_captured(payload) if status is PaymentStatus.SUCCEEDED else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentGatewayError(f"the sandbox answered with something that is not an intent: {exc!r}") from None
@@ -114,6 +127,8 @@ class SandboxProvider(PaymentProvider):
             "expires_at": int(request.expires_at.timestamp()),
             "metadata": {**request.metadata, "payment_id": request.payment_id},
         }
+        if request.capture_method == "manual":
+            body["capture_method"] = "manual"
         payload = await request_json(
             self._client(),
             "POST",
@@ -158,6 +173,20 @@ class SandboxProvider(PaymentProvider):
             return await self.retrieve_intent(provider_payment_id)
         return self._intent(payload)
 
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        try:
+            payload = await request_json(
+                self._client(),
+                "POST",
+                f"{self._base_url}/v1/intents/{provider_payment_id}/capture",
+                json={"amount": amount},
+                headers={"Idempotency-Key": idempotency_key},
+            )
+        except PermanentGatewayError:
+            # 409 (no longer held) or 422: whatever the intent now says is the truth the caller judges.
+            return await self.retrieve_intent(provider_payment_id)
+        return self._intent(payload)
+
     def webhook_secrets(self) -> Sequence[str]:
         return self._secrets
 
@@ -183,4 +212,5 @@ class SandboxProvider(PaymentProvider):
             failure_code=obj.failure_code,
             occurred_at=event_time(event.created),
             metadata=obj.metadata,
+            amount_captured=obj.amount_captured if status is PaymentStatus.SUCCEEDED else None,
         )

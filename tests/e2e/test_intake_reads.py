@@ -149,6 +149,7 @@ async def test_openapi_json_is_served_as_openapi_3_1(stack: Stack, http: aiohttp
         "/v1/payments/{payment_id}",
         "/v1/payments/{payment_id}/events",
         "/v1/payments/{payment_id}/cancel",
+        "/v1/payments/{payment_id}/capture",
         "/v1/webhook_endpoints",
         "/v1/webhook_endpoints/{endpoint_id}",
         "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",

@@ -94,9 +94,12 @@ class FakeProvider(PaymentProvider):
         self.cancels.append((provider_payment_id, reason))
         self._raise_if_failing()
         intent = self._intent(provider_payment_id)
-        if intent.status is PaymentStatus.PENDING:
+        if intent.status in (PaymentStatus.PENDING, PaymentStatus.AUTHORIZED):
+            # Closing a held intent voids the hold; a lapsed hold says so in its failure code.
+            held = intent.status is PaymentStatus.AUTHORIZED
             closed = PaymentStatus.EXPIRED if reason == "expired" else PaymentStatus.CANCELED
-            intent = replace(intent, status=closed, failure_code="expired" if reason == "expired" else None)
+            code = ("authorization_expired" if held else "expired") if reason == "expired" else None
+            intent = replace(intent, status=closed, failure_code=code)
             self.intents[provider_payment_id] = intent
         return intent
 
@@ -148,3 +151,25 @@ class FakeProvider(PaymentProvider):
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidWebhookError(f"not a fake event: {exc!r}") from None
+
+
+class FakeCapturingProvider(FakeProvider):
+    """The fake with manual capture (shared.providers.base.CapturingProvider): a manual intent paid is held
+    (`settle(..., AUTHORIZED)`), a capture takes it once per idempotency key, and a refused capture leaves the
+    truth as it was, as the real adapters answer."""
+
+    def __init__(self, name: str = "fake") -> None:
+        super().__init__(name)
+        self.captures: dict[str, tuple[str, int]] = {}
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        self._raise_if_failing()
+        intent = self._intent(provider_payment_id)
+        if idempotency_key in self.captures or intent.status is not PaymentStatus.AUTHORIZED:
+            return intent
+        if not 0 < amount <= intent.amount:
+            return intent
+        intent = replace(intent, status=PaymentStatus.SUCCEEDED, amount_captured=amount)
+        self.intents[provider_payment_id] = intent
+        self.captures[idempotency_key] = (provider_payment_id, amount)
+        return intent

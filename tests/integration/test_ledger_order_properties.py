@@ -41,16 +41,26 @@ async def test_the_database_ends_the_same_whatever_the_order_and_duplication(
     )
 
     row = await pool.fetchrow(
-        "SELECT status, failure_code, provider_payment_id, checkout_url FROM ledger.payment_requests WHERE id = $1",
+        "SELECT status, failure_code, provider_payment_id, checkout_url, amount_captured, capture_method"
+        " FROM ledger.payment_requests WHERE id = $1",
         history.payment_id,
     )
     expected = history.expected
     assert row is not None
-    assert (PaymentStatus(row["status"]), row["failure_code"], row["provider_payment_id"], row["checkout_url"]) == (
+    assert (
+        PaymentStatus(row["status"]),
+        row["failure_code"],
+        row["provider_payment_id"],
+        row["checkout_url"],
+        row["amount_captured"],
+        row["capture_method"],
+    ) == (
         expected.status,
         expected.failure_code,
         expected.provider_payment_id,
         expected.checkout_url,
+        expected.amount_captured,
+        truth.capture_method,
     )
 
     logs = await pool.fetch(

@@ -133,3 +133,44 @@ async def test_a_payment_younger_than_the_age_is_not_reconciled(own_pool: asyncp
     await payment(own_pool, ttl=600)
 
     assert await request_reconciliations(own_pool, brokers[0], older_than_seconds=3600, every_seconds=60) == 0
+
+
+async def held(pool: asyncpg.Pool, *, authorization_ttl: float) -> str:
+    """A manual payment the customer paid, recorded by a ledger whose holds last `authorization_ttl` seconds."""
+    payment_id = f"pay_{secrets.token_hex(8)}"
+    store = PostgresLedgerStore(pool, authorization_ttl_seconds=authorization_ttl)
+    await record_event(store, requested(payment_id, ttl=1800, capture_method="manual"))
+    await record_event(store, intent_created(payment_id))
+    await record_event(store, status_changed(payment_id, PaymentStatus.AUTHORIZED))
+    return payment_id
+
+
+async def test_a_hold_lasts_the_authorization_ttl_from_when_it_was_recorded(own_pool: asyncpg.Pool) -> None:
+    payment_id = await held(own_pool, authorization_ttl=3600)
+
+    row = await own_pool.fetchrow(
+        "SELECT status, capture_method, expires_at - authorized_at AS hold, authorized_at <= now() AS started"
+        " FROM ledger.payment_requests WHERE id = $1",
+        payment_id,
+    )
+    assert row is not None
+    assert (row["status"], row["capture_method"], row["hold"].total_seconds(), row["started"]) == (
+        "AUTHORIZED",
+        "manual",
+        3600,
+        True,
+    )
+
+
+async def test_a_lapsed_hold_is_sent_to_be_voided_at_the_provider_and_a_live_one_is_not(
+    own_pool: asyncpg.Pool, brokers: list[Broker]
+) -> None:
+    lapsed = await held(own_pool, authorization_ttl=0.001)
+    await held(own_pool, authorization_ttl=3600)
+    await asyncio.sleep(0.01)
+
+    await request_expirations(own_pool, brokers[0], resend_after_seconds=60)
+
+    [sent] = await commands_sent(brokers[0])
+    assert (sent.payment_id, sent.type, sent.source) == (lapsed, "payment.expiration_due", "expiry")
+    assert (sent.data["authorization"], sent.data["provider_payment_id"]) == (True, f"pi_{lapsed}")

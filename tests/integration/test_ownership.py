@@ -162,3 +162,17 @@ def test_each_service_declares_exactly_what_the_ownership_map_grants_it() -> Non
     assert sorted(INTAKE_READS) == sorted(reads("intake_api"))
     assert sorted(NOTIFIER_READS) == sorted(reads("notifier"))
     assert reads("ledger") == []
+
+
+async def test_a_published_view_shows_every_column_its_declaration_lists(owned_database: str) -> None:
+    # The ledger's view follows the payment resource: a column added there (the capture's, say) reaches readers.
+    intake = await as_service(owned_database, "intake_api")
+    try:
+        for schema in SCHEMAS:
+            for name, view in schema.views.items():
+                columns = await intake.fetch(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0", name
+                )
+                assert set(view.expressions()) <= {c["attname"] for c in columns}, name
+    finally:
+        await intake.close()

@@ -4,6 +4,7 @@ receiver."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -745,3 +746,149 @@ async def test_without_a_configured_admin_token_fault_injection_is_switched_off(
     # The hosted page and the intents API need no token.
     intent = await create_intent(sandbox)
     assert (await sandbox.get(f"/pay/{intent['id']}")).status == 200
+
+
+# --- manual capture: hold, capture (in part), void ----------------------------------------------------------
+
+
+async def held_intent(client: TestClient, webhook_target: WebhookTarget) -> dict[str, Any]:
+    """A manual intent paid on its page: authorized, its `payment.authorized` webhook already received."""
+    intent = await create_intent(client, capture_method="manual")
+    response = await pay_on_page(client, intent["id"])
+    assert response.status == 303
+    await eventually(lambda: webhook_target.received)
+    webhook_target.received.clear()
+    return await fetch_intent(client, intent["id"])
+
+
+async def capture(client: TestClient, intent_id: str, amount: int | None, key: str = "cap-1") -> Any:
+    body = {} if amount is None else {"amount": amount}
+    return await client.post(f"/v1/intents/{intent_id}/capture", json=body, headers={"Idempotency-Key": key})
+
+
+async def test_the_page_of_a_manual_intent_says_it_authorizes_and_does_not_charge_yet(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox, capture_method="manual")
+
+    page = await (await sandbox.get(f"/pay/{intent['id']}")).text()
+
+    assert "Authorize 19.99 USD" in page
+    assert "authorized now, not yet charged" in page
+
+
+async def test_paying_a_manual_intent_holds_the_money_and_sends_payment_authorized(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await create_intent(sandbox, capture_method="manual")
+
+    await pay_on_page(sandbox, intent["id"])
+
+    event = await webhook_target.only_event()
+    assert (event.status, event.amount, event.amount_captured) == (PaymentStatus.AUTHORIZED, 1999, None)
+    held = await fetch_intent(sandbox, intent["id"])
+    assert (held["status"], held["amount_capturable"], held["amount_captured"]) == ("authorized", 1999, 0)
+    page = await sandbox.get(f"/pay/{intent['id']}")
+    assert "authorized, not yet charged" in (await page.text()).lower()
+
+
+async def test_a_partial_capture_takes_part_and_sends_payment_captured(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await held_intent(sandbox, webhook_target)
+
+    response = await capture(sandbox, intent["id"], 1200)
+
+    body = await response.json()
+    assert response.status == 200
+    assert (body["status"], body["amount_captured"], body["amount_capturable"]) == ("succeeded", 1200, 0)
+    event = await webhook_target.only_event()
+    assert (event.status, event.amount, event.amount_captured) == (PaymentStatus.SUCCEEDED, 1999, 1200)
+    assert json.loads(webhook_target.received[0].body)["type"] == "payment.captured"
+
+
+async def test_a_capture_retried_with_its_key_answers_again_and_takes_nothing_more(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await held_intent(sandbox, webhook_target)
+
+    first = await capture(sandbox, intent["id"], 1200, key="cap-a")
+    again = await capture(sandbox, intent["id"], 1200, key="cap-a")
+    other_amount = await capture(sandbox, intent["id"], 1000, key="cap-a")
+    second_key = await capture(sandbox, intent["id"], 1999, key="cap-b")
+
+    assert (first.status, again.status) == (200, 200)
+    assert (await again.json())["amount_captured"] == 1200
+    assert other_amount.status == 422
+    assert second_key.status == 409  # captured already: no second capture under another key
+    await webhook_target.only_event()
+    assert (await fetch_intent(sandbox, intent["id"]))["amount_captured"] == 1200
+
+
+async def test_a_capture_of_more_than_the_hold_is_422_and_changes_nothing(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    intent = await held_intent(sandbox, webhook_target)
+
+    response = await capture(sandbox, intent["id"], 2000)
+
+    assert response.status == 422
+    assert (await response.json())["type"].endswith("amount-exceeds-capturable")
+    assert (await fetch_intent(sandbox, intent["id"]))["status"] == "authorized"
+
+
+async def test_a_capture_needs_an_idempotency_key(sandbox: TestClient, webhook_target: WebhookTarget) -> None:
+    intent = await held_intent(sandbox, webhook_target)
+
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/capture", json={})
+
+    assert response.status == 400
+
+
+@pytest.mark.parametrize(("reason", "failure_code"), [("canceled", None), ("expired", "authorization_expired")])
+async def test_a_hold_is_voided_by_cancel_and_cannot_be_captured_after(
+    sandbox: TestClient, webhook_target: WebhookTarget, reason: str, failure_code: str | None
+) -> None:
+    intent = await held_intent(sandbox, webhook_target)
+
+    voided = await sandbox.post(f"/v1/intents/{intent['id']}/cancel", json={"reason": reason})
+    late_capture = await capture(sandbox, intent["id"], None)
+
+    assert voided.status == 200
+    assert ((await voided.json())["status"], (await voided.json())["failure_code"]) == (reason, failure_code)
+    assert late_capture.status == 409
+    event = await webhook_target.only_event()
+    assert event.status is PaymentStatus(reason.upper())
+
+
+async def test_an_open_intent_cannot_be_captured(sandbox: TestClient) -> None:
+    intent = await create_intent(sandbox, capture_method="manual")
+
+    assert (await capture(sandbox, intent["id"], None)).status == 409
+
+
+async def test_the_sandbox_provider_client_holds_captures_and_reads_the_captured_amount(
+    sandbox: TestClient, webhook_target: WebhookTarget
+) -> None:
+    provider = SandboxProvider(str(sandbox.make_url("/")), [SECRET])
+    request = IntentRequest(
+        payment_id="pay_" + uuid.uuid4().hex,
+        amount=1999,
+        currency="USD",
+        reference="order-9",
+        return_url="https://shop.example/done",
+        cancel_url=None,
+        expires_at=datetime.now(UTC) + timedelta(minutes=30),
+        capture_method="manual",
+    )
+    try:
+        created = await provider.create_intent(request)
+        await sandbox.post(
+            f"/v1/intents/{created.provider_payment_id}/simulate", json={"card_number": "4242424242424242"}
+        )
+        held = await provider.retrieve_intent(created.provider_payment_id)
+        captured = await provider.capture(created.provider_payment_id, 1200, "cap-1")
+        refused = await provider.capture(created.provider_payment_id, 1999, "cap-2")
+    finally:
+        await provider.close()
+    assert held.status is PaymentStatus.AUTHORIZED
+    assert (captured.status, captured.amount_captured) == (PaymentStatus.SUCCEEDED, 1200)
+    assert (refused.status, refused.amount_captured) == (PaymentStatus.SUCCEEDED, 1200)  # the truth, unchanged

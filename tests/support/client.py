@@ -63,6 +63,32 @@ class IntakeClient:
 
         return await eventually(ready, timeout=timeout, what=f"checkout_url of {payment_id}")
 
+    async def capture(
+        self, payment_id: str, amount: int | None = None, *, key: str | None = None
+    ) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
+        """POST /v1/payments/{id}/capture (all of the hold when `amount` is None)."""
+        headers = self.headers(**{"Idempotency-Key": key or secrets.token_hex(8)})
+        body = None if amount is None else {"amount_to_capture": amount}
+        async with self.session.post(
+            f"{self.base_url}/v1/payments/{payment_id}/capture", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None), response.headers
+
+    async def cancel(self, payment_id: str) -> tuple[int, dict[str, Any]]:
+        async with self.session.post(
+            f"{self.base_url}/v1/payments/{payment_id}/cancel", headers=self.headers()
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def in_status(self, payment_id: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The payment once it is in `status` (waited for)."""
+
+        async def there() -> dict[str, Any] | None:
+            payment = await self.get(payment_id)
+            return payment if payment["status"] == status else None
+
+        return await eventually(there, timeout=timeout, interval=0.2, what=f"{payment_id} {status}")
+
     async def terminal(self, payment_id: str, timeout: float = 30.0) -> dict[str, Any]:
         async def done() -> dict[str, Any] | None:
             payment = await self.get(payment_id)
@@ -75,5 +101,13 @@ async def simulate_card(session: aiohttp.ClientSession, checkout_url: str, card_
     """What the hosted page's form does, for headless tests: POST /v1/intents/{id}/simulate."""
     base, _, intent_id = checkout_url.rpartition("/pay/")
     async with session.post(f"{base}/v1/intents/{intent_id}/simulate", json={"card_number": card_number}) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def sandbox_intent(session: aiohttp.ClientSession, checkout_url: str) -> dict[str, Any]:
+    """The sandbox's intent behind a checkout URL, as the provider sees it now."""
+    base, _, intent_id = checkout_url.rpartition("/pay/")
+    async with session.get(f"{base}/v1/intents/{intent_id}") as r:
         assert r.status == 200, await r.text()
         return await r.json()

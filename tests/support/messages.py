@@ -13,7 +13,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from shared.batches import Consumed
 from shared.broker import Delivery
-from shared.events import Envelope, PaymentRequested
+from shared.events import CaptureMethod, Envelope, PaymentRequested
 from shared.providers.base import IntentRequest
 
 
@@ -30,7 +30,7 @@ class Published(list[Envelope]):
         self.replies[envelope.id] = tuple(also_to)
 
 
-def payment_requested(payment_id: str | None = None) -> Envelope:
+def payment_requested(payment_id: str | None = None, *, capture_method: CaptureMethod = "automatic") -> Envelope:
     """A `payment.requested` as the intake publishes it: 19.99 USD, a 30-minute TTL, a fresh id and key."""
     now = datetime.now(UTC)
     message = PaymentRequested(
@@ -44,6 +44,7 @@ def payment_requested(payment_id: str | None = None) -> Envelope:
         cancel_url="https://shop.example/cart",
         created_at=now,
         expires_at=now + timedelta(minutes=30),
+        capture_method=capture_method,
     )
     return Envelope.wrap(message, payment_id=payment_id or f"pay_{secrets.token_hex(8)}", source="intake")
 

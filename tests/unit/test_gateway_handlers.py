@@ -13,6 +13,7 @@ from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
 from shared.broker import Delivery, Handler, PoisonMessage, RetryLater
 from shared.events import (
     CancelPayment,
+    CapturePayment,
     Envelope,
     ExpirePayment,
     Message,
@@ -26,7 +27,7 @@ from shared.events import (
 )
 from shared.providers.base import ProviderIntent
 from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import FakeCapturingProvider, FakeProvider
 from tests.support.messages import Published, payment_requested
 
 FIRST = Delivery(
@@ -471,4 +472,154 @@ def test_the_gateway_worker_queue_is_bound_to_exactly_the_types_it_handles() -> 
         CancelPayment.TYPE,
         ExpirePayment.TYPE,
         ReconcilePayment.TYPE,
+        CapturePayment.TYPE,
     }
+
+
+# --- manual capture: holds captured, voided and lapsed, the provider asked first ------------------------------
+
+
+@pytest.fixture
+def capturing() -> FakeCapturingProvider:
+    return FakeCapturingProvider()
+
+
+@pytest.fixture
+def capturing_handlers(capturing: FakeCapturingProvider, published: Published) -> Handler:
+    return GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"fake": capturing}, "fake", published))
+
+
+async def held_payment(handlers: Handler, provider: FakeCapturingProvider, published: Published) -> tuple[str, str]:
+    """A manual payment the customer paid: its intent holds 19.99 USD. (payment id, intent id)"""
+    envelope = payment_requested(capture_method="manual")
+    await handlers(envelope, FIRST)
+    intent_id = provider.by_payment[envelope.payment_id]
+    provider.settle(intent_id, PaymentStatus.AUTHORIZED)
+    published.clear()
+    return envelope.payment_id, intent_id
+
+
+def capture_command(intent_id: str, amount: int, key: str) -> CapturePayment:
+    return CapturePayment(amount_to_capture=amount, idempotency_key=key, provider="fake", provider_payment_id=intent_id)
+
+
+async def test_a_manual_payment_asks_the_provider_for_a_hold(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider
+) -> None:
+    await capturing_handlers(payment_requested(capture_method="manual"), FIRST)
+
+    assert [r.capture_method for r in capturing.requests] == ["manual"]
+
+
+async def test_a_manual_payment_fails_on_a_provider_that_cannot_hold_money(
+    handlers: Handler, provider: FakeProvider, published: Published
+) -> None:
+    await handlers(payment_requested(capture_method="manual"), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentIntentFailed)
+    assert message.failure_code == "capture_method_unsupported"
+    assert provider.requests == []  # no intent that would take the money at once
+
+
+async def test_a_capture_publishes_the_amount_the_provider_took(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+
+    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.amount, message.amount_captured) == (PaymentStatus.SUCCEEDED, 1999, 1200)
+    assert capturing.captures == {"k1": (intent_id, 1200)}
+
+
+async def test_a_second_capture_with_another_key_publishes_the_first_ones_truth_under_the_same_id(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+
+    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
+    await capturing_handlers(command(capture_command(intent_id, 1999, "k2"), payment_id), FIRST)
+
+    first, second = (e.message() for e in published)
+    assert first == second  # the same truth: 1200 taken, once
+    assert published[0].id == published[1].id  # so the ledger records it once
+    assert list(capturing.captures) == ["k1"]
+
+
+async def test_a_capture_that_loses_the_race_to_a_void_publishes_the_void(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+
+    await capturing_handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
+    await capturing_handlers(command(capture_command(intent_id, 1999, "k1"), payment_id), FIRST)
+
+    statuses = [e.message().status for e in published]  # type: ignore[attr-defined]
+    assert statuses == [PaymentStatus.CANCELED, PaymentStatus.CANCELED]
+    assert published[0].id == published[1].id
+    assert capturing.captures == {}
+
+
+async def test_a_capture_the_provider_refuses_leaves_the_hold_for_an_operator(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+
+    with pytest.raises(PoisonMessage, match="refused the capture"):
+        await capturing_handlers(command(capture_command(intent_id, 5000, "k1"), payment_id), FIRST)
+    assert published == []
+
+
+async def test_a_capture_that_times_out_is_retried(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+    capturing.fail_next(TransientGatewayError("timeout"))
+
+    with pytest.raises(RetryLater):
+        await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
+    assert published == []
+
+
+async def test_a_lapsed_hold_is_voided_at_the_provider_and_expires_with_authorization_expired(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+
+    expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
+    await capturing_handlers(command(expire, payment_id), FIRST)
+
+    assert capturing.cancels == [(intent_id, "expired")]
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.failure_code) == (PaymentStatus.EXPIRED, "authorization_expired")
+
+
+async def test_a_hold_the_provider_will_not_void_is_never_expired_on_our_side_alone(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+    capturing.fail_next(PermanentGatewayError("answered 400"))
+
+    expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
+    with pytest.raises(PoisonMessage, match="void"):
+        await capturing_handlers(command(expire, payment_id), FIRST)
+    assert published == []
+
+
+async def test_an_expiry_that_loses_the_race_to_a_capture_publishes_the_capture(
+    capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
+) -> None:
+    payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
+    await capturing_handlers(command(capture_command(intent_id, 1500, "k1"), payment_id), FIRST)
+    published.clear()
+
+    expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
+    await capturing_handlers(command(expire, payment_id), FIRST)
+
+    _, message = only(published)
+    assert isinstance(message, PaymentStatusChanged)
+    assert (message.status, message.amount_captured) == (PaymentStatus.SUCCEEDED, 1500)

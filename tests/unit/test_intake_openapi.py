@@ -87,7 +87,12 @@ def test_the_request_schema_accepts_the_contracts_example_and_refuses_an_unknown
     assert not validator.is_valid({**example, "currency": "XYZ"})
 
 
-def test_a_created_payment_links_to_its_reads_and_cancel() -> None:
+def test_a_created_payment_links_to_its_reads_cancel_and_capture() -> None:
     links = openapi_document()["paths"]["/v1/payments"]["post"]["responses"]["201"]["links"]
 
-    assert {link["operationId"] for link in links.values()} == {"getPayment", "listPaymentEvents", "cancelPayment"}
+    assert {link["operationId"] for link in links.values()} == {
+        "getPayment",
+        "listPaymentEvents",
+        "cancelPayment",
+        "capturePayment",
+    }

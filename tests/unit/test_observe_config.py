@@ -60,7 +60,7 @@ def test_the_generated_prometheus_config_passes_promtool_and_scrapes_every_servi
     assert result.returncode == 0, result.stdout + result.stderr
     # Every rule of deploy/prometheus/alerts.yml (eight before issue 11 added WebhookDeliveriesFailing).
     rules = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
-    assert rules == 9 and f"{rules} rules found" in result.stdout, result.stdout
+    assert rules == 10 and f"{rules} rules found" in result.stdout, result.stdout
 
     targets = scrape_targets(files["prometheus.yml"])
     settings = Stack.of(_env_file=None)

@@ -18,6 +18,7 @@ from shared.providers.sandbox import (
 
 STATUS_ROWS = [
     ("open", PaymentStatus.PENDING),
+    ("authorized", PaymentStatus.AUTHORIZED),
     ("succeeded", PaymentStatus.SUCCEEDED),
     ("failed", PaymentStatus.FAILED),
     ("canceled", PaymentStatus.CANCELED),
@@ -26,6 +27,8 @@ STATUS_ROWS = [
 
 # (event type, the intent status it carries, our status, failure code in the event)
 EVENT_ROWS = [
+    ("payment.authorized", "authorized", PaymentStatus.AUTHORIZED, None),
+    ("payment.captured", "succeeded", PaymentStatus.SUCCEEDED, None),
     ("payment.succeeded", "succeeded", PaymentStatus.SUCCEEDED, None),
     ("payment.failed", "failed", PaymentStatus.FAILED, "card_declined"),
     ("payment.canceled", "canceled", PaymentStatus.CANCELED, None),
@@ -86,6 +89,19 @@ def test_sandbox_event_type_maps_onto_ours(
 
 def test_every_row_of_the_event_table_is_tested() -> None:
     assert {row[0]: row[2] for row in EVENT_ROWS} == SANDBOX_EVENT_TYPES
+
+
+def test_a_capture_event_says_how_much_was_taken_and_a_hold_event_nothing() -> None:
+    captured = json.loads(event("payment.captured", "succeeded"))
+    captured["data"]["object"]["amount_captured"] = 1200
+    held = json.loads(event("payment.authorized", "authorized"))
+    held["data"]["object"]["amount_captured"] = 0
+
+    capture = provider().parse_webhook(json.dumps(captured).encode())
+    hold = provider().parse_webhook(json.dumps(held).encode())
+
+    assert capture is not None and (capture.amount, capture.amount_captured) == (1999, 1200)
+    assert hold is not None and hold.amount_captured is None
 
 
 def test_an_unknown_event_type_is_acknowledged_and_not_acted_on() -> None:

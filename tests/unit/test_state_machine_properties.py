@@ -64,10 +64,10 @@ async def _in_causal_order(history: History) -> Ledger:
     return ledger
 
 
-def _final(ledger: Ledger) -> tuple[PaymentStatus, str | None, str | None, str | None]:
+def _final(ledger: Ledger) -> tuple[PaymentStatus, str | None, str | None, str | None, int]:
     s = ledger.store.state(PAYMENT_ID)
     assert s is not None
-    return s.status, s.failure_code, s.provider_payment_id, s.checkout_url
+    return s.status, s.failure_code, s.provider_payment_id, s.checkout_url, s.amount_captured
 
 
 @every_history
@@ -82,6 +82,7 @@ async def test_the_final_state_does_not_depend_on_order_or_duplication(truth: Tr
         expected.failure_code,
         expected.provider_payment_id,
         expected.checkout_url,
+        expected.amount_captured,
     )
 
 
@@ -132,3 +133,17 @@ async def test_a_forged_amount_is_never_applied(truth: Truth, data: st.DataObjec
 
     mismatches = [row for row in shuffled.rows.values() if row.outcome.startswith("ignored: amount mismatch")]
     assert len(mismatches) == (1 if truth.forged_amount else 0)
+
+
+@every_history
+async def test_a_hold_is_entered_at_most_once_and_left_at_most_once(truth: Truth, data: st.DataObject) -> None:
+    _, shuffled = await _shuffled(truth, data)
+
+    held = PaymentStatus.AUTHORIZED
+    applied = [row for row in shuffled.rows.values() if row.outcome == "applied" and row.from_status != row.to_status]
+    entering = [row for row in applied if row.to_status is held]
+    leaving = [row for row in applied if row.from_status is held]
+    assert len(entering) <= (1 if truth.held else 0)
+    assert len(leaving) <= len(entering)
+    # A capture, a void and an expiry racing each other end the hold in the one way the provider decided.
+    assert [row.to_status for row in leaving] in ([], [truth.final_status])

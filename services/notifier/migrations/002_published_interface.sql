@@ -1,7 +1,8 @@
 -- What the notifier publishes to other services (docs/explanation/ownership.md). The intake API, where merchants
 -- manage their endpoints and read their events, reads these views and changes endpoints only through these
 -- functions: they run as the notifier (SECURITY DEFINER), so the notifier's role is the only one that writes its
--- tables. A view may gain columns at its end; changing a column or a function's signature makes a new version.
+-- tables. The views are declared in shared/ownership.py (columns added there are appended at deploy); changing a
+-- column or a function's signature makes a new version.
 
 -- Endpoints without their secrets (the intake hands a secret out once, when it makes it).
 CREATE VIEW notifier.webhook_endpoints_v1 AS
