@@ -358,6 +358,38 @@ class Broker:
                     raise
                 raise ChannelLost(f"the broker channel closed before it confirmed {envelope.type}") from None
 
+    async def publish_retry(self, group: str, envelope: Envelope, attempt: int, delay_seconds: float) -> None:
+        """Publish `envelope` as attempt `attempt` of a message of `group`'s queue: into that queue's delay queue,
+        which hands it to the queue after `delay_seconds`, as if a consumer of the queue had deferred it.
+
+        For a first attempt made before any message was queued (the notifier delivers a merchant event at once):
+        its retries still go through the delay queues. Returns once the broker confirmed it; raises as `publish`.
+        """
+        if self._channel is None:
+            raise RuntimeError("broker not connected")
+        with _producer_span(envelope, "", None) as sent:
+            sent[ATTEMPT_HEADER] = attempt
+            message = aio_pika.Message(
+                body=envelope.to_bytes(),
+                message_id=str(envelope.id),
+                type=envelope.type,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                timestamp=envelope.occurred_at,
+                headers=sent,
+                expiration=max(0.001, delay_seconds),
+            )
+            routing_key = Names.retry_queue(self.names.queue(group), attempt)
+            try:
+                async with asyncio.timeout(10):
+                    await self._channel.default_exchange.publish(
+                        message, routing_key=routing_key, mandatory=True, timeout=None
+                    )
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                raise ChannelLost(f"the broker channel closed before it confirmed a retry of {envelope.type}") from None
+
     async def _publish_for_retry(
         self, queue: str, message: AbstractIncomingMessage, attempt: int, delay_seconds: float
     ) -> None:

@@ -1,7 +1,9 @@
 """The notifier's handlers, the methods of `NotifierHandlers`; the database, the broker and HTTP are ports.
 
-- `record_batch`: the ledger records that queued up together become merchant events, and one delivery command per
-  matching endpoint, in two statements for all of them; a merchant's redelivery request in the batch is handled too.
+- `record_batch`: the ledger records that queued up together become merchant events, stored with a delivery per
+  matching endpoint in two statements for all of them; each delivery's first attempt is made at once, and only a
+  retry (or an endpoint slower than `first_attempt_budget`) becomes a delivery command; a merchant's redelivery
+  request in the batch is handled too.
 - `deliver`: one attempt of one (event, endpoint) delivery; a failure asks the broker to try again later.
 - `redeliver`: the merchant asked for an event again: every matching endpoint gets it anew.
 """
@@ -78,6 +80,12 @@ class NotifierStore(Protocol):
 
 Send = Callable[[str, str, dict[str, str]], Awaitable[AttemptResult]]
 Publish = Callable[[Envelope], Awaitable[None]]
+# Publish a delivery command as attempt n of the deliveries queue, after a delay (Broker.publish_retry).
+ScheduleRetry = Callable[[Envelope, int, float], Awaitable[None]]
+
+
+class SlowEndpoint(Exception):
+    """The endpoint did not answer a first attempt made at once within its budget: the deliveries queue takes over."""
 
 
 @dataclass
@@ -92,6 +100,12 @@ class NotifierHandlers:
     disable_after_seconds: float
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     jitter: Callable[[], float] = field(default=lambda: random.uniform(0.9, 1.1))
+    # Where a first attempt made at once sends its retry; None: every first attempt goes through the deliveries
+    # queue as a command (one more message each, and a queue a slow endpoint holds alone).
+    retry_later: ScheduleRetry | None = None
+    # A first attempt made at once holds the batch of ledger records it came with until the endpoint answers: an
+    # endpoint slower than this is handed over to the deliveries queue (the attempt is made again from there).
+    first_attempt_budget: float = 1.0
 
     async def record_batch(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
         """The events group's batch handler: per message None once handled, RetryLater if its payment is not
@@ -158,7 +172,16 @@ class NotifierHandlers:
         return outcomes, (await self.store.record_events(events) if events else {})
 
     async def _announce(self, event: MerchantEvent, pending: Sequence[str]) -> None:
-        await self._dispatch(event, pending, redelivery=False)
+        if self.retry_later is None:
+            await self._dispatch(event, pending, redelivery=False)
+        else:
+            # Stored and committed already: each delivery is attempted now rather than after a round trip through
+            # the deliveries queue. An attempt that fails raises after the others are done, so the record is
+            # retried, and its replay attempts again what is still pending: at least once, as with a command.
+            errors = await asyncio.gather(*(self._attempt_now(event, e) for e in pending), return_exceptions=True)
+            for error in errors:
+                if isinstance(error, BaseException):
+                    raise error
         log.info(
             "merchant event recorded", merchant_event=event.id, merchant_event_type=event.type, endpoints=len(pending)
         )
@@ -167,6 +190,19 @@ class NotifierHandlers:
         for endpoint_id in endpoint_ids:
             command = DeliverWebhook(event_id=event.id, endpoint_id=endpoint_id, redelivery=redelivery)
             await self.publish(Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier"))
+
+    async def _attempt_now(self, event: MerchantEvent, endpoint_id: str) -> None:
+        """The first attempt of one delivery, made here; its retry (or a slow endpoint) goes to the deliveries
+        queue, whose consumer makes attempt 2 onwards exactly as it would have made them after attempt 1."""
+        assert self.retry_later is not None
+        command = DeliverWebhook(event_id=event.id, endpoint_id=endpoint_id)
+        envelope = Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier")
+        try:
+            await self.deliver(command, 1, budget=self.first_attempt_budget)
+        except SlowEndpoint:
+            await self.publish(envelope)
+        except RetryLater as later:
+            await self.retry_later(envelope, 2, later.delay_seconds or 0.0)
 
     async def redeliver(self, message: RedeliverEvent) -> list[str]:
         """Deliver the event again now, to every enabled endpoint of the merchant that subscribes to it."""
@@ -182,11 +218,12 @@ class NotifierHandlers:
         """The deliveries group's handler: one attempt, numbered by the broker's delivery attempt."""
         await self.deliver(received.message, received.delivery.attempt)
 
-    async def deliver(self, command: DeliverWebhook, position: int) -> NextStep | None:
+    async def deliver(self, command: DeliverWebhook, position: int, *, budget: float | None = None) -> NextStep | None:
         """One attempt: POST the event, signed, with its object as it stands now; then decide what follows.
 
         A failure with tries left raises RetryLater with the schedule's wait (the broker's delay queue holds the
         message meanwhile: nothing here sleeps). None: nothing to do (delivered already, endpoint gone or disabled).
+        With a `budget`, an endpoint that has not answered within it raises SlowEndpoint, nothing recorded.
         """
         now = self.clock()
         target = await self.store.delivery_target(command.event_id, command.endpoint_id, now)
@@ -198,7 +235,15 @@ class NotifierHandlers:
         current = target.payment if target.payment is not None else dict(target.event.data.get("object") or {})
         body = delivery_body(target.event, current)
         secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
-        result = await self.send(target.url, body, signature_headers(target.event.id, now, body, secrets))
+        headers = signature_headers(target.event.id, now, body, secrets)
+        if budget is None:
+            result = await self.send(target.url, body, headers)
+        else:
+            try:
+                async with asyncio.timeout(budget):
+                    result = await self.send(target.url, body, headers)
+            except TimeoutError:
+                raise SlowEndpoint(f"no answer within {budget:g} s of a first attempt made at once") from None
         finished = self.clock()
         step = after_attempt(
             result,

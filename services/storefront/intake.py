@@ -38,6 +38,10 @@ class IdempotencyKeyReusedError(IntakeError):
     """The attempt's key (the order id, for a first attempt) was already used to pay for something else."""
 
 
+class NotCapturableError(IntakeError):
+    """The payment is not AUTHORIZED (captured already, voided, lapsed or never paid): nothing to ship against."""
+
+
 class PaymentNotFoundError(IntakeError):
     """The intake API knows no such payment for this merchant."""
 
@@ -78,6 +82,20 @@ class IntakeClient:
         if status == 404:
             raise PaymentNotFoundError(payment_id)
         raise _unexpected("read payment", status, document)
+
+    async def capture_payment(self, idempotency_key: str, payment_id: str) -> dict[str, Any]:
+        """POST /v1/payments/{id}/capture, all of the hold: the shop ships the whole order. One key per shipment,
+        so a second click replays the same capture. The answer is the payment as it stood when accepted."""
+        path = f"/v1/payments/{quote(payment_id, safe='')}/capture"
+        headers = {"Authorization": self._authorization, "Idempotency-Key": idempotency_key}
+        status, document = await self._request("POST", path, headers=headers)
+        if status == 202:
+            return _payment(document)
+        if status == 404:
+            raise PaymentNotFoundError(payment_id)
+        if status == 409:
+            raise NotCapturableError(payment_id)
+        raise _unexpected("capture payment", status, document)
 
     async def register_webhook_endpoint(self, url: str, events: list[str]) -> str:
         """Register the shop's webhook endpoint at `url`, replacing any registered there before; its secret.

@@ -15,6 +15,7 @@ from services.storefront.intake import (
     IntakeClient,
     IntakeError,
     IntakeUnavailableError,
+    NotCapturableError,
     PaymentNotFoundError,
 )
 from services.storefront.orders import OrderBook, is_order_id, is_payment_id, new_order_id
@@ -78,6 +79,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/buy", buy)
     router.add_get("/orders/{order_id}", show_order)
     router.add_post("/orders/{order_id}/retry", retry_payment)
+    router.add_post("/orders/{order_id}/ship", ship_order)
 
 
 async def show_products(_: web.Request) -> web.Response:
@@ -87,7 +89,7 @@ async def show_products(_: web.Request) -> web.Response:
 def payment_request(product: Product, order_id: str, shop_url: str) -> dict[str, Any]:
     """The body of POST /v1/payments for one product: the price comes from the catalogue, never the browser."""
     order_url = f"{shop_url}/orders/{order_id}"
-    return {
+    body: dict[str, Any] = {
         "amount": product.amount,
         "currency": product.currency,
         "reference": order_id,
@@ -96,6 +98,9 @@ def payment_request(product: Product, order_id: str, shop_url: str) -> dict[str,
         "cancel_url": f"{order_url}?canceled=1",
         "metadata": {"order_id": order_id},
     }
+    if product.capture_method == "manual":
+        body["capture_method"] = "manual"
+    return body
 
 
 def retry_request(previous: Mapping[str, Any], shop_url: str) -> dict[str, Any]:
@@ -115,6 +120,8 @@ def retry_request(previous: Mapping[str, Any], shop_url: str) -> dict[str, Any]:
     }
     if previous.get("description"):
         body["description"] = previous["description"]
+    if previous.get("capture_method") == "manual":
+        body["capture_method"] = "manual"
     return body
 
 
@@ -241,16 +248,65 @@ async def retry_payment(request: web.Request) -> web.Response:
     )
 
 
-async def wait_for_outcome(intake: IntakeClient, payment: dict[str, Any], within: float) -> dict[str, Any]:
-    """Read a PENDING payment again, soon and then less often, for at most `within` seconds.
+def ship_idempotency_key(order_id: str, payment_id: str) -> str:
+    """One capture per order's payment: a second click on Ship replays the first capture, never takes twice."""
+    return f"{order_id}.ship.{payment_id}"
+
+
+async def ship_order(request: web.Request) -> web.Response:
+    """Ship a reserved order: capture its held payment, then show the order with what was charged.
+
+    The form names the payment the page showed; it must be this order's (the intake API says so). A payment that
+    is no longer held (captured already, voided, lapsed) sends the customer back to the order page, which shows
+    what is true.
+    """
+    order_id = request.match_info["order_id"]
+    form = await read_form(request)
+    payment_id = form.get("payment_id")
+    if not is_order_id(order_id) or not isinstance(payment_id, str) or not is_payment_id(payment_id):
+        return order_not_found()
+    bound = log.bind(order_id=order_id, payment_id=payment_id)
+    intake = request.app[INTAKE]
+    again = (f"/orders/{order_id}/ship", {"payment_id": payment_id})
+    try:
+        payment = await intake.get_payment(payment_id)
+        if payment.get("reference") != order_id:
+            bound.warning("ship names a payment of another order")
+            return order_not_found()
+        if payment["status"] == "AUTHORIZED":
+            await intake.capture_payment(ship_idempotency_key(order_id, payment_id), payment_id)
+            bound.info("order shipped: capture requested")
+    except PaymentNotFoundError:
+        return order_not_found()
+    except NotCapturableError:
+        bound.info("ship: the payment is no longer held")
+    except IntakeUnavailableError as exc:
+        bound.warning("payment service unavailable", error=str(exc))
+        return problem(
+            503,
+            "The order could not be shipped right now",
+            "We could not reach the payment service. Nothing was charged twice: you can safely try again.",
+            again=again,
+        )
+    except IntakeError as exc:
+        bound.error("payment service refused the capture", error=str(exc))
+        return problem(502, "The order could not be shipped", "The payment service refused to charge the order.")
+    return see_other(f"/orders/{order_id}?shipped=1")
+
+
+async def wait_for_outcome(
+    intake: IntakeClient, payment: dict[str, Any], within: float, *, waiting_on: str = "PENDING"
+) -> dict[str, Any]:
+    """Read a payment in `waiting_on` again, soon and then less often, for at most `within` seconds.
 
     A customer sent back by the gateway has paid (or canceled) a moment ago; the webhook carrying the outcome
     is usually a few milliseconds behind. Waiting here shows the outcome at once instead of a PENDING page.
+    The same goes for a capture just requested by Ship (`waiting_on` AUTHORIZED).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     delay = _CONFIRM_POLL_FIRST
-    while payment["status"] == "PENDING" and loop.time() + delay <= deadline:
+    while payment["status"] == waiting_on and loop.time() + delay <= deadline:
         await asyncio.sleep(delay)
         payment = await intake.get_payment(payment["id"])
         delay = min(delay * 2, _CONFIRM_POLL_MAX)
@@ -287,6 +343,9 @@ async def show_order(request: web.Request) -> web.Response:
         payment = await intake.get_payment(payment_id)
         if arrival is not None and payment.get("reference") == order_id:
             payment = await wait_for_outcome(intake, payment, request.app[CONFIRM_WAIT])
+        shipped = "shipped" in request.query
+        if shipped and payment.get("reference") == order_id:
+            payment = await wait_for_outcome(intake, payment, request.app[CONFIRM_WAIT], waiting_on="AUTHORIZED")
     except PaymentNotFoundError:
         bound.warning("order page for an unknown payment")
         return order_not_found()
@@ -310,4 +369,4 @@ async def show_order(request: web.Request) -> web.Response:
         return order_not_found()
     orders.remember(order_id, payment_id)
     bound.debug("order page shown", status=payment["status"])
-    return html_page(render_order(payment, arrival=arrival, order_paid=orders.is_paid(order_id)))
+    return html_page(render_order(payment, arrival=arrival, order_paid=orders.is_paid(order_id), shipping=shipped))

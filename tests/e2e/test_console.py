@@ -15,7 +15,7 @@ import aiohttp
 import markupsafe
 import pytest
 
-from tests.support.client import IntakeClient, payment_body
+from tests.support.client import IntakeClient, payment_body, simulate_card
 from tests.support.console import DEMO_KEY, ConsoleVisitor, console_visitor, csrf_token
 from tests.support.processes import Stack, eventually, free_port
 
@@ -273,7 +273,9 @@ async def test_the_overview_counts_todays_payments_by_status(signed_in: ConsoleV
     await new_payment(intake, amount=500, currency="JPY")
     page = await signed_in.page("/")
     assert '<svg class="chart"' in page and 'role="img"' in page
-    pending = re.search(r"status-pending\">PENDING</span></a></th>\s*<td class=\"num\">(\d+)</td>", page)
+    pending = re.search(
+        r'status-pending">PENDING</span></a></th>\s*<td data-label="Count" class="num">(\d+)</td>', page
+    )
     assert pending and int(pending.group(1)) >= 1
     assert "JPY" in page
 
@@ -335,3 +337,51 @@ async def test_an_event_shows_its_deliveries_and_is_redelivered(
     assert "Redelivery queued" in await signed_in.page(redelivered.headers["Location"])
     listing = await signed_in.page("/developers/webhooks")
     await signed_in.post(f"/developers/webhooks/{endpoint_id.group(1)}/delete", {"csrf_token": csrf_token(listing)})
+
+
+async def paid_payment(intake: IntakeClient, http: aiohttp.ClientSession, **fields: object) -> dict:
+    """A payment the customer paid with 4242… on the sandbox's hosted page (headless), once SUCCEEDED."""
+    status, payment, _ = await intake.create(payment_body(**fields), wait=5)
+    assert status == 201 and payment["checkout_url"], payment
+    await simulate_card(http, payment["checkout_url"], "4242424242424242")
+
+    async def succeeded() -> dict | None:
+        async with http.get(f"{intake.base_url}/v1/payments/{payment['id']}", headers=intake.headers()) as r:
+            current = await r.json()
+            return current if current["status"] == "SUCCEEDED" else None
+
+    return await eventually(succeeded, timeout=30, what="the payment SUCCEEDED")
+
+
+async def test_an_authorized_payment_is_captured_in_part_or_voided_from_its_page(
+    signed_in: ConsoleVisitor, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    held = []
+    for _ in range(2):
+        status, payment, _ = await intake.create(payment_body(amount=1999, capture_method="manual"), wait=5)
+        assert status == 201 and payment["checkout_url"], payment
+        await simulate_card(http, payment["checkout_url"], "4242424242424242")
+        held.append(payment["id"])
+
+    async def shown(path: str, status: str) -> str | None:
+        page = await signed_in.page(path)
+        return page if f'status-{status.lower()}">{status}</span></h1>' in page else None
+
+    capture_path, void_path = (f"/payments/{payment_id}" for payment_id in held)
+    page = await eventually(lambda: shown(capture_path, "AUTHORIZED"), timeout=30, what="the payment AUTHORIZED")
+    assert "Capture or void" in page and ">Capture</button>" in page and ">Void</button>" in page
+    key = re.search(r'name="idempotency_key" value="(console_[0-9a-f]+)"', page.split('id="capture-title"')[1])
+    assert key
+    form = {"csrf_token": csrf_token(page), "idempotency_key": key.group(1)}
+    too_much = await signed_in.post(f"{capture_path}/capture", {**form, "amount_to_capture": "20.00"})
+    text = await too_much.text()
+    assert too_much.status == 422 and 'id="capture-error"' in text and "captured" in text
+    captured = await signed_in.post(f"{capture_path}/capture", {**form, "amount_to_capture": "15"})
+    assert (captured.status, captured.headers["Location"]) == (303, f"{capture_path}?done=capture#main")
+    done = await eventually(lambda: shown(capture_path, "SUCCEEDED"), timeout=30, what="the capture")
+    assert "15.00 USD" in done  # captured, and what a refund may give back
+
+    page = await eventually(lambda: shown(void_path, "AUTHORIZED"), timeout=30, what="the second hold")
+    voided = await signed_in.post(f"{void_path}/void", {"csrf_token": csrf_token(page)})
+    assert voided.status == 303
+    await eventually(lambda: shown(void_path, "CANCELED"), timeout=30, what="the void")

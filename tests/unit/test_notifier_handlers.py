@@ -385,3 +385,78 @@ async def test_each_records_commands_continue_its_trace_and_a_failed_publish_ret
         assert seen[merchant_event_id(batch[i].envelope.id)] == batch[i].span.get_span_context()
     # Stored all the same: its retry is a replay, which publishes its pending deliveries again.
     assert failing in store.events
+
+
+def attempting_now(
+    store: FakeStore, sender: Sender, *, budget: float = 1.0
+) -> tuple[NotifierHandlers, list[Envelope], list[tuple[DeliverWebhook, int, float]]]:
+    """A notifier that makes each first attempt at once (as the service runs it): what it published as delivery
+    commands, and what it handed to a delay queue (command, attempt, delay)."""
+    notifier, published = make_notifier(store, sender)
+    retries: list[tuple[DeliverWebhook, int, float]] = []
+
+    async def retry_later(envelope: Envelope, attempt: int, delay_seconds: float) -> None:
+        message = envelope.message()
+        assert isinstance(message, DeliverWebhook)
+        retries.append((message, attempt, delay_seconds))
+
+    notifier.retry_later, notifier.first_attempt_budget = retry_later, budget
+    return notifier, published, retries
+
+
+async def test_a_first_attempt_made_at_once_delivers_without_a_delivery_command() -> None:
+    store, sender = a_store(), Sender()
+    notifier, published, retries = attempting_now(store, sender)
+    event = await record_status(notifier, *succeeded())
+    assert sorted(url for url, _, _ in sender.sent) == ["http://a.example/hook", "http://b.example/hook"]
+    assert store.deliveries[(event.id, "we_all")] == store.deliveries[(event.id, "we_paid")] == "delivered"
+    assert published == [] and retries == []
+
+
+async def test_a_failed_first_attempt_made_at_once_goes_to_the_delay_queue_as_attempt_two() -> None:
+    store = a_store()
+    notifier, published, retries = attempting_now(store, Sender({"http://a.example/hook": [500, 200]}))
+    event = await record_status(notifier, *succeeded())
+    assert published == []
+    ((command, attempt, delay),) = retries
+    assert (command.event_id, command.endpoint_id, attempt, delay) == (event.id, "we_all", 2, 5)
+    assert store.deliveries[(event.id, "we_all")] == "pending"
+    # The deliveries queue's consumer makes attempt 2 from there, as it would have after its own attempt 1.
+    step = await notifier.deliver(command, attempt)
+    assert step is not None and step.kind == "delivered"
+
+
+async def test_an_endpoint_slower_than_the_budget_is_handed_to_the_deliveries_queue_unrecorded() -> None:
+    store = a_store()
+
+    async def send(url: str, body: str, headers: dict[str, str]) -> AttemptResult:
+        if url == "http://a.example/hook":
+            await asyncio.sleep(5)
+        return AttemptResult(200, None, 1)
+
+    notifier, published, retries = attempting_now(store, Sender(), budget=0.05)
+    notifier.send = send
+    event = await record_status(notifier, *succeeded())
+    assert [(c.endpoint_id, c.redelivery) for c in commands(published)] == [("we_all", False)] and retries == []
+    assert store.deliveries[(event.id, "we_all")] == "pending"
+    assert [a[1] for a in store.attempts] == ["we_paid"]
+
+
+async def test_a_first_attempt_that_cannot_be_recorded_retries_its_record_and_the_replay_attempts_again() -> None:
+    store, sender = a_store(), Sender()
+    notifier, published, _ = attempting_now(store, sender)
+    envelope, message = succeeded()
+    recorded = store.record_attempt
+    failures = iter([True])
+
+    async def record_attempt(*args: Any) -> int:
+        if next(failures, False):
+            raise ConnectionError("database gone")
+        return await recorded(*args)
+
+    store.record_attempt = record_attempt  # type: ignore[method-assign,assignment]
+    (result,) = await notifier.record_batch([consumed(envelope)])
+    assert isinstance(result, ConnectionError)
+    event = await record_status(notifier, envelope, message)
+    assert store.deliveries[(event.id, "we_all")] == store.deliveries[(event.id, "we_paid")] == "delivered"
+    assert len(sender.sent) == 3 and published == []  # at least once: the unrecorded attempt is made again

@@ -43,13 +43,29 @@ class FakeIntake:
     reads: Counter[str] = field(default_factory=Counter)
     # payment id -> (the read that first sees the outcome, status, failure_code): a webhook landing meanwhile.
     outcomes_at_read: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
+    captures: list[tuple[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/payments", self.create)
         app.router.add_get("/v1/payments/{payment_id}", self.read)
+        app.router.add_post("/v1/payments/{payment_id}/capture", self.capture)
         app.router.add_get("/healthz", self.healthz)
         return app
+
+    async def capture(self, request: web.Request) -> web.Response:
+        """Accept a capture of a held payment (202); the next read finds it SUCCEEDED with all of it taken."""
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return self._problem(401, "unauthorized")
+        payment = self.payments.get(request.match_info["payment_id"])
+        if payment is None:
+            return self._problem(404, "payment-not-found")
+        self.captures.append((request.headers["Idempotency-Key"], payment["id"]))
+        if payment["status"] != "AUTHORIZED":
+            return self._problem(409, "payment-not-capturable")
+        held = dict(payment)
+        self.outcomes_at_read[payment["id"]] = (self.reads[payment["id"]] + 1, "SUCCEEDED", None)
+        return web.json_response(held, status=202)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -98,6 +114,9 @@ class FakeIntake:
             "created_at": "2026-11-23T19:00:00Z",
             "updated_at": "2026-11-23T19:00:00Z",
             "expires_at": "2026-11-23T19:30:00Z",
+            "capture_method": body.get("capture_method", "automatic"),
+            "amount_capturable": 0,
+            "amount_captured": 0,
         }
         self.payments[payment_id] = payment
         self.by_key[key] = (payment, body)
@@ -119,7 +138,14 @@ class FakeIntake:
         return web.json_response(payment)
 
     def settle(self, payment_id: str, status: str, failure_code: str | None = None) -> None:
-        self.payments[payment_id].update(status=status, failure_code=failure_code)
+        payment = self.payments[payment_id]
+        held = status == "AUTHORIZED"
+        payment.update(
+            status=status,
+            failure_code=failure_code,
+            amount_capturable=payment["amount"] if held else 0,
+            amount_captured=payment["amount"] if status == "SUCCEEDED" else 0,
+        )
 
 
 def settings_for(intake_url: str) -> StorefrontSettings:
@@ -590,3 +616,75 @@ async def test_a_retry_naming_another_orders_payment_or_nonsense_is_a_404_page(
     assert (await retry(shop, orders["mug"], "<script>")).status == 404
     assert (await shop.post(f"/orders/{orders['mug']}/retry", data={}, allow_redirects=False)).status == 404
     assert len(intake.posts) == 1
+
+
+# --- reserve now, pay on shipping (manual capture) ------------------------------------------------------------
+
+
+async def reserved_order(shop: TestClient, intake: FakeIntake) -> tuple[str, str]:
+    """A bookshelf bought and authorized at the gateway: (order id, payment id)."""
+    order_id = (await product_page_orders(shop))["bookshelf"]
+    await buy(shop, "bookshelf", order_id)
+    (payment,) = intake.payments.values()
+    intake.settle(payment["id"], "AUTHORIZED")
+    return order_id, payment["id"]
+
+
+async def test_the_made_to_order_product_is_only_authorized_at_checkout(shop: TestClient, intake: FakeIntake) -> None:
+    order_id = (await product_page_orders(shop))["bookshelf"]
+
+    response = await buy(shop, "bookshelf", order_id)
+
+    [(_, body)] = intake.posts
+    assert (body["capture_method"], body["amount"]) == ("manual", 8900)
+    assert response.status == 303
+    catalogue = await (await shop.get("/")).text()
+    assert "Reserve now, pay on shipping" in catalogue
+
+
+async def test_a_reserved_order_shows_what_is_held_and_a_ship_button(shop: TestClient, intake: FakeIntake) -> None:
+    order_id, payment_id = await reserved_order(shop, intake)
+
+    status, html = await order_page(shop, f"/orders/{order_id}")
+
+    assert status == 200 and shown_status(html) == "AUTHORIZED"
+    assert "authorized, not yet charged" in html
+    assert 'id="amount-held">89.00 USD<' in html
+    assert f'action="/orders/{order_id}/ship"' in html and f'value="{payment_id}"' in html
+    assert _REFRESH not in html  # a hold may last days: the page does not reload itself
+
+
+async def test_ship_captures_the_held_payment_then_the_order_shows_what_was_charged(
+    shop: TestClient, intake: FakeIntake
+) -> None:
+    order_id, payment_id = await reserved_order(shop, intake)
+
+    shipped = await shop.post(f"/orders/{order_id}/ship", data={"payment_id": payment_id}, allow_redirects=False)
+    assert (shipped.status, shipped.headers["Location"]) == (303, f"/orders/{order_id}?shipped=1")
+    status, html = await order_page(shop, shipped.headers["Location"])
+
+    assert intake.captures == [(f"{order_id}.ship.{payment_id}", payment_id)]
+    assert status == 200 and shown_status(html) == "SUCCEEDED"
+    assert 'id="amount-charged">89.00 USD<' in html
+    assert 'id="ship-order"' not in html
+
+
+async def test_shipping_twice_captures_once_and_shows_the_order_as_it_is(shop: TestClient, intake: FakeIntake) -> None:
+    order_id, payment_id = await reserved_order(shop, intake)
+
+    await shop.post(f"/orders/{order_id}/ship", data={"payment_id": payment_id}, allow_redirects=False)
+    await order_page(shop, f"/orders/{order_id}?shipped=1")
+    again = await shop.post(f"/orders/{order_id}/ship", data={"payment_id": payment_id}, allow_redirects=False)
+
+    assert again.status == 303
+    assert len(intake.captures) == 1  # the payment was no longer held: nothing asked the second time
+
+
+async def test_ship_with_another_orders_payment_is_refused(shop: TestClient, intake: FakeIntake) -> None:
+    _, payment_id = await reserved_order(shop, intake)
+    other_order = (await product_page_orders(shop))["bookshelf"]
+
+    response = await shop.post(f"/orders/{other_order}/ship", data={"payment_id": payment_id}, allow_redirects=False)
+
+    assert response.status == 404
+    assert intake.captures == []
