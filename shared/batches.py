@@ -91,8 +91,27 @@ def acks_together(acked: Sequence[AbstractIncomingMessage]) -> list[AbstractInco
     return list(last.values())
 
 
+class DependencyUnavailable(ConnectionError):
+    """A batch failed and the consumer's dependency (its database) does not answer: the batch is not the cause."""
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+async def _nothing() -> None:
+    return None
+
+
 class BatchConsumer:
-    """Buffers one queue's deliveries and hands them to `handler` a batch at a time (see the module doc)."""
+    """Buffers one queue's deliveries and hands them to `handler` a batch at a time (see the module doc).
+
+    `ready` says whether what the handler needs (its database) answers. A batch that fails while it does not
+    is no fault of its messages: rather than retry each (spending their attempts) and take ever more messages
+    it cannot handle, the consumer hands back the batch and everything buffered, stops consuming
+    (`unsubscribe`) and fails; its supervisor runs it again after a backoff, and it consumes again
+    (`subscribe`) once `ready` says yes. Meanwhile the group's other replicas take the work.
+    """
 
     def __init__(
         self,
@@ -102,14 +121,21 @@ class BatchConsumer:
         max_batch: int,
         decode: Callable[[AbstractIncomingMessage], Awaitable[Consumed | None]],
         settle_one: SettleOne,
+        ready: Callable[[], Awaitable[bool]] = _always_ready,
+        subscribe: Callable[[], Awaitable[None]] = _nothing,
+        unsubscribe: Callable[[], Awaitable[None]] = _nothing,
     ) -> None:
         self._group = group
         self._handler = handler
         self._max_batch = max_batch
         self._decode = decode
         self._settle_one = settle_one
+        self._ready = ready
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
         self._buffer: list[AbstractIncomingMessage] = []
         self._arrived = asyncio.Event()
+        self._paused = False
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.append(message)
@@ -121,6 +147,13 @@ class BatchConsumer:
         A batch that cannot be settled (a fault of this layer, or its channel closing under an ack: a stray
         CancelledError) is handed back to the broker, requeued, and the failure raised: the supervisor starts
         this again. A stop (a real cancellation) does not ack the batch: the broker delivers it again."""
+        if not await self._ready():
+            await self._pause([])
+            raise DependencyUnavailable(f"{self._group}: its database does not answer; not consuming meanwhile")
+        if self._paused:
+            log.warning("consuming resumed", consumer=self._group)
+            self._paused = False
+        await self._subscribe()
         while True:
             await self._arrived.wait()
             batch, self._buffer = self._buffer[: self._max_batch], self._buffer[self._max_batch :]
@@ -128,11 +161,24 @@ class BatchConsumer:
                 self._arrived.clear()
             try:
                 await self.handle(batch)
+            except DependencyUnavailable:
+                await self._pause(batch)
+                raise
             except BaseException:
                 if not being_cancelled():
                     log.warning("batch not settled; requeueing it", consumer=self._group, size=len(batch))
                     await _requeue(batch)
                 raise
+
+    async def _pause(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+        """Stop consuming and hand back `batch` and whatever is buffered, for the group's other replicas."""
+        await self._unsubscribe()
+        self._paused = True
+        held, self._buffer = [*batch, *self._buffer], []
+        self._arrived.clear()
+        if held:
+            log.warning("consuming paused; messages handed back", consumer=self._group, size=len(held))
+        await _requeue(held)
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         consumed = [c for c in [await self._decode(m) for m in messages] if c is not None]
@@ -141,6 +187,10 @@ class BatchConsumer:
         started = time.perf_counter()
         try:
             results = await self._results(consumed)
+        except DependencyUnavailable:
+            for item in consumed:
+                item.span.end()
+            raise
         finally:
             elapsed = time.perf_counter() - started
             for item in consumed:
@@ -159,6 +209,8 @@ class BatchConsumer:
         try:
             results = await self._call(batch)
         except Exception as exc:
+            if not await self._ready():
+                raise DependencyUnavailable(f"{self._group}: its database does not answer") from exc
             if len(batch) == 1:
                 return [exc]
             log.warning("batch failed; handling its messages one at a time", consumer=self._group, size=len(batch))

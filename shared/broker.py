@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,7 @@ from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import DLQ_MESSAGES, EVENT_PROCESSING_SECONDS, EVENTS_PROCESSED, MESSAGE_RETRIES
 from shared.settlement import Action, Delivery, Handler, PoisonMessage, RetryLater, RetryPolicy, Settlement, settle
-from shared.supervisor import Supervisor
+from shared.supervisor import Backoff, Supervisor
 from shared.telemetry import extract_context, inject_context, recording
 from shared.topology import (
     DELIVERY_LIMIT,
@@ -70,6 +70,13 @@ REPLY_TO_HEADER = "x-paystream-reply-to"
 # RabbitMQ's sender-selected distribution: the message is routed by its routing key and, besides, by each
 # routing key listed here; the broker strips this header before delivery (rabbitmq.com/docs/sender-selected).
 _BCC_HEADER = "BCC"
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+CONSUMER_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 
 
 # --- connecting over several nodes --------------------------------------------------------------------
@@ -570,11 +577,13 @@ class Broker:
         retry: RetryPolicy,
         prefetch: int = 256,
         max_batch: int = 64,
+        ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """Start consuming `group`'s queue in batches (shared/batches.py): `handler` gets what queued up while
         the last batch was handled and returns one result per message; each result is settled as in `consume`
         (settlement.settle), and the batch's acks go out together after the handler returned. A handler that
-        raises has its batch handled one message at a time."""
+        raises has its batch handled one message at a time, unless `ready` (whether the handler's database
+        answers) says no: then the consumer stops consuming until it does (BatchConsumer)."""
         name = self.names.queue(group)
         await self._declare_delay_queues(name, retry)
         channel = await self.connection.channel()
@@ -607,9 +616,41 @@ class Broker:
             settlement = settle(error, attempt, retry)
             return await self._carry_out(settlement, group, name, item.message, item.envelope, ack=False)
 
-        consumer = BatchConsumer(group, handler, max_batch=max_batch, decode=decode, settle_one=settle_one)
-        self.supervisor.start(f"{group} batches", consumer.run)
-        await queue.consume(consumer.on_message)
+        consumer_tag: str | None = None
+        buffered: list[BatchConsumer] = []  # the consumer below, once made
+
+        async def subscribe() -> None:
+            nonlocal consumer_tag
+            if consumer_tag is None:
+                consumer_tag = await queue.consume(buffered[0].on_message)
+
+        async def unsubscribe() -> None:
+            nonlocal consumer_tag
+            tag, consumer_tag = consumer_tag, None
+            if tag is not None:
+                try:
+                    async with asyncio.timeout(5):
+                        await queue.cancel(tag)
+                except (Exception, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                        raise
+                    # The channel is gone: the broker has let go of its messages already.
+                    log.warning("could not stop consuming", consumer=group, error=f"{type(exc).__name__}: {exc}")
+
+        consumer = BatchConsumer(
+            group,
+            handler,
+            max_batch=max_batch,
+            decode=decode,
+            settle_one=settle_one,
+            ready=ready or _always_ready,
+            subscribe=subscribe,
+            unsubscribe=unsubscribe,
+        )
+        buffered.append(consumer)
+        await subscribe()
+        # Back within 5 s of its database: a paused consumer's restart costs one round trip.
+        self.supervisor.start(f"{group} batches", consumer.run, backoff=CONSUMER_BACKOFF)
 
     # --- dead letters -----------------------------------------------------------------------------
     async def dlq_depth(self, group: str) -> int:

@@ -20,6 +20,7 @@ import uvloop
 from aiohttp import web
 
 from shared.broker import Broker, ConsumerGroup
+from shared.cancellation import being_cancelled
 from shared.config import SERVICES_BY_NAME, BrokerSettings, CommonSettings, DatabaseSettings, load_settings
 from shared.db import MigrationChanged, Timeouts, create_pool, interfaces_missing, prepare_database, service_url
 from shared.http_server import EdgeRunner, claim_port
@@ -303,6 +304,16 @@ async def _wait_for_interfaces(url: str, interfaces: list[str], within: float) -
 async def pool_ready(pool: asyncpg.Pool) -> bool:
     async with pool.acquire(timeout=2) as conn:
         return bool(await conn.fetchval("SELECT true", timeout=2))
+
+
+async def database_answers(pool: asyncpg.Pool) -> bool:
+    """Whether PostgreSQL answers a round trip through `pool` within 2 s (a consumer's `ready`)."""
+    try:
+        return await pool_ready(pool)
+    except (Exception, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+            raise
+        return False
 
 
 async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:

@@ -52,6 +52,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
                 retry=retry_policy(settings),
                 prefetch=LEDGER_PREFETCH,
                 max_batch=BATCH,
+                ready=lambda: runtime.database_answers(pool),
             )
             # A payment is re-sent its expiration only if nothing came of the last one for a while.
             resend_after = max(30.0, 6 * settings.expiry_sweep_interval_seconds)

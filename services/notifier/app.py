@@ -88,6 +88,7 @@ def create_app(settings: NotifierSettings) -> web.Application:
                 retry=RetryPolicy(8, 0.5),
                 prefetch=EVENTS_PREFETCH,
                 max_batch=EVENTS_BATCH,
+                ready=lambda: runtime.database_answers(pool),
             )
 
             async def measure() -> None:

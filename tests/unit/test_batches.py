@@ -21,6 +21,7 @@ from shared.broker import Delivery, RetryLater
 from shared.events import Envelope, PaymentStatus
 from shared.supervisor import Backoff, Supervisor
 from tests.support.payment_histories import status_changed
+from tests.support.processes import eventually
 
 
 @dataclass
@@ -223,3 +224,69 @@ async def test_a_messages_context_binds_its_log_context_and_restores_what_was_bo
         "event_id": str(outer.envelope.id),
         "event_type": "payment.status_changed",
     }
+
+
+async def test_a_batch_failing_while_its_database_is_away_pauses_consuming_and_hands_everything_back() -> None:
+    """Not the messages' fault: their attempts are not spent, and the consumer takes no more work it cannot do
+    until its database answers again; then it consumes again."""
+    first, buffered, later = messages(2), messages(3), messages(1)
+    database_up = True
+    calls: list[str] = []
+    handled: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        nonlocal database_up
+        if any(item.message is first[0] for item in items):
+            database_up = False  # the statement timed out: the database is gone
+            raise TimeoutError()
+        handled.put_nowait(len(items))
+        return [None] * len(items)
+
+    async def ready() -> bool:
+        calls.append("ready")
+        return database_up
+
+    async def subscribe() -> None:
+        calls.append("subscribe")
+
+    async def unsubscribe() -> None:
+        calls.append("unsubscribe")
+
+    async def settle_one(item: Consumed, error: BaseException | None) -> bool:
+        raise AssertionError("nothing is settled while the database is away")
+
+    running = BatchConsumer(
+        "test",
+        handler,
+        max_batch=2,
+        decode=decode,
+        settle_one=settle_one,
+        ready=ready,
+        subscribe=subscribe,
+        unsubscribe=unsubscribe,
+    )
+    supervisor = Supervisor(backoff=Backoff(initial=0.01, maximum=0.02))
+    for message in (*first, *buffered):
+        await running.on_message(cast(AbstractIncomingMessage, message))
+    supervisor.start("test batches", running.run)
+    try:
+
+        async def handed_back() -> bool:
+            return all(m.calls == [("nack", True)] for m in (*first, *buffered))
+
+        await eventually(handed_back, timeout=5, interval=0.01, what="every message handed back")
+        assert "unsubscribe" in calls
+        await asyncio.sleep(0.05)  # restarts meanwhile find the database away, and do not consume
+        assert calls.count("subscribe") == 1
+
+        database_up = True
+
+        async def consuming_again() -> bool:
+            return calls.count("subscribe") == 2
+
+        await eventually(consuming_again, timeout=5, interval=0.01, what="consuming again")
+        await running.on_message(cast(AbstractIncomingMessage, later[0]))
+        assert await asyncio.wait_for(handled.get(), 5) == 1
+        assert not supervisor.failed.done()
+    finally:
+        await supervisor.stop()
