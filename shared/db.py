@@ -283,6 +283,8 @@ async def _define_views(conn: asyncpg.Connection, schema: Schema) -> None:
     Columns only ever come at the end (PostgreSQL's CREATE OR REPLACE VIEW allows no other change): a reader's
     query keeps working whatever was added after it was written."""
     for name, view in schema.views.items():
+        if view.source is None:
+            continue  # its owner's migrations define it
         existing = [
             r["attname"]
             for r in await conn.fetch(

@@ -25,7 +25,8 @@ class View:
     The owner's deploy creates it and appends the columns added here since (a reader's query never breaks on a
     column that came later); a column is never dropped or changed in place: that is a new version (`_v2`)."""
 
-    source: str
+    # The owner's table it shows; None: a view its owner's migrations define (a join, say), only granted here.
+    source: str | None
     columns: tuple[str, ...]
     readers: tuple[str, ...]
 
@@ -86,8 +87,30 @@ SCHEMAS: tuple[Schema, ...] = (
                     "outcome",
                     "occurred_at",
                     "recorded_at",
+                    "refund_id",
+                    "refund_to_status",
                 ),
                 readers=("intake_api",),
+            ),
+            # Refunds as merchants see them, with their payment's refunded total (services/ledger/migrations/010).
+            "ledger.refunds_v1": View(
+                None,
+                (
+                    "id",
+                    "payment_id",
+                    "merchant_id",
+                    "amount",
+                    "currency",
+                    "reason",
+                    "metadata",
+                    "status",
+                    "failure_code",
+                    "created_at",
+                    "updated_at",
+                    "payment_amount_refunded",
+                    "payment_amount",
+                ),
+                readers=("intake_api", "notifier"),
             ),
         },
     ),

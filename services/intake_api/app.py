@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.intake_api import routes, store, webhooks
+from services.intake_api import refunds, routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
@@ -23,6 +23,7 @@ from shared.webhook_secrets import SecretBox
 INTAKE_READS = (
     "ledger.payments_v1",
     "ledger.payment_events_v1",
+    "ledger.refunds_v1",
     "notifier.webhook_endpoints_v1",
     "notifier.events_v1",
     "notifier.delivery_attempts_v1",
@@ -52,6 +53,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
     app.router.add_post("/v1/payments/{payment_id}/capture", routes.capture_payment)
     webhooks.add_routes(app.router)
+    refunds.add_routes(app.router)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).

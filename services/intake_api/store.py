@@ -191,7 +191,8 @@ async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> 
 async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]:
     rows = await pool.fetch(
         """
-        SELECT event_id::text, event_type, from_status, to_status, source, outcome, occurred_at, recorded_at
+        SELECT event_id::text, event_type, from_status, to_status, source, outcome, occurred_at, recorded_at,
+               refund_id, refund_to_status AS refund_status
         FROM ledger.payment_events_v1 WHERE payment_id = $1 ORDER BY id
         """,
         payment_id,

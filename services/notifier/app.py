@@ -19,8 +19,8 @@ from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
 
-# What the notifier reads of other services' records: the payments, through the view the ledger publishes to it.
-NOTIFIER_READS = ("ledger.payments_v1",)
+# What the notifier reads of other services' records: payments and refunds, through the views the ledger publishes.
+NOTIFIER_READS = ("ledger.payments_v1", "ledger.refunds_v1")
 EVENTS_GROUP = NOTIFIER_MESSAGES.name
 DELIVERIES_GROUP = NOTIFIER_DELIVERIES.name
 # The most ledger records stored in one batch, and how many the broker may hand out ahead (the next batch).

@@ -29,7 +29,7 @@ from services.notifier.rules import (
 )
 from shared.batches import Consumed
 from shared.broker import RetryLater
-from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
+from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent, RefundStatusRecorded
 from shared.logs import get_logger
 from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 from shared.registry import BatchRegistry, MessageRegistry, Received
@@ -50,14 +50,19 @@ class DeliveryTarget:
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
     failing_since: datetime | None
-    # The event's payment as the ledger has it now, read with the rest; None: the event has no payment (or the
+    # The event's payment as the ledger has it now, read with the rest; None: the event is no payment's (or the
     # ledger has it no more), and its object is delivered as recorded.
     payment: dict[str, Any] | None
+    # Likewise the refund of a refund's event, as the ledger has it now.
+    refund: dict[str, Any] | None = None
 
 
 class NotifierStore(Protocol):
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """By payment id, (merchant id, the payment resource as the ledger has it now); the ledger's only."""
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """By refund id, (merchant id, the refund resource as the ledger has it now)."""
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         """Store each event (once) and open a delivery per matching enabled endpoint; by event id, the deliveries
@@ -121,6 +126,7 @@ class NotifierHandlers:
         results, decoded = NOTIFIER_MESSAGES.decode_batch([item.envelope for item in batch])
         records = [(i, message) for i, message in decoded if isinstance(message, PaymentStatusRecorded)]
         requests = [(i, message) for i, message in decoded if isinstance(message, RedeliverEvent)]
+        refunds = [(i, message) for i, message in decoded if isinstance(message, RefundStatusRecorded)]
         if records:
             outcomes, pending = await self._record_statuses([(batch[i].envelope, m) for i, m in records])
 
@@ -144,7 +150,32 @@ class NotifierHandlers:
                     await self.redeliver(request)
                 except Exception as exc:
                     results[i] = exc
+        for i, refund in refunds:
+            with batch[i].context():
+                try:
+                    await self.record_refund(batch[i].envelope, refund)
+                except Exception as exc:
+                    results[i] = exc
         return results
+
+    async def record_refund(self, envelope: Envelope, message: RefundStatusRecorded) -> MerchantEvent:
+        """Make the merchant event for a ledger's refund record (refund.created, refund.succeeded, refund.failed)
+        and send one delivery command per matching endpoint; replayed, it sends the pending ones again."""
+        found = await self.store.current_refunds([message.refund_id])
+        if message.refund_id not in found:
+            raise RetryLater(f"refund {message.refund_id} is not readable in the ledger yet")
+        merchant_id, refund = found[message.refund_id]
+        event = MerchantEvent(
+            id=merchant_event_id(envelope.id),
+            type=message.merchant_event_type,
+            merchant_id=merchant_id,
+            payment_id=envelope.payment_id,
+            created=envelope.occurred_at,
+            data={"object": refund},
+        )
+        pending = await self.store.record_events([event])
+        await self._announce(event, pending[event.id])
+        return event
 
     async def _record_statuses(
         self, records: Sequence[tuple[Envelope, PaymentStatusRecorded]]
@@ -231,8 +262,8 @@ class NotifierHandlers:
             return None
         if target.delivery_status != "pending" and not command.redelivery:
             return None  # delivered, or given up on: a duplicate of a message already handled
-        # A payment event carries the payment as it is now, so a late or retried delivery is never stale.
-        current = target.payment if target.payment is not None else dict(target.event.data.get("object") or {})
+        # A payment or refund event carries its object as it is now, so a late or retried delivery is never stale.
+        current = target.refund or target.payment or dict(target.event.data.get("object") or {})
         body = delivery_body(target.event, current)
         secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
         headers = signature_headers(target.event.id, now, body, secrets)
@@ -296,7 +327,7 @@ class NotifierHandlers:
 
 # Ledger records and merchants' redelivery requests become merchant events and delivery commands, in batches.
 NOTIFIER_MESSAGES: BatchRegistry[NotifierHandlers] = BatchRegistry(
-    "notifier", (PaymentStatusRecorded, RedeliverEvent), NotifierHandlers.record_batch
+    "notifier", (PaymentStatusRecorded, RefundStatusRecorded, RedeliverEvent), NotifierHandlers.record_batch
 )
 # One message per (event, endpoint) delivery, in a queue of their own: a slow endpoint holds only its own.
 NOTIFIER_DELIVERIES: MessageRegistry[NotifierHandlers] = MessageRegistry(

@@ -13,6 +13,7 @@ import orjson
 from services.notifier.handlers import DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
 from shared.payment_resource import LEDGER_COLUMNS, payment_of
+from shared.refund_resource import REFUND_COLUMNS, refund_of
 from shared.webhook_secrets import SecretBox
 
 
@@ -48,17 +49,21 @@ SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) 
 """
 
 _PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE id = ANY ($1)"
+_REFUNDS = f"SELECT merchant_id, {', '.join(REFUND_COLUMNS)} FROM ledger.refunds_v1 WHERE id = ANY ($1)"
 
 # What one delivery needs, and the event's payment as it stands now (ledger_*; null if it has none), together.
 _TARGET = f"""
 SELECT e.id AS event_id, e.type, e.merchant_id, e.payment_id, e.data, e.created_at,
        w.id AS endpoint_id, w.url, w.status AS endpoint_status, w.deleted_at, w.secret_sealed,
        w.previous_secret_sealed, w.previous_secret_expires_at, w.failing_since,
-       d.status AS delivery_status, {", ".join(f"p.{name} AS ledger_{name}" for name in LEDGER_COLUMNS)}
+       d.status AS delivery_status, {", ".join(f"p.{name} AS ledger_{name}" for name in LEDGER_COLUMNS)},
+       {", ".join(f"rf.{name} AS refund_{name}" for name in REFUND_COLUMNS)}
 FROM notifier.deliveries d
 JOIN notifier.events e ON e.id = d.event_id
 JOIN notifier.webhook_endpoints w ON w.id = d.endpoint_id
-LEFT JOIN ledger.payments_v1 p ON p.id = e.payment_id
+LEFT JOIN ledger.payments_v1 p ON p.id = e.payment_id AND e.type LIKE 'payment.%'
+-- A refund's event carries the refund as it stands now (ledger.refunds_v1), by the id of the refund it recorded.
+LEFT JOIN ledger.refunds_v1 rf ON e.type LIKE 'refund.%' AND rf.id = e.data -> 'object' ->> 'id'
 WHERE d.event_id = $1 AND d.endpoint_id = $2
 """
 
@@ -111,6 +116,10 @@ def endpoint_resource(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _refund_at(row: asyncpg.Record, prefix: str = "") -> dict[str, Any]:
+    return refund_of({name: row[prefix + name] for name in REFUND_COLUMNS}).model_dump(mode="json")
+
+
 class PostgresNotifierStore:
     """NotifierStore on PostgreSQL; secrets are opened with the SecretBox only when signing."""
 
@@ -123,6 +132,10 @@ class PostgresNotifierStore:
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         rows = await self._pool.fetch(_PAYMENTS, list(payment_ids))
         return {row["id"]: (row["merchant_id"], payment_of(row).model_dump(mode="json")) for row in rows}
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        rows = await self._pool.fetch(_REFUNDS, list(refund_ids))
+        return {row["id"]: (row["merchant_id"], _refund_at(row)) for row in rows}
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         unique = list({event.id: event for event in events}.values())  # a message delivered twice in a batch
@@ -177,6 +190,7 @@ class PostgresNotifierStore:
             previous_secret_expires_at=row["previous_secret_expires_at"],
             failing_since=row["failing_since"],
             payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
+            refund=None if row["refund_id"] is None else _refund_at(row, "refund_"),
         )
 
     async def record_attempt(

@@ -38,6 +38,7 @@ class FakeEndpoint:
 @dataclass
 class FakeStore:
     payments: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    refunds: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     endpoints: dict[str, FakeEndpoint] = field(default_factory=dict)
     events: dict[str, MerchantEvent] = field(default_factory=dict)
     deliveries: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -48,6 +49,10 @@ class FakeStore:
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         self.calls.append("current_payments")
         return {p: self.payments[p] for p in payment_ids if p in self.payments}
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        self.calls.append("current_refunds")
+        return {r: self.refunds[r] for r in refund_ids if r in self.refunds}
 
     def _matching(self, event: MerchantEvent) -> list[str]:
         return sorted(
