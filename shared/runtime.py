@@ -316,13 +316,6 @@ async def database_answers(pool: asyncpg.Pool) -> bool:
         return False
 
 
-async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    tasks = list(tasks)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 @asynccontextmanager
 async def serving(app: web.Application, broker: Broker, pool: asyncpg.Pool | None = None) -> AsyncIterator[None]:
     """The service at work: ready while its broker (and pool, if it has one) answer, its loops run by the

@@ -8,13 +8,12 @@ the order paid; anything unsigned, badly signed or stale is refused with 400 and
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from services.storefront.intake import IntakeClient, IntakeError, IntakeRejectedError
+from services.storefront.intake import IntakeClient, IntakeRejectedError
 from services.storefront.orders import OrderBook, is_order_id, is_payment_id
 from services.storefront.routes import ORDERS
 from shared.logs import get_logger
@@ -46,19 +45,18 @@ class ShopWebhook:
             raise WebhookVerificationError("not an event")
         return payload
 
-    async def register(self, intake: IntakeClient, url: str, *, retry_seconds: float = 1.0) -> None:
-        """Register at `url` with the intake API, retrying while it is unavailable."""
-        while self._verifier is None:
-            try:
-                self._verifier = Webhook(await intake.register_webhook_endpoint(url, EVENTS))
-                log.info("webhook endpoint registered", url=url)
-            except IntakeRejectedError as exc:
-                self.refused = True
-                log.error("webhook endpoint refused; orders are confirmed by the order page only", error=str(exc))
-                return
-            except IntakeError as exc:
-                log.warning("could not register the webhook endpoint yet", error=str(exc))
-                await asyncio.sleep(retry_seconds)
+    async def register(self, intake: IntakeClient, url: str) -> None:
+        """Register at `url` with the intake API, once: an IntakeError (the intake unavailable) is raised for the
+        caller's supervisor to try again after its backoff; a refusal is final (orders are then confirmed by
+        their page only)."""
+        if self._verifier is not None:
+            return
+        try:
+            self._verifier = Webhook(await intake.register_webhook_endpoint(url, EVENTS))
+            log.info("webhook endpoint registered", url=url)
+        except IntakeRejectedError as exc:
+            self.refused = True
+            log.error("webhook endpoint refused; orders are confirmed by the order page only", error=str(exc))
 
 
 def apply_event(orders: OrderBook, event: dict[str, Any]) -> bool:
