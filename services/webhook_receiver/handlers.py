@@ -39,7 +39,7 @@ def _our_event(provider: PaymentProvider, event: WebhookEvent) -> Envelope:
     changed = PaymentStatusChanged(
         status=event.status,
         provider=provider.name,
-        provider_payment_id=event.provider_payment_id,
+        provider_payment_id=event.provider_payment_id if event.names_intent else None,
         provider_event_id=event.provider_event_id,
         failure_code=event.failure_code,
         amount=event.amount,

@@ -124,6 +124,9 @@ class WebhookEvent:
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
     amount_captured: int | None = None
+    # False when `provider_payment_id` is another object of the provider's than the intent we record (Stripe's
+    # PaymentIntent of a Checkout Session): the event is then matched to the payment by its id alone.
+    names_intent: bool = True
 
     def __post_init__(self) -> None:
         if not PAYMENT_ID_RULE.fullmatch(self.payment_id):
