@@ -22,21 +22,33 @@ from shared.events import (
     PaymentRequested,
     PaymentStatusRecorded,
     ReconcilePayment,
+    ReconcileRefund,
     RedeliverEvent,
+    RefundRequested,
+    RefundStatusRecorded,
 )
 from shared.topology import ConsumerGroup
 
 # The shared queues, each consumed by the competing processes of one service.
 CONSUMER_GROUPS: tuple[ConsumerGroup, ...] = (
-    # Opens, closes and looks up payment intents at the provider.
+    # Opens, closes and looks up payment intents at the provider; asks it for refunds and looks them up.
     ConsumerGroup(
         "gateway_worker",
-        (PaymentRequested.TYPE, CancelPayment.TYPE, ExpirePayment.TYPE, ReconcilePayment.TYPE, CapturePayment.TYPE),
+        (
+            PaymentRequested.TYPE,
+            CancelPayment.TYPE,
+            ExpirePayment.TYPE,
+            ReconcilePayment.TYPE,
+            CapturePayment.TYPE,
+            RefundRequested.TYPE,
+            ReconcileRefund.TYPE,
+        ),
     ),
     # Records every payment message: its log is the audit trail.
     ConsumerGroup("ledger", tuple(PAYMENT_MESSAGE_TYPES)),
-    # Ledger records and merchants' redelivery requests become merchant events and delivery commands.
-    ConsumerGroup("notifier", (PaymentStatusRecorded.TYPE, RedeliverEvent.TYPE)),
+    # Ledger records (of payments and refunds) and merchants' redelivery requests become merchant events and
+    # delivery commands.
+    ConsumerGroup("notifier", (PaymentStatusRecorded.TYPE, RefundStatusRecorded.TYPE, RedeliverEvent.TYPE)),
     # One message per (event, endpoint) delivery, in a queue of its own: a slow endpoint holds only its own.
     ConsumerGroup("notifier_deliveries", (DeliverWebhook.TYPE,)),
 )

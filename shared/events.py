@@ -44,6 +44,20 @@ class PaymentStatus(StrEnum):
 CaptureMethod = Literal["automatic", "manual"]
 
 
+class RefundStatus(StrEnum):
+    """A refund's status (docs/reference/refunds.md): pending, then succeeded or failed for good."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not RefundStatus.PENDING
+
+
+RefundReason = Literal["requested_by_customer", "duplicate", "fraudulent"]
+
 Source = Literal["intake", "gateway", "webhook", "reconciliation", "expiry", "merchant", "ledger", "notifier"]
 
 
@@ -186,6 +200,87 @@ class RedeliverEvent(Message):
     merchant_id: str
 
 
+class RefundRequested(Message):
+    """A merchant asked to give back `amount` of a SUCCEEDED payment and the intake reserved it (source: intake).
+
+    The ledger records the refund (pending); the gateway_worker asks the provider, with `refund_id` as the
+    provider's idempotency key.
+    """
+
+    TYPE = "payment.refund_requested"
+    refund_id: str
+    merchant_id: str
+    idempotency_key: str
+    request_fingerprint: str
+    amount: int
+    currency: str
+    reason: RefundReason | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    provider: str | None = None
+    provider_payment_id: str | None = None
+    created_at: datetime
+
+
+class RefundSubmitted(Message):
+    """The provider holds the refund under its own id; its outcome comes later (source: gateway)."""
+
+    TYPE = "payment.refund_submitted"
+    refund_id: str
+    provider: str
+    provider_refund_id: str
+
+
+class RefundStatusChanged(Message):
+    """The provider says the refund reached `status` (source: webhook, reconciliation or gateway)."""
+
+    TYPE = "payment.refund_status_changed"
+    refund_id: str
+    status: RefundStatus
+    provider: str
+    provider_refund_id: str | None = None
+    provider_event_id: str | None = None
+    failure_code: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+
+
+class ReconcileRefund(Message):
+    """A refund is still pending after a while: ask the provider for its truth, or submit it again under the
+    same idempotency key if the provider never answered (source: reconciliation)."""
+
+    TYPE = "payment.refund_reconciliation_due"
+    refund_id: str
+    provider: str | None
+    provider_payment_id: str | None
+    provider_refund_id: str | None = None
+    amount: int
+    currency: str
+    reason: RefundReason | None = None
+
+
+class RefundStatusRecorded(Message):
+    """The ledger committed a new refund (`from_status` null) or a change of its status (source: ledger).
+
+    Published after the commit, with an id derived from the ledger event that caused it. Merchants hear it as
+    `refund.created` or `refund.<status>`.
+    """
+
+    TYPE = "ledger.refund_recorded"
+    refund_id: str
+    from_status: RefundStatus | None
+    status: RefundStatus
+    ledger_event_id: str
+
+    @property
+    def merchant_event_type(self) -> str:
+        return "refund.created" if self.from_status is None else f"refund.{self.status.value}"
+
+
+# The refund events and commands the ledger records (a refund's history is part of its payment's).
+REFUND_MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (RefundRequested, RefundSubmitted, RefundStatusChanged, ReconcileRefund)
+}
+
 # What the ledger records: every one routed by a `payment.` key (the ledger binds `payment.#`).
 PAYMENT_MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
@@ -199,10 +294,10 @@ PAYMENT_MESSAGE_TYPES: dict[str, type[Message]] = {
         ReconcilePayment,
         CapturePayment,
     )
-}
+} | REFUND_MESSAGE_TYPES
 # What the ledger announces and the notifier consumes: outside `payment.`, so the ledger never records them.
 NOTIFICATION_MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (PaymentStatusRecorded, DeliverWebhook, RedeliverEvent)
+    cls.TYPE: cls for cls in (PaymentStatusRecorded, RefundStatusRecorded, DeliverWebhook, RedeliverEvent)
 }
 MESSAGE_TYPES: dict[str, type[Message]] = {**PAYMENT_MESSAGE_TYPES, **NOTIFICATION_MESSAGE_TYPES}
 

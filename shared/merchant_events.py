@@ -16,6 +16,9 @@ MERCHANT_EVENT_TYPES = (
     "payment.failed",
     "payment.canceled",
     "payment.expired",
+    "refund.created",
+    "refund.succeeded",
+    "refund.failed",
     "webhook_endpoint.disabled",
 )
 # An endpoint subscribed to this receives every event type, those added later included.

@@ -141,12 +141,52 @@ WEBHOOK_ENDPOINTS_DISABLED = Counter(
     "paystream_webhook_endpoints_disabled", "Merchant webhook endpoints disabled after failing too long."
 )
 
+REFUNDS = Counter(
+    "paystream_refunds",
+    "Refunds recorded by the ledger, by the status they reached (pending: accepted; succeeded; failed).",
+    ["status"],
+)
+REFUND_AMOUNT = Counter(
+    "paystream_refund_amount",
+    "Sum of the refunds' amounts in minor units (of any currency), by the status they reached.",
+    ["status"],
+)
+REFUND_COMPLETION_SECONDS = Histogram(
+    "paystream_refund_completion_seconds",
+    "Time from a refund's acceptance to its final status, by that status.",
+    ["status"],
+    buckets=_COMPLETION_BUCKETS,
+)
+REFUND_CONTRADICTIONS = Counter(
+    "paystream_refund_contradictions",
+    "Provider outcomes that contradict a refund's final status (logged as ignored; review them).",
+)
+REFUNDS_PENDING = Gauge("paystream_refunds_pending", "Refunds currently pending in the ledger.")
+REFUNDS_PENDING_OLDEST_AGE = Gauge(
+    "paystream_refunds_pending_oldest_age_seconds", "Age of the oldest pending refund in the ledger (0 when none)."
+)
+REFUND_RECONCILIATIONS_REQUESTED = Counter(
+    "paystream_refund_reconciliations_requested", "Reconciliation commands sent for refunds still pending."
+)
+REFUNDS_REQUESTED = Counter(
+    "paystream_refunds_requested",
+    "Refund requests answered by the intake API, by outcome (accepted, exceeds_refundable, not_refundable).",
+    ["outcome"],
+)
+
 _CONSUMER = (EVENTS_PROCESSED, EVENT_PROCESSING_SECONDS)
 _RETRYING_CONSUMER = (*_CONSUMER, MESSAGE_RETRIES, DLQ_MESSAGES)
 
 # Who owns what (the README's metric-by-service table): a service exports these and nothing else.
 SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
-    "intake_api": (PAYMENTS_CREATED, OUTBOX_PENDING, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, *_CONSUMER),
+    "intake_api": (
+        PAYMENTS_CREATED,
+        REFUNDS_REQUESTED,
+        OUTBOX_PENDING,
+        OUTBOX_OLDEST_AGE,
+        OUTBOX_PUBLISHED,
+        *_CONSUMER,
+    ),
     "gateway_worker": (GATEWAY_REQUEST_DURATION, GATEWAY_ERRORS, AMOUNT_MISMATCHES, *_RETRYING_CONSUMER),
     "webhook_receiver": (WEBHOOKS_RECEIVED,),
     "ledger": (
@@ -162,6 +202,13 @@ SERVICE_METRICS: Mapping[str, tuple[Collector, ...]] = {
         AUTHORIZATIONS_EXPIRING_SOON,
         AUTHORIZATIONS_CLOSED,
         AMOUNT_CAPTURED,
+        REFUNDS,
+        REFUND_AMOUNT,
+        REFUND_COMPLETION_SECONDS,
+        REFUND_CONTRADICTIONS,
+        REFUNDS_PENDING,
+        REFUNDS_PENDING_OLDEST_AGE,
+        REFUND_RECONCILIATIONS_REQUESTED,
         *_RETRYING_CONSUMER,
     ),
     "notifier": (

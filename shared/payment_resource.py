@@ -28,6 +28,7 @@ LEDGER_COLUMNS = (
     "expires_at",
     "capture_method",
     "amount_captured",
+    "amount_refunded",
 )
 
 
@@ -63,6 +64,7 @@ class Payment(BaseModel):
     amount_capturable: int = Field(
         default=0, description="What a capture may take: the amount while AUTHORIZED, else 0 (minor units)."
     )
+    amount_refunded: int = Field(default=0, description="The sum of the payment's succeeded refunds (minor units).")
     amount_captured: int = Field(
         default=0,
         description="What was taken (minor units): 0 until SUCCEEDED, then the whole amount, or for a manual "

@@ -77,10 +77,13 @@ class Supervisor:
         """The tasks of the loops started and not yet stopped."""
         return tuple(self._tasks)
 
-    def start(self, name: str, loop: Loop, *, backoff: Backoff | None = None) -> asyncio.Task[None]:
+    def start(
+        self, name: str, loop: Loop, *, backoff: Backoff | None = None, until_done: bool = False
+    ) -> asyncio.Task[None]:
         """Run `loop` under supervision until `stop()`; `name` labels its logs and restart metric. `backoff`:
-        this loop's own, if it is to come back sooner (or later) than the supervisor's."""
-        task = asyncio.create_task(self._supervise(name, loop, backoff or self._backoff), name=name)
+        this loop's own, if it is to come back sooner (or later) than the supervisor's. `until_done`: a task that
+        finishes (a registration retried until it is made): its returning is success, not an end."""
+        task = asyncio.create_task(self._supervise(name, loop, backoff or self._backoff, until_done), name=name)
         self._tasks.append(task)
         task.add_done_callback(self._ended)
         return task
@@ -106,7 +109,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _supervise(self, name: str, loop: Loop, backoff: Backoff) -> None:
+    async def _supervise(self, name: str, loop: Loop, backoff: Backoff, until_done: bool) -> None:
         delay = backoff.initial
         while True:
             started = time.monotonic()
@@ -123,6 +126,8 @@ class Supervisor:
                     raise LoopEnded(f"loop {name} cannot continue: {type(exc).__name__}: {exc}") from exc
                 reason = f"{type(exc).__name__}: {exc}"
             else:
+                if until_done:
+                    return
                 raise LoopEnded(f"loop {name} returned, though it is meant to run as long as the process")
             if time.monotonic() - started >= backoff.healthy_after:
                 delay = backoff.initial
@@ -135,8 +140,8 @@ class Supervisor:
         if task.cancelled():
             return  # stopped
         error = task.exception()
-        if error is None:  # _supervise never returns; kept for completeness of the check
-            error = LoopEnded(f"loop {task.get_name()} ended")
+        if error is None:
+            return  # a task run `until_done`, done
         if not isinstance(error, LoopEnded):  # SystemExit, MemoryError...: nothing to restart from
             error = LoopEnded(f"loop {task.get_name()} ended: {type(error).__name__}: {error}")
         log.error("a loop cannot continue; the service stops", loop=task.get_name(), reason=str(error))

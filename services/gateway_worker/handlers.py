@@ -23,12 +23,25 @@ from shared.events import (
     PaymentStatus,
     PaymentStatusChanged,
     ReconcilePayment,
+    ReconcileRefund,
+    RefundRequested,
+    RefundStatus,
+    RefundStatusChanged,
+    RefundSubmitted,
     Source,
     deterministic_event_id,
 )
 from shared.logs import get_logger
 from shared.metrics import AMOUNT_MISMATCHES, GATEWAY_ERRORS, GATEWAY_REQUEST_DURATION
-from shared.providers.base import CapturingProvider, IntentRequest, PaymentProvider, ProviderIntent
+from shared.providers.base import (
+    CapturingProvider,
+    IntentRequest,
+    PaymentProvider,
+    ProviderIntent,
+    ProviderRefund,
+    RefundingProvider,
+    RefundRequest,
+)
 from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from shared.registry import MessageRegistry, Received
 
@@ -336,6 +349,151 @@ class GatewayHandlers:
         )
         log.info("provider truth published", status=status.value, source=source)
 
+    # --- refunds -------------------------------------------------------------------------------------------------
+
+    async def refund(self, received: Received[RefundRequested]) -> None:
+        """Ask the provider to refund, with the refund id as its idempotency key, and publish what it says."""
+        envelope, message = received.envelope, received.message
+        await self._submit_refund(
+            envelope,
+            received.delivery,
+            refund_id=message.refund_id,
+            provider_name=message.provider,
+            provider_payment_id=message.provider_payment_id,
+            amount=message.amount,
+            currency=message.currency,
+            reason=message.reason,
+            source="gateway",
+        )
+
+    async def reconcile_refund(self, received: Received[ReconcileRefund]) -> None:
+        """A refund pending for a while: look it up at the provider, or, if the provider never told us its id (the
+        request may never have reached it), submit it again under the same idempotency key."""
+        envelope, message = received.envelope, received.message
+        if message.provider_refund_id is None:
+            await self._submit_refund(
+                envelope,
+                received.delivery,
+                refund_id=message.refund_id,
+                provider_name=message.provider,
+                provider_payment_id=message.provider_payment_id,
+                amount=message.amount,
+                currency=message.currency,
+                reason=message.reason,
+                source="reconciliation",
+            )
+            return
+        provider = self._provider(message.provider)
+        if not isinstance(provider, RefundingProvider):
+            await self._refund_failed(
+                envelope.payment_id, message.refund_id, provider.name, "refunds_not_supported", "reconciliation"
+            )
+            return
+        refund_id, provider_refund_id = message.refund_id, message.provider_refund_id
+        try:
+            found = await retrying_provider_call(
+                provider, "retrieve_refund", lambda: provider.retrieve_refund(provider_refund_id)
+            )
+        except PermanentGatewayError as exc:
+            raise PoisonMessage(f"the provider refused the refund lookup: {exc}") from exc
+        await self._refund_truth(envelope.payment_id, refund_id, "reconciliation", provider, found)
+
+    async def _submit_refund(
+        self,
+        envelope: Envelope,
+        delivery: Delivery,
+        *,
+        refund_id: str,
+        provider_name: str | None,
+        provider_payment_id: str | None,
+        amount: int,
+        currency: str,
+        reason: str | None,
+        source: Source,
+    ) -> None:
+        provider = self._provider(provider_name)
+        if not isinstance(provider, RefundingProvider):
+            await self._refund_failed(envelope.payment_id, refund_id, provider.name, "refunds_not_supported", source)
+            return
+        if provider_payment_id is None:
+            await self._refund_failed(envelope.payment_id, refund_id, provider.name, "no_provider_payment", source)
+            return
+        request = RefundRequest(
+            refund_id=refund_id,
+            payment_id=envelope.payment_id,
+            provider_payment_id=provider_payment_id,
+            amount=amount,
+            currency=currency,
+            reason=reason,
+            # The payment's trace rides with the refund, so its webhook joins that trace.
+            metadata=delivery.trace_headers,
+        )
+        try:
+            # Transient errors are retried by the broker; past its budget the refund stays pending and the
+            # ledger's reconciliation submits it again (the same idempotency key: never a second refund).
+            refund = await retrying_provider_call(provider, "create_refund", lambda: provider.create_refund(request))
+        except PermanentGatewayError as exc:
+            log.warning("provider refused the refund", refund_id=refund_id, error=str(exc)[:300])
+            await self._refund_failed(
+                envelope.payment_id, refund_id, provider.name, exc.code or "refund_refused", source
+            )
+            return
+        if (refund.amount, refund.currency.upper()) != (amount, currency.upper()):
+            AMOUNT_MISMATCHES.inc()
+            log.warning("provider refund amount differs", refund_id=refund_id, provider_amount=refund.amount)
+        submitted = RefundSubmitted(
+            refund_id=refund_id, provider=provider.name, provider_refund_id=refund.provider_refund_id
+        )
+        await self.publish(
+            Envelope.wrap(
+                submitted,
+                payment_id=envelope.payment_id,
+                source="gateway",
+                event_id=deterministic_event_id(refund_id, "refund_submitted", refund.provider_refund_id),
+            )
+        )
+        log.info("refund submitted", refund_id=refund_id, provider_refund_id=refund.provider_refund_id)
+        await self._refund_truth(envelope.payment_id, refund_id, source, provider, refund)
+
+    async def _refund_truth(
+        self, payment_id: str, refund_id: str, source: Source, provider: PaymentProvider, refund: ProviderRefund
+    ) -> None:
+        """Publish the provider's outcome of a refund, if it has one yet (a pending one comes later by webhook)."""
+        if refund.status is RefundStatus.PENDING:
+            log.info("refund still pending at the provider", refund_id=refund_id, source=source)
+            return
+        await self._refund_status(
+            payment_id,
+            RefundStatusChanged(
+                refund_id=refund_id,
+                status=refund.status,
+                provider=provider.name,
+                provider_refund_id=refund.provider_refund_id,
+                failure_code=refund.failure_code,
+                amount=refund.amount,
+                currency=refund.currency,
+            ),
+            source,
+        )
+
+    async def _refund_failed(self, payment_id: str, refund_id: str, provider: str, code: str, source: Source) -> None:
+        changed = RefundStatusChanged(
+            refund_id=refund_id, status=RefundStatus.FAILED, provider=provider, failure_code=code
+        )
+        await self._refund_status(payment_id, changed, source)
+
+    async def _refund_status(self, payment_id: str, changed: RefundStatusChanged, source: Source) -> None:
+        # One id per (refund, source, status): asking again never records the answer twice.
+        await self.publish(
+            Envelope.wrap(
+                changed,
+                payment_id=payment_id,
+                source=source,
+                event_id=deterministic_event_id(changed.refund_id, source, changed.status.value),
+            )
+        )
+        log.info("refund outcome published", refund_id=changed.refund_id, status=changed.status.value, source=source)
+
 
 # The gateway_worker's message registry: its queue is bound to exactly these types.
 GATEWAY_MESSAGES: MessageRegistry[GatewayHandlers] = MessageRegistry(
@@ -346,5 +504,7 @@ GATEWAY_MESSAGES: MessageRegistry[GatewayHandlers] = MessageRegistry(
         ExpirePayment: GatewayHandlers.close_intent,
         ReconcilePayment: GatewayHandlers.reconcile,
         CapturePayment: GatewayHandlers.capture,
+        RefundRequested: GatewayHandlers.refund,
+        ReconcileRefund: GatewayHandlers.reconcile_refund,
     },
 )

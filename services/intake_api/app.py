@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.intake_api import routes, store, webhooks
+from services.intake_api import refunds, routes, store, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
@@ -16,6 +16,24 @@ from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
+
+# What the intake uses of other services' records: only the interfaces their owners publish to it
+# (docs/explanation/ownership.md). A test holds this list to the ownership map (shared/ownership.py), which grants
+# exactly these to the intake's role.
+INTAKE_READS = (
+    "ledger.payments_v1",
+    "ledger.payment_events_v1",
+    "ledger.refunds_v1",
+    "notifier.webhook_endpoints_v1",
+    "notifier.events_v1",
+    "notifier.delivery_attempts_v1",
+    "notifier.register_webhook_endpoint_v1",
+    "notifier.delete_webhook_endpoint_v1",
+    "notifier.rotate_webhook_endpoint_secret_v1",
+)
+# It answers for payments only once the ledger's views are there, so it waits for them at start; the notifier's
+# serve only the webhook routes, which need the notifier to have started once (it deploys them).
+WAITS_FOR = ("ledger.payments_v1", "ledger.payment_events_v1")
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -35,13 +53,14 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)
     app.router.add_post("/v1/payments/{payment_id}/capture", routes.capture_payment)
     webhooks.add_routes(app.router)
+    refunds.add_routes(app.router)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The intake reads the ledger's tables; the ledger deploys them (one deployer per schema).
         # A POST holds a connection for one statement (a millisecond or two): ten cover bursts of hundreds
         # of requests; more only add PostgreSQL backends competing for the same cores.
         async with (
-            runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=10) as pool,
+            runtime.database(settings, "intake_api", waits_for=WAITS_FOR, max_size=10) as pool,
             runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
@@ -49,7 +68,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
                 pool,
                 broker.publish,
                 connect=lambda: connect(
-                    settings.database_url.get_secret_value(), timeouts=runtime.database_timeouts(settings)
+                    runtime.service_database_url(settings, "intake_api"), timeouts=runtime.database_timeouts(settings)
                 ),
             )
             waiters = app[routes.WAITERS]

@@ -12,9 +12,10 @@ import pycountry
 from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, UrlConstraints
 
 from shared.endpoint_urls import MAX_URL_LENGTH, UnsafeUrlError, parse_endpoint_url
-from shared.events import CaptureMethod, PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus, RefundReason, RefundStatus
 from shared.merchant_events import ALL_EVENTS, MERCHANT_EVENT_TYPES
 from shared.payment_resource import Payment
+from shared.refund_resource import Refund
 
 __all__ = [
     "CaptureCreate",
@@ -23,6 +24,7 @@ __all__ = [
     "PaymentEvent",
     "PaymentEventList",
     "ProblemDetails",
+    "Refund",
     "field_errors",
 ]
 
@@ -191,10 +193,46 @@ class PaymentEvent(BaseModel):
     outcome: str
     occurred_at: datetime
     recorded_at: datetime
+    refund_id: str | None = Field(default=None, description="The refund this event is about, for a refund's event.")
+    refund_status: RefundStatus | None = Field(
+        default=None, description="The refund's status after this event, for a refund's event."
+    )
 
 
 class PaymentEventList(BaseModel):
     data: list[PaymentEvent]
+
+
+class RefundCreate(BaseModel):
+    """POST /v1/payments/{id}/refunds body: every field optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_AMOUNT,
+        strict=True,
+        description="Minor units to give back; omitted: all that is still refundable.",
+    )
+    reason: RefundReason | None = Field(default=None, description="Why the money goes back.")
+    metadata: dict[MetadataKey, Annotated[Text, Field(max_length=500)]] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description="At most 20 string keys (1-40 chars) with string values of at most 500 chars.",
+        json_schema_extra=_metadata_schema,
+    )
+
+    def fingerprint(self, payment_id: str) -> str:
+        """A canonical digest of the request and the payment it is for: the same key on another body differs."""
+        document = {"payment_id": payment_id, **self.model_dump(mode="json")}
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RefundList(BaseModel):
+    data: list[Refund]
+    has_more: bool
 
 
 class FieldError(BaseModel):
@@ -254,6 +292,8 @@ def _message(error: Any, field: str) -> str:
         return _FIELD_FORMATS.get(field, "is not in the expected format")
     if kind.startswith("url_"):
         return "must be an absolute http or https URL, such as https://shop.example/orders/42"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
     if kind == "value_error":  # our own validators: their messages are written for the developer already
         return str(error.get("msg", "is invalid")).removeprefix("Value error, ")
     return "is invalid"
@@ -342,7 +382,9 @@ class Event(BaseModel):
     type: str
     created: int = Field(description="Unix seconds.")
     payment_id: str | None
-    data: dict[str, Any] = Field(description='`{"object": ...}`: the payment (or endpoint) when it was recorded.')
+    data: dict[str, Any] = Field(
+        description='`{"object": ...}`: the payment, refund (or endpoint) when it was recorded.'
+    )
 
 
 class EventWithDeliveries(Event):

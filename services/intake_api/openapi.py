@@ -17,11 +17,14 @@ from services.intake_api.models import (
     PaymentEventList,
     PaymentList,
     ProblemDetails,
+    Refund,
+    RefundCreate,
+    RefundList,
     WebhookEndpointCreate,
     WebhookEndpointList,
     WebhookEndpointWithSecret,
 )
-from shared.events import PaymentStatus
+from shared.events import PaymentStatus, RefundStatus
 from shared.merchant_events import MERCHANT_EVENT_TYPES
 
 _REF = "#/components/schemas/{model}"
@@ -107,6 +110,7 @@ _PAYMENT_LINKS = {
         ("ListPaymentEvents", "listPaymentEvents"),
         ("CancelPayment", "cancelPayment"),
         ("CapturePayment", "capturePayment"),
+        ("CreateRefund", "createRefund"),
     )
 }
 
@@ -322,8 +326,106 @@ _LIST_PAYMENTS_PARAMETERS = [
 ]
 
 
+_REFUND_ID = _path_id("refund_id", "The refund's id (`re_...`).")
+_REFUND_NOT_FOUND = _problem("No refund with this id for this merchant.")
+_REFUND_KEY = {
+    **_CREATE_PARAMETERS[0],
+    "description": "Makes retries safe: the same key (per merchant) never creates a second refund. "
+    "Kept at least 24 hours.",
+}
+_REFUND_LOCATION = {"Location": _header("/v1/refunds/{id}", required=True)}
+
+
+def _refund_paths() -> dict[str, Any]:
+    """Refunds (docs/reference/refunds.md)."""
+    return {
+        "/v1/payments/{payment_id}/refunds": {
+            "post": _operation(
+                "createRefund",
+                "Refund all or part of a SUCCEEDED payment (idempotent by Idempotency-Key)",
+                {
+                    "201": _json("Refund", "Accepted (pending): its amount is reserved.", _REFUND_LOCATION),
+                    "200": _json(
+                        "Refund",
+                        "A retry of the request first made with this key: the same refund, current state.",
+                        {
+                            **_REFUND_LOCATION,
+                            "Idempotent-Replayed": _header(
+                                "Always `true` on a replay.", {"type": "string", "enum": ["true"]}, required=True
+                            ),
+                        },
+                    ),
+                    "400": _problem("Missing or invalid Idempotency-Key, or malformed JSON."),
+                    "401": _UNAUTHORIZED,
+                    "404": _NOT_FOUND,
+                    "409": _problem(
+                        f"The payment is not SUCCEEDED (type {_PROBLEM_TYPES}payment-not-refundable), or the"
+                        " refund for this key is not readable yet."
+                    ),
+                    "413": _problem("The body is over 64 KiB."),
+                    "415": _problem("The body is not JSON."),
+                    "422": _problem(
+                        f"Invalid fields (type {_PROBLEM_TYPES}validation-error), an amount above what is left to"
+                        f" refund (type {_PROBLEM_TYPES}amount-exceeds-refundable, with `refundable`), or the key"
+                        f" was used with another body (type {_PROBLEM_TYPES}idempotency-key-reuse)."
+                    ),
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_PAYMENT_ID, _REFUND_KEY],
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": {"$ref": _REF.format(model="RefundCreate")}}},
+                },
+            ),
+        },
+        "/v1/refunds": {
+            "get": _operation(
+                "listRefunds",
+                "The merchant's refunds, newest first",
+                {
+                    "200": _json("RefundList", "A page of refunds."),
+                    "401": _UNAUTHORIZED,
+                    "404": _CURSOR_NOT_FOUND,
+                    "422": _INVALID_QUERY,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[
+                    *_PAGE_PARAMETERS,
+                    _query(
+                        "payment_id",
+                        "Only refunds of this payment.",
+                        {"type": "string", "minLength": 1, "maxLength": 64},
+                    ),
+                    _query(
+                        "status",
+                        "Only refunds in this status.",
+                        {"type": "string", "enum": [s.value for s in RefundStatus]},
+                    ),
+                ],
+            ),
+        },
+        "/v1/refunds/{refund_id}": {
+            "get": _operation(
+                "getRefund",
+                "Read a refund",
+                {
+                    "200": _json("Refund", "The refund."),
+                    "401": _UNAUTHORIZED,
+                    "404": _REFUND_NOT_FOUND,
+                    "503": _DATABASE_DOWN,
+                },
+                parameters=[_REFUND_ID],
+            ),
+        },
+    }
+
+
 def _operation(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"operationId": operation_id, "summary": summary, "responses": responses, **extra}
+
+
+# The request bodies: their schemas are the validation schemas of the models that check them.
+_REQUEST_MODELS = (PaymentCreate, WebhookEndpointCreate, CaptureCreate, RefundCreate)
 
 
 @cache
@@ -331,7 +433,12 @@ def openapi_document() -> dict[str, Any]:
     """The whole document; the request schema is the validation schema of `PaymentCreate` itself."""
     _, schemas = models_json_schema(
         [
-            (model, "validation" if model in (PaymentCreate, WebhookEndpointCreate, CaptureCreate) else "serialization")
+            (
+                model,
+                "validation"
+                if model in (PaymentCreate, WebhookEndpointCreate, CaptureCreate, RefundCreate)
+                else "serialization",
+            )
             for model in (
                 PaymentCreate,
                 CaptureCreate,
@@ -344,6 +451,9 @@ def openapi_document() -> dict[str, Any]:
                 EventList,
                 EventWithDeliveries,
                 PaymentList,
+                RefundCreate,
+                Refund,
+                RefundList,
             )
         ],
         ref_template=_REF,
@@ -451,5 +561,6 @@ def openapi_document() -> dict[str, Any]:
                 ),
             },
             **_webhook_paths(),
+            **_refund_paths(),
         },
     }

@@ -9,12 +9,15 @@ from aiohttp import web
 from services.ledger.handlers import LEDGER_MESSAGES, LedgerHandlers
 from services.ledger.outcomes import status_recorded_before
 from services.ledger.postgres_store import PostgresLedgerStore
+from services.ledger.refunds import RefundRecorder
 from services.ledger.settings import LedgerSettings
 from services.ledger.sweeps import (
     measure_authorizations,
     measure_pending,
+    measure_pending_refunds,
     request_expirations,
     request_reconciliations,
+    request_refund_reconciliations,
 )
 from shared import runtime
 from shared.broker import RetryPolicy
@@ -37,13 +40,14 @@ def create_app(settings: LedgerSettings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with (
-            runtime.database(settings, ["ledger"]) as pool,
+            runtime.database(settings, "ledger") as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             handlers = LedgerHandlers(
                 PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
                 broker.publish,
                 lambda envelope: status_recorded_before(pool, envelope),
+                refunds=RefundRecorder(pool, broker.publish),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(
@@ -71,8 +75,20 @@ def create_app(settings: LedgerSettings) -> web.Application:
                     every_seconds=settings.reconcile_interval_seconds,
                 ),
             )
+            # A refund still pending after RECONCILE_AFTER_SECONDS is looked up at the provider (or submitted again).
+            loops.every(
+                "refund reconciliation sweep",
+                interval,
+                lambda: request_refund_reconciliations(
+                    pool,
+                    broker,
+                    older_than_seconds=settings.reconcile_after_seconds,
+                    every_seconds=settings.reconcile_interval_seconds,
+                ),
+            )
             loops.every("pending gauge", 15, lambda: measure_pending(pool))
             loops.every("authorization gauges", 15, lambda: measure_authorizations(pool))
+            loops.every("pending refunds gauge", 15, lambda: measure_pending_refunds(pool))
             broker.watch_dlq(GROUP)
             async with runtime.serving(app, broker, pool):
                 yield

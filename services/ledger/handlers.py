@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from services.ledger.outcomes import Announce, status_recorded
+from services.ledger.refunds import RefundRecorder
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
 from shared.broker import RetryLater
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
+    REFUND_MESSAGE_TYPES,
     Envelope,
     ExpirePayment,
     Message,
@@ -243,19 +245,39 @@ class LedgerHandlers:
     """The ledger's handlers (docs/explanation/handlers.md): every payment message is recorded by `record_batch`."""
 
     def __init__(
-        self, store: LedgerStore, publish: Publish | None = None, announced_before: Announce | None = None
+        self,
+        store: LedgerStore,
+        publish: Publish | None = None,
+        announced_before: Announce | None = None,
+        refunds: RefundRecorder | None = None,
     ) -> None:
         self._store = store
         # Where follow-up commands and PaymentStatusRecorded announcements go; None records without telling anyone.
         self._publish = publish
         # For an event recorded on an earlier delivery: the announcement of what it changed then.
         self._announced_before = announced_before
+        # A refund is an aggregate of its own, recorded by its own rules (services/ledger/refunds.py).
+        self._refunds = refunds
+
+    async def _record_refund(self, envelope: Envelope, message: Message) -> None:
+        if self._refunds is None:
+            raise RetryLater("this ledger does not record refunds")
+        await self._refunds(envelope, message)
 
     async def record_batch(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
         """Record a batch (the broker's batch handler): per message None once recorded, RetryLater if its payment
         is not known yet, PoisonMessage if it is no message the registry knows. Raises only if the whole batch
         failed (the broker then hands its messages over one at a time)."""
         results, decoded = LEDGER_MESSAGES.decode_batch([item.envelope for item in batch])
+        # A refund's events are few and each locks its refund: one at a time, each in its own transaction.
+        for i, message in decoded:
+            if type(message) in _REFUND_TYPES:
+                with batch[i].context():
+                    try:
+                        await self._record_refund(batch[i].envelope, message)
+                    except Exception as exc:
+                        results[i] = exc
+        decoded = [(i, message) for i, message in decoded if type(message) not in _REFUND_TYPES]
         valid = [i for i, _ in decoded]
         messages = [message for _, message in decoded]
         by_payment = {batch[i].envelope.payment_id: batch[i] for i in valid}
@@ -312,6 +334,8 @@ class LedgerHandlers:
                 raise error
         return results
 
+
+_REFUND_TYPES = frozenset(REFUND_MESSAGE_TYPES.values())
 
 # The ledger's message registry: it records every payment event and command (its log is the audit trail), in
 # batches; the notification messages it announces are not its own to record.

@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 
 from shared.broker import Broker
-from shared.events import Envelope, ExpirePayment, Message, ReconcilePayment, Source
+from shared.events import Envelope, ExpirePayment, Message, ReconcilePayment, ReconcileRefund, Source
 from shared.logs import get_logger
 from shared.metrics import (
     AUTHORIZATIONS_EXPIRING_SOON,
@@ -17,6 +17,9 @@ from shared.metrics import (
     PAYMENTS_PENDING,
     PAYMENTS_PENDING_OLDEST_AGE,
     RECONCILIATIONS_REQUESTED,
+    REFUND_RECONCILIATIONS_REQUESTED,
+    REFUNDS_PENDING,
+    REFUNDS_PENDING_OLDEST_AGE,
 )
 
 log = get_logger(__name__)
@@ -145,3 +148,66 @@ async def measure_authorizations(pool: asyncpg.Pool) -> None:
     assert row is not None
     AUTHORIZATIONS_OPEN.set(row["open"])
     AUTHORIZATIONS_EXPIRING_SOON.set(row["expiring_soon"])
+
+
+# Refunds pending longer than $3 seconds, not asked about in the last $2: claimed like payments (SKIP LOCKED,
+# marked in the transaction that publishes), with what the gateway_worker needs to ask the provider.
+_REFUNDS_DUE_FOR_RECONCILIATION = """
+WITH due AS (
+    SELECT id FROM ledger.refunds
+    WHERE status = 'pending' AND created_at < now() - make_interval(secs => $3)
+      AND (reconciliation_requested_at IS NULL OR reconciliation_requested_at < now() - make_interval(secs => $2))
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger.refunds r SET reconciliation_requested_at = now()
+FROM due, ledger.payment_requests p
+WHERE r.id = due.id AND p.id = r.payment_request_id
+RETURNING r.id, r.payment_request_id, r.amount, r.currency, r.reason, r.provider_refund_id,
+          coalesce(r.provider, p.provider) AS provider, p.provider_payment_id
+"""
+
+
+async def request_refund_reconciliations(
+    pool: asyncpg.Pool, broker: Broker, *, older_than_seconds: float, every_seconds: float
+) -> int:
+    """Ask the gateway_worker about refunds still pending after `older_than_seconds` (RECONCILE_AFTER_SECONDS):
+    it looks them up at the provider, or submits them again under their idempotency key if the provider never
+    had them, so no refund stays pending forever."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(_REFUNDS_DUE_FOR_RECONCILIATION, SWEEP_BATCH, every_seconds, older_than_seconds)
+        await asyncio.gather(
+            *(
+                broker.publish(
+                    Envelope.wrap(
+                        ReconcileRefund(
+                            refund_id=row["id"],
+                            provider=row["provider"],
+                            provider_payment_id=row["provider_payment_id"],
+                            provider_refund_id=row["provider_refund_id"],
+                            amount=row["amount"],
+                            currency=row["currency"],
+                            reason=row["reason"],
+                        ),
+                        payment_id=row["payment_request_id"],
+                        source="reconciliation",
+                    )
+                )
+                for row in rows
+            )
+        )
+    REFUND_RECONCILIATIONS_REQUESTED.inc(len(rows))
+    return len(rows)
+
+
+async def measure_pending_refunds(pool: asyncpg.Pool) -> None:
+    row = await pool.fetchrow(
+        """
+        SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+        FROM ledger.refunds WHERE status = 'pending'
+        """
+    )
+    assert row is not None
+    REFUNDS_PENDING.set(row["pending"])
+    REFUNDS_PENDING_OLDEST_AGE.set(float(row["oldest"]))

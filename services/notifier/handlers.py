@@ -29,7 +29,7 @@ from services.notifier.rules import (
 )
 from shared.batches import Consumed
 from shared.broker import RetryLater
-from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent
+from shared.events import DeliverWebhook, Envelope, PaymentStatusRecorded, RedeliverEvent, RefundStatusRecorded
 from shared.logs import get_logger
 from shared.metrics import WEBHOOK_ATTEMPT_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 from shared.registry import BatchRegistry, MessageRegistry, Received
@@ -50,14 +50,19 @@ class DeliveryTarget:
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
     failing_since: datetime | None
-    # The event's payment as the ledger has it now, read with the rest; None: the event has no payment (or the
+    # The event's payment as the ledger has it now, read with the rest; None: the event is no payment's (or the
     # ledger has it no more), and its object is delivered as recorded.
     payment: dict[str, Any] | None
+    # Likewise the refund of a refund's event, as the ledger has it now.
+    refund: dict[str, Any] | None = None
 
 
 class NotifierStore(Protocol):
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """By payment id, (merchant id, the payment resource as the ledger has it now); the ledger's only."""
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """By refund id, (merchant id, the refund resource as the ledger has it now)."""
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         """Store each event (once) and open a delivery per matching enabled endpoint; by event id, the deliveries
@@ -74,8 +79,27 @@ class NotifierStore(Protocol):
     ) -> int:
         """Record the attempt and its consequence (delivered, next try, gave up, endpoint disabled); its number."""
 
+    async def delivery_targets(
+        self, deliveries: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], DeliveryTarget]:
+        """`delivery_target` of many (event id, endpoint id) at once, in one statement; those found."""
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
+        """`record_attempt` of many attempts at once, in one statement (none of them disabling its endpoint); their
+        numbers, in order."""
+
     async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
         """(merchant id, the endpoint resource), for the webhook_endpoint.disabled event."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt made, to be recorded: where it went, what came back, what follows, when it was made."""
+
+    target: DeliveryTarget
+    result: AttemptResult
+    step: NextStep
+    attempted_at: datetime
 
 
 Send = Callable[[str, str, dict[str, str]], Awaitable[AttemptResult]]
@@ -121,6 +145,7 @@ class NotifierHandlers:
         results, decoded = NOTIFIER_MESSAGES.decode_batch([item.envelope for item in batch])
         records = [(i, message) for i, message in decoded if isinstance(message, PaymentStatusRecorded)]
         requests = [(i, message) for i, message in decoded if isinstance(message, RedeliverEvent)]
+        refunds = [(i, message) for i, message in decoded if isinstance(message, RefundStatusRecorded)]
         if records:
             outcomes, pending = await self._record_statuses([(batch[i].envelope, m) for i, m in records])
 
@@ -134,7 +159,10 @@ class NotifierHandlers:
                     results[i] = outcome
                 else:
                     announcing.append((i, outcome))
-            errors = await asyncio.gather(*(announce(batch[i], e) for i, e in announcing), return_exceptions=True)
+            if self.retry_later is None:
+                errors = await asyncio.gather(*(announce(batch[i], e) for i, e in announcing), return_exceptions=True)
+            else:
+                errors = await self._attempt_now([(batch[i], e, pending[e.id]) for i, e in announcing])
             for (i, _), error in zip(announcing, errors, strict=True):
                 if isinstance(error, BaseException):
                     results[i] = error
@@ -144,7 +172,32 @@ class NotifierHandlers:
                     await self.redeliver(request)
                 except Exception as exc:
                     results[i] = exc
+        for i, refund in refunds:
+            with batch[i].context():
+                try:
+                    await self.record_refund(batch[i].envelope, refund)
+                except Exception as exc:
+                    results[i] = exc
         return results
+
+    async def record_refund(self, envelope: Envelope, message: RefundStatusRecorded) -> MerchantEvent:
+        """Make the merchant event for a ledger's refund record (refund.created, refund.succeeded, refund.failed)
+        and send one delivery command per matching endpoint; replayed, it sends the pending ones again."""
+        found = await self.store.current_refunds([message.refund_id])
+        if message.refund_id not in found:
+            raise RetryLater(f"refund {message.refund_id} is not readable in the ledger yet")
+        merchant_id, refund = found[message.refund_id]
+        event = MerchantEvent(
+            id=merchant_event_id(envelope.id),
+            type=message.merchant_event_type,
+            merchant_id=merchant_id,
+            payment_id=envelope.payment_id,
+            created=envelope.occurred_at,
+            data={"object": refund},
+        )
+        pending = await self.store.record_events([event])
+        await self._announce(event, pending[event.id])
+        return event
 
     async def _record_statuses(
         self, records: Sequence[tuple[Envelope, PaymentStatusRecorded]]
@@ -172,16 +225,7 @@ class NotifierHandlers:
         return outcomes, (await self.store.record_events(events) if events else {})
 
     async def _announce(self, event: MerchantEvent, pending: Sequence[str]) -> None:
-        if self.retry_later is None:
-            await self._dispatch(event, pending, redelivery=False)
-        else:
-            # Stored and committed already: each delivery is attempted now rather than after a round trip through
-            # the deliveries queue. An attempt that fails raises after the others are done, so the record is
-            # retried, and its replay attempts again what is still pending: at least once, as with a command.
-            errors = await asyncio.gather(*(self._attempt_now(event, e) for e in pending), return_exceptions=True)
-            for error in errors:
-                if isinstance(error, BaseException):
-                    raise error
+        await self._dispatch(event, pending, redelivery=False)
         log.info(
             "merchant event recorded", merchant_event=event.id, merchant_event_type=event.type, endpoints=len(pending)
         )
@@ -191,18 +235,68 @@ class NotifierHandlers:
             command = DeliverWebhook(event_id=event.id, endpoint_id=endpoint_id, redelivery=redelivery)
             await self.publish(Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier"))
 
-    async def _attempt_now(self, event: MerchantEvent, endpoint_id: str) -> None:
-        """The first attempt of one delivery, made here; its retry (or a slow endpoint) goes to the deliveries
-        queue, whose consumer makes attempt 2 onwards exactly as it would have made them after attempt 1."""
-        assert self.retry_later is not None
-        command = DeliverWebhook(event_id=event.id, endpoint_id=endpoint_id)
-        envelope = Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier")
+    async def _attempt_now(
+        self, events: Sequence[tuple[Consumed, MerchantEvent, Sequence[str]]]
+    ) -> list[BaseException | None]:
+        """The first attempts of the deliveries of a batch's stored events, made here rather than through the
+        deliveries queue: their targets read in one statement, the POSTs made together, the attempts recorded in
+        one statement. A retry goes to the delay queue of attempt 2 and an endpoint slower than the budget to the
+        deliveries queue, whose consumer carries on from there. Per event None, or the error that kept one of its
+        deliveries from being attempted and recorded (its record is then retried, and the replay attempts again
+        what is still pending: at least once)."""
+        retry_later = self.retry_later
+        assert retry_later is not None
+        errors: list[BaseException | None] = [None] * len(events)
+        # One delivery per (event, endpoint), whichever record of the batch brought it (a record delivered twice).
+        owner = {(event.id, e): n for n, (_, event, pending) in enumerate(events) for e in pending}
+        if not owner:
+            return errors
         try:
-            await self.deliver(command, 1, budget=self.first_attempt_budget)
-        except SlowEndpoint:
-            await self.publish(envelope)
-        except RetryLater as later:
-            await self.retry_later(envelope, 2, later.delay_seconds or 0.0)
+            now = self.clock()
+            targets = await self.store.delivery_targets(list(owner), now)
+            due = [(key, t) for key, t in targets.items() if self._due(t, redelivery=False)]
+
+            async def post(key: tuple[str, str], target: DeliveryTarget) -> AttemptResult | None:
+                with events[owner[key]][0].context():  # the POST continues its record's trace
+                    try:
+                        return await self._post(target, now, budget=self.first_attempt_budget)
+                    except SlowEndpoint:
+                        await self.publish(self._command(target, redelivery=False))
+                        return None
+
+            answers = await asyncio.gather(*(post(key, t) for key, t in due), return_exceptions=True)
+            made: list[tuple[tuple[str, str], Attempt]] = []
+            for (key, target), answer in zip(due, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    errors[owner[key]] = answer
+                elif answer is not None:
+                    made.append((key, Attempt(target, answer, self._next_step(target, answer, 1), now)))
+            batched = [(key, a) for key, a in made if a.step.kind != "disable"]
+            numbers = await self.store.record_attempts([a for _, a in batched]) if batched else []
+            recorded = [(key, a, n) for (key, a), n in zip(batched, numbers, strict=True)]
+            for key, a in made:
+                if a.step.kind == "disable":  # rare, and more than one row: a transaction of its own
+                    recorded.append((key, a, await self.store.record_attempt(a.target, a.result, a.step, now)))
+        except Exception as exc:
+            return [exc] * len(events)
+        for key, a, number in recorded:
+            with events[owner[key]][0].context():
+                try:
+                    await self._after_attempt(a, number)
+                except RetryLater as later:
+                    command = self._command(a.target, redelivery=False)
+                    try:
+                        await retry_later(command, 2, later.delay_seconds or 0.0)
+                    except Exception as exc:
+                        errors[owner[key]] = exc
+                except Exception as exc:
+                    errors[owner[key]] = exc
+        return errors
+
+    @staticmethod
+    def _command(target: DeliveryTarget, *, redelivery: bool) -> Envelope:
+        command = DeliverWebhook(event_id=target.event.id, endpoint_id=target.endpoint_id, redelivery=redelivery)
+        return Envelope.wrap(command, payment_id=target.event.payment_id or "", source="notifier")
 
     async def redeliver(self, message: RedeliverEvent) -> list[str]:
         """Deliver the event again now, to every enabled endpoint of the merchant that subscribes to it."""
@@ -218,43 +312,59 @@ class NotifierHandlers:
         """The deliveries group's handler: one attempt, numbered by the broker's delivery attempt."""
         await self.deliver(received.message, received.delivery.attempt)
 
-    async def deliver(self, command: DeliverWebhook, position: int, *, budget: float | None = None) -> NextStep | None:
+    async def deliver(self, command: DeliverWebhook, position: int) -> NextStep | None:
         """One attempt: POST the event, signed, with its object as it stands now; then decide what follows.
 
         A failure with tries left raises RetryLater with the schedule's wait (the broker's delay queue holds the
         message meanwhile: nothing here sleeps). None: nothing to do (delivered already, endpoint gone or disabled).
-        With a `budget`, an endpoint that has not answered within it raises SlowEndpoint, nothing recorded.
         """
         now = self.clock()
         target = await self.store.delivery_target(command.event_id, command.endpoint_id, now)
-        if target is None or not target.endpoint_enabled:
+        if target is None or not self._due(target, redelivery=command.redelivery):
             return None
-        if target.delivery_status != "pending" and not command.redelivery:
-            return None  # delivered, or given up on: a duplicate of a message already handled
-        # A payment event carries the payment as it is now, so a late or retried delivery is never stale.
-        current = target.payment if target.payment is not None else dict(target.event.data.get("object") or {})
+        result = await self._post(target, now)
+        step = self._next_step(target, result, position)
+        number = await self.store.record_attempt(target, result, step, now)
+        await self._after_attempt(Attempt(target, result, step, now), number)
+        return step
+
+    @staticmethod
+    def _due(target: DeliveryTarget, *, redelivery: bool) -> bool:
+        """Whether the delivery is to be attempted: its endpoint is enabled, and it is pending (or asked again)."""
+        # Not pending: delivered, or given up on; a duplicate of a message already handled.
+        return target.endpoint_enabled and (target.delivery_status == "pending" or redelivery)
+
+    async def _post(self, target: DeliveryTarget, now: datetime, *, budget: float | None = None) -> AttemptResult:
+        """POST the event, signed, with its payment as it stands now. With a `budget`, an endpoint that has not
+        answered within it raises SlowEndpoint."""
+        # A payment or refund event carries its object as it is now, so a late or retried delivery is never stale.
+        current = target.refund or target.payment or dict(target.event.data.get("object") or {})
         body = delivery_body(target.event, current)
         secrets = signing_secrets(target.secret, target.previous_secret, target.previous_secret_expires_at, now)
         headers = signature_headers(target.event.id, now, body, secrets)
         if budget is None:
-            result = await self.send(target.url, body, headers)
-        else:
-            try:
-                async with asyncio.timeout(budget):
-                    result = await self.send(target.url, body, headers)
-            except TimeoutError:
-                raise SlowEndpoint(f"no answer within {budget:g} s of a first attempt made at once") from None
-        finished = self.clock()
-        step = after_attempt(
+            return await self.send(target.url, body, headers)
+        try:
+            async with asyncio.timeout(budget):
+                return await self.send(target.url, body, headers)
+        except TimeoutError:
+            raise SlowEndpoint(f"no answer within {budget:g} s of a first attempt made at once") from None
+
+    def _next_step(self, target: DeliveryTarget, result: AttemptResult, position: int) -> NextStep:
+        return after_attempt(
             result,
             position=position,
             schedule=self.schedule,
             failing_since=target.failing_since,
-            now=finished,
+            now=self.clock(),
             disable_after_seconds=self.disable_after_seconds,
             jitter=self.jitter(),
         )
-        attempt = await self.store.record_attempt(target, result, step, now)
+
+    async def _after_attempt(self, attempt: Attempt, number: int) -> None:
+        """What follows a recorded attempt: metrics, its log line, the endpoint's disabling; RetryLater with the
+        schedule's wait if it is to be tried again."""
+        target, result, step = attempt.target, attempt.result, attempt.step
         outcome = {"delivered": "delivered", "retry": "failed", "give_up": "gave_up", "disable": "endpoint_disabled"}[
             step.kind
         ]
@@ -264,7 +374,7 @@ class NotifierHandlers:
             "webhook attempt",
             merchant_event=target.event.id,
             endpoint_id=target.endpoint_id,
-            attempt=attempt,
+            attempt=number,
             status_code=result.status_code,
             error=result.error,
             outcome=outcome,
@@ -276,7 +386,6 @@ class NotifierHandlers:
             raise RetryLater(
                 f"endpoint answered {result.status_code or result.error}", delay_seconds=step.delay_seconds
             )
-        return step
 
     async def _endpoint_disabled(self, endpoint_id: str) -> None:
         WEBHOOK_ENDPOINTS_DISABLED.inc()
@@ -296,7 +405,7 @@ class NotifierHandlers:
 
 # Ledger records and merchants' redelivery requests become merchant events and delivery commands, in batches.
 NOTIFIER_MESSAGES: BatchRegistry[NotifierHandlers] = BatchRegistry(
-    "notifier", (PaymentStatusRecorded, RedeliverEvent), NotifierHandlers.record_batch
+    "notifier", (PaymentStatusRecorded, RefundStatusRecorded, RedeliverEvent), NotifierHandlers.record_batch
 )
 # One message per (event, endpoint) delivery, in a queue of their own: a slow endpoint holds only its own.
 NOTIFIER_DELIVERIES: MessageRegistry[NotifierHandlers] = MessageRegistry(

@@ -1,4 +1,4 @@
-"""The notifier's database work (schema `notifier`), and its reads of the ledger's payments."""
+"""The notifier's database work (schema `notifier`), and its reads of the ledger's payments (ledger.payments_v1)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.notifier.handlers import DeliveryTarget
+from services.notifier.handlers import Attempt, DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
 from shared.payment_resource import LEDGER_COLUMNS, payment_of
+from shared.refund_resource import REFUND_COLUMNS, refund_of
 from shared.webhook_secrets import SecretBox
 
 
@@ -47,20 +48,26 @@ UNION
 SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) AND status = 'pending'
 """
 
-_PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE id = ANY ($1)"
+_PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE id = ANY ($1)"
+_REFUNDS = f"SELECT merchant_id, {', '.join(REFUND_COLUMNS)} FROM ledger.refunds_v1 WHERE id = ANY ($1)"
 
 # What one delivery needs, and the event's payment as it stands now (ledger_*; null if it has none), together.
-_TARGET = f"""
+_TARGETS = f"""
 SELECT e.id AS event_id, e.type, e.merchant_id, e.payment_id, e.data, e.created_at,
        w.id AS endpoint_id, w.url, w.status AS endpoint_status, w.deleted_at, w.secret_sealed,
        w.previous_secret_sealed, w.previous_secret_expires_at, w.failing_since,
-       d.status AS delivery_status, {", ".join(f"p.{name} AS ledger_{name}" for name in LEDGER_COLUMNS)}
+       d.status AS delivery_status, {", ".join(f"p.{name} AS ledger_{name}" for name in LEDGER_COLUMNS)},
+       {", ".join(f"rf.{name} AS refund_{name}" for name in REFUND_COLUMNS)}
 FROM notifier.deliveries d
 JOIN notifier.events e ON e.id = d.event_id
 JOIN notifier.webhook_endpoints w ON w.id = d.endpoint_id
-LEFT JOIN ledger.payment_requests p ON p.id = e.payment_id
-WHERE d.event_id = $1 AND d.endpoint_id = $2
+LEFT JOIN ledger.payments_v1 p ON p.id = e.payment_id AND e.type LIKE 'payment.%'
+-- A refund's event carries the refund as it stands now (ledger.refunds_v1), by the id of the refund it recorded.
+LEFT JOIN ledger.refunds_v1 rf ON e.type LIKE 'refund.%' AND rf.id = e.data -> 'object' ->> 'id'
 """
+_TARGET = _TARGETS + "WHERE d.event_id = $1 AND d.endpoint_id = $2"
+# Many deliveries' targets in one statement: $1, $2 their event and endpoint ids, pairwise.
+_MANY_TARGETS = _TARGETS + "WHERE (d.event_id, d.endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 
 
 # One attempt and what it changes: the delivery's state, the attempt's row, and the endpoint's failure state
@@ -84,6 +91,40 @@ WITH delivery AS (
 )
 SELECT attempts FROM delivery
 """
+
+
+# Many attempts (none disabling its endpoint) in one statement, as _RECORD_ATTEMPT records one. An endpoint with
+# several attempts among them is not failing if any was delivered (it answers), else failing since the earliest.
+_RECORD_ATTEMPTS = """
+WITH given AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::integer[], $6::text[],
+                         $7::integer[], $8::timestamptz[], $9::boolean[], $10::timestamptz[])
+        WITH ORDINALITY AS g(event_id, endpoint_id, status, next_attempt_at, status_code, error, duration_ms,
+                             attempted_at, delivered, failing_since, n)
+), delivery AS (
+    UPDATE notifier.deliveries d
+    SET attempts = d.attempts + 1, status = g.status, next_attempt_at = g.next_attempt_at,
+        delivered_at = CASE WHEN g.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END
+    FROM given g
+    WHERE d.event_id = g.event_id AND d.endpoint_id = g.endpoint_id
+    RETURNING d.event_id, d.endpoint_id, d.attempts
+), attempt AS (
+    INSERT INTO notifier.delivery_attempts
+        (event_id, endpoint_id, attempt, status_code, error, duration_ms, attempted_at, next_attempt_at)
+    SELECT g.event_id, g.endpoint_id, d.attempts, g.status_code, g.error, g.duration_ms, g.attempted_at,
+           g.next_attempt_at
+    FROM given g JOIN delivery d ON d.event_id = g.event_id AND d.endpoint_id = g.endpoint_id
+), endpoint AS (
+    UPDATE notifier.webhook_endpoints w
+    SET failing_since = CASE WHEN e.delivered THEN NULL ELSE e.failing_since END
+    FROM (SELECT endpoint_id, bool_or(delivered) AS delivered, min(failing_since) AS failing_since
+          FROM given GROUP BY endpoint_id) e
+    WHERE w.id = e.endpoint_id
+      AND CASE WHEN e.delivered THEN w.failing_since IS NOT NULL ELSE w.failing_since IS NULL END
+)
+SELECT g.n, d.attempts FROM given g JOIN delivery d ON d.event_id = g.event_id AND d.endpoint_id = g.endpoint_id
+"""
+_STATUS_AFTER = {"delivered": "delivered", "retry": "pending", "give_up": "failed", "disable": "failed"}
 
 
 def _event(row: asyncpg.Record) -> MerchantEvent:
@@ -111,6 +152,10 @@ def endpoint_resource(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _refund_at(row: asyncpg.Record, prefix: str = "") -> dict[str, Any]:
+    return refund_of({name: row[prefix + name] for name in REFUND_COLUMNS}).model_dump(mode="json")
+
+
 class PostgresNotifierStore:
     """NotifierStore on PostgreSQL; secrets are opened with the SecretBox only when signing."""
 
@@ -123,6 +168,10 @@ class PostgresNotifierStore:
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         rows = await self._pool.fetch(_PAYMENTS, list(payment_ids))
         return {row["id"]: (row["merchant_id"], payment_of(row).model_dump(mode="json")) for row in rows}
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        rows = await self._pool.fetch(_REFUNDS, list(refund_ids))
+        return {row["id"]: (row["merchant_id"], _refund_at(row)) for row in rows}
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         unique = list({event.id: event for event in events}.values())  # a message delivered twice in a batch
@@ -163,7 +212,40 @@ class PostgresNotifierStore:
 
     async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
         row = await self._pool.fetchrow(_TARGET, event_id, endpoint_id)
-        if row is None or row["deleted_at"] is not None:
+        return None if row is None else self._target(row)
+
+    async def delivery_targets(
+        self, deliveries: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], DeliveryTarget]:
+        pairs = list(deliveries)
+        rows = await self._pool.fetch(_MANY_TARGETS, [e for e, _ in pairs], [w for _, w in pairs])
+        targets = {(row["event_id"], row["endpoint_id"]): self._target(row) for row in rows}
+        return {key: target for key, target in targets.items() if target is not None}
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
+        columns: list[list[object]] = [[] for _ in range(10)]
+        for a in attempts:
+            values = (
+                a.target.event.id,
+                a.target.endpoint_id,
+                _STATUS_AFTER[a.step.kind],
+                a.step.next_attempt_at(a.attempted_at),
+                a.result.status_code,
+                a.result.error,
+                a.result.duration_ms,
+                a.attempted_at,
+                a.step.kind == "delivered",
+                a.step.failing_since,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = await self._pool.fetch(_RECORD_ATTEMPTS, *columns)
+        numbers = {row["n"]: int(row["attempts"]) for row in rows}
+        # A delivery whose row is gone (its endpoint deleted meanwhile) has no number: counted as its first.
+        return [numbers.get(n, 1) for n in range(1, len(attempts) + 1)]
+
+    def _target(self, row: asyncpg.Record) -> DeliveryTarget | None:
+        if row["deleted_at"] is not None:
             return None
         previous = row["previous_secret_sealed"]
         return DeliveryTarget(
@@ -177,13 +259,14 @@ class PostgresNotifierStore:
             previous_secret_expires_at=row["previous_secret_expires_at"],
             failing_since=row["failing_since"],
             payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
+            refund=None if row["refund_id"] is None else _refund_at(row, "refund_"),
         )
 
     async def record_attempt(
         self, target: DeliveryTarget, result: AttemptResult, step: NextStep, attempted_at: datetime
     ) -> int:
         next_at = step.next_attempt_at(attempted_at)
-        status = {"delivered": "delivered", "retry": "pending", "give_up": "failed", "disable": "failed"}[step.kind]
+        status = _STATUS_AFTER[step.kind]
         arguments = (
             target.event.id,
             target.endpoint_id,

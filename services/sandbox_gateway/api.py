@@ -25,6 +25,12 @@ from services.sandbox_gateway.intents import (
     IntentDraft,
     IntentNotFoundError,
 )
+from services.sandbox_gateway.refunds import (
+    RefundDraft,
+    RefundKeyReusedError,
+    RefundNotFoundError,
+    RefundRefusedError,
+)
 from shared.strict_json import StrictJSONError, loads_strict
 from shared.web import Problem, read_body
 
@@ -121,6 +127,20 @@ class NewIntent(BaseModel):
 
     def draft(self) -> IntentDraft:
         return IntentDraft(**self.model_dump())
+
+
+class NewRefund(BaseModel):
+    """The body of POST /v1/refunds (what shared.providers.sandbox sends)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intent_id: StrictStr = Field(min_length=1, max_length=64)
+    amount: int | None = Field(default=None, strict=True, gt=0, le=99_999_999)
+    reason: Literal["requested_by_customer", "duplicate", "fraudulent"] | None = None
+    metadata: dict[
+        Annotated[StrictStr, Field(min_length=1, max_length=100)],
+        Annotated[StrictStr, Field(max_length=1000)],
+    ] = Field(default_factory=dict, max_length=50)
 
 
 class CancelRequest(BaseModel):
@@ -296,6 +316,37 @@ async def simulate_payment(request: web.Request) -> web.Response:
     return _changed(lambda: gateway.pay(intent.id, card))
 
 
+async def create_refund(request: web.Request) -> web.Response:
+    """Refund part or all of a succeeded intent (pending; the outcome comes by webhook); the same Idempotency-Key
+    answers the same refund (200) instead of a new one (201)."""
+    gateway = _gateway(request)
+    key = _idempotency_key(request)
+    body = _validated(NewRefund, await _json_body(request, required=True))
+    draft = RefundDraft(intent_id=body.intent_id, amount=body.amount, reason=body.reason, metadata=body.metadata)
+    try:
+        answer, created = gateway.refund(draft, key)
+    except IntentNotFoundError:
+        raise Problem(404, "intent-not-found", f"No intent has the id {body.intent_id!r}.") from None
+    except RefundRefusedError as exc:
+        raise Problem(exc.status, exc.slug, exc.detail) from None
+    except RefundKeyReusedError:
+        raise Problem(
+            422, "idempotency-key-reuse", "This Idempotency-Key already made a refund of another intent or amount."
+        ) from None
+    if created:
+        return web.json_response(answer, status=201, headers={"Location": f"/v1/refunds/{answer['id']}"})
+    return web.json_response(answer, status=200, headers={"Idempotent-Replayed": "true"})
+
+
+async def get_refund(request: web.Request) -> web.Response:
+    refund_id = request.match_info["refund_id"]
+    try:
+        refund = _gateway(request).refunds.get(refund_id)
+    except RefundNotFoundError:
+        raise Problem(404, "refund-not-found", f"No refund has the id {refund_id!r}.") from None
+    return web.json_response(refund.to_json())
+
+
 async def list_webhook_attempts(request: web.Request) -> web.Response:
     """Every delivery attempt of the intent's webhooks, in the order they finished."""
     gateway, intent = _addressed(request)
@@ -328,6 +379,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/intents/{intent_id}/capture", capture_intent)
     router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)
     router.add_get("/v1/intents/{intent_id}/webhooks", list_webhook_attempts)
+    router.add_post("/v1/refunds", create_refund)
+    router.add_get("/v1/refunds/{refund_id}", get_refund)
     router.add_get("/_sandbox/faults", get_faults)
     router.add_post("/_sandbox/faults", set_faults)
     router.add_delete("/_sandbox/faults", clear_faults)

@@ -62,6 +62,7 @@ def create_app(
 async def _webhook_delivery(app: web.Application) -> AsyncIterator[None]:
     webhooks = app[GATEWAY].webhooks
     await webhooks.start()
+    app[GATEWAY].resume_refunds()
     yield
     await webhooks.close()
     storage = app[GATEWAY].store.storage

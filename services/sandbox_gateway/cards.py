@@ -14,6 +14,9 @@ DECLINING_CARDS: dict[str, str] = {
     "4000000000000002": "card_declined",
     "4000000000009995": "insufficient_funds",
 }
+# Test cards whose payments succeed but whose refunds then fail, by the refunds' failure code (as Stripe's card of
+# that number does).
+REFUND_FAILING_CARDS: dict[str, str] = {"4000000000005126": "expired_or_canceled_card"}
 SUCCEEDING_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 
@@ -31,6 +34,8 @@ class CardCheck:
     errors: dict[str, str] = field(default_factory=dict)
     last4: str | None = None
     failure_code: str | None = None
+    # What every refund of a payment made with this card ends as: None, succeeded; else failed with this code.
+    refund_failure_code: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,7 +113,9 @@ def _verdict(errors: dict[str, str], raw_number: str) -> CardCheck:
     if errors:
         return CardCheck(errors=errors)
     digits = normalize_card_number(raw_number)
-    return CardCheck(last4=digits[-4:], failure_code=decline_code_for(digits))
+    return CardCheck(
+        last4=digits[-4:], failure_code=decline_code_for(digits), refund_failure_code=REFUND_FAILING_CARDS.get(digits)
+    )
 
 
 def check_card_form(number: str, expiry: str, cvc: str, name: str, today: date) -> CardCheck:

@@ -26,6 +26,8 @@ class Faults(BaseModel):
     webhook_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
     # A random 0..1 s extra wait per delivery, so deliveries overtake each other.
     webhook_shuffle: StrictBool = False
+    # Extra wait before a refund gets its outcome (and its webhook): refunds stay pending that long.
+    refund_delay_seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
 
 
 class FaultsUpdate(BaseModel):
@@ -38,6 +40,7 @@ class FaultsUpdate(BaseModel):
     webhook_duplicate_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     webhook_delay_seconds: float | None = Field(default=None, ge=0.0, le=3600.0)
     webhook_shuffle: StrictBool | None = None
+    refund_delay_seconds: float | None = Field(default=None, ge=0.0, le=3600.0)
 
     def merged_into(self, current: Faults) -> Faults:
         return current.model_copy(update=self.model_dump(exclude_none=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from aiohttp import web
@@ -9,12 +10,15 @@ from aiohttp import web
 from services.sandbox_gateway.cards import DECLINED_CARD, SUCCEEDING_CARD, CardCheck, decline_code_for
 from services.sandbox_gateway.faults import Faults
 from services.sandbox_gateway.intents import CloseReason, Intent, IntentDraft, IntentStore
+from services.sandbox_gateway.refunds import RefundDraft, RefundStore, SandboxRefund
 from services.sandbox_gateway.webhooks import WebhookSender
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 
 AUTOPAY_CARDS = {"succeed": SUCCEEDING_CARD, "fail": DECLINED_CARD}
+# A refund's outcome comes this long after it was asked for (plus any refund_delay_seconds fault), by webhook.
+REFUND_SETTLE_SECONDS = 0.2
 
 
 class SandboxGateway:
@@ -33,6 +37,7 @@ class SandboxGateway:
         self.rng = rng
         self.autopay = autopay
         self.faults = Faults()
+        self.refunds = RefundStore(store.storage)
 
     def open_intent(self, draft: IntentDraft, idempotency_key: str | None) -> tuple[dict[str, object], bool]:
         """The intent for this key as it stands when opened; True when it was opened now.
@@ -66,7 +71,9 @@ class SandboxGateway:
         if not card.ok or card.last4 is None:
             raise ValueError("only a card that passed its checks can pay")
         self.intent(intent_id)
-        intent = self.store.settle(intent_id, last4=card.last4, failure_code=card.failure_code)
+        intent = self.store.settle(
+            intent_id, last4=card.last4, failure_code=card.failure_code, refund_failure_code=card.refund_failure_code
+        )
         self._announce(intent)
         return intent
 
@@ -86,6 +93,48 @@ class SandboxGateway:
         if changed:
             self._announce(intent)
         return intent
+
+    def refund(self, draft: RefundDraft, idempotency_key: str | None) -> tuple[dict[str, object], bool]:
+        """The refund for this key as it stands when made (pending); True when it was made now.
+
+        Raises IntentNotFoundError, RefundRefusedError or RefundKeyReusedError. Its outcome is settled a moment
+        later, asynchronously, and announced by a `refund.succeeded` or `refund.failed` webhook.
+        """
+        intent = self.intent(draft.intent_id)
+        refund, created = self.refunds.create(intent, draft, idempotency_key, self.store.now())
+        if created:
+            log.info("refund opened", refund_id=refund.id, intent_id=intent.id, amount=refund.amount)
+            self._settle_later(refund)
+        return refund.to_json(), created
+
+    def resume_refunds(self) -> int:
+        """Settle anew the refunds a stop left pending (at start); how many."""
+        pending = self.refunds.pending()
+        for refund in pending:
+            self._settle_later(refund)
+        return len(pending)
+
+    def _settle_later(self, refund: SandboxRefund) -> None:
+        delay = REFUND_SETTLE_SECONDS + self.faults.refund_delay_seconds
+        asyncio.get_running_loop().call_later(delay, self._settle_refund, refund.id)
+
+    def _settle_refund(self, refund_id: str) -> None:
+        # The card that paid decides, as at Stripe: 5126's refunds fail, every other's succeed.
+        intent = self.store.get(self.refunds.get(refund_id).intent_id)
+        refund = self.refunds.settle(refund_id, intent.refund_failure_code)
+        if refund is not None:
+            self._announce_refund(refund)
+
+    def _announce_refund(self, refund: SandboxRefund) -> None:
+        event_id = self.webhooks.send_refund(refund, created=self.store.now(), faults=self.faults)
+        log.info(
+            "refund settled",
+            refund_id=refund.id,
+            payment_id=refund.payment_id,
+            status=str(refund.status),
+            failure_code=refund.failure_code,
+            event_id=event_id,
+        )
 
     def expire_due(self) -> int:
         """Expire every open intent past its time; how many were expired."""

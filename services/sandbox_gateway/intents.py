@@ -105,6 +105,8 @@ class Intent:
     capture_method: CaptureMethod = "automatic"
     # What a capture took of a held intent (None until then).
     captured: int | None = None
+    # Set by the card that paid: every refund of this intent fails with it (None: refunds succeed).
+    refund_failure_code: str | None = None
 
     @property
     def payment_id(self) -> str | None:
@@ -268,9 +270,11 @@ class IntentStore:
             self._keep(intent)
         return due
 
-    def settle(self, intent_id: str, *, last4: str, failure_code: str | None) -> Intent:
+    def settle(
+        self, intent_id: str, *, last4: str, failure_code: str | None, refund_failure_code: str | None = None
+    ) -> Intent:
         """Record a card payment: succeeded (authorized, for a manual intent) without a failure code, failed
-        with one."""
+        with one. `refund_failure_code`: what every refund of it will fail with (None: they succeed)."""
         intent = self.get(intent_id)
         if intent.status.is_closed:
             raise IntentClosedError(intent)
@@ -282,6 +286,7 @@ class IntentStore:
             intent.status = IntentStatus.SUCCEEDED
         intent.failure_code = failure_code
         intent.last4 = last4
+        intent.refund_failure_code = refund_failure_code
         self._keep(intent)
         return intent
 

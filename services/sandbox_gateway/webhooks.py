@@ -22,6 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from services.sandbox_gateway.faults import Faults, delay_before_first_attempt, delivery_copies
 from services.sandbox_gateway.intents import Intent, IntentStatus
+from services.sandbox_gateway.refunds import RefundStatus, SandboxRefund
 from services.sandbox_gateway.storage import SandboxStorage
 from shared.logs import get_logger
 from shared.metrics import SANDBOX_WEBHOOK_ATTEMPTS
@@ -43,6 +44,12 @@ EVENT_TYPES: dict[IntentStatus, str] = {
     IntentStatus.FAILED: "payment.failed",
     IntentStatus.CANCELED: "payment.canceled",
     IntentStatus.EXPIRED: "payment.expired",
+}
+
+
+REFUND_EVENT_TYPES: dict[RefundStatus, str] = {
+    RefundStatus.SUCCEEDED: "refund.succeeded",
+    RefundStatus.FAILED: "refund.failed",
 }
 
 
@@ -178,18 +185,38 @@ class WebhookSender:
     def send(self, intent: Intent, *, created: int, faults: Faults) -> str:
         """Schedule the event announcing the intent's status, under the faults in force; returns its id."""
         event = build_event(intent, created=created)
+        return self._send_event(event, intent.id, intent.payment_id, intent.metadata, faults)
+
+    def send_refund(self, refund: SandboxRefund, *, created: int, faults: Faults) -> str:
+        """Schedule the event announcing a refund's outcome (logged under its intent); returns its id."""
+        event = {
+            "id": new_event_id(),
+            "type": REFUND_EVENT_TYPES[refund.status],
+            "created": created,
+            "data": {"object": refund.to_json()},
+        }
+        return self._send_event(event, refund.intent_id, refund.payment_id, refund.metadata, faults)
+
+    def _send_event(
+        self,
+        event: dict[str, Any],
+        intent_id: str,
+        payment_id: str | None,
+        metadata: dict[str, str],
+        faults: Faults,
+    ) -> str:
         outgoing = _OutgoingEvent(
-            intent_id=intent.id,
-            payment_id=intent.payment_id,
+            intent_id=intent_id,
+            payment_id=payment_id,
             event_id=event["id"],
             event_type=event["type"],
             # The body is fixed now: retries and duplicates carry the very same bytes.
             body=json.dumps(event, separators=(",", ":")).encode(),
-            trace_carrier={k: intent.metadata[k] for k in _TRACE_KEYS if k in intent.metadata},
+            trace_carrier={k: metadata[k] for k in _TRACE_KEYS if k in metadata},
         )
         copies = delivery_copies(faults, self._rng)
         if self._storage is not None:
-            self._storage.put("webhook", outgoing.event_id, outgoing.to_record(), parent=intent.id)
+            self._storage.put("webhook", outgoing.event_id, outgoing.to_record(), parent=intent_id)
         self._schedule(outgoing, copies=copies, delay=None, faults=faults)
         return outgoing.event_id
 

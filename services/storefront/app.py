@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -15,9 +14,12 @@ from services.storefront.pages import render_problem
 from services.storefront.settings import StorefrontSettings
 from shared import runtime
 from shared.logs import get_logger
+from shared.supervisor import Backoff, Supervisor
 from shared.web import ERROR_PAGE, READINESS_CHECKS, Problem, create_base_app, problem_page
 
 log = get_logger(__name__)
+
+REGISTER_BACKOFF = Backoff(initial=1.0, maximum=5.0)
 
 MAX_FORM_BYTES = 16 * 1024
 _OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -57,11 +59,16 @@ def _intake_client(settings: StorefrontSettings) -> Callable[[web.Application], 
             intake = app[routes.INTAKE] = IntakeClient(session, settings.intake_base_url, settings.storefront_key)
             log.info("storefront ready", intake=settings.intake_base_url, shop=settings.storefront_base_url)
             url = settings.storefront_webhook_url or settings.storefront_base_url + paystream_webhooks.PATH
-            registering = asyncio.create_task(app[paystream_webhooks.WEBHOOK].register(intake, url))
-            try:
+            webhook = app[paystream_webhooks.WEBHOOK]
+            async with runtime.supervising(app, Supervisor()) as loops:
+                # Retried while the intake API is unavailable (1 s, then up to 5 s apart), until it is made.
+                loops.start(
+                    "webhook registration",
+                    lambda: webhook.register(intake, url),
+                    backoff=REGISTER_BACKOFF,
+                    until_done=True,
+                )
                 yield
-            finally:
-                await runtime.cancel_tasks([registering])
 
     return open_session
 

@@ -32,6 +32,8 @@ class OrderBook:
         self._payments: OrderedDict[str, str] = OrderedDict()
         # Orders Paystream's signed webhook said are paid (order id -> the payment that paid it).
         self._paid: OrderedDict[str, str] = OrderedDict()
+        # How much of each payment its signed refund webhooks said was given back (payment id -> minor units).
+        self._refunded: OrderedDict[str, int] = OrderedDict()
 
     def remember(self, order_id: str, payment_id: str) -> None:
         self._payments[order_id] = payment_id
@@ -50,6 +52,18 @@ class OrderBook:
             self._paid.popitem(last=False)
         if order_id not in self._payments:
             self.remember(order_id, payment_id)
+
+    def mark_refunded(self, payment_id: str, amount_refunded: int) -> None:
+        """A verified refund webhook said the payment's refunded total is `amount_refunded`. The total only grows,
+        so a webhook that arrives late (an older total) changes nothing."""
+        self._refunded[payment_id] = max(amount_refunded, self._refunded.get(payment_id, 0))
+        self._refunded.move_to_end(payment_id)
+        while len(self._refunded) > self._capacity:
+            self._refunded.popitem(last=False)
+
+    def refunded(self, payment_id: str) -> int:
+        """What the shop has heard was refunded of the payment (0 if nothing)."""
+        return self._refunded.get(payment_id, 0)
 
     def is_paid(self, order_id: str) -> bool:
         return order_id in self._paid

@@ -68,6 +68,18 @@ _HEADINGS = {
 }
 
 
+# Symbols a customer of these currencies reads before the amount; any other currency is written after it.
+_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£"}
+
+
+def format_money(amount: int, currency: str) -> str:
+    """`€5.00` for the currencies with a symbol here, else as `format_amount` writes it (`5.00 CHF`)."""
+    symbol = _SYMBOLS.get(currency)
+    if symbol is None:
+        return format_amount(amount, currency)
+    return symbol + format_amount(amount, currency).removesuffix(f" {currency}")
+
+
 def format_amount(amount: int, currency: str) -> str:
     """Integer minor units as a customer reads them: 1999 USD is `19.99 USD`."""
     digits = 0 if currency in _ZERO_DECIMAL else 3 if currency in _THREE_DECIMAL else 2
@@ -203,7 +215,12 @@ def _held_body(payment: Mapping[str, Any], order_id: str, *, shipping: bool) -> 
 
 
 def render_order(
-    payment: Mapping[str, Any], *, arrival: Arrival = None, order_paid: bool = False, shipping: bool = False
+    payment: Mapping[str, Any],
+    *,
+    arrival: Arrival = None,
+    order_paid: bool = False,
+    shipping: bool = False,
+    refunded: int = 0,
 ) -> str:
     """The order page for a payment as the intake API reported it; it reloads itself while PENDING (and while a
     Ship's capture is on its way).
@@ -211,7 +228,8 @@ def render_order(
     `arrival` (how the customer got here) only changes the words: the status shown is always the API's.
     `order_paid`: the shop's own record, set by Paystream's verified webhook even if the customer never came back.
     A payment that ended without success offers a new payment for the same order; a held one (AUTHORIZED) offers
-    Ship, which captures it; a captured one shows what was charged.
+    Ship, which captures it; a captured one shows what was charged. `refunded`: what Paystream's verified refund
+    webhooks said was given back ("Refunded €5.00 of €19.99").
     """
     status = _text(payment, "status")
     order_id = _text(payment, "reference")
@@ -228,8 +246,11 @@ def render_order(
             rows.append(("Held on your card", format_amount(held_amount, currency)))
         if status == "SUCCEEDED" and isinstance(captured, int):
             rows.append(("Charged", format_amount(captured, currency)))
+        if refunded > 0:
+            taken = captured if isinstance(captured, int) and captured > 0 else amount
+            rows.append(("Refund", f"Refunded {format_money(refunded, currency)} of {format_money(taken, currency)}"))
     # The amounts a test (or a screen reader's shortcut) looks for by id.
-    ids = {"Held on your card": "amount-held", "Charged": "amount-charged"}
+    ids = {"Held on your card": "amount-held", "Charged": "amount-charged", "Refund": "amount-refunded"}
     details = "".join(
         f"<dt>{escape(k)}</dt><dd" + (f' id="{ids[k]}"' if k in ids else "") + f">{escape(v)}</dd>" for k, v in rows
     )

@@ -3,18 +3,18 @@
 
 The shop registers its endpoint at start (or is given its secret by STOREFRONT_WEBHOOK_SECRET) and verifies each
 delivery with the `standardwebhooks` library before believing a word of it. A verified `payment.succeeded` marks
-the order paid; anything unsigned, badly signed or stale is refused with 400 and changes nothing.
+the order paid, a verified `refund.succeeded` notes how much of its payment was given back; anything unsigned,
+badly signed or stale is refused with 400 and changes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from services.storefront.intake import IntakeClient, IntakeError, IntakeRejectedError
+from services.storefront.intake import IntakeClient, IntakeRejectedError
 from services.storefront.orders import OrderBook, is_order_id, is_payment_id
 from services.storefront.routes import ORDERS
 from shared.logs import get_logger
@@ -22,7 +22,7 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 PATH = "/webhooks/paystream"
-EVENTS = ["payment.succeeded", "payment.failed", "payment.canceled", "payment.expired"]
+EVENTS = ["payment.succeeded", "payment.failed", "payment.canceled", "payment.expired", "refund.succeeded"]
 MAX_BODY_BYTES = 16 * 1024
 
 
@@ -46,24 +46,39 @@ class ShopWebhook:
             raise WebhookVerificationError("not an event")
         return payload
 
-    async def register(self, intake: IntakeClient, url: str, *, retry_seconds: float = 1.0) -> None:
-        """Register at `url` with the intake API, retrying while it is unavailable."""
-        while self._verifier is None:
-            try:
-                self._verifier = Webhook(await intake.register_webhook_endpoint(url, EVENTS))
-                log.info("webhook endpoint registered", url=url)
-            except IntakeRejectedError as exc:
-                self.refused = True
-                log.error("webhook endpoint refused; orders are confirmed by the order page only", error=str(exc))
-                return
-            except IntakeError as exc:
-                log.warning("could not register the webhook endpoint yet", error=str(exc))
-                await asyncio.sleep(retry_seconds)
+    async def register(self, intake: IntakeClient, url: str) -> None:
+        """Register at `url` with the intake API, once: an IntakeError (the intake unavailable) is raised for the
+        caller's supervisor to try again after its backoff; a refusal is final (orders are then confirmed by
+        their page only)."""
+        if self._verifier is not None:
+            return
+        try:
+            self._verifier = Webhook(await intake.register_webhook_endpoint(url, EVENTS))
+            log.info("webhook endpoint registered", url=url)
+        except IntakeRejectedError as exc:
+            self.refused = True
+            log.error("webhook endpoint refused; orders are confirmed by the order page only", error=str(exc))
+
+
+def apply_refund(orders: OrderBook, refund: dict[str, Any]) -> bool:
+    """Note what a verified `refund.succeeded` says its payment has had refunded; True if it was noted."""
+    payment_id, refunded = refund.get("payment_id"), refund.get("payment_amount_refunded")
+    if not (isinstance(payment_id, str) and is_payment_id(payment_id)):
+        return False
+    if not isinstance(refunded, int) or isinstance(refunded, bool) or refunded < 0:
+        return False
+    orders.mark_refunded(payment_id, refunded)
+    return True
 
 
 def apply_event(orders: OrderBook, event: dict[str, Any]) -> bool:
-    """Mark the order of a verified `payment.succeeded` paid; True if an order was marked."""
+    """Mark the order of a verified `payment.succeeded` paid, or note a verified `refund.succeeded`; True if the
+    order book changed."""
     payment = (event.get("data") or {}).get("object") or {}
+    if not isinstance(payment, dict):
+        return False
+    if event.get("type") == "refund.succeeded" and payment.get("status") == "succeeded":
+        return apply_refund(orders, payment)
     order_id, payment_id = payment.get("reference"), payment.get("id")
     if not (isinstance(order_id, str) and is_order_id(order_id) and isinstance(payment_id, str)):
         return False

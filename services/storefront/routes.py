@@ -369,4 +369,11 @@ async def show_order(request: web.Request) -> web.Response:
         return order_not_found()
     orders.remember(order_id, payment_id)
     bound.debug("order page shown", status=payment["status"])
-    return html_page(render_order(payment, arrival=arrival, order_paid=orders.is_paid(order_id), shipping=shipped))
+    page = render_order(
+        payment,
+        arrival=arrival,
+        order_paid=orders.is_paid(order_id),
+        shipping=shipped,
+        refunded=orders.refunded(payment_id),
+    )
+    return html_page(page)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from shared.events import Envelope, PaymentStatusChanged, deterministic_event_id
+from shared.events import Envelope, Message, PaymentStatusChanged, RefundStatusChanged, deterministic_event_id
 from shared.logs import bind_payment, get_logger
 from shared.metrics import WEBHOOKS_RECEIVED
-from shared.providers.base import PaymentProvider, WebhookEvent
+from shared.providers.base import PaymentProvider, RefundWebhookEvent, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.telemetry import trace_parent
 
@@ -33,12 +33,22 @@ class WebhookResult:
     payment_id: str | None = None
 
 
-def _our_event(provider: PaymentProvider, event: WebhookEvent) -> Envelope:
-    """The provider's event as ours, already serialised once: content that cannot travel (a lone surrogate,
-    say) is the sender's error and raises ValueError here, before the publish, whose failures mean an outage."""
-    changed = PaymentStatusChanged(
+def status_change(provider: str, event: WebhookEvent | RefundWebhookEvent) -> Message:
+    """The provider's event as ours: a payment's or a refund's status change."""
+    if isinstance(event, RefundWebhookEvent):
+        return RefundStatusChanged(
+            refund_id=event.refund_id,
+            status=event.status,
+            provider=provider,
+            provider_refund_id=event.provider_refund_id,
+            provider_event_id=event.provider_event_id,
+            failure_code=event.failure_code,
+            amount=event.amount,
+            currency=event.currency,
+        )
+    return PaymentStatusChanged(
         status=event.status,
-        provider=provider.name,
+        provider=provider,
         provider_payment_id=event.provider_payment_id if event.names_intent else None,
         provider_event_id=event.provider_event_id,
         failure_code=event.failure_code,
@@ -46,8 +56,13 @@ def _our_event(provider: PaymentProvider, event: WebhookEvent) -> Envelope:
         currency=event.currency,
         amount_captured=event.amount_captured,
     )
+
+
+def _our_event(provider: PaymentProvider, event: WebhookEvent | RefundWebhookEvent) -> Envelope:
+    """The provider's event as ours, already serialised once: content that cannot travel (a lone surrogate,
+    say) is the sender's error and raises ValueError here, before the publish, whose failures mean an outage."""
     envelope = Envelope.wrap(
-        changed,
+        status_change(provider.name, event),
         payment_id=event.payment_id,
         source="webhook",
         # The provider's event id makes ours: a redelivered webhook is the same event to the ledger.
@@ -87,8 +102,9 @@ async def receive_webhook(
     bind_payment(event.payment_id)
     # The payment's trace context travelled through the provider in the intent's metadata.
     parent, links = trace_parent(event.metadata)
+    kind = "refund " if isinstance(event, RefundWebhookEvent) else ""
     with _tracer.start_as_current_span(
-        f"webhook {provider.name} {event.status.value}",
+        f"webhook {provider.name} {kind}{event.status.value}",
         context=parent,
         links=links,
         attributes={

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import CaptureMethod, PaymentStatus
+from shared.events import CaptureMethod, PaymentStatus, RefundStatus
 from shared.providers.errors import InvalidWebhookError, SignatureError
 from shared.strict_json import StrictJSONError, loads_strict
 
@@ -146,6 +146,65 @@ class WebhookEvent:
             raise InvalidWebhookError("the event's time names no time zone")
 
 
+@dataclass(frozen=True)
+class RefundRequest:
+    """What the provider needs to give back part or all of a paid intent."""
+
+    refund_id: str  # ours; the provider's idempotency key, so a retry never refunds twice
+    payment_id: str
+    provider_payment_id: str
+    amount: int
+    currency: str
+    reason: str | None = None
+    # Carried through the provider and back in its refund webhooks (payment id, refund id, W3C trace context).
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderRefund:
+    """The provider's view of a refund, its status already mapped onto ours."""
+
+    provider_refund_id: str
+    status: RefundStatus
+    amount: int
+    currency: str
+    failure_code: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundWebhookEvent:
+    """A verified provider event about one refund, mapped onto our refund statuses."""
+
+    provider_event_id: str
+    provider_refund_id: str
+    refund_id: str
+    payment_id: str
+    status: RefundStatus
+    amount: int | None
+    currency: str | None
+    failure_code: str | None
+    occurred_at: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RefundingProvider(Protocol):
+    """The optional capability of a provider that can refund: an adapter declares it by having these methods.
+
+    The gateway_worker checks `isinstance(provider, RefundingProvider)` before asking for a refund; a provider
+    without it makes the refund fail with `refunds_not_supported`.
+    """
+
+    async def create_refund(self, request: RefundRequest) -> ProviderRefund:
+        """Give back `request.amount` of the intent; idempotent on `request.refund_id`. A refusal (4xx) raises
+        PermanentGatewayError, whose `code` says why."""
+        ...
+
+    async def retrieve_refund(self, provider_refund_id: str) -> ProviderRefund:
+        """The provider's current truth about a refund."""
+        ...
+
+
 def sign_payload(secret: str, timestamp: int, body: bytes) -> str:
     """HMAC-SHA256 over `<t>.<body>`, hex: the `v1` of both the sandbox's and Stripe's scheme."""
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -181,10 +240,10 @@ class CapturingProvider(Protocol):
     """A provider that can hold money and take it later (docs/reference/capture.md): an optional capability.
 
     Its `create_intent` honours `IntentRequest.capture_method == "manual"` (the customer's payment leaves the
-    intent AUTHORIZED), and its `cancel_intent` voids a hold. A provider without it refuses manual payments.
+    intent AUTHORIZED), and its `cancel_intent` voids a hold. The gateway_worker checks
+    `isinstance(provider, CapturingProvider)`; a provider without it makes a manual payment fail with
+    `capture_method_unsupported`.
     """
-
-    name: str
 
     async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
         """Take `amount` (at most the held amount) of an AUTHORIZED intent and release the rest; the same
@@ -230,8 +289,9 @@ class PaymentProvider(ABC):
         """Every secret a valid signature may be made with (several during a rotation)."""
 
     @abstractmethod
-    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
-        """The event in a verified body; None for an event type we do not act on.
+    def parse_webhook(self, body: bytes) -> WebhookEvent | RefundWebhookEvent | None:
+        """The event in a verified body (about a payment, or about a refund for a RefundingProvider); None for an
+        event type we do not act on.
 
         Raises InvalidWebhookError when the body is not a valid event.
         """

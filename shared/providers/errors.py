@@ -10,11 +10,15 @@ class TransientGatewayError(GatewayError):
 
 
 class PermanentGatewayError(GatewayError):
-    """Retrying cannot help: the provider refused the request (4xx); `status` is its HTTP status, if it sent one."""
+    """Retrying cannot help: the provider refused the request (4xx); `status` is its HTTP status, if it sent one.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    `code`, when the provider named one, says why (its error code), e.g. the failure code of a refused refund.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 class NoSuchIntentError(PermanentGatewayError):

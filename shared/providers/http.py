@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
 import aiohttp
 
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+
+
+def _problem_code(text: str) -> str | None:
+    """The provider's error code in a refusal's body: Stripe's `error.code`, or the last segment of an RFC 9457
+    problem's `type` (the sandbox's); None if the body names none."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if isinstance(error, dict) and isinstance(error.get("code"), str) and error["code"]:
+        return str(error["code"])[:64]
+    kind = document.get("type")
+    if not isinstance(kind, str) or not kind:
+        return None
+    code = kind.rstrip("/").rsplit("/", 1)[-1].replace("-", "_")
+    return code[:64] or None
 
 
 async def request_json(
@@ -34,7 +54,9 @@ async def request_json(
                 if advice == "true" or (transient and advice != "false"):
                     raise TransientGatewayError(f"{method} {url} answered {response.status}")
                 raise PermanentGatewayError(
-                    f"{method} {url} answered {response.status}: {text[:300]}", status=response.status
+                    f"{method} {url} answered {response.status}: {text[:300]}",
+                    status=response.status,
+                    code=_problem_code(text),
                 )
             try:
                 payload = await response.json(content_type=None)

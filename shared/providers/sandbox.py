@@ -8,12 +8,15 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
-from shared.events import PaymentStatus
+from shared.events import PaymentStatus, RefundStatus
 from shared.providers.base import (
     CapturingProvider,
     IntentRequest,
     PaymentProvider,
     ProviderIntent,
+    ProviderRefund,
+    RefundRequest,
+    RefundWebhookEvent,
     WebhookEvent,
     event_time,
     webhook_envelope,
@@ -38,6 +41,18 @@ SANDBOX_EVENT_TYPES: dict[str, PaymentStatus] = {
     "payment.failed": PaymentStatus.FAILED,
     "payment.canceled": PaymentStatus.CANCELED,
     "payment.expired": PaymentStatus.EXPIRED,
+}
+
+
+SANDBOX_REFUND_STATUS_MAP: dict[str, RefundStatus] = {
+    "pending": RefundStatus.PENDING,
+    "succeeded": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+}
+
+SANDBOX_REFUND_EVENT_TYPES: dict[str, RefundStatus] = {
+    "refund.succeeded": RefundStatus.SUCCEEDED,
+    "refund.failed": RefundStatus.FAILED,
 }
 
 
@@ -77,7 +92,8 @@ def _captured(payload: dict[str, Any]) -> int | None:
 
 
 class SandboxProvider(PaymentProvider, CapturingProvider):
-    """Both halves of the sandbox, and manual capture (it holds, captures and voids)."""
+    """Both halves of the sandbox, manual capture (it holds, captures and voids), and refunds (a
+    RefundingProvider)."""
 
     name = "sandbox"
     signature_header_name = "Paystream-Signature"
@@ -187,11 +203,49 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
             return await self.retrieve_intent(provider_payment_id)
         return self._intent(payload)
 
+    @staticmethod
+    def _refund(payload: dict[str, Any]) -> ProviderRefund:
+        status = SANDBOX_REFUND_STATUS_MAP.get(str(payload.get("status", "")))
+        if status is None:
+            raise PermanentGatewayError(f"unknown sandbox refund status {payload.get('status')!r}")
+        try:
+            return ProviderRefund(
+                provider_refund_id=str(payload["id"]),
+                status=status,
+                amount=int(payload["amount"]),
+                currency=str(payload["currency"]),
+                failure_code=payload.get("failure_code"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentGatewayError(f"the sandbox answered with something that is not a refund: {exc!r}") from None
+
+    async def create_refund(self, request: RefundRequest) -> ProviderRefund:
+        body = {
+            "intent_id": request.provider_payment_id,
+            "amount": request.amount,
+            "reason": request.reason,
+            "metadata": {**request.metadata, "payment_id": request.payment_id, "refund_id": request.refund_id},
+        }
+        payload = await request_json(
+            self._client(),
+            "POST",
+            f"{self._base_url}/v1/refunds",
+            json=body,
+            headers={"Idempotency-Key": request.refund_id},
+        )
+        return self._refund(payload)
+
+    async def retrieve_refund(self, provider_refund_id: str) -> ProviderRefund:
+        payload = await request_json(self._client(), "GET", f"{self._base_url}/v1/refunds/{provider_refund_id}")
+        return self._refund(payload)
+
     def webhook_secrets(self) -> Sequence[str]:
         return self._secrets
 
-    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+    def parse_webhook(self, body: bytes) -> WebhookEvent | RefundWebhookEvent | None:
         event = webhook_envelope(body, _Event, "sandbox")
+        if event.type in SANDBOX_REFUND_EVENT_TYPES:
+            return self._refund_event(event)
         status = SANDBOX_EVENT_TYPES.get(event.type)
         if status is None:
             # As with every adapter: a type we do not act on is acknowledged, so the provider stops resending it.
@@ -213,4 +267,26 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
             occurred_at=event_time(event.created),
             metadata=obj.metadata,
             amount_captured=obj.amount_captured if status is PaymentStatus.SUCCEEDED else None,
+        )
+
+    @staticmethod
+    def _refund_event(event: _Event) -> RefundWebhookEvent:
+        status = SANDBOX_REFUND_EVENT_TYPES[event.type]
+        obj = event.data.object
+        if SANDBOX_REFUND_STATUS_MAP.get(obj.status) is not status:
+            raise InvalidWebhookError(f"event type {event.type!r} contradicts refund status {obj.status!r}")
+        payment_id, refund_id = obj.metadata.get("payment_id"), obj.metadata.get("refund_id")
+        if not payment_id or not refund_id:
+            raise InvalidWebhookError("refund event carries no metadata.payment_id and metadata.refund_id")
+        return RefundWebhookEvent(
+            provider_event_id=event.id,
+            provider_refund_id=obj.id,
+            refund_id=refund_id,
+            payment_id=payment_id,
+            status=status,
+            amount=obj.amount,
+            currency=obj.currency,
+            failure_code=obj.failure_code,
+            occurred_at=event_time(event.created),
+            metadata=obj.metadata,
         )

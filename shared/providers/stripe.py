@@ -28,7 +28,7 @@ from shared.providers.base import (
     event_time,
     webhook_envelope,
 )
-from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
+from shared.providers.errors import InvalidWebhookError, NoSuchIntentError, PermanentGatewayError
 from shared.providers.http import request_json
 
 if TYPE_CHECKING:
@@ -474,8 +474,16 @@ class StripeProvider(PaymentProvider, CapturingProvider):
     async def retrieve_intent(self, provider_payment_id: str) -> ProviderIntent:
         # With its PaymentIntent: a complete session that is still `unpaid` may have failed, and only the
         # PaymentIntent says so.
-        payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
-        return self._intent(payload)
+        return self._intent(await self._read_session(provider_payment_id))
+
+    async def _read_session(self, provider_payment_id: str) -> dict[str, Any]:
+        """The session; NoSuchIntentError if Stripe has none of this id (404 `resource_missing`)."""
+        try:
+            return await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
+        except PermanentGatewayError as exc:
+            if exc.status == 404:
+                raise NoSuchIntentError(f"stripe has no checkout session {provider_payment_id}: {exc}") from exc
+            raise
 
     # No find_intent: Stripe cannot be asked for a session by our payment id (Checkout Sessions are listed by
     # payment_intent, customer or payment link, never by client_reference_id, and Search does not cover them), and
@@ -521,7 +529,7 @@ class StripeProvider(PaymentProvider, CapturingProvider):
             )
         except PermanentGatewayError:
             # Only an open session can be expired: the truth is whatever the session now says (maybe paid, or held).
-            payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
+            payload = await self._read_session(provider_payment_id)
         intent = self._intent(payload)
         held = self._parse_session(payload).payment_intent
         if intent.status is PaymentStatus.AUTHORIZED and isinstance(held, _PaymentIntent):

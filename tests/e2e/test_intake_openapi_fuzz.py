@@ -43,14 +43,16 @@ def live_schema(guarded_stack: Stack) -> BaseSchema:
 
 def _with_credentials(case: schemathesis.Case) -> None:
     """A real key, a fresh Idempotency-Key and no waiting, unless the case's headers are invalid on purpose."""
-    creating = case.method.upper() == "POST" and case.path == "/v1/payments"
+    creating = case.method.upper() == "POST" and case.path in ("/v1/payments", "/v1/payments/{payment_id}/refunds")
     negative_headers = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
     negative_body = case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY)
     if not negative_headers:
         headers = case.headers
         headers["Authorization"] = f"Bearer {API_KEY}"
         if creating:
-            headers.update({"Idempotency-Key": secrets.token_hex(12), "Prefer": "wait=0"})
+            headers.update({"Idempotency-Key": secrets.token_hex(12)})
+            if case.path == "/v1/payments":
+                headers["Prefer"] = "wait=0"
     body = case.body
     if creating and isinstance(body, dict) and not negative_body:
         # JSON Schema counts 1999.0 as an integer; the API deliberately takes only JSON integers for amounts.

@@ -156,4 +156,7 @@ async def test_openapi_json_is_served_as_openapi_3_1(stack: Stack, http: aiohttp
         "/v1/events",
         "/v1/events/{event_id}",
         "/v1/events/{event_id}/redeliver",
+        "/v1/payments/{payment_id}/refunds",
+        "/v1/refunds",
+        "/v1/refunds/{refund_id}",
     }

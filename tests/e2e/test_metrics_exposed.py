@@ -191,6 +191,7 @@ def test_every_metric_the_contract_names_is_exported_with_its_labels(scrapes: Be
 OWNED: Mapping[str, set[str]] = {
     "intake_api": {
         "paystream_payments_created",
+        "paystream_refunds_requested",
         "paystream_outbox_pending",
         "paystream_outbox_oldest_pending_age_seconds",
         "paystream_outbox_published",
@@ -220,6 +221,13 @@ OWNED: Mapping[str, set[str]] = {
         "paystream_authorizations_expiring_soon",
         "paystream_authorizations_closed",
         "paystream_authorization_amount_captured",
+        "paystream_refunds",
+        "paystream_refund_amount",
+        "paystream_refund_completion_seconds",
+        "paystream_refund_contradictions",
+        "paystream_refunds_pending",
+        "paystream_refunds_pending_oldest_age_seconds",
+        "paystream_refund_reconciliations_requested",
         "paystream_events_processed",
         "paystream_event_processing_seconds",
         "paystream_message_retries",

@@ -93,3 +93,24 @@ async def test_an_unsigned_or_forged_webhook_changes_nothing(stack: Stack, http:
     async with http.get(f"{stack.url('storefront')}/orders/{order_id}?payment_id={payment['id']}") as r:
         page = await r.text()
     assert '<strong id="order-state">not paid yet</strong>' in page
+
+
+async def test_an_order_whose_payment_was_refunded_shows_it_from_the_verified_webhook(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    intake = IntakeClient(http, stack.url("intake_api"))
+    order_id = "ord_" + secrets.token_hex(12)
+    payment = await intake.paid(reference=order_id, amount=1999, currency="EUR")
+    assert payment["status"] == "SUCCEEDED"
+
+    status, refund, _ = await intake.refund(payment["id"], {"amount": 500})
+    assert status == 201, refund
+    assert (await intake.refund_final(refund["id"]))["status"] == "succeeded"
+
+    async def order_page_shows_the_refund() -> str | None:
+        async with http.get(f"{stack.url('storefront')}/orders/{order_id}?payment_id={payment['id']}") as r:
+            page = await r.text()
+        return page if 'id="amount-refunded"' in page else None
+
+    page = await eventually(order_page_shows_the_refund, timeout=20, what="the refund on the order page")
+    assert '<dd id="amount-refunded">Refunded €5.00 of €19.99</dd>' in page

@@ -15,8 +15,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, PaymentProvider, ProviderIntent, WebhookEvent, signature_header
+from shared.events import PaymentStatus, RefundStatus
+from shared.providers.base import (
+    IntentRequest,
+    PaymentProvider,
+    ProviderIntent,
+    ProviderRefund,
+    RefundRequest,
+    WebhookEvent,
+    signature_header,
+)
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 
 FAKE_WEBHOOK_SECRET = "whsec_fake"
@@ -176,3 +184,36 @@ class FakeCapturingProvider(FakeProvider):
         self.intents[provider_payment_id] = intent
         self.captures[idempotency_key] = (provider_payment_id, amount)
         return intent
+
+
+class FakeRefundingProvider(FakeProvider):
+    """The fake with the refund capability (RefundingProvider): refunds keyed by our refund id, their outcome
+    `refund_outcome` at once, or pending until `settle_refund`."""
+
+    def __init__(self, name: str = "fake") -> None:
+        super().__init__(name)
+        self.refunds: dict[str, ProviderRefund] = {}
+        self.by_refund: dict[str, str] = {}
+        self.refund_requests: list[RefundRequest] = []
+        self.refund_outcome = RefundStatus.PENDING
+
+    async def create_refund(self, request: RefundRequest) -> ProviderRefund:
+        self.refund_requests.append(request)
+        self._raise_if_failing()
+        if request.refund_id not in self.by_refund:
+            refund = ProviderRefund(f"rf_{secrets.token_hex(6)}", self.refund_outcome, request.amount, request.currency)
+            self.refunds[refund.provider_refund_id] = refund
+            self.by_refund[request.refund_id] = refund.provider_refund_id
+        return self.refunds[self.by_refund[request.refund_id]]
+
+    async def retrieve_refund(self, provider_refund_id: str) -> ProviderRefund:
+        self._raise_if_failing()
+        try:
+            return self.refunds[provider_refund_id]
+        except KeyError:
+            raise PermanentGatewayError(f"answered 404: no refund {provider_refund_id!r}") from None
+
+    def settle_refund(self, provider_refund_id: str, status: RefundStatus, failure_code: str | None = None) -> None:
+        self.refunds[provider_refund_id] = replace(
+            self.refunds[provider_refund_id], status=status, failure_code=failure_code
+        )

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from services.notifier.handlers import DeliveryTarget
+from services.notifier.handlers import Attempt, DeliveryTarget
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep
 from services.notifier.store import PostgresNotifierStore
 from shared.db import migrate
@@ -222,3 +222,41 @@ async def test_disabling_an_endpoint_fails_its_other_pending_deliveries(
     assert {r["event_id"]: r["status"] for r in statuses} == {event.id: "failed", other.id: "failed"}
     later = await store.delivery_target(other.id, endpoint_id, NOW)
     assert later is not None and not later.endpoint_enabled
+
+
+async def test_many_targets_read_and_attempts_recorded_in_one_statement_each_as_one_at_a_time_would(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    answering, _ = await an_endpoint(pool)
+    down, _ = await an_endpoint(pool)
+    first, second = await a_payment_event(store, pool), await a_payment_event(store, pool)
+    keys = [(event.id, endpoint) for event, _ in (first, second) for endpoint in (answering, down)]
+    targets = await store.delivery_targets([*keys, ("evt_unknown", answering)], NOW)
+    assert sorted(targets) == sorted(keys)
+    for key, target in targets.items():
+        assert target == await store.delivery_target(*key, NOW)
+
+    # The answering endpoint delivered both, the one that is down failed both, since the first of its attempts.
+    later = NOW + timedelta(seconds=1)
+    attempts = [
+        Attempt(targets[key], AttemptResult(200, None, 3), NextStep("delivered"), NOW)
+        if key[1] == answering
+        else Attempt(targets[key], failed(503), NextStep("retry", 5, NOW if key[0] == first[0].id else later), NOW)
+        for key in keys
+    ]
+    assert await store.record_attempts(attempts) == [1, 1, 1, 1]
+    assert await failing_since(pool, down) == NOW and await failing_since(pool, answering) is None
+    for (event_id, endpoint), a in zip(keys, attempts, strict=True):
+        row = await pool.fetchrow(
+            "SELECT d.status, d.attempts, d.next_attempt_at, a.status_code FROM notifier.deliveries d"
+            " JOIN notifier.delivery_attempts a USING (event_id, endpoint_id)"
+            " WHERE d.event_id = $1 AND d.endpoint_id = $2",
+            event_id,
+            endpoint,
+        )
+        assert row is not None and row["attempts"] == 1 and row["status_code"] == a.result.status_code
+        assert (row["status"], row["next_attempt_at"]) == (
+            ("delivered", None) if endpoint == answering else ("pending", NOW + timedelta(seconds=5))
+        )
+    # A second round is numbered on from there.
+    assert await store.record_attempts(attempts[1:2]) == [2]

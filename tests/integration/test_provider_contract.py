@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 import shared.providers
 from shared.events import PaymentStatus
-from shared.providers.base import CapturingProvider, PaymentProvider, ProviderIntent, signature_header
+from shared.providers.base import CapturingProvider, PaymentProvider, ProviderIntent, WebhookEvent, signature_header
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import STRIPE_OBJECT_MODELS, StripeProvider
@@ -153,7 +153,7 @@ class ProviderContract:
         harness.provider.verify_webhook_source(headers, body)
         event = harness.provider.parse_webhook(body)
 
-        assert event is not None
+        assert isinstance(event, WebhookEvent)
         assert (event.payment_id, event.provider_payment_id, event.status) == (
             request.payment_id,
             created.provider_payment_id,
@@ -278,7 +278,7 @@ class CaptureContract:
         hold = harness.provider.parse_webhook(hold_body)
         capture = harness.provider.parse_webhook(capture_body)
 
-        assert hold is not None and capture is not None
+        assert isinstance(hold, WebhookEvent) and isinstance(capture, WebhookEvent)
         assert (hold.payment_id, hold.status, hold.amount, hold.amount_captured) == (
             payment_id,
             PaymentStatus.AUTHORIZED,

@@ -28,8 +28,9 @@ from services.sandbox_gateway.faults import Faults
 from services.sandbox_gateway.intents import IntentDraft, IntentStatus, IntentStore
 from services.sandbox_gateway.settings import SandboxGatewaySettings
 from services.sandbox_gateway.webhooks import WebhookSender
-from shared.events import PaymentStatus
-from shared.providers.base import IntentRequest, WebhookEvent
+from shared.events import PaymentStatus, RefundStatus
+from shared.providers.base import IntentRequest, RefundingProvider, RefundRequest, RefundWebhookEvent, WebhookEvent
+from shared.providers.errors import PermanentGatewayError
 from shared.providers.sandbox import SandboxProvider
 
 ADMIN_TOKEN = "sandbox-admin-test-token"
@@ -64,7 +65,7 @@ class WebhookTarget:
         """The one webhook received (waited for), as the gateway_worker's sandbox provider reads it."""
         [delivery] = await eventually(lambda: self.received, within)
         event = verifier().parse_webhook(delivery.body)
-        assert event is not None
+        assert isinstance(event, WebhookEvent)
         return event
 
 
@@ -507,7 +508,7 @@ async def test_a_payment_sends_a_webhook_signed_with_the_first_secret(
     [delivery] = await eventually(lambda: webhook_target.received)
     verifier().verify_webhook_source(delivery.headers, delivery.body)
     event = verifier().parse_webhook(delivery.body)
-    assert event is not None
+    assert isinstance(event, WebhookEvent)
     assert event.provider_event_id.startswith("evt_")
     assert (event.payment_id, event.provider_payment_id) == (intent["metadata"]["payment_id"], intent["id"])
     assert (event.status, event.amount, event.currency) == (PaymentStatus.SUCCEEDED, 1999, "USD")
@@ -663,6 +664,7 @@ async def test_faults_are_merged_shown_and_cleared(sandbox: TestClient) -> None:
         "webhook_duplicate_rate": 0.0,
         "webhook_delay_seconds": 0.0,
         "webhook_shuffle": False,
+        "refund_delay_seconds": 0.0,
     }
 
 
@@ -892,3 +894,90 @@ async def test_the_sandbox_provider_client_holds_captures_and_reads_the_captured
     assert held.status is PaymentStatus.AUTHORIZED
     assert (captured.status, captured.amount_captured) == (PaymentStatus.SUCCEEDED, 1200)
     assert (refused.status, refused.amount_captured) == (PaymentStatus.SUCCEEDED, 1200)  # the truth, unchanged
+
+
+# --- refunds (docs/reference/sandbox.md), through the adapter the gateway_worker uses ---------------------------
+
+
+async def paid_intent(sandbox: TestClient, card: str = "4242424242424242") -> dict[str, str]:
+    intent = await create_intent(sandbox)
+    response = await sandbox.post(f"/v1/intents/{intent['id']}/simulate", json={"card_number": card})
+    assert response.status == 200
+    return intent
+
+
+def adapter(sandbox: TestClient) -> SandboxProvider:
+    return SandboxProvider(str(sandbox.make_url("")), [SECRET])
+
+
+def refund_request(intent: dict[str, str], refund_id: str = "re_1", amount: int = 500) -> RefundRequest:
+    return RefundRequest(
+        refund_id=refund_id,
+        payment_id=intent["metadata"]["payment_id"],  # type: ignore[index]
+        provider_payment_id=intent["id"],
+        amount=amount,
+        currency="USD",
+        reason="requested_by_customer",
+    )
+
+
+async def refund_webhooks(target: WebhookTarget, count: int) -> list[RefundWebhookEvent]:
+    await eventually(lambda: sum(b"refund." in d.body for d in target.received) >= count)
+    events = []
+    for delivery in target.received:
+        verifier().verify_webhook_source(delivery.headers, delivery.body)
+        event = verifier().parse_webhook(delivery.body)
+        if isinstance(event, RefundWebhookEvent):
+            events.append(event)
+    return events
+
+
+async def test_a_refund_is_pending_then_succeeds_by_a_signed_webhook(
+    sandbox: TestClient,
+    webhook_target: WebhookTarget,
+) -> None:
+    provider = adapter(sandbox)
+    assert isinstance(provider, RefundingProvider)
+    intent = await paid_intent(sandbox)
+
+    refund = await provider.create_refund(refund_request(intent))
+    again = await provider.create_refund(refund_request(intent))  # the same idempotency key
+
+    assert (refund.status, refund.amount) == (RefundStatus.PENDING, 500)
+    assert again.provider_refund_id == refund.provider_refund_id
+    [event] = await refund_webhooks(webhook_target, 1)
+    assert (event.refund_id, event.provider_refund_id, event.status) == ("re_1", refund.provider_refund_id, "succeeded")
+    assert (event.amount, event.currency, event.payment_id) == (500, "USD", intent["metadata"]["payment_id"])  # type: ignore[index]
+    assert (await provider.retrieve_refund(refund.provider_refund_id)).status is RefundStatus.SUCCEEDED
+    await provider.close()
+
+
+async def test_refunds_of_a_payment_made_with_the_5126_card_fail_with_expired_or_canceled_card(
+    sandbox: TestClient,
+    webhook_target: WebhookTarget,
+) -> None:
+    provider = adapter(sandbox)
+    intent = await paid_intent(sandbox, "4000 0000 0000 5126")
+
+    refund = await provider.create_refund(refund_request(intent))
+
+    assert refund.status is RefundStatus.PENDING
+    [event] = await refund_webhooks(webhook_target, 1)
+    assert (event.status, event.failure_code) == (RefundStatus.FAILED, "expired_or_canceled_card")
+    await provider.close()
+
+
+async def test_the_sandbox_refuses_more_than_is_left_and_unpaid_intents(sandbox: TestClient) -> None:
+    provider = adapter(sandbox)
+    intent = await paid_intent(sandbox)
+    await provider.create_refund(refund_request(intent, "re_a", 1500))
+
+    with pytest.raises(PermanentGatewayError) as too_much:
+        await provider.create_refund(refund_request(intent, "re_b", 500))
+    assert too_much.value.code == "amount_too_large"
+
+    unpaid = await create_intent(sandbox)
+    with pytest.raises(PermanentGatewayError) as not_paid:
+        await provider.create_refund(refund_request(unpaid, "re_c"))
+    assert not_paid.value.code == "intent_not_paid"
+    await provider.close()

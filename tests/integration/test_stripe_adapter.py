@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
 import stripe
 from aiohttp.test_utils import TestServer
 
 from shared.events import PaymentStatus
-from shared.providers.errors import PermanentGatewayError, TransientGatewayError
+from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from shared.providers.stripe import STRIPE_API_VERSION, StripeProvider
 from tests.fakes.stripe_fake import StripeFake
 from tests.support.messages import intent_request
@@ -176,6 +177,15 @@ async def test_an_invalid_request_is_permanent(provider: StripeProvider, fake: S
 async def test_an_unknown_session_is_permanent(provider: StripeProvider) -> None:
     with pytest.raises(PermanentGatewayError, match="404"):
         await provider.retrieve_intent("cs_test_missing")
+
+
+@pytest.mark.parametrize("reason", ["canceled", "expired"])
+async def test_closing_an_unknown_session_is_the_final_answer_no_such_intent(
+    provider: StripeProvider, reason: Literal["canceled", "expired"]
+) -> None:
+    """The gateway_worker closes the payment on its side on this answer, instead of dead-lettering the command."""
+    with pytest.raises(NoSuchIntentError, match="404"):
+        await provider.cancel_intent("cs_test_missing", reason=reason)
 
 
 async def test_a_wrong_api_key_is_permanent(provider: StripeProvider, fake: StripeFake) -> None:

@@ -96,6 +96,40 @@ class IntakeClient:
 
         return await eventually(done, timeout=timeout, interval=0.2, what=f"{payment_id} terminal")
 
+    async def refund(
+        self, payment_id: str, body: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
+        """POST /v1/payments/{id}/refunds; `body` None sends no body at all."""
+        headers = self.headers(**{"Idempotency-Key": key or secrets.token_hex(8)})
+        async with self.session.post(
+            f"{self.base_url}/v1/payments/{payment_id}/refunds", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None), response.headers
+
+    async def get_refund(self, refund_id: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.base_url}/v1/refunds/{refund_id}", headers=self.headers()) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def refunds(self, **query: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.base_url}/v1/refunds", params=query, headers=self.headers()) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def refund_final(self, refund_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def done() -> dict[str, Any] | None:
+            refund = await self.get_refund(refund_id)
+            return refund if refund["status"] != "pending" else None
+
+        return await eventually(done, timeout=timeout, interval=0.2, what=f"{refund_id} final")
+
+    async def paid(self, card_number: str = "4242424242424242", **overrides: Any) -> dict[str, Any]:
+        """A payment paid on the sandbox with `card_number`, once the ledger holds its outcome."""
+        status, payment, _ = await self.create(payment_body(**overrides))
+        assert status == 201, payment
+        await simulate_card(self.session, await self.checkout_url(payment["id"]), card_number)
+        return await self.terminal(payment["id"])
+
 
 async def simulate_card(session: aiohttp.ClientSession, checkout_url: str, card_number: str) -> dict[str, Any]:
     """What the hosted page's form does, for headless tests: POST /v1/intents/{id}/simulate."""

@@ -56,7 +56,7 @@ def test_a_payload_with_unknown_fields_is_refused() -> None:
 
 def test_every_message_type_the_ledger_records_is_routed_by_a_payment_key() -> None:
     assert all(name.startswith("payment.") for name in PAYMENT_MESSAGE_TYPES)
-    assert len(PAYMENT_MESSAGE_TYPES) == 8
+    assert len(PAYMENT_MESSAGE_TYPES) == 12  # eight of payments, four of their refunds
 
 
 def test_no_notification_message_is_routed_to_the_ledger() -> None:

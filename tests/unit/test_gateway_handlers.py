@@ -23,6 +23,8 @@ from shared.events import (
     PaymentStatus,
     PaymentStatusChanged,
     ReconcilePayment,
+    ReconcileRefund,
+    RefundRequested,
     Source,
 )
 from shared.providers.base import ProviderIntent
@@ -473,6 +475,8 @@ def test_the_gateway_worker_queue_is_bound_to_exactly_the_types_it_handles() -> 
         ExpirePayment.TYPE,
         ReconcilePayment.TYPE,
         CapturePayment.TYPE,
+        RefundRequested.TYPE,
+        ReconcileRefund.TYPE,
     }
 
 

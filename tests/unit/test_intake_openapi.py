@@ -87,7 +87,7 @@ def test_the_request_schema_accepts_the_contracts_example_and_refuses_an_unknown
     assert not validator.is_valid({**example, "currency": "XYZ"})
 
 
-def test_a_created_payment_links_to_its_reads_cancel_and_capture() -> None:
+def test_a_created_payment_links_to_its_reads_cancel_capture_and_refunds() -> None:
     links = openapi_document()["paths"]["/v1/payments"]["post"]["responses"]["201"]["links"]
 
     assert {link["operationId"] for link in links.values()} == {
@@ -95,4 +95,14 @@ def test_a_created_payment_links_to_its_reads_cancel_and_capture() -> None:
         "listPaymentEvents",
         "cancelPayment",
         "capturePayment",
+        "createRefund",
     }
+
+
+def test_refunds_are_in_the_document() -> None:
+    paths = openapi_document()["paths"]
+
+    assert set(paths["/v1/payments/{payment_id}/refunds"]) == {"post"}
+    assert set(paths["/v1/refunds"]) == {"get"}
+    assert set(paths["/v1/refunds/{refund_id}"]) == {"get"}
+    assert "amount_refunded" in openapi_document()["components"]["schemas"]["Payment"]["properties"]

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from services.notifier.handlers import DeliveryTarget, NotifierHandlers
+from services.notifier.handlers import Attempt, DeliveryTarget, NotifierHandlers
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, merchant_event_id, subscribes
 from shared.batches import Consumed
 from shared.broker import PoisonMessage, RetryLater
@@ -38,6 +38,7 @@ class FakeEndpoint:
 @dataclass
 class FakeStore:
     payments: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    refunds: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     endpoints: dict[str, FakeEndpoint] = field(default_factory=dict)
     events: dict[str, MerchantEvent] = field(default_factory=dict)
     deliveries: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -48,6 +49,10 @@ class FakeStore:
     async def current_payments(self, payment_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         self.calls.append("current_payments")
         return {p: self.payments[p] for p in payment_ids if p in self.payments}
+
+    async def current_refunds(self, refund_ids: Collection[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        self.calls.append("current_refunds")
+        return {r: self.refunds[r] for r in refund_ids if r in self.refunds}
 
     def _matching(self, event: MerchantEvent) -> list[str]:
         return sorted(
@@ -108,6 +113,17 @@ class FakeStore:
             endpoint.enabled = False
         self.attempts.append((target.event.id, target.endpoint_id, result.status_code, step.kind))
         return sum(1 for a in self.attempts if a[:2] == key)
+
+    async def delivery_targets(
+        self, deliveries: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], DeliveryTarget]:
+        self.calls.append("delivery_targets")
+        found = {key: await self.delivery_target(*key, now) for key in deliveries}
+        return {key: target for key, target in found.items() if target is not None}
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
+        self.calls.append("record_attempts")
+        return [await self.record_attempt(a.target, a.result, a.step, a.attempted_at) for a in attempts]
 
     async def endpoint_resource(self, endpoint_id: str) -> tuple[str, dict[str, Any]]:
         endpoint = self.endpoints[endpoint_id]
@@ -413,6 +429,16 @@ async def test_a_first_attempt_made_at_once_delivers_without_a_delivery_command(
     assert published == [] and retries == []
 
 
+async def test_the_first_attempts_of_a_batch_are_read_and_recorded_in_one_statement_each() -> None:
+    store, batch = a_batch_store(4)
+    sender = Sender()
+    notifier, published, retries = attempting_now(store, sender)
+    assert await notifier.record_batch(batch) == [None] * 4
+    assert store.calls == ["current_payments", "record_events", "delivery_targets", "record_attempts"]
+    assert len(sender.sent) == 8 and set(store.deliveries.values()) == {"delivered"}
+    assert published == [] and retries == []
+
+
 async def test_a_failed_first_attempt_made_at_once_goes_to_the_delay_queue_as_attempt_two() -> None:
     store = a_store()
     notifier, published, retries = attempting_now(store, Sender({"http://a.example/hook": [500, 200]}))
@@ -456,7 +482,9 @@ async def test_a_first_attempt_that_cannot_be_recorded_retries_its_record_and_th
 
     store.record_attempt = record_attempt  # type: ignore[method-assign,assignment]
     (result,) = await notifier.record_batch([consumed(envelope)])
+    assert store.calls.count("record_attempts") == 1
     assert isinstance(result, ConnectionError)
     event = await record_status(notifier, envelope, message)
     assert store.deliveries[(event.id, "we_all")] == store.deliveries[(event.id, "we_paid")] == "delivered"
-    assert len(sender.sent) == 3 and published == []  # at least once: the unrecorded attempt is made again
+    # At least once: the attempts whose record failed (one statement for both) are made again.
+    assert len(sender.sent) == 4 and published == []

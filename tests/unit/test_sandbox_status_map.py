@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shared.events import PaymentStatus
+from shared.providers.base import WebhookEvent
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 from shared.providers.sandbox import (
     SANDBOX_EVENT_TYPES,
@@ -100,8 +101,8 @@ def test_a_capture_event_says_how_much_was_taken_and_a_hold_event_nothing() -> N
     capture = provider().parse_webhook(json.dumps(captured).encode())
     hold = provider().parse_webhook(json.dumps(held).encode())
 
-    assert capture is not None and (capture.amount, capture.amount_captured) == (1999, 1200)
-    assert hold is not None and hold.amount_captured is None
+    assert isinstance(capture, WebhookEvent) and (capture.amount, capture.amount_captured) == (1999, 1200)
+    assert isinstance(hold, WebhookEvent) and hold.amount_captured is None
 
 
 def test_an_unknown_event_type_is_acknowledged_and_not_acted_on() -> None:

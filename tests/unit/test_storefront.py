@@ -688,3 +688,41 @@ async def test_ship_with_another_orders_payment_is_refused(shop: TestClient, int
 
     assert response.status == 404
     assert intake.captures == []
+
+
+# --- refunds heard from Paystream's verified webhooks -------------------------------------------------------
+
+
+def refund_succeeded(payment_id: str, refunded: object) -> dict[str, Any]:
+    refund = {"id": "re_1", "payment_id": payment_id, "status": "succeeded", "payment_amount_refunded": refunded}
+    return {"id": "evt_1", "type": "refund.succeeded", "data": {"object": refund}}
+
+
+def test_a_refund_webhook_notes_the_payments_refunded_total_and_a_late_older_one_changes_nothing() -> None:
+    from services.storefront.orders import OrderBook
+    from services.storefront.paystream_webhooks import apply_event
+
+    orders = OrderBook()
+    payment_id = "pay_" + secrets.token_hex(8)
+
+    assert apply_event(orders, refund_succeeded(payment_id, 1999))
+    assert apply_event(orders, refund_succeeded(payment_id, 500))  # the first refund's, delivered late
+    assert not apply_event(orders, refund_succeeded(payment_id, "500"))
+    assert not apply_event(orders, refund_succeeded("not-a-payment", 5))
+
+    assert orders.refunded(payment_id) == 1999
+
+
+def test_the_order_page_says_how_much_of_the_payment_was_refunded() -> None:
+    from services.storefront.pages import render_order
+
+    payment = {
+        "status": "SUCCEEDED",
+        "reference": "ord_" + "a" * 24,
+        "amount": 1999,
+        "currency": "EUR",
+        "amount_captured": 1999,
+    }
+
+    assert '<dd id="amount-refunded">Refunded €5.00 of €19.99</dd>' in render_order(payment, refunded=500)
+    assert "amount-refunded" not in render_order(payment)

@@ -19,6 +19,8 @@ from services.intake_api.outbox import OutboxRelay
 from services.sandbox_gateway.app import create_app as create_sandbox
 from services.sandbox_gateway.gateway import GATEWAY
 from services.sandbox_gateway.settings import SandboxGatewaySettings
+from services.storefront.intake import IntakeClient, IntakeError
+from services.storefront.paystream_webhooks import ShopWebhook
 from shared import runtime
 from shared.broker import Broker
 from shared.metrics import DLQ_MESSAGES
@@ -265,3 +267,34 @@ async def test_a_loop_that_ends_for_good_stops_the_service_and_a_stop_does_not()
         await asyncio.sleep(0.05)
     await asyncio.sleep(0)
     assert not quiet[runtime.SERVICE_FAILED].done()
+
+
+class FlakyIntake:
+    """An intake API whose registration first meets a stray CancelledError, then is unavailable, then answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def register_webhook_endpoint(self, url: str, events: list[str]) -> str:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.calls == 1:
+            raise asyncio.CancelledError()
+        if self.calls == 2:
+            raise IntakeError("the intake API is unavailable")
+        return "whsec_" + "A" * 32
+
+
+async def test_the_storefronts_webhook_registration_goes_on_until_it_is_made_then_ends_quietly() -> None:
+    webhook = ShopWebhook()
+    intake = FlakyIntake()
+    supervisor = Supervisor(backoff=QUICK)
+    task = supervisor.start(
+        "unit webhook registration",
+        lambda: webhook.register(cast(IntakeClient, intake), "http://shop.test/hooks"),
+        until_done=True,
+    )
+    await asyncio.wait_for(task, 5)
+    assert (intake.calls, webhook.ready, webhook.refused) == (3, True, False)
+    assert not supervisor.failed.done()
+    await supervisor.stop()
