@@ -34,7 +34,7 @@ async def sweep_database(servers: Servers) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def own_pool(sweep_database: asyncpg.Pool) -> asyncpg.Pool:
     """The sweeps' database, emptied of the previous test's payments."""
-    await sweep_database.execute("TRUNCATE ledger.payment_logs, ledger.payment_requests")
+    await sweep_database.execute("TRUNCATE ledger.payment_logs, ledger.payment_requests CASCADE")
     return sweep_database
 
 
