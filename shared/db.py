@@ -1,8 +1,13 @@
-"""PostgreSQL: creating the database, the connection pool, and numbered SQL migrations per service.
+"""PostgreSQL: creating the database and its roles, the connection pool, and numbered SQL migrations per service.
 
 Migrations live in services/<name>/migrations/NNN_description.sql. Each is applied once, in order, in its
 own transaction, recorded in public.paystream_migrations; a session advisory lock makes concurrent
 starts of several services safe.
+
+Each service that keeps records connects as its own role, which owns its schema (shared/ownership.py,
+docs/explanation/ownership.md). A connection that may create roles (the deployment's administrator: `make run`,
+the migration job, the tests) creates them, applies the migrations and hands everything in each schema to its
+owner's role; then the interfaces each owner publishes are granted to the roles that read them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncpg
 import orjson
 
 from shared.logs import get_logger
+from shared.ownership import DATABASE_SERVICES, SCHEMAS, SCHEMAS_BY_OWNER, Schema, role_name
 
 log = get_logger(__name__)
 
@@ -182,54 +188,236 @@ def migration_files(service: str) -> list[tuple[int, str, str]]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, services: Iterable[str]) -> list[str]:
-    """Apply every pending migration of `services`; returns the names applied now."""
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS public.paystream_migrations (
+    service text NOT NULL,
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service, version)
+)
+"""
+
+
+def service_url(url: str, service: str) -> str:
+    """`url` as `service` connects: as its own role (with the URL's password), unless the URL names that role."""
+    parts = urlsplit(url)
+    role = role_name(database_name(url), service)
+    if parts.username == role:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    secret = f":{parts.password}" if parts.password is not None else ""
+    return urlunsplit((parts.scheme, f"{role}{secret}@{host}", parts.path, parts.query, parts.fragment))
+
+
+async def _quoted(conn: asyncpg.Connection, name: str) -> str:
+    return str(await conn.fetchval("SELECT quote_ident($1)", name))
+
+
+async def may_manage_roles(conn: asyncpg.Connection) -> bool:
+    """Whether this connection's user may create the services' roles (a superuser, or one with CREATEROLE)."""
+    return bool(await conn.fetchval("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"))
+
+
+async def provision(conn: asyncpg.Connection, *, password: str | None = None) -> None:
+    """Create every service's role in this database (idempotent, race-safe), give each its schema (and whatever an
+    older version created in it as another user), and the migrations table to every role.
+
+    Run by a user that may manage roles, under the migration lock. `password`: the roles' (the deployment's URL's,
+    so each service reaches its role with the credentials it was given); None where the server trusts its users.
+    """
+    database = str(await conn.fetchval("SELECT current_database()"))
+    superuser = bool(await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    roles = {service: role_name(database, service) for service in DATABASE_SERVICES}
+    secret = "" if password is None else f" PASSWORD {await conn.fetchval('SELECT quote_literal($1)', password)}"
+    for role in roles.values():
+        quoted = await _quoted(conn, role)
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            try:
+                await conn.execute(f"CREATE ROLE {quoted} LOGIN{secret}")
+            except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                pass  # roles are global to the server: another process made it between our check and our CREATE
+        if not superuser:  # CREATEROLE alone: become a member, to hand the role its objects and act as it
+            await conn.execute(f"GRANT {quoted} TO CURRENT_USER")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {await _quoted(conn, database)} TO {quoted}")
+    await conn.execute(_MIGRATIONS_TABLE)
+    everyone = ", ".join([await _quoted(conn, role) for role in roles.values()])
+    await conn.execute(f"GRANT SELECT, INSERT ON public.paystream_migrations TO {everyone}")
+    for schema in SCHEMAS:
+        await _hand_over(conn, schema.name, roles[schema.owner])
+
+
+async def _hand_over(conn: asyncpg.Connection, schema: str, role: str) -> None:
+    """Make `role` the owner of `schema` and of everything in it (created before roles existed, by another user)."""
+    quoted_schema, quoted_role = await _quoted(conn, schema), await _quoted(conn, role)
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted_schema} AUTHORIZATION {quoted_role}")
+    owner = await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema)
+    if owner != quoted_role:
+        await conn.execute(f"ALTER SCHEMA {quoted_schema} OWNER TO {quoted_role}")
+    # Tables (their indexes and serial sequences follow), views and functions not already the role's.
+    relations = await conn.fetch(
+        """
+        SELECT c.oid::regclass::text AS name FROM pg_class c
+        WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+          AND c.relowner <> $2::regrole
+        """,
+        schema,
+        role,
+    )
+    for relation in relations:
+        await conn.execute(f"ALTER TABLE {relation['name']} OWNER TO {quoted_role}")
+    functions = await conn.fetch(
+        "SELECT p.oid::regprocedure::text AS name FROM pg_proc p"
+        " WHERE p.pronamespace = $1::regnamespace AND p.proowner <> $2::regrole",
+        schema,
+        role,
+    )
+    for function in functions:
+        await conn.execute(f"ALTER FUNCTION {function['name']} OWNER TO {quoted_role}")
+
+
+async def _define_views(conn: asyncpg.Connection, schema: Schema) -> None:
+    """Create each view the schema publishes, or append the columns declared since (shared/ownership.py).
+
+    Columns only ever come at the end (PostgreSQL's CREATE OR REPLACE VIEW allows no other change): a reader's
+    query keeps working whatever was added after it was written."""
+    for name, view in schema.views.items():
+        if view.source is None:
+            continue  # its owner's migrations define it
+        existing = [
+            r["attname"]
+            for r in await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
+                name,
+            )
+        ]
+        declared = view.expressions()
+        added = [column for column in declared if column not in existing]
+        if existing and not added:
+            continue
+        columns = [*existing, *added]
+        select = ", ".join(
+            column if declared.get(column, column) == column else f"{declared[column]} AS {column}"
+            for column in columns
+        )
+        await conn.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM {view.source}")
+
+
+async def _publish(conn: asyncpg.Connection, schema: Schema, database: str) -> None:
+    """As the owner: grant each interface the schema publishes to the roles of its readers (those that exist)."""
+    readers = {reader for readers in schema.interfaces().values() for reader in readers}
+    existing = {
+        r["rolname"]
+        for r in await conn.fetch(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])", [role_name(database, s) for s in readers]
+        )
+    }
+
+    async def roles_of(services: Iterable[str]) -> str:
+        names = [role_name(database, s) for s in services if role_name(database, s) in existing]
+        return ", ".join([await _quoted(conn, name) for name in names])
+
+    if everyone := await roles_of(readers):
+        await conn.execute(f"GRANT USAGE ON SCHEMA {await _quoted(conn, schema.name)} TO {everyone}")
+    for name, view in schema.views.items():
+        if (grantees := await roles_of(view.readers)) and await conn.fetchval("SELECT to_regclass($1)", name):
+            await conn.execute(f"GRANT SELECT ON {name} TO {grantees}")
+    for function, services in schema.functions.items():
+        name = function.split(".", 1)[1]
+        found = await conn.fetchval(
+            "SELECT 1 FROM pg_proc WHERE pronamespace = $1::regnamespace AND proname = $2", schema.name, name
+        )
+        if (grantees := await roles_of(services)) and found:
+            await conn.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {grantees}")
+
+
+async def migrate(conn: asyncpg.Connection, services: Iterable[str], *, password: str | None = None) -> list[str]:
+    """Apply every pending migration of `services`, then grant what each publishes; returns the names applied now.
+
+    A connection that may manage roles first creates them (`provision`), applies the migrations itself (and the
+    views the owner publishes) and hands what they made to the schema's owner; a service's own role (a deployment
+    that gives each service its own DATABASE_URL) applies its migrations as itself."""
     applied_now: list[str] = []
+    database = str(await conn.fetchval("SELECT current_database()"))
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
     try:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS public.paystream_migrations (
-                service text NOT NULL,
-                version integer NOT NULL,
-                name text NOT NULL,
-                checksum text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (service, version)
-            )
-            """
-        )
+        manager = await may_manage_roles(conn)
+        if manager:
+            await provision(conn, password=password)
+        else:
+            await conn.execute(_MIGRATIONS_TABLE)
         for service in services:
-            done: dict[int, Any] = {
-                r["version"]: r["checksum"]
-                for r in await conn.fetch(
-                    "SELECT version, checksum FROM public.paystream_migrations WHERE service = $1", service
-                )
-            }
-            for version, name, sql in migration_files(service):
-                checksum = hashlib.sha256(sql.encode()).hexdigest()
-                if version in done:
-                    if done[version] != checksum:
-                        raise MigrationChanged(
-                            f"migration {service}/{name} has changed since it was applied;"
-                            " add a new numbered migration instead of editing an applied one"
-                        )
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO public.paystream_migrations (service, version, name, checksum)"
-                        " VALUES ($1, $2, $3, $4)",
-                        service,
-                        version,
-                        name,
-                        checksum,
-                    )
-                applied_now.append(f"{service}/{name}")
-                log.info("migration applied", migrations_of=service, migration=name)
+            applied_now += await _apply(conn, service)
+            schema = SCHEMAS_BY_OWNER.get(service)
+            if schema is None:
+                continue
+            await _define_views(conn, schema)
+            if manager:  # what the migrations made is the owner's, like the schema
+                await _hand_over(conn, schema.name, role_name(database, service))
+            await _publish(conn, schema, database)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now
+
+
+async def _apply(conn: asyncpg.Connection, service: str) -> list[str]:
+    applied_now: list[str] = []
+    done: dict[int, Any] = {
+        r["version"]: r["checksum"]
+        for r in await conn.fetch(
+            "SELECT version, checksum FROM public.paystream_migrations WHERE service = $1", service
+        )
+    }
+    for version, name, sql in migration_files(service):
+        checksum = hashlib.sha256(sql.encode()).hexdigest()
+        if version in done:
+            if done[version] != checksum:
+                raise MigrationChanged(
+                    f"migration {service}/{name} has changed since it was applied;"
+                    " add a new numbered migration instead of editing an applied one"
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO public.paystream_migrations (service, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                service,
+                version,
+                name,
+                checksum,
+            )
+        applied_now.append(f"{service}/{name}")
+        log.info("migration applied", migrations_of=service, migration=name)
+    return applied_now
+
+
+async def interfaces_missing(url: str, interfaces: Iterable[str]) -> list[str]:
+    """Those of the views `interfaces` that the user of `url` cannot read yet (not created, or not granted)."""
+    conn = await connect(url)
+    try:
+        missing = []
+        for view in interfaces:
+            schema = view.split(".", 1)[0]
+            # In this order: each check errs on what the one before it rules out.
+            readable = await conn.fetchval(
+                """
+                SELECT CASE
+                    WHEN NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN false
+                    WHEN NOT has_schema_privilege($1, 'USAGE') THEN false
+                    WHEN to_regclass($2) IS NULL THEN false
+                    ELSE has_table_privilege($2, 'SELECT')
+                END
+                """,
+                schema,
+                view,
+            )
+            if not readable:
+                missing.append(view)
+        return missing
+    finally:
+        await conn.close()
 
 
 async def schemas_missing(url: str, services: Iterable[str]) -> list[str]:
@@ -245,10 +433,11 @@ async def schemas_missing(url: str, services: Iterable[str]) -> list[str]:
 
 
 async def prepare_database(url: str, services: Iterable[str]) -> list[str]:
-    """Create the database if missing and apply the services' migrations: what every service does at start."""
+    """Create the database if missing and apply the services' migrations: what every service does at start (with
+    the deployment's URL: if it may manage roles, the services' roles are made too, with its password)."""
     await ensure_database(url)
     conn = await connect(url, timeouts=MIGRATION_TIMEOUTS)
     try:
-        return await migrate(conn, services)
+        return await migrate(conn, services, password=urlsplit(url).password)
     finally:
         await conn.close()

@@ -22,10 +22,11 @@ from aiohttp import web
 from shared.broker import Broker, ConsumerGroup
 from shared.cancellation import being_cancelled
 from shared.config import SERVICES_BY_NAME, BrokerSettings, CommonSettings, DatabaseSettings, load_settings
-from shared.db import MigrationChanged, Timeouts, create_pool, prepare_database, schemas_missing
+from shared.db import MigrationChanged, Timeouts, create_pool, interfaces_missing, prepare_database, service_url
 from shared.http_server import EdgeRunner, claim_port
 from shared.logs import configure_logging, get_logger
 from shared.metrics import service_registry
+from shared.ownership import owner_of
 from shared.supervisor import Supervisor
 from shared.telemetry import configure_tracing, shutdown_tracing
 from shared.web import BODY_TIMEOUT_SECONDS, ERROR_PAGE, METRICS_REGISTRY, READINESS_CHECKS, problem_page
@@ -219,25 +220,36 @@ def _redact_one(url: str) -> str:
 @asynccontextmanager
 async def database(
     settings: DatabaseSettings,
-    migrations: Iterable[str],
+    service: str,
     *,
-    reads: Iterable[str] = (),
+    waits_for: Iterable[str] = (),
     **pool_args: Any,
 ) -> AsyncIterator[asyncpg.Pool]:
-    """The database ready for this service: created if missing, its own migrations applied, pooled; closed on exit.
+    """The database ready for `service`: created if missing, its migrations applied, pooled; closed on exit.
 
-    Each schema has one deployer, the service that owns it. A service that also reads another's schema
-    (`reads`) waits, up to SCHEMA_WAIT_SECONDS, until its owner has deployed it, then stops with one line naming
-    the service (or command) that deploys it.
+    Each schema has one deployer, the service that owns it (docs/explanation/ownership.md). The pool connects as
+    the service's own role, which may write only its own schema and read only the interfaces granted to it. A
+    service that cannot work without another's views (`waits_for`, such as ledger.payments_v1) waits, up to
+    SCHEMA_WAIT_SECONDS, until their owner has deployed and granted them, then stops with one line naming the
+    service (or command) that deploys them.
     """
     url = settings.database_url.get_secret_value()
-    await retry_until_up("PostgreSQL", url, lambda: prepare_database(url, migrations))
-    await _wait_for_schemas(url, list(reads), settings.schema_wait_seconds)
-    pool = await create_pool(url, timeouts=database_timeouts(settings), **pool_args)
+    await retry_until_up("PostgreSQL", url, lambda: prepare_database(url, [service]))
+    own = service_url(url, service)
+    await _wait_for_interfaces(own, list(waits_for), settings.schema_wait_seconds)
+    # Its own role missing or refused (no one prepared this database's roles): one line naming the role.
+    pool = await retry_until_up(
+        "PostgreSQL", own, lambda: create_pool(own, timeouts=database_timeouts(settings), **pool_args)
+    )
     try:
         yield pool
     finally:
         await pool.close()
+
+
+def service_database_url(settings: DatabaseSettings, service: str) -> str:
+    """The URL `service` connects with: DATABASE_URL, as the service's own role."""
+    return service_url(settings.database_url.get_secret_value(), service)
 
 
 def database_timeouts(settings: DatabaseSettings) -> Timeouts:
@@ -274,16 +286,17 @@ def deployers(owners: Iterable[str]) -> str:
     return f"start {services} (its owner deploys it) or run `python -m tools.stack prepare`"
 
 
-async def _wait_for_schemas(url: str, owners: list[str], within: float) -> None:
+async def _wait_for_interfaces(url: str, interfaces: list[str], within: float) -> None:
     deadline = asyncio.get_running_loop().time() + within
-    while missing := await schemas_missing(url, owners):
+    while missing := await interfaces_missing(url, interfaces):
+        owners = sorted({owner_of(interface) for interface in missing})
         if asyncio.get_running_loop().time() > deadline:
             # A DependencyError: one line on stderr and exit 1, no traceback (run_service).
             raise SchemaNotDeployed(
-                f"the schema of {', '.join(missing)} is not deployed after {within:g} s: {deployers(missing)}"
+                f"the schema of {', '.join(owners)} is not deployed after {within:g} s: {deployers(owners)}"
             )
         get_logger(__name__).warning(
-            "waiting for a schema this service reads", owners=missing, deployed_by=deployers(missing)
+            "waiting for a schema this service reads", owners=owners, interfaces=missing, deployed_by=deployers(owners)
         )
         await asyncio.sleep(0.5)
 

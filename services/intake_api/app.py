@@ -17,6 +17,24 @@ from shared.db import connect
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
 
+# What the intake uses of other services' records: only the interfaces their owners publish to it
+# (docs/explanation/ownership.md). A test holds this list to the ownership map (shared/ownership.py), which grants
+# exactly these to the intake's role.
+INTAKE_READS = (
+    "ledger.payments_v1",
+    "ledger.payment_events_v1",
+    "ledger.refunds_v1",
+    "notifier.webhook_endpoints_v1",
+    "notifier.events_v1",
+    "notifier.delivery_attempts_v1",
+    "notifier.register_webhook_endpoint_v1",
+    "notifier.delete_webhook_endpoint_v1",
+    "notifier.rotate_webhook_endpoint_secret_v1",
+)
+# It answers for payments only once the ledger's views are there, so it waits for them at start; the notifier's
+# serve only the webhook routes, which need the notifier to have started once (it deploys them).
+WAITS_FOR = ("ledger.payments_v1", "ledger.payment_events_v1")
+
 
 async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
@@ -42,7 +60,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
         # A POST holds a connection for one statement (a millisecond or two): ten cover bursts of hundreds
         # of requests; more only add PostgreSQL backends competing for the same cores.
         async with (
-            runtime.database(settings, ["intake_api"], reads=["ledger"], max_size=10) as pool,
+            runtime.database(settings, "intake_api", waits_for=WAITS_FOR, max_size=10) as pool,
             runtime.broker(settings, "intake_api", CONSUMER_GROUPS) as broker,
         ):
             app[routes.POOL] = pool
@@ -50,7 +68,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
                 pool,
                 broker.publish,
                 connect=lambda: connect(
-                    settings.database_url.get_secret_value(), timeouts=runtime.database_timeouts(settings)
+                    runtime.service_database_url(settings, "intake_api"), timeouts=runtime.database_timeouts(settings)
                 ),
             )
             waiters = app[routes.WAITERS]

@@ -136,7 +136,8 @@ def keyset_page(rows: list[asyncpg.Record], page: Page) -> tuple[list[asyncpg.Re
 
 
 async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMapping[str]) -> tuple[list[Payment], bool]:
-    """The merchant's payments newest first, by the (merchant_id, created_at, id) index of ledger.payment_requests."""
+    """The merchant's payments newest first, through ledger.payments_v1 (the ledger's (merchant_id, created_at, id)
+    index serves it)."""
     page = parse_page(query)
     status = choice_filter(query, "status", tuple(PaymentStatus.__members__))
     reference = text_filter(query, "reference")
@@ -163,7 +164,7 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
             bind(sql, value)
     for name, cursor, comparison in page.cursors():
         found = await pool.fetchrow(
-            "SELECT created_at, id FROM ledger.payment_requests WHERE id = $1 AND merchant_id = $2", cursor, merchant_id
+            "SELECT created_at, id FROM ledger.payments_v1 WHERE id = $1 AND merchant_id = $2", cursor, merchant_id
         )
         if found is None:
             raise cursor_not_found(name, "payment")
@@ -172,7 +173,7 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     order = "ASC" if page.backwards else "DESC"
     args.append(page.limit + 1)
     rows = await pool.fetch(
-        f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE {' AND '.join(conditions)}"
+        f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE {' AND '.join(conditions)}"
         f" ORDER BY created_at {order}, id {order} LIMIT ${len(args)}",
         *args,
     )

@@ -51,7 +51,7 @@ SELECT r.id, r.payment_id, r.amount, r.currency, coalesce(l.status, 'pending') A
        coalesce(l.payment_amount_refunded, p.amount_refunded, 0) AS payment_amount_refunded
 FROM intake.refunds r
 LEFT JOIN ledger.refunds_v1 l ON l.id = r.id
-LEFT JOIN ledger.payment_requests p ON p.id = r.payment_id
+LEFT JOIN ledger.payments_v1 p ON p.id = r.payment_id
 """
 
 # What the payment has reserved: every refund accepted here that the ledger does not hold as failed.
@@ -115,7 +115,7 @@ async def accept_refund(
         if existing is not None:
             return None, existing["id"] if hmac.compare_digest(existing["request_fingerprint"], fingerprint) else ""
         payment = await conn.fetchrow(
-            "SELECT status, amount_captured, currency, provider, provider_payment_id FROM ledger.payment_requests"
+            "SELECT status, amount_captured, currency, provider, provider_payment_id FROM ledger.payments_v1"
             " WHERE id = $1 AND merchant_id = $2",
             payment_id,
             merchant_id,

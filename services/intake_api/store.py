@@ -1,7 +1,8 @@
 """The intake's database work: accepting a payment atomically with its outbox row, and answering reads.
 
-Reads come from the ledger's tables (the record of truth), falling back to the intake's own record while the
-ledger has not caught up with a payment just accepted.
+Reads come from the ledger (the record of truth), through the views it publishes to the intake (ledger.payments_v1,
+ledger.payment_events_v1), falling back to the intake's own record while the ledger has not caught up with a
+payment just accepted.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ WITH existing AS (
     SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $2 AND idempotency_key = $3
     UNION ALL
     -- A key whose intake record was purged is still the ledger's: it stays taken for good.
-    SELECT id, request_fingerprint FROM ledger.payment_requests WHERE merchant_id = $2 AND idempotency_key = $3
+    SELECT id, request_fingerprint FROM ledger.payments_v1 WHERE merchant_id = $2 AND idempotency_key = $3
     LIMIT 1
 ), payment AS (
     INSERT INTO intake.payments
@@ -168,7 +169,7 @@ async def get_payment(pool: asyncpg.Pool, merchant_id: str, payment_id: str) -> 
                p.failure_code AS intake_failure_code, p.created_at AS intake_created_at,
                p.expires_at AS intake_expires_at, p.trace_headers
         FROM (SELECT $1::text AS id) wanted
-        LEFT JOIN ledger.payment_requests l ON l.id = wanted.id AND l.merchant_id = $2
+        LEFT JOIN ledger.payments_v1 l ON l.id = wanted.id AND l.merchant_id = $2
         LEFT JOIN intake.payments p ON p.id = wanted.id AND p.merchant_id = $2
         """,
         payment_id,
@@ -192,7 +193,7 @@ async def list_events(pool: asyncpg.Pool, payment_id: str) -> list[PaymentEvent]
         """
         SELECT event_id::text, event_type, from_status, to_status, source, outcome, occurred_at, recorded_at,
                refund_id, refund_to_status AS refund_status
-        FROM ledger.payment_logs WHERE payment_request_id = $1 ORDER BY id
+        FROM ledger.payment_events_v1 WHERE payment_id = $1 ORDER BY id
         """,
         payment_id,
     )
@@ -293,7 +294,7 @@ async def purge_expired_keys(pool: asyncpg.Pool, retention_hours: float) -> int:
         """
         DELETE FROM intake.payments p
         WHERE p.created_at < now() - make_interval(secs => $1)
-          AND EXISTS (SELECT 1 FROM ledger.payment_requests l WHERE l.id = p.id AND l.status <> 'AUTHORIZED')
+          AND EXISTS (SELECT 1 FROM ledger.payments_v1 l WHERE l.id = p.id AND l.status <> 'AUTHORIZED')
         """,
         retention_hours * 3600,
     )

@@ -45,8 +45,6 @@ log = get_logger(__name__)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 # Enough for any real shop; bounds the fan-out of every payment event.
 MAX_ENDPOINTS_PER_MERCHANT = 20
-# The first key of the advisory lock that serialises one merchant's registrations (the second is the merchant).
-_ENDPOINT_CAP_LOCK = 0x77656270  # "webp"
 _ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{24}$")
 _EVENT_ID = re.compile(r"^evt_[0-9a-f]{32}$")
 _EVENT_TYPES = frozenset(MERCHANT_EVENT_TYPES)
@@ -100,24 +98,16 @@ async def create_endpoint(request: web.Request) -> web.Response:
         events = ["*"]
     secret = new_signing_secret()
     endpoint_id = "we_" + secrets.token_hex(12)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        # Registrations of one merchant take turns until commit, so each counts the others' rows: under READ
-        # COMMITTED a bare count would let concurrent requests all see 19 and all insert.
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ENDPOINT_CAP_LOCK, request[MERCHANT])
-        row = await conn.fetchrow(
-            f"""
-            INSERT INTO notifier.webhook_endpoints (id, merchant_id, url, events, secret_sealed)
-            SELECT $1, $2, $3, $4, $5
-            WHERE (SELECT count(*) FROM notifier.webhook_endpoints WHERE merchant_id = $2 AND deleted_at IS NULL) < $6
-            RETURNING {_ENDPOINT_COLUMNS}
-            """,
-            endpoint_id,
-            request[MERCHANT],
-            body.url,
-            events,
-            request.app[SECRET_BOX].seal(secret),
-            MAX_ENDPOINTS_PER_MERCHANT,
-        )
+    # The endpoints are the notifier's: it registers them, through the function it publishes for the intake.
+    row = await request.app[POOL].fetchrow(
+        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.register_webhook_endpoint_v1($1, $2, $3, $4, $5, $6)",
+        endpoint_id,
+        request[MERCHANT],
+        body.url,
+        events,
+        request.app[SECRET_BOX].seal(secret),
+        MAX_ENDPOINTS_PER_MERCHANT,
+    )
     if row is None:
         raise Problem(
             409, "too-many-endpoints", f"A merchant may have at most {MAX_ENDPOINTS_PER_MERCHANT} webhook endpoints."
@@ -128,7 +118,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
 
 async def list_endpoints(request: web.Request) -> web.Response:
     rows = await request.app[POOL].fetch(
-        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.webhook_endpoints WHERE merchant_id = $1 AND deleted_at IS NULL"
+        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.webhook_endpoints_v1 WHERE merchant_id = $1 AND deleted_at IS NULL"
         " ORDER BY created_at DESC, id DESC",
         request[MERCHANT],
     )
@@ -137,7 +127,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 async def get_endpoint(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(
-        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.webhook_endpoints"
+        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.webhook_endpoints_v1"
         " WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL",
         _endpoint_id(request),
         request[MERCHANT],
@@ -149,13 +139,10 @@ async def get_endpoint(request: web.Request) -> web.Response:
 
 async def delete_endpoint(request: web.Request) -> web.Response:
     """Stop delivering to it; its delivery history stays readable on the events."""
-    result = await request.app[POOL].execute(
-        "UPDATE notifier.webhook_endpoints SET deleted_at = clock_timestamp()"
-        " WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL",
-        _endpoint_id(request),
-        request[MERCHANT],
+    deleted = await request.app[POOL].fetchval(
+        "SELECT notifier.delete_webhook_endpoint_v1($1, $2)", _endpoint_id(request), request[MERCHANT]
     )
-    if result.split()[-1] == "0":
+    if not deleted:
         raise _endpoint_not_found()
     return web.Response(status=204)
 
@@ -166,12 +153,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     secret = new_signing_secret()
     grace_ends = datetime.now(UTC) + timedelta(seconds=settings.webhook_secret_grace_seconds)
     row = await request.app[POOL].fetchrow(
-        f"""
-        UPDATE notifier.webhook_endpoints
-        SET previous_secret_sealed = secret_sealed, previous_secret_expires_at = $3, secret_sealed = $4
-        WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL
-        RETURNING {_ENDPOINT_COLUMNS}
-        """,
+        f"SELECT {_ENDPOINT_COLUMNS} FROM notifier.rotate_webhook_endpoint_secret_v1($1, $2, $3, $4)",
         _endpoint_id(request),
         request[MERCHANT],
         grace_ends,
@@ -211,7 +193,7 @@ async def list_events(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     for name, cursor, comparison in page.cursors():
         seq = await pool.fetchval(
-            "SELECT seq FROM notifier.events WHERE id = $1 AND merchant_id = $2", cursor, request[MERCHANT]
+            "SELECT seq FROM notifier.events_v1 WHERE id = $1 AND merchant_id = $2", cursor, request[MERCHANT]
         )
         if seq is None:
             raise cursor_not_found(name, "event")
@@ -219,7 +201,7 @@ async def list_events(request: web.Request) -> web.Response:
         conditions.append(f"seq {comparison} ${len(args)}")
     args.append(page.limit + 1)
     rows = await pool.fetch(
-        f"SELECT id, type, payment_id, data, created_at FROM notifier.events WHERE {' AND '.join(conditions)}"
+        f"SELECT id, type, payment_id, data, created_at FROM notifier.events_v1 WHERE {' AND '.join(conditions)}"
         f" ORDER BY seq {'ASC' if page.backwards else 'DESC'} LIMIT ${len(args)}",
         *args,
     )
@@ -229,7 +211,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def _owned_event(request: web.Request) -> asyncpg.Record:
     row = await request.app[POOL].fetchrow(
-        "SELECT id, type, payment_id, data, created_at FROM notifier.events WHERE id = $1 AND merchant_id = $2",
+        "SELECT id, type, payment_id, data, created_at FROM notifier.events_v1 WHERE id = $1 AND merchant_id = $2",
         _event_id(request),
         request[MERCHANT],
     )
@@ -244,7 +226,7 @@ async def get_event(request: web.Request) -> web.Response:
     attempts = await request.app[POOL].fetch(
         """
         SELECT endpoint_id, attempt, status_code, error, duration_ms, attempted_at, next_attempt_at
-        FROM notifier.delivery_attempts WHERE event_id = $1 ORDER BY id
+        FROM notifier.delivery_attempts_v1 WHERE event_id = $1 ORDER BY id
         """,
         row["id"],
     )

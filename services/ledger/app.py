@@ -40,7 +40,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with (
-            runtime.database(settings, ["ledger"]) as pool,
+            runtime.database(settings, "ledger") as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
             handlers = LedgerHandlers(

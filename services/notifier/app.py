@@ -19,6 +19,8 @@ from shared.metrics import WEBHOOK_OLDEST_UNDELIVERED_AGE
 from shared.web import create_base_app
 from shared.webhook_secrets import SecretBox
 
+# What the notifier reads of other services' records: payments and refunds, through the views the ledger publishes.
+NOTIFIER_READS = ("ledger.payments_v1", "ledger.refunds_v1")
 EVENTS_GROUP = NOTIFIER_MESSAGES.name
 DELIVERIES_GROUP = NOTIFIER_DELIVERIES.name
 # The most ledger records stored in one batch, and how many the broker may hand out ahead (the next batch).
@@ -59,7 +61,7 @@ def create_app(settings: NotifierSettings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with (
-            runtime.database(settings, ["notifier"], reads=["ledger"], max_size=4) as pool,
+            runtime.database(settings, "notifier", waits_for=NOTIFIER_READS, max_size=4) as pool,
             runtime.broker(settings, EVENTS_GROUP, CONSUMER_GROUPS) as broker,
             delivery_session() as session,
         ):

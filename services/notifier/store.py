@@ -1,4 +1,4 @@
-"""The notifier's database work (schema `notifier`), and its reads of the ledger's payments."""
+"""The notifier's database work (schema `notifier`), and its reads of the ledger's payments (ledger.payments_v1)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ UNION
 SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) AND status = 'pending'
 """
 
-_PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payment_requests WHERE id = ANY ($1)"
+_PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE id = ANY ($1)"
 _REFUNDS = f"SELECT merchant_id, {', '.join(REFUND_COLUMNS)} FROM ledger.refunds_v1 WHERE id = ANY ($1)"
 
 # What one delivery needs, and the event's payment as it stands now (ledger_*; null if it has none), together.
@@ -61,7 +61,7 @@ SELECT e.id AS event_id, e.type, e.merchant_id, e.payment_id, e.data, e.created_
 FROM notifier.deliveries d
 JOIN notifier.events e ON e.id = d.event_id
 JOIN notifier.webhook_endpoints w ON w.id = d.endpoint_id
-LEFT JOIN ledger.payment_requests p ON p.id = e.payment_id AND e.type LIKE 'payment.%'
+LEFT JOIN ledger.payments_v1 p ON p.id = e.payment_id AND e.type LIKE 'payment.%'
 -- A refund's event carries the refund as it stands now (ledger.refunds_v1), by the id of the refund it recorded.
 LEFT JOIN ledger.refunds_v1 rf ON e.type LIKE 'refund.%' AND rf.id = e.data -> 'object' ->> 'id'
 """

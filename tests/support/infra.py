@@ -20,6 +20,7 @@ import asyncpg
 
 from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect, migrate, with_database
+from shared.ownership import DATABASE_SERVICES, role_name
 from shared.topology import Names
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
@@ -109,10 +110,13 @@ async def create_database(server_url: str, *, migrations: tuple[str, ...] = ("le
 
 
 async def drop_database(url: str) -> None:
+    """Drop the test database and its services' roles (roles are the server's, not the database's)."""
     name = urlsplit(url).path.lstrip("/")
     admin = await asyncpg.connect(with_database(url, "postgres"))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for service in DATABASE_SERVICES:
+            await admin.execute(f'DROP ROLE IF EXISTS "{role_name(name, service)}"')
     finally:
         await admin.close()
 
