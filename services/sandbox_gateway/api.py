@@ -347,6 +347,15 @@ async def get_refund(request: web.Request) -> web.Response:
     return web.json_response(refund.to_json())
 
 
+async def list_refunds(request: web.Request) -> web.Response:
+    """The refunds of one intent (`?intent_id=`), oldest first: how a test counts them."""
+    intent_id = request.query.get("intent_id")
+    if not intent_id:
+        raise Problem(400, "intent-id-required", "List refunds with ?intent_id=<the intent's id>.")
+    refunds = _gateway(request).refunds.for_intent(intent_id)
+    return web.json_response({"data": [refund.to_json() for refund in refunds]})
+
+
 async def list_webhook_attempts(request: web.Request) -> web.Response:
     """Every delivery attempt of the intent's webhooks, in the order they finished."""
     gateway, intent = _addressed(request)
@@ -380,6 +389,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/intents/{intent_id}/simulate", simulate_payment)
     router.add_get("/v1/intents/{intent_id}/webhooks", list_webhook_attempts)
     router.add_post("/v1/refunds", create_refund)
+    router.add_get("/v1/refunds", list_refunds)
     router.add_get("/v1/refunds/{refund_id}", get_refund)
     router.add_get("/_sandbox/faults", get_faults)
     router.add_post("/_sandbox/faults", set_faults)

@@ -115,6 +115,10 @@ class RefundStore:
             key = self._key_by_id.get(refund.id)
             self._storage.put("refund", refund.id, asdict(refund), key=key, parent=refund.intent_id)
 
+    def for_intent(self, intent_id: str) -> list[SandboxRefund]:
+        """Every refund of one intent, oldest first."""
+        return [self._by_id[i] for i in self._by_intent.get(intent_id, [])]
+
     def pending(self) -> list[SandboxRefund]:
         """The refunds still waiting for their outcome (after a restart, they are settled anew)."""
         return [r for r in self._by_id.values() if r.status is RefundStatus.PENDING]

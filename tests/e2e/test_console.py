@@ -353,6 +353,48 @@ async def paid_payment(intake: IntakeClient, http: aiohttp.ClientSession, **fiel
     return await eventually(succeeded, timeout=30, what="the payment SUCCEEDED")
 
 
+async def test_part_of_a_payment_is_refunded_once_and_more_than_is_left_is_refused_beside_the_field(
+    signed_in: ConsoleVisitor, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    payment = await paid_payment(intake, http, amount=1999, currency="USD")
+    path = f"/payments/{payment['id']}"
+    page = await signed_in.page(path)
+    assert 'id="refundable">19.99 USD<' in page
+    key = re.search(r'name="idempotency_key" value="(console_[0-9a-f]+)"', page)
+    assert key
+    form = {"csrf_token": csrf_token(page), "idempotency_key": key.group(1), "amount": "5", "reason": "duplicate"}
+    for _ in range(2):  # a double click: the same form twice is one refund
+        refunded = await signed_in.post(f"{path}/refunds", form)
+        assert (refunded.status, refunded.headers["Location"]) == (303, f"{path}?done=refund#main")
+    after = await signed_in.page(f"{path}?done=refund")
+    assert "Refund requested." in after
+    assert len(set(re.findall(r"<code>(re_[0-9A-Za-z]+)</code>", after))) == 1
+    assert "5.00 USD" in after and 'id="refundable">14.99 USD<' in after
+
+    fresh = await signed_in.page(path)
+    too_much = {
+        "csrf_token": csrf_token(fresh),
+        "idempotency_key": re.search(r'name="idempotency_key" value="(console_[0-9a-f]+)"', fresh).group(1),  # type: ignore[union-attr]
+        "amount": "15.00",
+    }
+    refused = await signed_in.post(f"{path}/refunds", too_much)
+    text = await refused.text()
+    assert refused.status == 422
+    beside = re.search(r'<p class="field-error" id="amount-error">([^<]+)</p>', text)
+    assert beside and "left to" in beside.group(1), text[-3000:]
+    assert 'id="amount" name="amount"' in text and 'aria-invalid="true" aria-describedby="amount-error"' in text
+
+    decimals = await signed_in.post(f"{path}/refunds", {**too_much, "amount": "1.234"})
+    assert decimals.status == 422 and "2 decimal places at most" in await decimals.text()
+
+    async def settled() -> str | None:
+        shown = await signed_in.page(path)
+        return shown if 'status-succeeded">succeeded' in shown else None
+
+    final = await eventually(settled, timeout=30, what="the refund succeeded")
+    assert "refund <code>re_" in final  # the history shows the refund's events
+
+
 async def test_an_authorized_payment_is_captured_in_part_or_voided_from_its_page(
     signed_in: ConsoleVisitor, intake: IntakeClient, http: aiohttp.ClientSession
 ) -> None:
@@ -385,3 +427,20 @@ async def test_an_authorized_payment_is_captured_in_part_or_voided_from_its_page
     voided = await signed_in.post(f"{void_path}/void", {"csrf_token": csrf_token(page)})
     assert voided.status == 303
     await eventually(lambda: shown(void_path, "CANCELED"), timeout=30, what="the void")
+
+
+async def test_the_session_cookie_is_sealed_httponly_and_samesite_and_pages_refuse_framing(
+    visitor: ConsoleVisitor, stack: Stack
+) -> None:
+    response = await visitor.sign_in()
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("paystream_console=gAAAAA")  # a Fernet token: encrypted and signed
+    assert DEMO_KEY not in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    for path in ("/", "/sign-in", "/payments", "/static/console.css", "/no-such-page"):
+        page = await visitor.get(path)
+        policy = page.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert page.headers["X-Frame-Options"] == "DENY"
+    async with console_visitor(stack.url("intake_api"), console_public_url="https://console.shop.example") as secure:
+        signed = await secure.client.get("/sign-in")
+        assert "Secure" in signed.headers["Set-Cookie"]
