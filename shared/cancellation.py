@@ -5,7 +5,7 @@ reason), though nothing cancelled the task awaiting them: a publish whose confir
 went away raises CancelledError in a task that is not being cancelled. Let through, such a stray
 CancelledError ends whatever loop awaited it, as a shutdown would (a batch consumer that stops taking
 batches keeps its prefetched messages unacknowledged for as long as the process lives), so it is turned into
-the broker error it is.
+the broker error it is; a loop that meets one anyway is restarted by its supervisor (shared/supervisor.py).
 """
 
 from __future__ import annotations

@@ -504,6 +504,31 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Two runs' per-payment figures side by side (a dated page's before and after), from their results files."""
+    lines = ["| per completed payment | before | after |", "| --- | ---: | ---: |"]
+    for kind, unit in (("cpu_ms_per_payment", "ms CPU"), ("counts_per_payment", "")):
+        names = list(dict.fromkeys([*before[kind], *after[kind]]))
+        for name in names:
+            label = f"{name} ({unit})" if unit else name
+            cells = [f"{run[kind][name]:.3f}" if name in run[kind] else "" for run in (before, after)]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        if kind == "cpu_ms_per_payment":
+            for title, pick in (("our side", our_side), ("every process", lambda cpu: cpu)):
+                totals = [sum(pick(run[kind]).values()) for run in (before, after)]
+                lines.append(f"| **{title} (ms CPU)** | **{totals[0]:.3f}** | **{totals[1]:.3f}** |")
+    for name in (SATURATED,):
+        lines.append(
+            f"| {name} (/s) | {before['phases'][name]['per_second']:.1f} | {after['phases'][name]['per_second']:.1f} |"
+        )
+    steady = [run["phases"][run["steady_phase"]] for run in (before, after)]
+    lines.append(f"| steady p99 created → SUCCEEDED (ms) | {steady[0]['p99_ms']:.1f} | {steady[1]['p99_ms']:.1f} |")
+    lines.append(
+        f"| intake CPU per POST (ms) | {before['intake_cpu_ms_per_post']:.3f} | {after['intake_cpu_ms_per_post']:.3f} |"
+    )
+    return "\n".join(lines)
+
+
 # PostgreSQL 15 backends publish their pg_stat_database counters at most this long after their last transaction.
 PGSTAT_FLUSH_SECONDS = 11.0
 INTAKE = "paystream: POST /v1/payments → 201 (Prefer: wait=0)"
@@ -643,7 +668,17 @@ if __name__ == "__main__":
         action="store_true",
         help="print the tables of a docs/benchmarks/ page from the last run's .bench/results.json",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print two runs' results.json side by side (a dated page's before and after table)",
+    )
     args = parser.parse_args()
+    if args.compare:
+        print(comparison(*(json.loads(path.read_text()) for path in args.compare)))
+        sys.exit(0)
     if args.markdown:
         print(markdown(json.loads((ROOT / ".bench" / "results.json").read_text())))
         sys.exit(0)
