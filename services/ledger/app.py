@@ -43,10 +43,11 @@ def create_app(settings: LedgerSettings) -> web.Application:
             runtime.database(settings, "ledger") as pool,
             runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker,
         ):
+            store = PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds)
             handlers = LedgerHandlers(
-                PostgresLedgerStore(pool, authorization_ttl_seconds=settings.authorization_ttl_seconds),
+                store,
                 broker.publish,
-                lambda envelope: status_recorded_before(pool, envelope),
+                lambda envelope: status_recorded_before(store, envelope),
                 refunds=RefundRecorder(pool, broker.publish),
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
@@ -63,13 +64,13 @@ def create_app(settings: LedgerSettings) -> web.Application:
             interval = settings.expiry_sweep_interval_seconds
             loops = broker.supervisor
             loops.every(
-                "expiry sweep", interval, lambda: request_expirations(pool, broker, resend_after_seconds=resend_after)
+                "expiry sweep", interval, lambda: request_expirations(store, broker, resend_after_seconds=resend_after)
             )
             loops.every(
                 "reconciliation sweep",
                 interval,
                 lambda: request_reconciliations(
-                    pool,
+                    store,
                     broker,
                     older_than_seconds=settings.reconcile_after_seconds,
                     every_seconds=settings.reconcile_interval_seconds,
@@ -80,15 +81,15 @@ def create_app(settings: LedgerSettings) -> web.Application:
                 "refund reconciliation sweep",
                 interval,
                 lambda: request_refund_reconciliations(
-                    pool,
+                    store,
                     broker,
                     older_than_seconds=settings.reconcile_after_seconds,
                     every_seconds=settings.reconcile_interval_seconds,
                 ),
             )
-            loops.every("pending gauge", 15, lambda: measure_pending(pool))
-            loops.every("authorization gauges", 15, lambda: measure_authorizations(pool))
-            loops.every("pending refunds gauge", 15, lambda: measure_pending_refunds(pool))
+            loops.every("pending gauge", 15, lambda: measure_pending(store))
+            loops.every("authorization gauges", 15, lambda: measure_authorizations(store))
+            loops.every("pending refunds gauge", 15, lambda: measure_pending_refunds(store))
             broker.watch_dlq(GROUP)
             async with runtime.serving(app, broker, pool):
                 yield

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from services.ledger.state_machine import Decision
+from services.ledger.store import LedgerStore
 from shared.events import Envelope, PaymentRequested, PaymentStatus, PaymentStatusRecorded, deterministic_event_id
 
 Announce = Callable[[Envelope], Awaitable[Envelope | None]]
@@ -35,16 +34,10 @@ def status_recorded(envelope: Envelope, outcome: str, decision: Decision | None)
     return _announcement(envelope, decision.before.status, decision.after.status)
 
 
-async def status_recorded_before(pool: asyncpg.Pool, envelope: Envelope) -> Envelope | None:
+async def status_recorded_before(store: LedgerStore, envelope: Envelope) -> Envelope | None:
     """For an event recorded on an earlier delivery: the announcement it made (or should have made) then."""
-    row = await pool.fetchrow(
-        """
-        SELECT from_status, to_status FROM ledger.payment_logs
-        WHERE event_id = $1 AND outcome = 'applied' AND from_status IS DISTINCT FROM to_status
-        """,
-        envelope.id,
-    )
-    if row is None:
+    change = await store.status_change(envelope.id)
+    if change is None:
         return None
-    from_status = PaymentStatus(row["from_status"]) if row["from_status"] else None
-    return _announcement(envelope, from_status, PaymentStatus(row["to_status"]))
+    from_status, to_status = change
+    return _announcement(envelope, from_status, to_status)

@@ -1,4 +1,5 @@
-"""The ledger's store in PostgreSQL (schema `ledger`): each operation of the port is one statement for a batch.
+"""The ledger's store in PostgreSQL (schema `ledger`): each operation of the port is one statement for a batch; the
+sweeps' half (SweepStore) claims due rows in the transaction that sends their commands.
 
 A statement is atomic on its own, so no explicit transaction is needed unless work must happen before the
 commit (`before_commit`: a follow-up command published with the write, all or nothing).
@@ -13,7 +14,14 @@ from collections.abc import Collection, Sequence
 import asyncpg
 
 from services.ledger.state_machine import PaymentState
-from services.ledger.store import ALREADY_RECORDED, BeforeCommit, PaymentWrite, StoredPayment, WriteResult
+from services.ledger.store import (
+    ALREADY_RECORDED,
+    BeforeCommit,
+    PaymentWrite,
+    SendClaimed,
+    StoredPayment,
+    WriteResult,
+)
 from shared.events import Envelope, PaymentRequested, PaymentStatus
 
 _LOG_COLUMNS = """payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
@@ -191,6 +199,73 @@ class PostgresLedgerStore:
                 await before_commit(result)
             return result
 
+    async def status_change(self, event_id: uuid.UUID) -> tuple[PaymentStatus | None, PaymentStatus] | None:
+        row = await self._pool.fetchrow(
+            """
+            SELECT from_status, to_status FROM ledger.payment_logs
+            WHERE event_id = $1 AND outcome = 'applied' AND from_status IS DISTINCT FROM to_status
+            """,
+            event_id,
+        )
+        if row is None:
+            return None
+        return (PaymentStatus(row["from_status"]) if row["from_status"] else None), PaymentStatus(row["to_status"])
+
+    # --- the sweeps' half of the port (SweepStore) ---------------------------------------------------------------
+
+    async def _claim(self, claim: str, send: SendClaimed, *args: object) -> int:
+        # Claimed (SKIP LOCKED) and marked in the transaction that sends: several ledgers never send one row's
+        # command twice in one round, and a failed send unmarks them.
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(claim, *args)
+            await send(rows)
+        return len(rows)
+
+    async def claim_expirations(self, limit: int, *, resend_after_seconds: float, send: SendClaimed) -> int:
+        return await self._claim(_DUE_FOR_EXPIRY, send, limit, resend_after_seconds)
+
+    async def claim_reconciliations(
+        self, limit: int, *, older_than_seconds: float, every_seconds: float, send: SendClaimed
+    ) -> int:
+        return await self._claim(_DUE_FOR_RECONCILIATION, send, limit, every_seconds, older_than_seconds)
+
+    async def claim_refund_reconciliations(
+        self, limit: int, *, older_than_seconds: float, every_seconds: float, send: SendClaimed
+    ) -> int:
+        return await self._claim(_REFUNDS_DUE_FOR_RECONCILIATION, send, limit, every_seconds, older_than_seconds)
+
+    async def pending_payments(self) -> tuple[int, float]:
+        row = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+            FROM ledger.payment_requests WHERE status = 'PENDING'
+            """
+        )
+        assert row is not None
+        return int(row["pending"]), float(row["oldest"])
+
+    async def open_authorizations(self) -> tuple[int, int]:
+        row = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS open,
+                   count(*) FILTER (WHERE expires_at - now() < (expires_at - coalesce(authorized_at, created_at)) / 7)
+                       AS expiring_soon
+            FROM ledger.payment_requests WHERE status = 'AUTHORIZED'
+            """
+        )
+        assert row is not None
+        return int(row["open"]), int(row["expiring_soon"])
+
+    async def pending_refunds(self) -> tuple[int, float]:
+        row = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
+            FROM ledger.refunds WHERE status = 'pending'
+            """
+        )
+        assert row is not None
+        return int(row["pending"]), float(row["oldest"])
+
 
 def _result(row: asyncpg.Record) -> WriteResult:
     return WriteResult(frozenset(row["matched"]), frozenset(row["logged"]))
@@ -233,3 +308,54 @@ def _write_arguments(writes: Sequence[PaymentWrite], authorization_ttl: float) -
             for column, change in zip(changes, values_after, strict=True):
                 column.append(change)
     return [*expected, *logs, *changes[:7], authorization_ttl, changes[7]]
+
+
+def _claiming(due: str, *, oldest_first_by: str, mark: str, statuses: str = "'PENDING'") -> str:
+    """The query that claims up to $1 payments in one of `statuses` which are `due`, oldest first, and were not
+    claimed in the last $2 seconds (the `mark` column says when), marking them claimed now."""
+    return f"""
+WITH due AS (
+    SELECT id FROM ledger.payment_requests
+    WHERE status IN ({statuses}) AND {due}
+      AND ({mark} IS NULL OR {mark} < now() - make_interval(secs => $2))
+    ORDER BY {oldest_first_by}
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger.payment_requests p SET {mark} = now()
+FROM due WHERE p.id = due.id
+RETURNING p.id, p.provider, p.provider_payment_id, p.status
+"""
+
+
+# A PENDING payment past its TTL, and an AUTHORIZED one whose hold is past AUTHORIZATION_TTL_SECONDS (expires_at
+# was moved to the hold's end when it was authorized).
+_DUE_FOR_EXPIRY = _claiming(
+    "expires_at <= now()",
+    oldest_first_by="expires_at",
+    mark="expiration_requested_at",
+    statuses="'PENDING', 'AUTHORIZED'",
+)
+# $3: how long a payment waits for its outcome before it is reconciled.
+_DUE_FOR_RECONCILIATION = _claiming(
+    "provider_payment_id IS NOT NULL AND created_at < now() - make_interval(secs => $3) AND expires_at > now()",
+    oldest_first_by="created_at",
+    mark="reconciliation_requested_at",
+)
+# Refunds pending longer than $3 seconds, not asked about in the last $2: claimed like payments, with what the
+# gateway_worker needs to ask the provider.
+_REFUNDS_DUE_FOR_RECONCILIATION = """
+WITH due AS (
+    SELECT id FROM ledger.refunds
+    WHERE status = 'pending' AND created_at < now() - make_interval(secs => $3)
+      AND (reconciliation_requested_at IS NULL OR reconciliation_requested_at < now() - make_interval(secs => $2))
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger.refunds r SET reconciliation_requested_at = now()
+FROM due, ledger.payment_requests p
+WHERE r.id = due.id AND p.id = r.payment_request_id
+RETURNING r.id, r.payment_request_id, r.amount, r.currency, r.reason, r.provider_refund_id,
+          coalesce(r.provider, p.provider) AS provider, p.provider_payment_id
+"""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -118,6 +118,54 @@ class LedgerStore(Protocol):
         skipped) and apply `after` (bumping the version). All of it, with `before_commit`, or nothing."""
         ...
 
+    async def status_change(self, event_id: uuid.UUID) -> tuple[PaymentStatus | None, PaymentStatus] | None:
+        """The status change the event made when it was applied ((None, PENDING) for a new payment); None if it
+        changed no status (or was not applied). What an event recorded on an earlier delivery announces again."""
+        ...
+
+
+# What a sweep claimed (a payment's or a refund's row: the columns its command needs), handed to `send` before the
+# claim commits.
+Claimed = Mapping[str, Any]
+SendClaimed = Callable[[Sequence[Claimed]], Awaitable[None]]
+
+
+class SweepStore(Protocol):
+    """The sweeps' half of the port (services/ledger/sweeps.py): claiming due payments and refunds, and counting
+    what is open. Each claim takes rows no other ledger holds (SKIP LOCKED), marks them claimed, and commits only
+    once `send` has returned: a failed send leaves them unclaimed for the next round."""
+
+    async def claim_expirations(self, limit: int, *, resend_after_seconds: float, send: SendClaimed) -> int:
+        """PENDING payments past `expires_at`, and AUTHORIZED ones past their hold (id, provider,
+        provider_payment_id, status), not claimed in the last `resend_after_seconds`."""
+        ...
+
+    async def claim_reconciliations(
+        self, limit: int, *, older_than_seconds: float, every_seconds: float, send: SendClaimed
+    ) -> int:
+        """PENDING payments with an intent and no outcome for `older_than_seconds` (id, provider,
+        provider_payment_id, status), not claimed in the last `every_seconds`."""
+        ...
+
+    async def claim_refund_reconciliations(
+        self, limit: int, *, older_than_seconds: float, every_seconds: float, send: SendClaimed
+    ) -> int:
+        """Refunds pending for `older_than_seconds`, not claimed in the last `every_seconds` (id, payment_request_id,
+        amount, currency, reason, provider_refund_id, provider, provider_payment_id)."""
+        ...
+
+    async def pending_payments(self) -> tuple[int, float]:
+        """How many payments are PENDING, and the age in seconds of the oldest (0 if none)."""
+        ...
+
+    async def open_authorizations(self) -> tuple[int, int]:
+        """How many holds are open, and how many are in the last seventh of their life."""
+        ...
+
+    async def pending_refunds(self) -> tuple[int, float]:
+        """How many refunds are pending, and the age in seconds of the oldest (0 if none)."""
+        ...
+
 
 def new_payment_state(request: PaymentRequested) -> PaymentState:
     return PaymentState(
@@ -196,6 +244,13 @@ class InMemoryLedgerStore:
                     self._logged = saved_logged
                     raise
             return result
+
+    async def status_change(self, event_id: uuid.UUID) -> tuple[PaymentStatus | None, PaymentStatus] | None:
+        payment = self.payments.get(self._logged.get(event_id, ""))
+        for entry in payment.log if payment is not None else []:
+            if entry.event_id == event_id and entry.outcome == "applied" and entry.from_status != entry.to_status:
+                return entry.from_status, entry.to_status
+        return None
 
     def _write(self, writes: Iterable[PaymentWrite]) -> tuple[set[str], set[uuid.UUID]]:
         matched: set[str] = set()

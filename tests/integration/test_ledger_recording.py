@@ -229,6 +229,9 @@ class HeldStore:
             await self.release.wait()
         return await self._store.apply_if_unchanged(writes, before_commit=before_commit)
 
+    async def status_change(self, event_id: uuid.UUID) -> tuple[PaymentStatus | None, PaymentStatus] | None:
+        return await self._store.status_change(event_id)
+
 
 async def test_an_event_decided_on_a_state_that_changed_before_its_write_is_decided_again(pool: asyncpg.Pool) -> None:
     payment_id = await known_payment(pool)

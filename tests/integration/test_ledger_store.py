@@ -123,6 +123,25 @@ class LedgerStoreContract:
         now = (await store.read([payment_id], []))[payment_id]
         assert (now.state.status, now.version) == (P, stored.version)
 
+    async def test_an_events_status_change_is_read_back_from_its_log_row(self, store: LedgerStore) -> None:
+        payment_id = new_payment_id()
+        request = requested(payment_id)
+        await store.record_requests([request])
+        stored = (await store.read([payment_id], []))[payment_id]
+        command = reconciliation_asked(payment_id)
+        success = status_changed(payment_id, S, "webhook", "paid")
+        await store.apply_if_unchanged([PaymentWrite(payment_id, stored.version, (entry(command, P, P),))])
+        stored = (await store.read([payment_id], []))[payment_id]
+        await store.apply_if_unchanged(
+            [PaymentWrite(payment_id, stored.version, (entry(success, P, S),), replace(stored.state, status=S))]
+        )
+
+        # What announcing an event again reads: the change it made, none for one that changed nothing.
+        assert await store.status_change(request.id) == (None, P)
+        assert await store.status_change(success.id) == (P, S)
+        assert await store.status_change(command.id) is None
+        assert await store.status_change(requested(new_payment_id()).id) is None
+
     async def test_a_log_without_a_change_keeps_the_version(self, store: LedgerStore) -> None:
         payment_id = await self.known(store)
         stored = (await store.read([payment_id], []))[payment_id]

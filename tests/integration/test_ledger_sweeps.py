@@ -34,7 +34,7 @@ async def sweep_database(servers: Servers) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def own_pool(sweep_database: asyncpg.Pool) -> asyncpg.Pool:
     """The sweeps' database, emptied of the previous test's payments."""
-    await sweep_database.execute("TRUNCATE ledger.payment_logs, ledger.payment_requests")
+    await sweep_database.execute("TRUNCATE ledger.refunds, ledger.payment_logs, ledger.payment_requests")
     return sweep_database
 
 
@@ -67,7 +67,11 @@ async def test_several_ledgers_sweeping_at_once_send_one_expiration_per_due_paym
     due = [await payment(own_pool, ttl=-1) for _ in range(3)]
 
     await asyncio.gather(
-        *(request_expirations(own_pool, broker, resend_after_seconds=60) for broker in brokers for _ in range(2))
+        *(
+            request_expirations(PostgresLedgerStore(own_pool), broker, resend_after_seconds=60)
+            for broker in brokers
+            for _ in range(2)
+        )
     )
 
     sent = await commands_sent(brokers[0])
@@ -80,10 +84,10 @@ async def test_an_expiration_is_sent_again_only_once_nothing_came_of_it_for_a_wh
     own_pool: asyncpg.Pool, brokers: list[Broker]
 ) -> None:
     payment_id = await payment(own_pool, ttl=-1)
-    await request_expirations(own_pool, brokers[0], resend_after_seconds=60)
+    await request_expirations(PostgresLedgerStore(own_pool), brokers[0], resend_after_seconds=60)
 
-    soon = await request_expirations(own_pool, brokers[0], resend_after_seconds=60)
-    later = await request_expirations(own_pool, brokers[0], resend_after_seconds=0)
+    soon = await request_expirations(PostgresLedgerStore(own_pool), brokers[0], resend_after_seconds=60)
+    later = await request_expirations(PostgresLedgerStore(own_pool), brokers[0], resend_after_seconds=0)
 
     assert (soon, later) == (0, 1)
     assert [e.payment_id for e in await commands_sent(brokers[0])] == [payment_id, payment_id]
@@ -96,7 +100,7 @@ async def test_payments_not_due_or_no_longer_pending_are_not_expired(
     paid = await payment(own_pool, ttl=-1)
     await record_event(PostgresLedgerStore(own_pool), status_changed(paid, PaymentStatus.SUCCEEDED, "webhook", "paid"))
 
-    assert await request_expirations(own_pool, brokers[0], resend_after_seconds=0) == 0
+    assert await request_expirations(PostgresLedgerStore(own_pool), brokers[0], resend_after_seconds=0) == 0
     assert await commands_sent(brokers[0]) == []
 
 
@@ -110,7 +114,7 @@ async def test_reconciliation_asks_only_about_quiet_pending_payments_with_an_int
         PostgresLedgerStore(own_pool), status_changed(settled, PaymentStatus.FAILED, "webhook", "declined")
     )
 
-    await request_reconciliations(own_pool, brokers[0], older_than_seconds=0, every_seconds=60)
+    await request_reconciliations(PostgresLedgerStore(own_pool), brokers[0], older_than_seconds=0, every_seconds=60)
 
     sent = await commands_sent(brokers[0])
     assert [(e.type, e.source, e.payment_id) for e in sent] == [("payment.reconciliation_due", "reconciliation", quiet)]
@@ -121,9 +125,11 @@ async def test_a_payment_is_not_reconciled_again_before_its_interval(
     own_pool: asyncpg.Pool, brokers: list[Broker]
 ) -> None:
     quiet = await payment(own_pool, ttl=600)
-    await request_reconciliations(own_pool, brokers[0], older_than_seconds=0, every_seconds=60)
+    await request_reconciliations(PostgresLedgerStore(own_pool), brokers[0], older_than_seconds=0, every_seconds=60)
 
-    again = await request_reconciliations(own_pool, brokers[0], older_than_seconds=0, every_seconds=60)
+    again = await request_reconciliations(
+        PostgresLedgerStore(own_pool), brokers[0], older_than_seconds=0, every_seconds=60
+    )
 
     assert again == 0
     assert [e.payment_id for e in await commands_sent(brokers[0])] == [quiet]
@@ -132,7 +138,12 @@ async def test_a_payment_is_not_reconciled_again_before_its_interval(
 async def test_a_payment_younger_than_the_age_is_not_reconciled(own_pool: asyncpg.Pool, brokers: list[Broker]) -> None:
     await payment(own_pool, ttl=600)
 
-    assert await request_reconciliations(own_pool, brokers[0], older_than_seconds=3600, every_seconds=60) == 0
+    assert (
+        await request_reconciliations(
+            PostgresLedgerStore(own_pool), brokers[0], older_than_seconds=3600, every_seconds=60
+        )
+        == 0
+    )
 
 
 async def held(pool: asyncpg.Pool, *, authorization_ttl: float) -> str:
@@ -169,7 +180,7 @@ async def test_a_lapsed_hold_is_sent_to_be_voided_at_the_provider_and_a_live_one
     await held(own_pool, authorization_ttl=3600)
     await asyncio.sleep(0.01)
 
-    await request_expirations(own_pool, brokers[0], resend_after_seconds=60)
+    await request_expirations(PostgresLedgerStore(own_pool), brokers[0], resend_after_seconds=60)
 
     [sent] = await commands_sent(brokers[0])
     assert (sent.payment_id, sent.type, sent.source) == (lapsed, "payment.expiration_due", "expiry")
