@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 from shared.events import PaymentStatus
 from shared.logs import get_logger
 from shared.providers.base import (
+    CapturingProvider,
     IntentRequest,
     PaymentProvider,
     ProviderIntent,
@@ -67,8 +68,8 @@ STRIPE_INTENT_STATUS_MAP: dict[str, PaymentStatus] = {
     "processing": PaymentStatus.PENDING,
     "requires_action": PaymentStatus.PENDING,
     "requires_confirmation": PaymentStatus.PENDING,
-    # Authorized, not yet captured: the money is held, not taken.
-    "requires_capture": PaymentStatus.PENDING,
+    # Authorized, not yet captured (capture_method manual): the money is held, not taken.
+    "requires_capture": PaymentStatus.AUTHORIZED,
     # The attempt failed and the completed session cannot take another one.
     "requires_payment_method": PaymentStatus.FAILED,
     "canceled": PaymentStatus.FAILED,
@@ -89,6 +90,19 @@ STRIPE_EVENT_MAP: dict[tuple[str, str], tuple[PaymentStatus, str | None] | None]
     ("checkout.session.expired", ANY): (PaymentStatus.EXPIRED, "expired"),
 }
 STRIPE_EVENT_TYPES = frozenset(event_type for event_type, _ in STRIPE_EVENT_MAP)
+
+# A manual-capture PaymentIntent's events (docs/reference/capture.md): the hold, its capture, its void. Those of a
+# PaymentIntent that captures at once are acknowledged and not acted on: its session's events report it.
+STRIPE_HOLD_EVENTS: dict[str, PaymentStatus] = {
+    "payment_intent.amount_capturable_updated": PaymentStatus.AUTHORIZED,
+    "payment_intent.succeeded": PaymentStatus.SUCCEEDED,
+    "payment_intent.canceled": PaymentStatus.CANCELED,
+}
+# Why a held PaymentIntent was canceled → how the hold ended for us: released on our (or the merchant's) word, or
+# lapsed (we void a hold past AUTHORIZATION_TTL_SECONDS as `abandoned`; Stripe's own lapse says `automatic` or
+# `expired`).
+LAPSED_HOLD_REASONS = frozenset({"abandoned", "automatic", "expired"})
+VOID_REASONS: dict[str, str] = {"canceled": "requested_by_customer", "expired": "abandoned"}
 
 # Every read of a session brings its PaymentIntent along (see STRIPE_INTENT_STATUS_MAP).
 SESSION_READ_PARAMS: dict[str, Any] = {"expand": ["payment_intent"]}
@@ -205,13 +219,24 @@ class _PaymentError(BaseModel):
 
 
 class _PaymentIntent(BaseModel):
-    """The fields of a PaymentIntent we read, when a session is fetched with `expand[]=payment_intent`."""
+    """The fields of a PaymentIntent we read: when a session is fetched with `expand[]=payment_intent`, and in the
+    `payment_intent.*` events of a manual capture."""
 
     model_config = ConfigDict(extra="allow")
     id: str
     object: Literal["payment_intent"]
     status: str
     last_payment_error: _PaymentError | None = None
+    amount: StrictInt | None = None
+    amount_received: StrictInt | None = None
+    currency: str | None = None
+    capture_method: str | None = None
+    cancellation_reason: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def manual(self) -> bool:
+        return self.capture_method == "manual"
 
 
 class _Session(BaseModel):
@@ -254,6 +279,13 @@ STRIPE_OBJECT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+def hold_ended(intent: _PaymentIntent) -> tuple[PaymentStatus, str | None]:
+    """A canceled manual-capture PaymentIntent: its hold voided (CANCELED) or lapsed (EXPIRED)."""
+    if intent.cancellation_reason in LAPSED_HOLD_REASONS:
+        return PaymentStatus.EXPIRED, "authorization_expired"
+    return PaymentStatus.CANCELED, None
+
+
 def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     """A session's status and failure code, its PaymentIntent deciding when the session is complete but unpaid."""
     status = map_session_status(session.status, session.payment_status)
@@ -265,6 +297,8 @@ def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     mapped = STRIPE_INTENT_STATUS_MAP.get(intent.status)
     if mapped is None:
         raise PermanentGatewayError(f"unknown stripe payment_intent status {intent.status!r} of session {session.id}")
+    if intent.status == "canceled" and intent.manual:
+        return hold_ended(intent)
     if mapped is not PaymentStatus.FAILED:
         return mapped, None
     if intent.status == "canceled":
@@ -273,7 +307,9 @@ def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     return mapped, (error.decline_code or error.code if error else None) or "payment_failed"
 
 
-class StripeProvider(PaymentProvider):
+class StripeProvider(PaymentProvider, CapturingProvider):
+    """Checkout Sessions, and manual capture through their PaymentIntents (hold, capture, void)."""
+
     name = "stripe"
     signature_header_name = "Stripe-Signature"
 
@@ -376,6 +412,11 @@ class StripeProvider(PaymentProvider):
         status, failure_code = session_outcome(session)
         if session.amount_total is None or session.currency is None:
             raise PermanentGatewayError(f"stripe checkout session {session.id} has no amount_total/currency")
+        intent = session.payment_intent
+        captured = None
+        if status is PaymentStatus.SUCCEEDED and isinstance(intent, _PaymentIntent) and intent.manual:
+            # A capture may take less than was held: what the PaymentIntent received is what was taken.
+            captured = intent.amount_received
         return ProviderIntent(
             provider_payment_id=session.id,
             status=status,
@@ -383,6 +424,7 @@ class StripeProvider(PaymentProvider):
             currency=session.currency.upper(),
             checkout_url=session.url,
             failure_code=failure_code,
+            amount_captured=captured,
         )
 
     @staticmethod
@@ -411,7 +453,11 @@ class StripeProvider(PaymentProvider):
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
             "metadata": self._session_metadata(request),
-            "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
+            "payment_intent_data": {
+                "metadata": {"payment_id": request.payment_id},
+                # Only a manual payment says so: an automatic one's parameters stay as they always were.
+                "capture_method": "manual" if request.capture_method == "manual" else None,
+            },
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),
         }
@@ -445,6 +491,32 @@ class StripeProvider(PaymentProvider):
     # our side; the session is then expired by the id the ledger records for it (intent_left_open in
     # services/ledger/state_machine.py), whichever of the two arrives first.
 
+    async def _held_intent_id(self, provider_payment_id: str) -> tuple[ProviderIntent, str | None]:
+        """The session's truth, and the id of its PaymentIntent when that holds the money."""
+        payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
+        truth = self._intent(payload)
+        intent = self._parse_session(payload).payment_intent
+        if truth.status is PaymentStatus.AUTHORIZED and isinstance(intent, _PaymentIntent):
+            return truth, intent.id
+        return truth, None
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        """Capture the session's held PaymentIntent (`amount_to_capture`), then read the session's truth."""
+        truth, held = await self._held_intent_id(provider_payment_id)
+        if held is None:
+            return truth  # not held (captured already, voided, lapsed, unpaid): that is the answer
+        try:
+            await self.call(
+                "POST",
+                f"/v1/payment_intents/{quote(held, safe='')}/capture",
+                {"amount_to_capture": amount},
+                idempotency_key=idempotency_key,
+            )
+        except PermanentGatewayError as exc:
+            # Refused (another capture or a void came first, or too much): the session says what is true now.
+            log.info("stripe refused the capture", error=str(exc)[:300])
+        return await self.retrieve_intent(provider_payment_id)
+
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
@@ -456,10 +528,23 @@ class StripeProvider(PaymentProvider):
                 idempotency_key=f"expire-{provider_payment_id}",
             )
         except PermanentGatewayError:
-            # Only an open session can be expired: the truth is whatever the session now says (maybe paid).
+            # Only an open session can be expired: the truth is whatever the session now says (maybe paid, or held).
             payload = await self._read_session(provider_payment_id)
         intent = self._intent(payload)
-        if intent.status is PaymentStatus.EXPIRED and reason == "canceled":
+        held = self._parse_session(payload).payment_intent
+        if intent.status is PaymentStatus.AUTHORIZED and isinstance(held, _PaymentIntent):
+            # A held payment is voided by canceling its PaymentIntent; the reason says whether the hold lapsed.
+            try:
+                await self.call(
+                    "POST",
+                    f"/v1/payment_intents/{quote(held.id, safe='')}/cancel",
+                    {"cancellation_reason": VOID_REASONS[reason]},
+                    idempotency_key=f"void-{held.id}",
+                )
+            except PermanentGatewayError as exc:
+                log.info("stripe refused the void", error=str(exc)[:300])
+            return await self.retrieve_intent(provider_payment_id)
+        if intent.status is PaymentStatus.EXPIRED and intent.failure_code == "expired" and reason == "canceled":
             # Stripe only knows "expired"; closed at the merchant's request it is, for us, CANCELED.
             # This holds on the fallback path too: a retried cancel finds the session our first call closed.
             return replace(intent, status=PaymentStatus.CANCELED, failure_code=None)
@@ -467,6 +552,36 @@ class StripeProvider(PaymentProvider):
 
     def webhook_secrets(self) -> Sequence[str]:
         return self._secrets
+
+    def _hold_event(self, event: _Event) -> WebhookEvent | None:
+        """A manual-capture PaymentIntent's event (hold, capture, void), or None for an automatic one's."""
+        try:
+            intent = _PaymentIntent.model_validate(event.data.object)
+        except ValidationError as exc:
+            raise InvalidWebhookError(
+                f"{event.type} does not carry a payment intent ({exc.error_count()} errors)"
+            ) from None
+        payment_id = (intent.metadata or {}).get("payment_id")
+        if not intent.manual or not payment_id:
+            return None
+        status = STRIPE_HOLD_EVENTS[event.type]
+        failure_code = None
+        if status is PaymentStatus.CANCELED:
+            status, failure_code = hold_ended(intent)
+        return WebhookEvent(
+            provider_event_id=event.id,
+            # The PaymentIntent, not the session we record: the event names no intent of ours (names_intent).
+            provider_payment_id=intent.id,
+            payment_id=payment_id,
+            status=status,
+            amount=intent.amount,
+            currency=intent.currency.upper() if intent.currency else None,
+            failure_code=failure_code,
+            occurred_at=event_time(event.created),
+            metadata=intent.metadata or {},
+            amount_captured=intent.amount_received if status is PaymentStatus.SUCCEEDED else None,
+            names_intent=False,
+        )
 
     def parse_webhook(self, body: bytes) -> WebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
@@ -479,6 +594,8 @@ class StripeProvider(PaymentProvider):
                 pinned_api_version=STRIPE_API_VERSION,
                 provider_event_id=event.id,
             )
+        if event.type in STRIPE_HOLD_EVENTS:
+            return self._hold_event(event)
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:

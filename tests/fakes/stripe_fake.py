@@ -158,6 +158,8 @@ class StripeFake:
         self.payment_intents[intent_id] = shaped(
             "payment_intent",
             id=intent_id,
+            capture_method=session["_capture_method"],
+            cancellation_reason=None,
             amount=session["amount_total"],
             amount_capturable=0,
             amount_received=session["amount_total"] if payment_status == "paid" else 0,
@@ -178,6 +180,19 @@ class StripeFake:
         session["payment_intent"] = intent_id
         session["url"] = None
         return session
+
+    def authorize_session(self, session_id: str) -> dict[str, Any]:
+        """The customer finished Checkout of a manual-capture session: the card is authorized, the money held
+        (PaymentIntent `requires_capture`); the session is complete and, until a capture, `unpaid`."""
+        session = self.complete_session(session_id, payment_status="unpaid")
+        intent = self.payment_intents[session["payment_intent"]]
+        intent.update(status="requires_capture", amount_capturable=session["amount_total"], amount_received=0)
+        return session
+
+    def intent_webhook(self, session_id: str, event_type: str) -> tuple[bytes, dict[str, str]]:
+        """A `payment_intent.*` event about the session's PaymentIntent as it is now, signed."""
+        intent_id = self.sessions[session_id]["payment_intent"]
+        return self.event(event_type, copy.deepcopy(self.payment_intents[intent_id]))
 
     def settle_async_payment(self, session_id: str, *, succeeded: bool) -> dict[str, Any]:
         """The asynchronous method settled: the session is paid, or stays `unpaid` (Stripe has no failed value
@@ -209,7 +224,7 @@ class StripeFake:
     def foreign_session(self, **fields: Any) -> dict[str, Any]:
         """A session someone else opened on the account (a Payment Link): no client_reference_id, no metadata."""
         session = shaped("checkout.session", id=f"cs_test_{secrets.token_hex(24)}", **fields)
-        self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}}
+        self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}, "_capture_method": "automatic"}
         return self.sessions[session["id"]]
 
     def served(self, session: dict[str, Any], *, expand: Sequence[str] = ()) -> dict[str, Any]:
@@ -271,6 +286,8 @@ class StripeFake:
         app.router.add_post("/v1/checkout/sessions", self._create)
         app.router.add_get("/v1/checkout/sessions/{id}", self._retrieve)
         app.router.add_post("/v1/checkout/sessions/{id}/expire", self._expire)
+        app.router.add_post("/v1/payment_intents/{id}/capture", self._capture)
+        app.router.add_post("/v1/payment_intents/{id}/cancel", self._cancel_intent)
         return app
 
     @web.middleware
@@ -314,9 +331,9 @@ class StripeFake:
             )
         return session
 
-    async def _create(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
+    def _replayed(self, key: str | None, form: list[tuple[str, str]]) -> web.Response | None:
+        """The answer first given under this Idempotency-Key (None for a new key); 409 while it is in flight, 400
+        for other parameters."""
         if key is not None and key in self.in_flight:
             # Nothing is stored for such a request, so the retry it asks for is answered afresh.
             raise StripeRequestError(
@@ -334,6 +351,18 @@ class StripeFake:
                     type_="idempotency_error",
                 )
             return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
+        return None
+
+    def _remember(self, key: str | None, form: list[tuple[str, str]], status: int, body: dict[str, Any]) -> None:
+        if key is not None:
+            self._idempotent[key] = (form, status, copy.deepcopy(body))
+
+    async def _create(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
         session = self._new_session(decode_form(form))
         self.sessions[session["id"]] = session
         served = self.served(session)
@@ -408,6 +437,12 @@ class StripeFake:
         )
         # Kept for the PaymentIntent the customer's confirmation creates; never served.
         session["_payment_intent_metadata"] = intent_metadata
+        capture_method = intent_data.get("capture_method", "automatic")
+        if capture_method not in ("automatic", "automatic_async", "manual"):
+            raise StripeRequestError(
+                400, f"Invalid payment_intent_data[capture_method]: {capture_method}", param="capture_method"
+            )
+        session["_capture_method"] = capture_method
         return session
 
     def _expand(self, request: web.Request, form: list[tuple[str, str]]) -> list[str]:
@@ -433,6 +468,70 @@ class StripeFake:
                 f'This Checkout Session has a status of "{session["status"]}".',
             )
         return web.json_response(self.served(self.expire_session(session["id"]), expand=expand))
+
+    def _payment_intent(self, intent_id: str) -> dict[str, Any]:
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeRequestError(
+                404, f"No such payment_intent: '{intent_id}'", code="resource_missing", param="intent"
+            )
+        return intent
+
+    def _session_of(self, intent_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.sessions.values() if s.get("payment_intent") == intent_id), None)
+
+    async def _capture(self, request: web.Request) -> web.Response:
+        """Capture a `requires_capture` PaymentIntent, all or `amount_to_capture` of it; the rest is released."""
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        intent = self._payment_intent(request.match_info["id"])
+        if intent["status"] != "requires_capture":
+            raise StripeRequestError(
+                400,
+                f"This PaymentIntent could not be captured because it has a status of {intent['status']}. Only a "
+                "PaymentIntent with one of the following statuses may be captured: requires_capture.",
+                code="payment_intent_unexpected_state",
+            )
+        params = decode_form(form)
+        amount = intent["amount_capturable"]
+        if "amount_to_capture" in params:
+            amount = _integer(params["amount_to_capture"], "amount_to_capture")
+            if not 0 < amount <= intent["amount_capturable"]:
+                raise StripeRequestError(
+                    400, "The amount to capture cannot exceed the capturable amount.", param="amount_to_capture"
+                )
+        intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        session = self._session_of(intent["id"])
+        if session is not None:
+            session["payment_status"] = "paid"
+        body = copy.deepcopy(intent)
+        self._remember(key, form, 200, body)
+        return web.json_response(body)
+
+    async def _cancel_intent(self, request: web.Request) -> web.Response:
+        """Cancel a PaymentIntent (a held one: its hold is voided); a succeeded one cannot be."""
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        intent = self._payment_intent(request.match_info["id"])
+        if intent["status"] in ("succeeded", "canceled"):
+            raise StripeRequestError(
+                400,
+                f"You cannot cancel this PaymentIntent because it has a status of {intent['status']}.",
+                code="payment_intent_unexpected_state",
+            )
+        reason = decode_form(form).get("cancellation_reason")
+        if reason not in (None, "abandoned", "duplicate", "fraudulent", "requested_by_customer"):
+            raise StripeRequestError(400, f"Invalid cancellation_reason: {reason}", param="cancellation_reason")
+        intent.update(status="canceled", cancellation_reason=reason, amount_capturable=0, canceled_at=int(self.clock()))
+        body = copy.deepcopy(intent)
+        self._remember(key, form, 200, body)
+        return web.json_response(body)
 
 
 def _metadata(value: Any, param: str) -> dict[str, str]:
