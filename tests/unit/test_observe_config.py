@@ -58,9 +58,10 @@ def test_the_generated_prometheus_config_passes_promtool_and_scrapes_every_servi
     files = generate(tmp_path, replicas)
     result = tool("promtool", "check", "config", str(files["prometheus.yml"]))
     assert result.returncode == 0, result.stdout + result.stderr
-    # Every rule of deploy/prometheus/alerts.yml (eight before issue 11 added WebhookDeliveriesFailing).
+    # Every rule of deploy/prometheus/alerts.yml (nine before capture added AuthorizationsExpiringSoon and refunds
+    # RefundsFailing and RefundsStuckPending).
     rules = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
-    assert rules == 10 and f"{rules} rules found" in result.stdout, result.stdout
+    assert rules == 12 and f"{rules} rules found" in result.stdout, result.stdout
 
     targets = scrape_targets(files["prometheus.yml"])
     settings = Stack.of(_env_file=None)
