@@ -235,6 +235,7 @@ def intent_left_open(decision: Decision, message: Message) -> Message | None:
     elif (
         isinstance(message, PaymentStatusChanged)
         and decision.after.status in (C, E)
+        and decision.before.status is not A  # a hold's end is reported by the provider that released it
         and message.provider_payment_id is None
         and decision.before.provider_payment_id is not None
     ):

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -162,7 +164,7 @@ class NotifierHandlers:
             if self.retry_later is None:
                 errors = await asyncio.gather(*(announce(batch[i], e) for i, e in announcing), return_exceptions=True)
             else:
-                errors = await self._attempt_now([(batch[i], e, pending[e.id]) for i, e in announcing])
+                errors = await self._attempt_now([(batch[i].context, e, pending[e.id]) for i, e in announcing])
             for (i, _), error in zip(announcing, errors, strict=True):
                 if isinstance(error, BaseException):
                     results[i] = error
@@ -182,7 +184,8 @@ class NotifierHandlers:
 
     async def record_refund(self, envelope: Envelope, message: RefundStatusRecorded) -> MerchantEvent:
         """Make the merchant event for a ledger's refund record (refund.created, refund.succeeded, refund.failed)
-        and send one delivery command per matching endpoint; replayed, it sends the pending ones again."""
+        and attempt each of its deliveries at once (or send a delivery command per matching endpoint, without
+        `retry_later`); replayed, it attempts (or sends) the pending ones again."""
         found = await self.store.current_refunds([message.refund_id])
         if message.refund_id not in found:
             raise RetryLater(f"refund {message.refund_id} is not readable in the ledger yet")
@@ -196,7 +199,12 @@ class NotifierHandlers:
             data={"object": refund},
         )
         pending = await self.store.record_events([event])
-        await self._announce(event, pending[event.id])
+        if self.retry_later is None:
+            await self._announce(event, pending[event.id])
+            return event
+        (error,) = await self._attempt_now([(contextlib.nullcontext, event, pending[event.id])])
+        if error is not None:
+            raise error
         return event
 
     async def _record_statuses(
@@ -236,14 +244,15 @@ class NotifierHandlers:
             await self.publish(Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier"))
 
     async def _attempt_now(
-        self, events: Sequence[tuple[Consumed, MerchantEvent, Sequence[str]]]
+        self, events: Sequence[tuple[Callable[[], AbstractContextManager[None]], MerchantEvent, Sequence[str]]]
     ) -> list[BaseException | None]:
         """The first attempts of the deliveries of a batch's stored events, made here rather than through the
         deliveries queue: their targets read in one statement, the POSTs made together, the attempts recorded in
         one statement. A retry goes to the delay queue of attempt 2 and an endpoint slower than the budget to the
         deliveries queue, whose consumer carries on from there. Per event None, or the error that kept one of its
         deliveries from being attempted and recorded (its record is then retried, and the replay attempts again
-        what is still pending: at least once)."""
+        what is still pending: at least once). Each event comes with the context its work runs in (its record's
+        trace and log context)."""
         retry_later = self.retry_later
         assert retry_later is not None
         errors: list[BaseException | None] = [None] * len(events)
@@ -257,7 +266,7 @@ class NotifierHandlers:
             due = [(key, t) for key, t in targets.items() if self._due(t, redelivery=False)]
 
             async def post(key: tuple[str, str], target: DeliveryTarget) -> AttemptResult | None:
-                with events[owner[key]][0].context():  # the POST continues its record's trace
+                with events[owner[key]][0]():  # the POST continues its record's trace
                     try:
                         return await self._post(target, now, budget=self.first_attempt_budget)
                     except SlowEndpoint:
@@ -280,7 +289,7 @@ class NotifierHandlers:
         except Exception as exc:
             return [exc] * len(events)
         for key, a, number in recorded:
-            with events[owner[key]][0].context():
+            with events[owner[key]][0]():
                 try:
                     await self._after_attempt(a, number)
                 except RetryLater as later:

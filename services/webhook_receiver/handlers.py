@@ -49,7 +49,7 @@ def status_change(provider: str, event: WebhookEvent | RefundWebhookEvent) -> Me
     return PaymentStatusChanged(
         status=event.status,
         provider=provider,
-        provider_payment_id=event.provider_payment_id,
+        provider_payment_id=event.provider_payment_id if event.names_intent else None,
         provider_event_id=event.provider_event_id,
         failure_code=event.failure_code,
         amount=event.amount,

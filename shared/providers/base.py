@@ -124,6 +124,9 @@ class WebhookEvent:
     occurred_at: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
     amount_captured: int | None = None
+    # False when `provider_payment_id` is another object of the provider's than the intent we record (Stripe's
+    # PaymentIntent of a Checkout Session): the event is then matched to the payment by its id alone.
+    names_intent: bool = True
 
     def __post_init__(self) -> None:
         if not PAYMENT_ID_RULE.fullmatch(self.payment_id):
@@ -237,10 +240,10 @@ class CapturingProvider(Protocol):
     """A provider that can hold money and take it later (docs/reference/capture.md): an optional capability.
 
     Its `create_intent` honours `IntentRequest.capture_method == "manual"` (the customer's payment leaves the
-    intent AUTHORIZED), and its `cancel_intent` voids a hold. A provider without it refuses manual payments.
+    intent AUTHORIZED), and its `cancel_intent` voids a hold. The gateway_worker checks
+    `isinstance(provider, CapturingProvider)`; a provider without it makes a manual payment fail with
+    `capture_method_unsupported`.
     """
-
-    name: str
 
     async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
         """Take `amount` (at most the held amount) of an AUTHORIZED intent and release the rest; the same

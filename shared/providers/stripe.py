@@ -17,12 +17,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
-from shared.events import PaymentStatus
+from shared.events import PaymentStatus, RefundStatus
 from shared.logs import get_logger
 from shared.providers.base import (
+    CapturingProvider,
     IntentRequest,
     PaymentProvider,
     ProviderIntent,
+    ProviderRefund,
+    RefundRequest,
+    RefundWebhookEvent,
     WebhookEvent,
     event_time,
     webhook_envelope,
@@ -67,8 +71,8 @@ STRIPE_INTENT_STATUS_MAP: dict[str, PaymentStatus] = {
     "processing": PaymentStatus.PENDING,
     "requires_action": PaymentStatus.PENDING,
     "requires_confirmation": PaymentStatus.PENDING,
-    # Authorized, not yet captured: the money is held, not taken.
-    "requires_capture": PaymentStatus.PENDING,
+    # Authorized, not yet captured (capture_method manual): the money is held, not taken.
+    "requires_capture": PaymentStatus.AUTHORIZED,
     # The attempt failed and the completed session cannot take another one.
     "requires_payment_method": PaymentStatus.FAILED,
     "canceled": PaymentStatus.FAILED,
@@ -89,6 +93,31 @@ STRIPE_EVENT_MAP: dict[tuple[str, str], tuple[PaymentStatus, str | None] | None]
     ("checkout.session.expired", ANY): (PaymentStatus.EXPIRED, "expired"),
 }
 STRIPE_EVENT_TYPES = frozenset(event_type for event_type, _ in STRIPE_EVENT_MAP)
+
+# A Refund's status as ours (docs/reference/refunds.md). `requires_action` waits for the customer (some payment
+# methods), `canceled` ends it without the money moving: for us, failed.
+STRIPE_REFUND_STATUS_MAP: dict[str, RefundStatus] = {
+    "pending": RefundStatus.PENDING,
+    "requires_action": RefundStatus.PENDING,
+    "succeeded": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
+# The events that carry a Refund object (`refund.failed` is newer than the last full spec: SDK only). A pending
+# refund's event is acknowledged and not acted on; its outcome comes in a later one.
+STRIPE_REFUND_EVENT_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
+# A manual-capture PaymentIntent's events (docs/reference/capture.md): the hold, its capture, its void. Those of a
+# PaymentIntent that captures at once are acknowledged and not acted on: its session's events report it.
+STRIPE_HOLD_EVENTS: dict[str, PaymentStatus] = {
+    "payment_intent.amount_capturable_updated": PaymentStatus.AUTHORIZED,
+    "payment_intent.succeeded": PaymentStatus.SUCCEEDED,
+    "payment_intent.canceled": PaymentStatus.CANCELED,
+}
+# Why a held PaymentIntent was canceled → how the hold ended for us: released on our (or the merchant's) word, or
+# lapsed (we void a hold past AUTHORIZATION_TTL_SECONDS as `abandoned`; Stripe's own lapse says `automatic` or
+# `expired`).
+LAPSED_HOLD_REASONS = frozenset({"abandoned", "automatic", "expired"})
+VOID_REASONS: dict[str, str] = {"canceled": "requested_by_customer", "expired": "abandoned"}
 
 # Every read of a session brings its PaymentIntent along (see STRIPE_INTENT_STATUS_MAP).
 SESSION_READ_PARAMS: dict[str, Any] = {"expand": ["payment_intent"]}
@@ -205,13 +234,24 @@ class _PaymentError(BaseModel):
 
 
 class _PaymentIntent(BaseModel):
-    """The fields of a PaymentIntent we read, when a session is fetched with `expand[]=payment_intent`."""
+    """The fields of a PaymentIntent we read: when a session is fetched with `expand[]=payment_intent`, and in the
+    `payment_intent.*` events of a manual capture."""
 
     model_config = ConfigDict(extra="allow")
     id: str
     object: Literal["payment_intent"]
     status: str
     last_payment_error: _PaymentError | None = None
+    amount: StrictInt | None = None
+    amount_received: StrictInt | None = None
+    currency: str | None = None
+    capture_method: str | None = None
+    cancellation_reason: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def manual(self) -> bool:
+        return self.capture_method == "manual"
 
 
 class _Session(BaseModel):
@@ -229,6 +269,25 @@ class _Session(BaseModel):
     metadata: dict[str, str] | None = None
     # An id, or the object itself when expanded; null until the customer confirms the payment.
     payment_intent: _PaymentIntent | str | None = None
+
+
+class _Refund(BaseModel):
+    """The fields of a Refund we read."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["refund"] = "refund"
+    amount: StrictInt
+    currency: str
+    status: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why a failed refund failed. Stripe sends the field only then (its SDK's Refund declares it, its
+        published example, of a refund that did not fail, leaves it out), so it is read as an extra field."""
+        value = (self.model_extra or {}).get("failure_reason")
+        return value if isinstance(value, str) and value else None
 
 
 class _EventData(BaseModel):
@@ -251,7 +310,15 @@ STRIPE_OBJECT_MODELS: dict[str, type[BaseModel]] = {
     "checkout.session": _Session,
     "payment_intent": _PaymentIntent,
     "event": _Event,
+    "refund": _Refund,
 }
+
+
+def hold_ended(intent: _PaymentIntent) -> tuple[PaymentStatus, str | None]:
+    """A canceled manual-capture PaymentIntent: its hold voided (CANCELED) or lapsed (EXPIRED)."""
+    if intent.cancellation_reason in LAPSED_HOLD_REASONS:
+        return PaymentStatus.EXPIRED, "authorization_expired"
+    return PaymentStatus.CANCELED, None
 
 
 def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
@@ -265,6 +332,8 @@ def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     mapped = STRIPE_INTENT_STATUS_MAP.get(intent.status)
     if mapped is None:
         raise PermanentGatewayError(f"unknown stripe payment_intent status {intent.status!r} of session {session.id}")
+    if intent.status == "canceled" and intent.manual:
+        return hold_ended(intent)
     if mapped is not PaymentStatus.FAILED:
         return mapped, None
     if intent.status == "canceled":
@@ -273,7 +342,17 @@ def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     return mapped, (error.decline_code or error.code if error else None) or "payment_failed"
 
 
-class StripeProvider(PaymentProvider):
+def _refund_failure_code(refund: _Refund) -> str:
+    """Why a refund failed: Stripe's failure_reason (`expired_or_canceled_card`, ...), `canceled` for one canceled."""
+    if refund.status == "canceled":
+        return "canceled"
+    return refund.failure_reason or "unknown"
+
+
+class StripeProvider(PaymentProvider, CapturingProvider):
+    """Checkout Sessions, manual capture through their PaymentIntents (hold, capture, void), and refunds (a
+    RefundingProvider)."""
+
     name = "stripe"
     signature_header_name = "Stripe-Signature"
 
@@ -376,6 +455,11 @@ class StripeProvider(PaymentProvider):
         status, failure_code = session_outcome(session)
         if session.amount_total is None or session.currency is None:
             raise PermanentGatewayError(f"stripe checkout session {session.id} has no amount_total/currency")
+        intent = session.payment_intent
+        captured = None
+        if status is PaymentStatus.SUCCEEDED and isinstance(intent, _PaymentIntent) and intent.manual:
+            # A capture may take less than was held: what the PaymentIntent received is what was taken.
+            captured = intent.amount_received
         return ProviderIntent(
             provider_payment_id=session.id,
             status=status,
@@ -383,6 +467,7 @@ class StripeProvider(PaymentProvider):
             currency=session.currency.upper(),
             checkout_url=session.url,
             failure_code=failure_code,
+            amount_captured=captured,
         )
 
     @staticmethod
@@ -411,7 +496,11 @@ class StripeProvider(PaymentProvider):
             "cancel_url": with_payment_id(request.cancel_url or request.return_url, request.payment_id),
             "client_reference_id": request.payment_id,
             "metadata": self._session_metadata(request),
-            "payment_intent_data": {"metadata": {"payment_id": request.payment_id}},
+            "payment_intent_data": {
+                "metadata": {"payment_id": request.payment_id},
+                # Only a manual payment says so: an automatic one's parameters stay as they always were.
+                "capture_method": "manual" if request.capture_method == "manual" else None,
+            },
             "customer_email": request.customer_email,
             "expires_at": session_expires_at(request.expires_at, self._clock()),
         }
@@ -445,6 +534,32 @@ class StripeProvider(PaymentProvider):
     # our side; the session is then expired by the id the ledger records for it (intent_left_open in
     # services/ledger/state_machine.py), whichever of the two arrives first.
 
+    async def _held_intent_id(self, provider_payment_id: str) -> tuple[ProviderIntent, str | None]:
+        """The session's truth, and the id of its PaymentIntent when that holds the money."""
+        payload = await self.call("GET", self._session_path(provider_payment_id), SESSION_READ_PARAMS)
+        truth = self._intent(payload)
+        intent = self._parse_session(payload).payment_intent
+        if truth.status is PaymentStatus.AUTHORIZED and isinstance(intent, _PaymentIntent):
+            return truth, intent.id
+        return truth, None
+
+    async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        """Capture the session's held PaymentIntent (`amount_to_capture`), then read the session's truth."""
+        truth, held = await self._held_intent_id(provider_payment_id)
+        if held is None:
+            return truth  # not held (captured already, voided, lapsed, unpaid): that is the answer
+        try:
+            await self.call(
+                "POST",
+                f"/v1/payment_intents/{quote(held, safe='')}/capture",
+                {"amount_to_capture": amount},
+                idempotency_key=idempotency_key,
+            )
+        except PermanentGatewayError as exc:
+            # Refused (another capture or a void came first, or too much): the session says what is true now.
+            log.info("stripe refused the capture", error=str(exc)[:300])
+        return await self.retrieve_intent(provider_payment_id)
+
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
@@ -456,19 +571,136 @@ class StripeProvider(PaymentProvider):
                 idempotency_key=f"expire-{provider_payment_id}",
             )
         except PermanentGatewayError:
-            # Only an open session can be expired: the truth is whatever the session now says (maybe paid).
+            # Only an open session can be expired: the truth is whatever the session now says (maybe paid, or held).
             payload = await self._read_session(provider_payment_id)
         intent = self._intent(payload)
-        if intent.status is PaymentStatus.EXPIRED and reason == "canceled":
+        held = self._parse_session(payload).payment_intent
+        if intent.status is PaymentStatus.AUTHORIZED and isinstance(held, _PaymentIntent):
+            # A held payment is voided by canceling its PaymentIntent; the reason says whether the hold lapsed.
+            try:
+                await self.call(
+                    "POST",
+                    f"/v1/payment_intents/{quote(held.id, safe='')}/cancel",
+                    {"cancellation_reason": VOID_REASONS[reason]},
+                    idempotency_key=f"void-{held.id}",
+                )
+            except PermanentGatewayError as exc:
+                log.info("stripe refused the void", error=str(exc)[:300])
+            return await self.retrieve_intent(provider_payment_id)
+        if intent.status is PaymentStatus.EXPIRED and intent.failure_code == "expired" and reason == "canceled":
             # Stripe only knows "expired"; closed at the merchant's request it is, for us, CANCELED.
             # This holds on the fallback path too: a retried cancel finds the session our first call closed.
             return replace(intent, status=PaymentStatus.CANCELED, failure_code=None)
         return intent
 
+    # --- refunds (a RefundingProvider) ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _refund(payload: dict[str, Any]) -> ProviderRefund:
+        try:
+            refund = _Refund.model_validate(payload)
+        except ValidationError as exc:
+            raise PermanentGatewayError(
+                f"stripe answered with something that is not a refund ({exc.error_count()} errors)"
+            ) from None
+        status = STRIPE_REFUND_STATUS_MAP.get(refund.status or "")
+        if status is None:
+            raise PermanentGatewayError(f"unknown stripe refund status {refund.status!r} of {refund.id}")
+        return ProviderRefund(
+            provider_refund_id=refund.id,
+            status=status,
+            amount=refund.amount,
+            currency=refund.currency.upper(),
+            failure_code=_refund_failure_code(refund) if status is RefundStatus.FAILED else None,
+        )
+
+    async def create_refund(self, request: RefundRequest) -> ProviderRefund:
+        """POST /v1/refunds for the session's PaymentIntent, with our refund id as the Idempotency-Key.
+
+        Only our ids go in its metadata (Stripe does not copy the PaymentIntent's): a retry, even one the ledger's
+        reconciliation sends much later, must send identical parameters, or Stripe refuses the reused key.
+        """
+        session = self._parse_session(await self._read_session(request.provider_payment_id))
+        intent = session.payment_intent
+        intent_id = intent.id if isinstance(intent, _PaymentIntent) else intent
+        if not intent_id:
+            raise PermanentGatewayError(
+                f"stripe checkout session {session.id} has no PaymentIntent to refund", code="no_payment_intent"
+            )
+        params: dict[str, Any] = {
+            "payment_intent": intent_id,
+            "amount": request.amount,
+            "metadata": {"payment_id": request.payment_id, "refund_id": request.refund_id},
+        }
+        if request.reason:
+            params["reason"] = request.reason
+        return self._refund(await self.call("POST", "/v1/refunds", params, idempotency_key=request.refund_id))
+
+    async def retrieve_refund(self, provider_refund_id: str) -> ProviderRefund:
+        return self._refund(await self.call("GET", f"/v1/refunds/{quote(provider_refund_id, safe='')}"))
+
+    def _refund_event(self, event: _Event) -> RefundWebhookEvent | None:
+        try:
+            refund = _Refund.model_validate(event.data.object)
+        except ValidationError as exc:
+            raise InvalidWebhookError(f"{event.type} does not carry a refund ({exc.error_count()} errors)") from None
+        metadata = refund.metadata or {}
+        refund_id, payment_id = metadata.get("refund_id"), metadata.get("payment_id")
+        if not refund_id or not payment_id:
+            # Made on the dashboard or by another integration: not a refund of ours to record.
+            return None
+        status = STRIPE_REFUND_STATUS_MAP.get(refund.status or "")
+        if status is None:
+            raise InvalidWebhookError(f"{event.type} with refund status {refund.status!r}")
+        if status is RefundStatus.PENDING:
+            return None
+        return RefundWebhookEvent(
+            provider_event_id=event.id,
+            provider_refund_id=refund.id,
+            refund_id=refund_id,
+            payment_id=payment_id,
+            status=status,
+            amount=refund.amount,
+            currency=refund.currency.upper(),
+            failure_code=_refund_failure_code(refund) if status is RefundStatus.FAILED else None,
+            occurred_at=event_time(event.created),
+            metadata=metadata,
+        )
+
     def webhook_secrets(self) -> Sequence[str]:
         return self._secrets
 
-    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+    def _hold_event(self, event: _Event) -> WebhookEvent | None:
+        """A manual-capture PaymentIntent's event (hold, capture, void), or None for an automatic one's."""
+        try:
+            intent = _PaymentIntent.model_validate(event.data.object)
+        except ValidationError as exc:
+            raise InvalidWebhookError(
+                f"{event.type} does not carry a payment intent ({exc.error_count()} errors)"
+            ) from None
+        payment_id = (intent.metadata or {}).get("payment_id")
+        if not intent.manual or not payment_id:
+            return None
+        status = STRIPE_HOLD_EVENTS[event.type]
+        failure_code = None
+        if status is PaymentStatus.CANCELED:
+            status, failure_code = hold_ended(intent)
+        return WebhookEvent(
+            provider_event_id=event.id,
+            # The PaymentIntent, not the session we record: the event names no intent of ours (names_intent).
+            provider_payment_id=intent.id,
+            payment_id=payment_id,
+            status=status,
+            amount=intent.amount,
+            currency=intent.currency.upper() if intent.currency else None,
+            failure_code=failure_code,
+            occurred_at=event_time(event.created),
+            metadata=intent.metadata or {},
+            amount_captured=intent.amount_received if status is PaymentStatus.SUCCEEDED else None,
+            names_intent=False,
+        )
+
+    def parse_webhook(self, body: bytes) -> WebhookEvent | RefundWebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
         if event.api_version not in (None, STRIPE_API_VERSION):
             # Still read (the session fields we use have kept their shape), but an operator should hear of it:
@@ -479,6 +711,10 @@ class StripeProvider(PaymentProvider):
                 pinned_api_version=STRIPE_API_VERSION,
                 provider_event_id=event.id,
             )
+        if event.type in STRIPE_REFUND_EVENT_TYPES:
+            return self._refund_event(event)
+        if event.type in STRIPE_HOLD_EVENTS:
+            return self._hold_event(event)
         if event.type not in STRIPE_EVENT_TYPES:
             return None
         try:

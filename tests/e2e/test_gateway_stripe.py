@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.stripe_fake import StripeFake
-from tests.support.client import IntakeClient
+from tests.support.client import IntakeClient, payment_body
 from tests.support.infra import Servers
 from tests.support.own_stack import own_stack, payment_log_rows
 from tests.support.processes import Stack, eventually, free_port
@@ -235,3 +235,59 @@ async def test_an_async_payment_that_failed_without_a_webhook_ends_failed_by_rec
         if row["event_type"] == "payment.status_changed" and row["outcome"] == "applied"
     ]
     assert changes == [("reconciliation", "FAILED")]
+
+
+async def post_stripe_webhook(stack: Stack, intake: IntakeClient, signed: tuple[bytes, dict[str, str]]) -> None:
+    body, headers = signed
+    async with intake.session.post(
+        f"{stack.url('webhook_receiver')}/webhooks/stripe",
+        data=body,
+        headers={**headers, "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 200, await response.text()
+
+
+async def held_with_stripe(stack: Stack, intake: IntakeClient, stripe: StripeFake) -> tuple[dict[str, Any], str]:
+    """A manual payment whose Checkout the customer completed: the PaymentIntent holds it, its webhook said so."""
+    status, payment, _ = await intake.create(payment_body(capture_method="manual"), wait=10)
+    assert status == 201 and payment["checkout_url"], payment
+    session = session_of(stripe, payment["id"])
+    stripe.authorize_session(session["id"])
+    await post_stripe_webhook(
+        stack, intake, stripe.intent_webhook(session["id"], "payment_intent.amount_capturable_updated")
+    )
+    return await intake.in_status(payment["id"], "AUTHORIZED"), session["id"]
+
+
+async def test_a_manual_stripe_payment_is_held_then_captured_in_part_at_stripe(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment, session_id = await held_with_stripe(stripe_stack, intake, stripe)
+    assert payment["amount_capturable"] == 1999
+
+    status, _, _ = await intake.capture(payment["id"], 1200)
+
+    assert status == 202
+    final = await intake.terminal(payment["id"])
+    intent = stripe.payment_intents[stripe.sessions[session_id]["payment_intent"]]
+    assert (final["status"], final["amount_captured"]) == ("SUCCEEDED", 1200)
+    assert (intent["status"], intent["amount_received"], intent["capture_method"]) == ("succeeded", 1200, "manual")
+    # Stripe's own word on the capture, arriving after ours, changes nothing.
+    await post_stripe_webhook(stripe_stack, intake, stripe.intent_webhook(session_id, "payment_intent.succeeded"))
+    assert (await intake.get(payment["id"]))["amount_captured"] == 1200
+
+
+async def test_a_voided_stripe_hold_cancels_its_payment_intent(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment, session_id = await held_with_stripe(stripe_stack, intake, stripe)
+
+    status, _ = await intake.cancel(payment["id"])
+
+    assert status == 202
+    final = await intake.terminal(payment["id"])
+    intent = stripe.payment_intents[stripe.sessions[session_id]["payment_intent"]]
+    assert final["status"] == "CANCELED"
+    assert (intent["status"], intent["cancellation_reason"]) == ("canceled", "requested_by_customer")

@@ -30,6 +30,7 @@ from shared.providers.errors import InvalidWebhookError, PermanentGatewayError
 FAKE_WEBHOOK_SECRET = "whsec_fake"
 # The fake's event types and the status each reports; any other type is acknowledged and not acted on.
 FAKE_EVENT_TYPES = {
+    "intent.authorized": PaymentStatus.AUTHORIZED,
     "intent.succeeded": PaymentStatus.SUCCEEDED,
     "intent.failed": PaymentStatus.FAILED,
     "intent.canceled": PaymentStatus.CANCELED,
@@ -132,6 +133,7 @@ class FakeProvider(PaymentProvider):
                 "amount": intent.amount,
                 "currency": intent.currency,
                 "failure_code": intent.failure_code,
+                "amount_captured": intent.amount_captured,
             },
         }
         body = json.dumps(event).encode()
@@ -156,6 +158,7 @@ class FakeProvider(PaymentProvider):
                 currency=str(intent["currency"]),
                 failure_code=intent.get("failure_code"),
                 occurred_at=datetime.fromtimestamp(int(event["created"]), UTC),
+                amount_captured=intent.get("amount_captured"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidWebhookError(f"not a fake event: {exc!r}") from None

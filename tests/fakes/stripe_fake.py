@@ -1,4 +1,4 @@
-"""A local fake of the part of Stripe's API the stripe adapter uses: Checkout Sessions and their webhooks.
+"""A local fake of the part of Stripe's API the stripe adapter uses: Refunds, Checkout Sessions and their webhooks.
 
 It speaks Stripe's wire format (Bearer auth, form-encoded bodies in bracket notation, JSON answers,
 errors as {"error": {"type", "message", ...}}, Idempotency-Key replay, 409 for a key still in flight,
@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import stripe
 from aiohttp import web
 
-from tests.fakes.stripe_shapes import nested, shaped
+from tests.fakes.stripe_shapes import nested, sdk_fields, shaped
 
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
@@ -126,6 +126,7 @@ class StripeFake:
     api_version: str = stripe.api_version
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     # Idempotency keys whose first request Stripe is still working on: a request reusing one answers 409.
     in_flight: set[str] = field(default_factory=set)
@@ -158,6 +159,8 @@ class StripeFake:
         self.payment_intents[intent_id] = shaped(
             "payment_intent",
             id=intent_id,
+            capture_method=session["_capture_method"],
+            cancellation_reason=None,
             amount=session["amount_total"],
             amount_capturable=0,
             amount_received=session["amount_total"] if payment_status == "paid" else 0,
@@ -178,6 +181,19 @@ class StripeFake:
         session["payment_intent"] = intent_id
         session["url"] = None
         return session
+
+    def authorize_session(self, session_id: str) -> dict[str, Any]:
+        """The customer finished Checkout of a manual-capture session: the card is authorized, the money held
+        (PaymentIntent `requires_capture`); the session is complete and, until a capture, `unpaid`."""
+        session = self.complete_session(session_id, payment_status="unpaid")
+        intent = self.payment_intents[session["payment_intent"]]
+        intent.update(status="requires_capture", amount_capturable=session["amount_total"], amount_received=0)
+        return session
+
+    def intent_webhook(self, session_id: str, event_type: str) -> tuple[bytes, dict[str, str]]:
+        """A `payment_intent.*` event about the session's PaymentIntent as it is now, signed."""
+        intent_id = self.sessions[session_id]["payment_intent"]
+        return self.event(event_type, copy.deepcopy(self.payment_intents[intent_id]))
 
     def settle_async_payment(self, session_id: str, *, succeeded: bool) -> dict[str, Any]:
         """The asynchronous method settled: the session is paid, or stays `unpaid` (Stripe has no failed value
@@ -209,8 +225,20 @@ class StripeFake:
     def foreign_session(self, **fields: Any) -> dict[str, Any]:
         """A session someone else opened on the account (a Payment Link): no client_reference_id, no metadata."""
         session = shaped("checkout.session", id=f"cs_test_{secrets.token_hex(24)}", **fields)
-        self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}}
+        self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}, "_capture_method": "automatic"}
         return self.sessions[session["id"]]
+
+    def settle_refund(
+        self, refund_id: str, *, succeeded: bool = True, failure_reason: str | None = None
+    ) -> dict[str, Any]:
+        """The money went back (or could not: `failure_reason`, e.g. `expired_or_canceled_card`)."""
+        refund = self.refunds[refund_id]
+        refund["status"] = "succeeded" if succeeded else "failed"
+        if not succeeded:
+            # An optional field Stripe's example leaves out; the SDK's Refund has it (checked here as shaped() would).
+            assert "failure_reason" in sdk_fields(stripe.Refund)
+            refund["failure_reason"] = failure_reason or "unknown"
+        return copy.deepcopy(refund)
 
     def served(self, session: dict[str, Any], *, expand: Sequence[str] = ()) -> dict[str, Any]:
         """A session as Stripe serves it: without the fake's own bookkeeping, its PaymentIntent expanded if asked."""
@@ -271,6 +299,10 @@ class StripeFake:
         app.router.add_post("/v1/checkout/sessions", self._create)
         app.router.add_get("/v1/checkout/sessions/{id}", self._retrieve)
         app.router.add_post("/v1/checkout/sessions/{id}/expire", self._expire)
+        app.router.add_post("/v1/payment_intents/{id}/capture", self._capture)
+        app.router.add_post("/v1/refunds", self._create_refund)
+        app.router.add_get("/v1/refunds/{id}", self._retrieve_refund)
+        app.router.add_post("/v1/payment_intents/{id}/cancel", self._cancel_intent)
         return app
 
     @web.middleware
@@ -314,9 +346,9 @@ class StripeFake:
             )
         return session
 
-    async def _create(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
+    def _replayed(self, key: str | None, form: list[tuple[str, str]]) -> web.Response | None:
+        """The answer first given under this Idempotency-Key (None for a new key); 409 while it is in flight, 400
+        for other parameters."""
         if key is not None and key in self.in_flight:
             # Nothing is stored for such a request, so the retry it asks for is answered afresh.
             raise StripeRequestError(
@@ -334,12 +366,85 @@ class StripeFake:
                     type_="idempotency_error",
                 )
             return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
+        return None
+
+    def _remember(self, key: str | None, form: list[tuple[str, str]], status: int, body: dict[str, Any]) -> None:
+        if key is not None:
+            self._idempotent[key] = (form, status, copy.deepcopy(body))
+
+    async def _create(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
         session = self._new_session(decode_form(form))
         self.sessions[session["id"]] = session
         served = self.served(session)
         if key is not None:
             self._idempotent[key] = (form, 200, copy.deepcopy(served))
         return web.json_response(served)
+
+    async def _create_refund(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        refund = self._new_refund(decode_form(form))
+        self._remember(key, form, 200, refund)
+        return web.json_response(refund)
+
+    def _new_refund(self, params: dict[str, Any]) -> dict[str, Any]:
+        intent_id = params.get("payment_intent")
+        if not intent_id:
+            raise StripeRequestError(400, "One of `charge` or `payment_intent` is required.", param="payment_intent")
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeRequestError(
+                404, f"No such payment_intent: '{intent_id}'", code="resource_missing", param="payment_intent"
+            )
+        if intent["status"] != "succeeded":
+            raise StripeRequestError(400, f"PaymentIntent {intent_id} has no successful charge to refund.")
+        taken = sum(
+            r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent_id and r["status"] != "failed"
+        )
+        left = intent["amount_received"] - taken
+        amount = _integer(params["amount"], "amount") if "amount" in params else left
+        if left <= 0:
+            raise StripeRequestError(
+                400, f"Charge for {intent_id} has already been refunded.", code="charge_already_refunded"
+            )
+        if not 0 < amount <= left:
+            raise StripeRequestError(
+                400, f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left}).", param="amount"
+            )
+        reason = params.get("reason")
+        if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            raise StripeRequestError(400, f"Invalid reason: {reason}.", param="reason")
+        refund_id = f"re_test_{secrets.token_hex(12)}"
+        refund = shaped(
+            "refund",
+            id=refund_id,
+            amount=amount,
+            currency=intent["currency"],
+            payment_intent=intent_id,
+            charge=f"ch_test_{secrets.token_hex(12)}",
+            metadata=_metadata(params.get("metadata"), "metadata"),
+            reason=reason,
+            status="pending",
+            created=int(self.clock()),
+        )
+        self.refunds[refund_id] = refund
+        return copy.deepcopy(refund)
+
+    async def _retrieve_refund(self, request: web.Request) -> web.Response:
+        refund = self.refunds.get(request.match_info["id"])
+        if refund is None:
+            raise StripeRequestError(
+                404, f"No such refund: '{request.match_info['id']}'", code="resource_missing", param="id"
+            )
+        return web.json_response(copy.deepcopy(refund))
 
     def _new_session(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("mode") != "payment":
@@ -408,6 +513,12 @@ class StripeFake:
         )
         # Kept for the PaymentIntent the customer's confirmation creates; never served.
         session["_payment_intent_metadata"] = intent_metadata
+        capture_method = intent_data.get("capture_method", "automatic")
+        if capture_method not in ("automatic", "automatic_async", "manual"):
+            raise StripeRequestError(
+                400, f"Invalid payment_intent_data[capture_method]: {capture_method}", param="capture_method"
+            )
+        session["_capture_method"] = capture_method
         return session
 
     def _expand(self, request: web.Request, form: list[tuple[str, str]]) -> list[str]:
@@ -433,6 +544,70 @@ class StripeFake:
                 f'This Checkout Session has a status of "{session["status"]}".',
             )
         return web.json_response(self.served(self.expire_session(session["id"]), expand=expand))
+
+    def _payment_intent(self, intent_id: str) -> dict[str, Any]:
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeRequestError(
+                404, f"No such payment_intent: '{intent_id}'", code="resource_missing", param="intent"
+            )
+        return intent
+
+    def _session_of(self, intent_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.sessions.values() if s.get("payment_intent") == intent_id), None)
+
+    async def _capture(self, request: web.Request) -> web.Response:
+        """Capture a `requires_capture` PaymentIntent, all or `amount_to_capture` of it; the rest is released."""
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        intent = self._payment_intent(request.match_info["id"])
+        if intent["status"] != "requires_capture":
+            raise StripeRequestError(
+                400,
+                f"This PaymentIntent could not be captured because it has a status of {intent['status']}. Only a "
+                "PaymentIntent with one of the following statuses may be captured: requires_capture.",
+                code="payment_intent_unexpected_state",
+            )
+        params = decode_form(form)
+        amount = intent["amount_capturable"]
+        if "amount_to_capture" in params:
+            amount = _integer(params["amount_to_capture"], "amount_to_capture")
+            if not 0 < amount <= intent["amount_capturable"]:
+                raise StripeRequestError(
+                    400, "The amount to capture cannot exceed the capturable amount.", param="amount_to_capture"
+                )
+        intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        session = self._session_of(intent["id"])
+        if session is not None:
+            session["payment_status"] = "paid"
+        body = copy.deepcopy(intent)
+        self._remember(key, form, 200, body)
+        return web.json_response(body)
+
+    async def _cancel_intent(self, request: web.Request) -> web.Response:
+        """Cancel a PaymentIntent (a held one: its hold is voided); a succeeded one cannot be."""
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        intent = self._payment_intent(request.match_info["id"])
+        if intent["status"] in ("succeeded", "canceled"):
+            raise StripeRequestError(
+                400,
+                f"You cannot cancel this PaymentIntent because it has a status of {intent['status']}.",
+                code="payment_intent_unexpected_state",
+            )
+        reason = decode_form(form).get("cancellation_reason")
+        if reason not in (None, "abandoned", "duplicate", "fraudulent", "requested_by_customer"):
+            raise StripeRequestError(400, f"Invalid cancellation_reason: {reason}", param="cancellation_reason")
+        intent.update(status="canceled", cancellation_reason=reason, amount_capturable=0, canceled_at=int(self.clock()))
+        body = copy.deepcopy(intent)
+        self._remember(key, form, 200, body)
+        return web.json_response(body)
 
 
 def _metadata(value: Any, param: str) -> dict[str, str]:

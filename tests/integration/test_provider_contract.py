@@ -30,12 +30,22 @@ from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
 import shared.providers
-from shared.events import PaymentStatus
-from shared.providers.base import PaymentProvider, ProviderIntent, WebhookEvent, signature_header
+from shared.events import PaymentStatus, RefundStatus
+from shared.providers.base import (
+    CapturingProvider,
+    PaymentProvider,
+    ProviderIntent,
+    ProviderRefund,
+    RefundingProvider,
+    RefundRequest,
+    RefundWebhookEvent,
+    WebhookEvent,
+    signature_header,
+)
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import STRIPE_OBJECT_MODELS, StripeProvider
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import FakeCapturingProvider
 from tests.fakes.stripe_fake import StripeFake
 from tests.fakes.stripe_shapes import SDK_CLASSES, fields_stripe_does_not_send, published, sdk_object
 from tests.support.messages import intent_request
@@ -75,6 +85,92 @@ class ProviderHarness(ABC):
     @abstractmethod
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         """A correctly signed event of a type no adapter acts on (a refund, a customer update...)."""
+
+
+class RefundHarness(ProviderHarness):
+    """The side of the refund contract tests of a provider that can refund."""
+
+    @abstractmethod
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        """The signed webhook the provider sends once the refund succeeded (body, headers)."""
+
+
+def refund_request(intent: ProviderIntent, payment_id: str, *, amount: int = 500) -> RefundRequest:
+    return RefundRequest(
+        refund_id=f"re_{secrets.token_hex(16)}",
+        payment_id=payment_id,
+        provider_payment_id=intent.provider_payment_id,
+        amount=amount,
+        currency=intent.currency,
+        reason="requested_by_customer",
+    )
+
+
+class RefundContract:
+    """The refund tests (docs/reference/refunds.md) every adapter that declares RefundingProvider passes."""
+
+    async def _paid(self, harness: RefundHarness) -> tuple[ProviderIntent, str]:
+        request = intent_request()
+        intent = await harness.provider.create_intent(request)
+        await harness.pay(intent)
+        return intent, request.payment_id
+
+    async def test_a_refund_is_made_once_per_refund_id_and_read_back(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        request = refund_request(intent, payment_id)
+
+        first = await provider.create_refund(request)
+        again = await provider.create_refund(request)
+        found = await provider.retrieve_refund(first.provider_refund_id)
+
+        assert again.provider_refund_id == first.provider_refund_id
+        assert (first.amount, first.currency) == (500, "USD")
+        assert first.status in (RefundStatus.PENDING, RefundStatus.SUCCEEDED)
+        assert (found.provider_refund_id, found.amount) == (first.provider_refund_id, 500)
+
+    async def test_a_refund_beyond_what_was_paid_is_a_permanent_error(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        await provider.create_refund(refund_request(intent, payment_id, amount=1500))
+
+        with pytest.raises(PermanentGatewayError):
+            await provider.create_refund(refund_request(intent, payment_id, amount=500))
+
+    async def test_a_refund_of_an_unpaid_intent_is_a_permanent_error(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        request = intent_request()
+        intent = await provider.create_intent(request)
+
+        with pytest.raises(PermanentGatewayError):
+            await provider.create_refund(refund_request(intent, request.payment_id))
+
+    async def test_the_refund_outcome_webhook_names_our_refund_and_payment(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        request = refund_request(intent, payment_id)
+        refund = await provider.create_refund(request)
+
+        body, headers = await harness.refund_outcome_webhook(refund)
+        provider.verify_webhook_source(headers, body)
+        event = provider.parse_webhook(body)
+
+        assert isinstance(event, RefundWebhookEvent)
+        assert (event.refund_id, event.payment_id, event.provider_refund_id) == (
+            request.refund_id,
+            payment_id,
+            refund.provider_refund_id,
+        )
+        assert (event.status, event.amount, event.currency, event.failure_code) == (
+            RefundStatus.SUCCEEDED,
+            500,
+            "USD",
+            None,
+        )
 
 
 class ProviderContract:
@@ -177,6 +273,122 @@ class ProviderContract:
         assert harness.provider.parse_webhook(body) is None
 
 
+class CaptureHarness(ProviderHarness):
+    """The provider's side of manual capture: its customer authorizes a held payment; its hold webhooks."""
+
+    @abstractmethod
+    async def authorize(self, intent: ProviderIntent) -> None:
+        """The customer pays a manual-capture intent: the money is held."""
+
+    @abstractmethod
+    async def webhook_of_hold(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        """The signed webhook announcing the hold."""
+
+    @abstractmethod
+    async def webhook_of_capture(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        """The signed webhook announcing the capture, once captured."""
+
+
+class CaptureContract:
+    """Manual capture (docs/reference/capture.md), for every adapter that declares it (CapturingProvider)."""
+
+    async def held(self, harness: CaptureHarness) -> tuple[ProviderIntent, str]:
+        """A manual intent the customer authorized, and our payment id for it."""
+        request = intent_request(capture_method="manual")
+        created = await harness.provider.create_intent(request)
+        assert created.status is PaymentStatus.PENDING
+        await harness.authorize(created)
+        return created, request.payment_id
+
+    def capturing(self, harness: CaptureHarness) -> CapturingProvider:
+        assert isinstance(harness.provider, CapturingProvider)
+        return harness.provider
+
+    async def test_a_paid_manual_intent_is_held_for_its_whole_amount(self, harness: CaptureHarness) -> None:
+        created, _ = await self.held(harness)
+
+        found = await harness.provider.retrieve_intent(created.provider_payment_id)
+
+        assert (found.status, found.amount, found.currency) == (PaymentStatus.AUTHORIZED, 1999, "USD")
+
+    async def test_a_partial_capture_takes_that_much_once_whatever_is_retried(self, harness: CaptureHarness) -> None:
+        # Idempotency keys are the provider account's, across payments: each test its own.
+        key_1, key_2 = secrets.token_hex(8), secrets.token_hex(8)
+        created, _ = await self.held(harness)
+        provider = self.capturing(harness)
+
+        captured = await provider.capture(created.provider_payment_id, 1200, key_1)
+        retried = await provider.capture(created.provider_payment_id, 1200, key_1)
+        another = await provider.capture(created.provider_payment_id, 1999, key_2)
+        found = await harness.provider.retrieve_intent(created.provider_payment_id)
+
+        for answer in (captured, retried, another, found):
+            assert (answer.status, answer.amount, answer.amount_captured) == (PaymentStatus.SUCCEEDED, 1999, 1200)
+
+    async def test_a_capture_of_more_than_the_hold_takes_nothing(self, harness: CaptureHarness) -> None:
+        # Idempotency keys are the provider account's, across payments: each test its own.
+        key_1 = secrets.token_hex(8)
+        created, _ = await self.held(harness)
+
+        refused = await self.capturing(harness).capture(created.provider_payment_id, 2000, key_1)
+
+        assert refused.status is PaymentStatus.AUTHORIZED
+
+    @pytest.mark.parametrize(
+        ("reason", "status", "failure_code"),
+        [("canceled", PaymentStatus.CANCELED, None), ("expired", PaymentStatus.EXPIRED, "authorization_expired")],
+    )
+    async def test_closing_a_held_intent_voids_the_hold_and_a_capture_after_finds_it_voided(
+        self, harness: CaptureHarness, reason: Any, status: PaymentStatus, failure_code: str | None
+    ) -> None:
+        # Idempotency keys are the provider account's, across payments: each test its own.
+        key_1 = secrets.token_hex(8)
+        created, _ = await self.held(harness)
+
+        voided = await harness.provider.cancel_intent(created.provider_payment_id, reason=reason)
+        late = await self.capturing(harness).capture(created.provider_payment_id, 1999, key_1)
+
+        assert (voided.status, voided.failure_code) == (status, failure_code)
+        assert (late.status, late.amount_captured) == (status, None)
+
+    async def test_a_void_after_a_capture_reports_the_capture(self, harness: CaptureHarness) -> None:
+        # Idempotency keys are the provider account's, across payments: each test its own.
+        key_1 = secrets.token_hex(8)
+        created, _ = await self.held(harness)
+        await self.capturing(harness).capture(created.provider_payment_id, 1500, key_1)
+
+        closed = await harness.provider.cancel_intent(created.provider_payment_id, reason="expired")
+
+        assert (closed.status, closed.amount_captured) == (PaymentStatus.SUCCEEDED, 1500)
+
+    async def test_the_hold_and_the_capture_webhooks_parse_onto_our_statuses(self, harness: CaptureHarness) -> None:
+        # Idempotency keys are the provider account's, across payments: each test its own.
+        key_1 = secrets.token_hex(8)
+        created, payment_id = await self.held(harness)
+        hold_body, hold_headers = await harness.webhook_of_hold(created)
+        await self.capturing(harness).capture(created.provider_payment_id, 1200, key_1)
+        capture_body, capture_headers = await harness.webhook_of_capture(created)
+
+        harness.provider.verify_webhook_source(hold_headers, hold_body)
+        harness.provider.verify_webhook_source(capture_headers, capture_body)
+        hold = harness.provider.parse_webhook(hold_body)
+        capture = harness.provider.parse_webhook(capture_body)
+
+        assert isinstance(hold, WebhookEvent) and isinstance(capture, WebhookEvent)
+        assert (hold.payment_id, hold.status, hold.amount, hold.amount_captured) == (
+            payment_id,
+            PaymentStatus.AUTHORIZED,
+            1999,
+            None,
+        )
+        assert (capture.payment_id, capture.status, capture.amount, capture.amount_captured) == (
+            payment_id,
+            PaymentStatus.SUCCEEDED,
+            1999,
+            1200,
+        )
+
+
 # --- the sandbox adapter, against a real sandbox_gateway process ------------------------------------------------
 
 
@@ -190,10 +402,13 @@ class WebhookCatcher:
         self.deliveries.append((await request.read(), dict(request.headers)))
         return web.Response(status=200)
 
-    async def about(self, intent_id: str) -> tuple[bytes, dict[str, str]]:
+    async def about(self, intent_id: str, event_type: str | None = None) -> tuple[bytes, dict[str, str]]:
+        """The first delivery about the intent (of `event_type`, if given), waited for."""
+
         async def delivered() -> tuple[bytes, dict[str, str]] | None:
             for body, headers in self.deliveries:
-                if json.loads(body)["data"]["object"]["id"] == intent_id:
+                event = json.loads(body)
+                if event["data"]["object"]["id"] == intent_id and event_type in (None, event["type"]):
                     return body, headers
             return None
 
@@ -236,7 +451,7 @@ async def running_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         await receiver.close()
 
 
-class SandboxHarness(ProviderHarness):
+class SandboxHarness(CaptureHarness, RefundHarness):
     def __init__(self, sandbox: RunningSandbox, http: aiohttp.ClientSession) -> None:
         self.sandbox = sandbox
         self.http = http
@@ -278,6 +493,15 @@ class SandboxHarness(ProviderHarness):
     async def webhook_of_payment(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         return await self.sandbox.catcher.about(intent.provider_payment_id)
 
+    async def authorize(self, intent: ProviderIntent) -> None:
+        await self.pay(intent)
+
+    async def webhook_of_hold(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return await self.sandbox.catcher.about(intent.provider_payment_id, "payment.authorized")
+
+    async def webhook_of_capture(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return await self.sandbox.catcher.about(intent.provider_payment_id, "payment.captured")
+
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         # The sandbox sends only the four it acts on; this is how it would announce a fifth.
         event = {
@@ -297,8 +521,12 @@ class SandboxHarness(ProviderHarness):
         body = json.dumps(event).encode()
         return body, {"Paystream-Signature": signature_header(SANDBOX_SECRET, body)}
 
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        # The sandbox settles every refund of a 4242 payment by itself, a moment later, and says so by webhook.
+        return await self.sandbox.catcher.about(refund.provider_refund_id)
 
-class TestSandboxAdapter(ProviderContract):
+
+class TestSandboxAdapter(ProviderContract, CaptureContract, RefundContract):
     @pytest.fixture
     async def harness(self, running_sandbox: RunningSandbox) -> AsyncIterator[ProviderHarness]:
         async with aiohttp.ClientSession() as http:
@@ -312,7 +540,9 @@ class TestSandboxAdapter(ProviderContract):
 # --- the Stripe adapter, against the wire-format fake of Stripe ---------------------------------------------------
 
 
-class StripeHarness(ProviderHarness):
+class StripeHarness(CaptureHarness, RefundHarness):
+    provider: StripeProvider
+
     def __init__(self, fake: StripeFake, api_base: str) -> None:
         self.fake = fake
         self.provider = StripeProvider(
@@ -347,8 +577,20 @@ class StripeHarness(ProviderHarness):
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         return self.fake.webhook(intent.provider_payment_id, "charge.refunded")
 
+    async def authorize(self, intent: ProviderIntent) -> None:
+        self.fake.authorize_session(intent.provider_payment_id)
 
-class TestStripeAdapter(ProviderContract):
+    async def webhook_of_hold(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.intent_webhook(intent.provider_payment_id, "payment_intent.amount_capturable_updated")
+
+    async def webhook_of_capture(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.intent_webhook(intent.provider_payment_id, "payment_intent.succeeded")
+
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        return self.fake.event("refund.updated", self.fake.settle_refund(refund.provider_refund_id))
+
+
+class TestStripeAdapter(ProviderContract, CaptureContract, RefundContract):
     """The contract, plus Stripe's own word on the shapes: the fake serves objects built on Stripe's published
     examples (tests/schemas/stripe-fixtures3.json) and signs with the official SDK, and every field the adapter
     reads must be one that Stripe's SDK types and examples have."""
@@ -365,6 +607,50 @@ class TestStripeAdapter(ProviderContract):
             fake.heal()
             await harness.provider.close()
             await server.close()
+
+    async def test_a_failed_refund_webhook_carries_stripes_failure_reason(self, harness: StripeHarness) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        request = refund_request(intent, payment_id)
+        refund = await harness.provider.create_refund(request)
+        await harness.provider.close()
+        failed = harness.fake.settle_refund(
+            refund.provider_refund_id, succeeded=False, failure_reason="expired_or_canceled_card"
+        )
+
+        for event_type in ("refund.failed", "refund.updated", "charge.refund.updated"):
+            body, _ = harness.fake.event(event_type, failed)
+            event = harness.provider.parse_webhook(body)
+            assert isinstance(event, RefundWebhookEvent), event_type
+            assert (event.status, event.failure_code) == (RefundStatus.FAILED, "expired_or_canceled_card")
+        assert (await harness.provider.retrieve_refund(refund.provider_refund_id)).failure_code == (
+            "expired_or_canceled_card"
+        )
+
+    async def test_a_pending_refund_or_one_made_elsewhere_is_acknowledged_not_acted_on(
+        self, harness: StripeHarness
+    ) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        refund = await harness.provider.create_refund(refund_request(intent, payment_id))
+        pending = dict(harness.fake.refunds[refund.provider_refund_id])
+        elsewhere = {**harness.fake.settle_refund(refund.provider_refund_id), "metadata": {}}
+
+        assert harness.provider.parse_webhook(harness.fake.event("refund.created", pending)[0]) is None
+        assert harness.provider.parse_webhook(harness.fake.event("refund.updated", elsewhere)[0]) is None
+
+    async def test_a_refund_is_asked_for_the_sessions_payment_intent_with_the_refund_id_as_its_key(
+        self, harness: StripeHarness
+    ) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        request = refund_request(intent, payment_id)
+
+        await harness.provider.create_refund(request)
+
+        [post] = [r for r in harness.fake.requests if r.method == "POST" and r.path == "/v1/refunds"]
+        assert post.headers["Idempotency-Key"] == request.refund_id
+        params = post.params
+        assert params["payment_intent"] == harness.fake.sessions[intent.provider_payment_id]["payment_intent"]
+        assert params["metadata"] == {"payment_id": payment_id, "refund_id": request.refund_id}
+        assert (params["amount"], params["reason"]) == ("500", "requested_by_customer")
 
     @pytest.mark.parametrize("name", sorted(STRIPE_OBJECT_MODELS))
     def test_every_field_the_adapter_reads_is_one_stripe_sends(self, name: str) -> None:
@@ -474,9 +760,9 @@ def created_payment_id(harness: StripeHarness, intent: ProviderIntent) -> str:
 # --- the unit tests' FakeProvider ----------------------------------------------------------------------------------
 
 
-class FakeHarness(ProviderHarness):
+class FakeHarness(CaptureHarness):
     def __init__(self) -> None:
-        self.fake = FakeProvider()
+        self.fake = FakeCapturingProvider()
         self.provider = self.fake
 
     async def pay(self, intent: ProviderIntent) -> None:
@@ -505,8 +791,17 @@ class FakeHarness(ProviderHarness):
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         return self.fake.webhook(intent.provider_payment_id, "intent.refunded")
 
+    async def authorize(self, intent: ProviderIntent) -> None:
+        self.fake.settle(intent.provider_payment_id, PaymentStatus.AUTHORIZED)
 
-class TestFakeProvider(ProviderContract):
+    async def webhook_of_hold(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id)
+
+    async def webhook_of_capture(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
+        return self.fake.webhook(intent.provider_payment_id)
+
+
+class TestFakeProvider(ProviderContract, CaptureContract):
     @pytest.fixture
     def harness(self) -> ProviderHarness:
         return FakeHarness()

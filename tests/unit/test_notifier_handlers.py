@@ -17,7 +17,15 @@ from services.notifier.handlers import Attempt, DeliveryTarget, NotifierHandlers
 from services.notifier.rules import AttemptResult, MerchantEvent, NextStep, merchant_event_id, subscribes
 from shared.batches import Consumed
 from shared.broker import PoisonMessage, RetryLater
-from shared.events import DeliverWebhook, Envelope, PaymentStatus, PaymentStatusRecorded, RedeliverEvent
+from shared.events import (
+    DeliverWebhook,
+    Envelope,
+    PaymentStatus,
+    PaymentStatusRecorded,
+    RedeliverEvent,
+    RefundStatus,
+    RefundStatusRecorded,
+)
 from shared.webhook_secrets import new_signing_secret
 from tests.support.messages import consumed
 
@@ -488,3 +496,18 @@ async def test_a_first_attempt_that_cannot_be_recorded_retries_its_record_and_th
     assert store.deliveries[(event.id, "we_all")] == store.deliveries[(event.id, "we_paid")] == "delivered"
     # At least once: the attempts whose record failed (one statement for both) are made again.
     assert len(sender.sent) == 4 and published == []
+
+
+async def test_a_refund_records_deliveries_are_attempted_at_once_too() -> None:
+    store, sender = a_store(), Sender({"http://a.example/hook": [500]})
+    store.refunds["re_1"] = ("shop", {"id": "re_1", "object": "refund", "status": "succeeded"})
+    notifier, published, retries = attempting_now(store, sender)
+    message = RefundStatusRecorded(
+        refund_id="re_1", from_status=RefundStatus.PENDING, status=RefundStatus.SUCCEEDED, ledger_event_id="led_1"
+    )
+    envelope = Envelope.wrap(message, payment_id="pay_1", source="ledger")
+    assert await notifier.record_batch([consumed(envelope)]) == [None]
+    event = store.events[merchant_event_id(envelope.id)]
+    assert event.type == "refund.succeeded" and [url for url, _, _ in sender.sent] == ["http://a.example/hook"]
+    ((command, attempt, _),) = retries  # the failed first attempt goes on from the delay queue of attempt 2
+    assert (command.event_id, command.endpoint_id, attempt, published) == (event.id, "we_all", 2, [])

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from shared.events import PaymentStatus
 from shared.providers import build_provider
-from shared.providers.base import IntentRequest
+from shared.providers.base import IntentRequest, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
 from shared.providers.settings import ProviderSettings
 from shared.providers.stripe import (
@@ -160,7 +160,7 @@ def test_every_event_type_of_the_table_is_tested() -> None:
     }
 
 
-@pytest.mark.parametrize("event_type", ["payment_intent.succeeded", "charge.refunded", "customer.created"])
+@pytest.mark.parametrize("event_type", ["payment_intent.created", "charge.refunded", "customer.created"])
 def test_other_event_types_are_acknowledged_and_not_acted_on(event_type: str) -> None:
     body = _event(event_type, {"id": "pi_1", "object": "payment_intent"})
     assert _provider().parse_webhook(body) is None
@@ -240,7 +240,7 @@ INTENT_ROWS = [
     ("processing", None, PaymentStatus.PENDING, None),
     ("requires_action", None, PaymentStatus.PENDING, None),
     ("requires_confirmation", None, PaymentStatus.PENDING, None),
-    ("requires_capture", None, PaymentStatus.PENDING, None),
+    ("requires_capture", None, PaymentStatus.AUTHORIZED, None),
     ("succeeded", None, PaymentStatus.SUCCEEDED, None),
     (
         "requires_payment_method",
@@ -574,3 +574,92 @@ def test_from_settings_without_webhook_secrets_verifies_nothing() -> None:
     assert list(provider.webhook_secrets()) == []
     with pytest.raises(SignatureError):
         _verify(provider, f"t={T},v1={_v1(SECRET, T, BODY)}")
+
+
+# --- manual capture: a PaymentIntent's hold, capture and void -------------------------------------------------
+
+
+def _held_intent(**overrides: Any) -> dict[str, Any]:
+    intent: dict[str, Any] = {
+        "id": "pi_test_1",
+        "object": "payment_intent",
+        "status": "requires_capture",
+        "amount": 1999,
+        "amount_capturable": 1999,
+        "amount_received": 0,
+        "currency": "usd",
+        "capture_method": "manual",
+        "cancellation_reason": None,
+        "metadata": {"payment_id": "pay_1"},
+    }
+    intent.update(overrides)
+    return intent
+
+
+@pytest.mark.parametrize(
+    ("event_type", "intent", "expected"),
+    [
+        ("payment_intent.amount_capturable_updated", {}, (PaymentStatus.AUTHORIZED, None, None)),
+        (
+            "payment_intent.succeeded",
+            {"status": "succeeded", "amount_received": 1200, "amount_capturable": 0},
+            (PaymentStatus.SUCCEEDED, None, 1200),
+        ),
+        (
+            "payment_intent.canceled",
+            {"status": "canceled", "cancellation_reason": "requested_by_customer"},
+            (PaymentStatus.CANCELED, None, None),
+        ),
+        (
+            "payment_intent.canceled",
+            {"status": "canceled", "cancellation_reason": "abandoned"},
+            (PaymentStatus.EXPIRED, "authorization_expired", None),
+        ),
+        (
+            "payment_intent.canceled",
+            {"status": "canceled", "cancellation_reason": "automatic"},
+            (PaymentStatus.EXPIRED, "authorization_expired", None),
+        ),
+    ],
+    ids=["hold", "capture", "void", "lapsed (ours)", "lapsed (stripe's)"],
+)
+def test_a_manual_payment_intents_events_are_its_hold_capture_and_void(
+    event_type: str, intent: dict[str, Any], expected: tuple[PaymentStatus, str | None, int | None]
+) -> None:
+    event = _provider().parse_webhook(_event(event_type, _held_intent(**intent)))
+
+    assert isinstance(event, WebhookEvent)
+    assert (event.status, event.failure_code, event.amount_captured) == expected
+    assert (event.payment_id, event.provider_payment_id, event.amount, event.currency) == (
+        "pay_1",
+        "pi_test_1",
+        1999,
+        "USD",
+    )
+    assert not event.names_intent  # the PaymentIntent, not the session the ledger records
+
+
+@pytest.mark.parametrize("event_type", ["payment_intent.succeeded", "payment_intent.canceled"])
+def test_an_automatic_payment_intents_events_are_left_to_its_sessions(event_type: str) -> None:
+    intent = _held_intent(capture_method="automatic", status="succeeded", amount_received=1999)
+    assert _provider().parse_webhook(_event(event_type, intent)) is None
+
+
+def test_a_manual_checkout_session_asks_stripe_for_a_hold() -> None:
+    request = IntentRequest(
+        payment_id="pay_1",
+        amount=1999,
+        currency="USD",
+        reference="order-1",
+        return_url="https://shop.example/done",
+        cancel_url=None,
+        expires_at=NOW + timedelta(minutes=45),
+        capture_method="manual",
+    )
+    automatic = IntentRequest(**{**request.__dict__, "capture_method": "automatic"})
+
+    manual_fields = dict(encode_form(_provider().checkout_session_params(request)))
+    automatic_fields = dict(encode_form(_provider().checkout_session_params(automatic)))
+
+    assert manual_fields["payment_intent_data[capture_method]"] == "manual"
+    assert "payment_intent_data[capture_method]" not in automatic_fields
