@@ -17,13 +17,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
-from shared.events import PaymentStatus
+from shared.events import PaymentStatus, RefundStatus
 from shared.logs import get_logger
 from shared.providers.base import (
     CapturingProvider,
     IntentRequest,
     PaymentProvider,
     ProviderIntent,
+    ProviderRefund,
+    RefundRequest,
+    RefundWebhookEvent,
     WebhookEvent,
     event_time,
     webhook_envelope,
@@ -91,6 +94,18 @@ STRIPE_EVENT_MAP: dict[tuple[str, str], tuple[PaymentStatus, str | None] | None]
 }
 STRIPE_EVENT_TYPES = frozenset(event_type for event_type, _ in STRIPE_EVENT_MAP)
 
+# A Refund's status as ours (docs/reference/refunds.md). `requires_action` waits for the customer (some payment
+# methods), `canceled` ends it without the money moving: for us, failed.
+STRIPE_REFUND_STATUS_MAP: dict[str, RefundStatus] = {
+    "pending": RefundStatus.PENDING,
+    "requires_action": RefundStatus.PENDING,
+    "succeeded": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
+# The events that carry a Refund object (`refund.failed` is newer than the last full spec: SDK only). A pending
+# refund's event is acknowledged and not acted on; its outcome comes in a later one.
+STRIPE_REFUND_EVENT_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
 # A manual-capture PaymentIntent's events (docs/reference/capture.md): the hold, its capture, its void. Those of a
 # PaymentIntent that captures at once are acknowledged and not acted on: its session's events report it.
 STRIPE_HOLD_EVENTS: dict[str, PaymentStatus] = {
@@ -256,6 +271,25 @@ class _Session(BaseModel):
     payment_intent: _PaymentIntent | str | None = None
 
 
+class _Refund(BaseModel):
+    """The fields of a Refund we read."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["refund"] = "refund"
+    amount: StrictInt
+    currency: str
+    status: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why a failed refund failed. Stripe sends the field only then (its SDK's Refund declares it, its
+        published example, of a refund that did not fail, leaves it out), so it is read as an extra field."""
+        value = (self.model_extra or {}).get("failure_reason")
+        return value if isinstance(value, str) and value else None
+
+
 class _EventData(BaseModel):
     object: dict[str, Any]
 
@@ -276,6 +310,7 @@ STRIPE_OBJECT_MODELS: dict[str, type[BaseModel]] = {
     "checkout.session": _Session,
     "payment_intent": _PaymentIntent,
     "event": _Event,
+    "refund": _Refund,
 }
 
 
@@ -307,8 +342,16 @@ def session_outcome(session: _Session) -> tuple[PaymentStatus, str | None]:
     return mapped, (error.decline_code or error.code if error else None) or "payment_failed"
 
 
+def _refund_failure_code(refund: _Refund) -> str:
+    """Why a refund failed: Stripe's failure_reason (`expired_or_canceled_card`, ...), `canceled` for one canceled."""
+    if refund.status == "canceled":
+        return "canceled"
+    return refund.failure_reason or "unknown"
+
+
 class StripeProvider(PaymentProvider, CapturingProvider):
-    """Checkout Sessions, and manual capture through their PaymentIntents (hold, capture, void)."""
+    """Checkout Sessions, manual capture through their PaymentIntents (hold, capture, void), and refunds (a
+    RefundingProvider)."""
 
     name = "stripe"
     signature_header_name = "Stripe-Signature"
@@ -550,6 +593,80 @@ class StripeProvider(PaymentProvider, CapturingProvider):
             return replace(intent, status=PaymentStatus.CANCELED, failure_code=None)
         return intent
 
+    # --- refunds (a RefundingProvider) ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _refund(payload: dict[str, Any]) -> ProviderRefund:
+        try:
+            refund = _Refund.model_validate(payload)
+        except ValidationError as exc:
+            raise PermanentGatewayError(
+                f"stripe answered with something that is not a refund ({exc.error_count()} errors)"
+            ) from None
+        status = STRIPE_REFUND_STATUS_MAP.get(refund.status or "")
+        if status is None:
+            raise PermanentGatewayError(f"unknown stripe refund status {refund.status!r} of {refund.id}")
+        return ProviderRefund(
+            provider_refund_id=refund.id,
+            status=status,
+            amount=refund.amount,
+            currency=refund.currency.upper(),
+            failure_code=_refund_failure_code(refund) if status is RefundStatus.FAILED else None,
+        )
+
+    async def create_refund(self, request: RefundRequest) -> ProviderRefund:
+        """POST /v1/refunds for the session's PaymentIntent, with our refund id as the Idempotency-Key.
+
+        Only our ids go in its metadata (Stripe does not copy the PaymentIntent's): a retry, even one the ledger's
+        reconciliation sends much later, must send identical parameters, or Stripe refuses the reused key.
+        """
+        session = self._parse_session(await self._read_session(request.provider_payment_id))
+        intent = session.payment_intent
+        intent_id = intent.id if isinstance(intent, _PaymentIntent) else intent
+        if not intent_id:
+            raise PermanentGatewayError(
+                f"stripe checkout session {session.id} has no PaymentIntent to refund", code="no_payment_intent"
+            )
+        params: dict[str, Any] = {
+            "payment_intent": intent_id,
+            "amount": request.amount,
+            "metadata": {"payment_id": request.payment_id, "refund_id": request.refund_id},
+        }
+        if request.reason:
+            params["reason"] = request.reason
+        return self._refund(await self.call("POST", "/v1/refunds", params, idempotency_key=request.refund_id))
+
+    async def retrieve_refund(self, provider_refund_id: str) -> ProviderRefund:
+        return self._refund(await self.call("GET", f"/v1/refunds/{quote(provider_refund_id, safe='')}"))
+
+    def _refund_event(self, event: _Event) -> RefundWebhookEvent | None:
+        try:
+            refund = _Refund.model_validate(event.data.object)
+        except ValidationError as exc:
+            raise InvalidWebhookError(f"{event.type} does not carry a refund ({exc.error_count()} errors)") from None
+        metadata = refund.metadata or {}
+        refund_id, payment_id = metadata.get("refund_id"), metadata.get("payment_id")
+        if not refund_id or not payment_id:
+            # Made on the dashboard or by another integration: not a refund of ours to record.
+            return None
+        status = STRIPE_REFUND_STATUS_MAP.get(refund.status or "")
+        if status is None:
+            raise InvalidWebhookError(f"{event.type} with refund status {refund.status!r}")
+        if status is RefundStatus.PENDING:
+            return None
+        return RefundWebhookEvent(
+            provider_event_id=event.id,
+            provider_refund_id=refund.id,
+            refund_id=refund_id,
+            payment_id=payment_id,
+            status=status,
+            amount=refund.amount,
+            currency=refund.currency.upper(),
+            failure_code=_refund_failure_code(refund) if status is RefundStatus.FAILED else None,
+            occurred_at=event_time(event.created),
+            metadata=metadata,
+        )
+
     def webhook_secrets(self) -> Sequence[str]:
         return self._secrets
 
@@ -583,7 +700,7 @@ class StripeProvider(PaymentProvider, CapturingProvider):
             names_intent=False,
         )
 
-    def parse_webhook(self, body: bytes) -> WebhookEvent | None:
+    def parse_webhook(self, body: bytes) -> WebhookEvent | RefundWebhookEvent | None:
         event = webhook_envelope(body, _Event, "stripe")
         if event.api_version not in (None, STRIPE_API_VERSION):
             # Still read (the session fields we use have kept their shape), but an operator should hear of it:
@@ -594,6 +711,8 @@ class StripeProvider(PaymentProvider, CapturingProvider):
                 pinned_api_version=STRIPE_API_VERSION,
                 provider_event_id=event.id,
             )
+        if event.type in STRIPE_REFUND_EVENT_TYPES:
+            return self._refund_event(event)
         if event.type in STRIPE_HOLD_EVENTS:
             return self._hold_event(event)
         if event.type not in STRIPE_EVENT_TYPES:

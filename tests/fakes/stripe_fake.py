@@ -1,4 +1,4 @@
-"""A local fake of the part of Stripe's API the stripe adapter uses: Checkout Sessions and their webhooks.
+"""A local fake of the part of Stripe's API the stripe adapter uses: Refunds, Checkout Sessions and their webhooks.
 
 It speaks Stripe's wire format (Bearer auth, form-encoded bodies in bracket notation, JSON answers,
 errors as {"error": {"type", "message", ...}}, Idempotency-Key replay, 409 for a key still in flight,
@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import stripe
 from aiohttp import web
 
-from tests.fakes.stripe_shapes import nested, shaped
+from tests.fakes.stripe_shapes import nested, sdk_fields, shaped
 
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
@@ -126,6 +126,7 @@ class StripeFake:
     api_version: str = stripe.api_version
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     # Idempotency keys whose first request Stripe is still working on: a request reusing one answers 409.
     in_flight: set[str] = field(default_factory=set)
@@ -227,6 +228,18 @@ class StripeFake:
         self.sessions[session["id"]] = {**session, "_payment_intent_metadata": {}, "_capture_method": "automatic"}
         return self.sessions[session["id"]]
 
+    def settle_refund(
+        self, refund_id: str, *, succeeded: bool = True, failure_reason: str | None = None
+    ) -> dict[str, Any]:
+        """The money went back (or could not: `failure_reason`, e.g. `expired_or_canceled_card`)."""
+        refund = self.refunds[refund_id]
+        refund["status"] = "succeeded" if succeeded else "failed"
+        if not succeeded:
+            # An optional field Stripe's example leaves out; the SDK's Refund has it (checked here as shaped() would).
+            assert "failure_reason" in sdk_fields(stripe.Refund)
+            refund["failure_reason"] = failure_reason or "unknown"
+        return copy.deepcopy(refund)
+
     def served(self, session: dict[str, Any], *, expand: Sequence[str] = ()) -> dict[str, Any]:
         """A session as Stripe serves it: without the fake's own bookkeeping, its PaymentIntent expanded if asked."""
         shown = {key: copy.deepcopy(value) for key, value in session.items() if not key.startswith("_")}
@@ -287,6 +300,8 @@ class StripeFake:
         app.router.add_get("/v1/checkout/sessions/{id}", self._retrieve)
         app.router.add_post("/v1/checkout/sessions/{id}/expire", self._expire)
         app.router.add_post("/v1/payment_intents/{id}/capture", self._capture)
+        app.router.add_post("/v1/refunds", self._create_refund)
+        app.router.add_get("/v1/refunds/{id}", self._retrieve_refund)
         app.router.add_post("/v1/payment_intents/{id}/cancel", self._cancel_intent)
         return app
 
@@ -369,6 +384,67 @@ class StripeFake:
         if key is not None:
             self._idempotent[key] = (form, 200, copy.deepcopy(served))
         return web.json_response(served)
+
+    async def _create_refund(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        refund = self._new_refund(decode_form(form))
+        self._remember(key, form, 200, refund)
+        return web.json_response(refund)
+
+    def _new_refund(self, params: dict[str, Any]) -> dict[str, Any]:
+        intent_id = params.get("payment_intent")
+        if not intent_id:
+            raise StripeRequestError(400, "One of `charge` or `payment_intent` is required.", param="payment_intent")
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeRequestError(
+                404, f"No such payment_intent: '{intent_id}'", code="resource_missing", param="payment_intent"
+            )
+        if intent["status"] != "succeeded":
+            raise StripeRequestError(400, f"PaymentIntent {intent_id} has no successful charge to refund.")
+        taken = sum(
+            r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent_id and r["status"] != "failed"
+        )
+        left = intent["amount_received"] - taken
+        amount = _integer(params["amount"], "amount") if "amount" in params else left
+        if left <= 0:
+            raise StripeRequestError(
+                400, f"Charge for {intent_id} has already been refunded.", code="charge_already_refunded"
+            )
+        if not 0 < amount <= left:
+            raise StripeRequestError(
+                400, f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left}).", param="amount"
+            )
+        reason = params.get("reason")
+        if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            raise StripeRequestError(400, f"Invalid reason: {reason}.", param="reason")
+        refund_id = f"re_test_{secrets.token_hex(12)}"
+        refund = shaped(
+            "refund",
+            id=refund_id,
+            amount=amount,
+            currency=intent["currency"],
+            payment_intent=intent_id,
+            charge=f"ch_test_{secrets.token_hex(12)}",
+            metadata=_metadata(params.get("metadata"), "metadata"),
+            reason=reason,
+            status="pending",
+            created=int(self.clock()),
+        )
+        self.refunds[refund_id] = refund
+        return copy.deepcopy(refund)
+
+    async def _retrieve_refund(self, request: web.Request) -> web.Response:
+        refund = self.refunds.get(request.match_info["id"])
+        if refund is None:
+            raise StripeRequestError(
+                404, f"No such refund: '{request.match_info['id']}'", code="resource_missing", param="id"
+            )
+        return web.json_response(copy.deepcopy(refund))
 
     def _new_session(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("mode") != "payment":

@@ -30,8 +30,18 @@ from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
 import shared.providers
-from shared.events import PaymentStatus
-from shared.providers.base import CapturingProvider, PaymentProvider, ProviderIntent, WebhookEvent, signature_header
+from shared.events import PaymentStatus, RefundStatus
+from shared.providers.base import (
+    CapturingProvider,
+    PaymentProvider,
+    ProviderIntent,
+    ProviderRefund,
+    RefundingProvider,
+    RefundRequest,
+    RefundWebhookEvent,
+    WebhookEvent,
+    signature_header,
+)
 from shared.providers.errors import PermanentGatewayError, SignatureError, TransientGatewayError
 from shared.providers.sandbox import SandboxProvider
 from shared.providers.stripe import STRIPE_OBJECT_MODELS, StripeProvider
@@ -75,6 +85,92 @@ class ProviderHarness(ABC):
     @abstractmethod
     async def webhook_of_another_type(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         """A correctly signed event of a type no adapter acts on (a refund, a customer update...)."""
+
+
+class RefundHarness(ProviderHarness):
+    """The side of the refund contract tests of a provider that can refund."""
+
+    @abstractmethod
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        """The signed webhook the provider sends once the refund succeeded (body, headers)."""
+
+
+def refund_request(intent: ProviderIntent, payment_id: str, *, amount: int = 500) -> RefundRequest:
+    return RefundRequest(
+        refund_id=f"re_{secrets.token_hex(16)}",
+        payment_id=payment_id,
+        provider_payment_id=intent.provider_payment_id,
+        amount=amount,
+        currency=intent.currency,
+        reason="requested_by_customer",
+    )
+
+
+class RefundContract:
+    """The refund tests (docs/reference/refunds.md) every adapter that declares RefundingProvider passes."""
+
+    async def _paid(self, harness: RefundHarness) -> tuple[ProviderIntent, str]:
+        request = intent_request()
+        intent = await harness.provider.create_intent(request)
+        await harness.pay(intent)
+        return intent, request.payment_id
+
+    async def test_a_refund_is_made_once_per_refund_id_and_read_back(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        request = refund_request(intent, payment_id)
+
+        first = await provider.create_refund(request)
+        again = await provider.create_refund(request)
+        found = await provider.retrieve_refund(first.provider_refund_id)
+
+        assert again.provider_refund_id == first.provider_refund_id
+        assert (first.amount, first.currency) == (500, "USD")
+        assert first.status in (RefundStatus.PENDING, RefundStatus.SUCCEEDED)
+        assert (found.provider_refund_id, found.amount) == (first.provider_refund_id, 500)
+
+    async def test_a_refund_beyond_what_was_paid_is_a_permanent_error(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        await provider.create_refund(refund_request(intent, payment_id, amount=1500))
+
+        with pytest.raises(PermanentGatewayError):
+            await provider.create_refund(refund_request(intent, payment_id, amount=500))
+
+    async def test_a_refund_of_an_unpaid_intent_is_a_permanent_error(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        request = intent_request()
+        intent = await provider.create_intent(request)
+
+        with pytest.raises(PermanentGatewayError):
+            await provider.create_refund(refund_request(intent, request.payment_id))
+
+    async def test_the_refund_outcome_webhook_names_our_refund_and_payment(self, harness: RefundHarness) -> None:
+        provider = harness.provider
+        assert isinstance(provider, RefundingProvider)
+        intent, payment_id = await self._paid(harness)
+        request = refund_request(intent, payment_id)
+        refund = await provider.create_refund(request)
+
+        body, headers = await harness.refund_outcome_webhook(refund)
+        provider.verify_webhook_source(headers, body)
+        event = provider.parse_webhook(body)
+
+        assert isinstance(event, RefundWebhookEvent)
+        assert (event.refund_id, event.payment_id, event.provider_refund_id) == (
+            request.refund_id,
+            payment_id,
+            refund.provider_refund_id,
+        )
+        assert (event.status, event.amount, event.currency, event.failure_code) == (
+            RefundStatus.SUCCEEDED,
+            500,
+            "USD",
+            None,
+        )
 
 
 class ProviderContract:
@@ -355,7 +451,7 @@ async def running_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         await receiver.close()
 
 
-class SandboxHarness(CaptureHarness):
+class SandboxHarness(CaptureHarness, RefundHarness):
     def __init__(self, sandbox: RunningSandbox, http: aiohttp.ClientSession) -> None:
         self.sandbox = sandbox
         self.http = http
@@ -425,8 +521,12 @@ class SandboxHarness(CaptureHarness):
         body = json.dumps(event).encode()
         return body, {"Paystream-Signature": signature_header(SANDBOX_SECRET, body)}
 
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        # The sandbox settles every refund of a 4242 payment by itself, a moment later, and says so by webhook.
+        return await self.sandbox.catcher.about(refund.provider_refund_id)
 
-class TestSandboxAdapter(ProviderContract, CaptureContract):
+
+class TestSandboxAdapter(ProviderContract, CaptureContract, RefundContract):
     @pytest.fixture
     async def harness(self, running_sandbox: RunningSandbox) -> AsyncIterator[ProviderHarness]:
         async with aiohttp.ClientSession() as http:
@@ -440,7 +540,9 @@ class TestSandboxAdapter(ProviderContract, CaptureContract):
 # --- the Stripe adapter, against the wire-format fake of Stripe ---------------------------------------------------
 
 
-class StripeHarness(CaptureHarness):
+class StripeHarness(CaptureHarness, RefundHarness):
+    provider: StripeProvider
+
     def __init__(self, fake: StripeFake, api_base: str) -> None:
         self.fake = fake
         self.provider = StripeProvider(
@@ -484,8 +586,11 @@ class StripeHarness(CaptureHarness):
     async def webhook_of_capture(self, intent: ProviderIntent) -> tuple[bytes, dict[str, str]]:
         return self.fake.intent_webhook(intent.provider_payment_id, "payment_intent.succeeded")
 
+    async def refund_outcome_webhook(self, refund: ProviderRefund) -> tuple[bytes, dict[str, str]]:
+        return self.fake.event("refund.updated", self.fake.settle_refund(refund.provider_refund_id))
 
-class TestStripeAdapter(ProviderContract, CaptureContract):
+
+class TestStripeAdapter(ProviderContract, CaptureContract, RefundContract):
     """The contract, plus Stripe's own word on the shapes: the fake serves objects built on Stripe's published
     examples (tests/schemas/stripe-fixtures3.json) and signs with the official SDK, and every field the adapter
     reads must be one that Stripe's SDK types and examples have."""
@@ -502,6 +607,50 @@ class TestStripeAdapter(ProviderContract, CaptureContract):
             fake.heal()
             await harness.provider.close()
             await server.close()
+
+    async def test_a_failed_refund_webhook_carries_stripes_failure_reason(self, harness: StripeHarness) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        request = refund_request(intent, payment_id)
+        refund = await harness.provider.create_refund(request)
+        await harness.provider.close()
+        failed = harness.fake.settle_refund(
+            refund.provider_refund_id, succeeded=False, failure_reason="expired_or_canceled_card"
+        )
+
+        for event_type in ("refund.failed", "refund.updated", "charge.refund.updated"):
+            body, _ = harness.fake.event(event_type, failed)
+            event = harness.provider.parse_webhook(body)
+            assert isinstance(event, RefundWebhookEvent), event_type
+            assert (event.status, event.failure_code) == (RefundStatus.FAILED, "expired_or_canceled_card")
+        assert (await harness.provider.retrieve_refund(refund.provider_refund_id)).failure_code == (
+            "expired_or_canceled_card"
+        )
+
+    async def test_a_pending_refund_or_one_made_elsewhere_is_acknowledged_not_acted_on(
+        self, harness: StripeHarness
+    ) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        refund = await harness.provider.create_refund(refund_request(intent, payment_id))
+        pending = dict(harness.fake.refunds[refund.provider_refund_id])
+        elsewhere = {**harness.fake.settle_refund(refund.provider_refund_id), "metadata": {}}
+
+        assert harness.provider.parse_webhook(harness.fake.event("refund.created", pending)[0]) is None
+        assert harness.provider.parse_webhook(harness.fake.event("refund.updated", elsewhere)[0]) is None
+
+    async def test_a_refund_is_asked_for_the_sessions_payment_intent_with_the_refund_id_as_its_key(
+        self, harness: StripeHarness
+    ) -> None:
+        intent, payment_id = await RefundContract()._paid(harness)
+        request = refund_request(intent, payment_id)
+
+        await harness.provider.create_refund(request)
+
+        [post] = [r for r in harness.fake.requests if r.method == "POST" and r.path == "/v1/refunds"]
+        assert post.headers["Idempotency-Key"] == request.refund_id
+        params = post.params
+        assert params["payment_intent"] == harness.fake.sessions[intent.provider_payment_id]["payment_intent"]
+        assert params["metadata"] == {"payment_id": payment_id, "refund_id": request.refund_id}
+        assert (params["amount"], params["reason"]) == ("500", "requested_by_customer")
 
     @pytest.mark.parametrize("name", sorted(STRIPE_OBJECT_MODELS))
     def test_every_field_the_adapter_reads_is_one_stripe_sends(self, name: str) -> None:

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from shared.events import PaymentStatus
 from shared.providers import build_provider
-from shared.providers.base import IntentRequest
+from shared.providers.base import IntentRequest, WebhookEvent
 from shared.providers.errors import InvalidWebhookError, PermanentGatewayError, SignatureError
 from shared.providers.settings import ProviderSettings
 from shared.providers.stripe import (
@@ -628,7 +628,7 @@ def test_a_manual_payment_intents_events_are_its_hold_capture_and_void(
 ) -> None:
     event = _provider().parse_webhook(_event(event_type, _held_intent(**intent)))
 
-    assert event is not None
+    assert isinstance(event, WebhookEvent)
     assert (event.status, event.failure_code, event.amount_captured) == expected
     assert (event.payment_id, event.provider_payment_id, event.amount, event.currency) == (
         "pay_1",
