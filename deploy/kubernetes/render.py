@@ -392,7 +392,15 @@ def postgres_cluster(environment: str) -> dict[str, Any]:
                 # A commit is acknowledged once a standby has it too: a primary's loss loses no accepted payment.
                 "synchronous": {"method": "any", "number": 1},
             },
-            "bootstrap": {"initdb": {"database": "paystream", "owner": "paystream"}},
+            # The owner may create roles: the migration job makes each service's own role (paystream_<service>,
+            # with the owner's password) and hands it its schema (docs/explanation/ownership.md).
+            "bootstrap": {
+                "initdb": {
+                    "database": "paystream",
+                    "owner": "paystream",
+                    "postInitApplicationSQL": ["ALTER ROLE paystream CREATEROLE"],
+                }
+            },
             "storage": {"size": storage},
             "resources": _resources(*size),
             "monitoring": {"enablePodMonitor": True},

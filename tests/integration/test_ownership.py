@@ -12,7 +12,7 @@ import pytest
 
 from services.intake_api.app import INTAKE_READS
 from services.notifier.app import NOTIFIER_READS
-from shared.db import connect, migrate, service_url
+from shared.db import connect, migrate, prepare_database, service_url
 from shared.ownership import DATABASE_SERVICES, SCHEMAS, reads, role_name
 from tests.support.infra import Servers, create_database, drop_database
 
@@ -176,3 +176,37 @@ async def test_a_published_view_shows_every_column_its_declaration_lists(owned_d
                 assert set(view.expressions()) <= {c["attname"] for c in columns}, name
     finally:
         await intake.close()
+
+
+async def test_a_database_owner_that_may_only_create_roles_prepares_them_as_a_superuser_would(
+    servers: Servers,
+) -> None:
+    # As on Kubernetes: CloudNativePG's application owner is no superuser; it is given CREATEROLE at creation.
+    url = await create_database(servers.database_url, migrations=())
+    database = url.rsplit("/", 1)[1]
+    owner = f"{database}_owner"
+    admin = await connect(url)
+    try:
+        await admin.execute(f'CREATE ROLE "{owner}" LOGIN CREATEROLE')
+        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{owner}"')
+        await admin.execute(f'ALTER SCHEMA public OWNER TO "{owner}"')
+        as_owner = url.replace("://postgres@", f"://{owner}@", 1)
+        assert as_owner != url, "the test server URL is expected to name the postgres user"
+
+        await prepare_database(as_owner, ["ledger", "intake_api", "notifier"])
+
+        intake = await as_service(url, "intake_api")
+        try:
+            assert await intake.fetchval("SELECT count(*) FROM ledger.payments_v1") == 0
+            with pytest.raises(DENIED, match="permission denied"):
+                await intake.execute("DELETE FROM ledger.payment_requests")
+        finally:
+            await intake.close()
+    finally:
+        await admin.close()
+        await drop_database(url)
+        cleanup = await connect(servers.database_url)
+        try:
+            await cleanup.execute(f'DROP ROLE IF EXISTS "{owner}"')
+        finally:
+            await cleanup.close()
