@@ -348,6 +348,62 @@ async def completions(database_url: str, timeout: float, reference: str) -> dict
     }
 
 
+async def refund_all(stack: Stack, database_url: str, concurrency: int, limit: int) -> int:
+    """Refund (in full) up to `limit` of the saturating phase's succeeded payments, `concurrency` at a time;
+    returns how many refunds were accepted (201)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id FROM ledger.payment_requests WHERE status = 'SUCCEEDED' AND reference = 'saturate' LIMIT $1",
+            limit,
+        )
+    finally:
+        await conn.close()
+    payments = iter([row["id"] for row in rows])
+    accepted = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal accepted
+        for payment_id in payments:
+            headers = {"Authorization": "Bearer sk_test_demo", "Idempotency-Key": secrets.token_hex(12)}
+            url = f"{stack.url('intake_api')}/v1/payments/{payment_id}/refunds"
+            async with session.post(url, json={"reason": "requested_by_customer"}, headers=headers) as response:
+                await response.read()
+                accepted += response.status == 201
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return accepted
+
+
+async def refunds_final(database_url: str, expected: int, timeout: float) -> dict[str, Any]:
+    """Wait until `expected` refunds are final; their rate (first creation to last completion) and latency."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            final = await conn.fetchval("SELECT count(*) FROM ledger.refunds WHERE status <> 'pending'")
+            if final >= expected:
+                break
+            await asyncio.sleep(0.2)
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM completed_at - created_at) AS seconds, created_at, completed_at"
+            " FROM ledger.refunds WHERE status = 'succeeded'"
+        )
+    finally:
+        await conn.close()
+    if not rows:
+        return {"ops": 0, "errors": expected, "per_second": 0.0, **percentiles([])}
+    span = (max(r["completed_at"] for r in rows) - min(r["created_at"] for r in rows)).total_seconds()
+    return {
+        "ops": len(rows),
+        "errors": expected - len(rows),
+        "per_second": len(rows) / span if span > 0 else float("nan"),
+        "span_seconds": span,
+        **percentiles([float(r["seconds"]) for r in rows]),
+    }
+
+
 async def retries(stack: Stack) -> dict[str, float]:
     """Messages each consumer deferred through a delay queue so far (an event that came before its payment)."""
     found: dict[str, float] = {}
@@ -482,6 +538,12 @@ def report(results: dict[str, Any]) -> list[str]:
     lines += ["", f"work per completed payment over the saturating phase ({results['counts_source']}):"]
     for name, n in results["counts_per_payment"].items():
         lines.append(f"  {name:58} {n:10.2f}")
+    if "refund_cpu_ms" in results:
+        refund_cpu = results["refund_cpu_ms"]
+        lines += ["", "per completed refund (ms of CPU / refund; no targets):"]
+        lines += [f"  {name:40} {ms:8.3f}" for name, ms in refund_cpu.items()]
+        lines.append(f"  {'our side total':40} {sum(our_side(refund_cpu).values()):8.3f}")
+        lines += [f"  {name:58} {n:10.2f}" for name, n in results["refund_counts"].items()]
     lines += ["", "peak RSS per service (MiB):"]
     for name, mib in results["peak_rss_mib"].items():
         lines.append(f"  {name:40} {mib:8.1f}")
@@ -544,12 +606,19 @@ def comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 # PostgreSQL 15 backends publish their pg_stat_database counters at most this long after their last transaction.
 PGSTAT_FLUSH_SECONDS = 11.0
+REFUNDED = "paystream: refunds created → succeeded"
 INTAKE = "paystream: POST /v1/payments → 201 (Prefer: wait=0)"
 SATURATED = "paystream: completed end to end (autopay), saturating"
 
 
 async def main(
-    seconds: float, concurrency: int, rate: float | None, drain_timeout: float, profile: Path | None, raw: bool
+    seconds: float,
+    concurrency: int,
+    rate: float | None,
+    drain_timeout: float,
+    profile: Path | None,
+    raw: bool,
+    refunds: int = 0,
 ) -> None:
     servers = find_servers()
     phases: dict[str, dict[str, Any]] = {}
@@ -621,6 +690,22 @@ async def main(
         phases[steady_name] = await completions(database_url, drain_timeout, reference="paced")
         phases[steady_name]["errors"] += int(seconds * steady_rate) - made
         results["steady_phase"], results["steady_rate"] = steady_name, steady_rate
+        if refunds:
+            # Refunds of the saturating phase's payments: what a refund costs, measured as a payment is.
+            await quiesce(meter, servers.amqp_url, namespace, drain_timeout)
+            await asyncio.sleep(PGSTAT_FLUSH_SECONDS)
+            counts_before, before = await counter.read(), await meter.read()
+            accepted = await refund_all(stack, database_url, concurrency, refunds)
+            phases[REFUNDED] = await refunds_final(database_url, accepted, drain_timeout)
+            await quiesce(meter, servers.amqp_url, namespace, drain_timeout)
+            after = await meter.read()
+            await asyncio.sleep(PGSTAT_FLUSH_SECONDS)
+            counts_after = await counter.read()
+            done = max(1, phases[REFUNDED]["ops"])
+            results["refund_cpu_ms"] = {name: (after[name] - before.get(name, 0.0)) * 1000 / done for name in after}
+            results["refund_counts"] = {
+                name: (counts_after[name] - counts_before.get(name, 0.0)) / done for name in counts_after
+            }
         results["retries_total"] = await retries(stack)
         results["peak_rss_mib"] = {
             name: peak_rss_mib(service.process.pid) for name, service in stack.services.items() if service.process
@@ -648,7 +733,17 @@ async def main(
 
 def run(args: argparse.Namespace) -> None:
     try:
-        asyncio.run(main(args.seconds, args.concurrency, args.rate, args.drain_timeout, args.profile, not args.no_raw))
+        asyncio.run(
+            main(
+                args.seconds,
+                args.concurrency,
+                args.rate,
+                args.drain_timeout,
+                args.profile,
+                not args.no_raw,
+                args.refunds,
+            )
+        )
     except asyncpg.TooManyConnectionsError:
         # The server is shared: other runs may hold its connections. A clear line, not a traceback.
         sys.exit("make bench: PostgreSQL refused a connection (too many clients); run it again when fewer are open")
@@ -672,6 +767,14 @@ if __name__ == "__main__":
         type=Path,
         default=None,
         help="record py-spy stacks of every service during the saturating POSTs into this folder (skews the figures)",
+    )
+    parser.add_argument(
+        "--refunds",
+        type=int,
+        nargs="?",
+        const=1000,
+        default=0,
+        help="then refund up to N (default 1000) of the saturating phase's payments: CPU and work per refund",
     )
     parser.add_argument(
         "--no-raw",

@@ -28,9 +28,9 @@ from tests.support.link_proxy import LinkProxy
 from tests.support.processes import ServiceProcess, eventually, free_port, stack_environment
 from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster
 
-# The services that run as replicas here. The storefront is left out: it holds no state and talks only HTTP to
-# the intake, so its replicas prove nothing the intake's do not, and the machine has two cores.
-REPLICATED = tuple(s.name for s in SERVICES if s.replicated and s.name != "storefront")
+# The services that run as replicas here. The storefront and the console are left out: they hold no state and talk
+# only HTTP to the intake, so their replicas prove nothing the intake's do not, and the machine has two cores.
+REPLICATED = tuple(s.name for s in SERVICES if s.replicated and s.name not in ("storefront", "console"))
 REPLICAS = 2
 # Card → (status, failure_code) the payment must end in (docs/reference/sandbox.md).
 CARDS = {

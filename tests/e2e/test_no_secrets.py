@@ -108,6 +108,7 @@ def test_every_log_line_is_json_naming_its_service(paid_in_browser: BrowserPayme
         "notifier",
         "sandbox-gateway",
         "storefront",
+        "console",
     }
     seen = set()
     for line in filter(None, stack.logs().splitlines()):
