@@ -115,7 +115,8 @@ async def accept_refund(
         if existing is not None:
             return None, existing["id"] if hmac.compare_digest(existing["request_fingerprint"], fingerprint) else ""
         payment = await conn.fetchrow(
-            "SELECT status, amount_captured, currency, provider, provider_payment_id FROM ledger.payments_v1"
+            "SELECT status, amount_captured, amount_refunded, currency, provider, provider_payment_id"
+            " FROM ledger.payments_v1"
             " WHERE id = $1 AND merchant_id = $2",
             payment_id,
             merchant_id,
@@ -198,7 +199,7 @@ async def accept_refund(
             metadata=body.metadata,
             created_at=now,
             updated_at=now,
-            payment_amount_refunded=0,
+            payment_amount_refunded=int(payment["amount_refunded"]),
         )
     return refund, None
 
