@@ -537,3 +537,24 @@ async def test_a_batch_of_payment_and_refund_records_is_read_and_stored_together
     ]
     assert sorted(e.type for e in store.events.values()) == ["payment.succeeded"] * 2 + ["refund.created"] * 2
     assert published == []
+
+
+async def test_a_held_payment_is_announced_as_payment_authorized_to_the_endpoints_that_want_it() -> None:
+    store = a_store()
+    store.endpoints["we_held"] = FakeEndpoint("we_held", "shop", ["payment.authorized"], "http://f.example/hook")
+    notifier, published = make_notifier(store, Sender())
+    message = PaymentStatusRecorded(
+        from_status=PaymentStatus.PENDING, status=PaymentStatus.AUTHORIZED, ledger_event_id=str(uuid.uuid4())
+    )
+
+    event = await record_status(notifier, Envelope.wrap(message, payment_id="pay_1", source="ledger"), message)
+
+    assert event.type == "payment.authorized"
+    assert sorted(c.endpoint_id for c in commands(published)) == ["we_all", "we_held"]
+
+
+def test_a_captured_hold_is_announced_as_payment_succeeded() -> None:
+    captured = PaymentStatusRecorded(
+        from_status=PaymentStatus.AUTHORIZED, status=PaymentStatus.SUCCEEDED, ledger_event_id=str(uuid.uuid4())
+    )
+    assert captured.merchant_event_type == "payment.succeeded"
