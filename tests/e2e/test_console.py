@@ -104,6 +104,30 @@ async def test_an_expired_session_goes_back_to_sign_in_and_keeps_the_page(visito
     assert partial.headers["HX-Redirect"] == "/sign-in?next=%2Fpayments%3Fq%3Dabc"
 
 
+async def test_a_form_posted_after_the_session_ended_goes_to_sign_in_and_back_to_its_page(
+    visitor: ConsoleVisitor,
+) -> None:
+    too_old = visitor.settings.console_session_max_age_seconds + 60
+    visitor.forge_session({"api_key": DEMO_KEY, "key_hint": "demo"}, age_seconds=too_old)
+    posted = await visitor.client.post(
+        "/payments/pay_0123/refunds",
+        data={"amount": "1"},
+        headers={"Origin": visitor.origin, "Referer": f"{visitor.origin}/payments/pay_0123?done=refund"},
+        allow_redirects=False,
+    )
+    assert posted.status == 303
+    assert posted.headers["Location"] == "/sign-in?next=%2Fpayments%2Fpay_0123%3Fdone%3Drefund"
+    # A Referer from another site is no place to come back to.
+    visitor.forge_session({"api_key": DEMO_KEY, "key_hint": "demo"}, age_seconds=too_old)
+    elsewhere = await visitor.client.post(
+        "/payments/pay_0123/refunds",
+        data={"amount": "1"},
+        headers={"Referer": "https://evil.example/payments"},
+        allow_redirects=False,
+    )
+    assert (elsewhere.status, elsewhere.headers["Location"]) == (303, "/sign-in?next=%2F")
+
+
 async def test_markup_a_customer_typed_is_shown_as_text(signed_in: ConsoleVisitor, intake: IntakeClient) -> None:
     reference = f"{SCRIPT}{secrets.token_hex(3)}"
     email = f"{ATTRIBUTE_BREAK.replace(' ', '/')}{secrets.token_hex(3)}@example.com"
