@@ -19,8 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/paystream/bin:$PATH \
     HTTP_HOST=0.0.0.0
+# /var/lib/paystream is the one folder a service may write (the sandbox's records, SANDBOX_DATA_DIR): a volume mounted
+# there takes this ownership, so uid 10001 can write it under a read-only root.
 RUN groupadd --gid 10001 paystream \
-    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin paystream
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin paystream \
+    && install --directory --owner 10001 --group 10001 /var/lib/paystream
 COPY --from=dependencies /opt/paystream /opt/paystream
 WORKDIR /app
 # The code runs from /app (the working directory is on sys.path): not installed a second time into site-packages.

@@ -277,6 +277,14 @@ async def capture_payment(request: web.Request) -> web.Response:
                 "payment-not-capturable",
                 f"Only an AUTHORIZED payment can be captured; this one is {payment.status.value}.",
             )
+        if view.provider_payment_id is None:
+            # Held, but the ledger has not yet recorded which intent holds it (its events crossed): in a moment.
+            raise Problem(
+                409,
+                "payment-not-capturable",
+                "The payment's hold is not recorded in full yet; retry in a moment.",
+                headers={"Retry-After": "1"},
+            )
         amount = payment.amount_capturable if capture.amount_to_capture is None else capture.amount_to_capture
         if amount > payment.amount_capturable:
             raise Problem(

@@ -1,9 +1,9 @@
 """The notifier's handlers, the methods of `NotifierHandlers`; the database, the broker and HTTP are ports.
 
-- `record_batch`: the ledger records that queued up together become merchant events, stored with a delivery per
-  matching endpoint in two statements for all of them; each delivery's first attempt is made at once, and only a
-  retry (or an endpoint slower than `first_attempt_budget`) becomes a delivery command; a merchant's redelivery
-  request in the batch is handled too.
+- `record_batch`: the ledger's payment and refund records that queued up together become merchant events, stored
+  with a delivery per matching endpoint in three statements for all of them; each delivery's first attempt is made
+  at once, and only a retry (or an endpoint slower than `first_attempt_budget`) becomes a delivery command; a
+  merchant's redelivery request in the batch is handled too.
 - `deliver`: one attempt of one (event, endpoint) delivery; a failure asks the broker to try again later.
 - `redeliver`: the merchant asked for an event again: every matching endpoint gets it anew.
 """
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractContextManager
@@ -134,20 +133,20 @@ class NotifierHandlers:
     first_attempt_budget: float = 1.0
 
     async def record_batch(self, batch: Sequence[Consumed]) -> list[BaseException | None]:
-        """The events group's batch handler: per message None once handled, RetryLater if its payment is not
-        readable yet, PoisonMessage if it is no message the registry knows, or the error that kept its delivery
-        commands from being published (retried: a replay publishes the pending ones again).
+        """The events group's batch handler: per message None once handled, RetryLater if its payment (or
+        refund) is not readable yet, PoisonMessage if it is no message the registry knows, or the error that kept
+        its deliveries from being attempted or handed over (retried: a replay attempts the pending ones again).
 
-        The ledger records of the batch are stored together (`_record_statuses`), then their commands published
-        all at once, each in its record's trace; a redelivery request is handled alone. Replayed (the ledger
-        announced a record again, or this process died before publishing), a record's event is the same and the
-        commands of its deliveries still pending are published again: at least once. Raises only if storing the
-        records failed (the broker then hands the batch's messages over one at a time).
+        The ledger's payment and refund records of the batch are stored together (`_record_statuses`), then the
+        first attempts of their deliveries made together (`_attempt_now`; without `retry_later`, a delivery
+        command each is published instead), each in its record's trace; a redelivery request is handled alone.
+        Replayed (the ledger announced a record again, or this process died before its attempts), a record's
+        event is the same and its deliveries still pending are attempted again: at least once. Raises only if
+        storing the records failed (the broker then hands the batch's messages over one at a time).
         """
         results, decoded = NOTIFIER_MESSAGES.decode_batch([item.envelope for item in batch])
-        records = [(i, message) for i, message in decoded if isinstance(message, PaymentStatusRecorded)]
+        records = [(i, m) for i, m in decoded if isinstance(m, PaymentStatusRecorded | RefundStatusRecorded)]
         requests = [(i, message) for i, message in decoded if isinstance(message, RedeliverEvent)]
-        refunds = [(i, message) for i, message in decoded if isinstance(message, RefundStatusRecorded)]
         if records:
             outcomes, pending = await self._record_statuses([(batch[i].envelope, m) for i, m in records])
 
@@ -174,51 +173,29 @@ class NotifierHandlers:
                     await self.redeliver(request)
                 except Exception as exc:
                     results[i] = exc
-        for i, refund in refunds:
-            with batch[i].context():
-                try:
-                    await self.record_refund(batch[i].envelope, refund)
-                except Exception as exc:
-                    results[i] = exc
         return results
 
-    async def record_refund(self, envelope: Envelope, message: RefundStatusRecorded) -> MerchantEvent:
-        """Make the merchant event for a ledger's refund record (refund.created, refund.succeeded, refund.failed)
-        and attempt each of its deliveries at once (or send a delivery command per matching endpoint, without
-        `retry_later`); replayed, it attempts (or sends) the pending ones again."""
-        found = await self.store.current_refunds([message.refund_id])
-        if message.refund_id not in found:
-            raise RetryLater(f"refund {message.refund_id} is not readable in the ledger yet")
-        merchant_id, refund = found[message.refund_id]
-        event = MerchantEvent(
-            id=merchant_event_id(envelope.id),
-            type=message.merchant_event_type,
-            merchant_id=merchant_id,
-            payment_id=envelope.payment_id,
-            created=envelope.occurred_at,
-            data={"object": refund},
-        )
-        pending = await self.store.record_events([event])
-        if self.retry_later is None:
-            await self._announce(event, pending[event.id])
-            return event
-        (error,) = await self._attempt_now([(contextlib.nullcontext, event, pending[event.id])])
-        if error is not None:
-            raise error
-        return event
-
     async def _record_statuses(
-        self, records: Sequence[tuple[Envelope, PaymentStatusRecorded]]
+        self, records: Sequence[tuple[Envelope, PaymentStatusRecorded | RefundStatusRecorded]]
     ) -> tuple[list[MerchantEvent | RetryLater], dict[str, list[str]]]:
-        """Per record its merchant event, stored (RetryLater: its payment is not readable yet), and by event id the
-        deliveries still pending: the payments read in one statement, the events and deliveries written in one."""
-        found = await self.store.current_payments({envelope.payment_id for envelope, _ in records})
+        """Per record its merchant event, stored (RetryLater: its payment or refund is not readable yet), and by
+        event id the deliveries still pending: the payments read in one statement, the refunds in one, the events
+        and deliveries written in one."""
+        payment_ids = {e.payment_id for e, m in records if isinstance(m, PaymentStatusRecorded)}
+        refund_ids = {m.refund_id for _, m in records if isinstance(m, RefundStatusRecorded)}
+        payments = await self.store.current_payments(payment_ids) if payment_ids else {}
+        refunds = await self.store.current_refunds(refund_ids) if refund_ids else {}
         outcomes: list[MerchantEvent | RetryLater] = []
         for envelope, message in records:
-            if envelope.payment_id not in found:
-                outcomes.append(RetryLater(f"payment {envelope.payment_id} is not readable in the ledger yet"))
+            # A payment's record carries the payment as the ledger has it now; a refund's, the refund.
+            if isinstance(message, RefundStatusRecorded):
+                name, found = f"refund {message.refund_id}", refunds.get(message.refund_id)
+            else:
+                name, found = f"payment {envelope.payment_id}", payments.get(envelope.payment_id)
+            if found is None:
+                outcomes.append(RetryLater(f"{name} is not readable in the ledger yet"))
                 continue
-            merchant_id, payment = found[envelope.payment_id]
+            merchant_id, resource = found
             outcomes.append(
                 MerchantEvent(
                     id=merchant_event_id(envelope.id),
@@ -226,7 +203,7 @@ class NotifierHandlers:
                     merchant_id=merchant_id,
                     payment_id=envelope.payment_id,
                     created=envelope.occurred_at,
-                    data={"object": payment},
+                    data={"object": resource},
                 )
             )
         events = [outcome for outcome in outcomes if isinstance(outcome, MerchantEvent)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -190,3 +191,22 @@ async def test_an_automatic_payment_takes_all_of_its_amount_and_cannot_be_captur
 
     assert (final["status"], final["amount_captured"], final["amount_capturable"]) == ("SUCCEEDED", 1999, 0)
     assert (await intake.capture(payment["id"]))[0] == 409
+
+
+async def test_a_capture_racing_the_holds_expiry_ends_as_the_sandbox_decided(
+    capture_stack: Stack, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    payment = await authorized(intake, http)
+    lapses_at = datetime.fromisoformat(payment["expires_at"])
+    # Sent just as the hold lapses: the sweep's void and the capture reach the sandbox about together.
+    await asyncio.sleep(max(0.0, (lapses_at - datetime.now(UTC)).total_seconds() - 0.2))
+
+    status, _, _ = await intake.capture(payment["id"], 1500)
+
+    assert status in (202, 409)
+    final = await intake.terminal(payment["id"], timeout=AUTHORIZATION_TTL_SECONDS + 20)
+    intent = await sandbox_intent(http, payment["checkout_url"])
+    assert (final["status"], intent["status"]) in (("SUCCEEDED", "succeeded"), ("EXPIRED", "expired"))
+    assert final["amount_captured"] == intent["amount_captured"] == (1500 if intent["status"] == "succeeded" else 0)
+    await asyncio.sleep(1)  # the losing command's answer is in by now: the outcome does not move
+    assert (await intake.get(payment["id"]))["status"] == final["status"]

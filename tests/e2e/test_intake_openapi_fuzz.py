@@ -43,7 +43,11 @@ def live_schema(guarded_stack: Stack) -> BaseSchema:
 
 def _with_credentials(case: schemathesis.Case) -> None:
     """A real key, a fresh Idempotency-Key and no waiting, unless the case's headers are invalid on purpose."""
-    creating = case.method.upper() == "POST" and case.path in ("/v1/payments", "/v1/payments/{payment_id}/refunds")
+    creating = case.method.upper() == "POST" and case.path in (
+        "/v1/payments",
+        "/v1/payments/{payment_id}/refunds",
+        "/v1/payments/{payment_id}/capture",
+    )
     negative_headers = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
     negative_body = case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY)
     if not negative_headers:
@@ -56,9 +60,10 @@ def _with_credentials(case: schemathesis.Case) -> None:
     body = case.body
     if creating and isinstance(body, dict) and not negative_body:
         # JSON Schema counts 1999.0 as an integer; the API deliberately takes only JSON integers for amounts.
-        amount = body.get("amount")
-        if isinstance(amount, float) and amount.is_integer():
-            body["amount"] = int(amount)
+        for field in ("amount", "amount_to_capture"):
+            amount = body.get(field)
+            if isinstance(amount, float) and amount.is_integer():
+                body[field] = int(amount)
 
 
 def test_every_operation_answers_as_the_openapi_document_says(live_schema: BaseSchema) -> None:

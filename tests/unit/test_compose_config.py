@@ -262,3 +262,12 @@ def test_dockerignore_leaves_out_everything_git_ignores() -> None:
     docker_ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     docker_ignored = {line for line in docker_ignored if line and not line.startswith("#")}
     assert ignored - docker_ignored == set()
+
+
+def test_the_sandbox_keeps_its_records_in_a_volume_across_restarts() -> None:
+    sandbox = SERVICES["sandbox_gateway"]
+    data_dir = PurePosixPath(sandbox["environment"]["SANDBOX_DATA_DIR"])
+    volumes = dict(volume.split(":")[:2] for volume in sandbox["volumes"])
+    assert any(data_dir.is_relative_to(target) for source, target in volumes.items() if source in COMPOSE["volumes"])
+    # The image creates the mount point owned by the service's uid, so a fresh named volume is writable.
+    assert any("--owner 10001" in line and "/var/lib/paystream" in line for line in DOCKERFILE)

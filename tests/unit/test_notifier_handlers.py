@@ -511,3 +511,50 @@ async def test_a_refund_records_deliveries_are_attempted_at_once_too() -> None:
     assert event.type == "refund.succeeded" and [url for url, _, _ in sender.sent] == ["http://a.example/hook"]
     ((command, attempt, _),) = retries  # the failed first attempt goes on from the delay queue of attempt 2
     assert (command.event_id, command.endpoint_id, attempt, published) == (event.id, "we_all", 2, [])
+
+
+async def test_a_batch_of_payment_and_refund_records_is_read_and_stored_together() -> None:
+    store, batch = a_batch_store(2)
+    for n in range(2):
+        store.refunds[f"re_{n}"] = ("shop", {"id": f"re_{n}", "object": "refund", "status": "succeeded"})
+        message = RefundStatusRecorded(
+            refund_id=f"re_{n}", from_status=None, status=RefundStatus.PENDING, ledger_event_id=f"led_{n}"
+        )
+        batch.append(consumed(Envelope.wrap(message, payment_id=f"pay_batch_{n}", source="ledger")))
+    unknown = RefundStatusRecorded(
+        refund_id="re_unknown", from_status=None, status=RefundStatus.PENDING, ledger_event_id="led_x"
+    )
+    batch.append(consumed(Envelope.wrap(unknown, payment_id="pay_batch_0", source="ledger")))
+    notifier, published, _ = attempting_now(store, Sender())
+    results = await notifier.record_batch(batch)
+    assert results[:4] == [None] * 4 and isinstance(results[4], RetryLater)
+    assert store.calls == [
+        "current_payments",
+        "current_refunds",
+        "record_events",
+        "delivery_targets",
+        "record_attempts",
+    ]
+    assert sorted(e.type for e in store.events.values()) == ["payment.succeeded"] * 2 + ["refund.created"] * 2
+    assert published == []
+
+
+async def test_a_held_payment_is_announced_as_payment_authorized_to_the_endpoints_that_want_it() -> None:
+    store = a_store()
+    store.endpoints["we_held"] = FakeEndpoint("we_held", "shop", ["payment.authorized"], "http://f.example/hook")
+    notifier, published = make_notifier(store, Sender())
+    message = PaymentStatusRecorded(
+        from_status=PaymentStatus.PENDING, status=PaymentStatus.AUTHORIZED, ledger_event_id=str(uuid.uuid4())
+    )
+
+    event = await record_status(notifier, Envelope.wrap(message, payment_id="pay_1", source="ledger"), message)
+
+    assert event.type == "payment.authorized"
+    assert sorted(c.endpoint_id for c in commands(published)) == ["we_all", "we_held"]
+
+
+def test_a_captured_hold_is_announced_as_payment_succeeded() -> None:
+    captured = PaymentStatusRecorded(
+        from_status=PaymentStatus.AUTHORIZED, status=PaymentStatus.SUCCEEDED, ledger_event_id=str(uuid.uuid4())
+    )
+    assert captured.merchant_event_type == "payment.succeeded"
