@@ -100,3 +100,29 @@ async def test_an_open_payment_is_asked_about_but_stays_pending(webhookless_stac
 
     assert (await intake.get(payment["id"]))["status"] == "PENDING"
     assert await status_changes(webhookless_stack, payment["id"]) == []
+
+
+async def test_a_refund_whose_webhooks_all_fail_is_settled_by_reconciliation(
+    webhookless_stack: Stack, intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    payment = await paid_with(intake, http, "4242424242424242")
+    assert (await intake.terminal(payment["id"], timeout=20))["status"] == "SUCCEEDED"
+    failing = await paid_with(intake, http, "4000000000005126")
+    assert (await intake.terminal(failing["id"], timeout=20))["status"] == "SUCCEEDED"
+
+    status, refund, _ = await intake.refund(payment["id"], {"amount": 700})
+    assert status == 201, refund
+    status, refused, _ = await intake.refund(failing["id"])
+    assert status == 201, refused
+
+    assert (await intake.refund_final(refund["id"], timeout=30))["status"] == "succeeded"
+    failed = await intake.refund_final(refused["id"], timeout=30)
+    assert (failed["status"], failed["failure_code"]) == ("failed", "expired_or_canceled_card")
+    for payment_id, outcome in ((payment["id"], "succeeded"), (failing["id"], "failed")):
+        events = await intake.events(payment_id)
+        assert [e["source"] for e in events if e["event_type"] == "payment.refund_status_changed"] == [
+            "reconciliation"
+        ], events
+        assert any(e["event_type"] == "payment.refund_reconciliation_due" for e in events)
+        assert [e["refund_status"] for e in events if e["event_type"] == "payment.refund_status_changed"] == [outcome]
+    assert (await intake.get(payment["id"]))["amount_refunded"] == 700
