@@ -79,6 +79,7 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
+    """The console's pages and the forms they post; static files under /static."""
     router.add_get("/sign-in", signin.show_sign_in)
     router.add_post("/sign-in", signin.sign_in)
     router.add_post("/sign-out", signin.sign_out)

@@ -48,11 +48,11 @@ async def _endpoints_page(
         "problem": problem,
         "done": DONE.get(request.query.get("done", ""), ""),
     }
-    response = await render(request, "endpoints.html", context, status=status)
-    return response
+    return await render(request, "endpoints.html", context, status=status)
 
 
 async def show_endpoints(request: web.Request) -> web.Response:
+    """The merchant's webhook endpoints and the form to add one."""
     return await _endpoints_page(request)
 
 
@@ -79,6 +79,7 @@ async def add_endpoint(request: web.Request) -> web.Response:
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
+    """A new signing secret for the endpoint, shown once; the old one signs beside it for a day."""
     endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
     form = await build_form(request, ActionForm, submitted=True)
     if csrf_failed(form):
@@ -89,6 +90,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
+    """Stop delivering to the endpoint; its deliveries stay readable on the events."""
     endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
     form = await build_form(request, ActionForm, submitted=True)
     if csrf_failed(form):
@@ -99,6 +101,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
+    """The merchant's events newest first (or one payment's), a page at a time."""
     query = {"limit": str(EVENTS_PAGE_SIZE)}
     payment_id = request.query.get("payment_id", "").strip()
     if payment_id:
@@ -129,6 +132,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def show_event(request: web.Request) -> web.Response:
+    """An event with every delivery attempt and a Redeliver button."""
     event_id = _matched(request, "event_id", _EVENT_ID)
     api = await merchant_api(request)
     event = await api.get(path("/v1/events/{}", event_id))
@@ -142,6 +146,7 @@ async def show_event(request: web.Request) -> web.Response:
 
 
 async def redeliver(request: web.Request) -> web.Response:
+    """Send the event again now to every enabled endpoint subscribed to it."""
     event_id = _matched(request, "event_id", _EVENT_ID)
     form = await build_form(request, ActionForm, submitted=True)
     if csrf_failed(form):

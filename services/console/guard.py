@@ -60,6 +60,7 @@ async def same_origin_only(request: web.Request, handler: Handler) -> web.Stream
 
 
 def sign_in_location(next_path: str) -> str:
+    """The sign-in page, with where to go after it (a path of the console only)."""
     return f"{SIGN_IN}?next={quote(safe_next(next_path), safe='')}"
 
 

@@ -26,6 +26,7 @@ def browser_zone(request: web.Request) -> tzinfo:
 
 
 def zone_name(zone: tzinfo) -> str:
+    """The zone's IANA name, as the overview names it."""
     return getattr(zone, "key", None) or "UTC"
 
 
@@ -40,4 +41,5 @@ def end_of_day(day: date, zone: tzinfo) -> datetime:
 
 
 def today(zone: tzinfo) -> date:
+    """Today's date where the browser is."""
     return datetime.now(zone).date()

@@ -86,6 +86,7 @@ async def todays_payments(api: MerchantApi, since: str) -> tuple[list[dict[str, 
 
 
 async def show_overview(request: web.Request) -> web.Response:
+    """Today's payments (the browser's today) by status: the chart and the table."""
     zone = browser_zone(request)
     since = start_of_day(today(zone), zone)
     payments, truncated = await todays_payments(await merchant_api(request), since.isoformat())

@@ -31,6 +31,7 @@ DONE = {
 
 
 def statuses() -> list[str]:
+    """Every payment status the API knows, in the order the pages list them."""
     return [status.value for status in PaymentStatus]
 
 
@@ -88,6 +89,7 @@ def page_links(typed: dict[str, str], api: dict[str, str], payments: list[dict[s
 
 
 async def list_payments(request: web.Request) -> web.Response:
+    """The payments list; only its results when htmx asks for them (a filter, a page)."""
     typed, query, errors = list_query(request)
     payments: list[dict[str, Any]] = []
     has_more = False
@@ -98,9 +100,8 @@ async def list_payments(request: web.Request) -> web.Response:
             listed = await api.get("/v1/payments", query)
             payments, has_more = list(listed.get("data", [])), bool(listed.get("has_more"))
         except RequestRefusedError as refused:
-            problem = refused.detail
-            for error_field, message in refused.field_messages().items():
-                problem = f"{error_field}: {message}"
+            messages = refused.field_messages()
+            problem = "; ".join(f"{name}: {message}" for name, message in messages.items()) or refused.detail
         except NotFoundError:
             problem = "That page of results is no longer there. Start again from the newest payments."
     context = {
@@ -193,6 +194,7 @@ async def payment_page(
 
 
 async def show_payment(request: web.Request) -> web.Response:
+    """The payment page."""
     return await payment_page(request)
 
 
@@ -279,8 +281,9 @@ async def _refused(
     capture_form: CaptureForm | None = None,
 ) -> web.Response:
     """The payment page again with the API's words: beside the amount field when they are about the amount."""
-    form = refund_form or capture_form
-    assert form is not None
+    form: RefundForm | CaptureForm | None = refund_form or capture_form
+    if form is None:
+        raise TypeError("a refusal is shown beside the refund or the capture form")
     messages = refused.field_messages()
     amount_field = getattr(form, field)
     if field in messages or "amount" in messages or "amount" in refused.slug or "capturable" in refused.slug:

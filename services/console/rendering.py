@@ -79,6 +79,7 @@ def _loader() -> jinja2.BaseLoader:
 
 
 def setup_templates(app: web.Application) -> jinja2.Environment:
+    """The application's Jinja environment: the console's templates, autoescaped, with its filters."""
     env = aiohttp_jinja2.setup(app, loader=_loader(), **_ENVIRONMENT)  # type: ignore[arg-type]
     env.filters.update(_FILTERS)
     return env
@@ -124,6 +125,7 @@ def error_page(request: web.BaseRequest, problem: Problem) -> web.StreamResponse
 
 
 def problem_title(problem: Problem) -> tuple[str, str]:
+    """The title and sentence of a 5xx page: the intake being unreachable said as such."""
     if problem.slug == "intake-unavailable":
         return "Paystream cannot be reached right now", problem.detail
     return "Something went wrong", "The console could not complete your request. Please try again."

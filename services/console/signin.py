@@ -20,6 +20,7 @@ WRONG_KEY = "That API key is not valid. Check it and try again."
 
 
 def csrf_refused() -> Problem:
+    """What a form without a valid CSRF token gets: 403, and nothing done."""
     return Problem(
         403,
         "csrf-token-invalid",
@@ -28,6 +29,7 @@ def csrf_refused() -> Problem:
 
 
 async def show_sign_in(request: web.Request) -> web.Response:
+    """The sign-in form; someone already signed in goes straight on."""
     next_path = safe_next(request.query.get("next"))
     session = await get_session(request)
     if isinstance(session.get(API_KEY), str):
@@ -60,6 +62,7 @@ async def sign_in(request: web.Request) -> web.Response:
 
 
 async def sign_out(request: web.Request) -> web.Response:
+    """End the session (its cookie is emptied) and say so on the sign-in page."""
     form = await build_form(request, ActionForm, submitted=True)
     if csrf_failed(form):
         raise csrf_refused()
