@@ -6,6 +6,7 @@ STRIPE_API_BASE. Webhooks are the fake's own, signed with STRIPE_WEBHOOK_SECRET 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -291,3 +292,48 @@ async def test_a_voided_stripe_hold_cancels_its_payment_intent(
     intent = stripe.payment_intents[stripe.sessions[session_id]["payment_intent"]]
     assert final["status"] == "CANCELED"
     assert (intent["status"], intent["cancellation_reason"]) == ("canceled", "requested_by_customer")
+
+
+async def stripe_refund_of(stripe: StripeFake, refund_id: str) -> dict[str, Any] | None:
+    found = [r for r in stripe.refunds.values() if (r.get("metadata") or {}).get("refund_id") == refund_id]
+    return found[0] if found else None
+
+
+async def test_with_stripe_refunds_are_asked_by_refund_id_and_settled_by_stripes_refund_webhooks(
+    stripe_stack: Stack, intake: IntakeClient, fake: tuple[StripeFake, str]
+) -> None:
+    stripe, _ = fake
+    payment = await paid_with_stripe(intake)
+    session = session_of(stripe, payment["id"])
+    stripe.complete_session(session["id"])
+    body, headers = stripe.webhook(session["id"], "checkout.session.completed")
+    receiver = f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe"
+    async with intake.session.post(receiver, data=body, headers={**headers, "Content-Type": "application/json"}) as r:
+        assert r.status == 200, await r.text()
+    assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
+
+    outcomes = []
+    for amount, succeeded in ((500, True), (700, False)):
+        status, refund, _ = await intake.refund(payment["id"], {"amount": amount, "reason": "requested_by_customer"})
+        assert status == 201, refund
+        theirs = await eventually(
+            functools.partial(stripe_refund_of, stripe, refund["id"]), timeout=20, what="Stripe's refund"
+        )
+        assert (theirs["amount"], theirs["payment_intent"]) == (amount, session["payment_intent"])
+        [post] = [
+            r for r in stripe.requests if r.path == "/v1/refunds" and r.headers.get("Idempotency-Key") == refund["id"]
+        ]
+        assert post.params["metadata"] == {"payment_id": payment["id"], "refund_id": refund["id"]}
+        settled = stripe.settle_refund(theirs["id"], succeeded=succeeded, failure_reason="expired_or_canceled_card")
+        body, headers = stripe.event("refund.updated" if succeeded else "refund.failed", settled)
+        async with intake.session.post(
+            receiver, data=body, headers={**headers, "Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 200, await r.text()
+        outcomes.append(await intake.refund_final(refund["id"]))
+
+    assert [(r["status"], r["failure_code"]) for r in outcomes] == [
+        ("succeeded", None),
+        ("failed", "expired_or_canceled_card"),
+    ]
+    assert (await intake.get(payment["id"]))["amount_refunded"] == 500
