@@ -173,3 +173,34 @@ async def test_refund_lists_filter_and_page(api: IntakeClient) -> None:
     ) as response:
         assert response.status == 422
         assert json.loads(await response.text())["errors"][0]["field"] == "status"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "problem"),
+    [
+        ({}, b"{}", 400, "idempotency-key-missing"),
+        ({"Idempotency-Key": "k\u00e9y"}, b"{}", 400, "idempotency-key-invalid"),
+        ({"Idempotency-Key": "k1", "Content-Type": "text/plain"}, b"amount=5", 415, "unsupported-media-type"),
+        ({"Idempotency-Key": "k2", "Content-Type": "application/json"}, b'{"amount": 5', 400, "malformed-json"),
+        ({"Idempotency-Key": "k3", "Content-Type": "application/json"}, b"[500]", 422, "validation-error"),
+        (
+            {"Idempotency-Key": "k4", "Content-Type": "application/json"},
+            b'{"amount": 5, "x": 1}',
+            422,
+            "validation-error",
+        ),
+    ],
+    ids=["no key", "non-ascii key", "not json", "malformed json", "not an object", "unknown field"],
+)
+async def test_a_bad_refund_request_is_a_clear_problem(
+    api: IntakeClient, headers: dict[str, str], body: bytes, status: int, problem: str
+) -> None:
+    payment = await api.paid(amount=800)
+    sent = {**api.headers(), **headers}
+    if "Idempotency-Key" in headers:
+        sent["Idempotency-Key"] = headers["Idempotency-Key"].encode("utf-8").decode("latin-1")
+    async with api.session.post(f"{api.base_url}/v1/payments/{payment['id']}/refunds", data=body, headers=sent) as r:
+        answer = json.loads(await r.text())
+        assert (r.status, r.content_type) == (status, "application/problem+json"), answer
+    assert answer["type"].endswith(problem)
+    assert (await api.refunds(payment_id=payment["id"]))["data"] == []
