@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.intake_api import refunds, routes, store, webhooks
+from services.intake_api import refunds, routes, store, summary, webhooks
 from services.intake_api.intents import INTAKE_MESSAGES, IntentWaiters
 from services.intake_api.openapi import openapi_document
 from services.intake_api.outbox import OutboxRelay
@@ -48,6 +48,8 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app[webhooks.SECRET_BOX] = SecretBox(settings.webhook_secrets_key)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/payments", routes.create_payment)
+    # Before /v1/payments/{payment_id}, which would otherwise take "summary" for an id.
+    app.router.add_get("/v1/payments/summary", summary.payment_summary)
     app.router.add_get("/v1/payments/{payment_id}", routes.get_payment)
     app.router.add_get("/v1/payments/{payment_id}/events", routes.get_payment_events)
     app.router.add_post("/v1/payments/{payment_id}/cancel", routes.cancel_payment)

@@ -399,3 +399,19 @@ class EventList(BaseModel):
 class PaymentList(BaseModel):
     data: list[Payment]
     has_more: bool
+
+
+class PaymentTotal(BaseModel):
+    """The merchant's payments of one status and one currency: how many, and their amounts added up."""
+
+    status: PaymentStatus
+    currency: str
+    count: int
+    amount: int = Field(description="The sum of their amounts, in the currency's minor units.")
+
+
+class PaymentSummary(BaseModel):
+    """GET /v1/payments/summary: one total per status and currency that has payments (amounts of different
+    currencies are never added together), by status then currency."""
+
+    data: list[PaymentTotal]

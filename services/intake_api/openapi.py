@@ -16,6 +16,7 @@ from services.intake_api.models import (
     PaymentCreate,
     PaymentEventList,
     PaymentList,
+    PaymentSummary,
     ProblemDetails,
     Refund,
     RefundCreate,
@@ -451,6 +452,7 @@ def openapi_document() -> dict[str, Any]:
                 EventList,
                 EventWithDeliveries,
                 PaymentList,
+                PaymentSummary,
                 RefundCreate,
                 Refund,
                 RefundList,
@@ -530,6 +532,19 @@ def openapi_document() -> dict[str, Any]:
                     "The merchant's payments, newest first",
                     _LIST_PAYMENTS,
                     parameters=_LIST_PAYMENTS_PARAMETERS,
+                ),
+            },
+            "/v1/payments/summary": {
+                "get": _operation(
+                    "summarizePayments",
+                    "The merchant's payments counted and summed by status and currency",
+                    {
+                        "200": _json("PaymentSummary", "One total per status and currency that has payments."),
+                        "401": _UNAUTHORIZED,
+                        "422": _INVALID_QUERY,
+                        "503": _DATABASE_DOWN,
+                    },
+                    parameters=_LIST_PAYMENTS_PARAMETERS[-2:],
                 ),
             },
             "/v1/payments/{payment_id}": {

@@ -146,6 +146,7 @@ async def test_openapi_json_is_served_as_openapi_3_1(stack: Stack, http: aiohttp
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {
         "/v1/payments",
+        "/v1/payments/summary",
         "/v1/payments/{payment_id}",
         "/v1/payments/{payment_id}/events",
         "/v1/payments/{payment_id}/cancel",

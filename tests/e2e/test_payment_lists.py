@@ -168,3 +168,32 @@ async def test_events_are_listed_newest_first_a_page_at_a_time(intake: IntakeCli
     assert len(seen) == len(set(seen))
     created = [e["created"] for e in current["data"]]
     assert created == sorted(created, reverse=True)
+
+
+async def test_the_summary_counts_and_sums_by_status_and_currency_in_a_time_range(
+    intake: IntakeClient, http: aiohttp.ClientSession
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    made = [
+        await intake.create(payment_body(amount=amount, currency=currency), wait=0)
+        for amount, currency in ((100, "JPY"), (250, "JPY"), (1999, "KWD"))
+    ]
+    assert all(status == 201 for status, _, _ in made)
+    await recorded(intake, [payment["id"] for _, payment, _ in made], since)
+    window = {"created[gte]": since.isoformat(), "created[lte]": (datetime.now(UTC) + timedelta(seconds=5)).isoformat()}
+    summary = await page(intake, "/v1/payments/summary", **window)
+    totals = {(t["status"], t["currency"]): (t["count"], t["amount"]) for t in summary["data"]}
+    # Payments of other tests may fall in the window too: ours are at least counted, the currencies never mixed.
+    assert totals[("PENDING", "JPY")][0] >= 2 and totals[("PENDING", "JPY")][1] >= 350
+    assert totals[("PENDING", "KWD")][0] >= 1 and totals[("PENDING", "KWD")][1] >= 1999
+    future = {"created[gte]": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+    assert (await page(intake, "/v1/payments/summary", **future))["data"] == []
+    other = IntakeClient(http, intake.base_url, api_key="sk_test_other")
+    theirs = await page(other, "/v1/payments/summary", **window)
+    assert ("PENDING", "KWD") not in {(t["status"], t["currency"]) for t in theirs["data"]} or all(
+        t["amount"] < 1999 for t in theirs["data"] if t["currency"] == "KWD"
+    )
+    async with http.get(f"{intake.base_url}/v1/payments/summary?created[gte]=yesterday", headers=intake.headers()) as r:
+        await problem_of(r, 422, "validation-error")
+    async with http.get(f"{intake.base_url}/v1/payments/summary") as r:
+        await problem_of(r, 401)

@@ -79,10 +79,9 @@ def test_anything_else_goes_to_the_overview(target: str | None) -> None:
 def test_the_chart_draws_each_status_against_the_largest_and_adds_no_currencies_together() -> None:
     totals = totals_by_status(
         [
-            {"status": "SUCCEEDED", "amount": 100, "currency": "USD"},
-            {"status": "SUCCEEDED", "amount": 50, "currency": "USD"},
-            {"status": "SUCCEEDED", "amount": 7, "currency": "JPY"},
-            {"status": "FAILED", "amount": 1, "currency": "USD"},
+            {"status": "FAILED", "currency": "USD", "count": 1, "amount": 1},
+            {"status": "SUCCEEDED", "currency": "JPY", "count": 1, "amount": 7},
+            {"status": "SUCCEEDED", "currency": "USD", "count": 2, "amount": 150},
         ]
     )
     by_status = {total.status: total for total in totals}
