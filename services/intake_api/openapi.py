@@ -172,6 +172,13 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 _CURSOR = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[\\x21-\\x7e]+$"}
+
+
+def _text_filter(max_length: int) -> dict[str, Any]:
+    """Text a list matches exactly: any characters but NUL, which PostgreSQL text cannot hold (answered 422)."""
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": "^[^\\x00]+$"}
+
+
 _PAGE_PARAMETERS = [
     _query(
         "limit",
@@ -272,7 +279,7 @@ def _webhook_paths() -> dict[str, Any]:
                     _query(
                         "payment_id",
                         "Only events of this payment.",
-                        {"type": "string", "minLength": 1, "maxLength": 64},
+                        _text_filter(64),
                     ),
                 ],
             ),
@@ -316,11 +323,11 @@ _LIST_PAYMENTS = {
 _LIST_PAYMENTS_PARAMETERS = [
     *_PAGE_PARAMETERS,
     _query("status", "Only payments in this status.", {"type": "string", "enum": [s.value for s in PaymentStatus]}),
-    _query("reference", "Only payments with this reference.", {"type": "string", "minLength": 1, "maxLength": 128}),
+    _query("reference", "Only payments with this reference.", _text_filter(128)),
     _query(
         "customer_email",
         "Only payments whose customer e-mail is this address (compared without regard to case).",
-        {"type": "string", "minLength": 1, "maxLength": 254},
+        _text_filter(254),
     ),
     _query("created[gte]", "Only payments created at or after this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
     _query("created[lte]", "Only payments created at or before this time (ISO 8601, or Unix seconds).", _CREATED_BOUND),
@@ -395,7 +402,7 @@ def _refund_paths() -> dict[str, Any]:
                     _query(
                         "payment_id",
                         "Only refunds of this payment.",
-                        {"type": "string", "minLength": 1, "maxLength": 64},
+                        _text_filter(64),
                     ),
                     _query(
                         "status",
