@@ -93,6 +93,23 @@ def csrf_failed(form: ConsoleForm) -> bool:
     return not token.validate(form)
 
 
+def csrf_refused() -> Problem:
+    """What a form without a valid CSRF token gets: 403, and nothing done."""
+    return Problem(
+        403,
+        "csrf-token-invalid",
+        "This form has expired or did not come from the console, so nothing was done. Reload the page and try again.",
+    )
+
+
+async def submitted_form(request: web.Request, form_class: type[F]) -> F:
+    """The form the request submitted; one without a valid CSRF token is refused (403) before anything is done."""
+    form = await build_form(request, form_class, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    return form
+
+
 def new_idempotency_key() -> str:
     """One key per rendered form: submitting it twice (a double click, a retry) replays one request."""
     return "console_" + secrets.token_hex(16)
