@@ -16,6 +16,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from shared.merchant_events import MERCHANT_EVENT_TYPES
 from shared.web import Problem, read_form
 
 F = TypeVar("F", bound="ConsoleForm")
@@ -29,19 +30,6 @@ REFUND_REASONS = [
     SelectChoice("requested_by_customer", "Requested by the customer"),
     SelectChoice("duplicate", "Duplicate payment"),
     SelectChoice("fraudulent", "Fraudulent"),
-]
-# The merchant event types a webhook endpoint can subscribe to (docs/reference/merchant-webhooks.md).
-EVENT_TYPES = [
-    "payment.created",
-    "payment.authorized",
-    "payment.succeeded",
-    "payment.failed",
-    "payment.canceled",
-    "payment.expired",
-    "refund.created",
-    "refund.succeeded",
-    "refund.failed",
-    "webhook_endpoint.disabled",
 ]
 
 
@@ -141,7 +129,7 @@ class EndpointForm(ConsoleForm):
     )
     events = SelectMultipleField(
         "Events to send (none ticked: every event)",
-        choices=[SelectChoice(name) for name in EVENT_TYPES],
+        choices=[SelectChoice(name) for name in MERCHANT_EVENT_TYPES],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
         validators=[Optional()],
