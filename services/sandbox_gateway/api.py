@@ -253,8 +253,13 @@ async def create_intent(request: web.Request) -> web.Response:
         await asyncio.sleep(gateway.faults.create_intent_delay_seconds)
     if fault == "after_storing":
         raise Problem(500, "sandbox-fault", "Injected fault: failed after storing the intent.")
+    return _created(answer, created, f"/v1/intents/{answer['id']}")
+
+
+def _created(answer: dict[str, object], created: bool, location: str) -> web.Response:
+    """201 with its Location for what a POST made now; 200, marked as a replay, for what its key made before."""
     if created:
-        return web.json_response(answer, status=201, headers={"Location": f"/v1/intents/{answer['id']}"})
+        return web.json_response(answer, status=201, headers={"Location": location})
     return web.json_response(answer, status=200, headers={"Idempotent-Replayed": "true"})
 
 
@@ -333,9 +338,7 @@ async def create_refund(request: web.Request) -> web.Response:
         raise Problem(
             422, "idempotency-key-reuse", "This Idempotency-Key already made a refund of another intent or amount."
         ) from None
-    if created:
-        return web.json_response(answer, status=201, headers={"Location": f"/v1/refunds/{answer['id']}"})
-    return web.json_response(answer, status=200, headers={"Idempotent-Replayed": "true"})
+    return _created(answer, created, f"/v1/refunds/{answer['id']}")
 
 
 async def get_refund(request: web.Request) -> web.Response:
