@@ -16,8 +16,11 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from pydantic import AnyUrl, TypeAdapter, ValidationError
+from pydantic import AnyUrl, Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings
 from yarl import URL
+
+from shared.config import SETTINGS_CONFIG
 
 RESOLVE_TIMEOUT_SECONDS = 3.0
 MAX_URL_LENGTH = 2048
@@ -211,3 +214,16 @@ async def check_public_url(url: str, *, allow_private: bool) -> EndpointUrl:
     if not allow_private:
         await checked_addresses(endpoint, allow_private=False)
     return endpoint
+
+
+class EndpointUrlSettings(BaseSettings):
+    """Whether endpoint URLs may be private: of the two services that judge them, the intake (at registration) and
+    the notifier (before each delivery), which must agree."""
+
+    model_config = SETTINGS_CONFIG
+
+    webhook_allow_private_urls: bool = Field(
+        default=False,
+        description="let merchant webhook endpoints point at loopback, link-local or private addresses (development"
+        " only: it is the SSRF guard); `true` under `make run` and in tests",
+    )

@@ -1,7 +1,8 @@
 """The catalogue of merchant event types: what a merchant's webhook endpoint may subscribe to.
 
 The notifier makes these events (services/notifier/rules.py); the intake validates subscriptions against them and
-lists them in its OpenAPI document. Both read this one catalogue, so neither imports the other
+lists them in its OpenAPI document; the console offers them on its endpoint form. All read this one catalogue, so
+none imports another
 (docs/reference/merchant-webhooks.md).
 """
 

@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.console.forms import ActionForm, EndpointForm, build_form, csrf_failed
+from services.console.forms import ActionForm, EndpointForm, build_form, submitted_form
 from services.console.intake import NotFoundError, RequestRefusedError, path
 from services.console.merchant import merchant_api
 from services.console.rendering import render
-from services.console.signin import csrf_refused
 
 EVENTS_PAGE_SIZE = 25
 _ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{1,60}$")
@@ -58,9 +57,7 @@ async def show_endpoints(request: web.Request) -> web.Response:
 
 async def add_endpoint(request: web.Request) -> web.Response:
     """Register the endpoint; the answer is the one page that ever shows its secret (never stored, never cached)."""
-    form = await build_form(request, EndpointForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    form = await submitted_form(request, EndpointForm)
     if not form.validate():
         return await _endpoints_page(request, form=form, status=422)
     body: dict[str, Any] = {"url": str(form.url.data).strip()}
@@ -81,9 +78,7 @@ async def add_endpoint(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     """A new signing secret for the endpoint, shown once; the old one signs beside it for a day."""
     endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
-    form = await build_form(request, ActionForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    await submitted_form(request, ActionForm)
     api = await merchant_api(request)
     rotated = await api.post(path("/v1/webhook_endpoints/{}/rotate_secret", endpoint_id))
     return await _endpoints_page(request, revealed={"endpoint": rotated, "rotated": True})
@@ -92,9 +87,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 async def delete_endpoint(request: web.Request) -> web.Response:
     """Stop delivering to the endpoint; its deliveries stay readable on the events."""
     endpoint_id = _matched(request, "endpoint_id", _ENDPOINT_ID)
-    form = await build_form(request, ActionForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    await submitted_form(request, ActionForm)
     api = await merchant_api(request)
     await api.delete(path("/v1/webhook_endpoints/{}", endpoint_id))
     return web.Response(status=303, headers={"Location": "/developers/webhooks?done=deleted"})
@@ -148,9 +141,7 @@ async def show_event(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """Send the event again now to every enabled endpoint subscribed to it."""
     event_id = _matched(request, "event_id", _EVENT_ID)
-    form = await build_form(request, ActionForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    await submitted_form(request, ActionForm)
     api = await merchant_api(request)
     await api.post(path("/v1/events/{}/redeliver", event_id))
     return web.Response(status=303, headers={"Location": f"/developers/events/{event_id}?done=redelivered"})

@@ -16,6 +16,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from shared.merchant_events import MERCHANT_EVENT_TYPES
 from shared.web import Problem, read_form
 
 F = TypeVar("F", bound="ConsoleForm")
@@ -29,19 +30,6 @@ REFUND_REASONS = [
     SelectChoice("requested_by_customer", "Requested by the customer"),
     SelectChoice("duplicate", "Duplicate payment"),
     SelectChoice("fraudulent", "Fraudulent"),
-]
-# The merchant event types a webhook endpoint can subscribe to (docs/reference/merchant-webhooks.md).
-EVENT_TYPES = [
-    "payment.created",
-    "payment.authorized",
-    "payment.succeeded",
-    "payment.failed",
-    "payment.canceled",
-    "payment.expired",
-    "refund.created",
-    "refund.succeeded",
-    "refund.failed",
-    "webhook_endpoint.disabled",
 ]
 
 
@@ -93,6 +81,23 @@ def csrf_failed(form: ConsoleForm) -> bool:
     return not token.validate(form)
 
 
+def csrf_refused() -> Problem:
+    """What a form without a valid CSRF token gets: 403, and nothing done."""
+    return Problem(
+        403,
+        "csrf-token-invalid",
+        "This form has expired or did not come from the console, so nothing was done. Reload the page and try again.",
+    )
+
+
+async def submitted_form(request: web.Request, form_class: type[F]) -> F:
+    """The form the request submitted; one without a valid CSRF token is refused (403) before anything is done."""
+    form = await build_form(request, form_class, submitted=True)
+    if csrf_failed(form):
+        raise csrf_refused()
+    return form
+
+
 def new_idempotency_key() -> str:
     """One key per rendered form: submitting it twice (a double click, a retry) replays one request."""
     return "console_" + secrets.token_hex(16)
@@ -124,7 +129,7 @@ class EndpointForm(ConsoleForm):
     )
     events = SelectMultipleField(
         "Events to send (none ticked: every event)",
-        choices=[SelectChoice(name) for name in EVENT_TYPES],
+        choices=[SelectChoice(name) for name in MERCHANT_EVENT_TYPES],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
         validators=[Optional()],

@@ -9,13 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from services.console.forms import ActionForm, CaptureForm, RefundForm, build_form, csrf_failed, new_idempotency_key
+from services.console.forms import ActionForm, CaptureForm, RefundForm, build_form, new_idempotency_key, submitted_form
 from services.console.intake import MerchantApi, NotFoundError, RequestRefusedError, path
 from services.console.local_time import browser_zone, end_of_day, start_of_day
 from services.console.merchant import merchant_api
 from services.console.money import AmountError, minor_units
 from services.console.rendering import render
-from services.console.signin import csrf_refused
 from shared.events import PaymentStatus
 
 PAGE_SIZE = 20
@@ -210,60 +209,60 @@ def _done(payment_id: str, what: str) -> web.Response:
 async def refund(request: web.Request) -> web.Response:
     """Refund all (amount left blank) or part of the payment; the API's refusal is shown beside the field."""
     payment_id = _payment_id(request)
-    form = await build_form(request, RefundForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
-    api = await merchant_api(request)
-    payment = await api.get(path("/v1/payments/{}", payment_id))
-    form.validate()
-    body: dict[str, Any] = {}
-    if form.reason.data:
-        body["reason"] = form.reason.data
-    if form.amount.data and not form.errors:
-        try:
-            body["amount"] = minor_units(str(form.amount.data), payment["currency"])
-        except AmountError as exc:
-            form.amount.errors = [str(exc)]
-    if form.errors:
-        return await payment_page(request, refund_form=form, status=422)
-    key = _key(form)
-    try:
-        await api.post(path("/v1/payments/{}/refunds", payment_id), body, idempotency_key=key)
-    except RequestRefusedError as refused:
-        return await _refused(request, refused, refund_form=form, field="amount")
-    return _done(payment_id, "refund")
+    form = await submitted_form(request, RefundForm)
+    body: dict[str, Any] = {"reason": form.reason.data} if form.reason.data else {}
+    return await _amount_action(
+        request, payment_id, form, body, field="amount", endpoint="/v1/payments/{}/refunds", done="refund"
+    )
 
 
 async def capture(request: web.Request) -> web.Response:
     """Capture all (amount left blank) or part of an AUTHORIZED payment."""
     payment_id = _payment_id(request)
-    form = await build_form(request, CaptureForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    form = await submitted_form(request, CaptureForm)
+    return await _amount_action(
+        request, payment_id, form, {}, field="amount_to_capture", endpoint="/v1/payments/{}/capture", done="capture"
+    )
+
+
+async def _amount_action(
+    request: web.Request,
+    payment_id: str,
+    form: RefundForm | CaptureForm,
+    body: dict[str, Any],
+    *,
+    field: str,
+    endpoint: str,
+    done: str,
+) -> web.Response:
+    """Post a refund or a capture of the payment, with the amount typed in the form's `field` if any.
+
+    The amount is read in the payment's currency and sent under the field's name; a bad amount, or the API's
+    refusal, comes back on the payment page beside the form that was sent.
+    """
     api = await merchant_api(request)
     payment = await api.get(path("/v1/payments/{}", payment_id))
     form.validate()
-    body: dict[str, Any] = {}
-    if form.amount_to_capture.data and not form.errors:
+    amount = getattr(form, field)
+    if amount.data and not form.errors:
         try:
-            body["amount_to_capture"] = minor_units(str(form.amount_to_capture.data), payment["currency"])
+            body[field] = minor_units(str(amount.data), payment["currency"])
         except AmountError as exc:
-            form.amount_to_capture.errors = [str(exc)]
+            amount.errors = [str(exc)]
+    sent: dict[str, Any] = {"refund_form": form} if isinstance(form, RefundForm) else {"capture_form": form}
     if form.errors:
-        return await payment_page(request, capture_form=form, status=422)
+        return await payment_page(request, status=422, **sent)
     try:
-        await api.post(path("/v1/payments/{}/capture", payment_id), body, idempotency_key=_key(form))
+        await api.post(path(endpoint, payment_id), body, idempotency_key=_key(form))
     except RequestRefusedError as refused:
-        return await _refused(request, refused, capture_form=form, field="amount_to_capture")
-    return _done(payment_id, "capture")
+        return await _refused(request, refused, field=field, **sent)
+    return _done(payment_id, done)
 
 
 async def void(request: web.Request) -> web.Response:
     """Release an AUTHORIZED payment's hold (the API's cancel)."""
     payment_id = _payment_id(request)
-    form = await build_form(request, ActionForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    await submitted_form(request, ActionForm)
     api = await merchant_api(request)
     try:
         await api.post(path("/v1/payments/{}/cancel", payment_id))

@@ -5,27 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_session import get_session, new_session
 
-from services.console.forms import ActionForm, SignInForm, build_form, csrf_failed
+from services.console.forms import ActionForm, SignInForm, build_form, csrf_failed, submitted_form
 from services.console.guard import API_KEY
 from services.console.intake import key_is_accepted
 from services.console.merchant import HTTP, INTAKE_URL
 from services.console.navigation import safe_next
 from services.console.rendering import KEY_HINT, render
 from shared.logs import get_logger
-from shared.web import Problem
 
 log = get_logger(__name__)
 
 WRONG_KEY = "That API key is not valid. Check it and try again."
-
-
-def csrf_refused() -> Problem:
-    """What a form without a valid CSRF token gets: 403, and nothing done."""
-    return Problem(
-        403,
-        "csrf-token-invalid",
-        "This form has expired or did not come from the console, so nothing was done. Reload the page and try again.",
-    )
 
 
 async def show_sign_in(request: web.Request) -> web.Response:
@@ -63,9 +53,7 @@ async def sign_in(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     """End the session (its cookie is emptied) and say so on the sign-in page."""
-    form = await build_form(request, ActionForm, submitted=True)
-    if csrf_failed(form):
-        raise csrf_refused()
+    await submitted_form(request, ActionForm)
     session = await get_session(request)
     session.invalidate()
     return web.Response(status=303, headers={"Location": "/sign-in?signed_out=1"})

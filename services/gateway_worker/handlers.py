@@ -354,34 +354,14 @@ class GatewayHandlers:
     async def refund(self, received: Received[RefundRequested]) -> None:
         """Ask the provider to refund, with the refund id as its idempotency key, and publish what it says."""
         envelope, message = received.envelope, received.message
-        await self._submit_refund(
-            envelope,
-            received.delivery,
-            refund_id=message.refund_id,
-            provider_name=message.provider,
-            provider_payment_id=message.provider_payment_id,
-            amount=message.amount,
-            currency=message.currency,
-            reason=message.reason,
-            source="gateway",
-        )
+        await self._submit_refund(envelope, received.delivery, message, source="gateway")
 
     async def reconcile_refund(self, received: Received[ReconcileRefund]) -> None:
         """A refund pending for a while: look it up at the provider, or, if the provider never told us its id (the
         request may never have reached it), submit it again under the same idempotency key."""
         envelope, message = received.envelope, received.message
         if message.provider_refund_id is None:
-            await self._submit_refund(
-                envelope,
-                received.delivery,
-                refund_id=message.refund_id,
-                provider_name=message.provider,
-                provider_payment_id=message.provider_payment_id,
-                amount=message.amount,
-                currency=message.currency,
-                reason=message.reason,
-                source="reconciliation",
-            )
+            await self._submit_refund(envelope, received.delivery, message, source="reconciliation")
             return
         provider = self._provider(message.provider)
         if not isinstance(provider, RefundingProvider):
@@ -402,16 +382,14 @@ class GatewayHandlers:
         self,
         envelope: Envelope,
         delivery: Delivery,
+        message: RefundRequested | ReconcileRefund,
         *,
-        refund_id: str,
-        provider_name: str | None,
-        provider_payment_id: str | None,
-        amount: int,
-        currency: str,
-        reason: str | None,
         source: Source,
     ) -> None:
-        provider = self._provider(provider_name)
+        """Ask the provider for the refund a request (or a reconciliation that finds it never submitted) names."""
+        refund_id, provider_payment_id = message.refund_id, message.provider_payment_id
+        amount, currency = message.amount, message.currency
+        provider = self._provider(message.provider)
         if not isinstance(provider, RefundingProvider):
             await self._refund_failed(envelope.payment_id, refund_id, provider.name, "refunds_not_supported", source)
             return
@@ -424,7 +402,7 @@ class GatewayHandlers:
             provider_payment_id=provider_payment_id,
             amount=amount,
             currency=currency,
-            reason=reason,
+            reason=message.reason,
             # The payment's trace rides with the refund, so its webhook joins that trace.
             metadata=delivery.trace_headers,
         )

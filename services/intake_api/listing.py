@@ -8,7 +8,7 @@ between them (older than `starting_after`, newer than `ending_before`), from the
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -135,6 +135,47 @@ def keyset_page(rows: list[asyncpg.Record], page: Page) -> tuple[list[asyncpg.Re
     return rows, has_more
 
 
+async def newest_first(
+    pool: asyncpg.Pool,
+    page: Page,
+    merchant_id: str,
+    *,
+    select: str,
+    filters: Iterable[tuple[str, object]],
+    item: str,
+    cursor_table: str,
+    alias: str = "",
+) -> tuple[list[asyncpg.Record], bool]:
+    """One page of the merchant's items newest first, keyed by (created_at, id), and whether more follow.
+
+    `select` is the query up to its WHERE (its item table, or its alias, `alias`); `filters` are conditions with
+    `?` for their value, left out where the value is None; a cursor is looked up in `cursor_table` by id and
+    merchant, and one that names no `item` of the merchant is refused.
+    """
+    args: list[Any] = [merchant_id]
+    conditions = [f"{alias}merchant_id = $1"]
+    for sql, value in filters:
+        if value is not None:
+            args.append(value)
+            conditions.append(sql.replace("?", f"${len(args)}"))
+    for name, cursor, comparison in page.cursors():
+        found = await pool.fetchrow(
+            f"SELECT created_at, id FROM {cursor_table} WHERE id = $1 AND merchant_id = $2", cursor, merchant_id
+        )
+        if found is None:
+            raise cursor_not_found(name, item)
+        args.extend([found["created_at"], found["id"]])
+        conditions.append(f"({alias}created_at, {alias}id) {comparison} (${len(args) - 1}, ${len(args)})")
+    order = "ASC" if page.backwards else "DESC"
+    args.append(page.limit + 1)
+    rows = await pool.fetch(
+        f"{select} WHERE {' AND '.join(conditions)}"
+        f" ORDER BY {alias}created_at {order}, {alias}id {order} LIMIT ${len(args)}",
+        *args,
+    )
+    return keyset_page(list(rows), page)
+
+
 async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMapping[str]) -> tuple[list[Payment], bool]:
     """The merchant's payments newest first, through ledger.payments_v1 (the ledger's (merchant_id, created_at, id)
     index serves it)."""
@@ -146,36 +187,19 @@ async def list_payments(pool: asyncpg.Pool, merchant_id: str, query: MultiMappin
     customer_email = text_filter(query, "customer_email", 254)
     created_gte, created_lte = time_filter(query, "created[gte]"), time_filter(query, "created[lte]")
 
-    args: list[Any] = [merchant_id]
-    conditions = ["merchant_id = $1"]
-
-    def bind(sql: str, value: object) -> None:
-        args.append(value)
-        conditions.append(sql.replace("?", f"${len(args)}"))
-
-    for sql, value in (
-        ("status = ?", status),
-        ("reference = ?", reference),
-        ("lower(customer_email) = lower(?)", customer_email),
-        ("created_at >= ?", created_gte),
-        ("created_at <= ?", created_lte),
-    ):
-        if value is not None:
-            bind(sql, value)
-    for name, cursor, comparison in page.cursors():
-        found = await pool.fetchrow(
-            "SELECT created_at, id FROM ledger.payments_v1 WHERE id = $1 AND merchant_id = $2", cursor, merchant_id
-        )
-        if found is None:
-            raise cursor_not_found(name, "payment")
-        args.extend([found["created_at"], found["id"]])
-        conditions.append(f"(created_at, id) {comparison} (${len(args) - 1}, ${len(args)})")
-    order = "ASC" if page.backwards else "DESC"
-    args.append(page.limit + 1)
-    rows = await pool.fetch(
-        f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE {' AND '.join(conditions)}"
-        f" ORDER BY created_at {order}, id {order} LIMIT ${len(args)}",
-        *args,
+    rows, has_more = await newest_first(
+        pool,
+        page,
+        merchant_id,
+        select=f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1",
+        filters=(
+            ("status = ?", status),
+            ("reference = ?", reference),
+            ("lower(customer_email) = lower(?)", customer_email),
+            ("created_at >= ?", created_gte),
+            ("created_at <= ?", created_lte),
+        ),
+        item="payment",
+        cursor_table="ledger.payments_v1",
     )
-    rows, has_more = keyset_page(list(rows), page)
     return [Payment(**{name: row[name] for name in LEDGER_COLUMNS}) for row in rows], has_more

@@ -21,7 +21,7 @@ from aiohttp import web
 from opentelemetry import trace
 from pydantic import BaseModel
 
-from services.intake_api.listing import cursor_not_found, invalid, keyset_page, parse_page, text_filter
+from services.intake_api.listing import invalid, newest_first, parse_page, text_filter
 from services.intake_api.models import Refund, RefundCreate, RefundList
 from services.intake_api.outbox import OutboxRow, insert_sql
 from services.intake_api.routes import MAX_BODY_BYTES, POOL, validated
@@ -224,28 +224,16 @@ async def list_refunds(pool: asyncpg.Pool, merchant_id: str, query: Any) -> tupl
     status = text_filter(query, "status", 16)
     if status is not None and status not in RefundStatus.__members__.values():
         raise invalid("status", f"must be one of {', '.join(s.value for s in RefundStatus)}")
-    args: list[Any] = [merchant_id]
-    conditions = ["r.merchant_id = $1"]
-    for sql, value in (("r.payment_id = ?", payment_id), ("coalesce(l.status, 'pending') = ?", status)):
-        if value is not None:
-            args.append(value)
-            conditions.append(sql.replace("?", f"${len(args)}"))
-    for name, cursor, comparison in page.cursors():
-        found = await pool.fetchrow(
-            "SELECT created_at, id FROM intake.refunds WHERE id = $1 AND merchant_id = $2", cursor, merchant_id
-        )
-        if found is None:
-            raise cursor_not_found(name, "refund")
-        args.extend([found["created_at"], found["id"]])
-        conditions.append(f"(r.created_at, r.id) {comparison} (${len(args) - 1}, ${len(args)})")
-    order = "ASC" if page.backwards else "DESC"
-    args.append(page.limit + 1)
-    rows = await pool.fetch(
-        f"{_REFUND_SELECT} WHERE {' AND '.join(conditions)}"
-        f" ORDER BY r.created_at {order}, r.id {order} LIMIT ${len(args)}",
-        *args,
+    rows, has_more = await newest_first(
+        pool,
+        page,
+        merchant_id,
+        select=_REFUND_SELECT,
+        filters=(("r.payment_id = ?", payment_id), ("coalesce(l.status, 'pending') = ?", status)),
+        item="refund",
+        cursor_table="intake.refunds",
+        alias="r.",
     )
-    rows, has_more = keyset_page(list(rows), page)
     return [refund_of(row) for row in rows], has_more
 
 

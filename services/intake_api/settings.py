@@ -8,10 +8,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config import BrokerSettings, DatabaseSettings
+from shared.endpoint_urls import EndpointUrlSettings
 from shared.webhook_secrets import SecretsAtRestSettings
 
 
-class IntakeSettings(DatabaseSettings, BrokerSettings, SecretsAtRestSettings):
+class IntakeSettings(DatabaseSettings, BrokerSettings, SecretsAtRestSettings, EndpointUrlSettings):
     """What the intake API reads from the environment, and nothing else."""
 
     intake_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port of the intake API")
@@ -26,11 +27,6 @@ class IntakeSettings(DatabaseSettings, BrokerSettings, SecretsAtRestSettings):
         default=24,
         ge=24,
         description="how long the intake keeps its own idempotency records (the ledger keeps the key for good)",
-    )
-    webhook_allow_private_urls: bool = Field(
-        default=False,
-        description="let merchant webhook endpoints point at loopback, link-local or private addresses (development"
-        " only: it is the SSRF guard); `true` under `make run` and in tests",
     )
     webhook_secret_grace_seconds: int = Field(
         default=86400,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from services.ledger.transitions import consult, names_another_object, reports_another_amount
 from shared.events import Message, ReconcileRefund, RefundStatus, RefundStatusChanged, RefundSubmitted
 
 PENDING, SUCCEEDED, FAILED = RefundStatus.PENDING, RefundStatus.SUCCEEDED, RefundStatus.FAILED
@@ -91,8 +92,8 @@ def decide_refund(state: RefundState, message: Message) -> RefundDecision:
             return _ignored(state, "another provider refund is already recorded")
         return RefundDecision(state, replace(state, provider_refund_id=message.provider_refund_id), "applied")
     if isinstance(message, RefundStatusChanged):
-        if (message.amount is not None and message.amount != state.amount) or (
-            message.currency is not None and message.currency.upper() != state.currency
+        if reports_another_amount(
+            message.amount, message.currency, expected=state.amount, expected_currency=state.currency
         ):
             return _ignored(
                 state,
@@ -100,16 +101,11 @@ def decide_refund(state: RefundState, message: Message) -> RefundDecision:
                 f" refund is {state.amount} {state.currency}",
                 amount_mismatch=True,
             )
-        if (
-            message.provider_refund_id is not None
-            and state.provider_refund_id is not None
-            and message.provider_refund_id != state.provider_refund_id
-        ):
+        if names_another_object(message.provider_refund_id, state.provider_refund_id):
             return _ignored(state, "event is about another provider refund")
-        rule = REFUND_TRANSITIONS[(state.status, message.status)]
-        if rule is not RefundRule.APPLY:
-            reason = IGNORED_BECAUSE[rule].format(current=state.status, reported=message.status)
-            return _ignored(state, reason, contradiction=rule is RefundRule.CONTRADICTS)
+        rule, ignored_because = consult(REFUND_TRANSITIONS, IGNORED_BECAUSE, state.status, message.status)
+        if ignored_because is not None:
+            return _ignored(state, ignored_because, contradiction=rule is RefundRule.CONTRADICTS)
         after = replace(
             state,
             status=message.status,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from services.ledger.transitions import consult, names_another_object, reports_another_amount
 from shared.events import (
     CancelPayment,
     CaptureMethod,
@@ -135,9 +136,9 @@ def _status_change(
     provider_payment_id: str | None,
     amount_captured: int | None = None,
 ) -> Decision:
-    rule = TRANSITIONS[(state.status, status)]
-    if rule in IGNORED_BECAUSE:
-        return _ignored(state, IGNORED_BECAUSE[rule].format(current=state.status, reported=status))
+    rule, ignored_because = consult(TRANSITIONS, IGNORED_BECAUSE, state.status, status)
+    if ignored_because is not None:
+        return _ignored(state, ignored_because)
     after = replace(
         state,
         status=status,
@@ -167,8 +168,8 @@ def decide(state: PaymentState, message: Message) -> Decision:
             state, F, failure_code=message.failure_code, provider=message.provider, provider_payment_id=None
         )
     if isinstance(message, PaymentStatusChanged):
-        if (message.amount is not None and message.amount != state.amount) or (
-            message.currency is not None and message.currency.upper() != state.currency
+        if reports_another_amount(
+            message.amount, message.currency, expected=state.amount, expected_currency=state.currency
         ):
             return _ignored(
                 state,
@@ -183,11 +184,7 @@ def decide(state: PaymentState, message: Message) -> Decision:
                 f" payment is {state.amount} {state.currency}",
                 amount_mismatch=True,
             )
-        if (
-            message.provider_payment_id is not None
-            and state.provider_payment_id is not None
-            and message.provider_payment_id != state.provider_payment_id
-        ):
+        if names_another_object(message.provider_payment_id, state.provider_payment_id):
             return _ignored(state, "event is about another intent")
         return _status_change(
             state,

@@ -5,11 +5,11 @@ refunds whose outcome never came, and the gauges of what is open. Over the Sweep
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from services.ledger.store import Claimed, SweepStore
+from services.ledger.store import Claimed, SendClaimed, SweepStore
 from shared.broker import Broker
-from shared.events import Envelope, ExpirePayment, Message, ReconcilePayment, ReconcileRefund
+from shared.events import Envelope, ExpirePayment, Message, ReconcilePayment, ReconcileRefund, Source
 from shared.logs import get_logger
 from shared.metrics import (
     AUTHORIZATIONS_EXPIRING_SOON,
@@ -26,6 +26,19 @@ from shared.metrics import (
 log = get_logger(__name__)
 
 SWEEP_BATCH = 100
+
+
+def _publishing(
+    broker: Broker, command: Callable[[Claimed], Message], *, source: Source, payment_id_column: str = "id"
+) -> SendClaimed:
+    """What a claim sends its rows with: each row's `command`, published all at once, keyed by its payment."""
+
+    async def send(rows: Sequence[Claimed]) -> None:
+        await asyncio.gather(
+            *(broker.publish(Envelope.wrap(command(r), payment_id=r[payment_id_column], source=source)) for r in rows)
+        )
+
+    return send
 
 
 def _expiration(row: Claimed) -> Message:
@@ -45,11 +58,7 @@ async def request_expirations(store: SweepStore, broker: Broker, *, resend_after
     """Send ExpirePayment once for each PENDING payment past `expires_at`, and for each AUTHORIZED one whose hold
     is past it (again if nothing came of it)."""
 
-    async def send(rows: Sequence[Claimed]) -> None:
-        await asyncio.gather(
-            *(broker.publish(Envelope.wrap(_expiration(r), payment_id=r["id"], source="expiry")) for r in rows)
-        )
-
+    send = _publishing(broker, _expiration, source="expiry")
     sent = await store.claim_expirations(SWEEP_BATCH, resend_after_seconds=resend_after_seconds, send=send)
     EXPIRATIONS_REQUESTED.inc(sent)
     return sent
@@ -60,14 +69,7 @@ async def request_reconciliations(
 ) -> int:
     """Ask the gateway_worker to look up PENDING payments that have an intent but no outcome for a while."""
 
-    async def send(rows: Sequence[Claimed]) -> None:
-        await asyncio.gather(
-            *(
-                broker.publish(Envelope.wrap(_reconciliation(r), payment_id=r["id"], source="reconciliation"))
-                for r in rows
-            )
-        )
-
+    send = _publishing(broker, _reconciliation, source="reconciliation")
     sent = await store.claim_reconciliations(
         SWEEP_BATCH, older_than_seconds=older_than_seconds, every_seconds=every_seconds, send=send
     )
@@ -107,18 +109,7 @@ async def request_refund_reconciliations(
     it looks them up at the provider, or submits them again under their idempotency key if the provider never
     had them, so no refund stays pending forever."""
 
-    async def send(rows: Sequence[Claimed]) -> None:
-        await asyncio.gather(
-            *(
-                broker.publish(
-                    Envelope.wrap(
-                        _refund_reconciliation(r), payment_id=r["payment_request_id"], source="reconciliation"
-                    )
-                )
-                for r in rows
-            )
-        )
-
+    send = _publishing(broker, _refund_reconciliation, source="reconciliation", payment_id_column="payment_request_id")
     sent = await store.claim_refund_reconciliations(
         SWEEP_BATCH, older_than_seconds=older_than_seconds, every_seconds=every_seconds, send=send
     )

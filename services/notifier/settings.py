@@ -8,21 +8,17 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config import BrokerSettings, DatabaseSettings, seconds_list
+from shared.endpoint_urls import EndpointUrlSettings
 from shared.webhook_secrets import SecretsAtRestSettings
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
-class NotifierSettings(DatabaseSettings, BrokerSettings, SecretsAtRestSettings):
+class NotifierSettings(DatabaseSettings, BrokerSettings, SecretsAtRestSettings, EndpointUrlSettings):
     """What the notifier reads from the environment, and nothing else."""
 
     notifier_port: int = Field(
         default=8084, ge=0, le=65535, description="HTTP port of the notifier (health and metrics)"
-    )
-    webhook_allow_private_urls: bool = Field(
-        default=False,
-        description="let merchant webhook endpoints point at loopback, link-local or private addresses (development"
-        " only: it is the SSRF guard); `true` under `make run` and in tests",
     )
     webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),

@@ -177,29 +177,28 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
     async def cancel_intent(
         self, provider_payment_id: str, *, reason: Literal["canceled", "expired"]
     ) -> ProviderIntent:
-        try:
-            payload = await request_json(
-                self._client(),
-                "POST",
-                f"{self._base_url}/v1/intents/{provider_payment_id}/cancel",
-                json={"reason": reason},
-            )
-        except PermanentGatewayError:
-            # 409: already settled; the truth is whatever the intent now says.
-            return await self.retrieve_intent(provider_payment_id)
-        return self._intent(payload)
+        # A 409 means already settled: the truth is whatever the intent now says.
+        return await self._act_on_intent(provider_payment_id, "cancel", {"reason": reason})
 
     async def capture(self, provider_payment_id: str, amount: int, idempotency_key: str) -> ProviderIntent:
+        # 409 (no longer held) or 422: whatever the intent now says is the truth the caller judges.
+        return await self._act_on_intent(
+            provider_payment_id, "capture", {"amount": amount}, headers={"Idempotency-Key": idempotency_key}
+        )
+
+    async def _act_on_intent(
+        self, provider_payment_id: str, action: str, body: dict[str, Any], *, headers: dict[str, str] | None = None
+    ) -> ProviderIntent:
+        """POST `action` on the intent; the sandbox refusing it answers with the intent as it now is."""
         try:
             payload = await request_json(
                 self._client(),
                 "POST",
-                f"{self._base_url}/v1/intents/{provider_payment_id}/capture",
-                json={"amount": amount},
-                headers={"Idempotency-Key": idempotency_key},
+                f"{self._base_url}/v1/intents/{provider_payment_id}/{action}",
+                json=body,
+                headers=headers,
             )
         except PermanentGatewayError:
-            # 409 (no longer held) or 422: whatever the intent now says is the truth the caller judges.
             return await self.retrieve_intent(provider_payment_id)
         return self._intent(payload)
 

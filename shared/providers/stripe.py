@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
@@ -290,6 +290,9 @@ class _Refund(BaseModel):
         return value if isinstance(value, str) and value else None
 
 
+_ObjectT = TypeVar("_ObjectT", bound=BaseModel)
+
+
 class _EventData(BaseModel):
     object: dict[str, Any]
 
@@ -302,6 +305,14 @@ class _Event(BaseModel):
     data: _EventData
     # The version the event is written in: its webhook endpoint's, which should be STRIPE_API_VERSION.
     api_version: str | None = None
+
+
+def _carried(event: _Event, model: type[_ObjectT], what: str) -> _ObjectT:
+    """The event's object read as `model`; one that is not that Stripe object makes the webhook invalid."""
+    try:
+        return model.model_validate(event.data.object)
+    except ValidationError as exc:
+        raise InvalidWebhookError(f"{event.type} does not carry {what} ({exc.error_count()} errors)") from None
 
 
 # Every Stripe object the adapter reads, by Stripe's name for it, with the model it is read through. The provider
@@ -640,10 +651,7 @@ class StripeProvider(PaymentProvider, CapturingProvider):
         return self._refund(await self.call("GET", f"/v1/refunds/{quote(provider_refund_id, safe='')}"))
 
     def _refund_event(self, event: _Event) -> RefundWebhookEvent | None:
-        try:
-            refund = _Refund.model_validate(event.data.object)
-        except ValidationError as exc:
-            raise InvalidWebhookError(f"{event.type} does not carry a refund ({exc.error_count()} errors)") from None
+        refund = _carried(event, _Refund, "a refund")
         metadata = refund.metadata or {}
         refund_id, payment_id = metadata.get("refund_id"), metadata.get("payment_id")
         if not refund_id or not payment_id:
@@ -672,12 +680,7 @@ class StripeProvider(PaymentProvider, CapturingProvider):
 
     def _hold_event(self, event: _Event) -> WebhookEvent | None:
         """A manual-capture PaymentIntent's event (hold, capture, void), or None for an automatic one's."""
-        try:
-            intent = _PaymentIntent.model_validate(event.data.object)
-        except ValidationError as exc:
-            raise InvalidWebhookError(
-                f"{event.type} does not carry a payment intent ({exc.error_count()} errors)"
-            ) from None
+        intent = _carried(event, _PaymentIntent, "a payment intent")
         payment_id = (intent.metadata or {}).get("payment_id")
         if not intent.manual or not payment_id:
             return None
@@ -717,12 +720,7 @@ class StripeProvider(PaymentProvider, CapturingProvider):
             return self._hold_event(event)
         if event.type not in STRIPE_EVENT_TYPES:
             return None
-        try:
-            session = _Session.model_validate(event.data.object)
-        except ValidationError as exc:
-            raise InvalidWebhookError(
-                f"{event.type} does not carry a checkout session ({exc.error_count()} errors)"
-            ) from None
+        session = _carried(event, _Session, "a checkout session")
         metadata = session.metadata or {}
         payment_id = session.client_reference_id or metadata.get("payment_id")
         if not payment_id:

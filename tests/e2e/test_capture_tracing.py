@@ -4,7 +4,6 @@ the trace that POST /v1/payments began, found by payment.id."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,9 +12,7 @@ import pytest
 from tests.support.client import IntakeClient, payment_body, simulate_card
 from tests.support.infra import Servers
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, span_tree
-from tests.support.own_stack import own_stack
-
-MODULES = ("intake_api", "gateway_worker", "sandbox_gateway", "webhook_receiver", "ledger")
+from tests.support.traced_stack import flushed_trace, traced_stack
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +20,7 @@ async def captured_trace(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[str, list[ReceivedSpan], OtlpReceiver]]:
     """A manual payment authorized, then captured; (payment id, the payment's trace, every span received)."""
-    async with (
-        OtlpReceiver() as receiver,
-        own_stack(
-            servers,
-            tmp_path_factory.mktemp("capture_traced"),
-            MODULES,
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="200",
-        ) as stack,
-    ):
+    async with traced_stack(servers, tmp_path_factory.mktemp("capture_traced")) as (stack, receiver):
         async with aiohttp.ClientSession() as http:
             intake = IntakeClient(http, stack.url("intake_api"))
             status, payment, _ = await intake.create(payment_body(capture_method="manual"), wait=10)
@@ -41,10 +29,7 @@ async def captured_trace(
             await intake.in_status(payment["id"], "AUTHORIZED")
             assert (await intake.capture(payment["id"], 1200))[0] == 202
             assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
-        # Stopping flushes every process's spans.
-        await asyncio.to_thread(stack.stop)
-        [post] = [s for s in receiver.spans if s.service == "intake-api" and s.name == "POST /v1/payments"]
-        spans = receiver.traces()[post.trace_id]
+        _, spans = await flushed_trace(stack, receiver)
         print(f"\nspan tree of payment {payment['id']}:\n{span_tree(spans)}")
         yield payment["id"], spans, receiver
 

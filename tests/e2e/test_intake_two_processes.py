@@ -13,21 +13,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.infra import Servers
-from tests.support.intake_deployment import Deployment, deployment, stop
-from tests.support.processes import eventually, free_port
+from tests.support.intake_deployment import Deployment, deployment, stop, two_intake_processes
+from tests.support.processes import eventually
 
 PAYMENTS = 30
 
 
 @pytest.fixture(scope="module")
 async def two_intakes(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    services = {
-        "intake_a": ("intake_api", {}),
-        "intake_b": ("intake_api", {"INTAKE_PORT": str(free_port())}),
-        "ledger": ("ledger", {}),
-        "gateway_worker": ("gateway_worker", {}),
-        "sandbox_gateway": ("sandbox_gateway", {}),
-    }
+    services = two_intake_processes({"ledger": {}, "gateway_worker": {}, "sandbox_gateway": {}})
     async with deployment(servers, tmp_path_factory.mktemp("two_intakes"), services) as running:
         yield running
 

@@ -3,7 +3,6 @@ through the gateway_worker's call to the provider, the provider's webhook and th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,11 +10,9 @@ import pytest
 
 from tests.support.client import IntakeClient, simulate_card
 from tests.support.infra import Servers
-from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, span_tree
-from tests.support.own_stack import own_stack
+from tests.support.otlp_receiver import ReceivedSpan, span_tree
 from tests.support.processes import eventually
-
-MODULES = ("intake_api", "gateway_worker", "sandbox_gateway", "webhook_receiver", "ledger")
+from tests.support.traced_stack import flushed_trace, traced_stack
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +20,7 @@ async def payment_trace(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[list[ReceivedSpan]]:
     """The trace of a payment paid and then refunded in part, once every process has flushed its spans."""
-    async with (
-        OtlpReceiver() as receiver,
-        own_stack(
-            servers,
-            tmp_path_factory.mktemp("refund_traced"),
-            MODULES,
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="200",
-        ) as stack,
-    ):
+    async with traced_stack(servers, tmp_path_factory.mktemp("refund_traced")) as (stack, receiver):
         async with aiohttp.ClientSession() as http:
             intake = IntakeClient(http, stack.url("intake_api"))
             status, payment, _ = await intake.create(wait=10)
@@ -48,9 +36,7 @@ async def payment_trace(
                 return {"payment.refund_submitted", "payment.refund_status_changed"} <= events
 
             await eventually(recorded, timeout=20, what="the ledger recording the refund's events")
-        await asyncio.to_thread(stack.stop)
-        [post] = [s for s in receiver.spans if s.service == "intake-api" and s.name == "POST /v1/payments"]
-        spans = receiver.traces()[post.trace_id]
+        _, spans = await flushed_trace(stack, receiver)
         print(f"\nspan tree of payment {payment['id']} and its refund:\n{span_tree(spans)}")
         yield spans
 

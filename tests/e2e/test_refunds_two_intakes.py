@@ -13,22 +13,17 @@ import pytest
 
 from tests.support.client import payment_body
 from tests.support.infra import Servers
-from tests.support.intake_deployment import Deployment, deployment
-from tests.support.processes import eventually, free_port
+from tests.support.intake_deployment import Deployment, deployment, two_intake_processes
+from tests.support.processes import eventually
 
 REFUNDS, EACH, CAPTURED = 20, 100, 1000
 
 
 @pytest.fixture(scope="module")
 async def two_intakes(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    services = {
-        "intake_a": ("intake_api", {}),
-        "intake_b": ("intake_api", {"INTAKE_PORT": str(free_port())}),
-        "ledger": ("ledger", {}),
-        "gateway_worker": ("gateway_worker", {}),
-        "sandbox_gateway": ("sandbox_gateway", {"SANDBOX_AUTOPAY": "succeed"}),
-        "webhook_receiver": ("webhook_receiver", {}),
-    }
+    services = two_intake_processes(
+        {"ledger": {}, "gateway_worker": {}, "sandbox_gateway": {"SANDBOX_AUTOPAY": "succeed"}, "webhook_receiver": {}}
+    )
     async with deployment(servers, tmp_path_factory.mktemp("refund_intakes"), services) as running:
         yield running
 

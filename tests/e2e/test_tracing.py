@@ -6,7 +6,6 @@ POST /v1/payments to the ledger recording the webhook's outcome, must be one tra
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ import pytest
 from tests.support.client import IntakeClient, simulate_card
 from tests.support.infra import Servers
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, span_tree
-from tests.support.own_stack import own_stack
 from tests.support.processes import Stack, eventually
+from tests.support.traced_stack import flushed_trace, traced_stack
 
-# The services one payment passes through (as trace service names), and the modules that run them.
+# The services one payment passes through (as trace service names).
 PAYMENT_SERVICES = {"intake-api", "gateway-worker", "sandbox-gateway", "webhook-receiver", "ledger"}
-MODULES = ("intake_api", "gateway_worker", "sandbox_gateway", "webhook_receiver", "ledger")
 CARD = "4242424242424242"
 # What no span may carry: the card, the merchants' API keys, the webhook secret.
 FORBIDDEN = (CARD, "4242 4242 4242 4242", "sk_test_demo", "sk_test_other", "whsec_sandbox_dev")
@@ -59,16 +57,7 @@ def _orphans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
 @pytest.fixture(scope="module")
 async def traced(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TracedPayment]:
     """The payment services exporting to a receiver; one payment paid with 4242 until SUCCEEDED; its trace."""
-    async with (
-        OtlpReceiver() as receiver,
-        own_stack(
-            servers,
-            tmp_path_factory.mktemp("traced"),
-            MODULES,
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="200",
-        ) as stack,
-    ):
+    async with traced_stack(servers, tmp_path_factory.mktemp("traced")) as (stack, receiver):
         async with aiohttp.ClientSession() as http:
             intake = IntakeClient(http, stack.url("intake_api"))
             status, payment, _ = await intake.create(wait=10)
@@ -81,13 +70,7 @@ async def traced(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> 
             await eventually(
                 lambda: _all_recorded(intake, payment_id), timeout=20, what="the ledger recording every event"
             )
-        # Stopping flushes every process's remaining spans (the tracer provider shuts down at exit), so the
-        # receiver then holds all of them: no waiting on export schedules.
-        await asyncio.to_thread(stack.stop)
-        posts = [s for s in receiver.spans if s.service == "intake-api" and s.name == "POST /v1/payments"]
-        assert len(posts) == 1, f"expected one POST /v1/payments span, got {len(posts)}"
-        trace_id = posts[0].trace_id
-        spans = receiver.traces()[trace_id]
+        trace_id, spans = await flushed_trace(stack, receiver)
         print(f"\nspan tree of payment {payment_id} (trace {trace_id}, {len(spans)} spans):")
         print(span_tree(spans))
         yield TracedPayment(payment_id, trace_id, spans, receiver, stack)

@@ -55,6 +55,10 @@ class StripeRequestError(Exception):
         self.headers = {} if should_retry is None else {"Stripe-Should-Retry": "true" if should_retry else "false"}
 
 
+# A form-encoded body as its (name, value) pairs, in order.
+Form = list[tuple[str, str]]
+
+
 def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """Form fields in bracket notation (`a[b][0][c]=v`, `a[]=v`) as nested dicts and lists."""
     root: dict[str, Any] = {}
@@ -368,32 +372,29 @@ class StripeFake:
             return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
         return None
 
-    def _remember(self, key: str | None, form: list[tuple[str, str]], status: int, body: dict[str, Any]) -> None:
+    async def _once(self, request: web.Request, answer: Callable[[web.Request, Form], dict[str, Any]]) -> web.Response:
+        """A POST under Stripe's idempotency: a key seen before gets its first answer again (`_replayed`), a new one
+        the body `answer` makes of the form, kept for the key; a refusal `answer` raises is not kept."""
+        form = await _form(request)
+        key = request.headers.get("Idempotency-Key")
+        replayed = self._replayed(key, form)
+        if replayed is not None:
+            return replayed
+        body = answer(request, form)
         if key is not None:
-            self._idempotent[key] = (form, status, copy.deepcopy(body))
+            self._idempotent[key] = (form, 200, copy.deepcopy(body))
+        return web.json_response(body)
 
     async def _create(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
-        replayed = self._replayed(key, form)
-        if replayed is not None:
-            return replayed
+        return await self._once(request, self._create_session)
+
+    def _create_session(self, request: web.Request, form: Form) -> dict[str, Any]:
         session = self._new_session(decode_form(form))
         self.sessions[session["id"]] = session
-        served = self.served(session)
-        if key is not None:
-            self._idempotent[key] = (form, 200, copy.deepcopy(served))
-        return web.json_response(served)
+        return self.served(session)
 
     async def _create_refund(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
-        replayed = self._replayed(key, form)
-        if replayed is not None:
-            return replayed
-        refund = self._new_refund(decode_form(form))
-        self._remember(key, form, 200, refund)
-        return web.json_response(refund)
+        return await self._once(request, lambda _, form: self._new_refund(decode_form(form)))
 
     def _new_refund(self, params: dict[str, Any]) -> dict[str, Any]:
         intent_id = params.get("payment_intent")
@@ -557,12 +558,10 @@ class StripeFake:
         return next((s for s in self.sessions.values() if s.get("payment_intent") == intent_id), None)
 
     async def _capture(self, request: web.Request) -> web.Response:
+        return await self._once(request, self._capture_intent)
+
+    def _capture_intent(self, request: web.Request, form: Form) -> dict[str, Any]:
         """Capture a `requires_capture` PaymentIntent, all or `amount_to_capture` of it; the rest is released."""
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
-        replayed = self._replayed(key, form)
-        if replayed is not None:
-            return replayed
         intent = self._payment_intent(request.match_info["id"])
         if intent["status"] != "requires_capture":
             raise StripeRequestError(
@@ -583,17 +582,13 @@ class StripeFake:
         session = self._session_of(intent["id"])
         if session is not None:
             session["payment_status"] = "paid"
-        body = copy.deepcopy(intent)
-        self._remember(key, form, 200, body)
-        return web.json_response(body)
+        return copy.deepcopy(intent)
 
     async def _cancel_intent(self, request: web.Request) -> web.Response:
+        return await self._once(request, self._void_intent)
+
+    def _void_intent(self, request: web.Request, form: Form) -> dict[str, Any]:
         """Cancel a PaymentIntent (a held one: its hold is voided); a succeeded one cannot be."""
-        form = await _form(request)
-        key = request.headers.get("Idempotency-Key")
-        replayed = self._replayed(key, form)
-        if replayed is not None:
-            return replayed
         intent = self._payment_intent(request.match_info["id"])
         if intent["status"] in ("succeeded", "canceled"):
             raise StripeRequestError(
@@ -605,9 +600,7 @@ class StripeFake:
         if reason not in (None, "abandoned", "duplicate", "fraudulent", "requested_by_customer"):
             raise StripeRequestError(400, f"Invalid cancellation_reason: {reason}", param="cancellation_reason")
         intent.update(status="canceled", cancellation_reason=reason, amount_capturable=0, canceled_at=int(self.clock()))
-        body = copy.deepcopy(intent)
-        self._remember(key, form, 200, body)
-        return web.json_response(body)
+        return copy.deepcopy(intent)
 
 
 def _metadata(value: Any, param: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from shared.db import create_pool
 from tests.support.client import IntakeClient
 from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
 from tests.support.link_proxy import LinkProxy
-from tests.support.processes import ServiceProcess, stack_environment
+from tests.support.processes import ServiceProcess, free_port, stack_environment
 
 # Extra environment of one process: fixed values, or computed from the deployment's environment.
 Overrides = Mapping[str, str] | Callable[[dict[str, str]], Mapping[str, str]]
@@ -69,6 +69,16 @@ class Deployment:
         """The status of the process's GET /readyz."""
         async with aiohttp.ClientSession() as session, session.get(f"{self.processes[label].url}/readyz") as r:
             return r.status
+
+
+def two_intake_processes(others: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[str, Overrides]]:
+    """Two intake_api processes, `intake_a` and `intake_b` (on a port of its own), beside `others` ({service: its
+    extra environment}, each labelled with its service): the processes of `deployment` for the replica tests."""
+    intakes: dict[str, tuple[str, Overrides]] = {
+        "intake_a": ("intake_api", {}),
+        "intake_b": ("intake_api", {"INTAKE_PORT": str(free_port())}),
+    }
+    return intakes | {service: (service, overrides) for service, overrides in others.items()}
 
 
 @asynccontextmanager
