@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from services.intake_api.listing import invalid, newest_first, parse_page, text_filter
 from services.intake_api.models import Refund, RefundCreate, RefundList
 from services.intake_api.outbox import OutboxRow, insert_sql
-from services.intake_api.routes import MAX_BODY_BYTES, POOL, validated
+from services.intake_api.routes import MAX_BODY_BYTES, POOL, idempotency_key, validated
 from shared.events import PaymentStatus, RefundRequested, RefundStatus
 from shared.logs import bind_payment, get_logger
 from shared.metrics import REFUNDS_REQUESTED
@@ -35,7 +35,6 @@ from shared.web import MERCHANT, Problem, read_json
 log = get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _REFUND_ID = re.compile(r"^re_[0-9a-f]{32}$")
 
@@ -255,13 +254,7 @@ async def create_refund(request: web.Request) -> web.Response:
     """POST /v1/payments/{payment_id}/refunds: 201 the refund (pending), 200 a replay of the same key."""
     merchant = request[MERCHANT]
     payment_id = request.match_info["payment_id"]
-    key = request.headers.get("Idempotency-Key")
-    if key is None or not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise Problem(
-            400,
-            "idempotency-key-missing" if key is None else "idempotency-key-invalid",
-            "An Idempotency-Key header of 1-255 printable ASCII characters is required.",
-        )
+    key = idempotency_key(request)
     body = await _read_refund_request(request)
     if not _PAYMENT_ID.fullmatch(payment_id):
         raise Problem(404, "payment-not-found", "No such payment.")

@@ -141,7 +141,8 @@ async def _read_request(request: web.Request) -> PaymentCreate:
     return validated(PaymentCreate, await read_json(request, limit=MAX_BODY_BYTES), "payment request")
 
 
-def _idempotency_key(request: web.Request) -> str:
+def idempotency_key(request: web.Request) -> str:
+    """The request's Idempotency-Key header; 400 when it is missing or not 1-255 printable ASCII characters."""
     key = request.headers.get("Idempotency-Key")
     if key is None or not _IDEMPOTENCY_KEY.fullmatch(key):
         raise Problem(
@@ -154,7 +155,7 @@ def _idempotency_key(request: web.Request) -> str:
 
 async def create_payment(request: web.Request) -> web.Response:
     merchant = request[MERCHANT]
-    key = _idempotency_key(request)
+    key = idempotency_key(request)
     payment_request = await _read_request(request)
     fingerprint = payment_request.fingerprint()
     pool, settings, waiters = request.app[POOL], request.app[SETTINGS], request.app[WAITERS]
@@ -263,7 +264,7 @@ async def capture_payment(request: web.Request) -> web.Response:
     """Take all or part of an AUTHORIZED payment's hold (docs/reference/capture.md): 202, then SUCCEEDED with
     `amount_captured` once the provider has taken it. Idempotent by Idempotency-Key, like creating a payment."""
     merchant = request[MERCHANT]
-    key = _idempotency_key(request)
+    key = idempotency_key(request)
     view = await _owned(request)
     capture = await _capture_request(request)
     fingerprint = capture.fingerprint(view.payment.id)
