@@ -11,6 +11,7 @@ from aiohttp import web
 from services.console.forms import ActionForm, EndpointForm, build_form, submitted_form
 from services.console.intake import NotFoundError, RequestRefusedError, path
 from services.console.merchant import merchant_api
+from services.console.navigation import cursors, page_links
 from services.console.rendering import render
 
 EVENTS_PAGE_SIZE = 25
@@ -99,9 +100,7 @@ async def list_events(request: web.Request) -> web.Response:
     payment_id = request.query.get("payment_id", "").strip()
     if payment_id:
         query["payment_id"] = payment_id[:64]
-    for cursor in ("starting_after", "ending_before"):
-        if request.query.get(cursor):
-            query[cursor] = request.query[cursor]
+    query.update(cursors(request.query))
     api = await merchant_api(request)
     problem = ""
     events: list[dict[str, Any]] = []
@@ -111,15 +110,7 @@ async def list_events(request: web.Request) -> web.Response:
         events, has_more = list(listed.get("data", [])), bool(listed.get("has_more"))
     except (RequestRefusedError, NotFoundError):
         problem = "That page of events is no longer there. Start again from the newest events."
-    backwards = "ending_before" in query and "starting_after" not in query
-    keep = {"payment_id": payment_id} if payment_id else {}
-    newer = older = None
-    if events:
-        if (backwards and has_more) or (not backwards and "starting_after" in query):
-            newer = {**keep, "ending_before": events[0]["id"]}
-        if (not backwards and has_more) or backwards:
-            older = {**keep, "starting_after": events[-1]["id"]}
-    links = {"newer": newer, "older": older}
+    links = page_links({"payment_id": payment_id}, query, events, has_more)
     context = {"events": events, "problem": problem, "links": links, "payment_id": payment_id}
     return await render(request, "events.html", context)
 

@@ -14,6 +14,7 @@ from services.console.intake import MerchantApi, NotFoundError, RequestRefusedEr
 from services.console.local_time import browser_zone, end_of_day, start_of_day
 from services.console.merchant import merchant_api
 from services.console.money import AmountError, minor_units
+from services.console.navigation import cursors, page_links
 from services.console.rendering import render
 from shared.events import PaymentStatus
 
@@ -67,24 +68,8 @@ def list_query(request: web.Request) -> tuple[dict[str, str], dict[str, str], di
                 errors[name] = "Enter a date such as 2026-12-31."
             else:
                 api[parameter] = bound(day, zone).isoformat()
-    for cursor in ("starting_after", "ending_before"):
-        value = request.query.get(cursor, "")
-        if value:
-            api[cursor] = value
+    api.update(cursors(request.query))
     return typed, api, errors
-
-
-def page_links(typed: dict[str, str], api: dict[str, str], payments: list[dict[str, Any]], has_more: bool) -> dict:
-    """Cursor links to the newer and older pages, each keeping the filters."""
-    filters = {k: v for k, v in typed.items() if v}
-    backwards = "ending_before" in api and "starting_after" not in api
-    newer = older = None
-    if payments:
-        if (backwards and has_more) or (not backwards and "starting_after" in api):
-            newer = {**filters, "ending_before": payments[0]["id"]}
-        if (not backwards and has_more) or backwards:
-            older = {**filters, "starting_after": payments[-1]["id"]}
-    return {"newer": newer, "older": older}
 
 
 async def list_payments(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.console.money import AmountError, format_money, major_units, minor_units
-from services.console.navigation import safe_next
+from services.console.navigation import cursors, page_links, safe_next
 from services.console.overview import chart_bars, totals_by_status
 
 
@@ -74,6 +74,35 @@ def test_a_path_of_the_console_is_followed(target: str) -> None:
 )
 def test_anything_else_goes_to_the_overview(target: str | None) -> None:
     assert safe_next(target) == "/"
+
+
+def test_only_the_cursors_given_are_passed_on_to_the_api() -> None:
+    assert cursors({"starting_after": "pay_2", "ending_before": "", "status": "FAILED"}) == {"starting_after": "pay_2"}
+
+
+ITEMS = [{"id": "evt_3"}, {"id": "evt_2"}]
+
+
+def test_the_first_page_links_only_to_older_items_keeping_the_filters_that_are_set() -> None:
+    links = page_links({"payment_id": "pay_1", "q": ""}, {"limit": "2"}, ITEMS, has_more=True)
+    assert links == {"newer": None, "older": {"payment_id": "pay_1", "starting_after": "evt_2"}}
+
+
+def test_a_page_after_a_cursor_links_back_to_newer_items_and_on_only_while_more_follow() -> None:
+    links = page_links({}, {"starting_after": "evt_4"}, ITEMS, has_more=False)
+    assert links == {"newer": {"ending_before": "evt_3"}, "older": None}
+
+
+def test_a_page_before_a_cursor_links_to_newer_items_only_while_more_follow() -> None:
+    assert page_links({}, {"ending_before": "evt_1"}, ITEMS, has_more=False) == {
+        "newer": None,
+        "older": {"starting_after": "evt_2"},
+    }
+    assert page_links({}, {"ending_before": "evt_1"}, ITEMS, has_more=True)["newer"] == {"ending_before": "evt_3"}
+
+
+def test_an_empty_page_links_nowhere() -> None:
+    assert page_links({}, {"starting_after": "evt_4"}, [], has_more=False) == {"newer": None, "older": None}
 
 
 def test_the_chart_draws_each_status_against_the_largest_and_adds_no_currencies_together() -> None:
