@@ -16,6 +16,14 @@ from shared.broker import Delivery
 from shared.events import CaptureMethod, Envelope, PaymentRequested
 from shared.providers.base import IntentRequest
 
+# A first delivery of a message that carries its payment's trace (the gateway_worker hands it on to the provider).
+FIRST_DELIVERY = Delivery(
+    attempt=1,
+    max_attempts=5,
+    redelivered=False,
+    trace_headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+)
+
 
 class Published(list[Envelope]):
     """Stands in for the broker's publish: keeps every envelope, in order, and by event id the reply keys

@@ -30,14 +30,8 @@ from shared.events import (
 from shared.providers.base import ProviderIntent
 from shared.providers.errors import NoSuchIntentError, PermanentGatewayError, TransientGatewayError
 from tests.fakes.provider import FakeCapturingProvider, FakeProvider
-from tests.support.messages import Published, payment_requested
+from tests.support.messages import FIRST_DELIVERY, Published, payment_requested
 
-FIRST = Delivery(
-    attempt=1,
-    max_attempts=5,
-    redelivered=False,
-    trace_headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
-)
 LAST = Delivery(attempt=5, max_attempts=5, redelivered=False)
 
 
@@ -67,7 +61,7 @@ async def open_intent(handlers: Handler, provider: FakeProvider, published: Publ
     """A payment with an open intent at the provider, and what opening it published cleared away:
     (payment id, intent id)."""
     envelope = payment_requested()
-    await handlers(envelope, FIRST)
+    await handlers(envelope, FIRST_DELIVERY)
     published.clear()
     return envelope.payment_id, provider.by_payment[envelope.payment_id]
 
@@ -84,7 +78,7 @@ async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempote
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     envelope = payment_requested()
-    await handlers(envelope, FIRST)
+    await handlers(envelope, FIRST_DELIVERY)
 
     [request] = provider.requests
     assert request.payment_id == envelope.payment_id
@@ -98,17 +92,17 @@ async def test_a_payment_request_opens_an_intent_with_the_payment_id_as_idempote
 async def test_the_trace_context_of_the_message_rides_with_the_intent(
     handlers: Handler, provider: FakeProvider
 ) -> None:
-    await handlers(payment_requested(), FIRST)
-    assert provider.requests[0].metadata == FIRST.trace_headers
+    await handlers(payment_requested(), FIRST_DELIVERY)
+    assert provider.requests[0].metadata == FIRST_DELIVERY.trace_headers
 
 
 async def test_the_intent_names_the_merchant_as_merchant_names_says_or_by_its_id(
     provider: FakeProvider, published: Published
 ) -> None:
     named = GatewayHandlers({"fake": provider}, "fake", published, merchant_names={"demo": "Ada's Books"})
-    await GATEWAY_MESSAGES.dispatcher(named)(payment_requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(named)(payment_requested(), FIRST_DELIVERY)
     unnamed = GatewayHandlers({"fake": provider}, "fake", published)
-    await GATEWAY_MESSAGES.dispatcher(unnamed)(payment_requested(), FIRST)
+    await GATEWAY_MESSAGES.dispatcher(unnamed)(payment_requested(), FIRST_DELIVERY)
     assert [r.merchant_name for r in provider.requests] == ["Ada's Books", "demo"]
 
 
@@ -116,15 +110,15 @@ async def test_a_payment_request_handled_twice_publishes_the_same_event_twice(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     envelope = payment_requested()
-    await handlers(envelope, FIRST)
-    await handlers(envelope, replace(FIRST, redelivered=True))
+    await handlers(envelope, FIRST_DELIVERY)
+    await handlers(envelope, replace(FIRST_DELIVERY, redelivered=True))
 
     assert len(provider.intents) == 1
     assert [e.type for e in published] == ["payment.intent_created"] * 2
     assert published[0].id == published[1].id
 
 
-WAITING = replace(FIRST, reply_to="reply.intake_api.0123456789ab")
+WAITING = replace(FIRST_DELIVERY, reply_to="reply.intake_api.0123456789ab")
 
 
 async def test_the_intent_created_goes_to_the_waiting_intake_in_the_same_publish(
@@ -170,7 +164,7 @@ async def test_a_transient_error_asks_for_a_retry_and_publishes_nothing(
 ) -> None:
     provider.error = TransientGatewayError("POST /v1/intents answered 503")
     with pytest.raises(RetryLater):
-        await handlers(payment_requested(), FIRST)
+        await handlers(payment_requested(), FIRST_DELIVERY)
     assert published == []
 
 
@@ -192,7 +186,7 @@ async def test_a_permanent_error_fails_the_intent_on_the_first_attempt(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.error = PermanentGatewayError("POST /v1/intents answered 422")
-    await handlers(payment_requested(), FIRST)
+    await handlers(payment_requested(), FIRST_DELIVERY)
 
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
@@ -204,7 +198,7 @@ async def test_an_intent_without_a_checkout_url_fails_the_intent(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.checkout_url = None
-    await handlers(payment_requested(), FIRST)
+    await handlers(payment_requested(), FIRST_DELIVERY)
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
 
@@ -216,7 +210,7 @@ async def test_an_intent_for_another_amount_or_currency_fails_the_payment_as_amo
     provider.echo = echo
     before = REGISTRY.get_sample_value("paystream_amount_mismatches_total") or 0.0
 
-    await handlers(payment_requested(), FIRST)
+    await handlers(payment_requested(), FIRST_DELIVERY)
 
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
@@ -229,7 +223,7 @@ async def test_an_intent_echoing_the_currency_in_lower_case_is_no_mismatch(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
     provider.echo = (1999, "usd")
-    await handlers(payment_requested(), FIRST)
+    await handlers(payment_requested(), FIRST_DELIVERY)
     _, message = only(published)
     assert isinstance(message, PaymentIntentCreated)
 
@@ -273,7 +267,7 @@ async def test_a_close_command_closes_the_intent_and_publishes_the_closed_status
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider, published)
 
-    await handlers(closing(kind, payment_id, intent_id), FIRST)
+    await handlers(closing(kind, payment_id, intent_id), FIRST_DELIVERY)
 
     assert provider.cancels == [(intent_id, closed_as)]
     sent, message = only_change(published)
@@ -316,7 +310,7 @@ async def test_a_command_for_an_intent_the_provider_settled_publishes_the_provid
     payment_id, intent_id = await open_intent(handlers, provider, published)
     provider.settle(intent_id, *settled)
 
-    await handlers(send(payment_id, intent_id), FIRST)
+    await handlers(send(payment_id, intent_id), FIRST_DELIVERY)
 
     sent, message = only_change(published)
     assert (message.status, message.failure_code) == settled
@@ -329,8 +323,8 @@ async def test_cancel_repeated_publishes_the_same_event_id(
     payment_id, intent_id = await open_intent(handlers, provider, published)
     envelope = closing(CancelPayment, payment_id, intent_id)
 
-    await handlers(envelope, FIRST)
-    await handlers(envelope, FIRST)
+    await handlers(envelope, FIRST_DELIVERY)
+    await handlers(envelope, FIRST_DELIVERY)
 
     assert published[0].id == published[1].id
 
@@ -338,7 +332,7 @@ async def test_cancel_repeated_publishes_the_same_event_id(
 async def test_cancel_without_an_intent_anywhere_closes_the_payment_on_our_side(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    await handlers(command(CancelPayment(), "pay_without_intent"), FIRST)
+    await handlers(command(CancelPayment(), "pay_without_intent"), FIRST_DELIVERY)
 
     assert (provider.lookups, provider.cancels) == (["pay_without_intent"], [])
     _, message = only_change(published)
@@ -350,7 +344,7 @@ async def test_cancel_sent_before_the_intent_was_known_finds_it_by_payment_id_an
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider, published)
 
-    await handlers(command(CancelPayment(), payment_id), FIRST)
+    await handlers(command(CancelPayment(), payment_id), FIRST_DELIVERY)
 
     assert provider.cancels == [(intent_id, "canceled")]
     _, message = only_change(published)
@@ -362,7 +356,7 @@ async def test_a_failed_lookup_of_the_intent_asks_for_a_retry(
 ) -> None:
     provider.error = TransientGatewayError("timeout")
     with pytest.raises(RetryLater):
-        await handlers(command(ExpirePayment(), "pay_1"), FIRST)
+        await handlers(command(ExpirePayment(), "pay_1"), FIRST_DELIVERY)
     assert published == []
 
 
@@ -380,7 +374,7 @@ async def test_a_cancel_the_provider_does_not_carry_out_publishes_nothing(
     provider.error = error
 
     with pytest.raises(outcome):
-        await handlers(closing(CancelPayment, payment_id, intent_id), FIRST)
+        await handlers(closing(CancelPayment, payment_id, intent_id), FIRST_DELIVERY)
     assert published == []
 
 
@@ -404,7 +398,7 @@ async def test_a_provider_with_no_such_intent_is_a_final_answer_that_closes_the_
     payment_id, intent_id = await open_intent(handlers, provider, published)
     provider.error = NoSuchIntentError("answered 404", status=404)
 
-    await handlers(closing(kind, payment_id, intent_id), FIRST)
+    await handlers(closing(kind, payment_id, intent_id), FIRST_DELIVERY)
 
     sent, message = only_change(published)
     assert (message.status, message.provider_payment_id, sent.source) == (status, intent_id, source)
@@ -416,7 +410,7 @@ async def test_an_expiry_the_provider_refuses_still_expires_the_payment(
     payment_id, intent_id = await open_intent(handlers, provider, published)
     provider.error = PermanentGatewayError("answered 409")
 
-    await handlers(closing(ExpirePayment, payment_id, intent_id), FIRST)
+    await handlers(closing(ExpirePayment, payment_id, intent_id), FIRST_DELIVERY)
 
     _, message = only_change(published)
     assert message.status is PaymentStatus.EXPIRED
@@ -429,7 +423,7 @@ async def test_a_command_goes_to_the_provider_it_names_not_the_default(published
     old.by_payment["pay_old"] = "pi_old"
     old.intents["pi_old"] = ProviderIntent("pi_old", PaymentStatus.PENDING, 1999, "USD")
 
-    await handlers(command(CancelPayment(provider="sandbox", provider_payment_id="pi_old"), "pay_old"), FIRST)
+    await handlers(command(CancelPayment(provider="sandbox", provider_payment_id="pi_old"), "pay_old"), FIRST_DELIVERY)
 
     assert (old.cancels, new.cancels) == ([("pi_old", "canceled")], [])
     assert only(published)[1].provider == "sandbox"  # type: ignore[attr-defined]
@@ -437,7 +431,7 @@ async def test_a_command_goes_to_the_provider_it_names_not_the_default(published
 
 async def test_a_command_for_a_provider_not_configured_is_dead_lettered(handlers: Handler) -> None:
     with pytest.raises(PoisonMessage):
-        await handlers(command(CancelPayment(provider="stripe", provider_payment_id="cs_1"), "pay_1"), FIRST)
+        await handlers(command(CancelPayment(provider="stripe", provider_payment_id="cs_1"), "pay_1"), FIRST_DELIVERY)
 
 
 # --- reconciliation -------------------------------------------------------------------------------------
@@ -448,7 +442,7 @@ async def test_reconciliation_of_an_open_intent_publishes_nothing(
 ) -> None:
     payment_id, intent_id = await open_intent(handlers, provider, published)
 
-    await handlers(reconciling(payment_id, intent_id), FIRST)
+    await handlers(reconciling(payment_id, intent_id), FIRST_DELIVERY)
 
     assert published == []
 
@@ -459,13 +453,13 @@ async def test_reconciliation_of_an_open_intent_publishes_nothing(
 async def test_a_message_type_the_gateway_worker_has_no_handler_for_is_poison(handlers: Handler) -> None:
     changed = PaymentStatusChanged(status=PaymentStatus.SUCCEEDED, provider="fake")
     with pytest.raises(PoisonMessage, match="no handler"):
-        await handlers(Envelope.wrap(changed, payment_id="pay_1", source="webhook"), FIRST)
+        await handlers(Envelope.wrap(changed, payment_id="pay_1", source="webhook"), FIRST_DELIVERY)
 
 
 async def test_a_payload_that_does_not_validate_is_poison(handlers: Handler) -> None:
     broken = Envelope(type=PaymentRequested.TYPE, source="intake", payment_id="pay_1", data={"amount": "lots"})
     with pytest.raises(PoisonMessage, match="invalid"):
-        await handlers(broken, FIRST)
+        await handlers(broken, FIRST_DELIVERY)
 
 
 def test_the_gateway_worker_queue_is_bound_to_exactly_the_types_it_handles() -> None:
@@ -496,7 +490,7 @@ def capturing_handlers(capturing: FakeCapturingProvider, published: Published) -
 async def held_payment(handlers: Handler, provider: FakeCapturingProvider, published: Published) -> tuple[str, str]:
     """A manual payment the customer paid: its intent holds 19.99 USD. (payment id, intent id)"""
     envelope = payment_requested(capture_method="manual")
-    await handlers(envelope, FIRST)
+    await handlers(envelope, FIRST_DELIVERY)
     intent_id = provider.by_payment[envelope.payment_id]
     provider.settle(intent_id, PaymentStatus.AUTHORIZED)
     published.clear()
@@ -510,7 +504,7 @@ def capture_command(intent_id: str, amount: int, key: str) -> CapturePayment:
 async def test_a_manual_payment_asks_the_provider_for_a_hold(
     capturing_handlers: Handler, capturing: FakeCapturingProvider
 ) -> None:
-    await capturing_handlers(payment_requested(capture_method="manual"), FIRST)
+    await capturing_handlers(payment_requested(capture_method="manual"), FIRST_DELIVERY)
 
     assert [r.capture_method for r in capturing.requests] == ["manual"]
 
@@ -518,7 +512,7 @@ async def test_a_manual_payment_asks_the_provider_for_a_hold(
 async def test_a_manual_payment_fails_on_a_provider_that_cannot_hold_money(
     handlers: Handler, provider: FakeProvider, published: Published
 ) -> None:
-    await handlers(payment_requested(capture_method="manual"), FIRST)
+    await handlers(payment_requested(capture_method="manual"), FIRST_DELIVERY)
 
     _, message = only(published)
     assert isinstance(message, PaymentIntentFailed)
@@ -531,7 +525,7 @@ async def test_a_capture_publishes_the_amount_the_provider_took(
 ) -> None:
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
 
-    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
+    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST_DELIVERY)
 
     _, message = only(published)
     assert isinstance(message, PaymentStatusChanged)
@@ -544,8 +538,8 @@ async def test_a_second_capture_with_another_key_publishes_the_first_ones_truth_
 ) -> None:
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
 
-    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
-    await capturing_handlers(command(capture_command(intent_id, 1999, "k2"), payment_id), FIRST)
+    await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST_DELIVERY)
+    await capturing_handlers(command(capture_command(intent_id, 1999, "k2"), payment_id), FIRST_DELIVERY)
 
     first, second = (e.message() for e in published)
     assert first == second  # the same truth: 1200 taken, once
@@ -558,8 +552,10 @@ async def test_a_capture_that_loses_the_race_to_a_void_publishes_the_void(
 ) -> None:
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
 
-    await capturing_handlers(command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST)
-    await capturing_handlers(command(capture_command(intent_id, 1999, "k1"), payment_id), FIRST)
+    await capturing_handlers(
+        command(CancelPayment(provider="fake", provider_payment_id=intent_id), payment_id), FIRST_DELIVERY
+    )
+    await capturing_handlers(command(capture_command(intent_id, 1999, "k1"), payment_id), FIRST_DELIVERY)
 
     statuses = [e.message().status for e in published]  # type: ignore[attr-defined]
     assert statuses == [PaymentStatus.CANCELED, PaymentStatus.CANCELED]
@@ -573,7 +569,7 @@ async def test_a_capture_the_provider_refuses_leaves_the_hold_for_an_operator(
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
 
     with pytest.raises(PoisonMessage, match="refused the capture"):
-        await capturing_handlers(command(capture_command(intent_id, 5000, "k1"), payment_id), FIRST)
+        await capturing_handlers(command(capture_command(intent_id, 5000, "k1"), payment_id), FIRST_DELIVERY)
     assert published == []
 
 
@@ -584,7 +580,7 @@ async def test_a_capture_that_times_out_is_retried(
     capturing.fail_next(TransientGatewayError("timeout"))
 
     with pytest.raises(RetryLater):
-        await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST)
+        await capturing_handlers(command(capture_command(intent_id, 1200, "k1"), payment_id), FIRST_DELIVERY)
     assert published == []
 
 
@@ -594,7 +590,7 @@ async def test_a_lapsed_hold_is_voided_at_the_provider_and_expires_with_authoriz
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
 
     expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
-    await capturing_handlers(command(expire, payment_id), FIRST)
+    await capturing_handlers(command(expire, payment_id), FIRST_DELIVERY)
 
     assert capturing.cancels == [(intent_id, "expired")]
     _, message = only(published)
@@ -610,7 +606,7 @@ async def test_a_hold_the_provider_will_not_void_is_never_expired_on_our_side_al
 
     expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
     with pytest.raises(PoisonMessage, match="void"):
-        await capturing_handlers(command(expire, payment_id), FIRST)
+        await capturing_handlers(command(expire, payment_id), FIRST_DELIVERY)
     assert published == []
 
 
@@ -618,11 +614,11 @@ async def test_an_expiry_that_loses_the_race_to_a_capture_publishes_the_capture(
     capturing_handlers: Handler, capturing: FakeCapturingProvider, published: Published
 ) -> None:
     payment_id, intent_id = await held_payment(capturing_handlers, capturing, published)
-    await capturing_handlers(command(capture_command(intent_id, 1500, "k1"), payment_id), FIRST)
+    await capturing_handlers(command(capture_command(intent_id, 1500, "k1"), payment_id), FIRST_DELIVERY)
     published.clear()
 
     expire = ExpirePayment(provider="fake", provider_payment_id=intent_id, authorization=True)
-    await capturing_handlers(command(expire, payment_id), FIRST)
+    await capturing_handlers(command(expire, payment_id), FIRST_DELIVERY)
 
     _, message = only(published)
     assert isinstance(message, PaymentStatusChanged)

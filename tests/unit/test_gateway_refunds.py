@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from services.gateway_worker.handlers import GATEWAY_MESSAGES, GatewayHandlers
-from shared.broker import Delivery, Handler, RetryLater
+from shared.broker import Handler, RetryLater
 from shared.events import (
     Envelope,
     ReconcileRefund,
@@ -18,15 +18,8 @@ from shared.events import (
 from shared.providers.base import RefundingProvider
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 from tests.fakes.provider import FakeProvider, FakeRefundingProvider
-from tests.support.messages import Published
+from tests.support.messages import FIRST_DELIVERY, Published
 from tests.support.refund_histories import refund_requested
-
-FIRST = Delivery(
-    attempt=1,
-    max_attempts=5,
-    redelivered=False,
-    trace_headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
-)
 
 
 @pytest.fixture
@@ -58,12 +51,12 @@ async def test_a_refund_is_asked_for_with_its_id_as_the_idempotency_key_and_its_
 ) -> None:
     request = refund_requested("pay_1", "re_1")
 
-    await handlers(request, FIRST)
-    await handlers(request, FIRST)  # redelivered: the same refund at the provider
+    await handlers(request, FIRST_DELIVERY)
+    await handlers(request, FIRST_DELIVERY)  # redelivered: the same refund at the provider
 
     assert [r.refund_id for r in provider.refund_requests] == ["re_1", "re_1"]
     assert len(provider.refunds) == 1
-    assert provider.refund_requests[0].metadata["traceparent"] == FIRST.trace_headers["traceparent"]
+    assert provider.refund_requests[0].metadata["traceparent"] == FIRST_DELIVERY.trace_headers["traceparent"]
     submitted = [m for m in messages(published) if isinstance(m, RefundSubmitted)]
     assert {m.provider_refund_id for m in submitted} == set(provider.refunds)
     assert len({e.id for e in published}) == 1  # the same fact twice: one event id
@@ -74,7 +67,7 @@ async def test_a_refund_the_provider_settles_at_once_publishes_its_outcome(
 ) -> None:
     provider.refund_outcome = RefundStatus.SUCCEEDED
 
-    await handlers(refund_requested("pay_1", "re_1"), FIRST)
+    await handlers(refund_requested("pay_1", "re_1"), FIRST_DELIVERY)
 
     outcome = [m for m in messages(published) if isinstance(m, RefundStatusChanged)]
     assert [(m.refund_id, m.status) for m in outcome] == [("re_1", RefundStatus.SUCCEEDED)]
@@ -85,7 +78,7 @@ async def test_a_refund_the_provider_refuses_fails_with_its_code(
 ) -> None:
     provider.fail_next(PermanentGatewayError("answered 422", code="amount_too_large"))
 
-    await handlers(refund_requested("pay_1", "re_1"), FIRST)
+    await handlers(refund_requested("pay_1", "re_1"), FIRST_DELIVERY)
 
     (changed,) = messages(published)
     assert isinstance(changed, RefundStatusChanged)
@@ -96,14 +89,14 @@ async def test_a_transient_error_retries_the_refund_later(handlers: Handler, pro
     provider.fail_next(TransientGatewayError("timeout"))
 
     with pytest.raises(RetryLater):
-        await handlers(refund_requested("pay_1", "re_1"), FIRST)
+        await handlers(refund_requested("pay_1", "re_1"), FIRST_DELIVERY)
     assert provider.refunds == {}
 
 
 async def test_a_provider_without_the_refund_capability_fails_the_refund(published: Published) -> None:
     handlers = GATEWAY_MESSAGES.dispatcher(GatewayHandlers({"sandbox": FakeProvider("sandbox")}, "sandbox", published))
 
-    await handlers(refund_requested("pay_1", "re_1"), FIRST)
+    await handlers(refund_requested("pay_1", "re_1"), FIRST_DELIVERY)
 
     (changed,) = messages(published)
     assert isinstance(changed, RefundStatusChanged)
@@ -125,14 +118,14 @@ def reconcile(provider_refund_id: str | None) -> Envelope:
 async def test_reconciliation_publishes_the_outcome_the_provider_has_now(
     handlers: Handler, provider: FakeRefundingProvider, published: Published
 ) -> None:
-    await handlers(refund_requested("pay_1", "re_1"), FIRST)
+    await handlers(refund_requested("pay_1", "re_1"), FIRST_DELIVERY)
     provider_refund_id = provider.by_refund["re_1"]
     published.clear()
-    await handlers(reconcile(provider_refund_id), FIRST)
+    await handlers(reconcile(provider_refund_id), FIRST_DELIVERY)
     assert published == []  # still pending: nothing to say
 
     provider.settle_refund(provider_refund_id, RefundStatus.FAILED, "expired_or_canceled_card")
-    await handlers(reconcile(provider_refund_id), FIRST)
+    await handlers(reconcile(provider_refund_id), FIRST_DELIVERY)
 
     (changed,) = messages(published)
     assert isinstance(changed, RefundStatusChanged)
@@ -143,7 +136,7 @@ async def test_reconciliation_publishes_the_outcome_the_provider_has_now(
 async def test_reconciliation_of_a_refund_the_provider_never_acknowledged_submits_it_again(
     handlers: Handler, provider: FakeRefundingProvider, published: Published
 ) -> None:
-    await handlers(reconcile(None), FIRST)
+    await handlers(reconcile(None), FIRST_DELIVERY)
 
     assert [r.refund_id for r in provider.refund_requests] == ["re_1"]
     assert any(isinstance(m, RefundSubmitted) for m in messages(published))
