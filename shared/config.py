@@ -249,6 +249,30 @@ class DatabaseSettings(CommonSettings):
         return v
 
 
+class IntakeClientSettings(BaseSettings):
+    """A service that calls the intake API over HTTP as a merchant would (the storefront and the console)."""
+
+    model_config = SETTINGS_CONFIG
+
+    intake_url: str | None = Field(
+        default=None,
+        description="where the storefront and the console reach the intake API; unset: `http://localhost:$INTAKE_PORT`",
+    )
+    intake_port: int = Field(
+        default=8080, ge=0, le=65535, description="HTTP port of the intake API (the default of `INTAKE_URL`)"
+    )
+
+    @field_validator("intake_url")
+    @classmethod
+    def _intake_url(cls, v: str | None) -> str | None:
+        return http_url(v)
+
+    @property
+    def intake_base_url(self) -> str:
+        """Where the intake API is reached."""
+        return (self.intake_url or f"http://localhost:{self.intake_port}").rstrip("/")
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

@@ -10,13 +10,13 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from shared.config import CommonSettings, fernet_keys, http_url
+from shared.config import CommonSettings, IntakeClientSettings, fernet_keys, http_url
 
 # The development key sealing the console's sessions; production sets CONSOLE_SESSION_KEY.
 DEV_SESSION_KEY = "cGF5c3RyZWFtLWRldi1jb25zb2xlLXNlc3Npb24ta3k="
 
 
-class ConsoleSettings(CommonSettings):
+class ConsoleSettings(CommonSettings, IntakeClientSettings):
     """What the console reads from the environment, and nothing else: no database, no broker, no API key."""
 
     console_port: int = Field(
@@ -35,14 +35,8 @@ class ConsoleSettings(CommonSettings):
     console_session_max_age_seconds: int = Field(
         default=8 * 3600, ge=60, description="a console session ends this long after sign-in"
     )
-    intake_url: str | None = Field(
-        default=None, description="where the console reaches the intake API; unset: `http://localhost:$INTAKE_PORT`"
-    )
-    intake_port: int = Field(
-        default=8080, ge=0, le=65535, description="HTTP port of the intake API (the default of `INTAKE_URL`)"
-    )
 
-    @field_validator("console_public_url", "intake_url")
+    @field_validator("console_public_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         return http_url(v)
@@ -51,11 +45,6 @@ class ConsoleSettings(CommonSettings):
     @classmethod
     def _session_keys(cls, v: object) -> list[SecretStr]:
         return fernet_keys(v)
-
-    @property
-    def intake_base_url(self) -> str:
-        """Where the intake API is reached."""
-        return (self.intake_url or f"http://localhost:{self.intake_port}").rstrip("/")
 
     @property
     def console_base_url(self) -> str:

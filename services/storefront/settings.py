@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from shared.config import CommonSettings, empty_is_unset, http_url
+from shared.config import CommonSettings, IntakeClientSettings, empty_is_unset, http_url
 
 # The demo merchant's API key of the intake's default INTAKE_API_KEYS: the shop works out of the box.
 DEMO_API_KEY = "sk_test_demo"
 
 
-class StorefrontSettings(CommonSettings):
+class StorefrontSettings(CommonSettings, IntakeClientSettings):
     """What the storefront reads from the environment, and nothing else: it never sees the intake's list of keys."""
 
     storefront_port: int = Field(
@@ -23,12 +23,6 @@ class StorefrontSettings(CommonSettings):
         default=None,
         description="the shop's API key at the intake; unset: the demo merchant's development key (`sk_test_demo`)",
     )
-    intake_url: str | None = Field(
-        default=None, description="where the storefront reaches the intake API; unset: `http://localhost:$INTAKE_PORT`"
-    )
-    intake_port: int = Field(
-        default=8080, ge=0, le=65535, description="HTTP port of the intake API (the default of `INTAKE_URL`)"
-    )
     storefront_webhook_url: str | None = Field(
         default=None,
         description="where the demo shop receives Paystream's webhooks; unset:"
@@ -40,7 +34,7 @@ class StorefrontSettings(CommonSettings):
         " start",
     )
 
-    @field_validator("storefront_public_url", "intake_url", "storefront_webhook_url")
+    @field_validator("storefront_public_url", "storefront_webhook_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         return http_url(v)
@@ -49,11 +43,6 @@ class StorefrontSettings(CommonSettings):
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return empty_is_unset(v)
-
-    @property
-    def intake_base_url(self) -> str:
-        """Where the intake API is reached."""
-        return (self.intake_url or f"http://localhost:{self.intake_port}").rstrip("/")
 
     @property
     def storefront_base_url(self) -> str:
