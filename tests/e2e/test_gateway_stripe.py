@@ -106,13 +106,7 @@ async def test_a_completed_session_webhook_makes_the_payment_succeeded(
     session = session_of(stripe, payment["id"])
 
     stripe.complete_session(session["id"])
-    body, headers = stripe.webhook(session["id"], "checkout.session.completed")
-    async with intake.session.post(
-        f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe",
-        data=body,
-        headers={**headers, "Content-Type": "application/json"},
-    ) as response:
-        assert response.status == 200, await response.text()
+    await post_stripe_webhook(stripe_stack, intake, stripe.webhook(session["id"], "checkout.session.completed"))
     final = await intake.terminal(payment["id"])
 
     assert (final["status"], final["failure_code"]) == ("SUCCEEDED", None)
@@ -205,14 +199,8 @@ async def test_a_payment_link_session_completing_is_answered_200_ignored(
     # with no client_reference_id and empty metadata. A 400 would make Stripe resend it for days.
     stripe, _ = fake
     session = stripe.foreign_session(status="complete", payment_status="paid", amount_total=500, currency="usd")
-    body, headers = stripe.event("checkout.session.completed", stripe.served(session))
-    async with intake.session.post(
-        f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe",
-        data=body,
-        headers={**headers, "Content-Type": "application/json"},
-    ) as response:
-        assert response.status == 200, await response.text()
-        answer = await response.json()
+    signed = stripe.event("checkout.session.completed", stripe.served(session))
+    answer = await post_stripe_webhook(stripe_stack, intake, signed)
     assert answer["outcome"] == "ignored"
 
 
@@ -238,7 +226,10 @@ async def test_an_async_payment_that_failed_without_a_webhook_ends_failed_by_rec
     assert changes == [("reconciliation", "FAILED")]
 
 
-async def post_stripe_webhook(stack: Stack, intake: IntakeClient, signed: tuple[bytes, dict[str, str]]) -> None:
+async def post_stripe_webhook(
+    stack: Stack, intake: IntakeClient, signed: tuple[bytes, dict[str, str]]
+) -> dict[str, Any]:
+    """POST a signed Stripe webhook to the webhook_receiver; it must take it (200): its answer."""
     body, headers = signed
     async with intake.session.post(
         f"{stack.url('webhook_receiver')}/webhooks/stripe",
@@ -246,6 +237,8 @@ async def post_stripe_webhook(stack: Stack, intake: IntakeClient, signed: tuple[
         headers={**headers, "Content-Type": "application/json"},
     ) as response:
         assert response.status == 200, await response.text()
+        answer: dict[str, Any] = await response.json()
+        return answer
 
 
 async def held_with_stripe(stack: Stack, intake: IntakeClient, stripe: StripeFake) -> tuple[dict[str, Any], str]:
@@ -306,10 +299,7 @@ async def test_with_stripe_refunds_are_asked_by_refund_id_and_settled_by_stripes
     payment = await paid_with_stripe(intake)
     session = session_of(stripe, payment["id"])
     stripe.complete_session(session["id"])
-    body, headers = stripe.webhook(session["id"], "checkout.session.completed")
-    receiver = f"{stripe_stack.url('webhook_receiver')}/webhooks/stripe"
-    async with intake.session.post(receiver, data=body, headers={**headers, "Content-Type": "application/json"}) as r:
-        assert r.status == 200, await r.text()
+    await post_stripe_webhook(stripe_stack, intake, stripe.webhook(session["id"], "checkout.session.completed"))
     assert (await intake.terminal(payment["id"]))["status"] == "SUCCEEDED"
 
     outcomes = []
@@ -325,11 +315,9 @@ async def test_with_stripe_refunds_are_asked_by_refund_id_and_settled_by_stripes
         ]
         assert post.params["metadata"] == {"payment_id": payment["id"], "refund_id": refund["id"]}
         settled = stripe.settle_refund(theirs["id"], succeeded=succeeded, failure_reason="expired_or_canceled_card")
-        body, headers = stripe.event("refund.updated" if succeeded else "refund.failed", settled)
-        async with intake.session.post(
-            receiver, data=body, headers={**headers, "Content-Type": "application/json"}
-        ) as r:
-            assert r.status == 200, await r.text()
+        await post_stripe_webhook(
+            stripe_stack, intake, stripe.event("refund.updated" if succeeded else "refund.failed", settled)
+        )
         outcomes.append(await intake.refund_final(refund["id"]))
 
     assert [(r["status"], r["failure_code"]) for r in outcomes] == [
