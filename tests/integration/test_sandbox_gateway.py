@@ -32,6 +32,7 @@ from shared.events import PaymentStatus, RefundStatus
 from shared.providers.base import IntentRequest, RefundingProvider, RefundRequest, RefundWebhookEvent, WebhookEvent
 from shared.providers.errors import PermanentGatewayError
 from shared.providers.sandbox import SandboxProvider
+from tests.support.messages import intent_request
 
 ADMIN_TOKEN = "sandbox-admin-test-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -871,16 +872,7 @@ async def test_the_sandbox_provider_client_holds_captures_and_reads_the_captured
     sandbox: TestClient, webhook_target: WebhookTarget
 ) -> None:
     provider = SandboxProvider(str(sandbox.make_url("/")), [SECRET])
-    request = IntentRequest(
-        payment_id="pay_" + uuid.uuid4().hex,
-        amount=1999,
-        currency="USD",
-        reference="order-9",
-        return_url="https://shop.example/done",
-        cancel_url=None,
-        expires_at=datetime.now(UTC) + timedelta(minutes=30),
-        capture_method="manual",
-    )
+    request = intent_request(capture_method="manual")
     try:
         created = await provider.create_intent(request)
         await sandbox.post(
