@@ -82,9 +82,6 @@ asyncapi: install
 
 ## docs: the documentation site (mkdocs.yml, docs/) served with live reload; the storefront has port 8000.
 DOCS_ADDRESS ?= 127.0.0.1:8001
-# Material prints a notice about a future MkDocs 2 on every build; it says nothing about this site.
-docs docs-build: export NO_MKDOCS_2_WARNING = 1
-docs docs-build: export DISABLE_MKDOCS_2_WARNING = true
 docs: install
 	$(BIN)/mkdocs serve --dev-addr $(DOCS_ADDRESS)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,12 +27,9 @@ GENERATED = {
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site built once, strict, into a temporary directory (never into the checkout)."""
     site_dir = tmp_path_factory.mktemp("site")
-    # The deprecation notice some plugins print about a future MkDocs 2 is not a warning of this site.
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=120,
