@@ -76,10 +76,18 @@ async def held_payments(intake: IntakeClient, pool: asyncpg.Pool) -> list[dict[s
 
 
 async def ask(intake: IntakeClient, payment_id: str, captures: tuple[int, ...], void: bool) -> None:
-    """The plan's commands for one payment, sent together; each accepted (202) while the payment is held."""
+    """The plan's commands for one payment, sent together; each accepted (202) while the payment is held.
+
+    Commands sent together race: one that reaches the intake after another has already ended the hold is refused
+    with 409 naming the state the hold ended in, as the API promises; a lone command is always accepted.
+    """
     requests = [intake.capture(payment_id, amount, key=secrets.token_hex(8)) for amount in captures]
     answers = await asyncio.gather(*requests, *([intake.cancel(payment_id)] if void else []))
-    assert [answer[0] for answer in answers] == [202] * len(answers), answers
+    codes = [answer[0] for answer in answers]
+    assert 202 in codes and set(codes) <= {202, 409}, answers
+    for code, body, *_ in answers:
+        if code == 409:
+            assert len(answers) > 1 and ("CANCELED" in body["detail"] or "SUCCEEDED" in body["detail"]), answers
 
 
 async def test_captures_and_voids_survive_sigkills_of_the_gateway_worker_and_the_ledger(stack: Stack) -> None:
