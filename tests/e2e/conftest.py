@@ -42,3 +42,16 @@ def intake(stack: Stack, http: aiohttp.ClientSession) -> IntakeClient:
 @pytest.fixture
 def stack_logs(stack: Stack) -> Path:
     return stack.log_dir
+
+
+# End-to-end tests start every service as a real process on a machine they share with everything else; a start or a
+# race that loses to the machine's load once is run again, once, and pytest's summary counts it as a rerun (never
+# hidden as a pass). A test that fails twice fails the suite.
+E2E_RERUNS = 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    e2e = Path(__file__).parent
+    for item in items:
+        if e2e in Path(item.path).parents and item.get_closest_marker("flaky") is None:
+            item.add_marker(pytest.mark.flaky(reruns=E2E_RERUNS))
