@@ -12,6 +12,12 @@ batch go out together, as one multiple-ack per channel.
 No timer waits for a batch to fill: under a light load a batch is one message (no latency added); under a
 heavy one it is what queued up meanwhile, up to `max_batch`. One batch is in flight per consumer, which is
 what makes the multiple-ack safe: everything delivered before the batch's last message is settled by then.
+
+A bundle (several envelopes a producer published as one broker message, `Broker.publish_bundle`) reaches the
+handler as one `Consumed` per envelope, each in its own trace. The broker message is settled once, for all of
+them: acked if every one was handled, else as the first failure says (a retry hands the whole bundle over
+again, which the idempotent handlers of a bundle's messages allow; dead-lettered only if poison is all that
+failed).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from shared.cancellation import being_cancelled
 from shared.events import Envelope
 from shared.logs import get_logger
 from shared.metrics import EVENT_PROCESSING_SECONDS
-from shared.settlement import Delivery
+from shared.settlement import Delivery, PoisonMessage
 from shared.telemetry import extract_context
 
 log = get_logger(__name__)
@@ -48,6 +54,8 @@ class Consumed:
     delivery: Delivery
     span: Span
     message: AbstractIncomingMessage
+    # How many envelopes came in `message` (a bundle's; 1 for a message of its own): its settlement counts them all.
+    bundled: int = 1
 
     @cached_property
     def log_context(self) -> dict[str, str]:
@@ -119,7 +127,7 @@ class BatchConsumer:
         handler: BatchHandler,
         *,
         max_batch: int,
-        decode: Callable[[AbstractIncomingMessage], Awaitable[Consumed | None]],
+        decode: Callable[[AbstractIncomingMessage], Awaitable[Consumed | Sequence[Consumed] | None]],
         settle_one: SettleOne,
         ready: Callable[[], Awaitable[bool]] = _always_ready,
         subscribe: Callable[[], Awaitable[None]] = _nothing,
@@ -181,7 +189,13 @@ class BatchConsumer:
         await _requeue(held)
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
-        consumed = [c for c in [await self._decode(m) for m in messages] if c is not None]
+        consumed: list[Consumed] = []
+        for message in messages:
+            decoded = await self._decode(message)
+            if isinstance(decoded, Consumed):
+                consumed.append(decoded)
+            elif decoded is not None:
+                consumed.extend(decoded)
         if not consumed:
             return
         started = time.perf_counter()
@@ -196,13 +210,14 @@ class BatchConsumer:
             for item in consumed:
                 EVENT_PROCESSING_SECONDS.labels(self._group, item.envelope.type).observe(elapsed)
         to_ack = []
-        for item, error in zip(consumed, results, strict=True):
+        for item, error, bundle in _settlements(consumed, results):
             try:
                 with item.context():
                     if await self._settle_one(item, error):
                         to_ack.append(item)
             finally:
-                item.span.end()
+                for each in bundle:
+                    each.span.end()
         await self._ack([item.message for item in to_ack])
 
     async def _results(self, batch: Sequence[Consumed]) -> Sequence[BaseException | None]:
@@ -241,6 +256,24 @@ class BatchConsumer:
                     raise
                 # The channel went away with the batch unacked: the broker delivers it again (recorded once).
                 log.warning("could not ack a batch; it will be redelivered", consumer=self._group, error=str(exc))
+
+
+def _settlements(
+    consumed: Sequence[Consumed], results: Sequence[BaseException | None]
+) -> Iterator[tuple[Consumed, BaseException | None, list[Consumed]]]:
+    """Per broker message, in order: the item whose result settles it, that result, and every item it brought.
+
+    A message of its own is settled by its result. A bundle is acked if all its items were handled; otherwise
+    its first failure that is not poison settles it (retried whole), or, if poison is all that failed, the
+    first poison (dead-lettered)."""
+    bundles: dict[int, list[tuple[Consumed, BaseException | None]]] = {}
+    for item, error in zip(consumed, results, strict=True):
+        bundles.setdefault(id(item.message), []).append((item, error))
+    for pairs in bundles.values():
+        failed = [(item, error) for item, error in pairs if error is not None]
+        retried = [(item, error) for item, error in failed if not isinstance(error, PoisonMessage)]
+        item, error = (retried or failed or pairs)[0]
+        yield item, error, [each for each, _ in pairs]
 
 
 async def _requeue(messages: Sequence[AbstractIncomingMessage]) -> None:

@@ -11,14 +11,17 @@ to have it retried through a delay queue until `retry.max_attempts`, or PoisonMe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import aio_pika
 import aiormq
+import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -173,6 +176,31 @@ def _producer_span(
         },
     ):
         yield inject_context({})
+
+
+# A bundle: several envelopes of one type published as one broker message (Broker.publish_bundle). Its body is
+# two lines per envelope: the envelope's trace headers (JSON), then the envelope (JSON, as a message of its
+# own carries it). Compact JSON has no raw newline, so the lines split cleanly.
+BUNDLE_CONTENT_TYPE = "application/vnd.paystream.bundle"
+
+
+def bundle_body(items: Sequence[tuple[dict[str, Any], Envelope]]) -> bytes:
+    """The body of a bundle of (trace headers, envelope)."""
+    return b"\n".join(orjson.dumps(headers) + b"\n" + envelope.to_bytes() for headers, envelope in items)
+
+
+def bundle_items(body: bytes) -> list[tuple[dict[str, Any], Envelope]]:
+    """(trace headers, envelope) of each envelope of a bundle's body; raises ValueError if it is none."""
+    lines = body.split(b"\n")
+    if len(lines) % 2 or not lines[0]:
+        raise ValueError("a bundle is pairs of lines: trace headers, then the envelope")
+    items = []
+    for n in range(0, len(lines), 2):
+        headers = orjson.loads(lines[n])
+        if not isinstance(headers, dict):
+            raise ValueError("a bundled envelope's trace headers are not an object")
+        items.append(({k: v for k, v in headers.items() if k in _TRACE_HEADERS}, Envelope.from_bytes(lines[n + 1])))
+    return items
 
 
 @contextmanager
@@ -365,6 +393,72 @@ class Broker:
                     raise
                 raise ChannelLost(f"the broker channel closed before it confirmed {envelope.type}") from None
 
+    async def publish_bundle(
+        self,
+        items: Sequence[tuple[Envelope, Callable[[], AbstractContextManager[Any]]]],
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish envelopes of one type as ONE broker message, a bundle, and return once the broker confirmed it.
+
+        For a producer that has several messages to send at once (a batch's outcomes) to consumers that take them
+        in batches (consume_batches): the broker stores, routes, delivers and acks one message instead of one per
+        envelope. Each envelope keeps its own trace: its publish span is made in its context (the `items`'
+        context managers) and its trace headers travel beside it in the bundle. One envelope alone goes as a
+        message of its own. Raises as `publish`; nothing of a bundle is delivered unless all of it is.
+        """
+        if len(items) == 1:
+            envelope, context = items[0]
+            with context():
+                await self.publish(envelope, timeout=timeout)
+            return
+        if self._exchange is None:
+            raise RuntimeError("broker not connected")
+        types = {envelope.type for envelope, _ in items}
+        if len(types) != 1:
+            raise ValueError(f"a bundle is of one message type, not {sorted(types)}")
+        spans: list[trace.Span] = []
+        bundled: list[tuple[dict[str, Any], Envelope]] = []
+        try:
+            for envelope, context in items:
+                with context():
+                    if recording():
+                        span = _tracer.start_span(
+                            f"publish {envelope.type}",
+                            kind=SpanKind.PRODUCER,
+                            attributes={
+                                "messaging.system": "rabbitmq",
+                                "messaging.destination.name": self.names.exchange,
+                                "messaging.message.id": str(envelope.id),
+                                "messaging.batch.message_count": len(items),
+                                "payment.id": envelope.payment_id,
+                                "paystream.event_type": envelope.type,
+                            },
+                        )
+                        spans.append(span)
+                        with trace.use_span(span, end_on_exit=False):
+                            bundled.append((inject_context({}), envelope))
+                    else:
+                        bundled.append((inject_context({}), envelope))
+            (message_type,) = types
+            message = aio_pika.Message(
+                body=bundle_body(bundled),
+                message_id=str(uuid.uuid4()),
+                type=message_type,
+                content_type=BUNDLE_CONTENT_TYPE,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._exchange.publish(message, routing_key=message_type, mandatory=True, timeout=None)
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                raise ChannelLost(f"the broker channel closed before it confirmed a bundle of {message_type}") from None
+        finally:
+            for span in spans:
+                span.end()
+
     async def publish_retry(self, group: str, envelope: Envelope, attempt: int, delay_seconds: float) -> None:
         """Publish `envelope` as attempt `attempt` of a message of `group`'s queue: into that queue's delay queue,
         which hands it to the queue after `delay_seconds`, as if a consumer of the queue had deferred it.
@@ -544,24 +638,25 @@ class Broker:
         envelope: Envelope,
         *,
         ack: bool = True,
+        count: int = 1,
     ) -> bool:
         """The I/O of a settlement: ack, re-publish to a delay queue then ack, or reject into the DLQ.
 
         With `ack=False` the ack is left to the caller (a batch acks its messages together): returns whether
-        the message is to be acked."""
+        the message is to be acked. `count`: the envelopes the message carries (a bundle's), counted in metrics."""
         outcome = settlement.outcome
         if settlement.action is Action.RETRY:
             assert settlement.next_attempt is not None and settlement.delay_seconds is not None
             try:
                 await self._publish_for_retry(queue, message, settlement.next_attempt, settlement.delay_seconds)
-                MESSAGE_RETRIES.labels(group, envelope.type).inc()
+                MESSAGE_RETRIES.labels(group, envelope.type).inc(count)
             except Exception:
                 # Not acked, so not lost: the broker hands the message out again.
                 log.exception("could not schedule a retry; requeueing", consumer=group)
-                EVENTS_PROCESSED.labels(group, envelope.type, "requeued").inc()
+                EVENTS_PROCESSED.labels(group, envelope.type, "requeued").inc(count)
                 await message.nack(requeue=True)
                 return False
-        EVENTS_PROCESSED.labels(group, envelope.type, outcome).inc()
+        EVENTS_PROCESSED.labels(group, envelope.type, outcome).inc(count)
         if settlement.action is Action.DEAD_LETTER:
             await message.reject(requeue=False)
             return False
@@ -591,8 +686,10 @@ class Broker:
         self._consumer_channels.append(channel)
         queue = await channel.get_queue(name, ensure=True)
 
-        async def decode(message: AbstractIncomingMessage) -> Consumed | None:
+        async def decode(message: AbstractIncomingMessage) -> Consumed | list[Consumed] | None:
             try:
+                if message.content_type == BUNDLE_CONTENT_TYPE:
+                    return unbundle(message)
                 envelope = Envelope.from_bytes(message.body)
             except ValueError as exc:
                 log.error(
@@ -605,6 +702,21 @@ class Broker:
             span = consumer_span(group, envelope, message.headers or {}, delivery.attempt)
             return Consumed(envelope, delivery, span, message)
 
+        def unbundle(message: AbstractIncomingMessage) -> list[Consumed]:
+            # Each envelope of a bundle in its own trace, from the trace headers that came beside it.
+            items = bundle_items(message.body)
+            delivery = _delivery(message, retry)
+            return [
+                Consumed(
+                    envelope,
+                    dataclasses.replace(delivery, trace_headers={k: str(v) for k, v in headers.items()}),
+                    consumer_span(group, envelope, headers, delivery.attempt),
+                    message,
+                    bundled=len(items),
+                )
+                for headers, envelope in items
+            ]
+
         async def settle_one(item: Consumed, error: BaseException | None) -> bool:
             attempt = item.delivery.attempt
             if isinstance(error, PoisonMessage):
@@ -614,7 +726,9 @@ class Broker:
             elif error is not None:
                 log.error("handler failed", consumer=group, attempt=attempt, exc_info=error)
             settlement = settle(error, attempt, retry)
-            return await self._carry_out(settlement, group, name, item.message, item.envelope, ack=False)
+            return await self._carry_out(
+                settlement, group, name, item.message, item.envelope, ack=False, count=item.bundled
+            )
 
         consumer_tag: str | None = None
         buffered: list[BatchConsumer] = []  # the consumer below, once made

@@ -391,7 +391,13 @@ _HOPS = """
 SELECT step, extract(epoch FROM at - p.created_at) AS seconds
 FROM ledger.payment_requests p
 CROSS JOIN LATERAL (
-    SELECT l.event_type || ' occurred' AS step, l.occurred_at AS at FROM ledger.payment_logs l
+    SELECT 'outbox row written (intake)' AS step, o.created_at AS at FROM intake.outbox o
+    WHERE o.payment_id = p.id AND o.event_type = 'payment.requested'
+    UNION ALL
+    SELECT 'outbox row published (intake relay)', o.published_at FROM intake.outbox o
+    WHERE o.payment_id = p.id AND o.event_type = 'payment.requested'
+    UNION ALL
+    SELECT l.event_type || ' occurred', l.occurred_at AS at FROM ledger.payment_logs l
     WHERE l.payment_request_id = p.id AND l.event_type = 'payment.intent_created'
     UNION ALL
     SELECT l.event_type || ' recorded', l.recorded_at FROM ledger.payment_logs l WHERE l.payment_request_id = p.id

@@ -49,6 +49,7 @@ def create_app(settings: LedgerSettings) -> web.Application:
                 broker.publish,
                 lambda envelope: status_recorded_before(store, envelope),
                 refunds=RefundRecorder(pool, broker.publish),
+                publish_bundle=broker.publish_bundle,
             )
             # In batches: what queued up while the last batch was written goes in the next (a few statements).
             await broker.consume_batches(

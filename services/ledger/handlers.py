@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from services.ledger.outcomes import Announce, status_recorded
 from services.ledger.refunds import RefundRecorder
@@ -19,6 +21,7 @@ from services.ledger.state_machine import Decision, PaymentState, decide, intent
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
 from shared.broker import RetryLater
+from shared.cancellation import being_cancelled
 from shared.events import (
     PAYMENT_MESSAGE_TYPES,
     REFUND_MESSAGE_TYPES,
@@ -59,6 +62,8 @@ DUPLICATE = Recorded(outcome="duplicate event")
 _MAX_DECISIONS = 10
 
 Publish = Callable[[Envelope], Awaitable[None]]
+# Publish envelopes of one type as one broker message, each in its own context (Broker.publish_bundle).
+PublishBundle = Callable[[Sequence[tuple[Envelope, Callable[[], AbstractContextManager[Any]]]]], Awaitable[None]]
 
 
 @dataclass
@@ -250,8 +255,11 @@ class LedgerHandlers:
         publish: Publish | None = None,
         announced_before: Announce | None = None,
         refunds: RefundRecorder | None = None,
+        publish_bundle: PublishBundle | None = None,
     ) -> None:
         self._store = store
+        # Where a batch's announcements go together, as one broker message per type; None: one message each.
+        self._publish_bundle = publish_bundle
         # Where follow-up commands and PaymentStatusRecorded announcements go; None records without telling anyone.
         self._publish = publish
         # For an event recorded on an earlier delivery: the announcement of what it changed then.
@@ -307,25 +315,32 @@ class LedgerHandlers:
             elif (announcement := status_recorded(batch[i].envelope, outcome.outcome, outcome.decision)) is not None:
                 announcing.append((i, announcement))
 
+        async def announcement_of(item: Consumed, announcement: Envelope | None) -> Envelope | None:
+            # A duplicate (an event recorded on an earlier delivery) announces again what it changed then, from
+            # its log row: if the announcement failed then, this is its retry.
+            if announcement is not None:
+                return announcement
+            assert self._announced_before is not None
+            with item.context():
+                return await self._announced_before(item.envelope)
+
         async def announce(item: Consumed, announcement: Envelope | None) -> None:
-            # After the commit, tell the rest of the system what changed (PaymentStatusRecorded). A duplicate (an
-            # event recorded on an earlier delivery) announces again what it changed then, from its log row: if
-            # the announcement failed then, this is its retry.
+            # After the commit, tell the rest of the system what changed (PaymentStatusRecorded).
             assert self._publish is not None
             with item.context():  # in a task of its own: the announcement continues its event's trace
                 try:
-                    if announcement is None:
-                        assert self._announced_before is not None
-                        announcement = await self._announced_before(item.envelope)
-                    if announcement is not None:
+                    if (announcement := await announcement_of(item, announcement)) is not None:
                         await self._publish(announcement)
                 except Exception as exc:  # recorded, not announced: its retry announces it
                     log.warning("status change not announced yet", error=f"{type(exc).__name__}: {exc}")
                     raise
 
-        # The batch's announcements all at once, their confirms awaited together; one that fails is retried
-        # alone (RetryLater), the others are acked.
-        errors = await asyncio.gather(*(announce(batch[i], a) for i, a in announcing), return_exceptions=True)
+        if self._publish_bundle is None:
+            # The batch's announcements all at once, their confirms awaited together; one that fails is retried
+            # alone (RetryLater), the others are acked.
+            errors = await asyncio.gather(*(announce(batch[i], a) for i, a in announcing), return_exceptions=True)
+        else:
+            errors = await self._announce_together([(batch[i], a) for i, a in announcing], announcement_of)
         for (i, _), error in zip(announcing, errors, strict=True):
             # A CancelledError here is one announcement's, not this task's (gather raises that itself).
             if isinstance(error, Exception | asyncio.CancelledError):
@@ -333,6 +348,34 @@ class LedgerHandlers:
             elif isinstance(error, BaseException):
                 raise error
         return results
+
+    async def _announce_together(
+        self,
+        announcing: Sequence[tuple[Consumed, Envelope | None]],
+        announcement_of: Callable[[Consumed, Envelope | None], Awaitable[Envelope | None]],
+    ) -> list[BaseException | None]:
+        """The batch's announcements as one bundle per message type (one broker message for the notifier to
+        take instead of one per payment), each envelope in its event's trace. Per announcement None, or the
+        error that kept it from the broker (its bundle's, for all of the bundle: each is retried)."""
+        assert self._publish_bundle is not None
+        found = await asyncio.gather(*(announcement_of(item, a) for item, a in announcing), return_exceptions=True)
+        errors: list[BaseException | None] = [e if isinstance(e, BaseException) else None for e in found]
+        by_type: dict[str, list[tuple[int, Envelope]]] = {}
+        for n, envelope in enumerate(found):
+            if isinstance(envelope, Envelope):
+                by_type.setdefault(envelope.type, []).append((n, envelope))
+        for envelopes in by_type.values():
+            positions = [n for n, _ in envelopes]
+            bundle = [(envelope, announcing[n][0].context) for n, envelope in envelopes]
+            try:
+                await self._publish_bundle(bundle)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    raise
+                log.warning("status changes not announced yet", error=f"{type(exc).__name__}: {exc}", size=len(bundle))
+                for n in positions:
+                    errors[n] = exc
+        return errors
 
 
 _REFUND_TYPES = frozenset(REFUND_MESSAGE_TYPES.values())

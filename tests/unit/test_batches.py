@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry.trace import INVALID_SPAN
 
 from shared.batches import BatchConsumer, Consumed, acks_together
-from shared.broker import Delivery, RetryLater
+from shared.broker import Delivery, PoisonMessage, RetryLater
 from shared.events import Envelope, PaymentStatus
 from shared.supervisor import Backoff, Supervisor
 from tests.support.payment_histories import status_changed
@@ -290,3 +290,62 @@ async def test_a_batch_failing_while_its_database_is_away_pauses_consuming_and_h
         assert not supervisor.failed.done()
     finally:
         await supervisor.stop()
+
+
+def bundle_consumer(handler: Any, bundle_of: int, settled: list[tuple[str, BaseException | None, int]]) -> Any:
+    async def decode_bundle(message: AbstractIncomingMessage) -> list[Consumed]:
+        delivery = Delivery(attempt=1, max_attempts=3, redelivered=False)
+        return [
+            Consumed(status_changed(new_id(), PaymentStatus.SUCCEEDED), delivery, INVALID_SPAN, message, bundle_of)
+            for _ in range(bundle_of)
+        ]
+
+    async def settle_one(item: Consumed, error: BaseException | None) -> bool:
+        settled.append((item.envelope.payment_id, error, item.bundled))
+        return error is None
+
+    return BatchConsumer("test", handler, max_batch=10, decode=decode_bundle, settle_one=settle_one)
+
+
+async def test_a_bundle_reaches_the_handler_as_its_envelopes_and_is_settled_and_acked_once() -> None:
+    bundle = FakeMessage(object(), 5)
+    seen: list[int] = []
+    settled: list[tuple[str, BaseException | None, int]] = []
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        seen.append(len(items))
+        return [None] * len(items)
+
+    await bundle_consumer(handler, 4, settled).handle(as_messages([bundle]))
+
+    assert seen == [4]
+    assert [(error, count) for _, error, count in settled] == [(None, 4)]
+    assert bundle.calls == [("ack", True)]
+
+
+async def test_a_bundle_with_one_deferred_envelope_is_retried_whole_and_not_acked() -> None:
+    bundle = FakeMessage(object(), 5)
+    later = RetryLater("not yet")
+    settled: list[tuple[str, BaseException | None, int]] = []
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        return [None, PoisonMessage("bad"), later, None]
+
+    await bundle_consumer(handler, 4, settled).handle(as_messages([bundle]))
+
+    # The retry wins over the poison: dead-lettering would lose the envelope that is only early.
+    assert [(error, count) for _, error, count in settled] == [(later, 4)]
+    assert bundle.calls == []
+
+
+async def test_a_bundle_whose_only_failure_is_poison_is_dead_lettered() -> None:
+    bundle = FakeMessage(object(), 5)
+    poison = PoisonMessage("bad")
+    settled: list[tuple[str, BaseException | None, int]] = []
+
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        return [None, poison, None]
+
+    await bundle_consumer(handler, 3, settled).handle(as_messages([bundle]))
+
+    assert [(error, count) for _, error, count in settled] == [(poison, 3)]
