@@ -15,8 +15,8 @@ import dataclasses
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import aio_pika
@@ -178,10 +178,16 @@ def _producer_span(
         yield inject_context({})
 
 
+# Where a bundled envelope's publish span is made: a context to enter (its event's trace), or the headers it was
+# stored with (trace context, reply key).
+BundleOrigin = Callable[[], AbstractContextManager[Any]] | Mapping[str, Any]
+
 # A bundle: several envelopes of one type published as one broker message (Broker.publish_bundle). Its body is
 # two lines per envelope: the envelope's trace headers (JSON), then the envelope (JSON, as a message of its
 # own carries it). Compact JSON has no raw newline, so the lines split cleanly.
 BUNDLE_CONTENT_TYPE = "application/vnd.paystream.bundle"
+# What travels beside each bundled envelope: its trace context, and the reply key of a process waiting for its answer.
+_BUNDLED_HEADERS = (*_TRACE_HEADERS, REPLY_TO_HEADER)
 
 
 def bundle_body(items: Sequence[tuple[dict[str, Any], Envelope]]) -> bytes:
@@ -199,8 +205,32 @@ def bundle_items(body: bytes) -> list[tuple[dict[str, Any], Envelope]]:
         headers = orjson.loads(lines[n])
         if not isinstance(headers, dict):
             raise ValueError("a bundled envelope's trace headers are not an object")
-        items.append(({k: v for k, v in headers.items() if k in _TRACE_HEADERS}, Envelope.from_bytes(lines[n + 1])))
+        kept = {k: v for k, v in headers.items() if k in _BUNDLED_HEADERS}
+        items.append((kept, Envelope.from_bytes(lines[n + 1])))
     return items
+
+
+def _bundled_delivery(delivery: Delivery, headers: dict[str, Any]) -> Delivery:
+    """A bundled envelope's delivery: the bundle's (attempt, redelivery), with the envelope's own trace headers and
+    reply key."""
+    return dataclasses.replace(
+        delivery,
+        trace_headers={k: str(headers[k]) for k in _TRACE_HEADERS if k in headers},
+        reply_to=_reply_to(headers),
+    )
+
+
+def _bundle_outcome(
+    errors: Sequence[Exception | None], envelopes: Sequence[Envelope]
+) -> tuple[Exception | None, Envelope]:
+    """What settles a bundle, and the envelope it is reported under: None if all were handled; else the first
+    failure that is not poison (the whole bundle is retried; its handlers are idempotent), or the first poison if
+    that is all that failed (dead-lettered)."""
+    failed = [(error, envelope) for error, envelope in zip(errors, envelopes, strict=True) if error is not None]
+    retried = [(error, envelope) for error, envelope in failed if not isinstance(error, PoisonMessage)]
+    if not failed:
+        return None, envelopes[0]
+    return (retried or failed)[0]
 
 
 @contextmanager
@@ -393,54 +423,41 @@ class Broker:
                     raise
                 raise ChannelLost(f"the broker channel closed before it confirmed {envelope.type}") from None
 
-    async def publish_bundle(
-        self,
-        items: Sequence[tuple[Envelope, Callable[[], AbstractContextManager[Any]]]],
-        *,
-        timeout: float = 10.0,
-    ) -> None:
+    async def publish_bundle(self, items: Sequence[tuple[Envelope, BundleOrigin]], *, timeout: float = 10.0) -> None:
         """Publish envelopes of one type as ONE broker message, a bundle, and return once the broker confirmed it.
 
-        For a producer that has several messages to send at once (a batch's outcomes) to consumers that take them
-        in batches (consume_batches): the broker stores, routes, delivers and acks one message instead of one per
-        envelope. Each envelope keeps its own trace: its publish span is made in its context (the `items`'
-        context managers) and its trace headers travel beside it in the bundle. One envelope alone goes as a
-        message of its own. Raises as `publish`; nothing of a bundle is delivered unless all of it is.
+        For a producer that has several messages to send at once (a batch's outcomes, the outbox's rows): the
+        broker stores, routes, delivers and acks one message instead of one per envelope. Each envelope keeps its
+        own trace: its publish span is made in its origin, which is either a context to enter (its event's trace,
+        as `Consumed.context`) or the headers it was stored with (the outbox's trace context and reply key, as
+        `publish`'s `headers`), and its trace headers and reply key travel beside it in the bundle. Consumers
+        (`consume`, `consume_batches`) hand each envelope to their handler. One envelope alone goes as a message
+        of its own. Raises as `publish`; nothing of a bundle is delivered unless all of it is.
         """
         if len(items) == 1:
-            envelope, context = items[0]
-            with context():
-                await self.publish(envelope, timeout=timeout)
+            envelope, origin = items[0]
+            if isinstance(origin, Mapping):
+                await self.publish(envelope, headers=dict(origin), timeout=timeout)
+            else:
+                with origin():
+                    await self.publish(envelope, timeout=timeout)
             return
         if self._exchange is None:
             raise RuntimeError("broker not connected")
         types = {envelope.type for envelope, _ in items}
         if len(types) != 1:
             raise ValueError(f"a bundle is of one message type, not {sorted(types)}")
-        spans: list[trace.Span] = []
-        bundled: list[tuple[dict[str, Any], Envelope]] = []
-        try:
-            for envelope, context in items:
-                with context():
-                    if recording():
-                        span = _tracer.start_span(
-                            f"publish {envelope.type}",
-                            kind=SpanKind.PRODUCER,
-                            attributes={
-                                "messaging.system": "rabbitmq",
-                                "messaging.destination.name": self.names.exchange,
-                                "messaging.message.id": str(envelope.id),
-                                "messaging.batch.message_count": len(items),
-                                "payment.id": envelope.payment_id,
-                                "paystream.event_type": envelope.type,
-                            },
-                        )
-                        spans.append(span)
-                        with trace.use_span(span, end_on_exit=False):
-                            bundled.append((inject_context({}), envelope))
-                    else:
-                        bundled.append((inject_context({}), envelope))
-            (message_type,) = types
+        (message_type,) = types
+        with ExitStack() as spans:  # every envelope's publish span, open until the broker confirmed the bundle
+            bundled: list[tuple[dict[str, Any], Envelope]] = []
+            for envelope, origin in items:
+                stored = dict(origin) if isinstance(origin, Mapping) else None
+                if stored is None:
+                    spans.enter_context(origin())  # type: ignore[operator]  # a context factory here
+                sent = spans.enter_context(_producer_span(envelope, self.names.exchange, stored))
+                if stored and (reply_to := _reply_to(stored)) is not None:
+                    sent[REPLY_TO_HEADER] = reply_to
+                bundled.append((sent, envelope))
             message = aio_pika.Message(
                 body=bundle_body(bundled),
                 message_id=str(uuid.uuid4()),
@@ -455,9 +472,6 @@ class Broker:
                 if being_cancelled():
                     raise
                 raise ChannelLost(f"the broker channel closed before it confirmed a bundle of {message_type}") from None
-        finally:
-            for span in spans:
-                span.end()
 
     async def publish_retry(self, group: str, envelope: Envelope, attempt: int, delay_seconds: float) -> None:
         """Publish `envelope` as attempt `attempt` of a message of `group`'s queue: into that queue's delay queue,
@@ -592,9 +606,13 @@ class Broker:
     async def _handle(
         self, group: str, queue: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
     ) -> None:
-        """Decode, run the handler, decide the settlement (pure), then carry it out."""
+        """Decode, run the handler, decide the settlement (pure), then carry it out. A bundle's envelopes are
+        handled together, each in its own trace, and the bundle settled once (see `_settle_bundle`)."""
         try:
-            envelope = Envelope.from_bytes(message.body)
+            if message.content_type == BUNDLE_CONTENT_TYPE:
+                items = bundle_items(message.body)
+            else:
+                envelope = Envelope.from_bytes(message.body)
         except ValueError as exc:
             log.error(
                 "undecodable message dead-lettered", consumer=group, message_id=message.message_id, error=str(exc)[:300]
@@ -603,31 +621,55 @@ class Broker:
             await message.reject(requeue=False)
             return
 
-        headers = message.headers or {}
         delivery = _delivery(message, retry)
+        if message.content_type == BUNDLE_CONTENT_TYPE:
+            errors = await asyncio.gather(
+                *(
+                    self._run(group, envelope, headers, _bundled_delivery(delivery, headers), handler)
+                    for headers, envelope in items
+                )
+            )
+            error, envelope = _bundle_outcome(errors, [envelope for _, envelope in items])
+            settlement = settle(error, delivery.attempt, retry)
+            await self._carry_out(settlement, group, queue, message, envelope, count=len(items))
+            return
+        headers = message.headers or {}
+        with _consumer_span(group, envelope, headers, delivery.attempt):
+            error = await self._run(group, envelope, None, delivery, handler)
+            await self._carry_out(settle(error, delivery.attempt, retry), group, queue, message, envelope)
+
+    async def _run(
+        self,
+        group: str,
+        envelope: Envelope,
+        span_headers: dict[str, Any] | None,
+        delivery: Delivery,
+        handler: Handler,
+    ) -> Exception | None:
+        """Run the handler on one envelope in its log context (and, given `span_headers`, a consumer span of its
+        own continuing their trace); the error it ended with, logged, or None."""
         attempt = delivery.attempt
         started = time.perf_counter()
         with (
             structlog.contextvars.bound_contextvars(
                 payment_id=envelope.payment_id, event_id=str(envelope.id), event_type=envelope.type
             ),
-            _consumer_span(group, envelope, headers, attempt),
+            _consumer_span(group, envelope, span_headers, attempt) if span_headers is not None else nullcontext(),
         ):
-            error: Exception | None = None
             try:
                 await handler(envelope, delivery)
+                return None
             except PoisonMessage as exc:
                 log.error("poison message dead-lettered", consumer=group, reason=str(exc))
-                error = exc
+                return exc
             except RetryLater as exc:
                 log.info("message deferred", consumer=group, attempt=attempt, reason=str(exc))
-                error = exc
+                return exc
             except Exception as exc:
                 log.exception("handler failed", consumer=group, attempt=attempt)
-                error = exc
+                return exc
             finally:
                 EVENT_PROCESSING_SECONDS.labels(group, envelope.type).observe(time.perf_counter() - started)
-            await self._carry_out(settle(error, attempt, retry), group, queue, message, envelope)
 
     async def _carry_out(
         self,

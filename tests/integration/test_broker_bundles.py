@@ -14,10 +14,19 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from shared.batches import Consumed
-from shared.broker import BUNDLE_CONTENT_TYPE, RetryLater, RetryPolicy, bundle_body, bundle_items
+from shared.broker import (
+    BUNDLE_CONTENT_TYPE,
+    REPLY_TO_HEADER,
+    Delivery,
+    RetryLater,
+    RetryPolicy,
+    bundle_body,
+    bundle_items,
+)
 from shared.events import Envelope, PaymentStatus
+from shared.topology import Names
 from tests.support.brokers import connected_broker
-from tests.support.payment_histories import status_changed
+from tests.support.payment_histories import requested, status_changed
 from tests.support.processes import eventually
 
 GROUP = "ledger"  # a group the topology declares; status changes go to it alone
@@ -112,5 +121,46 @@ async def test_a_deferred_bundle_comes_back_whole_and_a_single_envelope_goes_as_
         ids = sorted(e.payment_id for e, _, _ in sent)
         assert attempts[:2] == [(1, ids), (2, ids)]
         assert single == ["application/json"]
+    finally:
+        await broker.close()
+
+
+async def test_a_one_at_a_time_consumer_handles_each_bundled_envelope_with_its_trace_and_reply_key(
+    amqp_url: str, namespace: str
+) -> None:
+    # The gateway_worker's way: `consume`, a handler per envelope. Its group takes PaymentRequested, which the
+    # ledger takes in batches too: both get the bundle.
+    broker = await connected_broker(amqp_url, namespace, "test-bundles")
+    handled: list[tuple[str, str, str | None, int]] = []
+
+    async def handler(envelope: Envelope, delivery: Delivery) -> None:
+        traceparent = delivery.trace_headers.get("traceparent", "")
+        handled.append((envelope.payment_id, traceparent, delivery.reply_to, delivery.attempt))
+        if envelope.payment_id == first and delivery.attempt == 1:
+            raise RetryLater("early")
+
+    try:
+        await broker.consume("gateway_worker", handler, retry=FAST, prefetch=4)
+        envelopes = [requested(f"pay_{secrets.token_hex(6)}") for _ in range(3)]
+        first = envelopes[0].payment_id
+        reply_key = Names.reply_key("intake_api", secrets.token_hex(6))
+        stored = [
+            {"traceparent": f"00-{n + 1:032x}-{n + 1:016x}-01", REPLY_TO_HEADER: reply_key if n == 1 else "x"}
+            for n in range(3)
+        ]
+        await broker.publish_bundle(list(zip(envelopes, stored, strict=True)))
+
+        async def retried() -> bool:
+            return len(handled) >= 6
+
+        await eventually(retried, what="the bundle handled, deferred by one envelope, and handled again")
+        for attempt in (1, 2):
+            got = sorted(h for h in handled if h[3] == attempt)
+            expected = sorted(
+                (e.payment_id, f"00-{n + 1:032x}", reply_key if n == 1 else None, attempt)
+                for n, e in enumerate(envelopes)
+            )
+            # Each envelope's span continues its own stored trace (a new span id, the same trace id).
+            assert [(p, t[:35], r, a) for p, t, r, a in got] == expected
     finally:
         await broker.close()
