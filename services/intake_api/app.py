@@ -69,6 +69,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
             relay = OutboxRelay(
                 pool,
                 broker.publish,
+                publish_bundle=broker.publish_bundle,
                 connect=lambda: connect(
                     runtime.service_database_url(settings, "intake_api"), timeouts=runtime.database_timeouts(settings)
                 ),

@@ -4,14 +4,18 @@ transaction), and the relay that publishes committed rows with publisher confirm
 The relay is woken by LISTEN/NOTIFY when a transaction writes rows, with a polling fallback. A batch is
 claimed and marked sent in one statement (FOR UPDATE SKIP LOCKED, so several intake processes share one
 outbox), published with pipelined confirms, and committed; rows the broker did not confirm are unmarked
-before the commit. A broker outage only delays rows: they stay unsent until a publish is confirmed. A
-crash between confirm and commit re-publishes (the consumers are idempotent by event id).
+before the commit. Rows of one type go as bundles of up to BUNDLE_SIZE (one broker message each, every
+envelope with its own trace context and reply key: Broker.publish_bundle), so a busy intake sends a few
+messages a batch rather than one a payment; a lone row goes as a message of its own.
+
+A broker outage only delays rows: they stay unsent until a publish is confirmed. A crash between confirm and
+commit re-publishes (the consumers are idempotent by event id).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,11 @@ log = get_logger(__name__)
 CHANNEL = "paystream_outbox"
 
 Publish = Callable[..., Awaitable[None]]
+# Publish envelopes of one type as one broker message, each with the headers it was stored with.
+PublishBundle = Callable[[Sequence[tuple[Envelope, Mapping[str, Any]]]], Awaitable[None]]
+# At most this many rows a bundle: a bundle the gateway_worker retries replays at most this many payments' intents
+# (each idempotent at the provider), and one process's share of a burst stays spread over a few messages.
+BUNDLE_SIZE = 20
 # After a failed round the relay waits 0.5 s, then twice as long each time, at most 5 s: it drains soon
 # after the broker is back without hammering it while it is away.
 RELAY_BACKOFF = Backoff(initial=0.5, maximum=5.0)
@@ -98,9 +107,12 @@ class OutboxRelay:
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         batch_size: int = 100,
         poll_interval: float = 1.0,
+        publish_bundle: PublishBundle | None = None,
     ) -> None:
         self._pool = pool
         self._publish = publish
+        # None: every row goes as a message of its own.
+        self._publish_bundle = publish_bundle
         self._connect = connect
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -119,10 +131,7 @@ class OutboxRelay:
             rows = sorted(await conn.fetch(_CLAIM, self._batch_size), key=lambda r: r["id"])
             if not rows:
                 return 0
-            results = await asyncio.gather(
-                *(self._publish(Envelope.from_bytes(r["envelope"]), headers=r["headers"]) for r in rows),
-                return_exceptions=True,
-            )
+            results = await self._publish_rows(rows)
             failed = [isinstance(result, BaseException) for result in results]
             unconfirmed = [r["id"] for r, fail in zip(rows, failed, strict=True) if fail]
             if unconfirmed:
@@ -135,6 +144,36 @@ class OutboxRelay:
         if failures:
             raise OutboxPublishFailed(f"{len(failures)} of {len(rows)} rows not confirmed") from failures[0]
         return sent
+
+    async def _publish_rows(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
+        """Publish `rows` (in id order), their confirms awaited together: per row None once confirmed, or the
+        error that kept it from the broker (a bundle's, for each of its rows)."""
+        envelopes = [Envelope.from_bytes(row["envelope"]) for row in rows]
+        if self._publish_bundle is None:
+            found = await asyncio.gather(
+                *(self._publish(e, headers=r["headers"]) for e, r in zip(envelopes, rows, strict=True)),
+                return_exceptions=True,
+            )
+            return [result if isinstance(result, BaseException) else None for result in found]
+        publish_bundle = self._publish_bundle
+        by_type: dict[str, list[int]] = {}
+        for n, envelope in enumerate(envelopes):
+            by_type.setdefault(envelope.type, []).append(n)
+        bundles = [
+            positions[start : start + BUNDLE_SIZE]
+            for positions in by_type.values()
+            for start in range(0, len(positions), BUNDLE_SIZE)
+        ]
+        found = await asyncio.gather(
+            *(publish_bundle([(envelopes[n], rows[n]["headers"]) for n in bundle]) for bundle in bundles),
+            return_exceptions=True,
+        )
+        results: list[BaseException | None] = [None] * len(rows)
+        for bundle, result in zip(bundles, found, strict=True):
+            if isinstance(result, BaseException):
+                for n in bundle:
+                    results[n] = result
+        return results
 
     async def measure(self) -> None:
         row = await self._pool.fetchrow(

@@ -13,8 +13,8 @@ import pytest
 
 from services.intake_api import store
 from services.intake_api.models import PaymentCreate
-from services.intake_api.outbox import OutboxPublishFailed, OutboxRelay
-from shared.broker import REPLY_TO_HEADER, Broker
+from services.intake_api.outbox import BUNDLE_SIZE, OutboxPublishFailed, OutboxRelay
+from shared.broker import BUNDLE_CONTENT_TYPE, REPLY_TO_HEADER, Broker, bundle_items
 from shared.consumers import CONSUMER_GROUPS
 from shared.db import connect, create_pool
 from shared.supervisor import Supervisor
@@ -215,3 +215,50 @@ async def test_two_relays_sharing_one_outbox_publish_every_row(
     assert set(received) == event_ids
     # FOR UPDATE SKIP LOCKED: a row claimed by one relay is skipped by the other, so none went out twice.
     assert len(received) == len(event_ids)
+
+
+def bundling_relay(pool: asyncpg.Pool, broker: Broker, url: str) -> OutboxRelay:
+    return OutboxRelay(pool, broker.publish, connect=lambda: connect(url), publish_bundle=broker.publish_bundle)
+
+
+async def test_with_bundles_a_batch_goes_as_a_few_messages_with_each_row_once_and_its_reply_key(
+    outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
+) -> None:
+    await broker.declare_topology(CONSUMER_GROUPS)
+    reply_to = broker.names.reply_key("intake_api", secrets.token_hex(6))
+    waiting = store.new_payment_id()
+    await store.accept_payment(
+        outbox_pool,
+        payment_id=waiting,
+        merchant_id="demo",
+        key=secrets.token_hex(8),
+        request=PAYMENT,
+        fingerprint=PAYMENT.fingerprint(),
+        ttl_seconds=1800,
+        reply_to=reply_to,
+    )
+    event_ids = await accept_payments(outbox_pool, 2 * BUNDLE_SIZE + 4)
+
+    assert await bundling_relay(outbox_pool, broker, outbox_db).publish_batch() == len(event_ids)
+
+    received = await take_all(broker.connection, broker.names.queue("gateway_worker"))
+    assert [m.content_type for m in received] == [BUNDLE_CONTENT_TYPE] * 3  # 20 + 20 + 5 rows
+    items = [item for m in received for item in bundle_items(m.body)]
+    assert sorted(str(envelope.id) for _, envelope in items) == sorted(event_ids)
+    replies = {envelope.payment_id: headers.get(REPLY_TO_HEADER) for headers, envelope in items}
+    assert replies.pop(waiting) == reply_to
+    assert set(replies.values()) == {None}
+    assert await unsent(outbox_pool) == 0
+
+
+async def test_with_bundles_rows_the_broker_does_not_confirm_stay_queued(
+    outbox_db: str, outbox_pool: asyncpg.Pool, broker: Broker
+) -> None:
+    # Nothing is bound to the exchange yet: the broker returns the bundle as unroutable.
+    await accept_payments(outbox_pool, 5)
+    relay = bundling_relay(outbox_pool, broker, outbox_db)
+
+    with pytest.raises(OutboxPublishFailed):
+        await relay.publish_batch()
+
+    assert await unsent(outbox_pool) == 5
