@@ -253,12 +253,16 @@ async def list_payment_page(request: web.Request) -> web.Response:
 
 
 def _needs_notifier(handler: Handler) -> Handler:
-    """The notifier deploys the tables these routes use; until it has run once they answer 503, not 500."""
+    """The notifier deploys the views and functions these routes use, and grants them to the intake; until it has
+    run once they answer 503, not 500. Before then the schema may be missing (UndefinedTable, UndefinedFunction)
+    or there without the intake's grants yet (InsufficientPrivilege: the roles are prepared before the notifier
+    first starts)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except asyncpg.UndefinedTableError as exc:
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError, asyncpg.InsufficientPrivilegeError) as exc:
+            log.warning("merchant webhooks not deployed yet", error=f"{type(exc).__name__}: {exc}")
             raise Problem(
                 503,
                 "webhooks-unavailable",

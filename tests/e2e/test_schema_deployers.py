@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
+
 from shared.db import prepare_database, schemas_missing
 from tests.support.infra import Servers, create_database, delete_namespace, drop_database, unique_name
 from tests.support.processes import ServiceProcess, eventually, stack_environment
@@ -53,6 +55,38 @@ async def test_an_intake_alone_on_a_fresh_database_stops_with_one_line_naming_th
             " (its owner deploys it) or run `python -m tools.stack prepare`"
         ]
         assert not any("Traceback" in line for line in lines), lines
+    finally:
+        intake.stop()
+        await delete_namespace(servers.amqp_url, namespace)
+        await drop_database(url)
+
+
+async def test_merchant_webhook_routes_answer_503_until_the_notifier_has_deployed_its_interface(
+    servers: Servers, tmp_path: Path
+) -> None:
+    # The payment routes need only the ledger; the webhook routes read the notifier's views, which exist (and are
+    # granted to the intake) only once the notifier has started once. Meanwhile: 503 and Retry-After, no 500.
+    url = await create_database(servers.database_url, migrations=())
+    await prepare_database(url, ["ledger", "intake_api"])
+    namespace = unique_name("psdeploy")
+    intake = ServiceProcess("intake_api", stack_environment(url, servers.amqp_url, namespace), tmp_path)
+    intake.start()
+    headers = {"Authorization": "Bearer sk_test_demo"}
+    try:
+        await intake.wait_ready()
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for path in ("/v1/webhook_endpoints", "/v1/events"):
+                async with session.get(intake.url + path) as response:
+                    problem = await response.json(content_type=None)
+                    assert (response.status, response.headers.get("Retry-After")) == (503, "5"), problem
+                    assert problem["type"].endswith("/webhooks-unavailable")
+            assert "Traceback" not in intake.log_text()
+
+            await prepare_database(url, ["notifier"])  # what the notifier does at its start
+
+            async with session.get(intake.url + "/v1/webhook_endpoints") as response:
+                assert response.status == 200
+                assert (await response.json())["data"] == []
     finally:
         intake.stop()
         await delete_namespace(servers.amqp_url, namespace)
