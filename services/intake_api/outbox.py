@@ -33,6 +33,9 @@ Publish = Callable[..., Awaitable[None]]
 # after the broker is back without hammering it while it is away.
 RELAY_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 LISTENER_PING_SECONDS = 10.0
+# How long a batch's publishes may take, confirms included (the broker down, its connection being restored, a
+# confirm that does not come); rows not confirmed by then stay queued for the next round.
+PUBLISH_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,7 @@ class OutboxRelay:
             rows = sorted(await conn.fetch(_CLAIM, self._batch_size), key=lambda r: r["id"])
             if not rows:
                 return 0
-            results = await asyncio.gather(
-                *(self._publish(Envelope.from_bytes(r["envelope"]), headers=r["headers"]) for r in rows),
-                return_exceptions=True,
-            )
+            results = await self._publish_rows(rows)
             failed = [isinstance(result, BaseException) for result in results]
             unconfirmed = [r["id"] for r, fail in zip(rows, failed, strict=True) if fail]
             if unconfirmed:
@@ -135,6 +135,31 @@ class OutboxRelay:
         if failures:
             raise OutboxPublishFailed(f"{len(failures)} of {len(rows)} rows not confirmed") from failures[0]
         return sent
+
+    async def _publish_rows(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+        """Publish `rows` together, their confirms awaited together under one deadline; each row's outcome (None:
+        confirmed). One timer for the batch rather than one a publish (a tenth of a publish's CPU); a row not
+        confirmed by the deadline failed, like one the broker refused. Each row goes out as the bytes it was
+        stored as (`body`): parsed once, to check it and for the message's properties, never serialized again."""
+        envelopes = [Envelope.from_bytes(row["envelope"]) for row in rows]
+        outcomes: list[BaseException | None] = [None] * len(rows)
+        ended = [False] * len(rows)
+
+        async def publish(index: int, envelope: Envelope, row: asyncpg.Record) -> None:
+            try:
+                await self._publish(envelope, headers=row["headers"], body=row["envelope"].encode(), timeout=None)
+            except Exception as exc:
+                outcomes[index] = exc
+            ended[index] = True
+
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await asyncio.gather(*(publish(i, envelopes[i], row) for i, row in enumerate(rows)))
+        except TimeoutError:
+            for index, done in enumerate(ended):
+                if not done:
+                    outcomes[index] = TimeoutError(f"not confirmed within {PUBLISH_TIMEOUT_SECONDS:g} s")
+        return outcomes
 
     async def measure(self) -> None:
         row = await self._pool.fetchrow(
