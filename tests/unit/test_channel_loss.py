@@ -18,36 +18,42 @@ from tests.support.messages import consumed
 from tests.support.payment_histories import requested
 
 
-class ClosingExchange:
-    """An exchange whose channel closes while the confirm is awaited, as aiormq reports it."""
+class ClosingChannel:
+    """A channel that closes while the confirm is awaited, as aiormq reports it (aio-pika's channel and the aiormq
+    channel under it in one)."""
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
         self.wait_forever = False
+        self.is_closed = False
 
-    async def publish(self, *args: Any, **kwargs: Any) -> None:
+    async def get_underlay_channel(self) -> ClosingChannel:
+        return self
+
+    async def basic_publish(self, *args: Any, **kwargs: Any) -> None:
         self.entered.set()
         if self.wait_forever:
             await asyncio.Event().wait()
         raise asyncio.CancelledError()
 
 
-def broker_with(exchange: ClosingExchange) -> Broker:
+def broker_with(channel: ClosingChannel) -> Broker:
     broker = Broker("amqp://guest:guest@127.0.0.1:5672/", "unit", name="unit")
-    broker._exchange = cast(Any, exchange)
+    broker._channel = cast(Any, channel)
+    broker._exchange = cast(Any, object())
     return broker
 
 
 async def test_a_channel_closing_under_a_publish_raises_channel_lost_not_a_cancellation() -> None:
     with pytest.raises(ChannelLost, match=r"before it confirmed payment\.requested"):
-        await broker_with(ClosingExchange()).publish(requested("pay_closing"))
+        await broker_with(ClosingChannel()).publish(requested("pay_closing"))
 
 
 async def test_cancelling_a_publish_still_cancels_it() -> None:
-    exchange = ClosingExchange()
-    exchange.wait_forever = True
-    task = asyncio.create_task(broker_with(exchange).publish(requested("pay_cancelled")))
-    await asyncio.wait_for(exchange.entered.wait(), 5)
+    channel = ClosingChannel()
+    channel.wait_forever = True
+    task = asyncio.create_task(broker_with(channel).publish(requested("pay_cancelled")))
+    await asyncio.wait_for(channel.entered.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
