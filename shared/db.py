@@ -64,7 +64,8 @@ async def ensure_database(url: str, *, timeout: float = 10.0) -> None:
         await conn.close()
 
 
-def _dump_json(value: Any) -> str:
+def dump_json(value: Any) -> str:
+    """`value` as the json and jsonb codecs of our connections write it (for a value passed as text)."""
     # Non-string keys become strings, as the standard library's json.dumps made them.
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -123,8 +124,8 @@ def _keep_alive(conn: asyncpg.Connection, timeouts: Timeouts) -> None:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # orjson: every event's payload and headers go through these, several times a payment.
-    await conn.set_type_codec("jsonb", encoder=_dump_json, decoder=orjson.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=_dump_json, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=dump_json, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=dump_json, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def _reset_if_needed(conn: asyncpg.Connection) -> None:

@@ -73,8 +73,9 @@ class OutboxRow:
 def insert_sql(first: int) -> str:
     """`INSERT INTO intake.outbox ... SELECT` of one row whose five values are $first..$first+4.
 
-    The one way a row is written: alone (`enqueue`), or inside a larger statement that appends `FROM ...`
-    to write it only when something else was written (the intake's acceptance of a payment).
+    The way a row is written: alone (`enqueue`), or inside a larger statement that appends `FROM ...`
+    to write it only when something else was written (a capture). Accepted payments write theirs, the same
+    five values, from the arrays of a batch (store._ACCEPT_MANY).
     """
     n = range(first, first + 5)
     return (

@@ -7,6 +7,8 @@ payment just accepted.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from opentelemetry import trace
 
 from services.intake_api.models import Payment, PaymentCreate, PaymentEvent
 from services.intake_api.outbox import OutboxRow, enqueue, insert_sql
+from shared.db import dump_json
 from shared.events import CancelPayment, CapturePayment, Message, PaymentRequested, PaymentStatus
 from shared.payment_resource import LEDGER_COLUMNS
 from shared.telemetry import trace_parent
@@ -51,28 +54,110 @@ class PaymentView:
     trace_headers: Mapping[str, str] = field(default_factory=dict)
 
 
-_ACCEPT = f"""
-WITH existing AS (
-    SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $2 AND idempotency_key = $3
-    UNION ALL
-    -- A key whose intake record was purged is still the ledger's: it stays taken for good.
-    SELECT id, request_fingerprint FROM ledger.payments_v1 WHERE merchant_id = $2 AND idempotency_key = $3
-    LIMIT 1
+# Every acceptance of a batch in one statement: the values of each come as arrays, one element a payment.
+_ACCEPT_MANY = """
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+                $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[])
+        WITH ORDINALITY AS i(id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at,
+                             event_id, event_type, envelope, headers, trace_headers, n)
+), existing AS (
+    SELECT i.n, e.id, e.request_fingerprint
+    FROM input i
+    CROSS JOIN LATERAL (
+        SELECT id, request_fingerprint FROM intake.payments
+        WHERE merchant_id = i.merchant_id AND idempotency_key = i.idempotency_key
+        UNION ALL
+        -- A key whose intake record was purged is still the ledger's: it stays taken for good.
+        SELECT id, request_fingerprint FROM ledger.payments_v1
+        WHERE merchant_id = i.merchant_id AND idempotency_key = i.idempotency_key
+        LIMIT 1
+    ) e
 ), payment AS (
     INSERT INTO intake.payments
         (id, merchant_id, idempotency_key, request_fingerprint, request, created_at, expires_at, trace_headers)
-    SELECT $1, $2, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz, $13::jsonb
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    SELECT i.id, i.merchant_id, i.idempotency_key, i.request_fingerprint, i.request::jsonb, i.created_at,
+           i.expires_at, i.trace_headers::jsonb
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.n = i.n)
+    ORDER BY i.n
+    -- The same key twice in one batch: the first is written, the second finds it taken (below).
     ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
     RETURNING id
 ), outbox AS (
-    {insert_sql(8)} FROM payment
+    INSERT INTO intake.outbox (event_id, payment_id, event_type, envelope, headers)
+    SELECT i.event_id, i.id, i.event_type, i.envelope, i.headers::jsonb
+    FROM input i JOIN payment p ON p.id = i.id
+    ORDER BY i.n
     RETURNING payment_id
 )
-SELECT (SELECT payment_id FROM outbox) AS accepted_id,
-       (SELECT id FROM existing) AS existing_id,
-       (SELECT request_fingerprint FROM existing) AS existing_fingerprint
+SELECT i.n, o.payment_id AS accepted_id, x.id AS existing_id, x.request_fingerprint AS existing_fingerprint
+FROM input i
+LEFT JOIN outbox o ON o.payment_id = i.id
+LEFT JOIN existing x ON x.n = i.n
+ORDER BY i.n
 """
+# The most acceptances one statement writes.
+MAX_BATCH = 100
+
+_Values = tuple[Any, ...]
+_Outcome = tuple[str | None, str | None, str | None]  # accepted id, existing id, existing fingerprint
+
+
+class _Acceptances:
+    """Writes the acceptances that arrive while one statement is at the database together, in the next one.
+
+    A payment costs the intake a statement (a pool checkout, a round trip, a NOTIFY received), and under load many
+    arrive at once: written one statement per batch, they cost one between them. Nothing waits for a batch to
+    fill: the first acceptance goes at once, and those that arrive meanwhile go together when it is answered.
+    Each payment is still written atomically with its outbox row, and each gets the outcome it would alone (its
+    own payment, or the one already under its key: also one accepted earlier in the same statement). One exists
+    per pool while it has acceptances to write (`_WRITING`), and ends with the last.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[_Values, asyncio.Future[_Outcome]]] = []
+        # A context of its own: the statement belongs to no one request's trace or log lines.
+        self._writer = asyncio.create_task(self._write(), context=contextvars.Context())
+
+    async def accept(self, values: _Values) -> _Outcome:
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((values, future))
+        return await future
+
+    async def _write(self) -> None:
+        batch: list[tuple[_Values, asyncio.Future[_Outcome]]] = []
+        try:
+            await asyncio.sleep(0)  # the acceptance that started it is queued first
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                columns = [list(column) for column in zip(*(values for values, _ in batch), strict=True)]
+                try:
+                    rows = await self._pool.fetch(_ACCEPT_MANY, *columns)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    batch = []
+                    continue
+                for (_, future), row in zip(batch, rows, strict=True):
+                    if not future.done():
+                        future.set_result((row["accepted_id"], row["existing_id"], row["existing_fingerprint"]))
+                batch = []
+        finally:
+            if _WRITING.get(self._pool) is self:
+                del _WRITING[self._pool]
+            # Cancelled (the process stopping): nothing it held is left waiting.
+            for _, future in batch + self._waiting:
+                if not future.done():
+                    future.set_exception(ConnectionError("the intake stopped before the payment was written"))
+            self._waiting = []
+
+
+# The pools whose acceptances are being written, and by what.
+_WRITING: dict[asyncpg.Pool, _Acceptances] = {}
 
 
 async def accept_payment(
@@ -89,10 +174,10 @@ async def accept_payment(
     """Accept a payment under (merchant, key), or find the one already accepted under it.
 
     The idempotency record and the PaymentRequested outbox row are written by ONE statement, so they
-    commit together in a single round trip. Returns (the new payment, None), or (None, the existing
-    one). A concurrent request holding the same key makes the insert wait on the unique index and then
-    do nothing; the first request's row is then read. `reply_to`: the reply routing key of the process
-    waiting for the intent's outcome, if the request waits (it rides with the outbox row).
+    commit together (with the other acceptances of its batch: `_Acceptances`). Returns (the new payment,
+    None), or (None, the existing one). A concurrent request holding the same key makes the insert wait on
+    the unique index and then do nothing; the first request's row is then read. `reply_to`: the reply routing
+    key of the process waiting for the intent's outcome, if the request waits (it rides with the outbox row).
     """
     now = datetime.now(UTC)
     expires_at = now + timedelta(seconds=ttl_seconds)
@@ -106,31 +191,39 @@ async def accept_payment(
         **body,
     )
     outbox_row = OutboxRow.of(requested, payment_id=payment_id, source="intake", reply_to=reply_to)
-    async with pool.acquire() as conn:
-        trace_headers = {k: v for k, v in outbox_row.headers.items() if k in ("traceparent", "tracestate")}
-        row = await conn.fetchrow(
-            _ACCEPT,
+    trace_headers = {k: v for k, v in outbox_row.headers.items() if k in ("traceparent", "tracestate")}
+    event_id, row_payment_id, event_type, envelope, headers = outbox_row.values()
+    assert row_payment_id == payment_id
+    acceptances = _WRITING.get(pool)
+    if acceptances is None:
+        acceptances = _WRITING[pool] = _Acceptances(pool)
+    accepted_id, existing_id, existing_fingerprint = await acceptances.accept(
+        (
             payment_id,
             merchant_id,
             key,
             fingerprint,
-            body,
+            dump_json(body),
             now,
             expires_at,
-            *outbox_row.values(),
-            trace_headers,
+            event_id,
+            event_type,
+            envelope,
+            dump_json(headers),
+            dump_json(trace_headers),
         )
-        assert row is not None
-        if row["existing_id"] is not None:
-            return None, Existing(row["existing_id"], row["existing_fingerprint"])
-        if row["accepted_id"] is None:
-            taken = await conn.fetchrow(
-                "SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2",
-                merchant_id,
-                key,
-            )
-            assert taken is not None
-            return None, Existing(taken["id"], taken["request_fingerprint"])
+    )
+    if existing_id is not None:
+        assert existing_fingerprint is not None
+        return None, Existing(existing_id, existing_fingerprint)
+    if accepted_id is None:
+        taken = await pool.fetchrow(
+            "SELECT id, request_fingerprint FROM intake.payments WHERE merchant_id = $1 AND idempotency_key = $2",
+            merchant_id,
+            key,
+        )
+        assert taken is not None
+        return None, Existing(taken["id"], taken["request_fingerprint"])
     payment = Payment(
         id=payment_id,
         status=PaymentStatus.PENDING,

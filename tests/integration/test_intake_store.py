@@ -108,6 +108,30 @@ async def test_concurrent_acceptances_with_one_key_store_exactly_one_payment(int
     assert await intake_pool.fetchval("SELECT count(*) FROM intake.payments WHERE idempotency_key = 'k-race'") == 1
 
 
+async def test_acceptances_written_together_each_get_their_own_outcome(intake_pool: asyncpg.Pool) -> None:
+    # Accepted at once, these go to the database in one statement (store._Acceptances): new keys, one key
+    # taken before, and one key twice with two bodies.
+    taken, _ = await accept(intake_pool, key="k-batch-taken")
+    first, second = request(reference="first"), request(reference="second")
+    results = await asyncio.gather(
+        *(accept(intake_pool, key=f"k-batch-{i}") for i in range(5)),
+        accept(intake_pool, key="k-batch-taken"),
+        accept(intake_pool, key="k-batch-twice", payment=first),
+        accept(intake_pool, key="k-batch-twice", payment=second),
+    )
+
+    new = results[:5]
+    assert all(existing is None for _, existing in new) and len({payment_id for payment_id, _ in new}) == 5
+    assert results[5][0] == taken and results[5][1] is not None
+    (twice_a, existing_a), (twice_b, existing_b) = results[6], results[7]
+    assert twice_a == twice_b and (existing_a is None) != (existing_b is None)
+    replay = existing_a or existing_b
+    assert replay is not None and replay.fingerprint == first.fingerprint()  # the first written is the one kept
+    for payment_id in {payment_id for payment_id, _ in results}:
+        count = "SELECT count(*) FROM intake.outbox WHERE payment_id = $1"
+        assert await intake_pool.fetchval(count, payment_id) == 1
+
+
 async def test_the_same_key_under_two_merchants_makes_two_payments(intake_pool: asyncpg.Pool) -> None:
     demo, _ = await accept(intake_pool, merchant="demo", key="k-shared")
     other, existing = await accept(intake_pool, merchant="other", key="k-shared")
