@@ -283,6 +283,63 @@ def _delivery(message: AbstractIncomingMessage, retry: RetryPolicy) -> Delivery:
     )
 
 
+class PublishCoalescer:
+    """Nagle's rule for publishes, without a timer: a publish of a type none of which is in flight goes at once; those
+    made while one of their type awaits its confirm wait for it, then go together as one bundle (at most
+    COALESCE_MAX), and so on. A lone publish waits for nothing; under load, what a confirm round trip's worth of
+    handlers publish shares one broker message. Each caller returns once its own envelope is confirmed, or raises
+    what its bundle's publish raised; each envelope keeps the trace of the caller that published it."""
+
+    def __init__(self, publish_bundle: Callable[[Sequence[tuple[Envelope, BundleOrigin]]], Awaitable[None]]) -> None:
+        self._publish_bundle = publish_bundle
+        self._waiting: dict[str, list[tuple[Envelope, BundleOrigin, asyncio.Future[None]]]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
+
+    async def publish(self, envelope: Envelope) -> None:
+        span = trace.get_current_span()
+
+        def origin() -> AbstractContextManager[Any]:
+            return trace.use_span(span, end_on_exit=False)
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(envelope.type, []).append((envelope, origin, future))
+        if envelope.type not in self._flushers:
+            self._flushers[envelope.type] = asyncio.create_task(self._flush(envelope.type))
+        await future
+
+    async def _flush(self, message_type: str) -> None:
+        waiting = self._waiting
+        batch: list[tuple[Envelope, BundleOrigin, asyncio.Future[None]]] = []
+        try:
+            while waiting.get(message_type):
+                batch, waiting[message_type] = (
+                    waiting[message_type][:COALESCE_MAX],
+                    waiting[message_type][COALESCE_MAX:],
+                )
+                try:
+                    await self._publish_bundle([(envelope, origin) for envelope, origin, _ in batch])
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+                batch = []
+        finally:
+            # Stopped (the process ending): whoever still waits is told, rather than left waiting.
+            left = [*batch, *waiting.pop(message_type, [])]
+            for _, _, future in left:
+                if not future.done():
+                    future.set_exception(ChannelLost(f"the publisher stopped before {message_type} was sent"))
+            del self._flushers[message_type]
+
+
+# At most this many publishes go in one coalesced bundle.
+COALESCE_MAX = 64
+
+
 class Broker:
     """One connection per process: a confirming publisher channel, one channel per consumer.
 
@@ -298,10 +355,14 @@ class Broker:
         name: str,
         heartbeat_seconds: int | None = None,
         supervisor: Supervisor | None = None,
+        coalesce: bool = False,
     ) -> None:
         """`heartbeat_seconds`: the AMQP heartbeat asked of every node (a `heartbeat` in a URL wins); a connection
         silent for 3 x (heartbeat + 1) seconds is taken for lost and the next node tried (AMQP_HEARTBEAT_SECONDS).
-        `supervisor` runs this broker's loops (batch consumers, DLQ watches) and those the service adds."""
+        `supervisor` runs this broker's loops (batch consumers, DLQ watches) and those the service adds.
+        `coalesce`: publishes of one type made while another of that type awaits its confirm go together as one
+        bundle (PublishCoalescer): for a service whose many concurrent handlers each publish one message."""
+        self._coalescer = PublishCoalescer(self.publish_bundle) if coalesce else None
         self._nodes = _node_urls(amqp_url, name, heartbeat_seconds)
         self.names = Names(namespace)
         self._name = name
@@ -425,6 +486,21 @@ class Broker:
         caller's own deadline bounds it, as the outbox relay's does a whole batch), and raises ChannelLost if the
         channel closes before the confirm (shared/cancellation.py).
         """
+        if self._coalescer is not None and not headers and not also_to and body is None:
+            await self._coalescer.publish(envelope)
+            return
+        await self._publish_one(envelope, headers=headers, also_to=also_to, timeout=timeout, body=body)
+
+    async def _publish_one(
+        self,
+        envelope: Envelope,
+        *,
+        headers: dict[str, Any] | None = None,
+        also_to: Sequence[str] = (),
+        timeout: float | None = 10.0,
+        body: bytes | None = None,
+    ) -> None:
+        """`publish`, as a message of its own (never coalesced)."""
         if self._exchange is None or self._channel is None:
             raise RuntimeError("broker not connected")
         with _producer_span(envelope, self.names.exchange, headers) as sent:
@@ -465,10 +541,10 @@ class Broker:
         if len(items) == 1:
             envelope, origin = items[0]
             if isinstance(origin, Mapping):
-                await self.publish(envelope, headers=dict(origin), timeout=timeout)
+                await self._publish_one(envelope, headers=dict(origin), timeout=timeout)
             else:
                 with origin():
-                    await self.publish(envelope, timeout=timeout)
+                    await self._publish_one(envelope, timeout=timeout)
             return
         if self._exchange is None or self._channel is None:
             raise RuntimeError("broker not connected")

@@ -262,8 +262,11 @@ def database_timeouts(settings: DatabaseSettings) -> Timeouts:
 
 
 @asynccontextmanager
-async def broker(settings: BrokerSettings, name: str, groups: Iterable[ConsumerGroup]) -> AsyncIterator[Broker]:
-    """A connected broker with these consumer groups declared (services pass them all); closed on exit."""
+async def broker(
+    settings: BrokerSettings, name: str, groups: Iterable[ConsumerGroup], *, coalesce: bool = False
+) -> AsyncIterator[Broker]:
+    """A connected broker with these consumer groups declared (services pass them all); closed on exit.
+    `coalesce`: concurrent publishes of one type share broker messages (Broker, PublishCoalescer)."""
     url = settings.amqp_url.get_secret_value()
     instance = Broker(
         url,
@@ -271,6 +274,7 @@ async def broker(settings: BrokerSettings, name: str, groups: Iterable[ConsumerG
         name=name,
         heartbeat_seconds=settings.amqp_heartbeat_seconds,
         supervisor=Supervisor(unrecoverable=cannot_recover),
+        coalesce=coalesce,
     )
     await retry_until_up("RabbitMQ", url, instance.connect)
     try:

@@ -32,7 +32,7 @@ def create_app(settings: GatewayWorkerSettings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         providers = build_providers(settings)
         try:
-            async with runtime.broker(settings, GROUP, CONSUMER_GROUPS) as broker:
+            async with runtime.broker(settings, GROUP, CONSUMER_GROUPS, coalesce=True) as broker:
                 handlers = GatewayHandlers(
                     providers, settings.payment_provider, broker.publish, merchant_names=settings.merchant_names
                 )

@@ -64,7 +64,7 @@ def create_app(settings: WebhookReceiverSettings) -> web.Application:
     app.router.add_post("/webhooks/{provider}", webhook)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS) as broker:
+        async with runtime.broker(settings, "webhook_receiver", CONSUMER_GROUPS, coalesce=True) as broker:
             app[BROKER] = broker
             async with runtime.serving(app, broker):
                 yield

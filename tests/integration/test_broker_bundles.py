@@ -4,6 +4,7 @@ each in its trace."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -164,3 +165,34 @@ async def test_a_one_at_a_time_consumer_handles_each_bundled_envelope_with_its_t
             assert [(p, t[:35], r, a) for p, t, r, a in got] == expected
     finally:
         await broker.close()
+
+
+async def test_a_coalescing_broker_sends_a_lone_publish_alone_and_concurrent_ones_as_bundles(
+    amqp_url: str, namespace: str
+) -> None:
+    # The gateway_worker's and webhook_receiver's publisher: each handler publishes one message and awaits it.
+    publisher = await connected_broker(amqp_url, namespace, "test-coalescing", coalesce=True)
+    consumer = await connected_broker(amqp_url, namespace, "test-bundles")
+    seen: list[tuple[str, int]] = []
+
+    async def handler(batch: Sequence[Consumed]) -> list[BaseException | None]:
+        seen.extend((item.envelope.payment_id, item.bundled) for item in batch)
+        return [None] * len(batch)
+
+    try:
+        await consumer.consume_batches(GROUP, handler, retry=FAST, prefetch=10, max_batch=10)
+        alone = status_changed(f"pay_{secrets.token_hex(6)}", PaymentStatus.SUCCEEDED)
+        await asyncio.wait_for(publisher.publish(alone), 10)
+        together = [status_changed(f"pay_{secrets.token_hex(6)}", PaymentStatus.SUCCEEDED) for _ in range(30)]
+        await asyncio.wait_for(asyncio.gather(*(publisher.publish(e) for e in together)), 10)
+
+        async def all_handled() -> bool:
+            return len(seen) >= 31
+
+        await eventually(all_handled, what="every published envelope handled")
+        assert sorted(p for p, _ in seen) == sorted(e.payment_id for e in [alone, *together])
+        assert dict(seen)[alone.payment_id] == 1  # nothing in flight: it went at once, on its own
+        assert max(n for _, n in seen) > 1  # the 30 published at once shared messages
+    finally:
+        await publisher.close()
+        await consumer.close()

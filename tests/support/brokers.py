@@ -8,9 +8,9 @@ from shared.broker import Broker
 from shared.consumers import CONSUMER_GROUPS
 
 
-async def connected_broker(amqp_url: str, namespace: str, name: str) -> Broker:
+async def connected_broker(amqp_url: str, namespace: str, name: str, *, coalesce: bool = False) -> Broker:
     """A connected Broker named `name` (as the management UI shows it), every group's queue declared."""
-    broker = Broker(amqp_url, namespace, name=name)
+    broker = Broker(amqp_url, namespace, name=name, coalesce=coalesce)
     await broker.connect()
     await broker.declare_topology(CONSUMER_GROUPS)
     return broker
