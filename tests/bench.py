@@ -653,6 +653,14 @@ def report(results: dict[str, Any]) -> list[str]:
         if name not in ours:
             lines.append(f"    {name:38} {ms:8.3f}")
     lines.append(f"  {'every process':40} {sum(cpu.values()):8.3f}")
+    if "steady_cpu_ms_per_payment" in results:
+        steady = results["steady_cpu_ms_per_payment"]
+        every = sum(steady.values())
+        fill = (os.cpu_count() or 1) * 1000 / every if every else float("nan")
+        lines.append(
+            f"  at the steady rate ({results['steady_rate']:.0f}/s, smaller batches): our side"
+            f" {sum(our_side(steady).values()):.3f}, every process {every:.3f} ({fill:.0f}/s would fill the cores)"
+        )
     lines.append(
         "  messages deferred to a delay queue (saturating / whole run): "
         + ", ".join(
@@ -861,12 +869,20 @@ async def main(
         print(f"saturating phase done, services idle {idle:.1f} s after the last completion; steady phase", flush=True)
 
         steady_rate = rate or max(1.0, phases[SATURATED]["per_second"] / 2)
+        steady_before = await meter.read()
         made = await paced_posts(stack, seconds, steady_rate)
         steady_name = f"paystream: created → SUCCEEDED at a steady {steady_rate:.0f}/s"
         phases[steady_name] = await completions(database_url, drain_timeout, reference="paced")
         phases[steady_name]["errors"] += int(seconds * steady_rate) - made
         results["steady_phase"], results["steady_rate"] = steady_name, steady_rate
         await quiesce(meter, servers.amqp_url, namespace, drain_timeout)  # the merchant webhooks sent too
+        steady_after = await meter.read()
+        # What a payment costs when payments come one by one at the steady rate (small batches and bundles),
+        # beside the saturating phase's figure (large ones).
+        paced = max(1, phases[steady_name]["ops"])
+        results["steady_cpu_ms_per_payment"] = {
+            name: (steady_after[name] - steady_before.get(name, 0.0)) * 1000 / paced for name in steady_after
+        }
         results["steady_hops"] = await hops(database_url, "paced")
         if refunds:
             # Refunds of the saturating phase's payments: what a refund costs, measured as a payment is.
