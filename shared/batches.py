@@ -258,21 +258,26 @@ class BatchConsumer:
                 log.warning("could not ack a batch; it will be redelivered", consumer=self._group, error=str(exc))
 
 
+def settling(results: Sequence[BaseException | None]) -> int:
+    """Which of a bundle's results settles the broker message that brought them (its index): the first failure that
+    is not poison (the whole bundle is retried, which its idempotent handlers allow), else the first poison if that
+    is all that failed (dead-lettered), else the first result (all handled: acked). The batch consumer and the
+    one-at-a-time consumer (`Broker.consume`) settle bundles by this one rule."""
+    failed = [n for n, error in enumerate(results) if error is not None]
+    retried = [n for n in failed if not isinstance(results[n], PoisonMessage)]
+    return (retried or failed or [0])[0]
+
+
 def _settlements(
     consumed: Sequence[Consumed], results: Sequence[BaseException | None]
 ) -> Iterator[tuple[Consumed, BaseException | None, list[Consumed]]]:
-    """Per broker message, in order: the item whose result settles it, that result, and every item it brought.
-
-    A message of its own is settled by its result. A bundle is acked if all its items were handled; otherwise
-    its first failure that is not poison settles it (retried whole), or, if poison is all that failed, the
-    first poison (dead-lettered)."""
+    """Per broker message, in order: the item whose result settles it (`settling`), that result, and every item
+    the message brought (one, or a bundle's)."""
     bundles: dict[int, list[tuple[Consumed, BaseException | None]]] = {}
     for item, error in zip(consumed, results, strict=True):
         bundles.setdefault(id(item.message), []).append((item, error))
     for pairs in bundles.values():
-        failed = [(item, error) for item, error in pairs if error is not None]
-        retried = [(item, error) for item, error in failed if not isinstance(error, PoisonMessage)]
-        item, error = (retried or failed or pairs)[0]
+        item, error = pairs[settling([error for _, error in pairs])]
         yield item, error, [each for each, _ in pairs]
 
 

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from yarl import URL
 
-from shared.batches import BatchConsumer, BatchHandler, Consumed, consumer_span
+from shared.batches import BatchConsumer, BatchHandler, Consumed, consumer_span, settling
 from shared.cancellation import ChannelLost, being_cancelled
 from shared.config import split_amqp_urls
 from shared.events import Envelope
@@ -220,19 +220,6 @@ def _bundled_delivery(delivery: Delivery, headers: dict[str, Any]) -> Delivery:
     )
 
 
-def _bundle_outcome(
-    errors: Sequence[Exception | None], envelopes: Sequence[Envelope]
-) -> tuple[Exception | None, Envelope]:
-    """What settles a bundle, and the envelope it is reported under: None if all were handled; else the first
-    failure that is not poison (the whole bundle is retried; its handlers are idempotent), or the first poison if
-    that is all that failed (dead-lettered)."""
-    failed = [(error, envelope) for error, envelope in zip(errors, envelopes, strict=True) if error is not None]
-    retried = [(error, envelope) for error, envelope in failed if not isinstance(error, PoisonMessage)]
-    if not failed:
-        return None, envelopes[0]
-    return (retried or failed)[0]
-
-
 @contextmanager
 def _consumer_span(group: str, envelope: Envelope, headers: dict[str, Any], attempt: int) -> Iterator[None]:
     with trace.use_span(consumer_span(group, envelope, headers, attempt), end_on_exit=True):
@@ -311,11 +298,8 @@ class PublishCoalescer:
         waiting = self._waiting
         batch: list[tuple[Envelope, BundleOrigin, asyncio.Future[None]]] = []
         try:
-            while waiting.get(message_type):
-                batch, waiting[message_type] = (
-                    waiting[message_type][:COALESCE_MAX],
-                    waiting[message_type][COALESCE_MAX:],
-                )
+            while queued := waiting.get(message_type):
+                batch, waiting[message_type] = queued[:COALESCE_MAX], queued[COALESCE_MAX:]
                 try:
                     await self._publish_bundle([(envelope, origin) for envelope, origin, _ in batch])
                 except Exception as exc:
@@ -555,9 +539,11 @@ class Broker:
         with ExitStack() as spans:  # every envelope's publish span, open until the broker confirmed the bundle
             bundled: list[tuple[dict[str, Any], Envelope]] = []
             for envelope, origin in items:
-                stored = dict(origin) if isinstance(origin, Mapping) else None
-                if stored is None:
-                    spans.enter_context(origin())  # type: ignore[operator]  # a context factory here
+                stored = None
+                if isinstance(origin, Mapping):
+                    stored = dict(origin)
+                else:
+                    spans.enter_context(origin())
                 sent = spans.enter_context(_producer_span(envelope, self.names.exchange, stored))
                 if stored and (reply_to := _reply_to(stored)) is not None:
                     sent[REPLY_TO_HEADER] = reply_to
@@ -711,7 +697,7 @@ class Broker:
         self, group: str, queue: str, message: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
     ) -> None:
         """Decode, run the handler, decide the settlement (pure), then carry it out. A bundle's envelopes are
-        handled together, each in its own trace, and the bundle settled once (see `_settle_bundle`)."""
+        handled together, each in its own trace, and the bundle settled once (shared/batches.py `settling`)."""
         try:
             if message.content_type == BUNDLE_CONTENT_TYPE:
                 items = bundle_items(message.body)
@@ -733,7 +719,8 @@ class Broker:
                     for headers, envelope in items
                 )
             )
-            error, envelope = _bundle_outcome(errors, [envelope for _, envelope in items])
+            settled_by = settling(errors)
+            error, envelope = errors[settled_by], items[settled_by][1]
             settlement = settle(error, delivery.attempt, retry)
             await self._carry_out(settlement, group, queue, message, envelope, count=len(items))
             return
