@@ -325,10 +325,28 @@ async def _post_payment(session: aiohttp.ClientSession, stack: Stack, reference:
         return response.status == 201
 
 
-async def intake_posts(stack: Stack, seconds: float, concurrency: int) -> dict[str, Any]:
+async def intake_posts(stack: Stack, seconds: float, concurrency: int, reference: str = "saturate") -> dict[str, Any]:
     """As many POSTs as `concurrency` clients can make: the intake's throughput."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        return await run_for(seconds, concurrency, lambda: _post_payment(session, stack, "saturate"))
+        return await run_for(seconds, concurrency, lambda: _post_payment(session, stack, reference))
+
+
+async def warm_up(stack: Stack, database_url: str, concurrency: int, timeout: float) -> int:
+    """Payments for a couple of seconds, completed, then ANALYZE: the phases measure a database as it runs.
+
+    A running database has statistics (autovacuum analyzes a table soon after its first writes), and every
+    connection's cached plans are made again from them. A new one has none: a plan cached while its tables were
+    empty may look a merchant's idempotency key up through the merchant's listing index and read the merchant's
+    whole history each time, until autovacuum's first visit; whether that visit came before a phase would be the
+    luck of the timing. Returns how many payments the warm-up made."""
+    made = await intake_posts(stack, 2.0, concurrency, reference="warmup")
+    await completions(database_url, timeout, reference="warmup")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return int(made["ops"])
 
 
 async def paced_posts(stack: Stack, seconds: float, rate: float) -> int:
@@ -661,6 +679,7 @@ def report(results: dict[str, Any]) -> list[str]:
             f"  at the steady rate ({results['steady_rate']:.0f}/s, smaller batches): our side"
             f" {sum(our_side(steady).values()):.3f}, every process {every:.3f} ({fill:.0f}/s would fill the cores)"
         )
+        lines.append("    " + ", ".join(f"{name} {ms:.2f}" for name, ms in steady.items()))
     lines.append(
         "  messages deferred to a delay queue (saturating / whole run): "
         + ", ".join(
@@ -671,6 +690,10 @@ def report(results: dict[str, Any]) -> list[str]:
     lines += ["", f"work per completed payment over the saturating phase ({results['counts_source']}):"]
     for name, n in results["counts_per_payment"].items():
         lines.append(f"  {name:58} {n:10.2f}")
+    if "steady_counts_per_payment" in results:
+        lines += ["", f"work per completed payment at the steady rate ({results['steady_rate']:.0f}/s):"]
+        for name, n in results["steady_counts_per_payment"].items():
+            lines.append(f"  {name:58} {n:10.2f}")
     if "refund_cpu_ms" in results:
         refund_cpu = results["refund_cpu_ms"]
         lines += ["", "per completed refund (ms of CPU / refund; no targets):"]
@@ -838,6 +861,9 @@ async def main(
             {name: stack.url(name) for name in stack.services if name not in OUTSIDE},
         )
         results["counts_source"] = await counter.ensure_prometheus()
+        results["warm_up_payments"] = await warm_up(stack, database_url, concurrency, drain_timeout)
+        await quiesce(meter, servers.amqp_url, namespace, drain_timeout)  # its merchant webhooks sent too
+        print(f"warmed up with {results['warm_up_payments']} payments, statistics taken; saturating phase", flush=True)
         # PostgreSQL backends report their counters up to PGSTAT_IDLE_INTERVAL (10 s) after going idle: wait that
         # out so the start-up's commits are not counted as the phase's, and the phase's all are.
         await asyncio.sleep(PGSTAT_FLUSH_SECONDS)
@@ -869,8 +895,11 @@ async def main(
         print(f"saturating phase done, services idle {idle:.1f} s after the last completion; steady phase", flush=True)
 
         steady_rate = rate or max(1.0, phases[SATURATED]["per_second"] / 2)
+        steady_counts_before = counts_after
+        profilers = await start_profilers(stack, profile / "steady", seconds) if profile else []
         steady_before = await meter.read()
         made = await paced_posts(stack, seconds, steady_rate)
+        await asyncio.gather(*(p.wait() for p in profilers))
         steady_name = f"paystream: created → SUCCEEDED at a steady {steady_rate:.0f}/s"
         phases[steady_name] = await completions(database_url, drain_timeout, reference="paced")
         phases[steady_name]["errors"] += int(seconds * steady_rate) - made
@@ -884,6 +913,12 @@ async def main(
             name: (steady_after[name] - steady_before.get(name, 0.0)) * 1000 / paced for name in steady_after
         }
         results["steady_hops"] = await hops(database_url, "paced")
+        await asyncio.sleep(PGSTAT_FLUSH_SECONDS)
+        steady_counts_after = await counter.read()
+        results["steady_counts_per_payment"] = {
+            name: (steady_counts_after[name] - steady_counts_before.get(name, 0.0)) / paced
+            for name in steady_counts_after
+        }
         if refunds:
             # Refunds of the saturating phase's payments: what a refund costs, measured as a payment is.
             await quiesce(meter, servers.amqp_url, namespace, drain_timeout)
@@ -960,7 +995,8 @@ if __name__ == "__main__":
         "--profile",
         type=Path,
         default=None,
-        help="record py-spy stacks of every service during the saturating POSTs into this folder (skews the figures)",
+        help="record py-spy stacks of every service during the saturating POSTs into this folder, and during the"
+        " steady phase's into its steady/ folder (skews the figures)",
     )
     parser.add_argument(
         "--refunds",
@@ -995,5 +1031,5 @@ if __name__ == "__main__":
         print(markdown(json.loads((ROOT / ".bench" / "results.json").read_text())))
         sys.exit(0)
     if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+        (args.profile / "steady").mkdir(parents=True, exist_ok=True)
     run(args)

@@ -83,7 +83,8 @@ class IntentDraft:
     capture_method: CaptureMethod = "automatic"
 
 
-@dataclass
+# slots: the sandbox keeps every intent in memory, and a run of the bench opens tens of thousands.
+@dataclass(slots=True)
 class Intent:
     id: str
     amount: int
