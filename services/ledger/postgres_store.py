@@ -7,7 +7,6 @@ commit (`before_commit`: a follow-up command published with the write, all or no
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 
@@ -22,6 +21,7 @@ from services.ledger.store import (
     StoredPayment,
     WriteResult,
 )
+from shared.db import dump_json
 from shared.events import Envelope, PaymentRequested, PaymentStatus
 
 _LOG_COLUMNS = """payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
@@ -144,7 +144,7 @@ class PostgresLedgerStore:
                 request.currency,
                 request.description,
                 request.customer_email,
-                json.dumps(request.metadata),
+                dump_json(request.metadata),
                 request.return_url,
                 request.cancel_url,
                 request.created_at,
@@ -288,7 +288,7 @@ def _write_arguments(writes: Sequence[PaymentWrite], authorization_ttl: float) -
                 entry.source,
                 entry.outcome,
                 entry.late_success,
-                json.dumps(entry.payload),
+                dump_json(entry.payload),
                 entry.occurred_at,
             )
             for column, value in zip(logs, values, strict=True):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import orjson
 from standardwebhooks import Webhook
 
 # The catalogue of event types is shared with the intake, which validates subscriptions against it.
@@ -42,7 +42,7 @@ def delivery_body(event: MerchantEvent, current_object: dict[str, Any]) -> str:
         "created": int(event.created.timestamp()),
         "data": {"object": current_object},
     }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(document).decode()
 
 
 def signature_headers(event_id: str, timestamp: datetime, body: str, secrets: Sequence[str]) -> dict[str, str]:

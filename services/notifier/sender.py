@@ -7,6 +7,7 @@ one a moment later (DNS rebinding) cannot move the connection: there is no secon
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from contextvars import ContextVar
@@ -22,6 +23,10 @@ from shared.endpoint_urls import (
     checked_addresses,
     parse_endpoint_url,
 )
+
+# An endpoint's URL as parse_endpoint_url reads it, by its text: a pure function of it, and every attempt at the
+# endpoint would read it again (a URL it refuses raises each time, and is not kept).
+_parsed_url = functools.lru_cache(maxsize=4096)(parse_endpoint_url)
 
 # (host, its checked addresses) for the attempt running in this task; the resolver answers nothing else.
 _PINNED: ContextVar[tuple[str, list[Address]] | None] = ContextVar("pinned_addresses", default=None)
@@ -87,7 +92,7 @@ class WebhookSender:
             return int((time.perf_counter() - started) * 1000)
 
         try:
-            endpoint = parse_endpoint_url(url)
+            endpoint = _parsed_url(url)
             addresses = await checked_addresses(endpoint, allow_private=self._allow_private)
             pinned = _PINNED.set((endpoint.host, addresses))
             try:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from typing import Any
 
 import aiohttp
+import orjson
 
 from shared.providers.errors import PermanentGatewayError, TransientGatewayError
 
@@ -15,7 +15,7 @@ def _problem_code(text: str) -> str | None:
     """The provider's error code in a refusal's body: Stripe's `error.code`, or the last segment of an RFC 9457
     problem's `type` (the sandbox's); None if the body names none."""
     try:
-        document = json.loads(text)
+        document = orjson.loads(text)
     except ValueError:
         return None
     if not isinstance(document, dict):
@@ -59,7 +59,7 @@ async def request_json(
                     code=_problem_code(text),
                 )
             try:
-                payload = await response.json(content_type=None)
+                payload = orjson.loads(text) if text.strip() else None
             except ValueError as exc:
                 raise TransientGatewayError(f"{method} {url} answered with a body that is not JSON") from exc
             if not isinstance(payload, dict):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from shared.events import PaymentStatus, RefundStatus
@@ -54,6 +55,11 @@ SANDBOX_REFUND_EVENT_TYPES: dict[str, RefundStatus] = {
     "refund.succeeded": RefundStatus.SUCCEEDED,
     "refund.failed": RefundStatus.FAILED,
 }
+
+
+def _json_text(value: Any) -> str:
+    """A request's JSON body (aiohttp's `json_serialize`): orjson's, a fraction of the standard library's cost."""
+    return orjson.dumps(value).decode()
 
 
 def map_sandbox_status(raw: str) -> PaymentStatus:
@@ -106,7 +112,7 @@ class SandboxProvider(PaymentProvider, CapturingProvider):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, json_serialize=_json_text)
         return self._session
 
     async def close(self) -> None:
