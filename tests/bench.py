@@ -109,9 +109,51 @@ async def run_for(seconds: float, concurrency: int, operation: Callable[[], Awai
     return {"ops": len(latencies), "errors": errors, "per_second": len(latencies) / elapsed, **percentiles(latencies)}
 
 
+async def run_paced(seconds: float, rate: float, operation: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
+    """Start `operation` `rate` times a second for `seconds`, each on its own whether or not the last one is done
+    (a load the server keeps up with, as the steady phase's POSTs); count successes and time each call."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def timed() -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            ok = await operation()
+        except Exception:
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - started)
+        else:
+            errors += 1
+
+    started = time.perf_counter()
+    tasks = []
+    for n in range(max(1, int(seconds * rate))):
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(timed()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return {"ops": len(latencies), "errors": errors, "per_second": len(latencies) / elapsed, **percentiles(latencies)}
+
+
+def _load(seconds: float, concurrency: int, rate: float | None) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """How a raw phase drives its operation: as fast as `concurrency` loops go, or paced at `rate` a second."""
+
+    async def drive(operation: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
+        if rate is None:
+            return await run_for(seconds, concurrency, operation)
+        return await run_paced(seconds, rate, operation)
+
+    return drive
+
+
 # --- raw limits -------------------------------------------------------------------------------------
-async def postgres_commits(server_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    """One-row INSERT commits from `concurrency` connections; with the CPU its backends spent per commit."""
+async def postgres_commits(
+    server_url: str, seconds: float, concurrency: int, rate: float | None = None
+) -> dict[str, Any]:
+    """One-row INSERT commits from `concurrency` connections (or `rate` a second); with the CPU its backends
+    spent per commit."""
     url = await create_database(server_url, migrations=())
     try:
         pool = await asyncpg.create_pool(url, min_size=concurrency, max_size=concurrency)
@@ -126,7 +168,7 @@ async def postgres_commits(server_url: str, seconds: float, concurrency: int) ->
             return True
 
         cpu_before = sum(_cpu_seconds(pid) for pid in backends)
-        result = await run_for(seconds, concurrency, insert)
+        result = await _load(seconds, concurrency, rate)(insert)
         result["cpu_ms_per_op"] = (
             (sum(_cpu_seconds(pid) for pid in backends) - cpu_before) * 1000 / max(1, result["ops"])
         )
@@ -136,11 +178,14 @@ async def postgres_commits(server_url: str, seconds: float, concurrency: int) ->
         await drop_database(url)
 
 
-async def rabbitmq_messages(amqp_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
+async def rabbitmq_messages(
+    amqp_url: str, seconds: float, concurrency: int, rate: float | None = None
+) -> dict[str, Any]:
     """Messages through a quorum queue as a payment's messages go: `concurrency` publishers, each publish
     persistent and confirmed, and one consumer (prefetch 32) acking them as they come (several at once, as the
     services' batch consumers do). Also the CPU the RabbitMQ node spent per message, publish to ack: the least a
-    message costs the broker on this machine, since the load keeps its batching at its best."""
+    message costs the broker on this machine, since the load keeps its batching at its best. Paced at `rate` a
+    second instead, each message is acked as it comes: what one costs when messages come one by one."""
     connection = await aio_pika.connect(amqp_url)
     name = unique_name("bench")
     try:
@@ -149,11 +194,12 @@ async def rabbitmq_messages(amqp_url: str, seconds: float, concurrency: int) -> 
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=32)
         consumed = 0
+        ack_every = 8 if rate is None else 1
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal consumed
             consumed += 1
-            if consumed % 8 == 0:
+            if consumed % ack_every == 0:
                 await message.ack(multiple=True)
 
         await (await consuming.get_queue(name)).consume(on_message)
@@ -165,9 +211,9 @@ async def rabbitmq_messages(amqp_url: str, seconds: float, concurrency: int) -> 
             return True
 
         node_before = sum(_cpu_seconds(pid) for pid in rabbitmq_pids())
-        result = await run_for(seconds, concurrency, publish)
+        result = await _load(seconds, concurrency, rate)(publish)
         for _ in range(300):  # the consumer catches up: every message delivered and acked
-            if consumed >= result["ops"] - result["ops"] % 8:
+            if consumed >= result["ops"] - result["ops"] % ack_every:
                 break
             await asyncio.sleep(0.05)
         result["cpu_ms_per_op"] = (
@@ -179,7 +225,7 @@ async def rabbitmq_messages(amqp_url: str, seconds: float, concurrency: int) -> 
         await connection.close()
 
 
-async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
+async def bare_http(seconds: float, concurrency: int, rate: float | None = None) -> dict[str, Any]:
     port = free_port()
     server = (
         "from aiohttp import web\n"
@@ -203,7 +249,7 @@ async def bare_http(seconds: float, concurrency: int) -> dict[str, Any]:
                     return response.status == 200
 
             cpu_before = _cpu_seconds(process.pid)
-            result = await run_for(seconds, concurrency, post)
+            result = await _load(seconds, concurrency, rate)(post)
             result["cpu_ms_per_op"] = (_cpu_seconds(process.pid) - cpu_before) * 1000 / max(1, result["ops"])
             return result
     finally:
@@ -609,6 +655,7 @@ def targets(results: dict[str, Any]) -> list[tuple[bool, str, str, str]]:
 REFERENCE_HTTP_REQUEST_CPU_MS = 0.09
 DELIVERED = "rabbitmq: delivered from this run's queues"
 COMMITS = "postgresql: commits in this run's database"
+SERVED = "http: requests our services served"
 
 
 def machine_speed(results: dict[str, Any]) -> float | None:
@@ -724,6 +771,7 @@ def report(results: dict[str, Any]) -> list[str]:
         cpu = results["cpu_ms_per_payment"]
         for name, floor in floors(results).items():
             lines.append(f"  {name:50} {floor:8.3f}  (measured {cpu.get(name, float('nan')):.3f})")
+        lines += floor_at_steady_rate(results)
     lines += ["", "targets (issue 23):"]
     for met, name, measured, target in targets(results):
         lines.append(f"  {verdict(met)}  {name:50} {measured:>34}  (target {target})")
@@ -731,6 +779,34 @@ def report(results: dict[str, Any]) -> list[str]:
         lines += ["", f"the CPU targets at this run's machine speed (x {speed:.2f}, from the bare aiohttp request):"]
         for met, name, measured, target in scaled_targets(results, speed):
             lines.append(f"  {verdict(met)}  {name:50} {measured:>34}  (target {target})")
+    return lines
+
+
+def floor_at_steady_rate(results: dict[str, Any]) -> list[str]:
+    """The steady phase's floor: what its commits, messages and requests cost the machine at the rates they came,
+    and how much of the cores that alone takes at the steady rate."""
+    floor = steady_floor(results)
+    if not floor:
+        return []
+    phases, rate = results["phases"], results["steady_rate"]
+    labels = {RAW_POSTGRES: "a PostgreSQL commit", RAW_RABBITMQ: "a message", RAW_HTTP: "a bare aiohttp request"}
+    lines = ["", f"the steady phase's floor ({rate:.0f} payments/s; each operation paced at the rate it came):"]
+    for raw_name, ms in floor.items():
+        paced = phases[results["paced_raw"][raw_name]]
+        saturated = phases[raw_name]["cpu_ms_per_op"]
+        lines.append(
+            f"  {labels[raw_name]:24} {paced['cpu_ms_per_op']:6.3f} ms at {paced['per_second']:5.0f}/s"
+            f" ({paced['cpu_ms_per_op'] / saturated:4.1f} x saturated)"
+            f" x {results['steady_counts_per_payment'][PACED_RAW[raw_name]]:.2f}/payment = {ms:6.3f} ms"
+        )
+    total = sum(floor.values())
+    cores = os.cpu_count() or 1
+    steady = sum(results["steady_cpu_ms_per_payment"].values())
+    lines.append(
+        f"  together {total:.3f} ms a payment: {total * rate / (cores * 10):.0f}% of the {cores} cores at {rate:.0f}/s"
+        f" before any code of ours runs (a steady payment cost every process {steady:.3f} ms:"
+        f" {steady * rate / (cores * 10):.0f}% of the cores)"
+    )
     return lines
 
 
@@ -820,6 +896,48 @@ SATURATED = "paystream: completed end to end (autopay), saturating"
 RAW_POSTGRES = "raw: PostgreSQL one-row INSERT commits"
 RAW_RABBITMQ = "raw: RabbitMQ messages through a quorum queue"
 RAW_HTTP = "raw: bare aiohttp POST (same client)"
+
+
+# The raw phases again, paced at the rates the steady phase made each operation (its payments a second times the
+# operation's count per payment): what one costs when they come one by one rather than at a saturating burst.
+PACED_RAW = {
+    RAW_POSTGRES: COMMITS,
+    RAW_RABBITMQ: DELIVERED,
+    RAW_HTTP: SERVED,
+}
+
+
+def paced_name(raw_name: str, rate: float) -> str:
+    return f"{raw_name.replace('raw: ', 'raw, paced: ')} at {rate:.0f}/s"
+
+
+async def raw_at_steady_rate(servers: Any, results: dict[str, Any], seconds: float, concurrency: int) -> None:
+    """Each raw phase again at the steady phase's rate of that operation (results["paced_raw"]: raw name -> the
+    phase's name in results["phases"])."""
+    counts, phases = results["steady_counts_per_payment"], results["phases"]
+    results["paced_raw"] = {}
+    for raw_name, count in PACED_RAW.items():
+        rate = results["steady_rate"] * counts.get(count, 0.0)
+        if rate <= 0:
+            continue
+        name = paced_name(raw_name, rate)
+        if raw_name == RAW_POSTGRES:
+            phases[name] = await postgres_commits(servers.database_url, seconds, concurrency, rate)
+        elif raw_name == RAW_RABBITMQ:
+            phases[name] = await rabbitmq_messages(servers.amqp_url, seconds, concurrency, rate)
+        else:
+            phases[name] = await bare_http(seconds, concurrency, rate)
+        results["paced_raw"][raw_name] = name
+
+
+def steady_floor(results: dict[str, Any]) -> dict[str, float]:
+    """Per payment at the steady rate, ms of CPU: the steady phase's commits, messages delivered and requests
+    served, each at its raw cost paced at the rate the steady phase made it."""
+    counts, phases = results.get("steady_counts_per_payment", {}), results["phases"]
+    return {
+        raw_name: counts.get(PACED_RAW[raw_name], 0.0) * phases[name]["cpu_ms_per_op"]
+        for raw_name, name in results.get("paced_raw", {}).items()
+    }
 
 
 async def main(
@@ -939,6 +1057,9 @@ async def main(
         results["peak_rss_mib"] = {
             name: peak_rss_mib(service.process.pid) for name, service in stack.services.items() if service.process
         }
+        if raw:
+            stack.stop()  # the machine to the raw phases alone again
+            await raw_at_steady_rate(servers, results, seconds, concurrency)
     finally:
         stack.stop()
         await delete_namespace(servers.amqp_url, namespace)

@@ -1,9 +1,10 @@
 """The notifier's handlers, the methods of `NotifierHandlers`; the database, the broker and HTTP are ports.
 
-- `record_batch`: the ledger's payment and refund records that queued up together become merchant events, stored
-  with a delivery per matching endpoint in three statements for all of them; each delivery's first attempt is made
-  at once, and only a retry (or an endpoint slower than `first_attempt_budget`) becomes a delivery command; a
-  merchant's redelivery request in the batch is handled too.
+- `record_batch`: the ledger's payment and refund records that queued up together become merchant events: the
+  payments (and refunds) read in one statement, the events stored with a delivery per matching endpoint in one
+  more, which answers what each delivery needs; each delivery's first attempt is made at once (the attempts
+  recorded in one statement), and only a retry (or an endpoint slower than `first_attempt_budget`) becomes a
+  delivery command; a merchant's redelivery request in the batch is handled too.
 - `deliver`: one attempt of one (event, endpoint) delivery; a failure asks the broker to try again later.
 - `redeliver`: the merchant asked for an event again: every matching endpoint gets it anew.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,11 @@ class NotifierStore(Protocol):
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         """Store each event (once) and open a delivery per matching enabled endpoint; by event id, the deliveries
         still pending (their endpoint ids)."""
+
+    async def open_deliveries(self, events: Sequence[MerchantEvent]) -> dict[tuple[str, str], DeliveryTarget]:
+        """`record_events`, answering instead with the target of every delivery of these events still pending (by
+        (event id, endpoint id); a deleted endpoint's left out), in the same statement: each event as given, its
+        payment or refund the object it carries."""
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         """Open the event's deliveries again, to every matching enabled endpoint: the event and their ids."""
@@ -137,9 +143,11 @@ class NotifierHandlers:
         refund) is not readable yet, PoisonMessage if it is no message the registry knows, or the error that kept
         its deliveries from being attempted or handed over (retried: a replay attempts the pending ones again).
 
-        The ledger's payment and refund records of the batch are stored together (`_record_statuses`), then the
-        first attempts of their deliveries made together (`_attempt_now`; without `retry_later`, a delivery
-        command each is published instead), each in its record's trace; a redelivery request is handled alone.
+        The ledger's payment and refund records of the batch become merchant events together (`_merchant_events`),
+        stored in one statement that opens their deliveries and answers their targets (`open_deliveries`), then
+        the first attempts of those deliveries are made together (`_attempt_now`; without `retry_later`, the
+        events are stored by `record_events` and a delivery command each is published instead), each in its
+        record's trace; a redelivery request is handled alone.
         Replayed (the ledger announced a record again, or this process died before its attempts), a record's
         event is the same and its deliveries still pending are attempted again: at least once. Raises only if
         storing the records failed (the broker then hands the batch's messages over one at a time).
@@ -148,22 +156,26 @@ class NotifierHandlers:
         records = [(i, m) for i, m in decoded if isinstance(m, PaymentStatusRecorded | RefundStatusRecorded)]
         requests = [(i, message) for i, message in decoded if isinstance(message, RedeliverEvent)]
         if records:
-            outcomes, pending = await self._record_statuses([(batch[i].envelope, m) for i, m in records])
-
-            async def announce(item: Consumed, event: MerchantEvent) -> None:
-                with item.context():  # the delivery commands continue the record's trace
-                    await self._announce(event, pending[event.id])
-
+            outcomes = await self._merchant_events([(batch[i].envelope, m) for i, m in records])
             announcing: list[tuple[int, MerchantEvent]] = []
             for (i, _), outcome in zip(records, outcomes, strict=True):
                 if isinstance(outcome, RetryLater):
                     results[i] = outcome
                 else:
                     announcing.append((i, outcome))
+            events = [event for _, event in announcing]
+            errors: Sequence[BaseException | None]
             if self.retry_later is None:
+                pending = await self.store.record_events(events) if events else {}
+
+                async def announce(item: Consumed, event: MerchantEvent) -> None:
+                    with item.context():  # the delivery commands continue the record's trace
+                        await self._announce(event, pending[event.id])
+
                 errors = await asyncio.gather(*(announce(batch[i], e) for i, e in announcing), return_exceptions=True)
             else:
-                errors = await self._attempt_now([(batch[i].context, e, pending[e.id]) for i, e in announcing])
+                targets = await self.store.open_deliveries(events) if events else {}
+                errors = await self._attempt_now([(batch[i].context, e) for i, e in announcing], targets)
             for (i, _), error in zip(announcing, errors, strict=True):
                 if isinstance(error, BaseException):
                     results[i] = error
@@ -175,12 +187,11 @@ class NotifierHandlers:
                     results[i] = exc
         return results
 
-    async def _record_statuses(
+    async def _merchant_events(
         self, records: Sequence[tuple[Envelope, PaymentStatusRecorded | RefundStatusRecorded]]
-    ) -> tuple[list[MerchantEvent | RetryLater], dict[str, list[str]]]:
-        """Per record its merchant event, stored (RetryLater: its payment or refund is not readable yet), and by
-        event id the deliveries still pending: the payments read in one statement, the refunds in one, the events
-        and deliveries written in one."""
+    ) -> list[MerchantEvent | RetryLater]:
+        """Per record its merchant event, to be stored (RetryLater: its payment or refund is not readable yet): the
+        payments read in one statement, the refunds in one."""
         payment_ids = {e.payment_id for e, m in records if isinstance(m, PaymentStatusRecorded)}
         refund_ids = {m.refund_id for _, m in records if isinstance(m, RefundStatusRecorded)}
         payments = await self.store.current_payments(payment_ids) if payment_ids else {}
@@ -206,8 +217,7 @@ class NotifierHandlers:
                     data={"object": resource},
                 )
             )
-        events = [outcome for outcome in outcomes if isinstance(outcome, MerchantEvent)]
-        return outcomes, (await self.store.record_events(events) if events else {})
+        return outcomes
 
     async def _announce(self, event: MerchantEvent, pending: Sequence[str]) -> None:
         await self._dispatch(event, pending, redelivery=False)
@@ -221,26 +231,28 @@ class NotifierHandlers:
             await self.publish(Envelope.wrap(command, payment_id=event.payment_id or "", source="notifier"))
 
     async def _attempt_now(
-        self, events: Sequence[tuple[Callable[[], AbstractContextManager[None]], MerchantEvent, Sequence[str]]]
+        self,
+        events: Sequence[tuple[Callable[[], AbstractContextManager[None]], MerchantEvent]],
+        targets: Mapping[tuple[str, str], DeliveryTarget],
     ) -> list[BaseException | None]:
-        """The first attempts of the deliveries of a batch's stored events, made here rather than through the
-        deliveries queue: their targets read in one statement, the POSTs made together, the attempts recorded in
-        one statement. A retry goes to the delay queue of attempt 2 and an endpoint slower than the budget to the
-        deliveries queue, whose consumer carries on from there. Per event None, or the error that kept one of its
-        deliveries from being attempted and recorded (its record is then retried, and the replay attempts again
-        what is still pending: at least once). Each event comes with the context its work runs in (its record's
-        trace and log context)."""
+        """The first attempts of the pending deliveries (`targets`, as `open_deliveries` opened them) of a batch's
+        stored events, made here rather than through the deliveries queue: the POSTs made together, the attempts
+        recorded in one statement. A retry goes to the delay queue of attempt 2 and an endpoint slower than the
+        budget to the deliveries queue, whose consumer carries on from there. Per event None, or the error that
+        kept one of its deliveries from being attempted and recorded (its record is then retried, and the replay
+        attempts again what is still pending: at least once). Each event comes with the context its work runs in
+        (its record's trace and log context)."""
         retry_later = self.retry_later
         assert retry_later is not None
         errors: list[BaseException | None] = [None] * len(events)
         # One delivery per (event, endpoint), whichever record of the batch brought it (a record delivered twice).
-        owner = {(event.id, e): n for n, (_, event, pending) in enumerate(events) for e in pending}
+        index = {event.id: n for n, (_, event) in enumerate(events)}
+        owner = {key: index[key[0]] for key in targets if key[0] in index}
         if not owner:
             return errors
         try:
             now = self.clock()
-            targets = await self.store.delivery_targets(list(owner), now)
-            due = [(key, t) for key, t in targets.items() if self._due(t, redelivery=False)]
+            due = [(key, t) for key, t in targets.items() if key in owner and self._due(t, redelivery=False)]
 
             async def post(key: tuple[str, str], target: DeliveryTarget) -> AttemptResult | None:
                 with events[owner[key]][0]():  # the POST continues its record's trace

@@ -27,8 +27,8 @@ def _matching_endpoints(merchant: str, event_type: str) -> str:
 
 
 # Each event once (in the order given: their listing order), then a pending delivery per matching endpoint;
-# answers every delivery of these events still pending. $5: each event's data as JSON text.
-_RECORD_EVENTS = f"""
+# `pending` is every delivery of these events still pending. $5: each event's data as JSON text.
+_STORE_EVENTS = f"""
 WITH given AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
         WITH ORDINALITY AS given (id, merchant_id, type, payment_id, data, created_at, position)
@@ -42,11 +42,23 @@ WITH given AS (
     SELECT event.id, endpoint.id, 'pending', clock_timestamp()
     FROM event, LATERAL ({_matching_endpoints("event.merchant_id", "event.type")}) endpoint
     RETURNING event_id, endpoint_id
+), pending AS (
+    SELECT event_id, endpoint_id FROM opened
+    UNION
+    SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) AND status = 'pending'
 )
-SELECT event_id, endpoint_id FROM opened
-UNION
-SELECT event_id, endpoint_id FROM notifier.deliveries WHERE event_id = ANY ($1) AND status = 'pending'
 """
+_RECORD_EVENTS = _STORE_EVENTS + "SELECT event_id, endpoint_id FROM pending"
+# The same, answering with what delivering each pending one needs of its endpoint (open_deliveries): the delivery
+# targets in the statement that opened them, with no read of their own.
+_OPEN_DELIVERIES = (
+    _STORE_EVENTS
+    + """
+SELECT p.event_id, p.endpoint_id, w.url, w.status AS endpoint_status, w.deleted_at, w.secret_sealed,
+       w.previous_secret_sealed, w.previous_secret_expires_at, w.failing_since
+FROM pending p JOIN notifier.webhook_endpoints w ON w.id = p.endpoint_id
+"""
+)
 
 _PAYMENTS = f"SELECT merchant_id, {', '.join(LEDGER_COLUMNS)} FROM ledger.payments_v1 WHERE id = ANY ($1)"
 _REFUNDS = f"SELECT merchant_id, {', '.join(REFUND_COLUMNS)} FROM ledger.refunds_v1 WHERE id = ANY ($1)"
@@ -138,6 +150,18 @@ def _event(row: asyncpg.Record) -> MerchantEvent:
     )
 
 
+def _event_columns(events: Sequence[MerchantEvent]) -> tuple[list[Any], ...]:
+    """The events as the parameters of _STORE_EVENTS, one array per column."""
+    return (
+        [e.id for e in events],
+        [e.merchant_id for e in events],
+        [e.type for e in events],
+        [e.payment_id for e in events],
+        [orjson.dumps(e.data).decode() for e in events],
+        [e.created for e in events],
+    )
+
+
 def endpoint_resource(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     """The webhook endpoint resource (docs/reference/merchant-webhooks.md), without its secret."""
     return {
@@ -175,19 +199,30 @@ class PostgresNotifierStore:
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         unique = list({event.id: event for event in events}.values())  # a message delivered twice in a batch
-        rows = await self._pool.fetch(
-            _RECORD_EVENTS,
-            [e.id for e in unique],
-            [e.merchant_id for e in unique],
-            [e.type for e in unique],
-            [e.payment_id for e in unique],
-            [orjson.dumps(e.data).decode() for e in unique],
-            [e.created for e in unique],
-        )
+        rows = await self._pool.fetch(_RECORD_EVENTS, *_event_columns(unique))
         pending: dict[str, list[str]] = {event.id: [] for event in unique}
         for row in rows:
             pending[row["event_id"]].append(row["endpoint_id"])
         return {event_id: sorted(endpoints) for event_id, endpoints in pending.items()}
+
+    async def open_deliveries(self, events: Sequence[MerchantEvent]) -> dict[tuple[str, str], DeliveryTarget]:
+        by_id = {event.id: event for event in events}  # a message delivered twice in a batch
+        rows = await self._pool.fetch(_OPEN_DELIVERIES, *_event_columns(list(by_id.values())))
+        targets = {}
+        for row in rows:
+            event = by_id[row["event_id"]]
+            # The event's object is its payment (or refund) as current_payments (current_refunds) just read it.
+            current = event.data.get("object") if event.type.startswith(("payment.", "refund.")) else None
+            target = self._target(
+                row,
+                event,
+                payment=current if event.type.startswith("payment.") else None,
+                refund=current if event.type.startswith("refund.") else None,
+                delivery_status="pending",
+            )
+            if target is not None:
+                targets[(event.id, target.endpoint_id)] = target
+        return targets
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -212,14 +247,14 @@ class PostgresNotifierStore:
 
     async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
         row = await self._pool.fetchrow(_TARGET, event_id, endpoint_id)
-        return None if row is None else self._target(row)
+        return None if row is None else self._stored_target(row)
 
     async def delivery_targets(
         self, deliveries: Collection[tuple[str, str]], now: datetime
     ) -> dict[tuple[str, str], DeliveryTarget]:
         pairs = list(deliveries)
         rows = await self._pool.fetch(_MANY_TARGETS, [e for e, _ in pairs], [w for _, w in pairs])
-        targets = {(row["event_id"], row["endpoint_id"]): self._target(row) for row in rows}
+        targets = {(row["event_id"], row["endpoint_id"]): self._stored_target(row) for row in rows}
         return {key: target for key, target in targets.items() if target is not None}
 
     async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
@@ -244,22 +279,41 @@ class PostgresNotifierStore:
         # A delivery whose row is gone (its endpoint deleted meanwhile) has no number: counted as its first.
         return [numbers.get(n, 1) for n in range(1, len(attempts) + 1)]
 
-    def _target(self, row: asyncpg.Record) -> DeliveryTarget | None:
+    def _stored_target(self, row: asyncpg.Record) -> DeliveryTarget | None:
+        """A target as _TARGETS reads it: the event as stored, its payment or refund as the ledger has it now."""
+        return self._target(
+            row,
+            _event(row),
+            payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
+            refund=None if row["refund_id"] is None else _refund_at(row, "refund_"),
+            delivery_status=row["delivery_status"],
+        )
+
+    def _target(
+        self,
+        row: asyncpg.Record,
+        event: MerchantEvent,
+        *,
+        payment: dict[str, Any] | None,
+        refund: dict[str, Any] | None,
+        delivery_status: str,
+    ) -> DeliveryTarget | None:
+        """The target from a row of its endpoint's columns (None: the endpoint is deleted)."""
         if row["deleted_at"] is not None:
             return None
         previous = row["previous_secret_sealed"]
         return DeliveryTarget(
-            event=_event(row),
+            event=event,
             endpoint_id=row["endpoint_id"],
             url=row["url"],
             endpoint_enabled=row["endpoint_status"] == "enabled",
-            delivery_status=row["delivery_status"],
+            delivery_status=delivery_status,
             secret=self._open(row["secret_sealed"]),
             previous_secret=self._open(previous) if previous else None,
             previous_secret_expires_at=row["previous_secret_expires_at"],
             failing_since=row["failing_since"],
-            payment=None if row["ledger_id"] is None else payment_of(row, "ledger_").model_dump(mode="json"),
-            refund=None if row["refund_id"] is None else _refund_at(row, "refund_"),
+            payment=payment,
+            refund=refund,
         )
 
     async def record_attempt(

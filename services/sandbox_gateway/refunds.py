@@ -54,7 +54,7 @@ class RefundDraft:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)  # every refund is kept in memory, as every intent is
 class SandboxRefund:
     id: str
     intent_id: str

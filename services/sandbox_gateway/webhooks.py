@@ -92,7 +92,7 @@ def webhook_retries(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per attempt, kept for the intent's delivery log
 class DeliveryAttempt:
     """One HTTP attempt at delivering one event, as the delivery log shows it."""
 

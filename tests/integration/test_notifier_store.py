@@ -135,6 +135,47 @@ async def test_events_are_stored_together_once_each_in_order_with_a_delivery_per
     assert await store.record_events(events) == pending
 
 
+async def test_opening_deliveries_answers_the_targets_a_read_of_them_would(
+    store: PostgresNotifierStore, pool: asyncpg.Pool
+) -> None:
+    merchant = f"shop_{secrets.token_hex(4)}"
+    every_id, paid_id, gone_id = (f"we_{secrets.token_hex(8)}" for _ in range(3))
+    secret = await insert_endpoint(pool, every_id, merchant, "http://a.example/hooks")
+    await insert_endpoint(pool, paid_id, merchant, "http://b.example/hooks", ("payment.succeeded",))
+    await insert_endpoint(pool, gone_id, merchant, "http://c.example/hooks")
+    payment_ids = [f"pay_{secrets.token_hex(8)}" for _ in range(2)]
+    await insert_payments(pool, payment_ids, merchant)
+    payments = await store.current_payments(payment_ids)
+    events = [
+        MerchantEvent(
+            id=f"evt_{secrets.token_hex(8)}",
+            type=event_type,
+            merchant_id=merchant,
+            payment_id=payment_id,
+            created=NOW,
+            data={"object": payments[payment_id][1]},
+        )
+        for payment_id, event_type in zip(payment_ids, ["payment.created", "payment.succeeded"], strict=True)
+    ]
+
+    targets = await store.open_deliveries([*events, events[0]])  # one of them twice, as a redelivery brings it
+
+    keys = [(events[0].id, every_id), (events[1].id, every_id), (events[1].id, paid_id)]
+    assert sorted(targets) == sorted([*keys, (events[0].id, gone_id), (events[1].id, gone_id)])
+    for key, target in targets.items():
+        assert target == await store.delivery_target(*key, NOW)
+    assert targets[keys[0]].secret == secret and targets[keys[0]].payment == payments[payment_ids[0]][1]
+
+    # Replayed after an endpoint was deleted and one delivery made: the pending ones of live endpoints, again.
+    await pool.execute("UPDATE notifier.webhook_endpoints SET deleted_at = now() WHERE id = $1", gone_id)
+    await pool.execute(
+        "UPDATE notifier.deliveries SET status = 'delivered' WHERE event_id = $1 AND endpoint_id = $2", *keys[2]
+    )
+    again = await store.open_deliveries(events)
+    assert sorted(again) == sorted(keys[:2])
+    assert again == {key: targets[key] for key in keys[:2]}
+
+
 async def test_an_event_without_a_payment_has_no_payment_in_its_target(
     store: PostgresNotifierStore, pool: asyncpg.Pool
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,9 @@ class FakeStore:
 
     async def record_events(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         self.calls.append("record_events")
+        return self._store(events)
+
+    def _store(self, events: Sequence[MerchantEvent]) -> dict[str, list[str]]:
         for event in events:
             if event.id not in self.events:
                 self.events[event.id] = event
@@ -80,6 +83,26 @@ class FakeStore:
             event.id: sorted(e for (ev, e), status in self.deliveries.items() if ev == event.id and status == "pending")
             for event in events
         }
+
+    async def open_deliveries(self, events: Sequence[MerchantEvent]) -> dict[tuple[str, str], DeliveryTarget]:
+        """As the real store: the events stored as record_events stores them, and the targets of their pending
+        deliveries, with each event as given and its payment the object it carries."""
+        self.calls.append("open_deliveries")
+        by_id = {event.id: event for event in events}
+        targets = {}
+        for event_id, endpoint_ids in self._store(events).items():
+            event = by_id[event_id]
+            current = event.data.get("object")
+            for endpoint_id in endpoint_ids:
+                stored = await self.delivery_target(event_id, endpoint_id, datetime.now(UTC))
+                if stored is not None:
+                    targets[(event_id, endpoint_id)] = replace(
+                        stored,
+                        event=event,
+                        payment=current if event.type.startswith("payment.") else None,
+                        refund=current if event.type.startswith("refund.") else None,
+                    )
+        return targets
 
     async def reopen_deliveries(self, event_id: str, merchant_id: str) -> tuple[MerchantEvent, list[str]] | None:
         event = self.events.get(event_id)
@@ -442,7 +465,7 @@ async def test_the_first_attempts_of_a_batch_are_read_and_recorded_in_one_statem
     sender = Sender()
     notifier, published, retries = attempting_now(store, sender)
     assert await notifier.record_batch(batch) == [None] * 4
-    assert store.calls == ["current_payments", "record_events", "delivery_targets", "record_attempts"]
+    assert store.calls == ["current_payments", "open_deliveries", "record_attempts"]
     assert len(sender.sent) == 8 and set(store.deliveries.values()) == {"delivered"}
     assert published == [] and retries == []
 
@@ -531,8 +554,7 @@ async def test_a_batch_of_payment_and_refund_records_is_read_and_stored_together
     assert store.calls == [
         "current_payments",
         "current_refunds",
-        "record_events",
-        "delivery_targets",
+        "open_deliveries",
         "record_attempts",
     ]
     assert sorted(e.type for e in store.events.values()) == ["payment.succeeded"] * 2 + ["refund.created"] * 2
