@@ -86,11 +86,6 @@ class NotifierStore(Protocol):
     ) -> int:
         """Record the attempt and its consequence (delivered, next try, gave up, endpoint disabled); its number."""
 
-    async def delivery_targets(
-        self, deliveries: Collection[tuple[str, str]], now: datetime
-    ) -> dict[tuple[str, str], DeliveryTarget]:
-        """`delivery_target` of many (event id, endpoint id) at once, in one statement; those found."""
-
     async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
         """`record_attempt` of many attempts at once, in one statement (none of them disabling its endpoint); their
         numbers, in order."""

@@ -78,8 +78,6 @@ LEFT JOIN ledger.payments_v1 p ON p.id = e.payment_id AND e.type LIKE 'payment.%
 LEFT JOIN ledger.refunds_v1 rf ON e.type LIKE 'refund.%' AND rf.id = e.data -> 'object' ->> 'id'
 """
 _TARGET = _TARGETS + "WHERE d.event_id = $1 AND d.endpoint_id = $2"
-# Many deliveries' targets in one statement: $1, $2 their event and endpoint ids, pairwise.
-_MANY_TARGETS = _TARGETS + "WHERE (d.event_id, d.endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 
 
 # One attempt and what it changes: the delivery's state, the attempt's row, and the endpoint's failure state
@@ -248,14 +246,6 @@ class PostgresNotifierStore:
     async def delivery_target(self, event_id: str, endpoint_id: str, now: datetime) -> DeliveryTarget | None:
         row = await self._pool.fetchrow(_TARGET, event_id, endpoint_id)
         return None if row is None else self._stored_target(row)
-
-    async def delivery_targets(
-        self, deliveries: Collection[tuple[str, str]], now: datetime
-    ) -> dict[tuple[str, str], DeliveryTarget]:
-        pairs = list(deliveries)
-        rows = await self._pool.fetch(_MANY_TARGETS, [e for e, _ in pairs], [w for _, w in pairs])
-        targets = {(row["event_id"], row["endpoint_id"]): self._stored_target(row) for row in rows}
-        return {key: target for key, target in targets.items() if target is not None}
 
     async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
         columns: list[list[object]] = [[] for _ in range(10)]

@@ -265,15 +265,17 @@ async def test_disabling_an_endpoint_fails_its_other_pending_deliveries(
     assert later is not None and not later.endpoint_enabled
 
 
-async def test_many_targets_read_and_attempts_recorded_in_one_statement_each_as_one_at_a_time_would(
+async def test_many_targets_opened_and_attempts_recorded_in_one_statement_each_as_one_at_a_time_would(
     store: PostgresNotifierStore, pool: asyncpg.Pool
 ) -> None:
     answering, _ = await an_endpoint(pool)
     down, _ = await an_endpoint(pool)
     first, second = await a_payment_event(store, pool), await a_payment_event(store, pool)
     keys = [(event.id, endpoint) for event, _ in (first, second) for endpoint in (answering, down)]
-    targets = await store.delivery_targets([*keys, ("evt_unknown", answering)], NOW)
-    assert sorted(targets) == sorted(keys)
+    # The events' deliveries to the other tests' endpoints of the same merchant are pending too: left out here.
+    opened = await store.open_deliveries([first[0], second[0]])
+    assert set(keys) <= set(opened)
+    targets = {key: opened[key] for key in keys}
     for key, target in targets.items():
         assert target == await store.delivery_target(*key, NOW)
 

@@ -145,13 +145,6 @@ class FakeStore:
         self.attempts.append((target.event.id, target.endpoint_id, result.status_code, step.kind))
         return sum(1 for a in self.attempts if a[:2] == key)
 
-    async def delivery_targets(
-        self, deliveries: Collection[tuple[str, str]], now: datetime
-    ) -> dict[tuple[str, str], DeliveryTarget]:
-        self.calls.append("delivery_targets")
-        found = {key: await self.delivery_target(*key, now) for key in deliveries}
-        return {key: target for key, target in found.items() if target is not None}
-
     async def record_attempts(self, attempts: Sequence[Attempt]) -> list[int]:
         self.calls.append("record_attempts")
         return [await self.record_attempt(a.target, a.result, a.step, a.attempted_at) for a in attempts]
