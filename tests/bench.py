@@ -596,7 +596,8 @@ def targets(results: dict[str, Any]) -> list[tuple[bool, str, str, str]]:
     steady = results["phases"][results["steady_phase"]]
     intake_post = results.get("intake_alone_cpu_ms_per_post", float("nan"))
     in_run = results["intake_cpu_ms_per_post"]
-    worst_rss = max(results["peak_rss_mib"].values())
+    # Our services' memory; the stand-ins for the outside world are printed beside, as their CPU is.
+    worst_rss = max(mib for name, mib in results["peak_rss_mib"].items() if name not in OUTSIDE)
     rows = [
         (
             sum(ours.values()) <= OUR_SIDE_CPU_TARGET_MS,
@@ -641,7 +642,12 @@ def targets(results: dict[str, Any]) -> list[tuple[bool, str, str, str]]:
             f"{steady['p99_ms']:.1f} ms at {results['steady_rate']:.0f}/s (p50 {steady['p50_ms']:.1f})",
             f"<= {STEADY_P99_TARGET_MS:g} ms at half the peak",
         ),
-        (worst_rss <= RSS_TARGET_MIB, "peak RSS, largest service", f"{worst_rss:.1f} MiB", f"<= {RSS_TARGET_MIB:g}"),
+        (
+            worst_rss <= RSS_TARGET_MIB,
+            "peak RSS, largest of our services",
+            f"{worst_rss:.1f} MiB",
+            f"<= {RSS_TARGET_MIB:g}",
+        ),
     ]
     for name, target in COUNT_TARGETS.items():
         measured = results["counts_per_payment"].get(name, float("nan"))
@@ -754,7 +760,8 @@ def report(results: dict[str, Any]) -> list[str]:
             lines.append(f"  {step:58} {cut['p50_ms']:8.1f} {cut['p95_ms']:8.1f} {cut['p99_ms']:8.1f}")
     lines += ["", "peak RSS per service (MiB):"]
     for name, mib in results["peak_rss_mib"].items():
-        lines.append(f"  {name:40} {mib:8.1f}")
+        stand_in = "  (a stand-in for the outside world; not judged)" if name in OUTSIDE else ""
+        lines.append(f"  {name:40} {mib:8.1f}{stand_in}")
     speed = machine_speed(results)
     if speed is not None:
         phases = results["phases"]
