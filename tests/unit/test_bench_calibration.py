@@ -9,12 +9,12 @@ import pytest
 from tests.bench import (
     COMMITS,
     DELIVERED,
-    SERVED,
     POSTGRES,
     RABBITMQ,
     RAW_HTTP,
     RAW_POSTGRES,
     RAW_RABBITMQ,
+    SERVED,
     floor_at_steady_rate,
     floors,
     machine_speed,
