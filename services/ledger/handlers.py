@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.ledger.outcomes import Announce, status_recorded
-from services.ledger.refunds import RefundRecorder
+from services.ledger.refunds import RefundRecorder, refund_id_of
 from services.ledger.state_machine import Decision, PaymentState, decide, intent_left_open
 from services.ledger.store import BeforeCommit, LedgerStore, LogEntry, PaymentWrite, StoredPayment, WriteResult
 from shared.batches import Consumed
@@ -277,14 +277,24 @@ class LedgerHandlers:
         is not known yet, PoisonMessage if it is no message the registry knows. Raises only if the whole batch
         failed (the broker then hands its messages over one at a time)."""
         results, decoded = LEDGER_MESSAGES.decode_batch([item.envelope for item in batch])
-        # A refund's events are few and each locks its refund: one at a time, each in its own transaction.
+        # A refund's events each in a transaction of its own that locks its refund (then, if it succeeded, its
+        # payment's row: always in that order, so two refunds of one payment wait for each other, never deadlock).
+        # Those of one refund one after another, in the batch's order (its request before its outcome); different
+        # refunds' together.
+        by_refund: dict[str, list[tuple[int, Message]]] = {}
         for i, message in decoded:
             if type(message) in _REFUND_TYPES:
+                by_refund.setdefault(refund_id_of(message), []).append((i, message))
+
+        async def record_refund(events: Sequence[tuple[int, Message]]) -> None:
+            for i, message in events:
                 with batch[i].context():
                     try:
                         await self._record_refund(batch[i].envelope, message)
                     except Exception as exc:
                         results[i] = exc
+
+        await asyncio.gather(*(record_refund(events) for events in by_refund.values()))
         decoded = [(i, message) for i, message in decoded if type(message) not in _REFUND_TYPES]
         valid = [i for i, _ in decoded]
         messages = [message for _, message in decoded]

@@ -2,7 +2,8 @@
 what changed.
 
 Each event is written in one transaction that holds its refund's row lock: the log row (keyed by event id, so a
-redelivery is a no-op), the refund's new state and, when it succeeds, the payment's `amount_refunded`. An event
+redelivery is a no-op), the refund's new state and, when it succeeds, the payment's `amount_refunded`, in one
+statement after the lock's. A refund's request is one statement: the refund and the request's log row. An event
 about a refund the ledger has not recorded yet is retried (RetryLater), never dropped.
 """
 
@@ -43,12 +44,25 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING id
 """
 
+# A refund requested: the refund (pending, unless one is already recorded under its id or Idempotency-Key) and the
+# event's log row, in one statement; answers the log row (none: the event was logged before) and whether the refund
+# was created. $11..$16: the event's id, type, source, outcome if the refund was already recorded, payload, time.
 _CREATE = """
-INSERT INTO ledger.refunds (id, payment_request_id, merchant_id, idempotency_key, amount, currency, reason, metadata,
-                            status, provider, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, 'pending', $9, $10, $10)
-ON CONFLICT DO NOTHING
-RETURNING id
+WITH created AS (
+    INSERT INTO ledger.refunds (id, payment_request_id, merchant_id, idempotency_key, amount, currency, reason,
+                                metadata, status, provider, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, 'pending', $9, $10, $10)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+INSERT INTO ledger.payment_logs (payment_request_id, event_id, event_type, from_status, to_status, source, outcome,
+                                 payload, occurred_at, refund_id, refund_from_status, refund_to_status)
+SELECT p.id, $11, $12, p.status, p.status, $13,
+       CASE WHEN EXISTS (SELECT 1 FROM created) THEN 'applied' ELSE $14 END,
+       $15::jsonb, $16, $1, NULL, CASE WHEN EXISTS (SELECT 1 FROM created) THEN 'pending' END
+FROM ledger.payment_requests p WHERE p.id = $2
+ON CONFLICT (event_id) DO NOTHING
+RETURNING refund_to_status IS NOT NULL AS created
 """
 
 _LOCK = """
@@ -58,11 +72,20 @@ FROM ledger.refunds r WHERE r.id = $1
 FOR UPDATE OF r
 """
 
-_UPDATE = """
-UPDATE ledger.refunds
-SET status = $2, failure_code = $3, provider_refund_id = $4, updated_at = clock_timestamp(),
-    completed_at = CASE WHEN $5 THEN clock_timestamp() ELSE completed_at END
-WHERE id = $1
+# A refund's event decided under the refund's row lock, written in one statement: its log row ($1..$10, as _LOG),
+# the refund's new state if it changed ($11 whether it did; $12..$15 its status, failure code, provider refund id,
+# and whether the status changed), and the payment's refunded total grown by $16 if the refund succeeded now ($17).
+_CHANGE = f"""
+WITH logged AS ({_LOG}), refund AS (
+    UPDATE ledger.refunds
+    SET status = $12, failure_code = $13, provider_refund_id = $14, updated_at = clock_timestamp(),
+        completed_at = CASE WHEN $15 THEN clock_timestamp() ELSE completed_at END
+    WHERE id = $8 AND $11
+), refunded AS (
+    UPDATE ledger.payment_requests SET amount_refunded = amount_refunded + $16, updated_at = clock_timestamp()
+    WHERE id = $1 AND $17
+)
+SELECT count(*) FROM logged
 """
 
 
@@ -96,39 +119,31 @@ async def record_refund_request(
 
     RetryLater if its payment is not in the ledger yet.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            created = await conn.fetchval(
-                _CREATE,
-                request.refund_id,
-                envelope.payment_id,
-                request.merchant_id,
-                request.idempotency_key,
-                request.amount,
-                request.currency,
-                request.reason,
-                dict(request.metadata),
-                request.provider,
-                request.created_at,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise RetryLater(f"payment {envelope.payment_id} is not in the ledger yet") from None
-        outcome = "applied" if created is not None else REFUND_ALREADY_RECORDED
-        logged = await conn.fetchval(
-            _LOG,
+    try:
+        created = await pool.fetchval(
+            _CREATE,
+            request.refund_id,
             envelope.payment_id,
+            request.merchant_id,
+            request.idempotency_key,
+            request.amount,
+            request.currency,
+            request.reason,
+            dict(request.metadata),
+            request.provider,
+            request.created_at,
             envelope.id,
             envelope.type,
             envelope.source,
-            outcome,
+            REFUND_ALREADY_RECORDED,
             _payload(envelope),
             envelope.occurred_at,
-            request.refund_id,
-            None,
-            RefundStatus.PENDING.value if created is not None else None,
         )
-        if logged is None:
-            return None
+    except asyncpg.ForeignKeyViolationError:
+        raise RetryLater(f"payment {envelope.payment_id} is not in the ledger yet") from None
+    if created is None:  # no log row: the event was logged before
+        return None
+    outcome = "applied" if created else REFUND_ALREADY_RECORDED
     return RefundRecorded(
         outcome, request.refund_id, None, RefundStatus.PENDING, request.amount, created_at=request.created_at
     )
@@ -155,9 +170,9 @@ async def record_refund_change(
             failure_code=row["failure_code"],
         )
         decision = decide_refund(state, message)
-        changed = decision.after.status is not decision.before.status
+        after = decision.after
         await conn.fetchval(
-            _LOG,
+            _CHANGE,
             row["payment_request_id"],
             envelope.id,
             envelope.type,
@@ -167,21 +182,16 @@ async def record_refund_change(
             envelope.occurred_at,
             refund_id,
             decision.before.status.value,
-            decision.after.status.value,
+            after.status.value,
+            after != decision.before,
+            after.status.value,
+            after.failure_code,
+            after.provider_refund_id,
+            after.status is not decision.before.status,
+            after.amount,
+            # The money went back: the payment's refunded total grows with the event that completed it, once.
+            decision.completed and after.status is RefundStatus.SUCCEEDED,
         )
-        if decision.after != decision.before:
-            after = decision.after
-            await conn.execute(
-                _UPDATE, refund_id, after.status.value, after.failure_code, after.provider_refund_id, changed
-            )
-        if decision.completed and decision.after.status is RefundStatus.SUCCEEDED:
-            # The money went back: the payment's refunded total grows in the same transaction, once.
-            await conn.execute(
-                "UPDATE ledger.payment_requests SET amount_refunded = amount_refunded + $2,"
-                " updated_at = clock_timestamp() WHERE id = $1",
-                row["payment_request_id"],
-                decision.after.amount,
-            )
     return RefundRecorded(
         decision.outcome,
         refund_id,

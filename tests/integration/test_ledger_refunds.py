@@ -11,11 +11,13 @@ import asyncpg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.ledger.handlers import LedgerHandlers
 from services.ledger.postgres_store import PostgresLedgerStore
 from services.ledger.refunds import RefundRecorder
 from shared.events import Envelope, PaymentStatus, RefundStatus
 from shared.settlement import RetryLater
 from tests.support.ledger import record_event
+from tests.support.messages import consumed
 from tests.support.payment_histories import intent_created, requested, status_changed
 from tests.support.refund_histories import (
     AMOUNT,
@@ -100,3 +102,31 @@ async def test_any_order_and_duplication_of_a_refunds_events_is_recorded_once_wi
     assert sorted(str(r["event_id"]) for r in logged) == sorted(str(e.id) for e in events)
     changes = [(r["refund_from_status"], r["refund_to_status"]) for r in logged if r["outcome"] == "applied"]
     assert changes.count(("pending", truth.status.value)) == 1
+
+
+async def test_a_batchs_refunds_are_recorded_together_and_each_refunds_events_in_their_order(
+    pool: asyncpg.Pool,
+) -> None:
+    # Two refunds of one payment and one of another, each requested and succeeded in the same batch: a refund's
+    # outcome comes after its request (never before its refund exists), the two of one payment both count.
+    shared, other = await succeeded_payment(pool, amount=2 * AMOUNT), await succeeded_payment(pool)
+    refunds = [(shared, f"re_{secrets.token_hex(8)}"), (shared, f"re_{secrets.token_hex(8)}"), (other, "")]
+    refunds[2] = (other, f"re_{secrets.token_hex(8)}")
+    requests = [refund_requested(payment_id, refund_id) for payment_id, refund_id in refunds]
+    outcomes = [
+        refund_outcome(payment_id, refund_id, "webhook", RefundStatus.SUCCEEDED, None)
+        for payment_id, refund_id in refunds
+    ]
+    batch = [consumed(envelope) for pair in zip(requests, outcomes, strict=True) for envelope in pair]
+    ledger = LedgerHandlers(PostgresLedgerStore(pool), refunds=RefundRecorder(pool))
+
+    assert await ledger.record_batch(batch) == [None] * len(batch)
+
+    statuses = await pool.fetch(
+        "SELECT status FROM ledger.refunds WHERE id = ANY ($1)", [refund_id for _, refund_id in refunds]
+    )
+    assert [r["status"] for r in statuses] == ["succeeded"] * 3
+    refunded = await pool.fetch(
+        "SELECT id, amount_refunded FROM ledger.payment_requests WHERE id = ANY ($1)", [shared, other]
+    )
+    assert {r["id"]: r["amount_refunded"] for r in refunded} == {shared: 2 * AMOUNT, other: AMOUNT}
