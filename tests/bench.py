@@ -549,7 +549,7 @@ async def retries(stack: Stack) -> dict[str, float]:
     """Messages each consumer deferred through a delay queue so far (an event that came before its payment)."""
     found: dict[str, float] = {}
     async with aiohttp.ClientSession() as session:
-        for name in ("ledger", "gateway_worker"):
+        for name in ("ledger", "gateway_worker", "notifier"):
             if name not in stack.services:
                 continue
             async with session.get(stack.url(name) + "/metrics") as response:
