@@ -150,7 +150,13 @@ class WebhookSender:
         self._max_attempts = max_attempts
         self._rng = rng
         self._tracer = tracer or trace.get_tracer(__name__)
-        self._timeout = aiohttp.ClientTimeout(total=attempt_timeout_seconds)
+        # The attempt's own time, from the moment it is sent: to connect, then to hear back. Not the time it waited
+        # for one of this sender's connections (a burst of events queues here): that is not the receiver's to
+        # answer for, and counted against it, a busy sandbox would time out and redeliver what was never sent.
+        self._attempt_timeout = attempt_timeout_seconds
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=attempt_timeout_seconds, sock_read=attempt_timeout_seconds
+        )
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._log: dict[str, list[DeliveryAttempt]] = {}
@@ -310,7 +316,7 @@ class WebhookSender:
                     if not 200 <= status < 300:
                         error = f"answered {status}: {(await response.text())[:200]}"
             except TimeoutError:
-                error = f"no answer within {self._timeout.total:g} s"
+                error = f"no answer within {self._attempt_timeout:g} s"
             except aiohttp.ClientError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             if status is not None:
