@@ -84,57 +84,55 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000, "p99_ms": cuts[98] * 1000}
 
 
+class _Timed:
+    """Runs an operation and keeps what it took: each success's latency, and the failures."""
+
+    def __init__(self, operation: Callable[[], Awaitable[bool]]) -> None:
+        self._operation = operation
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    async def __call__(self) -> None:
+        started = time.perf_counter()
+        try:
+            ok = await self._operation()
+        except Exception:
+            ok = False
+        if ok:
+            self.latencies.append(time.perf_counter() - started)
+        else:
+            self.errors += 1
+
+    def result(self, elapsed: float) -> dict[str, Any]:
+        found = self.latencies
+        return {"ops": len(found), "errors": self.errors, "per_second": len(found) / elapsed, **percentiles(found)}
+
+
 async def run_for(seconds: float, concurrency: int, operation: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
     """Run `operation` from `concurrency` loops for `seconds`; count successes and time each call."""
-    latencies: list[float] = []
-    errors = 0
+    timed = _Timed(operation)
     deadline = time.perf_counter() + seconds
 
     async def loop() -> None:
-        nonlocal errors
         while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                ok = await operation()
-            except Exception:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors += 1
+            await timed()
 
     started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {"ops": len(latencies), "errors": errors, "per_second": len(latencies) / elapsed, **percentiles(latencies)}
+    return timed.result(time.perf_counter() - started)
 
 
 async def run_paced(seconds: float, rate: float, operation: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
     """Start `operation` `rate` times a second for `seconds`, each on its own whether or not the last one is done
     (a load the server keeps up with, as the steady phase's POSTs); count successes and time each call."""
-    latencies: list[float] = []
-    errors = 0
-
-    async def timed() -> None:
-        nonlocal errors
-        started = time.perf_counter()
-        try:
-            ok = await operation()
-        except Exception:
-            ok = False
-        if ok:
-            latencies.append(time.perf_counter() - started)
-        else:
-            errors += 1
-
+    timed = _Timed(operation)
     started = time.perf_counter()
     tasks = []
     for n in range(max(1, int(seconds * rate))):
         await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
         tasks.append(asyncio.create_task(timed()))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    return {"ops": len(latencies), "errors": errors, "per_second": len(latencies) / elapsed, **percentiles(latencies)}
+    return timed.result(time.perf_counter() - started)
 
 
 def _load(seconds: float, concurrency: int, rate: float | None) -> Callable[..., Awaitable[dict[str, Any]]]:

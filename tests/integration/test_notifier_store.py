@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -68,6 +69,23 @@ async def a_pending_delivery(
     return endpoint_id, event, target
 
 
+def payment_events(
+    merchant: str, payments: dict[str, tuple[str, dict[str, Any]]], types: list[str]
+) -> list[MerchantEvent]:
+    """An event of each type, in order, about each of the payments (as current_payments read them), in order."""
+    return [
+        MerchantEvent(
+            id=f"evt_{secrets.token_hex(8)}",
+            type=event_type,
+            merchant_id=merchant,
+            payment_id=payment_id,
+            created=NOW,
+            data={"object": payment},
+        )
+        for (payment_id, (_, payment)), event_type in zip(payments.items(), types, strict=True)
+    ]
+
+
 def failed(status: int | None = 500) -> AttemptResult:
     return AttemptResult(status_code=status, error=None if status else "connection: refused", duration_ms=7)
 
@@ -107,19 +125,7 @@ async def test_events_are_stored_together_once_each_in_order_with_a_delivery_per
     await insert_payments(pool, payment_ids, merchant)
     payments = await store.current_payments([*payment_ids, "pay_unknown"])
     assert sorted(payments) == sorted(payment_ids) and {m for m, _ in payments.values()} == {merchant}
-    events = [
-        MerchantEvent(
-            id=f"evt_{secrets.token_hex(8)}",
-            type=event_type,
-            merchant_id=merchant,
-            payment_id=payment_id,
-            created=NOW,
-            data={"object": payments[payment_id][1]},
-        )
-        for payment_id, event_type in zip(
-            payment_ids, ["payment.created", "payment.succeeded", "payment.failed"], strict=True
-        )
-    ]
+    events = payment_events(merchant, payments, ["payment.created", "payment.succeeded", "payment.failed"])
 
     pending = await store.record_events([*events, events[0]])  # one of them twice, as a redelivery brings it
 
@@ -146,17 +152,7 @@ async def test_opening_deliveries_answers_the_targets_a_read_of_them_would(
     payment_ids = [f"pay_{secrets.token_hex(8)}" for _ in range(2)]
     await insert_payments(pool, payment_ids, merchant)
     payments = await store.current_payments(payment_ids)
-    events = [
-        MerchantEvent(
-            id=f"evt_{secrets.token_hex(8)}",
-            type=event_type,
-            merchant_id=merchant,
-            payment_id=payment_id,
-            created=NOW,
-            data={"object": payments[payment_id][1]},
-        )
-        for payment_id, event_type in zip(payment_ids, ["payment.created", "payment.succeeded"], strict=True)
-    ]
+    events = payment_events(merchant, payments, ["payment.created", "payment.succeeded"])
 
     targets = await store.open_deliveries([*events, events[0]])  # one of them twice, as a redelivery brings it
 
