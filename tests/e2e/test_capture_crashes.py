@@ -27,7 +27,10 @@ from tests.support.infra import Servers
 from tests.support.own_stack import own_stack
 from tests.support.processes import Stack, eventually
 
-PAYMENTS = 60
+# Enough that the answers after the gateway_worker's restart take the ledger several batches (of up to 100
+# messages: an answer and a webhook a payment): with fewer, one batch could record them all before the ledger is
+# killed, and the kill would find no work left.
+PAYMENTS = 200
 # What is asked of each payment, in turn: (capture amounts, each under its own key; whether a void is sent too).
 PLANS: tuple[tuple[tuple[int, ...], bool], ...] = (
     ((1200,), False),  # a partial capture
