@@ -3,14 +3,19 @@
 Everything runs on this machine, against loopback only, each phase bounded in time (`--seconds`):
   raw limits   PostgreSQL one-row commits/s, RabbitMQ confirmed persistent publishes/s to a quorum queue,
                a bare aiohttp server's requests/s (the same client and concurrency as below)
+  warm-up      2 s of payments, completed, then ANALYZE: the phases measure a database with statistics, as a
+               running one has (docs/benchmarks/index.md, "A fresh database's plans")
   saturating   `--concurrency` clients POST /v1/payments (Prefer: wait=0) for `--seconds` with every service
                running (sandbox on SANDBOX_AUTOPAY=succeed); the intake's 201s per second; then the backlog
                drains: payments completed end to end (POST → sandbox → webhook → ledger SUCCEEDED) per second,
                from the first payment's creation to the last one's completion; the CPU each process spent over
                that whole span, per completed payment
   steady       POSTs at a steady rate (`--rate`, default half the end-to-end rate just measured): the
-               created → SUCCEEDED latency a customer sees when the system is not overloaded
-  memory       every service's peak RSS (VmHWM) over the run
+               created → SUCCEEDED latency a customer sees when the system is not overloaded; each process's CPU
+               and the work per payment at that rate
+  paced raw    the raw limits again, each operation paced at the rate the steady phase made it (after the
+               services stop): what one costs when they come one by one, and the steady phase's floor
+  memory       every service's peak RSS (VmHWM) over the run; our services' is judged, the stand-ins' printed
 
 Per completed payment it prints the CPU of every process, split into our side (our services, the RabbitMQ node,
 the run's PostgreSQL backends) and the outside world (sandbox, storefront, this client; not counted), and the work
