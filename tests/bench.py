@@ -49,7 +49,14 @@ from shared.consumers import CONSUMER_GROUPS
 from shared.topology import Names
 from tests.support.client import payment_body
 from tests.support.counts import WorkCounter
-from tests.support.infra import create_database, delete_namespace, drop_database, find_servers, unique_name
+from tests.support.infra import (
+    Servers,
+    create_database,
+    delete_namespace,
+    drop_database,
+    find_servers,
+    unique_name,
+)
 from tests.support.processes import ROOT, Stack, free_port, stack_environment
 
 # Issue 23's targets: CPU per completed payment on our side of the wire (our services, the RabbitMQ node and the
@@ -921,7 +928,7 @@ def paced_name(raw_name: str, rate: float) -> str:
     return f"{raw_name.replace('raw: ', 'raw, paced: ')} at {rate:.0f}/s"
 
 
-async def raw_at_steady_rate(servers: Any, results: dict[str, Any], seconds: float, concurrency: int) -> None:
+async def raw_at_steady_rate(servers: Servers, results: dict[str, Any], seconds: float, concurrency: int) -> None:
     """Each raw phase again at the steady phase's rate of that operation (results["paced_raw"]: raw name -> the
     phase's name in results["phases"])."""
     counts, phases = results["steady_counts_per_payment"], results["phases"]

@@ -72,18 +72,19 @@ FROM ledger.refunds r WHERE r.id = $1
 FOR UPDATE OF r
 """
 
-# A refund's event decided under the refund's row lock, written in one statement: its log row ($1..$10, as _LOG),
-# the refund's new state if it changed ($11 whether it did; $12..$15 its status, failure code, provider refund id,
-# and whether the status changed), and the payment's refunded total grown by $16 if the refund succeeded now ($17).
+# A refund's event decided under the refund's row lock, written in one statement: its log row ($1..$10, as _LOG;
+# $10 the refund's status after it), the refund's new state if it changed ($11 whether it did; $12..$14 its failure
+# code, provider refund id, and whether the status changed), and the payment's refunded total grown by $15 if the
+# refund succeeded now ($16).
 _CHANGE = f"""
 WITH logged AS ({_LOG}), refund AS (
     UPDATE ledger.refunds
-    SET status = $12, failure_code = $13, provider_refund_id = $14, updated_at = clock_timestamp(),
-        completed_at = CASE WHEN $15 THEN clock_timestamp() ELSE completed_at END
+    SET status = $10, failure_code = $12, provider_refund_id = $13, updated_at = clock_timestamp(),
+        completed_at = CASE WHEN $14 THEN clock_timestamp() ELSE completed_at END
     WHERE id = $8 AND $11
 ), refunded AS (
-    UPDATE ledger.payment_requests SET amount_refunded = amount_refunded + $16, updated_at = clock_timestamp()
-    WHERE id = $1 AND $17
+    UPDATE ledger.payment_requests SET amount_refunded = amount_refunded + $15, updated_at = clock_timestamp()
+    WHERE id = $1 AND $16
 )
 SELECT count(*) FROM logged
 """
@@ -184,7 +185,6 @@ async def record_refund_change(
             decision.before.status.value,
             after.status.value,
             after != decision.before,
-            after.status.value,
             after.failure_code,
             after.provider_refund_id,
             after.status is not decision.before.status,

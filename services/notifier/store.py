@@ -210,7 +210,7 @@ class PostgresNotifierStore:
         for row in rows:
             event = by_id[row["event_id"]]
             # The event's object is its payment (or refund) as current_payments (current_refunds) just read it.
-            current = event.data.get("object") if event.type.startswith(("payment.", "refund.")) else None
+            current = event.data.get("object")
             target = self._target(
                 row,
                 event,

@@ -54,18 +54,24 @@ def relay_for(pool: asyncpg.Pool, broker: Broker, url: str, **options: float) ->
     return OutboxRelay(pool, broker.publish, connect=lambda: connect(url), **options)  # type: ignore[arg-type]
 
 
+async def accept_one(pool: asyncpg.Pool, payment_id: str, reply_to: str | None = None) -> None:
+    """Accept one payment under a new key; `reply_to`: the reply key of a request waiting for its outcome."""
+    await store.accept_payment(
+        pool,
+        payment_id=payment_id,
+        merchant_id="demo",
+        key=secrets.token_hex(8),
+        request=PAYMENT,
+        fingerprint=PAYMENT.fingerprint(),
+        ttl_seconds=1800,
+        reply_to=reply_to,
+    )
+
+
 async def accept_payments(pool: asyncpg.Pool, count: int) -> set[str]:
     """Accept `count` payments; returns the event ids of their outbox rows."""
     for _ in range(count):
-        await store.accept_payment(
-            pool,
-            payment_id=store.new_payment_id(),
-            merchant_id="demo",
-            key=secrets.token_hex(8),
-            request=PAYMENT,
-            fingerprint=PAYMENT.fingerprint(),
-            ttl_seconds=1800,
-        )
+        await accept_one(pool, store.new_payment_id())
     return {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM intake.outbox")}
 
 
@@ -97,16 +103,7 @@ async def test_the_relay_publishes_a_waiting_requests_reply_address_and_none_for
     reply_to = broker.names.reply_key("intake_api", secrets.token_hex(6))
     waiting, not_waiting = store.new_payment_id(), store.new_payment_id()
     for payment_id, address in ((waiting, reply_to), (not_waiting, None)):
-        await store.accept_payment(
-            outbox_pool,
-            payment_id=payment_id,
-            merchant_id="demo",
-            key=secrets.token_hex(8),
-            request=PAYMENT,
-            fingerprint=PAYMENT.fingerprint(),
-            ttl_seconds=1800,
-            reply_to=address,
-        )
+        await accept_one(outbox_pool, payment_id, address)
 
     assert await relay_for(outbox_pool, broker, outbox_db).publish_batch() == 2
 
@@ -227,16 +224,7 @@ async def test_with_bundles_a_batch_goes_as_a_few_messages_with_each_row_once_an
     await broker.declare_topology(CONSUMER_GROUPS)
     reply_to = broker.names.reply_key("intake_api", secrets.token_hex(6))
     waiting = store.new_payment_id()
-    await store.accept_payment(
-        outbox_pool,
-        payment_id=waiting,
-        merchant_id="demo",
-        key=secrets.token_hex(8),
-        request=PAYMENT,
-        fingerprint=PAYMENT.fingerprint(),
-        ttl_seconds=1800,
-        reply_to=reply_to,
-    )
+    await accept_one(outbox_pool, waiting, reply_to)
     event_ids = await accept_payments(outbox_pool, 2 * BUNDLE_SIZE + 4)
 
     assert await bundling_relay(outbox_pool, broker, outbox_db).publish_batch() == len(event_ids)
