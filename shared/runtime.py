@@ -138,6 +138,12 @@ async def _serve(app: web.Application, sock: socket.socket, settings: CommonSett
             failed.result()  # raises if the service failed rather than was asked to stop
             return
         starting.result()
+        # What start-up made (modules, models, schemas, connections, the sandbox's kept records) lives as long as
+        # the process: frozen out of the collector, a full collection no longer walks it all again (60 ms each,
+        # four in 6000 ledger events; in the sandbox, which froze nothing before, 100 to 500 ms every second or two
+        # under load, each a pause of everything it serves).
+        gc.collect()
+        gc.freeze()
         await web.SockSite(runner, sock).start()
         log.info("service ready", port=sock.getsockname()[1])
         await failed  # until SIGTERM/SIGINT, or until a loop ended for good
@@ -327,10 +333,6 @@ async def serving(app: web.Application, broker: Broker, pool: asyncpg.Pool | Non
     app[READINESS_CHECKS].append(broker.is_ready)
     if pool is not None:
         app[READINESS_CHECKS].append(lambda: pool_ready(pool))
-    # What start-up made (modules, models, schemas, connections) lives as long as the process: frozen out of
-    # the collector, a full collection no longer walks it all again (60 ms each, four in 6000 ledger events).
-    gc.collect()
-    gc.freeze()
     async with supervising(app, broker.supervisor):
         yield
 

@@ -19,7 +19,13 @@ from services.sandbox_gateway.intents import (
     IntentStore,
 )
 from services.sandbox_gateway.pages import format_amount
-from services.sandbox_gateway.webhooks import RETRY_CAP_SECONDS, WebhookUndelivered, build_event, webhook_retries
+from services.sandbox_gateway.webhooks import (
+    RETRY_CAP_SECONDS,
+    WebhookUndelivered,
+    build_event,
+    first_retry_wait,
+    webhook_retries,
+)
 
 
 class Clock:
@@ -200,18 +206,21 @@ def test_the_webhook_event_type_matches_the_intent_status(store: IntentStore, st
     assert event["data"]["object"]["metadata"] == {"payment_id": "pay_1"}
 
 
-async def _waits(max_attempts: int, base: float, **cap: float) -> list[float]:
+async def _waits(max_attempts: int, base: float, made: int = 0, **cap: float) -> list[float]:
     """The waits stamina schedules between attempts of a webhook that is never delivered."""
     waits: list[float] = []
+    attempts = 0
     hooks = stamina.instrumentation.get_on_retry_hooks()
     stamina.instrumentation.set_on_retry_hooks([lambda details: waits.append(details.wait_for)])
     try:
         with pytest.raises(WebhookUndelivered):
-            async for attempt in webhook_retries(max_attempts, base, **cap):
+            async for attempt in webhook_retries(max_attempts, base, made=made, **cap):
                 with attempt:
+                    attempts += 1
                     raise WebhookUndelivered("answered 500")
     finally:
         stamina.instrumentation.set_on_retry_hooks(hooks)
+    assert attempts == max_attempts - made
     return waits
 
 
@@ -221,6 +230,19 @@ async def test_retry_delay_doubles_from_the_base_with_a_little_jitter() -> None:
     assert len(delays) == 5
     for n, delay in enumerate(delays, start=1):
         assert base * 2 ** (n - 1) <= delay <= base * 2 ** (n - 1) * 1.1
+
+
+async def test_retries_after_a_first_attempt_made_alone_keep_the_schedule() -> None:
+    # The sender makes the first attempt outside the loop (no loop for an event delivered at once): the wait
+    # after it is first_retry_wait, and the loop's own waits go on doubling from there.
+    base = 0.001
+    first = first_retry_wait(base, rng=random.Random(7))
+    assert base <= first <= base * 1.1
+    delays = [first, *await _waits(6, base, made=1)]
+    assert len(delays) == 5
+    for n, delay in enumerate(delays, start=1):
+        assert base * 2 ** (n - 1) <= delay <= base * 2 ** (n - 1) * 1.1
+    assert first_retry_wait(120.0, rng=random.Random(7)) <= RETRY_CAP_SECONDS + 12.0
 
 
 async def test_retry_delay_is_capped_at_sixty_seconds() -> None:
