@@ -140,8 +140,8 @@ async def _serve(app: web.Application, sock: socket.socket, settings: CommonSett
         starting.result()
         # What start-up made (modules, models, schemas, connections, the sandbox's kept records) lives as long as
         # the process: frozen out of the collector, a full collection no longer walks it all again (60 ms each,
-        # four in 6000 ledger events; in the sandbox, which froze nothing before, 100 to 500 ms every second or two
-        # under load, each a pause of everything it serves).
+        # four in 6000 ledger events). Here rather than in `serving`, so that every service freezes, the sandbox,
+        # the storefront and the console included.
         gc.collect()
         gc.freeze()
         await web.SockSite(runner, sock).start()
