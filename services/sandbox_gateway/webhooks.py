@@ -98,8 +98,9 @@ def webhook_retries(
 def first_retry_wait(
     base_seconds: float, *, cap_seconds: float = RETRY_CAP_SECONDS, rng: random.Random | None = None
 ) -> float:
-    """The wait after a webhook's first attempt failed: the base (capped), plus a tenth of the base at most."""
-    return min(base_seconds, cap_seconds) + (rng or random).uniform(0, base_seconds * _JITTER_SHARE)
+    """The wait after a webhook's first attempt failed: the base plus a tenth of it at most, capped as the loop's
+    waits are (the jitter inside the cap)."""
+    return min(base_seconds + (rng or random).uniform(0, base_seconds * _JITTER_SHARE), cap_seconds)
 
 
 @dataclass(frozen=True, slots=True)  # one per attempt, kept for the intent's delivery log
