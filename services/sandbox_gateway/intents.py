@@ -10,6 +10,7 @@ each change is written through (`_keep`) before it is answered, and the intents 
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -176,6 +177,11 @@ class IntentStore:
         self._by_payment: dict[str, list[str]] = {}
         # Idempotency-Key of a capture → (intent id, amount): a retried capture answers, never captures again.
         self._captures: dict[str, tuple[str, int]] = {}
+        # (expires_at, intent id) of every intent opened and not yet past its time, soonest first: the sweep
+        # looks at the intents whose time is up, not at every intent the sandbox has ever kept (a sweep over all
+        # of them took 0.8 ms at 10,000 intents and 8.7 ms at 100,000, once a second, growing without end).
+        # An intent paid or canceled meanwhile keeps its entry until its time comes, then is passed over.
+        self._expiries: list[tuple[int, str]] = []
         if storage is not None:
             for record in storage.all("intent"):
                 self._index(Intent.from_record(record.body), record.key)
@@ -184,6 +190,8 @@ class IntentStore:
 
     def _index(self, intent: Intent, idempotency_key: str | None) -> None:
         self._by_id[intent.id] = intent
+        if intent.status is IntentStatus.OPEN:
+            heapq.heappush(self._expiries, (intent.expires_at, intent.id))
         if idempotency_key is not None:
             self._by_key[idempotency_key] = intent.id
             self._key_by_id[intent.id] = idempotency_key
@@ -195,6 +203,11 @@ class IntentStore:
         if self._storage is not None:
             key = idempotency_key if idempotency_key is not None else self._key_by_id.get(intent.id)
             self._storage.put("intent", intent.id, asdict(intent), key=key)
+
+    @property
+    def expiries_watched(self) -> int:
+        """How many entries the expiry sweep still holds: intents opened whose time has not come yet."""
+        return len(self._expiries)
 
     @property
     def storage(self) -> SandboxStorage | None:
@@ -264,7 +277,11 @@ class IntentStore:
     def expire_due(self) -> list[Intent]:
         """Expire every open intent past its expires_at; the ones that changed now."""
         now = self.now()
-        due = [i for i in self._by_id.values() if i.status is IntentStatus.OPEN and now >= i.expires_at]
+        due = []
+        while self._expiries and self._expiries[0][0] <= now:
+            intent = self._by_id[heapq.heappop(self._expiries)[1]]
+            if intent.status is IntentStatus.OPEN:
+                due.append(intent)
         for intent in due:
             intent.status = IntentStatus.EXPIRED
             intent.failure_code = "expired"

@@ -52,6 +52,21 @@ def test_every_change_of_an_intent_is_read_back_by_the_next_store(tmp_path: Path
     assert again.open(draft("pay_paid"), "key-paid") == (again.get(paid.id), False)
 
 
+def test_an_open_intent_read_back_is_expired_by_the_next_stores_sweep(tmp_path: Path) -> None:
+    clock = {"now": 1_800_000_000.0}
+    first = IntentStore("http://sandbox.test", clock=lambda: clock["now"], storage=SandboxStorage(tmp_path))
+    open_one, _ = first.open(draft("pay_open"), "key-open")
+    paid, _ = first.open(draft("pay_paid"), "key-paid")
+    first.settle(paid.id, last4="4242", failure_code=None)
+
+    again = IntentStore("http://sandbox.test", clock=lambda: clock["now"], storage=SandboxStorage(tmp_path))
+    clock["now"] += IntentStore.DEFAULT_LIFETIME_SECONDS
+
+    assert [intent.id for intent in again.expire_due()] == [open_one.id]
+    assert again.get(open_one.id).status is IntentStatus.EXPIRED
+    assert again.get(paid.id).status is IntentStatus.SUCCEEDED
+
+
 async def test_webhooks_not_yet_delivered_are_delivered_after_a_restart(tmp_path: Path) -> None:
     received: list[dict[str, Any]] = []
     accepting = False

@@ -156,6 +156,33 @@ def test_the_sweep_expires_only_open_intents_past_their_time(store: IntentStore,
     assert store.expire_due() == []
 
 
+def test_the_sweep_expires_intents_soonest_first_each_once(store: IntentStore, clock: Clock) -> None:
+    last, _ = store.open(draft(expires_at=1_800_000_030))
+    first, _ = store.open(draft(expires_at=1_800_000_010))
+    second, _ = store.open(draft(expires_at=1_800_000_020))
+    clock.now = 1_800_000_020
+    assert store.expire_due() == [first, second]
+    clock.now = 1_800_000_030
+    assert store.expire_due() == [last]
+    assert store.expire_due() == []
+
+
+def test_the_sweep_looks_only_at_intents_whose_time_is_up(store: IntentStore, clock: Clock) -> None:
+    """A sandbox keeps every intent it ever opened; a sweep that visited them all grew with its age. Settled
+    intents are passed over once their time comes, and then the sweep never meets them again."""
+    settled = [store.open(draft(expires_at=1_800_000_010))[0] for _ in range(50)]
+    for intent in settled:
+        store.settle(intent.id, last4="4242", failure_code=None)
+    still_open, _ = store.open(draft(expires_at=1_800_000_100))
+    assert store.expiries_watched == 51
+    clock.now = 1_800_000_050
+    assert store.expire_due() == []
+    assert store.expiries_watched == 1
+    clock.now = 1_800_000_100
+    assert store.expire_due() == [still_open]
+    assert store.expiries_watched == 0
+
+
 def test_an_intent_is_expired_lazily_when_its_time_is_up(store: IntentStore, clock: Clock) -> None:
     intent, _ = store.open(draft(expires_at=1_800_000_010))
     assert not store.expire_if_due(intent.id)
