@@ -80,6 +80,9 @@ async def _always_ready() -> bool:
 
 
 CONSUMER_BACKOFF = Backoff(initial=0.5, maximum=5.0)
+# How long a batch consumer holds the acks of handled batches to send them as one (shared/batches.py): under a light
+# load a quorum queue then settles one ack command for what came in that time rather than one a message.
+BATCH_ACK_DELAY_SECONDS = 0.02
 
 
 # --- connecting over several nodes --------------------------------------------------------------------
@@ -355,6 +358,7 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consumer_channels: list[AbstractChannel] = []
+        self._batch_consumers: list[BatchConsumer] = []
 
     async def connect(self, *, timeout: float = 10.0) -> None:
         """Connect to the first node that answers, in the order given; raise the last error if none does."""
@@ -406,6 +410,13 @@ class Broker:
 
     async def close(self) -> None:
         await self.supervisor.stop()  # its loops use the channels closed below
+        for consumer in self._batch_consumers:
+            # What the consumers handled and hold unacked (BATCH_ACK_DELAY_SECONDS) is acked before the channels go.
+            try:
+                async with asyncio.timeout(5):
+                    await consumer.flush_acks()
+            except Exception as exc:
+                log.warning("could not ack what was handled before closing", error=f"{type(exc).__name__}: {exc}")
         for channel in self._consumer_channels:
             if not channel.is_closed:
                 await channel.close()
@@ -806,12 +817,14 @@ class Broker:
         prefetch: int = 256,
         max_batch: int = 64,
         ready: Callable[[], Awaitable[bool]] | None = None,
+        ack_delay: float = BATCH_ACK_DELAY_SECONDS,
     ) -> None:
         """Start consuming `group`'s queue in batches (shared/batches.py): `handler` gets what queued up while
         the last batch was handled and returns one result per message; each result is settled as in `consume`
-        (settlement.settle), and the batch's acks go out together after the handler returned. A handler that
-        raises has its batch handled one message at a time, unless `ready` (whether the handler's database
-        answers) says no: then the consumer stops consuming until it does (BatchConsumer)."""
+        (settlement.settle), and the acks go out together after the handler returned, held `ack_delay` seconds
+        to go with the next batches'. A handler that raises has its batch handled one message at a time, unless
+        `ready` (whether the handler's database answers) says no: then the consumer stops consuming until it does
+        (BatchConsumer)."""
         name = self.names.queue(group)
         await self._declare_delay_queues(name, retry)
         channel = await self.connection.channel()
@@ -893,8 +906,10 @@ class Broker:
             ready=ready or _always_ready,
             subscribe=subscribe,
             unsubscribe=unsubscribe,
+            ack_delay=ack_delay,
         )
         buffered.append(consumer)
+        self._batch_consumers.append(consumer)
         await subscribe()
         # Back within 5 s of its database: a paused consumer's restart costs one round trip.
         self.supervisor.start(f"{group} batches", consumer.run, backoff=CONSUMER_BACKOFF)

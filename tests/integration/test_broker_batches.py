@@ -5,6 +5,7 @@ before the handler returned."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Sequence
 
@@ -181,3 +182,54 @@ async def test_nothing_is_acked_before_the_handler_returns(amqp_url: str, namesp
         assert sorted(p for p, _ in again.seen()) == sorted(e.payment_id for e in published)
     finally:
         await survivor.close()
+
+
+async def test_acks_held_back_are_sent_when_the_broker_closes_and_nothing_is_delivered_again(
+    amqp_url: str, namespace: str
+) -> None:
+    """Messages handled one by one, their acks held for a minute (longer than the test): closing the broker sends
+    them, so a consumer after it gets none of them again."""
+    first = await connected_broker(amqp_url, namespace, "test-batches-held-acks")
+    handler = HeldHandler()
+    handler.release.set()
+    await first.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50, ack_delay=60.0)
+    published = events(5)
+    for n, envelope in enumerate(published, start=1):  # one at a time: five batches of one
+        await first.publish(envelope)
+        await eventually(functools.partial(_count_at_least, handler, n), what=f"message {n} handled")
+    assert len(handler.batches) == 5
+    await first.close()
+
+    after = await connected_broker(amqp_url, namespace, "test-batches-after-held-acks")
+    try:
+        again = HeldHandler()
+        again.release.set()
+        await after.consume_batches(GROUP, again, retry=FAST, prefetch=100, max_batch=50)
+        late = events(1)[0]
+        await after.publish(late)
+        await eventually(lambda: _count_at_least(again, 1), what="a message published after the close handled")
+        await asyncio.sleep(0.3)  # a message delivered again would come before or with it
+        assert [payment for payment, _ in again.seen()] == [late.payment_id]
+    finally:
+        await after.close()
+
+
+async def test_acks_held_back_go_out_after_the_delay_without_a_close(amqp_url: str, namespace: str) -> None:
+    """A consumer that keeps running acks what it handled once the delay has passed: a crash after it delivers
+    nothing again."""
+    running = await connected_broker(amqp_url, namespace, "test-batches-delayed-acks")
+    handler = HeldHandler()
+    handler.release.set()
+    await running.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50, ack_delay=0.1)
+    published = events(3)
+    for n, envelope in enumerate(published, start=1):
+        await running.publish(envelope)
+        await eventually(functools.partial(_count_at_least, handler, n), what=f"message {n} handled")
+    await asyncio.sleep(0.5)  # the delay, five times over
+    # A crash: the connection drops with nothing sent first (what was not acked becomes ready again).
+    assert running.connection is not None
+    await running.connection.close()
+    try:
+        assert await messages_in_queue(amqp_url, namespace) == 0
+    finally:
+        await running.close()

@@ -95,6 +95,56 @@ async def test_messages_are_acked_together_only_after_the_handler_returned() -> 
     assert [m.calls for m in batch] == [[], [], [], [("ack", True)]]
 
 
+def holding(max_batch: int, ack_delay: float) -> BatchConsumer:
+    async def handler(items: Sequence[Consumed]) -> list[BaseException | None]:
+        return [None] * len(items)
+
+    async def settle_one(item: Consumed, error: BaseException | None) -> bool:
+        return error is None
+
+    return BatchConsumer(
+        "test", handler, max_batch=max_batch, decode=decode, settle_one=settle_one, ack_delay=ack_delay
+    )
+
+
+async def test_acks_held_back_go_out_as_one_multiple_ack_after_the_delay() -> None:
+    first, second = messages(2)
+    held = holding(max_batch=10, ack_delay=0.05)
+
+    await held.handle(as_messages([first]))
+    await held.handle(as_messages([second]))
+    assert first.calls == second.calls == [], "acked before the delay"
+    await eventually(lambda: _acked(second), timeout=2, what="the held acks sent")
+
+    assert (first.calls, second.calls) == ([], [("ack", True)])
+
+
+async def _acked(message: FakeMessage) -> bool:
+    return message.calls == [("ack", True)]
+
+
+async def test_held_acks_go_out_at_once_when_a_batch_worth_of_them_waits() -> None:
+    batch = messages(3)
+    held = holding(max_batch=3, ack_delay=60.0)
+
+    await held.handle(as_messages(batch[:2]))
+    assert [m.calls for m in batch[:2]] == [[], []]
+    await held.handle(as_messages(batch[2:]))
+
+    assert [m.calls for m in batch] == [[], [], [("ack", True)]]
+
+
+async def test_flushing_sends_the_held_acks_now() -> None:
+    batch = messages(2)
+    held = holding(max_batch=10, ack_delay=60.0)
+    await held.handle(as_messages(batch))
+
+    await held.flush_acks()
+    await held.flush_acks()  # nothing left: nothing sent twice
+
+    assert [m.calls for m in batch] == [[], [("ack", True)]]
+
+
 async def test_a_failed_message_is_settled_alone_and_not_acked() -> None:
     batch = messages(3)
     settled: list[tuple[int, BaseException | None]] = []
