@@ -16,10 +16,10 @@ what makes the multiple-ack safe: everything delivered before the batch's last m
 With an `ack_delay`, the acks of handled batches are held back that long (or until `max_batch` of them wait) and go
 out as one multiple-ack for all of them: under a light load each batch is one message, and the broker settles each
 ack of a quorum queue as a command of its log, so acking every 20 ms what came meanwhile spares it most of them
-(paced messages cost the node 14 to 43% less CPU so: docs/benchmarks/index.md). Nothing is acked before its effect
-is committed, only later; a crash meanwhile has the broker deliver those messages again, as for any message not
-yet acked, and the idempotent handlers record them once. The consumer's owner sends what is held when it stops
-(`flush_acks`).
+(`python -m tests.ack_cpu`: a paced message cost the node 0.63 to 0.78 times as much CPU). Nothing is acked before
+its effect is committed, only later; a crash meanwhile has the broker deliver those messages again, as for any
+message not yet acked, and the idempotent handlers record them once. The consumer's owner sends what is held when
+it stops (`flush_acks`).
 
 A bundle (several envelopes a producer published as one broker message, `Broker.publish_bundle`) reaches the
 handler as one `Consumed` per envelope, each in its own trace. The broker message is settled once, for all of
