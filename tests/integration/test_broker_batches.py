@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Sequence
 
 from shared.batches import Consumed
-from shared.broker import Broker, PoisonMessage, RetryLater, RetryPolicy
+from shared.broker import BATCH_ACK_DELAY_SECONDS, Broker, PoisonMessage, RetryLater, RetryPolicy
 from shared.events import Envelope, PaymentStatus
 from tests.support.brokers import connected_broker
 from tests.support.payment_histories import status_changed
@@ -54,6 +54,14 @@ class HeldHandler:
         if callable(self._result):
             return [self._result(item) for item in batch]
         return [None] * len(batch)
+
+
+async def released(broker: Broker, *, ack_delay: float = BATCH_ACK_DELAY_SECONDS) -> HeldHandler:
+    """A handler that holds nothing back, consuming the group's queue on `broker`."""
+    handler = HeldHandler()
+    handler.release.set()
+    await broker.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50, ack_delay=ack_delay)
+    return handler
 
 
 async def publish_while_held(broker: Broker, handler: HeldHandler, amqp_url: str, namespace: str, count: int) -> None:
@@ -175,9 +183,7 @@ async def test_nothing_is_acked_before_the_handler_returns(amqp_url: str, namesp
 
     survivor = await connected_broker(amqp_url, namespace, "test-batches-survivor")
     try:
-        again = HeldHandler()
-        again.release.set()
-        await survivor.consume_batches(GROUP, again, retry=FAST, prefetch=100, max_batch=50)
+        again = await released(survivor)
         await eventually(lambda: _count_at_least(again, 8), what="every message delivered again")
         assert sorted(p for p, _ in again.seen()) == sorted(e.payment_id for e in published)
     finally:
@@ -190,9 +196,7 @@ async def test_acks_held_back_are_sent_when_the_broker_closes_and_nothing_is_del
     """Messages handled one by one, their acks held for a minute (longer than the test): closing the broker sends
     them, so a consumer after it gets none of them again."""
     first = await connected_broker(amqp_url, namespace, "test-batches-held-acks")
-    handler = HeldHandler()
-    handler.release.set()
-    await first.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50, ack_delay=60.0)
+    handler = await released(first, ack_delay=60.0)
     published = events(5)
     for n, envelope in enumerate(published, start=1):  # one at a time: five batches of one
         await first.publish(envelope)
@@ -202,9 +206,7 @@ async def test_acks_held_back_are_sent_when_the_broker_closes_and_nothing_is_del
 
     after = await connected_broker(amqp_url, namespace, "test-batches-after-held-acks")
     try:
-        again = HeldHandler()
-        again.release.set()
-        await after.consume_batches(GROUP, again, retry=FAST, prefetch=100, max_batch=50)
+        again = await released(after)
         late = events(1)[0]
         await after.publish(late)
         await eventually(lambda: _count_at_least(again, 1), what="a message published after the close handled")
@@ -218,9 +220,7 @@ async def test_acks_held_back_go_out_after_the_delay_without_a_close(amqp_url: s
     """A consumer that keeps running acks what it handled once the delay has passed: a crash after it delivers
     nothing again."""
     running = await connected_broker(amqp_url, namespace, "test-batches-delayed-acks")
-    handler = HeldHandler()
-    handler.release.set()
-    await running.consume_batches(GROUP, handler, retry=FAST, prefetch=100, max_batch=50, ack_delay=0.1)
+    handler = await released(running, ack_delay=0.1)
     published = events(3)
     for n, envelope in enumerate(published, start=1):
         await running.publish(envelope)
